@@ -1,0 +1,90 @@
+"""Exact analytic FLOPs and parameter counts of a candidate, from its widths alone (no forward pass).
+
+Conventions, stated once:
+- FLOPs are counted the way `torch.utils.flop_counter.FlopCounterMode` counts them: convolutions and
+  matrix products (Linear) only, one multiply-add = 2 FLOPs; normalization, activations, pooling and
+  additions count 0. Per sample (batch 1), at the input size the space was derived for.
+- Params are the elements of the materialized subnet's parameters (buffers such as BN running
+  statistics are not parameters).
+- A budget such as `0.4flops` means: the subnet's FLOPs are at most 0.4 x the FLOPs of the full model,
+  both counted this way.
+
+Every figure is exact: it equals FlopCounterMode and `sum(p.numel())` on `materialize(candidate)`.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from torch import nn
+
+from spaces.derive import PrunableModel
+from spaces.slicing import kept_length
+
+
+@dataclass(frozen=True)
+class Costs:
+    flops: int
+    params: int
+
+    def ratios(self, base: Costs) -> dict[str, float]:
+        return {"flops": self.flops / base.flops, "params": self.params / base.params}
+
+
+class CostModel:
+    """Prices candidates of one `PrunableModel` in microseconds."""
+
+    def __init__(self, prunable: PrunableModel):
+        self.prunable = prunable
+        graph = prunable.graph
+        groups = graph.groups
+        node_blocks: dict[str, tuple[int, ...]] = {}
+        for block in graph.blocks:
+            for name in block.branch | {block.add}:
+                node_blocks[name] = node_blocks.get(name, ()) + (block.index,)
+        self._groups = groups
+
+        def axes(name: str) -> list[object]:
+            """Per axis: a fixed size (int) or the TensorUse whose kept length it is."""
+            shape = list(graph.tensors[name].shape)
+            for use in graph.uses.get(name, []):
+                shape[use.axis] = use
+            return shape
+
+        def sites(name: str) -> list[tuple[int, ...]]:
+            """The blocks around each node that reads the tensor: it is live if any reader is."""
+            return [node_blocks.get(n, ()) for n in graph.tensor_users.get(name, [])]
+
+        self._param_terms = [(axes(name), sites(name)) for name, t in graph.tensors.items()
+                             if isinstance(t, nn.Parameter)]
+        self._flop_terms = [(2 * s.positions, axes(s.weight), [node_blocks.get(s.node, ())])
+                            for s in graph.sites]
+        self.base = self.price(prunable.space.full())
+
+    def _sum(self, terms, widths: list[int], keeps: list[bool]) -> int:
+        total = 0
+        groups = self._groups
+        for term in terms:
+            *scale, axes, sites = term
+            if not any(all(keeps[b] for b in blocks) for blocks in sites):
+                continue
+            n = scale[0] if scale else 1
+            for a in axes:
+                n *= a if isinstance(a, int) else kept_length(a, widths, groups)
+            total += n
+        return total
+
+    def price(self, candidate: Mapping[str, int]) -> Costs:
+        widths = self.prunable.widths(candidate)
+        keeps = self.prunable.keeps(candidate)
+        return Costs(flops=self._sum(self._flop_terms, widths, keeps),
+                     params=self._sum(self._param_terms, widths, keeps))
+
+    def flops(self, candidate: Mapping[str, int]) -> int:
+        return self.price(candidate).flops
+
+    def params(self, candidate: Mapping[str, int]) -> int:
+        return self.price(candidate).params
+
+    def ratios(self, candidate: Mapping[str, int]) -> dict[str, float]:
+        return self.price(candidate).ratios(self.base)

@@ -1,0 +1,278 @@
+"""The elastic model: apply a candidate to the base model in place, without copying it.
+
+`ElasticModel` re-wires the traced graph around the base model's own parameters. Each layer whose
+tensors belong to a channel group is wrapped so that it computes with the first `k` channels (views
+of the base weights; a gather only where a concatenation or a grouped conv makes the kept channels
+non-contiguous), and each removable residual block becomes a module that skips its branch when the
+block is removed. `apply(candidate)` only records widths (microseconds); each wrapper cuts its
+tensors once, at its first forward after an `apply`, and reuses them until the next one.
+
+BatchNorm running statistics are views of the base model's buffers, so recalibrating the elastic
+model in train mode updates the base model's statistics for the kept channels: take a
+`bn_snapshot()` first and `restore_bn()` after, as the evaluators do. The elastic model is for
+scoring: its cut weights carry no gradient to the base weights.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from .derive import PrunableModel
+from .graph import graph_module
+from .slicing import axis_index, is_prefix, slice_tensor
+
+
+class ElasticState:
+    """The widths and keep flags in force, and a version that moves on every `apply`."""
+
+    def __init__(self, prunable: PrunableModel):
+        self.prunable = prunable
+        self.widths = [g.size for g in prunable.graph.groups]
+        self.keeps = [True] * len(prunable.graph.blocks)
+        self.version = 0
+
+    def cut(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` cut to the widths in force: a plain tensor (no gradient), sharing storage if it can."""
+        uses = self.prunable.graph.uses.get(name)
+        tensor = tensor.detach()
+        return slice_tensor(tensor, uses, self.widths, self.prunable.graph.groups) if uses else tensor
+
+
+class _Elastic(nn.Module):
+    """A wrapper that refreshes its cut tensors when the state's version moves."""
+
+    def __init__(self, module: nn.Module, name: str, state: ElasticState):
+        super().__init__()
+        self.inner = module
+        self.name = name
+        self.state = state
+        self._version = -1
+
+    def _cut(self, field: str) -> torch.Tensor | None:
+        tensor = getattr(self.inner, field)
+        return None if tensor is None else self.state.cut(f"{self.name}.{field}", tensor)
+
+    def _refresh(self) -> None:
+        raise NotImplementedError
+
+    def _fresh(self) -> None:
+        if self._version != self.state.version:
+            with torch.no_grad():
+                self._refresh()
+            self._version = self.state.version
+
+
+class ElasticConv(_Elastic):
+    def _refresh(self) -> None:
+        conv = self.inner
+        self.weight = self._cut("weight").contiguous()
+        self.bias = self._cut("bias")
+        depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
+        self.groups = self.weight.shape[0] if depthwise else conv.groups
+        self.fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.weight.dim() - 2]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._fresh()
+        conv = self.inner
+        padding = conv.padding
+        if conv.padding_mode != "zeros":
+            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
+            padding = 0
+        return self.fn(x, self.weight, self.bias, conv.stride, padding, conv.dilation, self.groups)
+
+
+class ElasticLinear(_Elastic):
+    def _refresh(self) -> None:
+        self.weight = self._cut("weight").contiguous()
+        self.bias = self._cut("bias")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._fresh()
+        return F.linear(x, self.weight, self.bias)
+
+
+class ElasticBatchNorm(_Elastic):
+    """BatchNorm over the kept channels, updating the base model's running statistics in place."""
+
+    def _refresh(self) -> None:
+        self.weight, self.bias = self._cut("weight"), self._cut("bias")
+        self.running_mean, self.running_var = self._cut("running_mean"), self._cut("running_var")
+        uses = self.state.prunable.graph.uses.get(f"{self.name}.running_mean", [])
+        groups = self.state.prunable.graph.groups
+        gathered = self.running_mean is not None and uses and not is_prefix(uses[0], groups)
+        self.index = axis_index(uses[0].layout, self.state.widths, groups).to(self.running_mean.device) \
+            if gathered else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._fresh()
+        bn = self.inner
+        factor = 0.0
+        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        batch_stats = bn.training or self.running_mean is None
+        track = not bn.training or bn.track_running_stats
+        out = F.batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
+                           self.weight, self.bias, batch_stats, factor, bn.eps)
+        if self.index is not None and bn.training and bn.track_running_stats:
+            with torch.no_grad():  # the cut statistics are a copy: write them back
+                bn.running_mean.index_copy_(0, self.index, self.running_mean)
+                bn.running_var.index_copy_(0, self.index, self.running_var)
+        return out
+
+
+class ElasticLayerNorm(_Elastic):
+    def _refresh(self) -> None:
+        self.weight, self.bias = self._cut("weight"), self._cut("bias")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._fresh()
+        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.inner.eps)
+
+
+class ElasticPReLU(_Elastic):
+    def _refresh(self) -> None:
+        self.weight = self._cut("weight")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._fresh()
+        return F.prelu(x, self.weight)
+
+
+class ElasticTensor(nn.Module):
+    """Stands in for a `get_attr` of a per-channel tensor (e.g. ConvNeXt's layer scale)."""
+
+    def __init__(self, tensor: torch.Tensor, name: str, state: ElasticState):
+        super().__init__()
+        self.tensor, self.name, self.state = tensor, name, state
+        self._version, self._cut = -1, None
+
+    def forward(self) -> torch.Tensor:
+        if self._version != self.state.version:
+            with torch.no_grad():
+                self._cut = self.state.cut(self.name, self.tensor)
+            self._version = self.state.version
+        return self._cut
+
+
+class ElasticResidual(nn.Module):
+    """`x + branch(x)` while the block is kept, `x` once it is removed (the branch is not run)."""
+
+    def __init__(self, branch: fx.GraphModule, index: int, branch_first: bool, state: ElasticState):
+        super().__init__()
+        self.branch, self.index, self.branch_first, self.state = branch, index, branch_first, state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.state.keeps[self.index]:
+            return x
+        y = self.branch(x)
+        return y + x if self.branch_first else x + y
+
+
+def layer_norm_last_axis(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """F.layer_norm over the last axis at whatever width it has now."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+_WRAPPERS: tuple[tuple[type, type], ...] = (
+    (nn.modules.conv._ConvNd, ElasticConv), (nn.Linear, ElasticLinear),
+    (nn.modules.batchnorm._BatchNorm, ElasticBatchNorm), (nn.LayerNorm, ElasticLayerNorm),
+    (nn.PReLU, ElasticPReLU),
+)
+
+
+class ElasticModel(nn.Module):
+    """The base model, able to run any candidate of its space in place. See the module docstring."""
+
+    def __init__(self, prunable: PrunableModel):
+        super().__init__()
+        self.prunable = prunable
+        self.state = ElasticState(prunable)
+        graph = prunable.graph
+        new_graph = fx.Graph()
+        val_map: dict[fx.Node, fx.Node] = {}
+        new_graph.output(new_graph.graph_copy(graph.gm.graph, val_map))
+        new_of = {old.name: new for old, new in val_map.items()}
+
+        root: dict[str, object] = {}
+        for old in graph.gm.graph.nodes:
+            node = val_map.get(old)
+            if node is None:
+                continue
+            if node.op == "call_module" and node.target not in root:
+                module = graph.modules[node.target]
+                wrapper = next((w for t, w in _WRAPPERS if isinstance(module, t)), None)
+                has_uses = any(f"{node.target}.{n}" in graph.uses for n in [*module._parameters, *module._buffers])
+                root[node.target] = wrapper(module, node.target, self.state) if wrapper and has_uses else module
+            elif node.op == "get_attr":
+                tensor = graph.tensors[node.target]
+                if node.target in graph.uses:
+                    name = f"_elastic_tensors.{node.target.replace('.', '_')}"
+                    root.setdefault(name, ElasticTensor(tensor, node.target, self.state))
+                    with new_graph.inserting_before(node):
+                        replacement = new_graph.call_module(name)
+                    node.replace_all_uses_with(replacement)
+                    new_graph.erase_node(node)
+                    new_of[old.name] = replacement
+                else:
+                    root[node.target] = tensor
+        for name in graph.layer_norm_nodes:
+            new_of[name].target = layer_norm_last_axis
+        for block in graph.blocks:  # in graph order: a block's input may be the previous block's add
+            self._extract(new_graph, block, new_of, root)
+        new_graph.lint()
+        self.net = graph_module(root, new_graph, f"Elastic{type(prunable.model).__name__}")
+
+    def _extract(self, graph: fx.Graph, block, new_of: dict[str, fx.Node], root: dict[str, object]) -> None:
+        add, x, y = new_of[block.add], new_of[block.input], new_of[block.output]
+        members = {new_of[n] for n in block.branch}
+        branch_graph = fx.Graph()
+        env = {x: branch_graph.placeholder("x")}
+        ordered = [n for n in graph.nodes if n in members]
+        for n in ordered:
+            env[n] = branch_graph.node_copy(n, lambda a: env[a])
+        branch_graph.output(env[y])
+        name = f"_residual_blocks.{block.index}"
+        root[name] = ElasticResidual(graph_module(root, branch_graph, "Branch"), block.index,
+                                     block.branch_first, self.state)
+        with graph.inserting_before(add):
+            replacement = graph.call_module(name, (x,))
+        add.replace_all_uses_with(replacement)
+        graph.erase_node(add)
+        for n in reversed(ordered):
+            graph.erase_node(n)
+        new_of[block.add] = replacement
+
+    # -- the candidate in force ------------------------------------------------------------------
+    def apply(self, candidate: Mapping[str, int]) -> None:
+        """Run `candidate` from now on (cheap: the cut happens lazily, once per layer)."""
+        self.state.widths = self.prunable.widths(candidate)
+        self.state.keeps = self.prunable.keeps(candidate)
+        self.state.version += 1
+
+    def reset(self) -> None:
+        """Back to the full model."""
+        self.apply(self.prunable.space.full())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # -- BatchNorm statistics --------------------------------------------------------------------
+    def batchnorms(self) -> list[nn.modules.batchnorm._BatchNorm]:
+        return [m for m in self.prunable.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+    def bn_snapshot(self) -> list[tuple[torch.Tensor, ...]]:
+        """A copy of every BatchNorm's running statistics (small: two vectors per layer)."""
+        return [tuple(t.clone() for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked)
+                      if t is not None) for bn in self.batchnorms()]
+
+    def restore_bn(self, snapshot: list[tuple[torch.Tensor, ...]]) -> None:
+        with torch.no_grad():
+            for bn, saved in zip(self.batchnorms(), snapshot):
+                live = [t for t in (bn.running_mean, bn.running_var, bn.num_batches_tracked) if t is not None]
+                for t, s in zip(live, saved):
+                    t.copy_(s)

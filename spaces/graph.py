@@ -1,0 +1,648 @@
+"""Channel analysis: trace a model with torch.fx and find its channel groups and their tensor uses.
+
+A **channel group** is a set of channels that must be pruned together: a conv's output channels, the
+BatchNorm after it, every consumer's input channels, every tensor joined to them by an elementwise op
+(residual `add`, squeeze-and-excitation `mul`) and every depthwise conv that passes them through.
+Groups are found by walking the graph once in topological order, giving each tensor a `Spec` (which
+axis holds channels and which groups lie along it, in order: a `cat` makes a tensor whose channel
+axis is a concatenation of segments of several groups) and joining groups with union-find.
+
+Every parameter or buffer slice that belongs to a group is recorded as a `TensorUse`: tensor name,
+axis, and the layout of groups along that axis. Pruning a group to width `k` keeps the first `k`
+channels of each of its segments (after `importance.reorder` has put the most important first); a
+group feeding a grouped convolution keeps `k / blocks` channels of each conv-group instead.
+
+Anything the analysis does not understand freezes the groups it touches (a `fixed` reason is kept),
+so an unsupported op yields a smaller search space, never a silently wrong subnet.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.fx as fx
+from torch import nn
+from torch.fx.passes.shape_prop import ShapeProp
+
+
+@dataclass(frozen=True)
+class Segment:
+    """`size` channels of one group laid along an axis, each taking `inner` consecutive elements."""
+
+    group: int
+    size: int
+    inner: int = 1
+
+    @property
+    def length(self) -> int:
+        return self.size * self.inner
+
+
+Layout = tuple[Segment, ...]
+
+
+@dataclass(frozen=True)
+class Spec:
+    """The channel structure of a tensor: the axis that holds channels and the groups along it."""
+
+    axis: int
+    layout: Layout
+
+    @property
+    def length(self) -> int:
+        return sum(s.length for s in self.layout)
+
+
+@dataclass(frozen=True)
+class TensorUse:
+    """Axis `axis` of parameter/buffer `tensor` is laid out as `layout`.
+
+    `local`: the axis is the per-conv-group input of a grouped convolution; it holds the
+    channels of one block of its (single) group, and keeps `width / blocks` of them.
+    """
+
+    tensor: str
+    axis: int
+    layout: Layout
+    local: bool = False
+
+
+@dataclass
+class ChannelGroup:
+    id: int
+    size: int
+    producers: list[str] = field(default_factory=list)
+    blocks: int = 1
+    fixed: str | None = None
+
+    @property
+    def prunable(self) -> bool:
+        return self.fixed is None and bool(self.producers) and self.size > 1
+
+
+@dataclass
+class ComputeSite:
+    """A conv/linear call: its FLOPs are 2 x `positions` x (kept elements of `weight`), per sample."""
+
+    node: str
+    module: str
+    weight: str
+    positions: int
+
+
+@dataclass
+class ResidualBlock:
+    """`add` computes `input + branch(input)` with equal shapes; removing it replaces `add` by `input`."""
+
+    index: int
+    name: str
+    add: str
+    input: str
+    output: str
+    branch: frozenset[str]
+    branch_first: bool
+
+
+# ---- op tables -------------------------------------------------------------------------------
+_PASS_MODULES = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
+    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
+    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
+    nn.UpsamplingBilinear2d,
+)
+_PASS_FUNCTIONS = {
+    "relu", "relu_", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hardswish",
+    "hardsigmoid", "hardtanh", "sigmoid", "tanh", "softplus", "dropout", "dropout1d", "dropout2d",
+    "dropout3d", "alpha_dropout", "contiguous", "clone", "detach", "float", "half", "double", "to",
+    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+    "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
+    "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate", "upsample", "neg", "abs", "exp",
+    "stochastic_depth",
+}
+_ELEMENTWISE = {"add", "iadd", "add_", "sub", "isub", "sub_", "mul", "imul", "mul_", "truediv", "itruediv",
+                "div", "div_", "maximum", "minimum"}
+_ADDS = {"add", "iadd", "add_"}
+_NO_TENSOR_FLOW = {"getattr", "size", "dim", "numel", "floordiv", "mod", "eq", "ne", "lt", "gt", "le", "ge",
+                   "_assert", "len"}
+_REDUCTIONS = {"mean", "sum", "amax", "amin"}
+
+
+def is_stochastic_depth(module: nn.Module) -> bool:
+    """torchvision's StochasticDepth, kept a leaf so its train/eval switch survives tracing."""
+    return type(module).__name__ == "StochasticDepth" and hasattr(module, "p")
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return is_stochastic_depth(m) or super().is_leaf_module(m, qualname)
+
+
+def trace(model: nn.Module) -> fx.GraphModule:
+    """Symbolically trace `model` (standard torch.nn modules and StochasticDepth are leaves)."""
+    graph = _Tracer().trace(model)
+    return fx.GraphModule(model, graph, class_name=type(model).__name__)
+
+
+def graph_module(root: dict[str, object], graph: fx.Graph, class_name: str) -> fx.GraphModule:
+    """A GraphModule over `graph` whose attributes come from `root` (qualified name -> module/tensor).
+
+    GraphModule registers every tensor of a dict root as a buffer; parameters are put back as parameters.
+    """
+    module = fx.GraphModule(root, graph, class_name=class_name)
+    for target, value in root.items():
+        if isinstance(value, nn.Parameter):
+            owner_name, _, field = target.rpartition(".")
+            owner = module.get_submodule(owner_name) if owner_name else module
+            owner._buffers.pop(field, None)
+            owner.register_parameter(field, value)
+    return module
+
+
+def get_attr(module: nn.Module, target: str) -> torch.Tensor:
+    """The tensor at dotted path `target` (a parameter, buffer or plain tensor attribute)."""
+    obj = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+def tensor_shape(node: fx.Node) -> tuple[int, ...] | None:
+    meta = node.meta.get("tensor_meta")
+    if meta is None or not hasattr(meta, "shape"):
+        return None
+    return tuple(meta.shape)
+
+
+def _normalize_dim(dim: int, ndim: int) -> int:
+    return dim + ndim if dim < 0 else dim
+
+
+# ---- the analysis ----------------------------------------------------------------------------
+class ChannelGraph:
+    """The channel groups, tensor uses, compute sites and removable residual blocks of a model.
+
+    `gm` is the traced graph module (it shares parameters with `model`); `tensors` maps every
+    parameter and buffer name used by the graph to its tensor.
+    """
+
+    def __init__(self, model: nn.Module, example_input: torch.Tensor):
+        self.model = model
+        self.gm = trace(model)
+        was_training = model.training
+        self.gm.eval()
+        with torch.no_grad():
+            ShapeProp(self.gm).propagate(example_input)
+        self.gm.train(was_training)
+        self.input_shape = tuple(example_input.shape)
+        self.modules = dict(self.gm.named_modules())
+        self.tensors: dict[str, torch.Tensor] = {}
+        self._parent: list[int] = []
+        self._groups: list[ChannelGroup] = []
+        self._specs: dict[fx.Node, Spec] = {}
+        self._uses: list[TensorUse] = []
+        self._attr_uses: dict[fx.Node, int] = {}  # get_attr node -> how many users accounted for it
+        self.sites: list[ComputeSite] = []
+        self.layer_norm_nodes: list[str] = []
+        self.tensor_users: dict[str, list[str]] = {}  # tensor -> node names that read it
+        for node in self.gm.graph.nodes:
+            self._visit(node)
+        self._check_get_attrs()
+        self._unify_shared_tensors()
+        self._finalize()
+        from .blocks import find_residual_blocks  # local import: blocks builds on this module
+        self.blocks: list[ResidualBlock] = find_residual_blocks(self)
+
+    # -- union-find --------------------------------------------------------------------------
+    def _new_group(self, size: int, producer: str | None = None, fixed: str | None = None) -> Layout:
+        gid = len(self._parent)
+        self._parent.append(gid)
+        self._groups.append(ChannelGroup(gid, size, [producer] if producer else [], 1, fixed))
+        return (Segment(gid, size),)
+
+    def _find(self, g: int) -> int:
+        while self._parent[g] != g:
+            self._parent[g] = self._parent[self._parent[g]]
+            g = self._parent[g]
+        return g
+
+    def _union(self, a: int, b: int) -> None:
+        ra, rb = self._find(a), self._find(b)
+        if ra == rb:
+            return
+        if ra > rb:
+            ra, rb = rb, ra
+        ga, gb = self._groups[ra], self._groups[rb]
+        if ga.size != gb.size:  # cannot happen for shape-checked ops; stay safe anyway
+            self._fix_group(ra, "joined with a group of another size")
+            self._fix_group(rb, "joined with a group of another size")
+            return
+        self._parent[rb] = ra
+        ga.producers += [p for p in gb.producers if p not in ga.producers]
+        ga.fixed = ga.fixed or gb.fixed
+        if ga.blocks != gb.blocks:
+            if 1 in (ga.blocks, gb.blocks):
+                ga.blocks = max(ga.blocks, gb.blocks)
+            else:
+                ga.fixed = ga.fixed or f"grouped convolutions with {ga.blocks} and {gb.blocks} groups"
+
+    def _fix_group(self, g: int, reason: str) -> None:
+        group = self._groups[self._find(g)]
+        group.fixed = group.fixed or reason
+
+    def _fix(self, layout: Iterable[Segment], reason: str) -> None:
+        for seg in layout:
+            self._fix_group(seg.group, reason)
+
+    def _unify_layouts(self, a: Layout, b: Layout, reason: str) -> None:
+        if [(s.size, s.inner) for s in a] == [(s.size, s.inner) for s in b]:
+            for sa, sb in zip(a, b):
+                self._union(sa.group, sb.group)
+        else:
+            self._fix(a, reason)
+            self._fix(b, reason)
+
+    # -- specs ---------------------------------------------------------------------------------
+    def _spec(self, node: fx.Node) -> Spec | None:
+        """The node's spec; an unknown tensor gets a fresh fixed group along axis 1."""
+        if node in self._specs:
+            return self._specs[node]
+        shape = tensor_shape(node)
+        if shape is None or len(shape) < 2:
+            return None
+        spec = Spec(1, self._new_group(shape[1], fixed=f"produced by unsupported op '{op_name(node)}'"))
+        self._specs[node] = spec
+        return spec
+
+    def _spec_at(self, node: fx.Node, axis: int, length: int, reason: str) -> Spec:
+        """The node's spec if its channels lie on `axis` with `length` elements, else a fixed one."""
+        spec = self._spec(node)
+        if spec is not None and spec.axis == axis and spec.length == length:
+            return spec
+        if spec is not None:
+            self._fix(spec.layout, reason)
+        return Spec(axis, self._new_group(length, fixed=reason))
+
+    def _use(self, tensor: str, axis: int, layout: Layout, local: bool = False) -> None:
+        self._uses.append(TensorUse(tensor, axis, layout, local))
+
+    def _read(self, node: fx.Node, *tensor_names: str) -> None:
+        for name in tensor_names:
+            self.tensor_users.setdefault(name, []).append(node.name)
+
+    def _module_tensors(self, node: fx.Node, module: nn.Module) -> None:
+        for kind in (module.named_parameters(recurse=False), module.named_buffers(recurse=False)):
+            for pname, t in kind:
+                name = f"{node.target}.{pname}"
+                self.tensors[name] = t
+                self._read(node, name)
+
+    # -- visiting ------------------------------------------------------------------------------
+    def _visit(self, node: fx.Node) -> None:
+        if node.op == "placeholder":
+            shape = tensor_shape(node)
+            if shape is not None and len(shape) >= 2:
+                self._specs[node] = Spec(1, self._new_group(shape[1], fixed="model input"))
+        elif node.op == "get_attr":
+            self.tensors[node.target] = get_attr(self.gm, node.target)
+            self._read(node, node.target)
+            self._attr_uses[node] = 0
+        elif node.op == "output":
+            for arg in node.all_input_nodes:
+                spec = self._specs.get(arg)
+                if spec is not None:
+                    self._fix(spec.layout, "model output")
+        elif node.op == "call_module":
+            self._visit_module(node, self.modules[node.target])
+        else:
+            self._visit_function(node, op_name(node))
+
+    def _visit_module(self, node: fx.Node, m: nn.Module) -> None:
+        self._module_tensors(node, m)
+        x = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+        out_shape = tensor_shape(node)
+        name = str(node.target)
+        if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and x is not None:
+            self._conv(node, m, x, out_shape)
+        elif isinstance(m, nn.Linear) and x is not None:
+            in_shape = tensor_shape(x)
+            spec = self._spec_at(x, len(in_shape) - 1, m.in_features, f"input of {name} not understood")
+            self._use(f"{name}.weight", 1, spec.layout)
+            out = self._new_group(m.out_features, producer=name)
+            self._use(f"{name}.weight", 0, out)
+            if m.bias is not None:
+                self._use(f"{name}.bias", 0, out)
+            self._specs[node] = Spec(len(out_shape) - 1, out)
+            self.sites.append(ComputeSite(node.name, name, f"{name}.weight", math.prod(out_shape[1:-1])))
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and x is not None:
+            spec = self._spec_at(x, 1, m.num_features, f"input of {name} not understood")
+            for t in ("weight", "bias", "running_mean", "running_var"):
+                if getattr(m, t, None) is not None:
+                    self._use(f"{name}.{t}", 0, spec.layout)
+            self._specs[node] = spec
+        elif isinstance(m, nn.LayerNorm) and x is not None:
+            ndim = len(tensor_shape(x))
+            if len(m.normalized_shape) == 1:
+                spec = self._spec_at(x, ndim - 1, m.normalized_shape[0], f"{name} normalizes another axis")
+                for t in ("weight", "bias"):
+                    if getattr(m, t, None) is not None:
+                        self._use(f"{name}.{t}", 0, spec.layout)
+                self._specs[node] = spec
+            else:
+                self._opaque(node, f"{name} normalizes several axes")
+        elif isinstance(m, nn.PReLU) and x is not None:
+            spec = self._spec(x)
+            if m.num_parameters > 1 and spec is not None:
+                spec = self._spec_at(x, 1, m.num_parameters, f"input of {name} not understood")
+                self._use(f"{name}.weight", 0, spec.layout)
+            if spec is not None:
+                self._specs[node] = spec
+        elif isinstance(m, nn.Flatten) and x is not None:
+            self._flatten(node, x, m.start_dim, m.end_dim)
+        elif (isinstance(m, _PASS_MODULES) or is_stochastic_depth(m)) and x is not None:
+            spec = self._spec(x)
+            if spec is not None:
+                self._specs[node] = spec
+        else:
+            self._opaque(node, f"unsupported module {type(m).__name__} ({name})")
+
+    def _conv(self, node: fx.Node, m: nn.modules.conv._ConvNd, x: fx.Node, out_shape: tuple[int, ...]) -> None:
+        name = str(node.target)
+        w = f"{name}.weight"
+        spec = self._spec_at(x, 1, m.in_channels, f"input of {name} not understood")
+        if m.groups == 1:
+            self._use(w, 1, spec.layout)
+            out = self._new_group(m.out_channels, producer=name)
+        elif m.groups == m.in_channels == m.out_channels:  # depthwise: passes its input group through
+            out = spec.layout
+        elif m.in_channels == m.out_channels and len(spec.layout) == 1 and spec.layout[0].inner == 1:
+            group = self._groups[self._find(spec.layout[0].group)]
+            if group.blocks in (1, m.groups):
+                group.blocks = m.groups
+            else:
+                group.fixed = group.fixed or f"grouped convolutions with {group.blocks} and {m.groups} groups"
+            out = spec.layout
+            self._use(w, 1, spec.layout, local=True)
+        else:
+            reason = f"grouped convolution {name} with {m.in_channels} -> {m.out_channels} channels"
+            self._fix(spec.layout, reason)
+            out = self._new_group(m.out_channels, producer=name, fixed=reason)
+        self._use(w, 0, out)
+        if m.bias is not None:
+            self._use(f"{name}.bias", 0, out)
+        self._specs[node] = Spec(1, out)
+        self.sites.append(ComputeSite(node.name, name, w, math.prod(out_shape[2:])))
+
+    def _opaque(self, node: fx.Node, reason: str) -> None:
+        """An op we do not understand: freeze every group flowing into it."""
+        for arg in node.all_input_nodes:
+            spec = self._specs.get(arg)
+            if spec is not None:
+                self._fix(spec.layout, reason)
+            if arg.op == "get_attr":
+                self._attr_uses[arg] -= 10 ** 6  # never counts as accounted for
+
+    def _visit_function(self, node: fx.Node, name: str) -> None:
+        args = node.args
+        x = args[0] if args and isinstance(args[0], fx.Node) else None
+        out_shape = tensor_shape(node)
+        if name in _NO_TENSOR_FLOW or (name == "getitem" and (x is None or tensor_shape(x) is None)):
+            return
+        if name in _ELEMENTWISE:
+            self._elementwise(node, out_shape)
+        elif name in _PASS_FUNCTIONS and x is not None:
+            if name == "stochastic_depth":
+                self._opaque(node, "functional stochastic_depth (trace StochasticDepth modules instead)")
+                return
+            spec = self._spec(x)
+            if spec is not None and out_shape is not None and len(out_shape) == len(tensor_shape(x)):
+                self._specs[node] = spec
+            else:
+                self._opaque(node, f"'{name}' changed the tensor's rank")
+        elif name == "pad" and x is not None:
+            spec = self._spec(x)
+            pads = args[1] if len(args) > 1 else node.kwargs.get("pad", ())
+            if spec is not None and len(pads) // 2 < len(out_shape) - spec.axis:
+                self._specs[node] = spec
+            else:
+                self._opaque(node, "padding of the channel axis")
+        elif name in ("cat", "concat", "concatenate"):
+            self._cat(node, out_shape)
+        elif name == "flatten" and x is not None:
+            start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
+            end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
+            self._flatten(node, x, start, end)
+        elif name in ("view", "reshape") and x is not None:
+            self._reshape(node, x, out_shape)
+        elif name == "permute" and x is not None:
+            dims = args[1] if len(args) == 2 and isinstance(args[1], (list, tuple)) else args[1:]
+            dims = node.kwargs.get("dims", dims)
+            spec = self._spec(x)
+            if spec is not None:
+                dims = [_normalize_dim(d, len(dims)) for d in dims]
+                self._specs[node] = Spec(dims.index(spec.axis), spec.layout)
+        elif name == "transpose" and x is not None:
+            spec = self._spec(x)
+            if spec is not None:
+                ndim = len(tensor_shape(x))
+                d0, d1 = (_normalize_dim(int(d), ndim) for d in args[1:3])
+                axis = {d0: d1, d1: d0}.get(spec.axis, spec.axis)
+                self._specs[node] = Spec(axis, spec.layout)
+        elif name in _REDUCTIONS and x is not None:
+            self._reduce(node, x, out_shape)
+        elif name == "layer_norm" and x is not None:
+            self._layer_norm(node, x)
+        else:
+            self._opaque(node, f"unsupported op '{name}'")
+
+    def _elementwise(self, node: fx.Node, out_shape: tuple[int, ...] | None) -> None:
+        if out_shape is None:
+            return
+        ndim = len(out_shape)
+        main: tuple[Spec, int] | None = None  # (spec, axis counted from the end)
+        params: list[fx.Node] = []
+        for arg in node.all_input_nodes:
+            if arg.op == "get_attr":
+                params.append(arg)
+                continue
+            shape = tensor_shape(arg)
+            spec = self._spec(arg) if shape is not None else None
+            if spec is None or shape[spec.axis] == 1:
+                continue  # a scalar or a tensor broadcast over channels
+            from_end = len(shape) - spec.axis
+            if main is None:
+                main = (spec, from_end)
+            elif from_end == main[1]:
+                self._unify_layouts(main[0].layout, spec.layout, "elementwise op over mismatched channels")
+            else:
+                self._fix(main[0].layout, "elementwise op mixing channel and other axes")
+                self._fix(spec.layout, "elementwise op mixing channel and other axes")
+        if main is None:
+            for p in params:
+                self._attr_uses[p] -= 10 ** 6
+            return
+        spec, from_end = main
+        out_axis = ndim - from_end
+        for p in params:
+            pshape = tuple(self.tensors[p.target].shape)
+            paxis = out_axis - (ndim - len(pshape))
+            if 0 <= paxis < len(pshape) and pshape[paxis] == spec.length:
+                self._use(p.target, paxis, spec.layout)
+                self._attr_uses[p] += 1
+            elif 0 <= paxis < len(pshape) and pshape[paxis] != 1:
+                self._fix(spec.layout, f"parameter {p.target} does not broadcast over channels")
+            else:
+                self._attr_uses[p] += 1
+        self._specs[node] = Spec(out_axis, spec.layout)
+
+    def _cat(self, node: fx.Node, out_shape: tuple[int, ...]) -> None:
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
+        dim = _normalize_dim(dim, len(out_shape))
+        specs = [self._spec(t) for t in tensors]
+        if any(s is None for s in specs):
+            self._opaque(node, "concatenation of tensors without channels")
+            return
+        if all(s.axis == dim for s in specs):
+            self._specs[node] = Spec(dim, tuple(seg for s in specs for seg in s.layout))
+        elif all(s.axis != dim and s.axis == specs[0].axis for s in specs):
+            for s in specs[1:]:
+                self._unify_layouts(specs[0].layout, s.layout, "concatenation over mismatched channels")
+            self._specs[node] = specs[0]
+        else:
+            self._opaque(node, "concatenation mixing channel and other axes")
+
+    def _flatten(self, node: fx.Node, x: fx.Node, start: int, end: int) -> None:
+        spec, shape = self._spec(x), tensor_shape(x)
+        if spec is None:
+            return
+        start, end = _normalize_dim(start, len(shape)), _normalize_dim(end, len(shape))
+        if spec.axis < start:
+            self._specs[node] = spec
+        elif spec.axis > end:
+            self._specs[node] = Spec(spec.axis - (end - start), spec.layout)
+        elif spec.axis == start:
+            inner = math.prod(shape[start + 1:end + 1])
+            self._specs[node] = Spec(start, tuple(Segment(s.group, s.size, s.inner * inner) for s in spec.layout))
+        else:
+            self._opaque(node, "flatten that interleaves channels")
+
+    def _reshape(self, node: fx.Node, x: fx.Node, out_shape: tuple[int, ...]) -> None:
+        """Only the flatten of the channel axis with everything after it is understood."""
+        spec, shape = self._spec(x), tensor_shape(x)
+        if spec is None:
+            return
+        sizes = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
+        a = spec.axis
+        if (len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1
+                and sizes[a] == -1):
+            self._flatten(node, x, a, -1)
+        else:
+            self._opaque(node, f"'{op_name(node)}' reshapes the channel axis (e.g. a channel shuffle)")
+
+    def _reduce(self, node: fx.Node, x: fx.Node, out_shape: tuple[int, ...]) -> None:
+        spec, shape = self._spec(x), tensor_shape(x)
+        if spec is None or out_shape is None:
+            return
+        dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+        if dims is None:
+            self._opaque(node, "reduction over every axis")
+            return
+        dims = [_normalize_dim(d, len(shape)) for d in (dims if isinstance(dims, (list, tuple)) else [dims])]
+        if spec.axis in dims:
+            self._opaque(node, "reduction over the channel axis")
+            return
+        keep = len(out_shape) == len(shape)
+        self._specs[node] = Spec(spec.axis if keep else spec.axis - sum(d < spec.axis for d in dims), spec.layout)
+
+    def _layer_norm(self, node: fx.Node, x: fx.Node) -> None:
+        shape = tensor_shape(x)
+        normalized = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
+        params = [a for a in (node.args[2:4] if len(node.args) > 2 else
+                              (node.kwargs.get("weight"), node.kwargs.get("bias"))) if isinstance(a, fx.Node)]
+        if len(normalized) != 1 or any(p.op != "get_attr" for p in params):
+            self._opaque(node, "layer_norm over several axes")
+            return
+        spec = self._spec_at(x, len(shape) - 1, normalized[0], "layer_norm over another axis")
+        for p in params:
+            self._use(p.target, 0, spec.layout)
+            self._attr_uses[p] += 1
+        self._specs[node] = spec
+        self.layer_norm_nodes.append(node.name)
+
+    # -- closing passes ------------------------------------------------------------------------
+    def _check_get_attrs(self) -> None:
+        """A get_attr tensor read by an op that did not account for it must not be sliced."""
+        for node, accounted in self._attr_uses.items():
+            if accounted < len(node.users):
+                for use in self._uses:
+                    if use.tensor == node.target:
+                        self._fix(use.layout, f"{node.target} is read by an unsupported op")
+
+    def _unify_shared_tensors(self) -> None:
+        """Several uses of one tensor axis (a module called twice, a shared parameter) must agree."""
+        first: dict[tuple[str, int, bool], TensorUse] = {}
+        for use in self._uses:
+            key = (use.tensor, use.axis, use.local)
+            if key in first:
+                self._unify_layouts(first[key].layout, use.layout, f"{use.tensor} is shared")
+            else:
+                first[key] = use
+
+    def _finalize(self) -> None:
+        roots = sorted({self._find(g) for g in range(len(self._parent))})
+        renumber = {r: i for i, r in enumerate(roots)}
+        self.groups: list[ChannelGroup] = []
+        for r in roots:
+            g = self._groups[r]
+            self.groups.append(ChannelGroup(renumber[r], g.size, list(g.producers), g.blocks, g.fixed))
+        for g in self.groups:
+            if g.blocks > 1 and g.size % g.blocks:
+                g.fixed = g.fixed or f"{g.size} channels in {g.blocks} conv-groups"
+
+        def canon(layout: Layout) -> Layout:
+            return tuple(Segment(renumber[self._find(s.group)], s.size, s.inner) for s in layout)
+
+        uses: dict[tuple[str, int, bool], TensorUse] = {}
+        for u in self._uses:
+            uses.setdefault((u.tensor, u.axis, u.local), TensorUse(u.tensor, u.axis, canon(u.layout), u.local))
+        self.uses: dict[str, list[TensorUse]] = {}
+        for u in uses.values():
+            self.uses.setdefault(u.tensor, []).append(u)
+        self.specs: dict[str, Spec] = {n.name: Spec(s.axis, canon(s.layout)) for n, s in self._specs.items()}
+        del self._specs, self._uses, self._groups, self._parent
+
+    # -- queries -------------------------------------------------------------------------------
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def node(self, name: str) -> fx.Node:
+        return self._nodes_by_name()[name]
+
+    def _nodes_by_name(self) -> dict[str, fx.Node]:
+        if not hasattr(self, "_node_index"):
+            self._node_index = {n.name: n for n in self.gm.graph.nodes}
+        return self._node_index
+
+    def fixed_reasons(self) -> dict[str, int]:
+        """How many groups each reason froze (input and output excluded)."""
+        reasons: dict[str, int] = {}
+        for g in self.groups:
+            if g.fixed and g.fixed not in ("model input", "model output") and g.producers:
+                reasons[g.fixed] = reasons.get(g.fixed, 0) + 1
+        return reasons
+
+
+__all__ = ["ChannelGraph", "ChannelGroup", "ComputeSite", "Layout", "ResidualBlock", "Segment", "Spec",
+           "TensorUse", "op_name", "tensor_shape", "trace"]

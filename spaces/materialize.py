@@ -1,0 +1,100 @@
+"""Materialize a candidate: a real, smaller `nn.Module` with its own (sliced, copied) weights.
+
+The result is a `torch.fx.GraphModule` keeping the base model's module names, so its `state_dict`
+keys are the base model's (a subset, with smaller tensors). It can be saved, scripted, exported and
+fine-tuned like any module, and it never shares storage with the base model.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .derive import PrunableModel
+from .graph import graph_module
+from .slicing import slice_tensor
+
+
+def _cut(t: torch.Tensor, uses, prunable: PrunableModel, widths: list[int]) -> torch.Tensor:
+    """A new tensor holding `t` cut to the widths (a parameter if `t` is one)."""
+    cut = slice_tensor(t, uses, widths, prunable.graph.groups) if uses else t
+    out = cut.detach().clone(memory_format=torch.contiguous_format)
+    return nn.Parameter(out, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) else out
+
+
+def pruned_module(module: nn.Module, target: str, prunable: PrunableModel, widths: list[int]) -> nn.Module:
+    """A copy of a leaf module with each tensor cut to `widths` and its size attributes updated."""
+    graph = prunable.graph
+    own = {**module._parameters, **module._buffers}
+    memo = {id(t): None for t in own.values() if t is not None}
+    new = copy.deepcopy(module, memo)  # copies everything but the tensors, which are sliced below
+    for slot in ("_parameters", "_buffers"):
+        for name, t in getattr(module, slot).items():
+            if t is not None:
+                uses = graph.uses.get(f"{target}.{name}", [])
+                getattr(new, slot)[name] = _cut(t, uses, prunable, widths)
+    if isinstance(new, nn.modules.conv._ConvNd):
+        w = new.weight
+        if module.groups == module.in_channels == module.out_channels and module.groups > 1:
+            new.groups = w.shape[0]  # depthwise stays depthwise
+        new.out_channels = w.shape[0]
+        new.in_channels = w.shape[1] * new.groups
+    elif isinstance(new, nn.Linear):
+        new.out_features, new.in_features = new.weight.shape
+    elif isinstance(new, nn.modules.batchnorm._BatchNorm):
+        ref = new.running_mean if new.running_mean is not None else new.weight
+        new.num_features = ref.shape[0]
+    elif isinstance(new, nn.LayerNorm):
+        if new.weight is not None:
+            new.normalized_shape = (new.weight.shape[0],)
+    elif isinstance(new, nn.PReLU):
+        new.num_parameters = new.weight.shape[0]
+    return new
+
+
+def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.GraphModule:
+    """The subnet of `candidate` as a standalone module (in the base model's train/eval mode)."""
+    candidate = prunable.space.validate(candidate)
+    graph = prunable.graph
+    widths = prunable.widths(candidate)
+    keeps = prunable.keeps(candidate)
+
+    new_graph = fx.Graph()
+    val_map: dict[fx.Node, fx.Node] = {}
+    new_graph.output(new_graph.graph_copy(graph.gm.graph, val_map))
+    new_nodes = {old.name: new for old, new in val_map.items()}
+    for block, keep in zip(graph.blocks, keeps):  # in graph order, so chains resolve forwards
+        if not keep:
+            new_nodes[block.add].replace_all_uses_with(new_nodes[block.input])
+            new_nodes[block.add] = new_nodes[block.input]
+    removed = {val_map[graph.node(n)] for n in prunable.removed_nodes(keeps)}
+    for node in reversed(list(new_graph.nodes)):
+        if node in removed:
+            new_graph.erase_node(node)
+
+    root: dict[str, object] = {}
+    for node in new_graph.nodes:
+        if node.op == "call_module" and node.target not in root:
+            module = graph.modules[node.target]
+            has_uses = any(f"{node.target}.{n}" in graph.uses
+                           for n in [*module._parameters, *module._buffers])
+            root[node.target] = (pruned_module(module, node.target, prunable, widths) if has_uses
+                                 else copy.deepcopy(module))
+        elif node.op == "get_attr" and node.target not in root:
+            t = graph.tensors[node.target]
+            uses = graph.uses.get(node.target, [])
+            root[node.target] = _cut(t, uses, prunable, widths)
+    for name in graph.layer_norm_nodes:
+        node = val_map[graph.node(name)]
+        if node in removed:
+            continue
+        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
+        if weight is not None:
+            node.args = (node.args[0], (root[weight.target].shape[0],), *node.args[2:])
+    new_graph.lint()
+    subnet = graph_module(root, new_graph, f"Pruned{type(prunable.model).__name__}")
+    subnet.train(prunable.model.training)
+    return subnet
