@@ -1,0 +1,1 @@
+"""Search agents behind a registry; they see only `spaces` types."""

@@ -1,0 +1,1 @@
+"""The engine, the command line, models and data, export and run records."""

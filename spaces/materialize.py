@@ -55,6 +55,15 @@ def pruned_module(module: nn.Module, target: str, prunable: PrunableModel, width
     return new
 
 
+def _no_inplace_on(node: fx.Node, root: dict[str, object]) -> None:
+    """Make every consumer of `node` work out of place."""
+    for user in node.users:
+        if user.op == "call_module" and getattr(root[user.target], "inplace", False):
+            root[user.target].inplace = False
+        elif user.kwargs.get("inplace"):
+            user.update_kwarg("inplace", False)
+
+
 def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.GraphModule:
     """The subnet of `candidate` as a standalone module (in the base model's train/eval mode)."""
     candidate = prunable.space.validate(candidate)
@@ -94,6 +103,9 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
         weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
         if weight is not None:
             node.args = (node.args[0], (root[weight.target].shape[0],), *node.args[2:])
+    for block, keep in zip(graph.blocks, keeps):
+        if not keep:  # the add made a fresh tensor; its stand-in is saved for backward elsewhere
+            _no_inplace_on(new_nodes[block.add], root)
     new_graph.lint()
     subnet = graph_module(root, new_graph, f"Pruned{type(prunable.model).__name__}")
     subnet.train(prunable.model.training)

@@ -1,0 +1,57 @@
+"""Shared test fixtures: tiny inputs, seeded models, derived spaces cached per session."""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from search.cifar_resnet import resnet20, resnet56
+from spaces.derive import PrunableModel, derive
+
+TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
+               "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "densenet121", "vgg11_bn",
+               "convnext_tiny", "mnasnet0_5", "squeezenet1_1", "shufflenet_v2_x0_5"]
+ALL_MODELS = ["resnet20", "resnet56", *TORCHVISION]
+
+
+def build_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
+    """A seeded model with non-trivial BN statistics, and the input shape its tests use."""
+    torch.manual_seed(0)
+    if name in ("resnet20", "resnet56"):
+        model, shape = {"resnet20": resnet20, "resnet56": resnet56}[name](), (3, 32, 32)
+    else:
+        model, shape = torchvision.models.get_model(name, weights=None), (3, 64, 64)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+    return model.eval(), shape
+
+
+@functools.lru_cache(maxsize=None)
+def derived(name: str) -> tuple[PrunableModel, torch.Tensor, torch.Tensor]:
+    """(prunable model, a 2-sample input, the model's output on it before reordering)."""
+    model, shape = build_model(name)
+    x = torch.randn(2, *shape, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x)
+    return derive(model, x[:1]), x, before
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
+
+
+def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4) -> None:
+    """Equal up to float summation-order noise, relative to the output's scale."""
+    scale = expected.abs().max().item() + 1e-6
+    err = (actual - expected).abs().max().item()
+    assert err <= rel * scale, f"max abs difference {err:.3e} at output scale {scale:.3e}"
