@@ -1,6 +1,7 @@
 """Shared test fixtures: tiny inputs, seeded models, derived spaces cached per session."""
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import numpy as np
@@ -9,8 +10,11 @@ import torch
 import torchvision
 from torch import nn
 
+from evaluators.cost import CostModel
 from search.cifar_resnet import resnet20, resnet56
+from spaces.budget import Budget, Limit
 from spaces.derive import PrunableModel, derive
+from spaces.space import SearchSpace
 
 TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
                "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "densenet121", "vgg11_bn",
@@ -55,3 +59,24 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4
     scale = expected.abs().max().item() + 1e-6
     err = (actual - expected).abs().max().item()
     assert err <= rel * scale, f"max abs difference {err:.3e} at output scale {scale:.3e}"
+
+
+BUDGETS = {"0.4flops": [Limit("flops", 0.4, True)],
+           "0.25flops+0.5params": [Limit("flops", 0.25, True), Limit("params", 0.5, True)]}
+
+
+@functools.lru_cache(maxsize=None)
+def setting(budget_name: str):
+    """(space, resolved budget, price) of ResNet-20 under a named budget."""
+    prunable, _, _ = derived("resnet20")
+    cost = CostModel(prunable)
+    base = dataclasses.asdict(cost.base)
+    budget = Budget(BUDGETS[budget_name]).resolve(base)
+    price = lambda c: dataclasses.asdict(cost.price(c))  # noqa: E731
+    return prunable.space, budget, price
+
+
+def fake_score(space: SearchSpace, candidate) -> float:
+    """A smooth stand-in for accuracy: wider is better, with a preference between dimensions."""
+    ratios = space.to_ratios(candidate)
+    return float(sum(r * (1 + i % 3) for i, r in enumerate(ratios)) / len(ratios))

@@ -1,0 +1,39 @@
+"""The agent registry: agents by name, heavy ones imported only when asked for."""
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from spaces.budget import Budget
+from spaces.space import SearchSpace
+
+from .base import Agent, Price
+
+#: name -> "module:Class", imported on first use (agents with heavy dependencies cost nothing until used).
+_AGENTS: dict[str, str] = {
+    "random": "agents._random:RandomAgent",
+    "uniform": "agents._uniform:UniformAgent",
+}
+
+
+def register_agent(name: str, target: str) -> None:
+    """Register `module:Class` under `name`; a name can be registered once."""
+    if name in _AGENTS:
+        raise ValueError(f"an agent named {name!r} is already registered")
+    _AGENTS[name] = target
+
+
+def list_agents() -> list[str]:
+    return sorted(_AGENTS)
+
+
+def agent_class(name: str) -> type[Agent]:
+    if name not in _AGENTS:
+        raise KeyError(f"unknown agent {name!r}; choose from {', '.join(list_agents())}")
+    module, cls = _AGENTS[name].split(":")
+    return getattr(import_module(module), cls)
+
+
+def make_agent(name: str, space: SearchSpace, budget: Budget, *, price: Price, seed: int | None = None,
+               trials: int | None = None, **options: Any) -> Agent:
+    return agent_class(name)(space, budget, price=price, seed=seed, trials=trials, **options)

@@ -1,0 +1,131 @@
+"""BN-recalibrated accuracy (EagleEye's adaptive BN): the score of a candidate, on cached batches.
+
+Scoring a candidate: apply it to the elastic model (no copy), reset every BatchNorm's running
+statistics, recalibrate them with `momentum=None` (a cumulative average) over K cached calibration
+batches with only the BatchNorms in train mode (dropout and stochastic depth stay off) and no
+gradients, then take top-1 on M cached held-out samples in eval mode.
+
+The batches are tensors cut once, on the device, when the evaluator is built: the per-candidate path
+has no data loading, no copy of the model and no re-trace. The base model's statistics are restored
+by `restore()` (and by using the evaluator as a context manager).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from spaces.derive import PrunableModel
+from spaces.elastic import ElasticModel
+
+
+def stack_batches(dataset: Dataset, indices: Sequence[int], batch_size: int,
+                  device: torch.device | str) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Load `indices` of `dataset` once, as (x, y) batches on `device`."""
+    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=False)
+    return [(x.to(device), torch.as_tensor(y).to(device)) for x, y in loader]
+
+
+def recalibrate(module: nn.Module, batches: Iterable[torch.Tensor]) -> None:
+    """Reset every BatchNorm's statistics and re-estimate them (cumulative average) on `batches`."""
+    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [bn.momentum for bn in bns]
+    training = module.training
+    module.eval()
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None
+        bn.train()
+    with torch.no_grad():
+        for x in batches:
+            module(x)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    module.train(training)
+    if not training:
+        for bn in bns:
+            bn.eval()
+
+
+@torch.no_grad()
+def top1(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    correct = total = 0
+    for x, y in batches:
+        correct += (module(x).argmax(1) == y).sum().item()
+        total += y.numel()
+    return correct / max(1, total)
+
+
+class AccuracyEvaluator:
+    """Scores candidates of one prunable model; see the module docstring."""
+
+    def __init__(self, prunable: PrunableModel, calibration: Sequence[torch.Tensor],
+                 held_out: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu"):
+        if not calibration or not held_out:
+            raise ValueError("the evaluator needs at least one calibration batch and one held-out batch")
+        self.prunable = prunable
+        self.device = torch.device(device)
+        prunable.model.to(self.device)
+        self.elastic = ElasticModel(prunable).to(self.device).eval()
+        self.calibration = [x.to(self.device) for x in calibration]
+        self.held_out = [(x.to(self.device), y.to(self.device)) for x, y in held_out]
+        self._bns = self.elastic.batchnorms()
+        self._momenta = [bn.momentum for bn in self._bns]
+        self._snapshot = self.elastic.bn_snapshot()
+
+    @classmethod
+    def from_dataset(cls, prunable: PrunableModel, dataset: Dataset, calibration_indices: Sequence[int],
+                     held_out_indices: Sequence[int], *, calib_batches: int, batch_size: int,
+                     eval_samples: int, device: torch.device | str = "cpu") -> AccuracyEvaluator:
+        """Cut K calibration batches and M held-out samples from `dataset` once (eval transforms)."""
+        calib = list(calibration_indices)[:calib_batches * batch_size]
+        held = list(held_out_indices)[:eval_samples]
+        calibration = [x for x, _ in stack_batches(dataset, calib, batch_size, device)]
+        return cls(prunable, calibration, stack_batches(dataset, held, max(batch_size, 256), device), device)
+
+    @property
+    def samples(self) -> tuple[int, int]:
+        """(calibration samples, held-out samples) per candidate."""
+        return sum(len(x) for x in self.calibration), sum(len(y) for _, y in self.held_out)
+
+    def score(self, candidate: Mapping[str, int]) -> float:
+        """Held-out top-1 of `candidate` after BN recalibration (NaN if its outputs are not finite)."""
+        self.elastic.apply(candidate)
+        for bn in self._bns:
+            bn.reset_running_stats()
+            bn.momentum = None
+            bn.train()
+        with torch.no_grad():
+            for x in self.calibration:
+                self.elastic(x)
+            for bn in self._bns:
+                bn.eval()
+            correct = total = 0
+            for x, y in self.held_out:
+                out = self.elastic(x)
+                if not torch.isfinite(out).all():
+                    return math.nan
+                correct += (out.argmax(1) == y).sum().item()
+                total += y.numel()
+        return correct / total
+
+    def recalibrated(self, module: nn.Module) -> nn.Module:
+        """Recalibrate a materialized subnet's BatchNorms on this evaluator's calibration batches."""
+        recalibrate(module.to(self.device), self.calibration)
+        return module
+
+    def restore(self) -> None:
+        """Give the base model back its own BatchNorm statistics and the full widths."""
+        self.elastic.restore_bn(self._snapshot)
+        for bn, momentum in zip(self._bns, self._momenta):
+            bn.momentum = momentum
+        self.elastic.reset()
+
+    def __enter__(self) -> AccuracyEvaluator:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.restore()

@@ -1,0 +1,46 @@
+"""Parse `--budget` strings into a `spaces.budget.Budget`.
+
+Grammar (case-insensitive, one limit per string, `--budget` repeatable, all limits must hold):
+  <ratio>flops      e.g. 0.4flops   FLOPs at most ratio x the base model's (0 < ratio <= 1)
+  <ratio>params     e.g. 0.5params  parameters at most ratio x the base model's
+  <n>mflops | <n>gflops | <n>kflops   absolute FLOPs per sample (FlopCounterMode's count)
+  <n>m | <n>k       absolute parameter count (e.g. 1.2m, 300k)
+  <n>ms             latency in milliseconds;  <ratio>latency   relative latency
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+from spaces.budget import Budget, Limit
+
+from .errors import UserError
+
+GRAMMAR = ("<ratio>flops | <ratio>params | <n>mflops | <n>gflops | <n>kflops | <n>m | <n>k (params) | "
+           "<n>ms | <ratio>latency   e.g. 0.4flops, 300mflops, 1.2m")
+_NUMBER = r"(\d+(?:\.\d*)?|\.\d+)(?:e([+-]?\d+))?"
+_UNITS = {
+    "flops": ("flops", True, 1.0), "params": ("params", True, 1.0), "latency": ("latency", True, 1.0),
+    "kflops": ("flops", False, 1e3), "mflops": ("flops", False, 1e6), "gflops": ("flops", False, 1e9),
+    "k": ("params", False, 1e3), "m": ("params", False, 1e6), "ms": ("latency", False, 1.0),
+}
+
+
+def parse_limit(text: str) -> Limit:
+    match = re.fullmatch(_NUMBER + r"\s*([a-z]+)", text.strip().lower())
+    if not match or match.group(3) not in _UNITS:
+        raise UserError(f"cannot read budget {text!r}; expected {GRAMMAR}")
+    number = float(match.group(1)) * 10 ** int(match.group(2) or 0)
+    metric, relative, scale = _UNITS[match.group(3)]
+    if number <= 0:
+        raise UserError(f"budget {text!r} must be positive")
+    if relative and number > 1:
+        raise UserError(f"relative budget {text!r} must be a ratio in (0, 1] of the base model")
+    return Limit(metric, number * scale, relative, text.strip())
+
+
+def parse_budget(texts: Iterable[str]) -> Budget:
+    limits = [parse_limit(t) for t in texts]
+    if not limits:
+        raise UserError(f"give at least one --budget ({GRAMMAR})")
+    return Budget(limits)

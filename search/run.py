@@ -1,0 +1,270 @@
+"""`python -m search.run`: search a pruned architecture of a model under a budget, and export the best.
+
+    python -m search.run --agent random --budget 0.4flops
+    python -m search.run --model torchvision:resnet18 --weights r18.pt --data imagefolder:/data/imgs \\
+        --agent random --budget 0.5flops --budget 0.6params --trials 300
+
+With no model and data it runs on the embedded default: a CIFAR-style ResNet-20 on scikit-learn's
+bundled handwritten digits (trained once, then cached).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from agents.registry import list_agents, make_agent
+from evaluators.accuracy import AccuracyEvaluator
+from evaluators.cost import CostModel
+from spaces.derive import derive
+from spaces.materialize import materialize
+from spaces.space import DEFAULT_RATIOS
+
+from .budget import GRAMMAR, parse_budget
+from .engine import Engine, Outcome
+from .errors import UserError
+from .records import BEST_FILE, BEST_MODEL_FILE, RunDirectory
+from .training import evaluate, resolve_device
+
+log = logging.getLogger("search")
+ZOO_MODELS = ("resnet20", "resnet56")
+RESUMABLE = ("trials",)  # options a resumed run may change; the rest come from run.json
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    what = p.add_argument_group("what to search")
+    what.add_argument("--agent", required=False, help=f"search agent: {', '.join(list_agents())}")
+    what.add_argument("--budget", action="append", default=None, metavar="LIMIT",
+                      help=f"repeatable; every limit must hold. {GRAMMAR}")
+    what.add_argument("--model", default="resnet20",
+                      help="resnet20 | resnet56 | torchvision:NAME | package.module:factory | PATH.pt (whole model)")
+    what.add_argument("--weights", default=None, help="state dict or checkpoint ({'state_dict': ...}, {'model': ...})")
+    what.add_argument("--data", default="digits",
+                      help="digits | cifar10:DIR | imagefolder:DIR[@SIZE] | package.module:factory")
+    search = p.add_argument_group("search")
+    search.add_argument("--trials", type=int, default=None, help="candidates to try (default 100)")
+    search.add_argument("--seed", type=int, default=0, help="seeds the data split, the baseline and the agent")
+    search.add_argument("--width-ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS),
+                        help="allowed width ratios of every channel group, comma-separated")
+    search.add_argument("--round-to", type=int, default=1, help="round every width to a multiple of this")
+    search.add_argument("--no-block-removal", action="store_true", help="never remove residual blocks")
+    scoring = p.add_argument_group("scoring (BN-recalibrated held-out top-1)")
+    scoring.add_argument("--calib-batches", type=int, default=8, help="batches to recalibrate BatchNorm on")
+    scoring.add_argument("--batch-size", type=int, default=64, help="calibration (and training) batch size")
+    scoring.add_argument("--eval-samples", type=int, default=1024, help="held-out samples scored per candidate")
+    scoring.add_argument("--held-out", type=float, default=0.2,
+                         help="share (or count, if >= 1) of the training set held out for scoring")
+    scoring.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    scoring.add_argument("--baseline-epochs", type=int, default=30,
+                         help="epochs to train a zoo model given without --weights (cached)")
+    out = p.add_argument_group("output")
+    out.add_argument("--out", default=None, help="run directory (default runs/<time>-<model>-<agent>-<budget>)")
+    out.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted run")
+    out.add_argument("--no-progress", action="store_true", help="no progress bars")
+    out.add_argument("--quiet", action="store_true", help="warnings and the summary only")
+    return p
+
+
+class _TqdmHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
+
+
+def _configure_logging(quiet: bool) -> None:
+    root = logging.getLogger("search")
+    root.handlers[:] = [_TqdmHandler()]
+    root.handlers[0].setFormatter(logging.Formatter("%(message)s"))
+    root.setLevel(logging.WARNING if quiet else logging.INFO)
+    root.propagate = False
+
+
+def _ratios(text: str) -> tuple[float, ...]:
+    try:
+        ratios = tuple(sorted({float(r) for r in text.split(",") if r.strip()}))
+    except ValueError:
+        raise UserError(f"--width-ratios must be numbers separated by commas, got {text!r}") from None
+    if not ratios or not all(0 < r <= 1 for r in ratios):
+        raise UserError(f"--width-ratios must lie in (0, 1], got {text!r}")
+    return ratios
+
+
+def _check(args: argparse.Namespace) -> None:
+    if not args.agent:
+        raise UserError(f"give --agent ({', '.join(list_agents())})")
+    if args.agent not in list_agents():
+        raise UserError(f"unknown agent {args.agent!r}; choose from {', '.join(list_agents())}")
+    for name in ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "baseline_epochs"):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == "baseline_epochs" else 1):
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _resume_args(args: argparse.Namespace, run_dir: RunDirectory) -> argparse.Namespace:
+    saved = run_dir.read().get("args")
+    if not isinstance(saved, dict):
+        raise UserError(f"{run_dir.path} has no saved arguments to resume from")
+    merged = argparse.Namespace(**saved)
+    for name in RESUMABLE:
+        if getattr(args, name) is not None:
+            setattr(merged, name, getattr(args, name))
+    merged.resume, merged.no_progress, merged.quiet = args.resume, args.no_progress, args.quiet
+    return merged
+
+
+def _versions() -> dict[str, str]:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def run(args: argparse.Namespace) -> Outcome:
+    from .baseline import trained_baseline
+    from .zoo import load_data, load_model
+
+    run_dir = RunDirectory.open(args.resume) if args.resume else None
+    if run_dir is not None:
+        args = _resume_args(args, run_dir)
+    args.trials = args.trials or 100
+    _check(args)
+    budget = parse_budget(args.budget or [])
+    if any(lim.metric == "latency" for lim in budget.limits):
+        raise UserError("latency budgets need a measured latency table, which is not available yet; "
+                        "use a flops or params budget")
+    ratios = _ratios(args.width_ratios)
+    try:
+        device = resolve_device(args.device)
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError) as error:
+        raise UserError(f"cannot use --device {args.device}: {str(error).splitlines()[0]}") from None
+    progress = not args.no_progress
+
+    data = load_data(args.data, held_out=args.held_out if args.held_out < 1 else int(args.held_out), seed=args.seed)
+    model = load_model(args.model, num_classes=data.num_classes, input_shape=data.input_shape, weights=args.weights)
+    base_test = None
+    if args.weights is None and args.model in ZOO_MODELS and args.baseline_epochs > 0:
+        model, base_test = trained_baseline(model, args.model, args.data, data, epochs=args.baseline_epochs,
+                                            seed=args.seed, batch_size=args.batch_size, device=device,
+                                            progress=progress)
+    elif args.weights is None:
+        log.warning("no --weights: searching an untrained %s (scores will be near chance)", args.model)
+    model = model.cpu().eval()
+    example = data.train_eval[int(data.fit[0])][0].unsqueeze(0)
+    prunable = derive(model, example, ratios=ratios, round_to=args.round_to,
+                      removable_blocks=not args.no_block_removal)
+    space = prunable.space
+    if len(space) == 0:
+        raise UserError(f"no prunable channel group or removable block was found in {args.model}")
+    cost = CostModel(prunable)
+    base = dataclasses.asdict(cost.base)
+    budget = budget.resolve(base)
+    smallest = dataclasses.asdict(cost.price(space.smallest()))
+    if not budget.feasible(smallest):
+        raise UserError(f"budget {budget} cannot be met: the smallest subnet of this space has "
+                        f"{smallest['flops'] / base['flops']:.3f} x the base FLOPs and "
+                        f"{smallest['params'] / base['params']:.3f} x its params")
+    if run_dir is None:
+        run_dir = RunDirectory.create(args.out, model=args.model, agent=args.agent, budget=str(budget))
+    log.info("%s: %s; base %.2f MFLOPs, %.3f M params; run directory %s", args.model, space,
+             base["flops"] / 1e6, base["params"] / 1e6, run_dir.path)
+
+    model.to(device)
+    test_loader = DataLoader(data.test, batch_size=256)
+    if base_test is None:
+        base_test = evaluate(model, test_loader, device)
+    evaluator = AccuracyEvaluator.from_dataset(
+        prunable, data.train_eval, data.fit, data.held_out, calib_batches=args.calib_batches,
+        batch_size=args.batch_size, eval_samples=args.eval_samples, device=device)
+    base_score = evaluator.score(space.full())
+    run_dir.update_run(args=vars(args), status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                       versions=_versions(), device=str(device), space=space.to_json(),
+                       base={**base, "held_out_top1": base_score, "test_top1": base_test},
+                       budget={"limits": [str(lim) for lim in budget.limits], "caps": budget.caps},
+                       scoring={"calibration_samples": evaluator.samples[0], "held_out_samples": evaluator.samples[1]})
+
+    def price(candidate):
+        return dataclasses.asdict(cost.price(candidate))
+
+    agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials)
+    engine = Engine(agent, price, budget, evaluator, trials=args.trials, journal=run_dir.journal,
+                    progress=progress, base_flops=base["flops"])
+    previous = run_dir.journal.read()
+    if previous:
+        run_dir.journal.truncate(previous)
+        engine.replay(previous)
+        log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
+    started = time.perf_counter()
+    outcome = engine.run()
+    evaluator.restore()
+    _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test, budget,
+            time.perf_counter() - started)
+    return outcome
+
+
+def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test,
+            budget, seconds) -> None:
+    frame = run_dir.write_trials(outcome.trials, base)
+    best = outcome.best
+    best_record = None
+    if best is not None:
+        subnet = evaluator.recalibrated(materialize(prunable, best.candidate)).eval()
+        test_top1 = evaluate(subnet, test_loader, device)
+        torch.save(subnet.cpu(), run_dir.path / BEST_MODEL_FILE)
+        best_record = {
+            "model": args.model, "weights": args.weights, "data": args.data, "seed": args.seed,
+            "derive": {"ratios": _ratios(args.width_ratios), "round_to": args.round_to,
+                       "removable_blocks": not args.no_block_removal, "importance": "l1"},
+            "input_shape": list(evaluator.calibration[0].shape[1:]),
+            "trial": best.number, "candidate": best.candidate.to_dict(), "held_out_top1": best.result.score,
+            "test_top1": test_top1, "costs": dict(best.result.costs),
+            "ratios": {k: best.result.costs[k] / base[k] for k in ("flops", "params")},
+            "summary": prunable.describe(best.candidate),
+        }
+        run_dir.write(BEST_FILE, best_record)
+    run_dir.plot(frame, caps=budget.caps, base=base, best=best,
+                 title=f"{args.model} / {args.data}: {args.agent}, budget {budget}")
+    counts = frame.state.value_counts().to_dict()
+    status = "interrupted" if outcome.interrupted else "complete"
+    run_dir.update_run(status=status, finished=time.strftime("%Y-%m-%d %H:%M:%S"), search_seconds=round(seconds, 2),
+                       trials=len(outcome.trials), states=counts, best=best_record and {
+                           k: best_record[k] for k in ("trial", "held_out_top1", "test_top1", "ratios")})
+    lines = [f"base : {base['flops'] / 1e6:9.3f} MFLOPs  {base['params'] / 1e6:7.4f} M params  "
+             f"held-out {base_score:.4f}  test {base_test:.4f}"]
+    if best_record:
+        r = best_record["ratios"]
+        lines.append(f"best : {best.result.costs['flops'] / 1e6:9.3f} MFLOPs  {best.result.costs['params'] / 1e6:7.4f} M "
+                     f"params  held-out {best.result.score:.4f}  test {best_record['test_top1']:.4f}  "
+                     f"(FLOPs x{r['flops']:.3f}, params x{r['params']:.3f}, trial {best.number}, before fine-tuning)")
+    else:
+        lines.append("best : none scored")
+    lines.append(f"trials: {len(outcome.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}) in "
+                 f"{seconds:.1f} s{' - interrupted' if outcome.interrupted else ''}"
+                 f"{' - the agent had nothing more to propose' if outcome.finished_early else ''}")
+    lines.append(f"run  : {run_dir.path}")
+    if best_record:
+        lines.append(f"next : python -m search.finetune {run_dir.path}")
+    print("\n".join(lines))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = get_args_parser().parse_args(argv)
+    _configure_logging(args.quiet)
+    try:
+        outcome = run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 130 if outcome.interrupted else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,91 @@
+"""Conformance suite: every registered agent must pass it (valid, within budget, seeded, robust)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from agents import list_agents, make_agent
+from conftest import BUDGETS, fake_score, setting
+from spaces.records import Result, TrialState
+
+def drive(name: str, budget_name: str = "0.4flops", *, seed: int = 0, trials: int = 30, fail_every: int = 0):
+    """Run the ask/tell loop the way the engine does; returns the asked candidates."""
+    space, budget, price = setting(budget_name)
+    agent = make_agent(name, space, budget, price=price, seed=seed, trials=trials)
+    asked, pending = [], []
+    for step in range(trials * 3):
+        if len(asked) >= trials:
+            break
+        candidate = agent.ask()
+        if candidate is None:
+            if not pending:
+                break  # nothing more to propose
+            for c in pending:  # a generation barrier: finish the outstanding ones
+                agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+            pending.clear()
+            continue
+        asked.append(candidate)
+        if fail_every and len(asked) % fail_every == 0:
+            agent.tell(candidate, Result(TrialState.FAILED, None, price(candidate), message="boom"))
+        else:
+            agent.tell(candidate, Result(TrialState.COMPLETE, fake_score(space, candidate), price(candidate)))
+    return asked
+
+
+@pytest.mark.parametrize("name", list_agents())
+@pytest.mark.parametrize("budget_name", list(BUDGETS))
+def test_candidates_are_valid_and_within_budget(name, budget_name):
+    space, budget, price = setting(budget_name)
+    asked = drive(name, budget_name)
+    assert asked, "the agent proposed nothing"
+    for candidate in asked:
+        space.validate(candidate)
+        assert budget.feasible(price(candidate)), f"{name} proposed an over-budget candidate"
+
+
+@pytest.mark.parametrize("name", list_agents())
+def test_same_seed_same_run(name):
+    assert drive(name, seed=3) == drive(name, seed=3)
+
+
+@pytest.mark.parametrize("name", list_agents())
+def test_survives_failed_results(name):
+    asked = drive(name, fail_every=2)
+    assert asked
+
+
+@pytest.mark.parametrize("name", list_agents())
+def test_state_dict_round_trip_continues_identically(name):
+    space, budget, price = setting("0.4flops")
+    a = make_agent(name, space, budget, price=price, seed=5, trials=20)
+    first = a.ask()
+    if first is not None:
+        a.tell(first, Result(TrialState.COMPLETE, 0.5, price(first)))
+    b = make_agent(name, space, budget, price=price, seed=99, trials=20)
+    b.load_state_dict(a.state_dict())
+    assert a.ask() == b.ask()
+
+
+@pytest.mark.parametrize("name", list_agents())
+def test_agents_import_no_heavy_dependencies(name):
+    for banned in ("torchvision", "ray", "evaluators"):
+        module = sys.modules.get(f"agents._{name}")
+        if module is not None:
+            assert banned not in vars(module)
+
+
+def test_random_differs_across_seeds_and_uniform_is_the_largest_common_ratio():
+    assert drive("random", seed=0) != drive("random", seed=1)
+    space, budget, price = setting("0.4flops")
+    (candidate,) = drive("uniform")
+    ratios = {round(space[n].ratio(v), 6) for n, v in candidate.items() if space[n].kind == "width"}
+    assert budget.feasible(price(candidate))
+    bigger = space.uniform(max(ratios) + 0.1)
+    assert not budget.feasible(price(bigger))
+
+
+def test_unknown_agent_names_the_valid_ones():
+    space, budget, price = setting("0.4flops")
+    with pytest.raises(KeyError, match="random"):
+        make_agent("nope", space, budget, price=price)

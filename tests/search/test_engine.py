@@ -1,0 +1,128 @@
+"""The engine loop: rejection before scoring, failures as data, journal and exact resume."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from agents import make_agent
+from conftest import fake_score, setting
+from search.engine import Engine, Journal
+from search.errors import UserError
+from spaces.records import TrialState
+
+
+class CountingScorer:
+    def __init__(self, space, fail=lambda c: False, nan=lambda c: False):
+        self.space, self.fail, self.nan, self.calls = space, fail, nan, 0
+
+    def score(self, candidate):
+        self.calls += 1
+        if self.fail(candidate):
+            raise RuntimeError("forward pass failed")
+        return math.nan if self.nan(candidate) else fake_score(self.space, candidate)
+
+
+def engine(tmp_path, trials, agent="random", seed=0, scorer=None, journal=True):
+    space, budget, price = setting("0.4flops")
+    a = make_agent(agent, space, budget, price=price, seed=seed, trials=trials)
+    scorer = scorer or CountingScorer(space)
+    return Engine(a, price, budget, scorer, trials=trials, journal=Journal(tmp_path / "j.jsonl") if journal else None,
+                  progress=False), scorer
+
+
+def test_every_trial_is_journaled_and_over_budget_is_never_scored(tmp_path):
+    space, budget, price = setting("0.4flops")
+    over = space.full()
+
+    class Stubborn:  # proposes an over-budget candidate every third time
+        name = "stubborn"
+
+        def __init__(self):
+            self.inner = make_agent("random", space, budget, price=price, seed=0)
+            self.n = 0
+
+        def ask(self):
+            self.n += 1
+            return over if self.n % 3 == 0 else self.inner.ask()
+
+        def tell(self, c, r):
+            pass
+
+    scorer = CountingScorer(space)
+    outcome = Engine(Stubborn(), price, budget, scorer, trials=9, journal=Journal(tmp_path / "j.jsonl"),
+                     progress=False).run()
+    states = [t.result.state for t in outcome.trials]
+    assert states.count(TrialState.INFEASIBLE) == 3
+    assert scorer.calls == 6
+    assert len((tmp_path / "j.jsonl").read_text().splitlines()) == 9
+
+
+def test_failures_and_nan_are_recorded_and_the_search_goes_on(tmp_path):
+    space = setting("0.4flops")[0]
+    first = space.names[0]
+    scorer = CountingScorer(space, fail=lambda c: c[first] % 2 == 0, nan=lambda c: c[first] % 3 == 0)
+    eng, _ = engine(tmp_path, 25, scorer=scorer)
+    outcome = eng.run()
+    assert len(outcome.trials) == 25
+    failed = [t for t in outcome.trials if t.result.state is TrialState.FAILED]
+    assert failed and any("forward pass failed" in t.result.message for t in failed)
+    assert outcome.best is not None and outcome.best.result.ok
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    full, _ = engine(tmp_path / "a", 20, journal=False)
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a").mkdir()
+    uninterrupted = full.run()
+    half, _ = engine(tmp_path / "b", 8)
+    half.run()
+    resumed, scorer = engine(tmp_path / "b", 20)
+    resumed.replay(Journal(tmp_path / "b" / "j.jsonl").read())
+    outcome = resumed.run()
+    assert scorer.calls <= 12  # nothing already scored is scored again
+    assert [t.candidate for t in outcome.trials] == [t.candidate for t in uninterrupted.trials]
+    assert outcome.best.candidate == uninterrupted.best.candidate
+
+
+def test_resume_with_another_seed_is_refused(tmp_path):
+    first, _ = engine(tmp_path, 5)
+    first.run()
+    other, _ = engine(tmp_path, 10, seed=1)
+    with pytest.raises(UserError, match="cannot resume"):
+        other.replay(Journal(tmp_path / "j.jsonl").read())
+
+
+def test_a_torn_last_journal_line_is_dropped(tmp_path):
+    eng, _ = engine(tmp_path, 4)
+    eng.run()
+    path = tmp_path / "j.jsonl"
+    path.write_text(path.read_text() + '{"trial": 4, "sta')
+    trials = Journal(path).read()
+    assert len(trials) == 4 and json.loads(path.read_text().splitlines()[0])["trial"] == 0
+
+
+def test_uniform_finishes_early_after_its_one_candidate(tmp_path):
+    eng, scorer = engine(tmp_path, 10, agent="uniform")
+    outcome = eng.run()
+    assert len(outcome.trials) == 1 and outcome.finished_early and scorer.calls == 1
+
+
+def test_repeated_candidates_are_not_scored_twice(tmp_path):
+    space, budget, price = setting("0.4flops")
+    candidate = make_agent("uniform", space, budget, price=price).ask()
+
+    class Repeater:
+        name = "repeat"
+
+        def ask(self):
+            return candidate
+
+        def tell(self, c, r):
+            pass
+
+    scorer = CountingScorer(space)
+    outcome = Engine(Repeater(), price, budget, scorer, trials=5, progress=False).run()
+    assert scorer.calls == 1 and all(t.result.ok for t in outcome.trials)
+    assert len({t.result.score for t in outcome.trials}) == 1
