@@ -15,7 +15,6 @@ import logging
 import platform
 import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.data import DataLoader
@@ -36,6 +35,7 @@ from .training import evaluate, resolve_device
 
 log = logging.getLogger("search")
 ZOO_MODELS = ("resnet20", "resnet56")
+DEFAULT_TRIALS = 200
 RESUMABLE = ("trials",)  # options a resumed run may change; the rest come from run.json
 
 
@@ -52,7 +52,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     what.add_argument("--data", default="digits",
                       help="digits | cifar10:DIR | imagefolder:DIR[@SIZE] | package.module:factory")
     search = p.add_argument_group("search")
-    search.add_argument("--trials", type=int, default=None, help="candidates to try (default 100)")
+    search.add_argument("--trials", type=int, default=None, help=f"candidates to try (default {DEFAULT_TRIALS})")
     search.add_argument("--seed", type=int, default=0, help="seeds the data split, the baseline and the agent")
     search.add_argument("--width-ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS),
                         help="allowed width ratios of every channel group, comma-separated")
@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> Outcome:
     run_dir = RunDirectory.open(args.resume) if args.resume else None
     if run_dir is not None:
         args = _resume_args(args, run_dir)
-    args.trials = args.trials or 100
+    if args.trials is None:
+        args.trials = DEFAULT_TRIALS
     _check(args)
     budget = parse_budget(args.budget or [])
     if any(lim.metric == "latency" for lim in budget.limits):

@@ -234,8 +234,8 @@ def _torchvision_model(name: str, num_classes: int, in_channels: int) -> nn.Modu
 
 def _must_be_module(obj: Any, spec: str) -> nn.Module:
     if not isinstance(obj, nn.Module):
-        raise UserError(f"model {spec} is a {type(obj).__name__}, not a torch.nn.Module (a state dict is "
-                        f"loaded as weights of a named model)")
+        raise UserError(f"model {spec} gave a {type(obj).__name__} object, not a torch.nn.Module (a state "
+                        f"dict is loaded as the weights of a named model)")
     return obj
 
 
@@ -245,7 +245,7 @@ def _load_weights(model: nn.Module, path: Path, spec: str) -> None:
     if isinstance(obj, Mapping):
         obj = next((obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)), obj)
     if not isinstance(obj, Mapping):
-        raise UserError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
+        raise UserError(f"weights file {path} holds a {type(obj).__name__} object, not a state dict")
     state = {str(k).removeprefix("module."): v for k, v in obj.items()}
     _check_fit(model.state_dict(), state, f"weights {path} do not fit model {spec}")
     model.load_state_dict(state, strict=True)
@@ -277,6 +277,22 @@ def _dry_run(model: nn.Module, spec: str, num_classes: int, input_shape: tuple[i
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"model {spec} outputs {got} for one input; the data needs (1, {num_classes}) "
                         f"for its {num_classes} classes")
+
+
+# ---------------------------------------------------------------- cache
+
+def model_key(model_spec: str, data_spec: str) -> str:
+    """A filesystem-safe cache key for a (model, data) pair: a readable slug and a short hash of both specs."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_spec}-{data_spec}")[:60].strip("_")
+    digest = hashlib.sha1(f"{model_spec}\0{data_spec}".encode()).hexdigest()[:10]
+    return f"{slug}-{digest}"
+
+
+def cache_dir() -> Path:
+    """`$PRUNESEARCH_CACHE`, else ~/.cache/prunesearch; created on demand."""
+    path = Path(os.environ.get("PRUNESEARCH_CACHE") or Path.home() / ".cache" / "prunesearch").expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 # ---------------------------------------------------------------- shared
@@ -312,17 +328,3 @@ def _first_line(error: BaseException) -> str:
 
 def _few(names: list[str], n: int = 3) -> str:
     return ", ".join(names[:n]) + (", ..." if len(names) > n else "")
-
-
-def model_key(model_spec: str, data_spec: str) -> str:
-    """A filesystem-safe cache key for a (model, data) pair: a readable slug and a short hash of both specs."""
-    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", f"{model_spec}-{data_spec}")[:60].strip("_")
-    digest = hashlib.sha1(f"{model_spec}\0{data_spec}".encode()).hexdigest()[:10]
-    return f"{slug}-{digest}"
-
-
-def cache_dir() -> Path:
-    """`$PRUNESEARCH_CACHE`, else ~/.cache/prunesearch; created on demand."""
-    path = Path(os.environ.get("PRUNESEARCH_CACHE") or Path.home() / ".cache" / "prunesearch").expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path

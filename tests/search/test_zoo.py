@@ -62,7 +62,8 @@ def write_fake_cifar(root: Path, per_batch: int = 3) -> None:
     (folder / "batches.meta").write_bytes(pickle.dumps({"label_names": [f"class{i}" for i in range(10)]}))
 
 
-def write_image_folder(root: Path, parts: tuple[str, ...] = ("train", "val"), classes: tuple[str, ...] = ("a", "b", "c")) -> None:
+def write_image_folder(root: Path, parts: tuple[str, ...] = ("train", "val"),
+                       classes: tuple[str, ...] = ("a", "b", "c")) -> None:
     rng = np.random.default_rng(0)
     for part in parts:
         for cls in classes:
@@ -183,7 +184,6 @@ def test_model_factories(factories: str) -> None:
                           r"package.module:factory, PATH.pt"),
     ("torchvision:resnet_18", DIGITS, "unknown torchvision model 'resnet_18'; e.g. resnet18"),
     ("torchvision:resnet18", DIGITS, "takes 3-channel images but the data has 1 channel"),
-    ("resnet20", {"num_classes": 10, "input_shape": (3, 1, 1, 1)}, "does not accept inputs of shape"),
 ])
 def test_bad_model_specs(spec: str, kwargs: dict, match: str) -> None:
     with pytest.raises(UserError, match=match):
@@ -191,9 +191,9 @@ def test_bad_model_specs(spec: str, kwargs: dict, match: str) -> None:
 
 
 def test_model_factory_errors(factories: str) -> None:
-    with pytest.raises(UserError, match="is a str, not a torch.nn.Module"):
+    with pytest.raises(UserError, match="gave a str object, not a torch.nn.Module"):
         load_model(f"{factories}:not_a_model", **DIGITS)
-    with pytest.raises(UserError, match=r"outputs \(1, 3\) for one input; the data needs \(1, 10\)"):
+    with pytest.raises(UserError, match=r"mlp does not accept inputs of shape \(3, 8, 8\) from the data: .*192"):
         load_model(f"{factories}:mlp", num_classes=10, input_shape=(3, 8, 8))  # 192 inputs into Linear(64)
     with pytest.raises(UserError, match=r"outputs \(1, 10\).*needs \(1, 4\)"):
         load_model(f"{factories}:fixed", num_classes=4, input_shape=(1, 8, 8))
@@ -232,7 +232,7 @@ def test_whole_saved_model(tmp_path: Path, trained: nn.Module) -> None:
     torch.save(trained, tmp_path / "whole.pt")
     assert_same_weights(load_model(str(tmp_path / "whole.pt"), **DIGITS), trained)
     torch.save(trained.state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(UserError, match="is a dict, not a torch.nn.Module"):
+    with pytest.raises(UserError, match="gave a OrderedDict object, not a torch.nn.Module"):
         load_model(str(tmp_path / "sd.pt"), **DIGITS)
 
 

@@ -1,0 +1,221 @@
+"""The main job through `search.run.main`: every option on tiny settings, every user error as one line."""
+from __future__ import annotations
+
+import json
+import re
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from search import run as run_module
+from search.export import rebuild
+from search.finetune import finetune
+from search.finetune import main as finetune_main
+from search.zoo import load_data, load_model
+
+FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
+        "--eval-samples", "64", "--no-progress", "--quiet"]
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
+
+
+def search(tmp_path, *extra, out="run", agent="random", budget=("0.4flops",)):
+    args = ["--agent", agent, *[a for b in budget for a in ("--budget", b)], "--out", str(tmp_path / out), *FAST,
+            *extra]
+    return run_module.main(args), tmp_path / out
+
+
+def test_default_job_writes_a_complete_run_directory(tmp_path, capsys):
+    code, out = search(tmp_path)
+    assert code == 0
+    for name in ("run.json", "trials.csv", "journal.jsonl", "best.json", "best.pt", "pareto.png"):
+        assert (out / name).is_file(), name
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 6 and set(trials.state) <= {"complete", "infeasible", "failed"}
+    assert (trials.flops_ratio <= 0.4 + 1e-9).all()
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "complete" and info["base"]["flops"] > 0 and info["args"]["agent"] == "random"
+    best = json.loads((out / "best.json").read_text())
+    assert best["ratios"]["flops"] <= 0.4
+    subnet = torch.load(out / "best.pt", weights_only=False).eval()
+    data = load_data("digits")
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        subnet(torch.zeros(1, *data.input_shape))
+    assert counter.get_total_flops() == best["costs"]["flops"]
+    printed = capsys.readouterr().out
+    assert "best :" in printed and "python -m search.finetune" in printed
+
+
+def test_best_json_replays_onto_a_fresh_base_model(tmp_path):
+    code, out = search(tmp_path, "--model", "resnet20")
+    assert code == 0
+    data = load_data("digits")
+    base = load_model("resnet20", num_classes=10, input_shape=data.input_shape)
+    cached = next((tmp_path / "cache").glob("*.pt"))
+    base.load_state_dict(torch.load(cached))
+    rebuilt = rebuild(out / "best.json", base)
+    exported = torch.load(out / "best.pt", weights_only=False)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == \
+        {k: v.shape for k, v in exported.state_dict().items()}
+    weights = [k for k in exported.state_dict() if k.endswith("weight")]
+    assert all(torch.equal(rebuilt.state_dict()[k], exported.state_dict()[k]) for k in weights)
+
+
+def test_uniform_agent_several_budgets_and_options(tmp_path):
+    code, out = search(tmp_path, "--width-ratios", "0.25,0.5,0.75,1", "--round-to", "4", "--no-block-removal",
+                       agent="uniform", budget=("0.5flops", "0.6params"))
+    assert code == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert len(trials) == 1  # uniform proposes its one candidate
+    arch = json.loads(trials.architecture[0])
+    assert not any(k.startswith("keep:") for k in arch)
+    assert all(v % 4 == 0 for v in arch.values())
+    assert trials.flops_ratio[0] <= 0.5 and trials.params_ratio[0] <= 0.6
+
+
+def test_resume_gives_the_uninterrupted_result(tmp_path):
+    assert search(tmp_path, "--trials", "8", out="whole")[0] == 0
+    assert search(tmp_path, "--trials", "4", out="parts")[0] == 0
+    assert run_module.main(["--resume", str(tmp_path / "parts"), "--trials", "8", "--no-progress", "--quiet"]) == 0
+    whole, parts = (pd.read_csv(tmp_path / d / "trials.csv") for d in ("whole", "parts"))
+    columns = ["trial", "state", "score", "flops", "params", "architecture"]
+    pd.testing.assert_frame_equal(whole[columns], parts[columns])
+    assert json.loads((tmp_path / "whole" / "best.json").read_text())["candidate"] == \
+        json.loads((tmp_path / "parts" / "best.json").read_text())["candidate"]
+
+
+def test_ctrl_c_leaves_a_consistent_run_that_resumes(tmp_path, monkeypatch):
+    from evaluators.accuracy import AccuracyEvaluator
+
+    real, calls = AccuracyEvaluator.score, {"n": 0}
+
+    def interrupted(self, candidate):
+        calls["n"] += 1
+        if calls["n"] == 5:  # the base model's score is call 1
+            raise KeyboardInterrupt
+        return real(self, candidate)
+
+    monkeypatch.setattr(AccuracyEvaluator, "score", interrupted)
+    code, out = search(tmp_path)
+    assert code == 130
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    assert len(pd.read_csv(out / "trials.csv")) == 3 and (out / "best.pt").is_file()
+    monkeypatch.setattr(AccuracyEvaluator, "score", real)
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    assert len(pd.read_csv(out / "trials.csv")) == 6
+
+
+def test_failing_candidates_are_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
+    from evaluators.accuracy import AccuracyEvaluator
+
+    real, calls = AccuracyEvaluator.score, {"n": 0}
+
+    def flaky(self, candidate):
+        calls["n"] += 1
+        if calls["n"] % 2 == 0:
+            raise RuntimeError("CUDA error: an illegal memory access")
+        if calls["n"] % 3 == 0:
+            return float("nan")
+        return real(self, candidate)
+
+    monkeypatch.setattr(AccuracyEvaluator, "score", flaky)
+    code, out = search(tmp_path)
+    trials = pd.read_csv(out / "trials.csv")
+    assert code == 0 and len(trials) == 6
+    assert (trials.state == "failed").sum() >= 3 and trials.message.str.contains("illegal memory").any()
+
+
+def test_finetune_reports_and_writes_its_files(tmp_path, capsys):
+    code, out = search(tmp_path)
+    assert code == 0
+    result = finetune(out, epochs=2, progress=False)
+    assert 0 <= result.test_top1 <= 1 and result.base_test_top1 is not None and len(result.history) == 2
+    assert (out / "finetuned.pt").is_file() and len(pd.read_csv(out / "finetune.csv")) == 2
+    assert finetune_main([str(out), "--epochs", "1", "--no-progress"]) == 0
+    assert "after 1 epochs" in capsys.readouterr().out
+
+
+def test_user_brought_model_and_data(tmp_path, monkeypatch):
+    (tmp_path / "my_project.py").write_text(
+        "import torch, torchvision\n"
+        "from torch.utils.data import TensorDataset\n"
+        "def data():\n"
+        "    g = torch.Generator().manual_seed(0)\n"
+        "    x, y = torch.randn(96, 3, 32, 32, generator=g), torch.randint(0, 4, (96,), generator=g)\n"
+        "    return TensorDataset(x[:64], y[:64]), TensorDataset(x[64:], y[64:])\n"
+        "def model(num_classes):\n"
+        "    return torchvision.models.mobilenet_v3_small(num_classes=num_classes)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    weights = tmp_path / "w.pt"
+    torch.save({"state_dict": load_model("my_project:model", num_classes=4, input_shape=(3, 32, 32)).state_dict()},
+               weights)
+    code, out = search(tmp_path, "--model", "my_project:model", "--data", "my_project:data", "--weights",
+                       str(weights), "--held-out", "16")
+    assert code == 0
+    assert json.loads((out / "best.json").read_text())["ratios"]["flops"] <= 0.4
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--agent", "nope", "--budget", "0.4flops"], r"unknown agent 'nope'; choose from .*random.*uniform"),
+    (["--budget", "0.4flops"], r"give --agent"),
+    (["--agent", "random", "--budget", "0.4flop"], r"cannot read budget '0.4flop'; expected <ratio>flops"),
+    (["--agent", "random", "--budget", "1.5flops"], r"must be a ratio in \(0, 1\]"),
+    (["--agent", "random", "--budget", "0.0001flops"], r"cannot be met: the smallest subnet .* 0\.0\d+ x the base"),
+    (["--agent", "random", "--budget", "12ms"], r"latency budgets need a measured latency table"),
+    (["--agent", "random", "--budget", "0.4flops", "--model", "nosuch"], r"nosuch"),
+    (["--agent", "random", "--budget", "0.4flops", "--model", "torchvision:resnet_9000"], r"resnet_9000"),
+    (["--agent", "random", "--budget", "0.4flops", "--data", "mnist"], r"mnist"),
+    (["--agent", "random", "--budget", "0.4flops", "--data", "cifar10:/no/such/folder"], r"/no/such/folder"),
+    (["--agent", "random", "--budget", "0.4flops", "--trials", "0"], r"--trials must be positive"),
+    (["--agent", "random", "--budget", "0.4flops", "--width-ratios", "0.5,2"], r"--width-ratios"),
+    (["--agent", "random", "--budget", "0.4flops", "--device", "tpu"], r"cannot use --device tpu"),
+])
+def test_user_errors_are_one_line_and_exit_2(tmp_path, capsys, args, message):
+    code = run_module.main([*FAST, "--out", str(tmp_path / "run"), *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert "Traceback" not in err and err.count("\n") == 0, err
+    assert re.search(message, err), err
+
+
+def test_weights_that_do_not_fit_the_model(tmp_path, capsys):
+    weights = tmp_path / "r56.pt"
+    torch.save(load_model("resnet56", num_classes=10, input_shape=(1, 8, 8)).state_dict(), weights)
+    code = run_module.main(["--agent", "random", "--budget", "0.4flops", "--weights", str(weights), *FAST,
+                            "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "unexpected" in err
+
+
+def test_unwritable_output_and_resume_of_a_non_run(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = run_module.main(["--agent", "random", "--budget", "0.4flops", "--out", str(blocker / "run"), *FAST])
+    assert code == 2 and "cannot write to output folder" in capsys.readouterr().err
+    code = run_module.main(["--resume", str(tmp_path), *FAST])
+    assert code == 2 and "is not a run directory" in capsys.readouterr().err
+    code = finetune_main([str(tmp_path)])
+    assert code == 2 and "is not a run directory" in capsys.readouterr().err
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
+    assert search(tmp_path)[0] == 0
+    before = (tmp_path / "run" / "journal.jsonl").read_text()
+    code, _ = search(tmp_path)
+    assert code == 2 and "already holds a run; use --resume" in capsys.readouterr().err
+    assert (tmp_path / "run" / "journal.jsonl").read_text() == before
+
+
+def test_help_documents_every_option(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        run_module.main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for action in run_module.get_args_parser()._actions:
+        for option in action.option_strings:
+            assert option in text
