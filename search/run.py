@@ -150,6 +150,7 @@ def run(args: argparse.Namespace) -> Outcome:
     progress = not args.no_progress
 
     data = load_data(args.data, held_out=args.held_out if args.held_out < 1 else int(args.held_out), seed=args.seed)
+    torch.manual_seed(args.seed)  # the model's initialization (what --weights does not overwrite) is seeded too
     model = load_model(args.model, num_classes=data.num_classes, input_shape=data.input_shape, weights=args.weights)
     base_test = None
     if args.weights is None and args.model in ZOO_MODELS and args.baseline_epochs > 0:

@@ -219,3 +219,15 @@ def test_help_documents_every_option(capsys):
     for action in run_module.get_args_parser()._actions:
         for option in action.option_strings:
             assert option in text
+
+
+def test_same_seed_same_run_even_from_a_cold_cache(tmp_path, monkeypatch):
+    frames = []
+    for name in ("a", "b"):
+        monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / f"cache-{name}"))
+        torch.randn(7)  # move the global RNG: the run must not depend on it
+        assert search(tmp_path, out=name)[0] == 0
+        frames.append(pd.read_csv(tmp_path / name / "trials.csv")[["state", "score", "flops", "architecture"]])
+    pd.testing.assert_frame_equal(*frames)
+    infos = [json.loads((tmp_path / n / "run.json").read_text())["base"] for n in ("a", "b")]
+    assert infos[0] == infos[1]
