@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, Subset
 
 from .errors import UserError
 from .records import BEST_MODEL_FILE, RunDirectory
+from .run import HelpFormatter
 from .training import TrainConfig, evaluate, resolve_device, train
 
 FINETUNED_FILE, FINETUNE_CSV = "finetuned.pt", "finetune.csv"
@@ -78,15 +79,15 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m search.finetune", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("run_dir", help="a run directory written by python -m search.run")
-    p.add_argument("--epochs", type=int, default=30)
+    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay to 0)")
-    p.add_argument("--weight-decay", type=float, default=5e-4)
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights, not on biases and norms")
     p.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.add_argument("--seed", type=int, default=None, help="default: the run's seed")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 

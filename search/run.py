@@ -39,9 +39,18 @@ DEFAULT_TRIALS = 200
 RESUMABLE = ("trials",)  # options a resumed run may change; the rest come from run.json
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows a default only where there is one worth showing (not None, not an off switch)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default in (None, False, argparse.SUPPRESS):
+            return action.help or ""
+        return super()._get_help_string(action)
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     what = p.add_argument_group("what to search")
     what.add_argument("--agent", required=False, help=f"search agent: {', '.join(list_agents())}")
     what.add_argument("--budget", action="append", default=None, metavar="LIMIT",
@@ -52,7 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     what.add_argument("--data", default="digits",
                       help="digits | cifar10:DIR | imagefolder:DIR[@SIZE] | package.module:factory")
     search = p.add_argument_group("search")
-    search.add_argument("--trials", type=int, default=None, help=f"candidates to try (default {DEFAULT_TRIALS})")
+    search.add_argument("--trials", type=int, default=None, help=f"candidates to try (default: {DEFAULT_TRIALS})")
     search.add_argument("--seed", type=int, default=0, help="seeds the data split, the baseline and the agent")
     search.add_argument("--width-ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS),
                         help="allowed width ratios of every channel group, comma-separated")
