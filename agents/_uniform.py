@@ -18,13 +18,17 @@ class UniformAgent(Agent):
         self._proposed = False
 
     def best_uniform(self) -> Candidate:
-        """Scan the distinct ratios of all widths from the top; costs fall as the ratio falls."""
-        ratios = sorted({d.ratio(c) for d in self.space.widths for c in d.choices}, reverse=True) or [1.0]
-        for ratio in ratios:
-            candidate = self.space.uniform(ratio)
+        """Scan ratios down from 1 in steps of 0.005, each width rounded to its nearest allowed value.
+
+        Costs fall (weakly) as the ratio falls, so the first feasible candidate is the largest. Nearest
+        rounding lets groups of different sizes land on either side of the ratio, so the reference
+        gets as close to the budget as one common ratio can on the space's width grid.
+        """
+        for step in range(200, 0, -1):
+            candidate = self.space.uniform(step / 200, nearest=True)
             if self.feasible(candidate):
                 return candidate
-        return self.repair(self.space.uniform(ratios[-1]))
+        return self.repair(self.space.smallest())
 
     def ask(self) -> Candidate | None:
         if self._proposed:

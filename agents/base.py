@@ -12,7 +12,7 @@ Conventions every agent follows (the conformance suite checks them):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -44,7 +44,20 @@ class Agent(abc.ABC):
     def tell(self, candidate: Candidate, result: Result) -> None:
         """Learn from a finished candidate. Default: nothing to learn."""
 
+    def restore(self, history: Sequence[tuple[Candidate, Result]]) -> None:
+        """Bring this fresh agent (same space, budget, seed and options) to its state after `history`.
+
+        Default: replay it. Each `ask()` must give back the recorded candidate, which is told its recorded
+        result; a mismatch (other options, another version) is a ValueError.
+        """
+        for number, (candidate, result) in enumerate(history):
+            asked = self.ask()
+            if asked != candidate:
+                raise ValueError(f"trial {number} of the history differs from what the agent proposes now")
+            self.tell(asked, result)
+
     def state_dict(self) -> dict[str, Any]:
+        """A snapshot of the agent's state (the engine resumes by `restore`; this is for checkpoints)."""
         return {"rng": self.rng.bit_generator.state}
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -54,6 +67,22 @@ class Agent(abc.ABC):
     def feasible(self, candidate: Candidate) -> bool:
         return self.budget.feasible(self.price(candidate))
 
+    def _scaled(self, candidate: Candidate, low: float, high: float, keeps: Mapping[str, int]) -> Candidate | None:
+        """The largest common scale of the candidate's width ratios in [low, high] that fits, applied."""
+        ratios = {d.name: d.ratio(candidate[d.name]) for d in self.space.widths}
+
+        def at(s: float) -> Candidate:
+            return Candidate({**{n: self.space[n].floor(min(1.0, r * s)) for n, r in ratios.items()}, **keeps})
+
+        if not self.feasible(at(low)):
+            return None
+        for _ in range(40):
+            mid = (low + high) / 2
+            low, high = (mid, high) if self.feasible(at(mid)) else (low, mid)
+            if high - low < 1e-3 * max(1.0, low):
+                break
+        return at(low)
+
     def repair(self, candidate: Candidate) -> Candidate:
         """Shrink an over-budget candidate into the budget, keeping its shape.
 
@@ -62,21 +91,19 @@ class Agent(abc.ABC):
         """
         if self.feasible(candidate):
             return candidate
-        ratios = {d.name: d.ratio(candidate[d.name]) for d in self.space.widths}
-
-        def scaled(s: float, keep: Mapping[str, int]) -> Candidate:
-            return Candidate({**{n: self.space[n].floor(r * s) for n, r in ratios.items()}, **keep})
-
         keeps = {d.name: candidate[d.name] for d in self.space.keeps}
-        if not self.feasible(scaled(0.0, keeps)):
-            keeps = {d.name: 0 for d in self.space.keeps}
-        lo, hi = 0.0, 1.0
-        for _ in range(30):
-            mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if self.feasible(scaled(mid, keeps)) else (lo, mid)
-            if hi - lo < 1e-3:
-                break
-        return scaled(lo, keeps)
+        fitted = self._scaled(candidate, 0.0, 1.0, keeps)
+        if fitted is None:
+            fitted = self._scaled(candidate, 0.0, 1.0, {d.name: 0 for d in self.space.keeps})
+        return fitted if fitted is not None else self.space.smallest()
+
+    def grow(self, candidate: Candidate) -> Candidate:
+        """Scale a feasible candidate's width ratios up by one common factor until the budget binds."""
+        candidate = self.repair(candidate)
+        keeps = {d.name: candidate[d.name] for d in self.space.keeps}
+        smallest = min((d.ratio(candidate[d.name]) for d in self.space.widths), default=1.0)
+        grown = self._scaled(candidate, 1.0, 1.0 / max(smallest, 1e-6), keeps)
+        return grown if grown is not None else candidate
 
     def sample_feasible(self, tries: int = 200) -> Candidate:
         """A uniform draw from the feasible part of the space (rejection), else a repaired draw."""

@@ -1,6 +1,7 @@
 """The agent registry: agents by name, heavy ones imported only when asked for."""
 from __future__ import annotations
 
+import inspect
 from importlib import import_module
 from typing import Any
 
@@ -13,6 +14,9 @@ from .base import Agent, Price
 _AGENTS: dict[str, str] = {
     "random": "agents._random:RandomAgent",
     "uniform": "agents._uniform:UniformAgent",
+    "abc": "agents._bee_colony:BeeColonyAgent",
+    "tpe": "agents._optuna:TPEAgent",
+    "nsga2": "agents._optuna:NSGA2Agent",
 }
 
 
@@ -32,6 +36,19 @@ def agent_class(name: str) -> type[Agent]:
         raise KeyError(f"unknown agent {name!r}; choose from {', '.join(list_agents())}")
     module, cls = _AGENTS[name].split(":")
     return getattr(import_module(module), cls)
+
+
+def agent_options(name: str) -> set[str]:
+    """The keyword options an agent takes beyond the common ones (space, budget, price, seed, trials)."""
+    options: set[str] = set()
+    for cls in agent_class(name).__mro__:
+        if cls is Agent:
+            break
+        init = cls.__dict__.get("__init__")
+        if init is not None:
+            options |= {p.name for p in inspect.signature(init).parameters.values()
+                        if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and p.name != "self")}
+    return options
 
 
 def make_agent(name: str, space: SearchSpace, budget: Budget, *, price: Price, seed: int | None = None,

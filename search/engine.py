@@ -121,12 +121,12 @@ class Engine:
 
     def replay(self, trials: list[Trial]) -> None:
         """Bring a fresh agent to the state it had after `trials` (nothing is scored again)."""
+        try:
+            self.agent.restore([(t.candidate, t.result) for t in trials])
+        except ValueError as error:
+            raise UserError(f"cannot resume: {error} (was the run started with other options or another "
+                            "version?)") from None
         for trial in trials:
-            candidate = self.agent.ask()
-            if candidate != trial.candidate:
-                raise UserError(f"cannot resume: trial {trial.number} of the journal differs from what the agent "
-                                "proposes now (was the run started with other options or another version?)")
-            self.agent.tell(candidate, trial.result)
             self._remember(trial)
 
     def _remember(self, trial: Trial) -> None:

@@ -14,11 +14,22 @@ from .engine import Journal, Trial
 from .errors import UserError
 
 RUN_FILE, JOURNAL_FILE, TRIALS_FILE = "run.json", "journal.jsonl", "trials.csv"
-BEST_FILE, BEST_MODEL_FILE, PLOT_FILE = "best.json", "best.pt", "pareto.png"
+BEST_FILE, BEST_MODEL_FILE, PLOT_FILE, PARETO_FILE = "best.json", "best.pt", "pareto.png", "pareto.csv"
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "_", text).strip("_")[:60] or "run"
+
+
+def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
+    """Rows of scored trials that no other scored trial beats on both score (higher) and FLOPs (lower)."""
+    done = frame[frame.state == "complete"].sort_values(["flops", "score"], ascending=[True, False])
+    keep, best = [], float("-inf")
+    for index, score in zip(done.index, done.score):
+        if score > best:
+            keep.append(index)
+            best = score
+    return done.loc[keep]
 
 
 class RunDirectory:
@@ -83,6 +94,12 @@ class RunDirectory:
         frame.to_csv(self.path / TRIALS_FILE, index=False)
         return frame
 
+    def write_pareto(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """The scored trials no other beats on both held-out score and FLOPs, by FLOPs."""
+        front = pareto_front(frame)
+        front.to_csv(self.path / PARETO_FILE, index=False)
+        return front
+
     def plot(self, frame: pd.DataFrame, *, caps: Mapping[str, float], base: Mapping[str, float],
              best: Trial | None, title: str) -> None:
         """Score against FLOPs ratio: every scored trial, the Pareto front, the budget line, the best."""
@@ -91,13 +108,13 @@ class RunDirectory:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        done = frame[frame.state == "complete"].sort_values("flops_ratio")
+        done = frame[frame.state == "complete"]
         fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
         ax.scatter(done.flops_ratio, done.score, s=14, alpha=0.6, label="scored candidates")
-        front = done[done.score >= done.score.cummax()] if len(done) else done
+        front = pareto_front(frame)
         if len(front):
-            ax.step(front.flops_ratio, front.score.cummax(), where="post", color="tab:green", lw=1.2,
-                    label="Pareto front")
+            ax.step(front.flops_ratio, front.score, where="post", color="tab:green", lw=1.2, marker="o",
+                    markersize=4, label=f"Pareto front ({len(front)})")
         if "flops" in caps:
             ax.axvline(caps["flops"] / base["flops"], color="tab:red", ls="--", lw=1, label="FLOPs budget")
         if best is not None:

@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from agents.registry import list_agents, make_agent
+from agents.registry import agent_options, list_agents, make_agent
 from evaluators.accuracy import AccuracyEvaluator
 from evaluators.cost import CostModel
 from spaces.derive import derive
@@ -36,7 +36,8 @@ from .training import evaluate, resolve_device
 log = logging.getLogger("search")
 ZOO_MODELS = ("resnet20", "resnet56")
 DEFAULT_TRIALS = 200
-RESUMABLE = ("trials",)  # options a resumed run may change; the rest come from run.json
+RESUMABLE = ("trials",)
+AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "population", "storage", "study_name")  # options a resumed run may change; the rest come from run.json
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -76,6 +77,15 @@ def get_args_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     scoring.add_argument("--baseline-epochs", type=int, default=30,
                          help="epochs to train a zoo model given without --weights (cached)")
+    agent = p.add_argument_group("agent options (each applies to the agents named)")
+    agent.add_argument("--food-sources", type=int, help="abc: food sources (candidates kept), default 10")
+    agent.add_argument("--limit", type=int, help="abc: failed moves before a source is abandoned, default 5")
+    agent.add_argument("--genes", type=int, help="abc: genes moved per bee, default 2")
+    agent.add_argument("--startup-trials", type=int, help="tpe: random trials before TPE models, default trials/5")
+    agent.add_argument("--population", type=int, help="nsga2: population size, default 20")
+    agent.add_argument("--storage", help="tpe, nsga2: Optuna storage (sqlite:///study.db, or FILE.log for a "
+                                         "journal file) to resume or share a study")
+    agent.add_argument("--study-name", help="tpe, nsga2: study name within --storage")
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="run directory (default runs/<time>-<model>-<agent>-<budget>)")
     out.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted run")
@@ -118,6 +128,18 @@ def _check(args: argparse.Namespace) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
+def _agent_options(args: argparse.Namespace) -> dict[str, object]:
+    """The agent options the user set; one that the chosen agent does not take is a UserError."""
+    options = {k: getattr(args, k) for k in AGENT_OPTIONS if getattr(args, k, None) is not None}
+    accepted = agent_options(args.agent)
+    for name, value in options.items():
+        if name not in accepted:
+            raise UserError(f"--{name.replace('_', '-')} does not apply to agent {args.agent}")
+        if isinstance(value, int) and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    return options
+
+
 def _resume_args(args: argparse.Namespace, run_dir: RunDirectory) -> argparse.Namespace:
     saved = run_dir.read().get("args")
     if not isinstance(saved, dict):
@@ -146,6 +168,7 @@ def run(args: argparse.Namespace) -> Outcome:
     if args.trials is None:
         args.trials = DEFAULT_TRIALS
     _check(args)
+    options = _agent_options(args)
     budget = parse_budget(args.budget or [])
     if any(lim.metric == "latency" for lim in budget.limits):
         raise UserError("latency budgets need a measured latency table, which is not available yet; "
@@ -205,7 +228,10 @@ def run(args: argparse.Namespace) -> Outcome:
     def price(candidate):
         return dataclasses.asdict(cost.price(candidate))
 
-    agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials)
+    try:
+        agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials, **options)
+    except ValueError as error:
+        raise UserError(f"agent {args.agent}: {error}") from None
     engine = Engine(agent, price, budget, evaluator, trials=args.trials, journal=run_dir.journal,
                     progress=progress, base_flops=base["flops"])
     previous = run_dir.journal.read()
@@ -241,6 +267,7 @@ def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, ba
             "summary": prunable.describe(best.candidate),
         }
         run_dir.write(BEST_FILE, best_record)
+    run_dir.write_pareto(frame)
     run_dir.plot(frame, caps=budget.caps, base=base, best=best,
                  title=f"{args.model} / {args.data}: {args.agent}, budget {budget}")
     counts = frame.state.value_counts().to_dict()

@@ -162,9 +162,10 @@ class SearchSpace:
         """Every width at its smallest choice, every block removed."""
         return Candidate({d.name: d.smallest for d in self.dimensions})
 
-    def uniform(self, ratio: float, *, keep_blocks: bool = True) -> Candidate:
-        """One width ratio for every channel group (each rounded down to an allowed width)."""
-        return Candidate({d.name: (d.floor(ratio) if d.kind == WIDTH else int(keep_blocks))
+    def uniform(self, ratio: float, *, keep_blocks: bool = True, nearest: bool = False) -> Candidate:
+        """One width ratio for every channel group, each rounded down (or to the nearest) allowed width."""
+        pick = Dimension.nearest if nearest else Dimension.floor
+        return Candidate({d.name: (pick(d, ratio) if d.kind == WIDTH else int(keep_blocks))
                           for d in self.dimensions})
 
     def sample(self, rng: np.random.Generator) -> Candidate:

@@ -231,3 +231,35 @@ def test_same_seed_same_run_even_from_a_cold_cache(tmp_path, monkeypatch):
     pd.testing.assert_frame_equal(*frames)
     infos = [json.loads((tmp_path / n / "run.json").read_text())["base"] for n in ("a", "b")]
     assert infos[0] == infos[1]
+
+
+@pytest.mark.parametrize("agent, extra", [("abc", ["--food-sources", "3", "--limit", "2"]),
+                                          ("tpe", ["--startup-trials", "3"]), ("nsga2", ["--population", "4"])])
+def test_every_agent_runs_the_main_job_and_writes_the_pareto_front(tmp_path, agent, extra):
+    code, out = search(tmp_path, "--trials", "10", *extra, agent=agent, budget=("0.3flops",))
+    assert code == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert (trials.flops_ratio <= 0.3 + 1e-9).all()
+    front = pd.read_csv(out / "pareto.csv")
+    done = trials[trials.state == "complete"]
+    for _, row in front.iterrows():  # nothing scored beats a front member on both counts
+        assert not ((done.score > row.score) & (done.flops <= row.flops)).any()
+    assert front.score.max() == done.score.max()
+
+
+def test_resume_with_an_optuna_storage(tmp_path):
+    storage = ["--storage", f"sqlite:///{tmp_path / 'study.db'}"]
+    assert search(tmp_path, "--trials", "8", *storage, agent="tpe", out="parts")[0] == 0
+    assert run_module.main(["--resume", str(tmp_path / "parts"), "--trials", "12", "--no-progress",
+                            "--quiet"]) == 0
+    trials = pd.read_csv(tmp_path / "parts" / "trials.csv")
+    assert len(trials) == 12 and (trials.state == "complete").all()
+
+
+def test_agent_options_must_fit_the_agent(tmp_path, capsys):
+    code = run_module.main([*FAST, "--agent", "tpe", "--budget", "0.4flops", "--food-sources", "4",
+                            "--out", str(tmp_path / "r")])
+    assert code == 2 and "--food-sources does not apply to agent tpe" in capsys.readouterr().err
+    code = run_module.main([*FAST, "--agent", "abc", "--budget", "0.4flops", "--food-sources", "1",
+                            "--out", str(tmp_path / "r")])
+    assert code == 2 and "food_sources >= 2" in capsys.readouterr().err

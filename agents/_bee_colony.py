@@ -1,0 +1,122 @@
+"""`abc`: artificial bee colony search, after ABCPruner (Lin et al., IJCAI 2020), made budget-aware.
+
+A food source is a whole candidate: one gene per dimension, the index of its value among the
+dimension's choices (widths on the ratio grid, keep flags 0/1). One cycle:
+- employed bees: for each source i, pick another source k and move a few genes (default 2) by
+  `x + U(-1, 1) * (x - x_k)`, rounded to the grid (a move that changes nothing steps one gene by one);
+  the better of old and new is kept (greedy), otherwise the source's trial counter goes up;
+- onlooker bees: as many moves again, on sources drawn by fitness (rank-proportional: accuracy
+  differences between good sources are small, so raw proportional selection barely prefers any);
+- scouts: a source whose counter reaches the limit is replaced by a fresh one.
+Unlike ABCPruner, every proposal is inside the budget: an over-budget move is shrunk by one common
+ratio until it fits, and fresh sources are random shapes scaled up until the budget binds (good
+subnets use most of their budget). Every gene can mutate. `ask()` returns None while a phase waits
+for its results, so a whole phase can be scored in parallel.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from spaces.records import Result
+from spaces.space import Candidate
+
+from .base import Agent
+
+
+class BeeColonyAgent(Agent):
+    name = "abc"
+
+    def __init__(self, *args: Any, food_sources: int = 10, limit: int = 5, genes: int = 2, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        if food_sources < 2 or limit < 1 or genes < 1:
+            raise ValueError("abc needs food_sources >= 2, limit >= 1 and genes >= 1")
+        self.food_sources, self.limit, self.genes = food_sources, limit, min(genes, len(self.space))
+        self.sources: list[list[int]] = []
+        self.scores: list[float] = []
+        self.counters: list[int] = []
+        self.phase = "start"
+        self.queue: list[tuple[int, list[int]]] = []    # (source index, genes) still to ask
+        self.asked: list[tuple[int, list[int]]] = []    # asked, result not yet told
+        self.done: list[tuple[int, list[int], float]] = []  # told this phase
+
+    # -- genes <-> candidates ------------------------------------------------------------------
+    def _candidate(self, genes: list[int]) -> Candidate:
+        return self.space.decode(genes)
+
+    def _genes(self, candidate: Candidate) -> list[int]:
+        return self.space.encode(candidate)
+
+    def _fresh(self) -> list[int]:
+        return self._genes(self.grow(self.space.sample(self.rng)))
+
+    def _move(self, i: int) -> list[int]:
+        k = int(self.rng.choice([j for j in range(len(self.sources)) if j != i]))
+        x, partner = list(self.sources[i]), self.sources[k]
+        chosen = self.rng.choice(len(x), size=self.genes, replace=False)
+        for g in chosen:
+            top = len(self.space.dimensions[g].choices) - 1
+            x[g] = int(np.clip(round(x[g] + self.rng.uniform(-1, 1) * (x[g] - partner[g])), 0, top))
+        if x == self.sources[i]:  # the partner agrees on those genes: step one of them instead
+            g = int(chosen[0])
+            top = len(self.space.dimensions[g].choices) - 1
+            x[g] = int(np.clip(x[g] + (1 if x[g] == 0 or (x[g] < top and self.rng.random() < 0.5) else -1), 0, top))
+        return self._genes(self.repair(self._candidate(x)))
+
+    # -- phases --------------------------------------------------------------------------------
+    def _next_phase(self) -> None:
+        done, self.done = self.done, []
+        if self.phase == "start":
+            self.phase, self.queue = "init", [(i, self._fresh()) for i in range(self.food_sources)]
+            return
+        if self.phase in ("init", "scout"):
+            for i, genes, score in done:
+                if i >= len(self.sources):
+                    self.sources.append(genes), self.scores.append(score), self.counters.append(0)
+                else:
+                    self.sources[i], self.scores[i], self.counters[i] = genes, score, 0
+        else:  # employed or onlooker: greedy selection
+            for i, genes, score in done:
+                if score > self.scores[i]:
+                    self.sources[i], self.scores[i], self.counters[i] = genes, score, 0
+                else:
+                    self.counters[i] += 1
+        if self.phase == "employed":
+            ranks = np.argsort(np.argsort(self.scores)) + 1.0  # worst 1 .. best n
+            picks = self.rng.choice(len(self.sources), size=len(self.sources), p=ranks / ranks.sum())
+            self.phase, self.queue = "onlooker", [(int(i), self._move(int(i))) for i in picks]
+            return
+        if self.phase == "onlooker":
+            tired = [i for i, c in enumerate(self.counters) if c >= self.limit]
+            if tired:
+                self.phase, self.queue = "scout", [(i, self._fresh()) for i in tired]
+                return
+        self.phase, self.queue = "employed", [(i, self._move(i)) for i in range(len(self.sources))]
+
+    def ask(self) -> Candidate | None:
+        if self.phase == "start":
+            self._next_phase()
+        if not self.queue:
+            return None  # the phase waits for its results
+        entry = self.queue.pop(0)
+        self.asked.append(entry)
+        return self._candidate(entry[1])
+
+    def tell(self, candidate: Candidate, result: Result) -> None:
+        genes = self._genes(candidate)
+        index = next(n for n, (_, g) in enumerate(self.asked) if g == genes)
+        i, _ = self.asked.pop(index)
+        self.done.append((i, genes, result.score if result.ok else float("-inf")))
+        if not self.queue and not self.asked:  # the phase is complete: select, then plan the next one
+            self._next_phase()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "sources": self.sources, "scores": self.scores, "counters": self.counters,
+                "phase": self.phase, "queue": self.queue, "asked": self.asked, "done": self.done}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.sources, self.scores, self.counters = state["sources"], state["scores"], state["counters"]
+        self.phase = state["phase"]
+        self.queue, self.asked, self.done = ([tuple(e) for e in state[k]] for k in ("queue", "asked", "done"))

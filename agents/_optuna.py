@@ -1,0 +1,156 @@
+"""`tpe` and `nsga2`: Optuna's samplers through ask-and-tell, with the budget as constraints.
+
+One Optuna parameter per dimension: an integer over the index of its allowed widths (TPE models the
+order of widths), a categorical for keep flags. Each asked trial is priced at once; an over-budget
+one is told to Optuna as infeasible (its constraint values are the budget violations: positive means
+over) and never reaches the engine, so no evaluation is spent on it.
+- `tpe`: `TPESampler(multivariate=True, group=True)` with those constraints, maximizing the score.
+- `nsga2`: `NSGAIISampler` with those constraints over (score, FLOPs): the run's Pareto front
+  (pareto.csv) is the trade-off curve to pick from after one search.
+`storage` (an RDB URL such as sqlite:///study.db, or a path ending in .log for a journal file)
+keeps the study on disk: a resumed run, or several processes, continue the same study.
+"""
+from __future__ import annotations
+
+import pickle
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import optuna
+
+from spaces.records import Result
+from spaces.space import KEEP, Candidate
+
+from .base import Agent
+
+_MAX_INFEASIBLE_ASKS = 500  # then the last ask is repaired into the budget
+
+
+def _storage(url: str | None):
+    if url is None or "://" in url:
+        return url
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(url))
+
+
+#: Optuna >= 5 takes constraints per trial (`Trial.set_constraint`); older versions through `constraints_func`.
+_PER_TRIAL_CONSTRAINTS = hasattr(optuna.trial.Trial, "set_constraint")
+
+
+def _constraints(trial: optuna.trial.FrozenTrial) -> Sequence[float]:
+    return trial.user_attrs.get("constraints", (0.0,))
+
+
+def _constraint_options() -> dict[str, Any]:
+    return {} if _PER_TRIAL_CONSTRAINTS else {"constraints_func": _constraints}
+
+
+def _set_constraints(trial: optuna.trial.Trial, violations: Sequence[float]) -> None:
+    if _PER_TRIAL_CONSTRAINTS:
+        for i, v in enumerate(violations):
+            trial.set_constraint(f"budget{i}", float(v))
+    else:
+        trial.set_user_attr("constraints", list(violations))
+
+
+class OptunaAgent(Agent):
+    directions: tuple[str, ...] = ("maximize",)
+
+    def __init__(self, *args: Any, storage: str | None = None, study_name: str | None = None, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        self.study = optuna.create_study(directions=list(self.directions), sampler=self.sampler(),
+                                         storage=_storage(storage), load_if_exists=storage is not None,
+                                         study_name=study_name or (f"prunesearch-{self.name}" if storage else None))
+        self._stored = storage is not None
+        self._pending: list[tuple[Candidate, int]] = []  # asked, not told: (candidate, Optuna trial number)
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        raise NotImplementedError
+
+    def _suggest(self, trial: optuna.trial.Trial) -> Candidate:
+        values = {}
+        for d in self.space.dimensions:
+            if d.kind == KEEP:
+                values[d.name] = trial.suggest_categorical(d.name, [0, 1])
+            else:
+                values[d.name] = d.choices[trial.suggest_int(d.name, 0, len(d.choices) - 1)]
+        return Candidate(values)
+
+    def _values(self, score: float, costs) -> list[float]:
+        return [score]
+
+    def ask(self) -> Candidate:
+        for attempt in range(_MAX_INFEASIBLE_ASKS + 1):
+            if attempt == _MAX_INFEASIBLE_ASKS:  # hand Optuna a repaired candidate to evaluate next
+                params = {d.name: (c if d.kind == KEEP else d.index(c)) for d, c in
+                          zip(self.space.dimensions, self.repair(candidate).values())}
+                self.study.enqueue_trial(params)
+            trial = self.study.ask()
+            candidate = self._suggest(trial)
+            costs = self.price(candidate)
+            violations = self.budget.violations(costs)
+            _set_constraints(trial, violations)
+            if all(v <= 1e-12 for v in violations):
+                self._pending.append((candidate, trial.number))
+                return candidate
+            self.study.tell(trial, self._values(0.0, costs))  # infeasible: known without an evaluation
+        raise AssertionError("unreachable: the enqueued repaired candidate is feasible")
+
+    def tell(self, candidate: Candidate, result: Result) -> None:
+        index = next(i for i, (c, _) in enumerate(self._pending) if c == candidate)
+        _, trial = self._pending.pop(index)
+        if result.ok:
+            self.study.tell(trial, self._values(result.score, result.costs))
+        else:
+            self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def restore(self, trials) -> None:
+        """With a stored study, Optuna already holds the history: nothing to replay."""
+        if self._stored and len(self.study.trials) > 0:
+            return
+        super().restore(trials)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The study itself (pickled, sampler state included) unless it lives in a storage already."""
+        return {**super().state_dict(), "study": None if self._stored else pickle.dumps(self.study),
+                "pending": [(c.to_dict(), n) for c, n in self._pending]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        if state["study"] is not None:
+            self.study = pickle.loads(state["study"])
+        self._pending = [(Candidate(c), n) for c, n in state["pending"]]
+
+
+class TPEAgent(OptunaAgent):
+    name = "tpe"
+
+    def __init__(self, *args: Any, startup_trials: int | None = None, **kwargs: Any):
+        self.startup_trials = startup_trials
+        super().__init__(*args, **kwargs)
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        startup = self.startup_trials or max(10, min(30, (self.trials or 100) // 5))
+        return optuna.samplers.TPESampler(seed=self.seed, multivariate=True, group=True, n_startup_trials=startup,
+                                          **_constraint_options())
+
+
+class NSGA2Agent(OptunaAgent):
+    name = "nsga2"
+    directions = ("maximize", "minimize")
+
+    def __init__(self, *args: Any, population: int = 20, **kwargs: Any):
+        self.population = population
+        super().__init__(*args, **kwargs)
+
+    def sampler(self) -> optuna.samplers.BaseSampler:
+        return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.population,
+                                             **_constraint_options())
+
+    def _values(self, score: float, costs) -> list[float]:
+        return [score, float(costs["flops"])]

@@ -1,0 +1,66 @@
+"""The ABC agent's own rules: generation barrier, greedy selection, scouts, budget-aware fresh sources."""
+from __future__ import annotations
+
+from agents import make_agent
+from conftest import setting
+from spaces.records import Result, TrialState
+
+
+def colony(**options):
+    space, budget, price = setting("0.4flops")
+    return make_agent("abc", space, budget, price=price, seed=0, **options), space, budget, price
+
+
+def test_a_phase_waits_for_its_results():
+    agent, space, budget, price = colony(food_sources=4)
+    first = [agent.ask() for _ in range(4)]
+    assert all(c is not None for c in first) and agent.ask() is None
+    for i, c in enumerate(first):
+        agent.tell(c, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
+    assert agent.ask() is not None and agent.phase == "employed"
+
+
+def test_fresh_sources_use_most_of_the_budget():
+    agent, space, budget, price = colony(food_sources=6)
+    for _ in range(6):
+        c = agent.ask()
+        assert budget.feasible(price(c))
+        assert price(c)["flops"] >= 0.8 * budget.caps["flops"]  # grown until the budget binds
+
+
+def test_greedy_selection_and_scouts():
+    agent, space, budget, price = colony(food_sources=3, limit=2)
+
+    def run_phase(score):
+        asked = []
+        while (c := agent.ask()) is not None:
+            asked.append(c)
+        for c in asked:
+            agent.tell(c, Result(TrialState.COMPLETE, score(c), price(c)))
+        return asked
+
+    run_phase(lambda c: 0.5)                  # init: every source scores 0.5
+    sources = [list(s) for s in agent.sources]
+    run_phase(lambda c: 0.4)                  # employed: every move is worse
+    assert agent.sources == sources and agent.counters == [1, 1, 1]
+    run_phase(lambda c: 0.4)                  # onlookers: still worse, some counters reach the limit
+    tired = [i for i, n in enumerate(agent.counters) if n >= 2]
+    assert tired
+    scouts = run_phase(lambda c: 0.3)         # scouts replace the tired sources, whatever they score
+    assert len(scouts) == len(tired) and all(agent.counters[i] == 0 for i in tired)
+    moves = run_phase(lambda c: 0.9)          # employed: every move is better and is kept
+    assert [list(s) for s in agent.sources] == [space.encode(c) for c in moves]
+
+
+def test_failed_moves_never_replace_a_source():
+    agent, space, budget, price = colony(food_sources=3)
+    init = [agent.ask() for _ in range(3)]
+    for c in init:
+        agent.tell(c, Result(TrialState.COMPLETE, 0.5, price(c)))
+    moves = []
+    while (c := agent.ask()) is not None:
+        moves.append(c)
+    for c in moves:
+        agent.tell(c, Result(TrialState.FAILED, None, price(c), message="boom"))
+    assert agent.ask() is not None
+    assert agent.scores == [0.5, 0.5, 0.5]

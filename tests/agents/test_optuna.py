@@ -1,0 +1,55 @@
+"""TPE and NSGA-II through ask-and-tell: over-budget trials never reach the engine; studies resume."""
+from __future__ import annotations
+
+import optuna
+
+from agents import make_agent
+from conftest import fake_score, setting
+from spaces.records import Result, TrialState
+
+
+def test_over_budget_trials_are_told_to_optuna_not_asked_of_the_engine():
+    space, budget, price = setting("0.25flops+0.5params")
+    agent = make_agent("tpe", space, budget, price=price, seed=0, trials=30)
+    for _ in range(30):
+        c = agent.ask()
+        assert budget.feasible(price(c))
+        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    trials = agent.study.trials
+    assert len(trials) > 30  # the extra ones were infeasible and cost no evaluation
+    complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == len(trials)
+
+
+def test_nsga2_optimizes_score_and_flops():
+    space, budget, price = setting("0.4flops")
+    agent = make_agent("nsga2", space, budget, price=price, seed=0, trials=20, population=6)
+    for _ in range(20):
+        c = agent.ask()
+        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    assert agent.study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    assert agent.study.best_trials
+
+
+def test_a_stored_study_continues_where_it_stopped(tmp_path):
+    space, budget, price = setting("0.4flops")
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+
+    def run(agent, n):
+        out = []
+        for _ in range(n):
+            c = agent.ask()
+            out.append(c)
+            agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+        return out
+
+    first = make_agent("tpe", space, budget, price=price, seed=0, trials=20, storage=url, study_name="s")
+    history = run(first, 12)
+    again = make_agent("tpe", space, budget, price=price, seed=0, trials=20, storage=url, study_name="s")
+    again.restore([(c, None) for c in history])  # the stored study already holds them: nothing replayed
+    assert len(again.study.trials) == len(first.study.trials)
+    run(again, 3)
+    journal = tmp_path / "study.log"
+    logged = make_agent("tpe", space, budget, price=price, seed=0, storage=str(journal))
+    run(logged, 2)
+    assert journal.exists() and journal.stat().st_size > 0
