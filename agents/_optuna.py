@@ -109,11 +109,11 @@ class OptunaAgent(Agent):
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
-    def restore(self, trials) -> None:
+    def restore(self, events) -> list[Candidate]:
         """With a stored study, Optuna already holds the history: nothing to replay."""
         if self._stored and len(self.study.trials) > 0:
-            return
-        super().restore(trials)
+            return []
+        return super().restore(events)
 
     def state_dict(self) -> dict[str, Any]:
         """The study itself (pickled, sampler state included) unless it lives in a storage already."""

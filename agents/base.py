@@ -44,17 +44,26 @@ class Agent(abc.ABC):
     def tell(self, candidate: Candidate, result: Result) -> None:
         """Learn from a finished candidate. Default: nothing to learn."""
 
-    def restore(self, history: Sequence[tuple[Candidate, Result]]) -> None:
-        """Bring this fresh agent (same space, budget, seed and options) to its state after `history`.
+    def restore(self, events: Sequence[tuple]) -> list[Candidate]:
+        """Bring this fresh agent (same space, budget, seed and options) to its state after `events`.
 
-        Default: replay it. Each `ask()` must give back the recorded candidate, which is told its recorded
-        result; a mismatch (other options, another version) is a ValueError.
+        `events` are `("ask", expected candidate or None)` and `("tell", candidate, result)` in the
+        order they happened. Default: replay them; each `ask()` must give back the expected candidate
+        (a mismatch, from other options or another version, is a ValueError). Returns the candidates
+        asked but never told (in flight when the run stopped), in the order they were asked.
         """
-        for number, (candidate, result) in enumerate(history):
-            asked = self.ask()
-            if asked != candidate:
-                raise ValueError(f"trial {number} of the history differs from what the agent proposes now")
-            self.tell(asked, result)
+        outstanding: list[Candidate] = []
+        for number, event in enumerate(events):
+            if event[0] == "ask":
+                asked = self.ask()
+                if asked is None or (event[1] is not None and asked != event[1]):
+                    raise ValueError(f"event {number} of the history differs from what the agent proposes now")
+                outstanding.append(asked)
+            else:
+                _, candidate, result = event
+                outstanding.remove(candidate)
+                self.tell(candidate, result)
+        return outstanding
 
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of the agent's state (the engine resumes by `restore`; this is for checkpoints)."""

@@ -17,6 +17,7 @@ _AGENTS: dict[str, str] = {
     "abc": "agents._bee_colony:BeeColonyAgent",
     "tpe": "agents._optuna:TPEAgent",
     "nsga2": "agents._optuna:NSGA2Agent",
+    "amc": "agents._amc:AMCAgent",
 }
 
 

@@ -11,14 +11,17 @@ by `restore()` (and by using the evaluator as a context manager).
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from spaces.derive import PrunableModel
+from spaces.derive import PrunableModel, derive
 from spaces.elastic import ElasticModel
 
 
@@ -129,3 +132,31 @@ class AccuracyEvaluator:
 
     def __exit__(self, *exc) -> None:
         self.restore()
+
+
+@dataclass
+class EvaluatorPayload:
+    """What a remote worker needs to build its own evaluator: sent once, through Ray's object store.
+
+    `model` is the base model with its channels already reordered (workers derive with
+    `importance=None`, so every worker sees the same channel order as the driver, without the data
+    or the model files themselves).
+    """
+
+    model: nn.Module
+    calibration: list[torch.Tensor]
+    held_out: list[tuple[torch.Tensor, torch.Tensor]]
+    derive_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "cpu"
+
+    @classmethod
+    def of(cls, evaluator: AccuracyEvaluator, derive_options: Mapping[str, Any], device: str) -> EvaluatorPayload:
+        return cls(copy.deepcopy(evaluator.prunable.model).cpu(), [x.cpu() for x in evaluator.calibration], [(x.cpu(), y.cpu()) for x, y in evaluator.held_out],
+                   dict(derive_options), device)
+
+
+def build_evaluator(payload: EvaluatorPayload) -> AccuracyEvaluator:
+    """Runs on each worker: derive the space again (same channel order) and cache the batches there."""
+    model = payload.model.cpu().eval()
+    prunable = derive(model, payload.calibration[0][:1], importance=None, **payload.derive_options)
+    return AccuracyEvaluator(prunable, payload.calibration, payload.held_out, payload.device)

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 from agents.registry import agent_options, list_agents, make_agent
 from evaluators.accuracy import AccuracyEvaluator
 from evaluators.cost import CostModel
+from evaluators.executors import LocalExecutor
 from spaces.derive import derive
 from spaces.materialize import materialize
 from spaces.space import DEFAULT_RATIOS
@@ -77,6 +78,12 @@ def get_args_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     scoring.add_argument("--baseline-epochs", type=int, default=30,
                          help="epochs to train a zoo model given without --weights (cached)")
+    ray = p.add_argument_group("distribution (Ray)")
+    ray.add_argument("--workers", type=int, default=0,
+                     help="score on N Ray actors (a local Ray is started unless --ray-address); 0: in this process")
+    ray.add_argument("--ray-address", help="join an existing Ray cluster: auto, or HOST:PORT")
+    ray.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per actor (its torch threads)")
+    ray.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per actor (fractions allowed)")
     agent = p.add_argument_group("agent options (each applies to the agents named)")
     agent.add_argument("--food-sources", type=int, help="abc: food sources (candidates kept), default 10")
     agent.add_argument("--limit", type=int, help="abc: failed moves before a source is abandoned, default 5")
@@ -122,9 +129,10 @@ def _check(args: argparse.Namespace) -> None:
         raise UserError(f"give --agent ({', '.join(list_agents())})")
     if args.agent not in list_agents():
         raise UserError(f"unknown agent {args.agent!r}; choose from {', '.join(list_agents())}")
-    for name in ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "baseline_epochs"):
-        value = getattr(args, name)
-        if value is not None and value < (0 if name == "baseline_epochs" else 1):
+    for name in ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "baseline_epochs", "workers",
+                 "cpus_per_worker", "gpus_per_worker"):
+        value = getattr(args, name, None)
+        if value is not None and value < (0 if name in ("baseline_epochs", "workers", "gpus_per_worker") else 1e-9):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
 
 
@@ -156,6 +164,26 @@ def _versions() -> dict[str, str]:
     import torchvision
 
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def _executor(args: argparse.Namespace, evaluator: AccuracyEvaluator, prunable, device: torch.device):
+    """In this process, or a pool of Ray actors each holding its own copy of the model and batches."""
+    if not args.workers and not args.ray_address:
+        return LocalExecutor(evaluator)
+    from evaluators.accuracy import EvaluatorPayload, build_evaluator
+    from evaluators.executors import RayExecutor
+
+    options = {"ratios": _ratios(args.width_ratios), "round_to": args.round_to,
+               "removable_blocks": not args.no_block_removal}
+    payload = EvaluatorPayload.of(evaluator, options, "cuda" if args.gpus_per_worker > 0 else "cpu")
+    workers = args.workers or 1
+    try:
+        executor = RayExecutor(build_evaluator, payload, workers=workers, cpus_per_worker=args.cpus_per_worker,
+                               gpus_per_worker=args.gpus_per_worker, address=args.ray_address)
+    except ConnectionError as error:
+        raise UserError(f"cannot join the Ray cluster at {args.ray_address}: {error}") from None
+    log.info("scoring on %d Ray actors (%g CPU, %g GPU each)", workers, args.cpus_per_worker, args.gpus_per_worker)
+    return executor
 
 
 def run(args: argparse.Namespace) -> Outcome:
@@ -232,7 +260,8 @@ def run(args: argparse.Namespace) -> Outcome:
         agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials, **options)
     except ValueError as error:
         raise UserError(f"agent {args.agent}: {error}") from None
-    engine = Engine(agent, price, budget, evaluator, trials=args.trials, journal=run_dir.journal,
+    executor = _executor(args, evaluator, prunable, device)
+    engine = Engine(agent, price, budget, executor, trials=args.trials, journal=run_dir.journal,
                     progress=progress, base_flops=base["flops"])
     previous = run_dir.journal.read()
     if previous:
@@ -240,7 +269,10 @@ def run(args: argparse.Namespace) -> Outcome:
         engine.replay(previous)
         log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
     started = time.perf_counter()
-    outcome = engine.run()
+    try:
+        outcome = engine.run()
+    finally:
+        executor.close()
     evaluator.restore()
     _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test, budget,
             time.perf_counter() - started)

@@ -46,7 +46,7 @@ def test_a_stored_study_continues_where_it_stopped(tmp_path):
     first = make_agent("tpe", space, budget, price=price, seed=0, trials=20, storage=url, study_name="s")
     history = run(first, 12)
     again = make_agent("tpe", space, budget, price=price, seed=0, trials=20, storage=url, study_name="s")
-    again.restore([(c, None) for c in history])  # the stored study already holds them: nothing replayed
+    again.restore([("ask", c) for c in history])  # the stored study already holds them: nothing replayed
     assert len(again.study.trials) == len(first.study.trials)
     run(again, 3)
     journal = tmp_path / "study.log"

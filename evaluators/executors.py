@@ -1,0 +1,165 @@
+"""Executors: where candidates are scored. `LocalExecutor` in this process, `RayExecutor` on Ray actors.
+
+Both take `submit(ticket, candidate)` and give back finished work from `wait()` as `(ticket, Scored)`
+pairs; `slots` is how many candidates the engine keeps in flight. A failure while scoring is a
+`Scored` with an error, never an exception: the engine records it as a failed candidate.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+log = logging.getLogger(__name__)
+
+
+class Scorer(Protocol):
+    def score(self, candidate: Mapping[str, int]) -> float: ...
+
+
+@dataclass(frozen=True)
+class Scored:
+    score: float | None
+    seconds: float
+    error: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.score is not None and math.isfinite(self.score)
+
+
+def score_safely(scorer: Scorer, candidate: Mapping[str, int]) -> Scored:
+    start = time.perf_counter()
+    try:
+        score = float(scorer.score(candidate))
+    except Exception as error:  # noqa: BLE001 - one candidate's failure is data
+        log.debug("candidate failed", exc_info=True)
+        return Scored(None, time.perf_counter() - start, f"{type(error).__name__}: {error}".splitlines()[0][:300])
+    seconds = time.perf_counter() - start
+    return Scored(score, seconds, "" if math.isfinite(score) else "score is not finite")
+
+
+class LocalExecutor:
+    """Scores each candidate at once, in this process."""
+
+    slots = 1
+
+    def __init__(self, scorer: Scorer):
+        self.scorer = scorer
+        self._done: list[tuple[int, Scored]] = []
+
+    def submit(self, ticket: int, candidate: Mapping[str, int]) -> None:
+        self._done.append((ticket, score_safely(self.scorer, candidate)))
+
+    def wait(self) -> list[tuple[int, Scored]]:
+        done, self._done = self._done, []
+        return done
+
+    def close(self) -> None:
+        pass
+
+
+class _Worker:
+    """A Ray actor: builds its scorer once (model, elastic wrapper, cached batches), then scores dicts."""
+
+    def __init__(self, build: Callable[..., Scorer], payload: Any, threads: int):
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+        self.scorer = build(payload)
+
+    def score(self, candidate: dict[str, int]) -> Scored:
+        return score_safely(self.scorer, candidate)
+
+    def ready(self) -> bool:
+        return True
+
+
+class RayExecutor:
+    """A pool of Ray actors, each holding its own scorer; a dead actor's candidate goes to another.
+
+    `build(payload)` runs once on each actor and returns its scorer; `payload` is put in Ray's object
+    store once and fetched by every actor (so a candidate travels as a small dict). An actor that dies
+    (or whose node leaves) is replaced and its candidate resubmitted, up to `retries` times. Actors are
+    spread over the cluster's nodes, so losing a node loses as few of them as possible.
+    """
+
+    def __init__(self, build: Callable[..., Scorer], payload: Any, *, workers: int, cpus_per_worker: float = 1,
+                 gpus_per_worker: float = 0, address: str | None = None, retries: int = 3):
+        import ray
+
+        self.ray = ray
+        self._owns_ray = not ray.is_initialized()
+        if self._owns_ray:
+            if address:
+                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+            else:
+                ray.init(num_cpus=max(1, math.ceil(workers * cpus_per_worker)), include_dashboard=False,
+                         logging_level=logging.WARNING, log_to_driver=False)
+        self.slots, self.retries = workers, retries
+        self._actor_class = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
+                                       max_task_retries=0, scheduling_strategy="SPREAD")(_Worker)
+        self._build, self._payload = build, ray.put(payload)
+        self._threads = max(1, int(cpus_per_worker))
+        self._actors = [self._start() for _ in range(workers)]
+        ray.get([a.ready.remote() for a in self._actors])  # fail early if a scorer cannot be built
+        self._idle = list(self._actors)
+        self._running: dict[Any, tuple[int, dict[str, int], Any, int]] = {}  # ref -> ticket, candidate, actor, tries
+        self._queue: list[tuple[int, dict[str, int], int]] = []
+        self.replaced = 0  # actors that died and were replaced
+
+    def _start(self):
+        return self._actor_class.remote(self._build, self._payload, self._threads)
+
+    def submit(self, ticket: int, candidate: Mapping[str, int]) -> None:
+        self._queue.append((ticket, dict(candidate), 0))
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        while self._queue and self._idle:
+            ticket, candidate, tries = self._queue.pop(0)
+            actor = self._idle.pop(0)
+            self._running[actor.score.remote(candidate)] = (ticket, candidate, actor, tries)
+
+    def wait(self) -> list[tuple[int, Scored]]:
+        done: list[tuple[int, Scored]] = []
+        while not done and self._running:
+            ready, _ = self.ray.wait(list(self._running), num_returns=1)
+            for ref in ready:
+                ticket, candidate, actor, tries = self._running.pop(ref)
+                try:
+                    done.append((ticket, self.ray.get(ref)))
+                    self._idle.append(actor)
+                except self.ray.exceptions.RayActorError as error:
+                    self._replace(actor)
+                    if tries + 1 > self.retries:
+                        done.append((ticket, Scored(None, 0.0, f"worker died {tries + 1} times: {error}"[:300])))
+                    else:
+                        log.warning("a worker died; candidate %d goes to another (try %d)", ticket, tries + 2)
+                        self._queue.insert(0, (ticket, candidate, tries + 1))
+            self._dispatch()
+        return done
+
+    def _replace(self, dead) -> None:
+        self.replaced += 1
+        self._actors.remove(dead)
+        try:
+            self.ray.kill(dead)
+        except Exception:  # noqa: BLE001 - it is already gone
+            pass
+        actor = self._start()
+        self._actors.append(actor)
+        self._idle.append(actor)
+
+    def close(self) -> None:
+        for actor in self._actors:
+            try:
+                self.ray.kill(actor)
+            except Exception:  # noqa: BLE001
+                pass
+        self._actors.clear()
+        if self._owns_ray:
+            self.ray.shutdown()

@@ -1,0 +1,80 @@
+"""Scoring on Ray: equal to local scoring, and a search survives a node leaving the cluster."""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import TensorDataset
+
+from agents import make_agent
+from conftest import derived, setting
+from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, build_evaluator
+from evaluators.executors import RayExecutor
+from search import run as run_module
+from search.engine import Engine, Journal
+
+ray = pytest.importorskip("ray")
+FAST = ["--baseline-epochs", "1", "--trials", "12", "--calib-batches", "2", "--batch-size", "32",
+        "--eval-samples", "64", "--no-progress", "--quiet"]
+
+
+def test_two_workers_give_the_local_result(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
+    base = ["--agent", "random", "--budget", "0.4flops", *FAST]
+    assert run_module.main([*base, "--out", str(tmp_path / "local")]) == 0
+    assert run_module.main([*base, "--out", str(tmp_path / "ray"), "--workers", "2"]) == 0
+    assert not ray.is_initialized()  # the run shut down the Ray it started
+    columns = ["trial", "state", "score", "flops", "architecture"]
+    local, remote = (pd.read_csv(tmp_path / d / "trials.csv").sort_values("trial")[columns].reset_index(drop=True)
+                     for d in ("local", "ray"))
+    pd.testing.assert_frame_equal(local, remote)
+    assert json.loads((tmp_path / "ray" / "run.json").read_text())["args"]["workers"] == 2
+
+
+@pytest.fixture
+def cluster():
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0})
+    nodes = [c.add_node(num_cpus=2) for _ in range(2)]
+    c.wait_for_nodes()
+    ray.init(address=c.address, logging_level="WARNING", log_to_driver=False)
+    yield c, nodes
+    ray.shutdown()
+    c.shutdown()
+
+
+def test_a_search_survives_a_node_leaving(cluster, tmp_path):
+    c, nodes = cluster
+    prunable, _, _ = derived("resnet20")
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g))
+    evaluator = AccuracyEvaluator.from_dataset(prunable, data, range(32), range(32, 64), calib_batches=2,
+                                               batch_size=16, eval_samples=32)
+    payload = EvaluatorPayload.of(evaluator, {}, "cpu")
+    executor = RayExecutor(build_evaluator, payload, workers=2, address=c.address)
+    space, budget, price = setting("0.4flops")
+    waits = {"n": 0}
+    real_wait = executor.wait
+
+    def wait_then_lose_a_node():
+        waits["n"] += 1
+        if waits["n"] == 4:
+            c.remove_node(nodes[0])  # the actor there dies with its candidate in flight
+        return real_wait()
+
+    executor.wait = wait_then_lose_a_node
+    agent = make_agent("random", space, budget, price=price, seed=0, trials=12)
+    outcome = Engine(agent, price, budget, executor, trials=12, journal=Journal(tmp_path / "j.jsonl"),
+                     progress=False).run()
+    executor.close()
+    assert executor.replaced >= 1  # the node's actor died and was replaced
+    journal = Journal(tmp_path / "j.jsonl").read()
+    assert sorted(t.number for t in journal) == list(range(12))  # every candidate exactly once
+    assert all(t.result.ok for t in outcome.trials)
+    local = Engine(make_agent("random", space, budget, price=price, seed=0, trials=12), price, budget, evaluator,
+                   trials=12, progress=False).run()
+    assert {t.number: t.result.score for t in outcome.trials} == {t.number: t.result.score for t in local.trials}
+    evaluator.restore()
