@@ -84,6 +84,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-address", help="join an existing Ray cluster: auto, or HOST:PORT")
     ray.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per actor (its torch threads)")
     ray.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per actor (fractions allowed)")
+    ray.add_argument("--backend", choices=("actors", "tune"), default="actors",
+                     help="actors: this engine's own pool (lowest overhead); tune: Ray Tune's Tuner (its experiment "
+                          "management, FailureConfig retries, Tuner.restore on --resume)")
     agent = p.add_argument_group("agent options (each applies to the agents named)")
     agent.add_argument("--food-sources", type=int, help="abc: food sources (candidates kept), default 10")
     agent.add_argument("--limit", type=int, help="abc: failed moves before a source is abandoned, default 5")
@@ -166,6 +169,39 @@ def _versions() -> dict[str, str]:
     return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
+def _derive_options(args: argparse.Namespace) -> dict[str, object]:
+    return {"ratios": _ratios(args.width_ratios), "round_to": args.round_to,
+            "removable_blocks": not args.no_block_removal}
+
+
+def _run_tune(args, agent, price, budget, evaluator, run_dir, device) -> Outcome:
+    """The search through Ray Tune's Tuner; `--resume` continues the experiment with Tuner.restore."""
+    import ray
+
+    from evaluators.accuracy import EvaluatorPayload
+
+    from .tune import AgentSearcher, run_tune
+
+    started_ray = not ray.is_initialized()
+    if started_ray:
+        if args.ray_address:
+            ray.init(address=args.ray_address, logging_level=logging.WARNING, log_to_driver=False)
+        else:
+            ray.init(num_cpus=max(1, int((args.workers or 1) * args.cpus_per_worker)), include_dashboard=False,
+                     logging_level=logging.WARNING, log_to_driver=False)
+    try:
+        payload = EvaluatorPayload.of(evaluator, _derive_options(args), "cuda" if args.gpus_per_worker > 0 else "cpu")
+        trials = run_tune(AgentSearcher(agent, price, budget), payload, trials=args.trials,
+                          workers=max(1, args.workers), storage=run_dir.path.resolve() / "tune",
+                          cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                          resume=args.resume is not None)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    run_dir.journal.truncate(trials)  # the record of what Tune ran; Tune's own state is what resumes it
+    return Outcome(trials=trials)
+
+
 def _executor(args: argparse.Namespace, evaluator: AccuracyEvaluator, prunable, device: torch.device):
     """In this process, or a pool of Ray actors each holding its own copy of the model and batches."""
     if not args.workers and not args.ray_address:
@@ -173,9 +209,7 @@ def _executor(args: argparse.Namespace, evaluator: AccuracyEvaluator, prunable, 
     from evaluators.accuracy import EvaluatorPayload, build_evaluator
     from evaluators.executors import RayExecutor
 
-    options = {"ratios": _ratios(args.width_ratios), "round_to": args.round_to,
-               "removable_blocks": not args.no_block_removal}
-    payload = EvaluatorPayload.of(evaluator, options, "cuda" if args.gpus_per_worker > 0 else "cpu")
+    payload = EvaluatorPayload.of(evaluator, _derive_options(args), "cuda" if args.gpus_per_worker > 0 else "cpu")
     workers = args.workers or 1
     try:
         executor = RayExecutor(build_evaluator, payload, workers=workers, cpus_per_worker=args.cpus_per_worker,
@@ -260,19 +294,22 @@ def run(args: argparse.Namespace) -> Outcome:
         agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials, **options)
     except ValueError as error:
         raise UserError(f"agent {args.agent}: {error}") from None
-    executor = _executor(args, evaluator, prunable, device)
-    engine = Engine(agent, price, budget, executor, trials=args.trials, journal=run_dir.journal,
-                    progress=progress, base_flops=base["flops"])
-    previous = run_dir.journal.read()
-    if previous:
-        run_dir.journal.truncate(previous)
-        engine.replay(previous)
-        log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
     started = time.perf_counter()
-    try:
-        outcome = engine.run()
-    finally:
-        executor.close()
+    if args.backend == "tune":
+        outcome = _run_tune(args, agent, price, budget, evaluator, run_dir, device)
+    else:
+        executor = _executor(args, evaluator, prunable, device)
+        engine = Engine(agent, price, budget, executor, trials=args.trials, journal=run_dir.journal,
+                        progress=progress, base_flops=base["flops"])
+        previous = run_dir.journal.read()
+        if previous:
+            run_dir.journal.truncate(previous)
+            engine.replay(previous)
+            log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
+        try:
+            outcome = engine.run()
+        finally:
+            executor.close()
     evaluator.restore()
     _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test, budget,
             time.perf_counter() - started)
@@ -290,8 +327,7 @@ def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, ba
         torch.save(subnet.cpu(), run_dir.path / BEST_MODEL_FILE)
         best_record = {
             "model": args.model, "weights": args.weights, "data": args.data, "seed": args.seed,
-            "derive": {"ratios": _ratios(args.width_ratios), "round_to": args.round_to,
-                       "removable_blocks": not args.no_block_removal, "importance": "l1"},
+            "derive": {**_derive_options(args), "importance": "l1"},
             "input_shape": list(evaluator.calibration[0].shape[1:]),
             "trial": best.number, "candidate": best.candidate.to_dict(), "held_out_top1": best.result.score,
             "test_top1": test_top1, "costs": dict(best.result.costs),

@@ -1,0 +1,77 @@
+"""Scoring throughput: in-process against Ray actor pools, on the default model, side by side.
+
+    python benchmarks/ray_scaling.py [--candidates 80]
+
+The same random candidates are scored by: the local executor (torch's default threads, then 1
+thread), a Ray pool of 1 worker and of 2 workers (1 CPU and 1 torch thread each). Printed:
+candidates per second, the speed-up of 2 workers over 1, and Ray's dispatch overhead per candidate
+(1-worker Ray time minus 1-thread local time).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, build_evaluator  # noqa: E402
+from evaluators.executors import LocalExecutor, RayExecutor  # noqa: E402
+from search.zoo import load_data, load_model  # noqa: E402
+from spaces.derive import derive  # noqa: E402
+
+
+def throughput(executor, candidates) -> float:
+    """Candidates per second, keeping every slot busy."""
+    start = time.perf_counter()
+    pending, done = list(enumerate(candidates)), 0
+    in_flight = 0
+    while done < len(candidates):
+        while pending and in_flight < executor.slots:
+            executor.submit(*pending.pop(0))
+            in_flight += 1
+        finished = executor.wait()
+        done += len(finished)
+        in_flight -= len(finished)
+    return len(candidates) / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, default=80)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    data = load_data("digits", seed=0)
+    model = load_model("resnet20", num_classes=data.num_classes, input_shape=data.input_shape)
+    prunable = derive(model.eval(), data.train_eval[0][0].unsqueeze(0))
+    evaluator = AccuracyEvaluator.from_dataset(prunable, data.train_eval, data.fit, data.held_out, calib_batches=8,
+                                               batch_size=64, eval_samples=1024)
+    rng = np.random.default_rng(0)
+    candidates = [prunable.space.sample(rng).to_dict() for _ in range(args.candidates)]
+    threads = torch.get_num_threads()
+    rows = {}
+    rows[f"local, {threads} threads"] = throughput(LocalExecutor(evaluator), candidates)
+    torch.set_num_threads(1)
+    rows["local, 1 thread"] = throughput(LocalExecutor(evaluator), candidates)
+    torch.set_num_threads(threads)
+    payload = EvaluatorPayload.of(evaluator, {}, "cpu")
+    for workers in (1, 2):
+        executor = RayExecutor(build_evaluator, payload, workers=workers)
+        throughput(executor, candidates[:4])  # warm-up: actors built, first cuts done
+        rows[f"ray, {workers} worker{'s' if workers > 1 else ''} x 1 thread"] = throughput(executor, candidates)
+        executor.close()
+    print(f"resnet20 on digits, {len(candidates)} random candidates, {evaluator.samples[0]} calibration + "
+          f"{evaluator.samples[1]} held-out samples each; torch {torch.__version__}, {threads} cores")
+    for name, rate in rows.items():
+        print(f"{name:28s}: {rate:6.1f} candidates/s ({1e3 / rate:6.1f} ms each)")
+    one, two = rows["ray, 1 worker x 1 thread"], rows["ray, 2 workers x 1 thread"]
+    print(f"speed-up of 2 Ray workers over 1: x{two / one:.2f}")
+    print(f"Ray dispatch overhead per candidate: {1e3 / one - 1e3 / rows['local, 1 thread']:.2f} ms")
+
+
+if __name__ == "__main__":
+    main()

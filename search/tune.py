@@ -1,0 +1,123 @@
+"""Ray Tune backend: any agent as a Tune `Searcher`, a trainable that scores one candidate, a runner.
+
+When to prefer it: for Tune's experiment management (trial logs, its dashboard, schedulers,
+`Tuner.restore` of an interrupted experiment, a `FailureConfig` that retries failed trials). The
+default actor pool (`--workers`) has lower per-candidate overhead: its actors keep their evaluator for
+the whole search, while every Tune trial is scheduled on its own (the trainable caches its evaluator
+per worker process, so the model is derived once per process, not per trial).
+
+The mapping: `ask()` -> `suggest()` (None while the agent waits for results, `Searcher.FINISHED` when
+it has nothing more to propose); `tell()` <- `on_trial_complete()` (an errored trial, or one without a
+score, is told as FAILED, as Ray Tune's own searchers map a missing result to failure).
+"""
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+from ray.tune.search import Searcher
+
+from agents.base import Agent
+from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, build_evaluator
+from evaluators.executors import score_safely
+from spaces.budget import Budget
+from spaces.records import Result, TrialState
+from spaces.space import Candidate
+
+from .engine import Trial
+
+_EVALUATORS: dict[str, AccuracyEvaluator] = {}  # per worker process: built once, reused by its trials
+
+
+class AgentSearcher(Searcher):
+    """A prunesearch agent behind Ray Tune's Searcher interface."""
+
+    def __init__(self, agent: Agent, price: Callable[[Candidate], Mapping[str, float]], budget: Budget):
+        super().__init__(metric="score", mode="max")
+        self.agent, self.price, self.budget = agent, price, budget
+        self.asked = 0
+        self.outstanding: dict[str, tuple[int, Candidate, dict[str, float]]] = {}
+        self.trials: list[Trial] = []
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        while True:
+            candidate = self.agent.ask()
+            if candidate is None:
+                return None if self.outstanding else Searcher.FINISHED
+            number, self.asked = self.asked, self.asked + 1
+            costs = dict(self.price(candidate))
+            if self.budget.feasible(costs):
+                self.outstanding[trial_id] = (number, candidate, costs)
+                return {"candidate": candidate.to_dict(), "trial": number}
+            self._tell(number, candidate, Result(TrialState.INFEASIBLE, None, costs, 0.0, "over budget"))
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        if trial_id not in self.outstanding:
+            return
+        number, candidate, costs = self.outstanding.pop(trial_id)
+        score = (result or {}).get("score")
+        if error or score is None or not math.isfinite(score):
+            message = (result or {}).get("error") or "the trial errored or reported no score"
+            outcome = Result(TrialState.FAILED, None, costs, (result or {}).get("seconds", 0.0), message)
+        else:
+            outcome = Result(TrialState.COMPLETE, float(score), costs, result.get("seconds", 0.0))
+        self._tell(number, candidate, outcome)
+
+    def _tell(self, number: int, candidate: Candidate, result: Result) -> None:
+        self.agent.tell(candidate, result)
+        self.trials.append(Trial(number, candidate, result, self.asked))
+
+    def save(self, checkpoint_path: str) -> None:
+        state = {"agent": self.agent.state_dict(), "asked": self.asked, "outstanding": self.outstanding,
+                 "trials": [t.to_json() for t in self.trials]}
+        Path(checkpoint_path).write_bytes(pickle.dumps(state))
+
+    def restore(self, checkpoint_path: str) -> None:
+        state = pickle.loads(Path(checkpoint_path).read_bytes())
+        self.agent.load_state_dict(state["agent"])
+        self.asked, self.outstanding = state["asked"], state["outstanding"]
+        self.trials = [Trial.from_json(t) for t in state["trials"]]
+
+
+def score_trial(config: dict, payload: EvaluatorPayload, key: str) -> None:
+    """The Tune trainable: score one candidate with this process's cached evaluator, report it."""
+    if key not in _EVALUATORS:
+        _EVALUATORS[key] = build_evaluator(payload)
+    scored = score_safely(_EVALUATORS[key], config["candidate"])
+    tune.report({"score": scored.score if scored.ok else float("nan"), "seconds": scored.seconds,
+                 "error": scored.error})
+
+
+def run_tune(searcher: AgentSearcher, payload: EvaluatorPayload, *, trials: int, workers: int, storage: Path,
+             cpus_per_worker: float = 1, gpus_per_worker: float = 0, resume: bool = False) -> list[Trial]:
+    """Run the search through `tune.Tuner` (or continue it with `Tuner.restore`); returns its trials."""
+    trainable = tune.with_resources(tune.with_parameters(score_trial, payload=payload, key=str(storage)),
+                                    {"cpu": cpus_per_worker, "gpu": gpus_per_worker})
+    experiment = storage / "search"
+    if resume and experiment.exists():
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            tune_config=tune.TuneConfig(search_alg=searcher, num_samples=trials, max_concurrent_trials=workers,
+                                        reuse_actors=True),
+            run_config=tune.RunConfig(name="search", storage_path=str(storage), verbose=0,
+                                      failure_config=tune.FailureConfig(max_failures=2)))
+    grid = tuner.fit()
+    out = []
+    for result in grid:
+        config, metrics = result.config, result.metrics or {}
+        candidate = Candidate(config["candidate"])
+        costs = dict(searcher.price(candidate))
+        score = metrics.get("score")
+        if result.error is None and score is not None and math.isfinite(score):
+            outcome = Result(TrialState.COMPLETE, float(score), costs, metrics.get("seconds", 0.0))
+        else:
+            outcome = Result(TrialState.FAILED, None, costs, metrics.get("seconds", 0.0),
+                             str(result.error or metrics.get("error") or "no score")[:300])
+        out.append(Trial(int(config["trial"]), candidate, outcome, int(config["trial"]) + 1))
+    return sorted(out, key=lambda t: t.number)
