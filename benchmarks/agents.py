@@ -11,7 +11,6 @@ trials needed to reach 99% of that seed's own final best, and the median wall ti
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import sys
 import time
@@ -56,11 +55,11 @@ def main() -> None:
                                         device=torch.device("cpu"), progress=False)
     prunable = derive(model.eval(), data.train_eval[0][0].unsqueeze(0))
     cost = CostModel(prunable)
-    base = dataclasses.asdict(cost.base)
+    base = cost.base.as_dict()
     evaluator = AccuracyEvaluator.from_dataset(prunable, data.train_eval, data.fit, data.held_out,
                                                calib_batches=8, batch_size=64, eval_samples=1024)
     base_score = evaluator.score(prunable.space.full())
-    price = lambda c: dataclasses.asdict(cost.price(c))  # noqa: E731
+    price = lambda c: cost.price(c).as_dict()  # noqa: E731
     seeds = [int(s) for s in args.seeds.split(",")]
     print(f"resnet20 on digits: base held-out {base_score:.4f}, test {test_top1:.4f}; {prunable.space}; "
           f"{args.trials} trials, seeds {seeds}, torch {torch.__version__}, {torch.get_num_threads()} threads")

@@ -6,6 +6,7 @@ Conventions, stated once:
   additions count 0. Per sample (batch 1), at the input size the space was derived for.
 - Params are the elements of the materialized subnet's parameters (buffers such as BN running
   statistics are not parameters).
+- Latency, when a measured `LatencyTable` is given, is predicted milliseconds (see `latency`).
 - A budget such as `0.4flops` means: the subnet's FLOPs are at most 0.4 x the FLOPs of the full model,
   both counted this way.
 
@@ -16,26 +17,43 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from typing import TYPE_CHECKING
+
 from torch import nn
 
 from spaces.derive import PrunableModel
 from spaces.slicing import kept_length
+
+if TYPE_CHECKING:
+    from .latency import LatencyTable
 
 
 @dataclass(frozen=True)
 class Costs:
     flops: int
     params: int
+    latency: float | None = None  # predicted milliseconds, when a latency table is in use
 
     def ratios(self, base: Costs) -> dict[str, float]:
-        return {"flops": self.flops / base.flops, "params": self.params / base.params}
+        out = {"flops": self.flops / base.flops, "params": self.params / base.params}
+        if self.latency is not None and base.latency:
+            out["latency"] = self.latency / base.latency
+        return out
+
+    def as_dict(self) -> dict[str, float]:
+        """The costs a budget reads (latency only when it is predicted)."""
+        out: dict[str, float] = {"flops": self.flops, "params": self.params}
+        if self.latency is not None:
+            out["latency"] = self.latency
+        return out
 
 
 class CostModel:
     """Prices candidates of one `PrunableModel` in microseconds."""
 
-    def __init__(self, prunable: PrunableModel):
+    def __init__(self, prunable: PrunableModel, latency: LatencyTable | None = None):
         self.prunable = prunable
+        self.latency = latency
         graph = prunable.graph
         groups = graph.groups
         node_blocks: dict[str, tuple[int, ...]] = {}
@@ -78,7 +96,8 @@ class CostModel:
         widths = self.prunable.widths(candidate)
         keeps = self.prunable.keeps(candidate)
         return Costs(flops=self._sum(self._flop_terms, widths, keeps),
-                     params=self._sum(self._param_terms, widths, keeps))
+                     params=self._sum(self._param_terms, widths, keeps),
+                     latency=self.latency.predict(candidate) if self.latency is not None else None)
 
     def flops(self, candidate: Mapping[str, int]) -> int:
         return self.price(candidate).flops

@@ -79,7 +79,10 @@ class RunDirectory:
         data.update(fields)
         self.write(RUN_FILE, data)
 
-    def write_trials(self, trials: Sequence[Trial], base: Mapping[str, float]) -> pd.DataFrame:
+    def write_trials(self, trials: Sequence[Trial], base: Mapping[str, float],
+                     measured_latency: Mapping[int, float] | None = None) -> pd.DataFrame:
+        """One row per trial; latency columns (predicted, and measured where it was) when latency is priced."""
+        measured_latency = measured_latency or {}
         rows = []
         for t in trials:
             r = t.result
@@ -87,10 +90,14 @@ class RunDirectory:
                          "flops": r.costs.get("flops"), "params": r.costs.get("params"),
                          "flops_ratio": r.costs["flops"] / base["flops"] if "flops" in r.costs else None,
                          "params_ratio": r.costs["params"] / base["params"] if "params" in r.costs else None,
+                         "latency_ms": r.costs.get("latency"), "measured_latency_ms": measured_latency.get(t.number),
                          "seconds": round(r.seconds, 4), "message": r.message,
                          "architecture": json.dumps(t.candidate.to_dict(), separators=(",", ":"))})
-        frame = pd.DataFrame(rows, columns=["trial", "state", "score", "flops", "params", "flops_ratio",
-                                            "params_ratio", "seconds", "message", "architecture"])
+        columns = ["trial", "state", "score", "flops", "params", "flops_ratio", "params_ratio", "latency_ms",
+                   "measured_latency_ms", "seconds", "message", "architecture"]
+        frame = pd.DataFrame(rows, columns=columns)
+        if "latency" not in base:
+            frame = frame.drop(columns=["latency_ms", "measured_latency_ms"])
         frame.to_csv(self.path / TRIALS_FILE, index=False)
         return frame
 

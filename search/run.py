@@ -10,12 +10,12 @@ bundled handwritten digits (trained once, then cached).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import platform
 import sys
 import time
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -76,6 +76,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--held-out", type=float, default=0.2,
                          help="share (or count, if >= 1) of the training set held out for scoring")
     scoring.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    scoring.add_argument("--latency", action="store_true",
+                         help="measure a latency table and report latency even without a latency budget")
+    scoring.add_argument("--latency-batch", type=int, default=1, help="batch size latency is measured at")
     scoring.add_argument("--baseline-epochs", type=int, default=30,
                          help="epochs to train a zoo model given without --weights (cached)")
     ray = p.add_argument_group("distribution (Ray)")
@@ -133,6 +136,7 @@ def _check(args: argparse.Namespace) -> None:
     if args.agent not in list_agents():
         raise UserError(f"unknown agent {args.agent!r}; choose from {', '.join(list_agents())}")
     for name in ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "baseline_epochs", "workers",
+                 "latency_batch",
                  "cpus_per_worker", "gpus_per_worker"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name in ("baseline_epochs", "workers", "gpus_per_worker") else 1e-9):
@@ -232,9 +236,6 @@ def run(args: argparse.Namespace) -> Outcome:
     _check(args)
     options = _agent_options(args)
     budget = parse_budget(args.budget or [])
-    if any(lim.metric == "latency" for lim in budget.limits):
-        raise UserError("latency budgets need a measured latency table, which is not available yet; "
-                        "use a flops or params budget")
     ratios = _ratios(args.width_ratios)
     try:
         device = resolve_device(args.device)
@@ -260,14 +261,23 @@ def run(args: argparse.Namespace) -> Outcome:
     space = prunable.space
     if len(space) == 0:
         raise UserError(f"no prunable channel group or removable block was found in {args.model}")
-    cost = CostModel(prunable)
-    base = dataclasses.asdict(cost.base)
+    table = None
+    if args.latency or any(lim.metric == "latency" for lim in budget.limits):
+        from evaluators.latency import measure_table
+
+        from .zoo import cache_dir
+
+        table = measure_table(prunable, data.input_shape, batch=args.latency_batch, device=device,
+                              cache_dir=cache_dir() / "latency", progress=progress)
+        log.info("latency table: base model predicted %.3f ms (batch %d, %s)", table.base_ms, args.latency_batch,
+                 device)
+    cost = CostModel(prunable, latency=table)
+    base = cost.base.as_dict()
     budget = budget.resolve(base)
-    smallest = dataclasses.asdict(cost.price(space.smallest()))
+    smallest = cost.price(space.smallest()).as_dict()
     if not budget.feasible(smallest):
-        raise UserError(f"budget {budget} cannot be met: the smallest subnet of this space has "
-                        f"{smallest['flops'] / base['flops']:.3f} x the base FLOPs and "
-                        f"{smallest['params'] / base['params']:.3f} x its params")
+        reachable = " and ".join(f"{smallest[k] / base[k]:.3f} x its {k}" for k in base)
+        raise UserError(f"budget {budget} cannot be met: the smallest subnet of this space has {reachable}")
     if run_dir is None:
         run_dir = RunDirectory.create(args.out, model=args.model, agent=args.agent, budget=str(budget))
     log.info("%s: %s; base %.2f MFLOPs, %.3f M params; run directory %s", args.model, space,
@@ -288,7 +298,7 @@ def run(args: argparse.Namespace) -> Outcome:
                        scoring={"calibration_samples": evaluator.samples[0], "held_out_samples": evaluator.samples[1]})
 
     def price(candidate):
-        return dataclasses.asdict(cost.price(candidate))
+        return cost.price(candidate).as_dict()
 
     try:
         agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials, **options)
@@ -312,13 +322,27 @@ def run(args: argparse.Namespace) -> Outcome:
             executor.close()
     evaluator.restore()
     _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test, budget,
-            time.perf_counter() - started)
+            time.perf_counter() - started, table)
     return outcome
 
 
+def _measure_latencies(args, prunable, outcome, table, device) -> dict[int, float]:
+    """Honesty: the best candidate and a seeded sample of 20 scored trials, measured directly (ms)."""
+    from evaluators.latency import measure_latency
+
+    scored = [t for t in outcome.trials if t.result.ok]
+    best = outcome.best
+    rng = np.random.default_rng(args.seed)
+    sample = [scored[i] for i in rng.choice(len(scored), size=min(20, len(scored)), replace=False)] if scored else []
+    shape = table.meta["input_shape"]
+    return {t.number: measure_latency(materialize(prunable, t.candidate), shape, batch=args.latency_batch,
+                                      device=device) for t in ([best] if best else []) + sample}
+
+
 def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test,
-            budget, seconds) -> None:
-    frame = run_dir.write_trials(outcome.trials, base)
+            budget, seconds, table=None) -> None:
+    measured = _measure_latencies(args, prunable, outcome, table, device) if table is not None else {}
+    frame = run_dir.write_trials(outcome.trials, base, measured)
     best = outcome.best
     best_record = None
     if best is not None:
@@ -331,9 +355,12 @@ def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, ba
             "input_shape": list(evaluator.calibration[0].shape[1:]),
             "trial": best.number, "candidate": best.candidate.to_dict(), "held_out_top1": best.result.score,
             "test_top1": test_top1, "costs": dict(best.result.costs),
-            "ratios": {k: best.result.costs[k] / base[k] for k in ("flops", "params")},
+            "ratios": {k: best.result.costs[k] / base[k] for k in base},
             "summary": prunable.describe(best.candidate),
         }
+        if table is not None:
+            best_record["latency_ms"] = {"predicted": best.result.costs["latency"], "measured": measured[best.number],
+                                         "base_predicted": base["latency"], "batch": args.latency_batch}
         run_dir.write(BEST_FILE, best_record)
     run_dir.write_pareto(frame)
     run_dir.plot(frame, caps=budget.caps, base=base, best=best,
@@ -355,6 +382,11 @@ def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, ba
     lines.append(f"trials: {len(outcome.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}) in "
                  f"{seconds:.1f} s{' - interrupted' if outcome.interrupted else ''}"
                  f"{' - the agent had nothing more to propose' if outcome.finished_early else ''}")
+    if measured:
+        errors = [abs(frame.set_index("trial").latency_ms[n] - ms) / ms for n, ms in measured.items()]
+        lines.append(f"latency: best predicted {best.result.costs['latency']:.3f} ms, measured {measured[best.number]:.3f}"
+                     f" ms (base {base['latency']:.3f} ms); predictor error over {len(errors)} measured: median "
+                     f"{100 * float(np.median(errors)):.1f}%, worst {100 * max(errors):.1f}%")
     lines.append(f"run  : {run_dir.path}")
     if best_record:
         lines.append(f"next : python -m search.finetune {run_dir.path}")

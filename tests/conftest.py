@@ -1,7 +1,6 @@
 """Shared test fixtures: tiny inputs, seeded models, derived spaces cached per session."""
 from __future__ import annotations
 
-import dataclasses
 import functools
 
 import numpy as np
@@ -70,9 +69,9 @@ def setting(budget_name: str):
     """(space, resolved budget, price) of ResNet-20 under a named budget."""
     prunable, _, _ = derived("resnet20")
     cost = CostModel(prunable)
-    base = dataclasses.asdict(cost.base)
+    base = cost.base.as_dict()
     budget = Budget(BUDGETS[budget_name]).resolve(base)
-    price = lambda c: dataclasses.asdict(cost.price(c))  # noqa: E731
+    price = lambda c: cost.price(c).as_dict()  # noqa: E731
     return prunable.space, budget, price
 
 

@@ -165,8 +165,8 @@ def test_user_brought_model_and_data(tmp_path, monkeypatch):
     (["--budget", "0.4flops"], r"give --agent"),
     (["--agent", "random", "--budget", "0.4flop"], r"cannot read budget '0.4flop'; expected <ratio>flops"),
     (["--agent", "random", "--budget", "1.5flops"], r"must be a ratio in \(0, 1\]"),
-    (["--agent", "random", "--budget", "0.0001flops"], r"cannot be met: the smallest subnet .* 0\.0\d+ x the base"),
-    (["--agent", "random", "--budget", "12ms"], r"latency budgets need a measured latency table"),
+    (["--agent", "random", "--budget", "0.0001flops"], r"cannot be met: the smallest subnet .* 0\.0\d+ x its flops"),
+    (["--agent", "random", "--budget", "0.4flops", "--latency-batch", "0"], r"--latency-batch must be positive"),
     (["--agent", "random", "--budget", "0.4flops", "--model", "nosuch"], r"nosuch"),
     (["--agent", "random", "--budget", "0.4flops", "--model", "torchvision:resnet_9000"], r"resnet_9000"),
     (["--agent", "random", "--budget", "0.4flops", "--data", "mnist"], r"mnist"),
@@ -263,3 +263,19 @@ def test_agent_options_must_fit_the_agent(tmp_path, capsys):
     code = run_module.main([*FAST, "--agent", "abc", "--budget", "0.4flops", "--food-sources", "1",
                             "--out", str(tmp_path / "r")])
     assert code == 2 and "food_sources >= 2" in capsys.readouterr().err
+
+
+def test_latency_budget_prices_measures_and_reports(tmp_path, monkeypatch, capsys):
+    from evaluators import latency
+
+    monkeypatch.setattr(latency, "MIN_SECONDS", 0.001)
+    code, out = search(tmp_path, "--trials", "8", budget=("0.7latency", "0.6flops"))
+    assert code == 0
+    trials = pd.read_csv(out / "trials.csv")
+    assert trials.latency_ms.notna().all() and trials.measured_latency_ms.notna().sum() >= 2
+    best = json.loads((out / "best.json").read_text())
+    assert best["latency_ms"]["predicted"] <= 0.7 * best["latency_ms"]["base_predicted"] + 1e-9
+    assert best["latency_ms"]["measured"] > 0 and best["ratios"]["latency"] <= 0.7 + 1e-9
+    assert "predictor error over" in capsys.readouterr().out
+    cached = list((tmp_path / "cache" / "latency").glob("latency-*.json"))
+    assert len(cached) == 1  # measured once, then reused

@@ -1,0 +1,224 @@
+"""A per-layer latency table measured on the target device, and latency predicted from widths alone.
+
+Measured once per (device, torch version, model structure, input shape, batch) and cached on disk:
+- every conv/linear layer is timed on its own, on a grid of kept output x kept input sizes (its real
+  kernel, stride, groups and input size), warm-up then the median of repeated runs; a candidate's
+  layer time is the bilinear interpolation of that grid at its sizes;
+- the remainder (normalization, activations, additions, pooling: everything but those layers) is
+  measured end to end: the full model, then the model with each removable block removed; what a
+  block's removal saves beyond its layers' own times is that block's remainder, the rest is fixed.
+Predicted latency = sum of the live layers' interpolated times + fixed remainder + kept blocks'
+remainders. No forward pass at pricing time. On CUDA the timings use CUDA events.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from spaces.derive import PrunableModel
+from spaces.elastic import ElasticModel
+from spaces.graph import tensor_shape
+from spaces.slicing import kept_length
+
+GRID = 4             # sizes per axis in each layer's grid
+MIN_SECONDS = 0.02   # time spent per timing (inner loops until then); tests lower it
+
+
+def time_call(fn: Callable[[], object], device: torch.device, *, min_seconds: float | None = None,
+              repeats: int = 7) -> float:
+    """Median seconds of one call of `fn` (warm-up first; inner loops long enough to time reliably)."""
+    with torch.no_grad():
+        for _ in range(3):
+            fn()
+        cuda = device.type == "cuda"
+        if cuda:
+            torch.cuda.synchronize(device)
+        start = time.perf_counter()
+        fn()
+        if cuda:
+            torch.cuda.synchronize(device)
+        once = max(time.perf_counter() - start, 1e-6)
+        number = max(1, int((MIN_SECONDS if min_seconds is None else min_seconds) / repeats / once))
+        samples = []
+        for _ in range(repeats):
+            if cuda:
+                begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                begin.record()
+                for _ in range(number):
+                    fn()
+                end.record()
+                torch.cuda.synchronize(device)
+                samples.append(begin.elapsed_time(end) / 1e3 / number)
+            else:
+                start = time.perf_counter()
+                for _ in range(number):
+                    fn()
+                samples.append((time.perf_counter() - start) / number)
+    return statistics.median(samples)
+
+
+@dataclass
+class LayerGrid:
+    """One layer's measured times (ms) on a grid of kept output x kept input sizes."""
+
+    weight: str
+    node: str
+    outs: list[int]
+    ins: list[int]
+    ms: list[list[float]]
+
+    def at(self, out_len: float, in_len: float) -> float:
+        """Bilinear interpolation (linear extrapolation is never needed: sizes lie inside the grid)."""
+        def locate(axis: list[int], v: float) -> tuple[int, float]:
+            if len(axis) == 1:
+                return 0, 0.0
+            i = int(np.clip(np.searchsorted(axis, v) - 1, 0, len(axis) - 2))
+            return i, (v - axis[i]) / (axis[i + 1] - axis[i])
+
+        i, a = locate(self.outs, out_len)
+        j, b = locate(self.ins, in_len)
+        m = self.ms
+        i1, j1 = min(i + 1, len(self.outs) - 1), min(j + 1, len(self.ins) - 1)
+        return ((1 - a) * (1 - b) * m[i][j] + a * (1 - b) * m[i1][j] + (1 - a) * b * m[i][j1] + a * b * m[i1][j1])
+
+
+class LatencyTable:
+    """Predicts a candidate's latency (ms) from its widths; see the module docstring."""
+
+    def __init__(self, prunable: PrunableModel, layers: Sequence[LayerGrid], fixed_ms: float,
+                 block_ms: Sequence[float], meta: Mapping[str, object]):
+        self.prunable, self.layers, self.fixed_ms, self.block_ms = prunable, list(layers), fixed_ms, list(block_ms)
+        self.meta = dict(meta)
+        graph = prunable.graph
+        uses = graph.uses
+        self._axes = [(next((u for u in uses.get(g.weight, []) if u.axis == 0), None),
+                       next((u for u in uses.get(g.weight, []) if u.axis == 1), None),
+                       tuple(graph.tensors[g.weight].shape[:2])) for g in self.layers]
+        self._blocks = [tuple(b.index for b in graph.blocks if g.node in b.branch) for g in self.layers]
+
+    def predict(self, candidate: Mapping[str, int]) -> float:
+        widths = self.prunable.widths(candidate)
+        keeps = self.prunable.keeps(candidate)
+        groups = self.prunable.graph.groups
+        total = self.fixed_ms + sum(ms for ms, keep in zip(self.block_ms, keeps) if keep)
+        for grid, (out_use, in_use, full), blocks in zip(self.layers, self._axes, self._blocks):
+            if all(keeps[b] for b in blocks):
+                out_len = kept_length(out_use, widths, groups) if out_use else full[0]
+                in_len = kept_length(in_use, widths, groups) if in_use else full[1]
+                total += grid.at(out_len, in_len)
+        return total
+
+    @property
+    def base_ms(self) -> float:
+        return self.predict(self.prunable.space.full())
+
+    def to_json(self) -> dict:
+        return {"meta": self.meta, "fixed_ms": self.fixed_ms, "block_ms": self.block_ms,
+                "layers": [vars(g) for g in self.layers]}
+
+    @classmethod
+    def from_json(cls, prunable: PrunableModel, data: Mapping) -> LatencyTable:
+        return cls(prunable, [LayerGrid(**g) for g in data["layers"]], data["fixed_ms"], data["block_ms"],
+                   data["meta"])
+
+
+def _grid(smallest: int, full: int) -> list[int]:
+    return sorted({int(round(v)) for v in np.linspace(smallest, full, GRID)})
+
+
+def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch: int, device: torch.device):
+    """A closure running one conv/linear at the given kept sizes, on random data of the right shape."""
+    graph = prunable.graph
+    module = graph.modules[site.module]
+    node = graph.node(site.node)
+    in_shape = tensor_shape(node.all_input_nodes[0])
+    weight = graph.tensors[site.weight]
+    if isinstance(module, torch.nn.Linear):
+        x = torch.randn(batch, *in_shape[1:-1], in_len, device=device)
+        w = torch.randn(out_len, in_len, device=device)
+        return lambda: F.linear(x, w)
+    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
+    groups = out_len if depthwise else module.groups
+    x = torch.randn(batch, in_len * groups, *in_shape[2:], device=device)
+    w = torch.randn(out_len, in_len, *weight.shape[2:], device=device)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.dim() - 2]
+    return lambda: conv(x, w, None, module.stride, module.padding, module.dilation, groups)
+
+
+def table_key(prunable: PrunableModel, input_shape: Sequence[int], batch: int, device: torch.device) -> str:
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
+    structure = json.dumps(prunable.space.to_json(), sort_keys=True) + repr(prunable.graph.gm.graph)
+    text = json.dumps([name, torch.__version__, list(input_shape), batch, structure])
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch: int = 1,
+                  device: torch.device | str = "cpu", cache_dir: Path | None = None,
+                  progress: bool = True) -> LatencyTable:
+    """Measure (or load from `cache_dir`) the latency table of `prunable` on `device`."""
+    device = torch.device(device)
+    key = table_key(prunable, input_shape, batch, device)
+    path = cache_dir / f"latency-{key}.json" if cache_dir is not None else None
+    if path is not None and path.exists():
+        return LatencyTable.from_json(prunable, json.loads(path.read_text()))
+    graph = prunable.graph
+    smallest, full = prunable.widths(prunable.space.smallest()), [g.size for g in graph.groups]
+    layers = []
+    bar = tqdm(graph.sites, desc="measuring latency", disable=not progress, leave=False)
+    for site in bar:
+        uses = {u.axis: u for u in graph.uses.get(site.weight, [])}
+        shape = graph.tensors[site.weight].shape
+
+        def span(axis: int) -> list[int]:
+            use = uses.get(axis)
+            if use is None:
+                return [int(shape[axis])]
+            return _grid(kept_length(use, smallest, graph.groups), kept_length(use, full, graph.groups))
+
+        outs, ins = span(0), span(1)
+        ms = [[1e3 * time_call(_layer_call(prunable, site, o, i, batch, device), device) for i in ins] for o in outs]
+        layers.append(LayerGrid(site.weight, site.node, outs, ins, ms))
+    elastic = ElasticModel(prunable).to(device).eval()
+    x = torch.randn(batch, *input_shape, device=device)
+    table = LatencyTable(prunable, layers, 0.0, [0.0] * len(graph.blocks), {})
+
+    def end_to_end(candidate) -> float:
+        elastic.apply(candidate)
+        return 1e3 * time_call(lambda: elastic(x), device)
+
+    full_candidate = prunable.space.full()
+    full_ms = end_to_end(full_candidate)
+    block_ms = []
+    for dim_name, index in sorted(prunable.dimension_blocks.items(), key=lambda kv: kv[1]):
+        without = full_candidate.replace(**{dim_name: 0})
+        saved = full_ms - end_to_end(without)
+        layers_saved = table.predict(full_candidate) - table.predict(without)
+        block_ms.append(max(0.0, saved - layers_saved))
+    elastic.reset()
+    fixed = max(0.0, full_ms - table.predict(full_candidate) - sum(block_ms))
+    meta = {"device": str(device), "torch": torch.__version__, "batch": batch, "input_shape": list(input_shape),
+            "key": key, "full_ms_measured": full_ms}
+    table = LatencyTable(prunable, layers, fixed, block_ms, meta)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table.to_json()))
+    return table
+
+
+def measure_latency(module: torch.nn.Module, input_shape: Sequence[int], *, batch: int = 1,
+                    device: torch.device | str = "cpu") -> float:
+    """Measured latency (ms) of a real module, the way the table's end-to-end figures are measured."""
+    device = torch.device(device)
+    module = module.to(device).eval()
+    x = torch.randn(batch, *input_shape, device=device)
+    return 1e3 * time_call(lambda: module(x), device)
