@@ -38,10 +38,10 @@ import json
 import logging
 import sys
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -50,7 +50,7 @@ from spaces.derive import derive
 from spaces.materialize import materialize
 
 from .errors import UserError
-from .records import BEST_FILE, BEST_MODEL_FILE, RunDirectory
+from .records import BEST_FILE, BEST_MODEL_FILE, RUN_FILE, RunDirectory
 
 log = logging.getLogger("search.export")
 
@@ -148,23 +148,22 @@ def _batch(batch: int, shape: list[int], seed: int) -> torch.Tensor:
     return torch.randn(batch, *shape, generator=torch.Generator().manual_seed(seed))
 
 
-def _dynamic_shapes(batch: int) -> tuple[dict[int, Any], ...] | None:
-    """A dynamic batch axis for torch.export; a batch of 1 would be specialized to 1, so stays fixed."""
-    return ({0: torch.export.Dim("batch")},) if batch >= 2 else None
+def _with_dynamic_batch(export: Callable[[Any], Any], batch: int, notes: list[str], what: str,
+                        specializes_one: bool = True) -> tuple[Any, bool]:
+    """`export(dynamic_shapes)` with a dynamic batch axis if it can be had, else `export(None)`: a fixed one.
 
-
-def _with_dynamic_batch(export: Callable[[Any], Any], batch: int, notes: list[str], what: str) -> tuple[Any, bool]:
-    """`export(dynamic_shapes)` with a dynamic batch axis if it can be had, else with a fixed one."""
-    dynamic = _dynamic_shapes(batch)
-    if dynamic is not None:
+    torch.export specializes a dimension of size 1, so with `specializes_one` a batch of 1 stays fixed.
+    """
+    if batch >= 2 or not specializes_one:
         try:
             with _quiet():
-                return export(dynamic), True
+                return export(({0: torch.export.Dim("batch")},)), True
         except Exception as error:  # noqa: BLE001 - any exporter failure: retry with a fixed batch
             reason = f"{what} could not make the batch axis dynamic ({_first_line(error)})"
     else:
-        reason = "a batch of 1 is specialized by torch.export; use --batch 2 or more for a dynamic one"
-    result = export(None)
+        reason = "torch.export specializes a batch of 1; use --batch 2 or more for a dynamic batch axis"
+    with _quiet():
+        result = export(None)
     _note(notes, f"the batch size is fixed to {batch}: {reason}")
     return result, False
 
@@ -208,7 +207,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, notes: lis
              "output_names": ["output"] if n_outputs == 1 else [f"output_{i}" for i in range(n_outputs)]}
     big = sum(p.numel() * p.element_size() for p in model.state_dict().values()) > 1.5 * 2**30
     has_dynamo = "dynamo" in inspect.signature(torch.onnx.export).parameters
-    if has_dynamo and _optional("onnxscript") is not None:
+    dynamo = has_dynamo and _optional("onnxscript") is not None
+    if dynamo:
         def run(shapes):
             torch.onnx.export(model, (example,), str(path), dynamo=True, verbose=False, external_data=big,
                               dynamic_shapes=shapes, **names)
@@ -223,8 +223,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, notes: lis
             torch.onnx.export(model, (example,), str(path), dynamic_axes=axes if shapes else None, **legacy,
                               **names)
     with _quiet():
-        _, dynamic = _with_dynamic_batch(run, len(example), notes, "torch.onnx.export")
-    if big:
+        _, dynamic = _with_dynamic_batch(run, len(example), notes, "torch.onnx.export", specializes_one=dynamo)
+    if big and dynamo:
         _note(notes, f"the weights are over 1.5 GiB: they are in {path.name}.data beside {path.name}")
     ort = _optional("onnxruntime")
     if ort is None:
@@ -279,6 +279,9 @@ def _target(run: RunDirectory, source: Path, format: str, out: str | Path | None
     path = run.path / name if out is None else Path(out)
     if path.is_dir():
         path = path / name
+    protected = {(run.path / f).resolve() for f in (RUN_FILE, BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE)}
+    if path.resolve() in protected:
+        raise UserError(f"--out {path} would overwrite one of the run's own files; pick another path")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -311,10 +314,17 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
         raise UserError(f"cannot load {source}: {_first_line(error)}") from None
     if not isinstance(model, nn.Module):
         raise UserError(f"{source} holds a {type(model).__name__}, not a module")
-    model = model.float().eval()
-    example = _batch(batch, shape, seed=0)
-    with torch.no_grad():
-        n_outputs = len(_leaves(model(example)))
+    model.eval()
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    example = _batch(batch, shape, seed=0).to(dtype)
+    try:
+        with torch.no_grad():
+            n_outputs = len(_leaves(model(example)))
+    except ExportError:
+        raise
+    except Exception as error:  # the subnet itself does not run on the example
+        raise ExportError(f"{source.name} does not run on a batch of shape {tuple(example.shape)}: "
+                          f"{_first_line(error)}") from error
 
     notes: list[str] = []
     try:
@@ -331,13 +341,14 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     except (UserError, ExportError):
         raise
-    except Exception as error:  # noqa: BLE001 - the exporter's own failure, said in one line
+    except Exception as error:  # the exporter's own failure, said in one line
         raise ExportError(f"{format} export of {source.name} failed: {_first_line(error)}") from error
 
     result = ExportResult(path, format, None, False, None, dynamic, source, notes)
     if load is None:
         return result
     checks = [_batch(batch, shape, seed=1)] + ([_batch(batch + 1, shape, seed=2)] if dynamic else [])
+    checks = [x.to(dtype) for x in checks]
     try:
         artifact = load()
         diff, scale = 0.0, 0.0
@@ -352,7 +363,7 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
                                      if e.numel()])
     except ExportError:
         raise
-    except Exception as error:  # noqa: BLE001 - loading or running the artifact failed
+    except Exception as error:  # loading or running the artifact failed
         raise ExportError(f"{path} ({format}) was written but does not load or run: {_first_line(error)}",
                           result) from error
     result.max_abs_diff, result.compared, result.output_scale = diff, True, scale
@@ -364,7 +375,7 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
     return result
 
 
-def describe(result: ExportResult, best_json: Path | None = None) -> list[str]:
+def _report(result: ExportResult, best_json: Path | None = None) -> list[str]:
     """The CLI's report: the checked artifact, then how to load it."""
     what = result.format
     if result.format != "state_dict":
@@ -425,7 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
-    print("\n".join(describe(result, Path(args.run_dir) / BEST_FILE)))
+    print("\n".join(_report(result, Path(args.run_dir) / BEST_FILE)))
     return 0
 
 
