@@ -9,12 +9,12 @@ tensors once, at its first forward after an `apply`, and reuses them until the n
 
 BatchNorm running statistics are views of the base model's buffers, so recalibrating the elastic
 model in train mode updates the base model's statistics for the kept channels: take a
-`bn_snapshot()` first and `restore_bn()` after, as the evaluators do. The elastic model is for
-scoring: its cut weights carry no gradient to the base weights.
+`bn_snapshot()` first and `restore_bn()` after, as the evaluators do. By default the cut weights carry
+no gradient (scoring); `state.override` and `state.volatile` let a weight generator train through it.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 import torch.fx as fx
@@ -27,18 +27,28 @@ from .slicing import axis_index, is_prefix, slice_tensor
 
 
 class ElasticState:
-    """The widths and keep flags in force, and a version that moves on every `apply`."""
+    """The widths and keep flags in force, and a version that moves on every `apply`.
+
+    `override(name, base_tensor)`, when set, supplies the full-size tensor to cut instead of the base
+    model's (a PruningNet generating weights, say). With `volatile` set, wrappers cut again at every
+    forward, with gradients flowing into what `override` returned (for training such a generator).
+    """
 
     def __init__(self, prunable: PrunableModel):
         self.prunable = prunable
         self.widths = [g.size for g in prunable.graph.groups]
         self.keeps = [True] * len(prunable.graph.blocks)
         self.version = 0
+        self.override: Callable[[str, torch.Tensor], torch.Tensor] | None = None
+        self.volatile = False
 
     def cut(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` cut to the widths in force: a plain tensor (no gradient), sharing storage if it can."""
+        """`tensor` (or its override) cut to the widths in force, sharing storage where it can."""
+        if self.override is not None:
+            tensor = self.override(name, tensor)
+        elif not self.volatile:
+            tensor = tensor.detach()
         uses = self.prunable.graph.uses.get(name)
-        tensor = tensor.detach()
         return slice_tensor(tensor, uses, self.widths, self.prunable.graph.groups) if uses else tensor
 
 
@@ -60,7 +70,9 @@ class _Elastic(nn.Module):
         raise NotImplementedError
 
     def _fresh(self) -> None:
-        if self._version != self.state.version:
+        if self.state.volatile:
+            self._refresh()  # every forward, with gradients
+        elif self._version != self.state.version:
             with torch.no_grad():
                 self._refresh()
             self._version = self.state.version
@@ -152,6 +164,8 @@ class ElasticTensor(nn.Module):
         self._version, self._cut = -1, None
 
     def forward(self) -> torch.Tensor:
+        if self.state.volatile:
+            return self.state.cut(self.name, self.tensor)
         if self._version != self.state.version:
             with torch.no_grad():
                 self._cut = self.state.cut(self.name, self.tensor)
