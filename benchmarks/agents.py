@@ -43,7 +43,7 @@ def trials_to_reach(trials, fraction: float = 0.99) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--agents", default="uniform,random,abc,tpe")
+    parser.add_argument("--agents", default="uniform,random,abc,tpe,amc")
     parser.add_argument("--budgets", default="0.4flops,0.25flops")
     parser.add_argument("--trials", type=int, default=150)
     parser.add_argument("--seeds", default="0,1,2")
