@@ -18,6 +18,8 @@ _AGENTS: dict[str, str] = {
     "tpe": "agents._optuna:TPEAgent",
     "nsga2": "agents._optuna:NSGA2Agent",
     "amc": "agents._amc:AMCAgent",
+    "evolution": "agents._evolution:EvolutionAgent",
+    "metapruning": "agents._evolution:EvolutionAgent",  # scored with a PruningNet by the engine
 }
 
 

@@ -17,7 +17,7 @@ import time
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from agents.registry import agent_options, list_agents, make_agent
@@ -38,7 +38,7 @@ log = logging.getLogger("search")
 ZOO_MODELS = ("resnet20", "resnet56")
 DEFAULT_TRIALS = 200
 RESUMABLE = ("trials",)
-AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "population", "storage", "study_name")  # options a resumed run may change; the rest come from run.json
+AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "population", "parents", "storage", "study_name")  # options a resumed run may change; the rest come from run.json
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -95,10 +95,18 @@ def get_args_parser() -> argparse.ArgumentParser:
     agent.add_argument("--limit", type=int, help="abc: failed moves before a source is abandoned, default 5")
     agent.add_argument("--genes", type=int, help="abc: genes moved per bee, default 2")
     agent.add_argument("--startup-trials", type=int, help="tpe: random trials before TPE models, default trials/5")
-    agent.add_argument("--population", type=int, help="nsga2: population size, default 20")
+    agent.add_argument("--population", type=int, help="nsga2: population size, default 20; evolution, metapruning: "
+                                                      "default 50")
+    agent.add_argument("--parents", type=int, help="evolution, metapruning: top-k parents, default 10")
     agent.add_argument("--storage", help="tpe, nsga2: Optuna storage (sqlite:///study.db, or FILE.log for a "
                                          "journal file) to resume or share a study")
     agent.add_argument("--study-name", help="tpe, nsga2: study name within --storage")
+    meta = p.add_argument_group("MetaPruning (--agent metapruning)")
+    meta.add_argument("--pruningnet", metavar="PATH", help="a trained PruningNet (pruningnet.pt of an earlier run) "
+                                                          "instead of training one")
+    meta.add_argument("--pruningnet-epochs", type=int, default=30, help="epochs to train the PruningNet")
+    meta.add_argument("--export-weights", choices=("base", "pruningnet"), default="base",
+                      help="weights of the exported subnet: the base model's, or the PruningNet's")
     out = p.add_argument_group("output")
     out.add_argument("--out", default=None, help="run directory (default runs/<time>-<model>-<agent>-<budget>)")
     out.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted run")
@@ -136,11 +144,48 @@ def _check(args: argparse.Namespace) -> None:
     if args.agent not in list_agents():
         raise UserError(f"unknown agent {args.agent!r}; choose from {', '.join(list_agents())}")
     for name in ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "baseline_epochs", "workers",
-                 "latency_batch",
+                 "latency_batch", "pruningnet_epochs",
                  "cpus_per_worker", "gpus_per_worker"):
         value = getattr(args, name, None)
         if value is not None and value < (0 if name in ("baseline_epochs", "workers", "gpus_per_worker") else 1e-9):
             raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+
+
+def _check_metapruning(args: argparse.Namespace) -> None:
+    if args.agent == "metapruning":
+        if args.workers or args.ray_address or args.backend == "tune":
+            raise UserError("--agent metapruning scores with its PruningNet in this process: "
+                            "drop --workers, --ray-address and --backend tune")
+    elif args.pruningnet or args.export_weights == "pruningnet":
+        raise UserError("--pruningnet and --export-weights pruningnet apply to --agent metapruning only")
+
+
+def _pruningnet(args, prunable, data, run_dir, budget, cost, device, progress):
+    """Load the PruningNet (--pruningnet, or this run's own when resuming) or train one, saved in the run."""
+    from evaluators.pruningnet import PruningNet, feasible_sampler, train_pruningnet
+
+    own = run_dir.path / "pruningnet.pt"
+    path = args.pruningnet or (own if own.exists() else None)
+    if path is not None:
+        try:
+            net = PruningNet.load(path, prunable)
+        except (OSError, ValueError, RuntimeError) as error:
+            raise UserError(f"cannot use PruningNet {path}: {str(error).splitlines()[0]}") from None
+        log.info("PruningNet loaded from %s", path)
+        return net.to(device)
+    net = PruningNet(prunable, seed=args.seed).to(device)
+    loader = DataLoader(Subset(data.train, data.fit.tolist()), batch_size=args.batch_size, shuffle=True,
+                        generator=torch.Generator().manual_seed(args.seed), drop_last=len(data.fit) > args.batch_size)
+    feasible = lambda c: budget.feasible(cost.price(c).as_dict())  # noqa: E731
+    started = time.perf_counter()
+    train_pruningnet(net, loader, epochs=args.pruningnet_epochs, sample=feasible_sampler(prunable.space, feasible),
+                     seed=args.seed, progress=progress)
+    net.save(own)
+    log.info("PruningNet trained in %.1f s (%d epochs), saved to %s", time.perf_counter() - started,
+             args.pruningnet_epochs, own)
+    run_dir.update_run(pruningnet={"path": str(own), "epochs": args.pruningnet_epochs,
+                                   "seconds": round(time.perf_counter() - started, 1)})
+    return net
 
 
 def _agent_options(args: argparse.Namespace) -> dict[str, object]:
@@ -234,6 +279,7 @@ def run(args: argparse.Namespace) -> Outcome:
     if args.trials is None:
         args.trials = DEFAULT_TRIALS
     _check(args)
+    _check_metapruning(args)
     options = _agent_options(args)
     budget = parse_budget(args.budget or [])
     ratios = _ratios(args.width_ratios)
@@ -304,11 +350,18 @@ def run(args: argparse.Namespace) -> Outcome:
         agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials, **options)
     except ValueError as error:
         raise UserError(f"agent {args.agent}: {error}") from None
+    scorer, pruningnet = evaluator, None
+    if args.agent == "metapruning":
+        from evaluators.pruningnet import PruningNetEvaluator
+
+        pruningnet = _pruningnet(args, prunable, data, run_dir, budget, cost, device, progress)
+        scorer = PruningNetEvaluator.of(evaluator, pruningnet)
+    run_dir.update_run(export_weights=args.export_weights)
     started = time.perf_counter()
     if args.backend == "tune":
         outcome = _run_tune(args, agent, price, budget, evaluator, run_dir, device)
     else:
-        executor = _executor(args, evaluator, prunable, device)
+        executor = _executor(args, scorer, prunable, device)
         engine = Engine(agent, price, budget, executor, trials=args.trials, journal=run_dir.journal,
                         progress=progress, base_flops=base["flops"])
         previous = run_dir.journal.read()
@@ -320,9 +373,14 @@ def run(args: argparse.Namespace) -> Outcome:
             outcome = engine.run()
         finally:
             executor.close()
+    base_weight_score = None
+    if scorer is not evaluator:
+        scorer.restore()
+        if outcome.best is not None:  # honesty: what the base model's own weights score on the chosen subnet
+            base_weight_score = evaluator.score(outcome.best.candidate)
     evaluator.restore()
     _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test, budget,
-            time.perf_counter() - started, table)
+            time.perf_counter() - started, table, pruningnet, base_weight_score)
     return outcome
 
 
@@ -340,13 +398,19 @@ def _measure_latencies(args, prunable, outcome, table, device) -> dict[int, floa
 
 
 def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test,
-            budget, seconds, table=None) -> None:
+            budget, seconds, table=None, pruningnet=None, base_weight_score=None) -> None:
     measured = _measure_latencies(args, prunable, outcome, table, device) if table is not None else {}
     frame = run_dir.write_trials(outcome.trials, base, measured)
     best = outcome.best
     best_record = None
     if best is not None:
-        subnet = evaluator.recalibrated(materialize(prunable, best.candidate)).eval()
+        if args.export_weights == "pruningnet":
+            from evaluators.pruningnet import materialize_generated
+
+            subnet = materialize_generated(pruningnet, best.candidate)
+        else:
+            subnet = materialize(prunable, best.candidate)
+        subnet = evaluator.recalibrated(subnet).eval()
         test_top1 = evaluate(subnet, test_loader, device)
         torch.save(subnet.cpu(), run_dir.path / BEST_MODEL_FILE)
         best_record = {
@@ -354,6 +418,7 @@ def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, ba
             "derive": {**_derive_options(args), "importance": "l1"},
             "input_shape": list(evaluator.calibration[0].shape[1:]),
             "trial": best.number, "candidate": best.candidate.to_dict(), "held_out_top1": best.result.score,
+            "weights": args.export_weights, "held_out_top1_base_weights": base_weight_score,
             "test_top1": test_top1, "costs": dict(best.result.costs),
             "ratios": {k: best.result.costs[k] / base[k] for k in base},
             "summary": prunable.describe(best.candidate),

@@ -279,3 +279,24 @@ def test_latency_budget_prices_measures_and_reports(tmp_path, monkeypatch, capsy
     assert "predictor error over" in capsys.readouterr().out
     cached = list((tmp_path / "cache" / "latency").glob("latency-*.json"))
     assert len(cached) == 1  # measured once, then reused
+
+
+def test_metapruning_trains_a_pruningnet_and_exports_its_weights(tmp_path):
+    code, out = search(tmp_path, "--trials", "8", "--pruningnet-epochs", "1", "--export-weights", "pruningnet",
+                       agent="metapruning")
+    assert code == 0 and (out / "pruningnet.pt").is_file()
+    best = json.loads((out / "best.json").read_text())
+    assert best["weights"] == "pruningnet" and 0 <= best["held_out_top1_base_weights"] <= 1
+    code, again = search(tmp_path, "--trials", "8", "--pruningnet", str(out / "pruningnet.pt"), out="reuse",
+                         agent="metapruning")
+    assert code == 0 and not (again / "pruningnet.pt").exists()  # loaded, not trained again
+    assert pd.read_csv(again / "trials.csv").score.tolist() == pd.read_csv(out / "trials.csv").score.tolist()
+
+
+def test_metapruning_options_are_checked(tmp_path, capsys):
+    code = run_module.main([*FAST, "--agent", "random", "--budget", "0.4flops", "--export-weights", "pruningnet",
+                            "--out", str(tmp_path / "r")])
+    assert code == 2 and "apply to --agent metapruning only" in capsys.readouterr().err
+    code = run_module.main([*FAST, "--agent", "metapruning", "--budget", "0.4flops", "--workers", "2",
+                            "--out", str(tmp_path / "r")])
+    assert code == 2 and "in this process" in capsys.readouterr().err
