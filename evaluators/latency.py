@@ -5,10 +5,13 @@ Measured once per (device, torch version, model structure, input shape, batch) a
   kernel, stride, groups and input size), warm-up then the median of repeated runs; a candidate's
   layer time is the bilinear interpolation of that grid at its sizes;
 - the remainder (normalization, activations, additions, pooling: everything but those layers) is
-  measured end to end: the full model, then the model with each removable block removed; what a
-  block's removal saves beyond its layers' own times is that block's remainder, the rest is fixed.
-Predicted latency = sum of the live layers' interpolated times + fixed remainder + kept blocks'
-remainders. No forward pass at pricing time. On CUDA the timings use CUDA events.
+  mostly memory-bound, so it is modelled as `a + b x E`, where E is the number of elements those ops
+  touch in the candidate (kept channels x positions, summed over the live ops); `a` and `b` are fitted
+  by least squares to end-to-end timings of a dozen materialized calibration subnets (full, smallest,
+  uniform ratios, random), together with a scale `alpha` on the layers' summed times (layers timed
+  alone run cache-hot, and that bias is shared).
+Predicted latency = alpha x (sum of the live layers' interpolated times) + a + b x E. No forward pass at
+pricing time. On CUDA the timings use CUDA events.
 """
 from __future__ import annotations
 
@@ -26,11 +29,13 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from spaces.derive import PrunableModel
-from spaces.elastic import ElasticModel
+from spaces.materialize import materialize
 from spaces.graph import tensor_shape
 from spaces.slicing import kept_length
 
-GRID = 4             # sizes per axis in each layer's grid
+GRID = 5             # sizes per axis in each layer's grid
+CALIBRATION = 12     # end-to-end timings the remainder is fitted to
+VERSION = 3          # of the table's format and method (part of the cache key)
 MIN_SECONDS = 0.02   # time spent per timing (inner loops until then); tests lower it
 
 
@@ -95,9 +100,10 @@ class LayerGrid:
 class LatencyTable:
     """Predicts a candidate's latency (ms) from its widths; see the module docstring."""
 
-    def __init__(self, prunable: PrunableModel, layers: Sequence[LayerGrid], fixed_ms: float,
-                 block_ms: Sequence[float], meta: Mapping[str, object]):
-        self.prunable, self.layers, self.fixed_ms, self.block_ms = prunable, list(layers), fixed_ms, list(block_ms)
+    def __init__(self, prunable: PrunableModel, layers: Sequence[LayerGrid], remainder: Sequence[float],
+                 meta: Mapping[str, object]):
+        # fitted: latency = alpha x (layers' timed sum) + a + b x E
+        self.prunable, self.layers, self.remainder = prunable, list(layers), tuple(remainder)
         self.meta = dict(meta)
         graph = prunable.graph
         uses = graph.uses
@@ -105,12 +111,26 @@ class LatencyTable:
                        next((u for u in uses.get(g.weight, []) if u.axis == 1), None),
                        tuple(graph.tensors[g.weight].shape[:2])) for g in self.layers]
         self._blocks = [tuple(b.index for b in graph.blocks if g.node in b.branch) for g in self.layers]
+        site_nodes = {site.node for site in graph.sites}
+        self._ops = []  # (layout, positions per channel element, blocks around it) of every other op with channels
+        for node in graph.gm.graph.nodes:
+            spec, shape = graph.specs.get(node.name), tensor_shape(node)
+            if node.op in ("call_module", "call_function", "call_method") and node.name not in site_nodes \
+                    and spec is not None and shape is not None and spec.length:
+                blocks = tuple(b.index for b in graph.blocks if node.name in b.branch or node.name == b.add)
+                self._ops.append((spec.layout, int(np.prod(shape[1:])) // spec.length, blocks))
 
-    def predict(self, candidate: Mapping[str, int]) -> float:
+    def elements(self, candidate: Mapping[str, int]) -> int:
+        """E: the elements the non-conv/linear ops touch in `candidate` (per sample)."""
+        widths, keeps = self.prunable.widths(candidate), self.prunable.keeps(candidate)
+        return sum(per * sum(widths[seg.group] * seg.inner for seg in layout)
+                   for layout, per, blocks in self._ops if all(keeps[b] for b in blocks))
+
+    def layers_ms(self, candidate: Mapping[str, int]) -> float:
         widths = self.prunable.widths(candidate)
         keeps = self.prunable.keeps(candidate)
         groups = self.prunable.graph.groups
-        total = self.fixed_ms + sum(ms for ms, keep in zip(self.block_ms, keeps) if keep)
+        total = 0.0
         for grid, (out_use, in_use, full), blocks in zip(self.layers, self._axes, self._blocks):
             if all(keeps[b] for b in blocks):
                 out_len = kept_length(out_use, widths, groups) if out_use else full[0]
@@ -118,18 +138,20 @@ class LatencyTable:
                 total += grid.at(out_len, in_len)
         return total
 
+    def predict(self, candidate: Mapping[str, int]) -> float:
+        alpha, a, b = self.remainder
+        return alpha * self.layers_ms(candidate) + a + b * self.elements(candidate)
+
     @property
     def base_ms(self) -> float:
         return self.predict(self.prunable.space.full())
 
     def to_json(self) -> dict:
-        return {"meta": self.meta, "fixed_ms": self.fixed_ms, "block_ms": self.block_ms,
-                "layers": [vars(g) for g in self.layers]}
+        return {"meta": self.meta, "remainder": list(self.remainder), "layers": [vars(g) for g in self.layers]}
 
     @classmethod
     def from_json(cls, prunable: PrunableModel, data: Mapping) -> LatencyTable:
-        return cls(prunable, [LayerGrid(**g) for g in data["layers"]], data["fixed_ms"], data["block_ms"],
-                   data["meta"])
+        return cls(prunable, [LayerGrid(**g) for g in data["layers"]], data["remainder"], data["meta"])
 
 
 def _grid(smallest: int, full: int) -> list[int]:
@@ -158,7 +180,7 @@ def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch:
 def table_key(prunable: PrunableModel, input_shape: Sequence[int], batch: int, device: torch.device) -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
     structure = json.dumps(prunable.space.to_json(), sort_keys=True) + repr(prunable.graph.gm.graph)
-    text = json.dumps([name, torch.__version__, list(input_shape), batch, structure])
+    text = json.dumps([VERSION, name, torch.__version__, list(input_shape), batch, structure])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -188,27 +210,20 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
         outs, ins = span(0), span(1)
         ms = [[1e3 * time_call(_layer_call(prunable, site, o, i, batch, device), device) for i in ins] for o in outs]
         layers.append(LayerGrid(site.weight, site.node, outs, ins, ms))
-    elastic = ElasticModel(prunable).to(device).eval()
-    x = torch.randn(batch, *input_shape, device=device)
-    table = LatencyTable(prunable, layers, 0.0, [0.0] * len(graph.blocks), {})
-
-    def end_to_end(candidate) -> float:
-        elastic.apply(candidate)
-        return 1e3 * time_call(lambda: elastic(x), device)
-
-    full_candidate = prunable.space.full()
-    full_ms = end_to_end(full_candidate)
-    block_ms = []
-    for dim_name, index in sorted(prunable.dimension_blocks.items(), key=lambda kv: kv[1]):
-        without = full_candidate.replace(**{dim_name: 0})
-        saved = full_ms - end_to_end(without)
-        layers_saved = table.predict(full_candidate) - table.predict(without)
-        block_ms.append(max(0.0, saved - layers_saved))
-    elastic.reset()
-    fixed = max(0.0, full_ms - table.predict(full_candidate) - sum(block_ms))
+    table = LatencyTable(prunable, layers, (1.0, 0.0, 0.0), {})
+    space, rng = prunable.space, np.random.default_rng(0)
+    calibration = [space.full(), space.smallest(), *(space.uniform(r, nearest=True) for r in (0.25, 0.5, 0.75))]
+    calibration += [space.sample(rng) for _ in range(max(0, CALIBRATION - len(calibration)))]
+    measured = [measure_latency(materialize(prunable, c), input_shape, batch=batch, device=device) for c in calibration]
+    full_ms = measured[0]
+    design = np.array([[table.layers_ms(c), 1.0, table.elements(c)] for c in calibration])
+    (alpha, a, b), *_ = np.linalg.lstsq(design, np.asarray(measured), rcond=None)
+    if alpha <= 0 or b < 0:  # an unphysical fit (too few or too noisy timings): layers as timed, constant rest
+        alpha, b = 1.0, 0.0
+        a = float(np.mean(np.asarray(measured) - design[:, 0]))
     meta = {"device": str(device), "torch": torch.__version__, "batch": batch, "input_shape": list(input_shape),
-            "key": key, "full_ms_measured": full_ms}
-    table = LatencyTable(prunable, layers, fixed, block_ms, meta)
+            "key": key, "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
+    table = LatencyTable(prunable, layers, (float(alpha), float(a), float(b)), meta)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(table.to_json()))
