@@ -30,9 +30,9 @@ trains the generators alone with cross-entropy (Adam, fused where available, cos
 over all steps; the default lr 1e-3 is relative to each layer's weight scale). The
 base model's BatchNorms run in train mode (batch statistics, as the subnet's statistics are unknown
 until recalibrated); their running statistics are snapshotted before and restored after, and the base
-model's parameters get no gradient, so the base model is unchanged afterwards. In-place activations
-are switched off while training (a removed block passes its input through, and an in-place ReLU after
-it would overwrite a tensor that backward needs).
+model's parameters get no gradient, so the base model is unchanged afterwards. (Removed residual
+blocks pass their input through; the elastic model keeps the activations after them out of place, so
+backward is safe.)
 
 Scoring (`PruningNetEvaluator`): an `AccuracyEvaluator` whose elastic model computes with the
 generated weights: generate, recalibrate the BatchNorms on the calibration batches, top-1 on the
@@ -206,31 +206,6 @@ class PruningNet(nn.Module):
 
 
 # -- training --------------------------------------------------------------------------------------
-@contextlib.contextmanager
-def _out_of_place(elastic: ElasticModel) -> Iterator[None]:
-    """No in-place activations while training through `elastic`.
-
-    A removed block's `ElasticResidual` returns its input itself, and an in-place ReLU after it would
-    overwrite a tensor saved for backward: modules' `inplace` flags are switched off for the block and
-    switched back after; functional `inplace=True` calls are rewritten in this (throwaway) elastic graph.
-    """
-    flags = [m for m in elastic.modules() if getattr(m, "inplace", False) is True]
-    for m in flags:
-        m.inplace = False
-    for gm in elastic.modules():
-        if isinstance(gm, torch.fx.GraphModule):
-            nodes = [n for n in gm.graph.nodes if n.kwargs.get("inplace") is True]
-            for n in nodes:
-                n.update_kwarg("inplace", False)
-            if nodes:
-                gm.recompile()
-    try:
-        yield
-    finally:
-        for m in flags:
-            m.inplace = True
-
-
 def feasible_sampler(space: SearchSpace, feasible: Callable[[Candidate], bool], *, tries: int = 200,
                      repair: Callable[[Candidate], Candidate] | None = None
                      ) -> Callable[[np.random.Generator], Candidate]:
@@ -281,7 +256,7 @@ def train_pruningnet(pruningnet: PruningNet, loader: Iterable, *, epochs: int, l
     devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(total=epochs * len(loader), desc="training the PruningNet", disable=not progress, leave=False)  # type: ignore[arg-type]
     try:
-        with torch.random.fork_rng(devices=devices), _out_of_place(elastic):
+        with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             for p, _ in grads:
                 p.requires_grad_(False)

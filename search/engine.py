@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +22,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from agents.base import Agent
-from evaluators.executors import LocalExecutor, Scored
+from evaluators.executors import LocalExecutor
 from spaces.budget import Budget
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
@@ -118,7 +116,7 @@ class Engine:
 
     def replay(self, trials: list[Trial]) -> None:
         """Bring a fresh agent to the state it had after `trials` (nothing finished is scored again)."""
-        by_number = {t.number: t for t in sorted(trials, key=lambda t: t.asked)}
+        by_number = {t.number: t for t in trials}
         events: list[tuple] = []
         asked = 0
         for trial in sorted(trials, key=lambda t: (t.asked, t.number)):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .derive import PrunableModel
-from .graph import graph_module
+from .graph import graph_module, out_of_place_consumers
 from .slicing import axis_index, is_prefix, slice_tensor
 
 
@@ -259,6 +259,7 @@ class ElasticModel(nn.Module):
         graph.erase_node(add)
         for n in reversed(ordered):
             graph.erase_node(n)
+        out_of_place_consumers(replacement, root)  # a removed block returns its input itself
         new_of[block.add] = replacement
 
     # -- the candidate in force ------------------------------------------------------------------

@@ -17,6 +17,7 @@ so an unsupported op yields a smaller search space, never a silently wrong subne
 """
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -161,6 +162,22 @@ def graph_module(root: dict[str, object], graph: fx.Graph, class_name: str) -> f
             owner._buffers.pop(field, None)
             owner.register_parameter(field, value)
     return module
+
+
+def out_of_place_consumers(node: fx.Node, root: dict[str, object]) -> None:
+    """Make every consumer of `node` work out of place (`root`: the graph's qualified name -> module).
+
+    Needed where `node` may stand in for a fresh tensor (a removed residual block passes its input
+    through): an in-place activation would then overwrite a tensor that is used, or saved for
+    backward, elsewhere. Modules are replaced by copies, never changed: `root` may hold the user's own.
+    """
+    for user in node.users:
+        if user.op == "call_module" and getattr(root[user.target], "inplace", False):
+            module = copy.copy(root[user.target])
+            module.inplace = False
+            root[user.target] = module
+        elif user.kwargs.get("inplace"):
+            user.update_kwarg("inplace", False)
 
 
 def get_attr(module: nn.Module, target: str) -> torch.Tensor:

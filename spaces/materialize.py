@@ -14,7 +14,7 @@ import torch.fx as fx
 from torch import nn
 
 from .derive import PrunableModel
-from .graph import graph_module
+from .graph import graph_module, out_of_place_consumers
 from .slicing import slice_tensor
 
 
@@ -53,15 +53,6 @@ def pruned_module(module: nn.Module, target: str, prunable: PrunableModel, width
     elif isinstance(new, nn.PReLU):
         new.num_parameters = new.weight.shape[0]
     return new
-
-
-def _no_inplace_on(node: fx.Node, root: dict[str, object]) -> None:
-    """Make every consumer of `node` work out of place."""
-    for user in node.users:
-        if user.op == "call_module" and getattr(root[user.target], "inplace", False):
-            root[user.target].inplace = False
-        elif user.kwargs.get("inplace"):
-            user.update_kwarg("inplace", False)
 
 
 def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.GraphModule:
@@ -105,7 +96,7 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
             node.args = (node.args[0], (root[weight.target].shape[0],), *node.args[2:])
     for block, keep in zip(graph.blocks, keeps):
         if not keep:  # the add made a fresh tensor; its stand-in is saved for backward elsewhere
-            _no_inplace_on(new_nodes[block.add], root)
+            out_of_place_consumers(new_nodes[block.add], root)
     new_graph.lint()
     subnet = graph_module(root, new_graph, f"Pruned{type(prunable.model).__name__}")
     subnet.train(prunable.model.training)
