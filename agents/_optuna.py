@@ -84,22 +84,30 @@ class OptunaAgent(Agent):
     def _values(self, score: float, costs) -> list[float]:
         return [score]
 
+    def _propose(self, trial: optuna.trial.Trial) -> Candidate | None:
+        """The trial's candidate if it is within budget; otherwise told to Optuna as infeasible (None)."""
+        candidate = self._suggest(trial)
+        costs = self.price(candidate)
+        violations = self.budget.violations(costs)
+        _set_constraints(trial, violations)
+        if all(v <= 1e-12 for v in violations):
+            self._pending.append((candidate, trial.number))
+            return candidate
+        self.study.tell(trial, self._values(0.0, costs))  # infeasible: known without an evaluation
+        self._last_infeasible = candidate
+        return None
+
     def ask(self) -> Candidate:
-        for attempt in range(_MAX_INFEASIBLE_ASKS + 1):
-            if attempt == _MAX_INFEASIBLE_ASKS:  # hand Optuna a repaired candidate to evaluate next
-                params = {d.name: (c if d.kind == KEEP else d.index(c)) for d, c in
-                          zip(self.space.dimensions, self.repair(candidate).values())}
-                self.study.enqueue_trial(params)
-            trial = self.study.ask()
-            candidate = self._suggest(trial)
-            costs = self.price(candidate)
-            violations = self.budget.violations(costs)
-            _set_constraints(trial, violations)
-            if all(v <= 1e-12 for v in violations):
-                self._pending.append((candidate, trial.number))
+        for _ in range(_MAX_INFEASIBLE_ASKS):
+            candidate = self._propose(self.study.ask())
+            if candidate is not None:
                 return candidate
-            self.study.tell(trial, self._values(0.0, costs))  # infeasible: known without an evaluation
-        raise AssertionError("unreachable: the enqueued repaired candidate is feasible")
+        repaired = self.repair(self._last_infeasible)  # Optuna keeps missing: hand it a repaired candidate
+        self.study.enqueue_trial({d.name: repaired[d.name] if d.kind == KEEP else d.index(repaired[d.name])
+                                  for d in self.space.dimensions})
+        candidate = self._propose(self.study.ask())
+        assert candidate is not None, "a repaired candidate is within budget"
+        return candidate
 
     def tell(self, candidate: Candidate, result: Result) -> None:
         index = next(i for i, (c, _) in enumerate(self._pending) if c == candidate)

@@ -418,7 +418,7 @@ def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, ba
             "derive": {**_derive_options(args), "importance": "l1"},
             "input_shape": list(evaluator.calibration[0].shape[1:]),
             "trial": best.number, "candidate": best.candidate.to_dict(), "held_out_top1": best.result.score,
-            "weights": args.export_weights, "held_out_top1_base_weights": base_weight_score,
+            "export_weights": args.export_weights, "held_out_top1_base_weights": base_weight_score,
             "test_top1": test_top1, "costs": dict(best.result.costs),
             "ratios": {k: best.result.costs[k] / base[k] for k in base},
             "summary": prunable.describe(best.candidate),

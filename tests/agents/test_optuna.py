@@ -53,3 +53,22 @@ def test_a_stored_study_continues_where_it_stopped(tmp_path):
     logged = make_agent("tpe", space, budget, price=price, seed=0, storage=str(journal))
     run(logged, 2)
     assert journal.exists() and journal.stat().st_size > 0
+
+
+def test_when_optuna_keeps_missing_the_budget_a_repaired_candidate_is_enqueued(monkeypatch):
+    from agents import _optuna
+
+    monkeypatch.setattr(_optuna, "_MAX_INFEASIBLE_ASKS", 1)
+    space, budget, price = setting("0.25flops+0.5params")
+    agent = make_agent("tpe", space, budget, price=price, seed=0, trials=10)
+    repaired = []
+    real_repair = agent.repair
+    agent.repair = lambda c: repaired.append(real_repair(c)) or repaired[-1]
+    asked = []
+    for _ in range(12):
+        c = agent.ask()
+        assert budget.feasible(price(c)) and space.validate(c)
+        asked.append(c)
+        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    assert repaired, "no ask missed the budget: the fallback was not exercised"
+    assert all(r in asked for r in repaired)  # Optuna evaluated exactly the repaired candidates it was handed
