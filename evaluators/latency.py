@@ -4,14 +4,17 @@ Measured once per (device, torch version, model structure, input shape, batch) a
 - every conv/linear layer is timed on its own, on a grid of kept output x kept input sizes (its real
   kernel, stride, groups and input size), warm-up then the median of repeated runs; a candidate's
   layer time is the bilinear interpolation of that grid at its sizes;
-- the remainder (normalization, activations, additions, pooling: everything but those layers) is
-  mostly memory-bound, so it is modelled as `a + b x E`, where E is the number of elements those ops
-  touch in the candidate (kept channels x positions, summed over the live ops); `a` and `b` are fitted
-  by least squares to end-to-end timings of a dozen materialized calibration subnets (full, smallest,
-  uniform ratios, random), together with a scale `alpha` on the layers' summed times (layers timed
-  alone run cache-hot, and that bias is shared).
-Predicted latency = alpha x (sum of the live layers' interpolated times) + a + b x E. No forward pass at
-pricing time. On CUDA the timings use CUDA events.
+- the remainder (normalization, activations, additions, pooling: everything but those layers) costs
+  a fixed dispatch overhead per op (what dominates small models and small inputs) plus a memory-bound
+  part, so it is modelled as `a + c x N + b x E`, where N is the number of live ops (removed residual
+  blocks take theirs away) and E the number of elements those ops touch (kept channels x positions,
+  summed over the live ops). `a`, `b`, `c` are fitted by non-negative least squares to end-to-end
+  timings of 24 materialized calibration subnets (full, smallest, uniform ratios, random), together
+  with a scale `alpha` on the layers' summed times (layers timed alone run cache-hot, and that bias
+  is shared). The calibration subnets are timed in interleaved rounds and each one's median is kept,
+  so that a slow spell of the machine spreads over all of them instead of skewing one.
+Predicted latency = alpha x (sum of the live layers' interpolated times) + a + c x N + b x E. No forward
+pass at pricing time. On CUDA the timings use CUDA events.
 """
 from __future__ import annotations
 
@@ -34,8 +37,9 @@ from spaces.graph import tensor_shape
 from spaces.slicing import kept_length
 
 GRID = 5             # sizes per axis in each layer's grid
-CALIBRATION = 12     # end-to-end timings the remainder is fitted to
-VERSION = 3          # of the table's format and method (part of the cache key)
+CALIBRATION = 24     # end-to-end timings the remainder is fitted to
+ROUNDS = 3           # interleaved rounds of end-to-end timings (the median is kept)
+VERSION = 4          # of the table's format and method (part of the cache key)
 MIN_SECONDS = 0.02   # time spent per timing (inner loops until then); tests lower it
 
 
@@ -102,7 +106,7 @@ class LatencyTable:
 
     def __init__(self, prunable: PrunableModel, layers: Sequence[LayerGrid], remainder: Sequence[float],
                  meta: Mapping[str, object]):
-        # fitted: latency = alpha x (layers' timed sum) + a + b x E
+        # fitted: latency = alpha x (layers' timed sum) + a + c x N + b x E
         self.prunable, self.layers, self.remainder = prunable, list(layers), tuple(remainder)
         self.meta = dict(meta)
         graph = prunable.graph
@@ -113,11 +117,14 @@ class LatencyTable:
         self._blocks = [tuple(b.index for b in graph.blocks if g.node in b.branch) for g in self.layers]
         site_nodes = {site.node for site in graph.sites}
         self._ops = []  # (layout, positions per channel element, blocks around it) of every other op with channels
+        self._calls = []  # blocks around each op that is not a timed layer
         for node in graph.gm.graph.nodes:
+            if node.op not in ("call_module", "call_function", "call_method") or node.name in site_nodes:
+                continue
+            blocks = tuple(b.index for b in graph.blocks if node.name in b.branch or node.name == b.add)
+            self._calls.append(blocks)
             spec, shape = graph.specs.get(node.name), tensor_shape(node)
-            if node.op in ("call_module", "call_function", "call_method") and node.name not in site_nodes \
-                    and spec is not None and shape is not None and spec.length:
-                blocks = tuple(b.index for b in graph.blocks if node.name in b.branch or node.name == b.add)
+            if spec is not None and shape is not None and spec.length:
                 self._ops.append((spec.layout, int(np.prod(shape[1:])) // spec.length, blocks))
 
     def elements(self, candidate: Mapping[str, int]) -> int:
@@ -125,6 +132,15 @@ class LatencyTable:
         widths, keeps = self.prunable.widths(candidate), self.prunable.keeps(candidate)
         return sum(per * sum(widths[seg.group] * seg.inner for seg in layout)
                    for layout, per, blocks in self._ops if all(keeps[b] for b in blocks))
+
+    def calls(self, candidate: Mapping[str, int]) -> int:
+        """N: the live ops that are not timed layers."""
+        keeps = self.prunable.keeps(candidate)
+        return sum(all(keeps[b] for b in blocks) for blocks in self._calls)
+
+    def features(self, candidate: Mapping[str, int]) -> list[float]:
+        """What the fitted coefficients multiply: layers' timed sum, 1, N, E."""
+        return [self.layers_ms(candidate), 1.0, float(self.calls(candidate)), float(self.elements(candidate))]
 
     def layers_ms(self, candidate: Mapping[str, int]) -> float:
         widths = self.prunable.widths(candidate)
@@ -139,8 +155,7 @@ class LatencyTable:
         return total
 
     def predict(self, candidate: Mapping[str, int]) -> float:
-        alpha, a, b = self.remainder
-        return alpha * self.layers_ms(candidate) + a + b * self.elements(candidate)
+        return float(np.dot(self.remainder, self.features(candidate)))
 
     @property
     def base_ms(self) -> float:
@@ -210,30 +225,49 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
         outs, ins = span(0), span(1)
         ms = [[1e3 * time_call(_layer_call(prunable, site, o, i, batch, device), device) for i in ins] for o in outs]
         layers.append(LayerGrid(site.weight, site.node, outs, ins, ms))
-    table = LatencyTable(prunable, layers, (1.0, 0.0, 0.0), {})
+    table = LatencyTable(prunable, layers, (1.0, 0.0, 0.0, 0.0), {})
     space, rng = prunable.space, np.random.default_rng(0)
     calibration = [space.full(), space.smallest(), *(space.uniform(r, nearest=True) for r in (0.25, 0.5, 0.75))]
     calibration += [space.sample(rng) for _ in range(max(0, CALIBRATION - len(calibration)))]
-    measured = [measure_latency(materialize(prunable, c), input_shape, batch=batch, device=device) for c in calibration]
+    measured = measure_latencies([materialize(prunable, c) for c in calibration], input_shape, batch=batch,
+                                 device=device)
     full_ms = measured[0]
-    design = np.array([[table.layers_ms(c), 1.0, table.elements(c)] for c in calibration])
-    (alpha, a, b), *_ = np.linalg.lstsq(design, np.asarray(measured), rcond=None)
-    if alpha <= 0 or b < 0:  # an unphysical fit (too few or too noisy timings): layers as timed, constant rest
-        alpha, b = 1.0, 0.0
-        a = float(np.mean(np.asarray(measured) - design[:, 0]))
+    coefficients = fit_remainder([table.features(c) for c in calibration], measured)
     meta = {"device": str(device), "torch": torch.__version__, "batch": batch, "input_shape": list(input_shape),
             "key": key, "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
-    table = LatencyTable(prunable, layers, (float(alpha), float(a), float(b)), meta)
+    table = LatencyTable(prunable, layers, coefficients, meta)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(table.to_json()))
     return table
 
 
+def fit_remainder(features: Sequence[Sequence[float]], measured: Sequence[float]) -> tuple[float, ...]:
+    """Non-negative least squares of `measured` (ms) on `features` (see `LatencyTable.features`).
+
+    Columns are scaled to unit norm first so that E (thousands of elements) and the layers' sum (ms)
+    weigh alike; every coefficient is physical (a cost can only add time).
+    """
+    from scipy.optimize import nnls
+
+    design = np.asarray(features, dtype=float)
+    norms = np.linalg.norm(design, axis=0)
+    norms[norms == 0] = 1.0
+    solution, _ = nnls(design / norms, np.asarray(measured, dtype=float))
+    return tuple(float(v) for v in solution / norms)
+
+
+def measure_latencies(modules: Sequence[torch.nn.Module], input_shape: Sequence[int], *, batch: int = 1,
+                      device: torch.device | str = "cpu", rounds: int = ROUNDS) -> list[float]:
+    """Measured latency (ms) of each module: the median over `rounds` interleaved rounds of timings."""
+    device = torch.device(device)
+    modules = [module.to(device).eval() for module in modules]
+    x = torch.randn(batch, *input_shape, device=device)
+    samples = [[1e3 * time_call(lambda m=module: m(x), device) for module in modules] for _ in range(rounds)]
+    return [statistics.median(column) for column in zip(*samples)]
+
+
 def measure_latency(module: torch.nn.Module, input_shape: Sequence[int], *, batch: int = 1,
                     device: torch.device | str = "cpu") -> float:
     """Measured latency (ms) of a real module, the way the table's end-to-end figures are measured."""
-    device = torch.device(device)
-    module = module.to(device).eval()
-    x = torch.randn(batch, *input_shape, device=device)
-    return 1e3 * time_call(lambda: module(x), device)
+    return measure_latencies([module], input_shape, batch=batch, device=device)[0]

@@ -386,15 +386,16 @@ def run(args: argparse.Namespace) -> Outcome:
 
 def _measure_latencies(args, prunable, outcome, table, device) -> dict[int, float]:
     """Honesty: the best candidate and a seeded sample of 20 scored trials, measured directly (ms)."""
-    from evaluators.latency import measure_latency
+    from evaluators.latency import measure_latencies
 
     scored = [t for t in outcome.trials if t.result.ok]
     best = outcome.best
     rng = np.random.default_rng(args.seed)
     sample = [scored[i] for i in rng.choice(len(scored), size=min(20, len(scored)), replace=False)] if scored else []
-    shape = table.meta["input_shape"]
-    return {t.number: measure_latency(materialize(prunable, t.candidate), shape, batch=args.latency_batch,
-                                      device=device) for t in ([best] if best else []) + sample}
+    chosen = ([best] if best else []) + [t for t in sample if t is not best]
+    measured = measure_latencies([materialize(prunable, t.candidate) for t in chosen], table.meta["input_shape"],
+                                 batch=args.latency_batch, device=device)
+    return {t.number: ms for t, ms in zip(chosen, measured)}
 
 
 def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test,
