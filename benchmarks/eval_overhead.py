@@ -44,26 +44,19 @@ def bare_forwards(subnet: nn.Module, evaluator: AccuracyEvaluator) -> None:
         (subnet(x).argmax(1) == y).sum().item()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="resnet20")
-    parser.add_argument("--data", default="digits")
-    parser.add_argument("--candidates", type=int, default=40)
-    parser.add_argument("--calib-batches", type=int, default=8)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--eval-samples", type=int, default=1024)
-    parser.add_argument("--device", default="auto")
-    args = parser.parse_args()
-    device = resolve_device(args.device)
+def measure(model_spec: str = "resnet20", data_spec: str = "digits", *, candidates: int = 40,
+            calib_batches: int = 8, batch_size: int = 64, eval_samples: int = 1024, device: str = "auto") -> dict:
+    """Per-candidate seconds of the engine's score and of the bare forwards, and their ratios."""
+    device = resolve_device(device)
     torch.manual_seed(0)
-    data = load_data(args.data, seed=0)
-    model = load_model(args.model, num_classes=data.num_classes, input_shape=data.input_shape).eval()
+    data = load_data(data_spec, seed=0)
+    model = load_model(model_spec, num_classes=data.num_classes, input_shape=data.input_shape).eval()
     prunable = derive(model, data.train_eval[0][0].unsqueeze(0))
     evaluator = AccuracyEvaluator.from_dataset(prunable, data.train_eval, data.fit, data.held_out,
-                                               calib_batches=args.calib_batches, batch_size=args.batch_size,
-                                               eval_samples=args.eval_samples, device=device)
+                                               calib_batches=calib_batches, batch_size=batch_size,
+                                               eval_samples=eval_samples, device=device)
     rng = np.random.default_rng(0)
-    candidates = [prunable.space.sample(rng) for _ in range(args.candidates)]
+    candidates = [prunable.space.sample(rng) for _ in range(candidates)]
     subnets = [materialize(prunable, c).to(device) for c in candidates]
     for c, s in zip(candidates[:3], subnets[:3]):  # warm-up both paths
         evaluator.score(c)
@@ -77,13 +70,30 @@ def main() -> None:
             (engine if name == "engine" else bare).append(time.perf_counter() - start)
     evaluator.restore()
     ratios = [e / b for e, b in zip(engine, bare)]
-    calib, held = evaluator.samples
-    print(f"{args.model} on {args.data}, {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{len(candidates)} random candidates; per candidate {calib} calibration + {held} held-out samples")
-    print(f"engine score (apply + recalibrate + top-1): median {statistics.median(engine) * 1e3:7.2f} ms")
-    print(f"bare forwards of the materialized subnet  : median {statistics.median(bare) * 1e3:7.2f} ms")
-    print(f"overhead ratio engine / bare               : median {statistics.median(ratios):.3f}, "
-          f"total {sum(engine) / sum(bare):.3f}")
+    return {"model": model_spec, "data": data_spec, "device": str(device), "candidates": len(candidates),
+            "samples": evaluator.samples, "engine_ms": 1e3 * statistics.median(engine),
+            "bare_ms": 1e3 * statistics.median(bare), "median_ratio": statistics.median(ratios),
+            "total_ratio": sum(engine) / sum(bare)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--candidates", type=int, default=40)
+    parser.add_argument("--calib-batches", type=int, default=8)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--eval-samples", type=int, default=1024)
+    parser.add_argument("--device", default="auto")
+    args = parser.parse_args()
+    f = measure(args.model, args.data, candidates=args.candidates, calib_batches=args.calib_batches,
+                batch_size=args.batch_size, eval_samples=args.eval_samples, device=args.device)
+    calib, held = f["samples"]
+    print(f"{f['model']} on {f['data']}, {f['device']}, torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads; {f['candidates']} random candidates; per candidate {calib} calibration + {held} held-out samples")
+    print(f"engine score (apply + recalibrate + top-1): median {f['engine_ms']:7.2f} ms")
+    print(f"bare forwards of the materialized subnet  : median {f['bare_ms']:7.2f} ms")
+    print(f"overhead ratio engine / bare               : median {f['median_ratio']:.3f}, total {f['total_ratio']:.3f}")
 
 
 if __name__ == "__main__":

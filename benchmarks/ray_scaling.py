@@ -40,10 +40,8 @@ def throughput(executor, candidates) -> float:
     return len(candidates) / (time.perf_counter() - start)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--candidates", type=int, default=80)
-    args = parser.parse_args()
+def measure(candidates: int = 80) -> dict:
+    """Candidates per second of each executor (`rates`), the 2-over-1 worker speed-up and Ray's overhead (ms)."""
     torch.manual_seed(0)
     data = load_data("digits", seed=0)
     model = load_model("resnet20", num_classes=data.num_classes, input_shape=data.input_shape)
@@ -51,7 +49,7 @@ def main() -> None:
     evaluator = AccuracyEvaluator.from_dataset(prunable, data.train_eval, data.fit, data.held_out, calib_batches=8,
                                                batch_size=64, eval_samples=1024)
     rng = np.random.default_rng(0)
-    candidates = [prunable.space.sample(rng).to_dict() for _ in range(args.candidates)]
+    candidates = [prunable.space.sample(rng).to_dict() for _ in range(candidates)]
     threads = torch.get_num_threads()
     rows = {}
     rows[f"local, {threads} threads"] = throughput(LocalExecutor(evaluator), candidates)
@@ -64,13 +62,23 @@ def main() -> None:
         throughput(executor, candidates[:4])  # warm-up: actors built, first cuts done
         rows[f"ray, {workers} worker{'s' if workers > 1 else ''} x 1 thread"] = throughput(executor, candidates)
         executor.close()
-    print(f"resnet20 on digits, {len(candidates)} random candidates, {evaluator.samples[0]} calibration + "
-          f"{evaluator.samples[1]} held-out samples each; torch {torch.__version__}, {threads} cores")
-    for name, rate in rows.items():
-        print(f"{name:28s}: {rate:6.1f} candidates/s ({1e3 / rate:6.1f} ms each)")
+    evaluator.restore()
     one, two = rows["ray, 1 worker x 1 thread"], rows["ray, 2 workers x 1 thread"]
-    print(f"speed-up of 2 Ray workers over 1: x{two / one:.2f}")
-    print(f"Ray dispatch overhead per candidate: {1e3 / one - 1e3 / rows['local, 1 thread']:.2f} ms")
+    return {"candidates": len(candidates), "samples": evaluator.samples, "threads": threads, "rates": rows,
+            "speedup_2_over_1": two / one, "dispatch_ms": 1e3 / one - 1e3 / rows["local, 1 thread"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--candidates", type=int, default=80)
+    figures = measure(parser.parse_args().candidates)
+    calib, held = figures["samples"]
+    print(f"resnet20 on digits, {figures['candidates']} random candidates, {calib} calibration + {held} held-out "
+          f"samples each; torch {torch.__version__}, {figures['threads']} cores")
+    for name, rate in figures["rates"].items():
+        print(f"{name:28s}: {rate:6.1f} candidates/s ({1e3 / rate:6.1f} ms each)")
+    print(f"speed-up of 2 Ray workers over 1: x{figures['speedup_2_over_1']:.2f}")
+    print(f"Ray dispatch overhead per candidate: {figures['dispatch_ms']:.2f} ms")
 
 
 if __name__ == "__main__":
