@@ -68,7 +68,9 @@ class BeeColonyAgent(Agent):
     def _next_phase(self) -> None:
         done, self.done = self.done, []
         if self.phase == "start":
-            self.phase, self.queue = "init", [(i, self._fresh()) for i in range(self.food_sources)]
+            warm = [self._genes(c) for c in self.initial[:self.food_sources]]  # warm starts first
+            self.phase, self.queue = "init", [(i, warm[i] if i < len(warm) else self._fresh())
+                                              for i in range(self.food_sources)]
             return
         if self.phase in ("init", "scout"):
             for i, genes, score in done:

@@ -136,6 +136,11 @@ class EvolutionAgent(Agent):
                         i, j = self.rng.choice(len(parents), size=2, replace=False)
                         return self._cross(parents[int(i)], parents[int(j)])
                     self._settle(child)
+        if self.generation == 0:  # warm starts join the first population
+            for candidate in self.initial[:self.population]:
+                genes = self._genes(candidate)
+                if self._fits(genes):
+                    self._take(genes)
         while len(self.queue) < self.population:
             if not self._settle(self._random):
                 break  # nothing new is found: the space (or its feasible part) is exhausted

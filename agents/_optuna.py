@@ -68,6 +68,13 @@ class OptunaAgent(Agent):
                                          study_name=study_name or (f"prunesearch-{self.name}" if storage else None))
         self._stored = storage is not None
         self._pending: list[tuple[Candidate, int]] = []  # asked, not told: (candidate, Optuna trial number)
+        if not self.study.trials:  # a fresh study: warm starts are its first trials (a resumed one has them)
+            for candidate in self.initial:
+                self._enqueue(candidate)
+
+    def _enqueue(self, candidate: Candidate) -> None:
+        self.study.enqueue_trial({d.name: candidate[d.name] if d.kind == KEEP else d.index(candidate[d.name])
+                                  for d in self.space.dimensions})
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         raise NotImplementedError
@@ -103,8 +110,7 @@ class OptunaAgent(Agent):
             if candidate is not None:
                 return candidate
         repaired = self.repair(self._last_infeasible)  # Optuna keeps missing: hand it a repaired candidate
-        self.study.enqueue_trial({d.name: repaired[d.name] if d.kind == KEEP else d.index(repaired[d.name])
-                                  for d in self.space.dimensions})
+        self._enqueue(repaired)
         candidate = self._propose(self.study.ask())
         assert candidate is not None, "a repaired candidate is within budget"
         return candidate

@@ -8,6 +8,10 @@ Conventions every agent follows (the conformance suite checks them):
   (microseconds, no forward pass) and never spend an evaluation on an infeasible one.
 - All randomness comes from `self.rng`, seeded by `seed`: the same seed gives the same run.
 - Failed and infeasible results are told like any other; an agent never raises on them.
+- `initial` candidates (a warm start, e.g. what magnitude pruning picks: `spaces.warm_start`) are
+  repaired into the budget and proposed among an agent's first candidates: random asks them first,
+  abc makes them food sources, evolution puts them in its first population, tpe/nsga2 enqueue them
+  in the study. `uniform` (the reference) and `amc` (its actions come from its policy) ignore them.
 """
 from __future__ import annotations
 
@@ -29,13 +33,15 @@ class Agent(abc.ABC):
     name: ClassVar[str] = ""
 
     def __init__(self, space: SearchSpace, budget: Budget, *, price: Price, seed: int | None = None,
-                 trials: int | None = None):
+                 trials: int | None = None, initial: Sequence[Mapping[str, int]] = ()):
         self.space = space
         self.budget = budget
         self.price = price
         self.seed = seed
         self.trials = trials  # the engine's trial budget, for agents that plan around it
         self.rng = np.random.default_rng(seed)
+        #: warm-start candidates, within budget, without repeats (see the module docstring)
+        self.initial: list[Candidate] = list(dict.fromkeys(self.repair(Candidate(c)) for c in initial))
 
     @abc.abstractmethod
     def ask(self) -> Candidate | None:

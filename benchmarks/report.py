@@ -10,6 +10,8 @@ Everything in the report is measured by this run; no figure is typed by hand. Se
    BatchNorms recalibrated on the same calibration batches, scored on the same held-out samples,
    then fine-tuned with one recipe (`search.finetune.finetune_module`: same epochs, lr, seed) and
    tested. Our agents are ranked by their median held-out score (what a user sees), never by test.
+   Agents start, as `search.run` does by default, from our own global-magnitude candidate at the
+   budget (`spaces.warm_start`); that candidate alone is reported too ("magnitude start").
 2. Search cost: wall time and evaluations until each agent reached its best.
 3. Speed: per-candidate cost against a Torch-Pruning user's loop (ResNet-50, 64x64), the engine's
    overhead over bare forward passes, Ray scaling.
@@ -52,6 +54,7 @@ from search.training import evaluate  # noqa: E402
 from search.zoo import load_data, load_model  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
+from spaces.warm_start import magnitude_candidate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 AGENTS = "uniform,random,abc,tpe,nsga2,amc,evolution,metapruning"
@@ -139,7 +142,25 @@ class Study:
         return Row(self.name, budget, PEERS[method], None, pruned.flops_ratio, pruned.params_ratio, held, before,
                    after, seconds, seconds, pruned.tries, pruned.tries)
 
-    def agent(self, budget_text: str, name: str, seed: int, pruningnet=None, pruningnet_s: float = 0.0) -> Row:
+    def warm_start(self, budget_text: str) -> list:
+        """Global magnitude pruning's candidate at the budget (what agents start from), unless turned off."""
+        if self.args.no_warm_start:
+            return []
+        budget = parse_budget([budget_text]).resolve(self.base)
+        candidate = magnitude_candidate(self.prunable, lambda c: budget.feasible(self.price(c)))
+        return [] if candidate is None else [candidate]
+
+    def magnitude_start(self, budget_text: str, candidate) -> Row:
+        start = time.perf_counter()
+        module = materialize(self.prunable, candidate)
+        seconds = time.perf_counter() - start
+        held, before, after = self.finish(module)
+        costs = self.price(candidate)
+        return Row(self.name, budget_text, "magnitude start", None, costs["flops"] / self.base["flops"],
+                   costs["params"] / self.base["params"], held, before, after, seconds, seconds, 1, 1)
+
+    def agent(self, budget_text: str, name: str, seed: int, pruningnet=None, pruningnet_s: float = 0.0,
+              initial=()) -> Row:
         budget = parse_budget([budget_text]).resolve(self.base)
         scorer = self.evaluator
         if pruningnet is not None:
@@ -147,7 +168,7 @@ class Study:
 
             scorer = PruningNetEvaluator.of(self.evaluator, pruningnet)
         agent = TimedAgent(make_agent(name, self.prunable.space, budget, price=self.price, seed=seed,
-                                      trials=self.args.trials))
+                                      trials=self.args.trials, initial=initial))
         start = time.perf_counter()
         outcome = Engine(agent, self.price, budget, scorer, trials=self.args.trials, progress=False).run()
         seconds = time.perf_counter() - start + pruningnet_s
@@ -192,10 +213,14 @@ class Study:
             for method in PEERS:
                 rows.append(self.peer(budget, method))
                 log(rows[-1])
+            initial = self.warm_start(budget)
+            if initial:
+                rows.append(self.magnitude_start(budget, initial[0]))
+                log(rows[-1])
             for name in self.args.agents:
                 net, net_s = self.pruningnet(budget) if name == "metapruning" else (None, 0.0)
                 for seed in self.args.seeds[:1] if name in DETERMINISTIC else self.args.seeds:
-                    rows.append(self.agent(budget, name, seed, net, net_s))
+                    rows.append(self.agent(budget, name, seed, net, net_s, initial))
                     log(rows[-1])
         return rows
 
@@ -219,7 +244,7 @@ def methods(rows: list[Row]) -> list[str]:
 
 def ours_best(rows: list[Row]) -> str:
     """Our agent with the highest median held-out score (chosen without looking at test top-1)."""
-    ours = [m for m in methods(rows) if m not in PEERS.values()]
+    ours = [m for m in methods(rows) if m not in PEERS.values() and m != "magnitude start"]
     return max(ours, key=lambda m: statistics.median(r.held_out for r in rows if r.method == m))
 
 
@@ -384,6 +409,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=150, help="per search, the same for every agent")
     parser.add_argument("--finetune-epochs", type=int, default=5, help="the same short fine-tune for every method")
     parser.add_argument("--pruningnet-epochs", type=int, default=30)
+    parser.add_argument("--no-warm-start", action="store_true", help="agents start from scratch")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed section")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny settings, ResNet-20 only")
     args = parser.parse_args()
@@ -410,7 +436,10 @@ def main() -> None:
              f"Digits (scikit-learn's bundled 8x8 images), {args.trials} trials per search, "
              f"{args.finetune_epochs} fine-tuning epochs (SGD, cosine from lr 0.05, seed 0) for every method. "
              "Our column is the agent with the best median held-out score, i.e. picked without looking at test "
-             "data; margin = ours minus the better peer.", "", *headline(studies), ""]
+             "data; margin = ours minus the better peer. "
+             + ("Agents start from scratch (`--no-warm-start`)." if args.no_warm_start else
+                "Agents start, as `search.run` does by default, from our global-magnitude candidate at the budget "
+                "(\"magnitude start\" in the tables below)."), "", *headline(studies), ""]
     for study, rows in studies:
         figure = plots / f"{study.name}.png"
         plot_comparison(study, rows, figure)

@@ -69,6 +69,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="allowed width ratios of every channel group, comma-separated")
     search.add_argument("--round-to", type=int, default=1, help="round every width to a multiple of this")
     search.add_argument("--no-block-removal", action="store_true", help="never remove residual blocks")
+    search.add_argument("--no-warm-start", action="store_true",
+                        help="do not propose global magnitude pruning's candidate at the budget among the first "
+                             "(abc, evolution, metapruning, random, tpe, nsga2 use it; uniform and amc never do)")
     scoring = p.add_argument_group("scoring (BN-recalibrated held-out top-1)")
     scoring.add_argument("--calib-batches", type=int, default=8, help="batches to recalibrate BatchNorm on")
     scoring.add_argument("--batch-size", type=int, default=64, help="calibration (and training) batch size")
@@ -347,7 +350,8 @@ def run(args: argparse.Namespace) -> Outcome:
         return cost.price(candidate).as_dict()
 
     try:
-        agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials, **options)
+        agent = make_agent(args.agent, space, budget, price=price, seed=args.seed, trials=args.trials,
+                           initial=_warm_start(args, prunable, budget, price), **options)
     except ValueError as error:
         raise UserError(f"agent {args.agent}: {error}") from None
     scorer, pruningnet = evaluator, None
@@ -382,6 +386,16 @@ def run(args: argparse.Namespace) -> Outcome:
     _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, base, base_score, base_test, budget,
             time.perf_counter() - started, table, pruningnet, base_weight_score)
     return outcome
+
+
+def _warm_start(args, prunable, budget, price) -> list:
+    """Global magnitude pruning's candidate at the budget, unless --no-warm-start (see spaces.warm_start)."""
+    if args.no_warm_start:
+        return []
+    from spaces.warm_start import magnitude_candidate
+
+    candidate = magnitude_candidate(prunable, lambda c: budget.feasible(price(c)))
+    return [] if candidate is None else [candidate]
 
 
 def _measure_latencies(args, prunable, outcome, table, device) -> dict[int, float]:

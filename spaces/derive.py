@@ -3,13 +3,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .graph import ChannelGraph, tensor_shape
-from .importance import Criterion, reorder
+from .importance import Criterion, channel_importance, reorder
 from .space import DEFAULT_RATIOS, KEEP, WIDTH, Dimension, SearchSpace, width_choices
 
 
@@ -26,6 +26,9 @@ class PrunableModel:
     space: SearchSpace
     dimension_groups: dict[str, int]
     dimension_blocks: dict[str, int]
+    #: width dimension -> its channels' importance in kept order (most important first), divided by the
+    #: group's mean so that groups compare (Torch-Pruning's "mean" normalizer); empty without importance
+    channel_scores: dict[str, tuple[float, ...]] = field(default_factory=dict)
 
     def widths(self, candidate: Mapping[str, int]) -> list[int]:
         """The width of every channel group (fixed groups at full width), indexed by group id."""
@@ -75,8 +78,10 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
     if round_to < 1:
         raise ValueError("round_to must be at least 1")
     graph = ChannelGraph(model, example_input)
+    scores: dict[int, torch.Tensor] = {}
     if importance is not None:
         reorder(graph, importance)
+        scores = channel_importance(graph, importance)  # now in kept order
 
     node_order = {n.name: i for i, n in enumerate(graph.gm.graph.nodes)}
     first_call = {}
@@ -127,4 +132,6 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
         model=model, graph=graph, space=SearchSpace(dims),
         dimension_groups={d.name: e[3] for d, e in zip(dims, entries) if e[2] == WIDTH},
         dimension_blocks={d.name: e[3] for d, e in zip(dims, entries) if e[2] == KEEP},
+        channel_scores={d.name: tuple((scores[e[3]] / scores[e[3]].mean().clamp_min(1e-12)).tolist())
+                        for d, e in zip(dims, entries) if e[2] == WIDTH and e[3] in scores},
     )

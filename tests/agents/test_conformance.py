@@ -11,10 +11,11 @@ from agents import list_agents, make_agent
 from conftest import BUDGETS, fake_score, setting
 from spaces.records import Result, TrialState
 
-def drive(name: str, budget_name: str = "0.4flops", *, seed: int = 0, trials: int = 30, fail_every: int = 0):
+def drive(name: str, budget_name: str = "0.4flops", *, seed: int = 0, trials: int = 30, fail_every: int = 0,
+          initial=()):
     """Run the ask/tell loop the way the engine does; returns the asked candidates."""
     space, budget, price = setting(budget_name)
-    agent = make_agent(name, space, budget, price=price, seed=seed, trials=trials)
+    agent = make_agent(name, space, budget, price=price, seed=seed, trials=trials, initial=initial)
     asked, pending = [], []
     for step in range(trials * 3):
         if len(asked) >= trials:
@@ -65,6 +66,47 @@ def test_state_dict_round_trip_continues_identically(name):
     if first is not None:
         a.tell(first, Result(TrialState.COMPLETE, 0.5, price(first)))
     b = make_agent(name, space, budget, price=price, seed=99, trials=20)
+    b.load_state_dict(a.state_dict())
+    assert a.ask() == b.ask()
+
+
+WARM_STARTED = ["random", "abc", "evolution", "metapruning", "tpe", "nsga2"]
+
+
+def warm_start(budget_name: str = "0.4flops"):
+    from conftest import derived
+    from spaces.warm_start import magnitude_candidate
+
+    space, budget, price = setting(budget_name)
+    return magnitude_candidate(derived("resnet20")[0], lambda c: budget.feasible(price(c)))
+
+
+@pytest.mark.parametrize("name", list_agents())
+def test_warm_starts_are_asked_first_by_the_agents_that_use_them(name):
+    start = warm_start()
+    asked = drive(name, initial=[start])
+    if name in WARM_STARTED:
+        assert asked[0] == start and asked.count(start) == 1
+    else:  # uniform is the reference and amc follows its policy: a warm start changes nothing
+        assert asked == drive(name)
+    assert drive(name, initial=[start], seed=4) == drive(name, initial=[start], seed=4)
+
+
+@pytest.mark.parametrize("name", ["random", "tpe", "abc"])
+def test_over_budget_warm_starts_are_repaired(name):
+    space, budget, price = setting("0.25flops+0.5params")
+    asked = drive(name, "0.25flops+0.5params", initial=[space.full()])
+    assert budget.feasible(price(asked[0])) and asked[0] != space.full()
+
+
+@pytest.mark.parametrize("name", WARM_STARTED)
+def test_state_dict_round_trip_with_a_warm_start(name):
+    space, budget, price = setting("0.4flops")
+    start = warm_start()
+    a = make_agent(name, space, budget, price=price, seed=5, trials=20, initial=[start])
+    first = a.ask()
+    a.tell(first, Result(TrialState.COMPLETE, 0.5, price(first)))
+    b = make_agent(name, space, budget, price=price, seed=99, trials=20, initial=[start])
     b.load_state_dict(a.state_dict())
     assert a.ask() == b.ask()
 

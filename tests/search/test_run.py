@@ -304,3 +304,18 @@ def test_metapruning_options_are_checked(tmp_path, capsys):
     code = run_module.main([*FAST, "--agent", "metapruning", "--budget", "0.4flops", "--workers", "2",
                             "--out", str(tmp_path / "r")])
     assert code == 2 and "in this process" in capsys.readouterr().err
+
+
+def test_the_search_starts_from_global_magnitude_pruning_unless_told_not_to(tmp_path):
+    from search.engine import Journal
+
+    code, out = search(tmp_path, "--trials", "3")
+    assert code == 0
+    first = Journal(out / "journal.jsonl").read()[0]
+    widths = [v for k, v in first.candidate.items() if not k.startswith("keep:")]
+    assert all(v == 1 for k, v in first.candidate.items() if k.startswith("keep:"))  # every block kept
+    assert first.result.costs["flops"] <= 0.4 * json.loads((out / "run.json").read_text())["base"]["flops"]
+    code, cold = search(tmp_path, "--trials", "3", "--no-warm-start", out="cold")
+    assert code == 0 and json.loads((cold / "run.json").read_text())["args"]["no_warm_start"] is True
+    assert Journal(cold / "journal.jsonl").read()[0].candidate != first.candidate
+    assert len(set(widths)) > 1  # not one common ratio: each group keeps what passes one threshold
