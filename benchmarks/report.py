@@ -121,6 +121,7 @@ class Study:
                                                         self.data.held_out, calib_batches=8, batch_size=64,
                                                         eval_samples=1024)
         self.base_held_out = self.evaluator.score(self.prunable.space.full())
+        self.evaluator.restore()  # the base model's own BatchNorm state (materialized subnets copy it)
         self.test_loader = DataLoader(self.data.test, batch_size=256)
 
     def price(self, candidate) -> dict:
