@@ -430,7 +430,7 @@ def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, ba
         torch.save(subnet.cpu(), run_dir.path / BEST_MODEL_FILE)
         best_record = {
             "model": args.model, "weights": args.weights, "data": args.data, "seed": args.seed,
-            "derive": {**_derive_options(args), "importance": "l1"},
+            "derive": {**_derive_options(args), "importance": "l2"},
             "input_shape": list(evaluator.calibration[0].shape[1:]),
             "trial": best.number, "candidate": best.candidate.to_dict(), "held_out_top1": best.result.score,
             "export_weights": args.export_weights, "held_out_top1_base_weights": base_weight_score,

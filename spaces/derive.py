@@ -67,7 +67,7 @@ def _unique(name: str, taken: set[str]) -> str:
 
 
 def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[float] = DEFAULT_RATIOS,
-           round_to: int = 1, importance: str | Criterion | None = "l1",
+           round_to: int = 1, importance: str | Criterion | None = "l2",
            removable_blocks: bool = True) -> PrunableModel:
     """Derive the search space of `model` for inputs shaped like `example_input`.
 

