@@ -1,7 +1,7 @@
 """The benchmark report: regenerates docs/benchmarks.md (tables and plots) from one run, side by side.
 
     pip install -e ".[bench]"          # Torch-Pruning, the peer
-    python benchmarks/report.py        # about 40 min on 2 CPU cores; --quick for a smoke run
+    python benchmarks/report.py        # about 25 min on 2 CPU cores; --quick for a smoke run
 
 Everything in the report is measured by this run; no figure is typed by hand. Sections:
 1. Peer comparison, on the default ResNet-20 and on ResNet-56 (digits): Torch-Pruning's global
