@@ -177,7 +177,8 @@ class Study:
         start = time.perf_counter()
         outcome = Engine(agent, self.price, budget, scorer, trials=self.args.trials, progress=False).run()
         seconds = time.perf_counter() - start + pruningnet_s
-        scorer.restore()
+        if scorer is not self.evaluator:
+            scorer.restore()
         self.evaluator.restore()
         best = outcome.best
         told = dict(zip((t.number for t in outcome.trials), agent.told))

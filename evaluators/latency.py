@@ -127,24 +127,26 @@ class LatencyTable:
             if spec is not None and shape is not None and spec.length:
                 self._ops.append((spec.layout, int(np.prod(shape[1:])) // spec.length, blocks))
 
-    def elements(self, candidate: Mapping[str, int]) -> int:
-        """E: the elements the non-conv/linear ops touch in `candidate` (per sample)."""
+    def features(self, candidate: Mapping[str, int]) -> list[float]:
+        """What the fitted coefficients multiply: layers' timed sum (ms), 1, N, E (see the module docstring)."""
         widths, keeps = self.prunable.widths(candidate), self.prunable.keeps(candidate)
-        return sum(per * sum(widths[seg.group] * seg.inner for seg in layout)
-                   for layout, per, blocks in self._ops if all(keeps[b] for b in blocks))
+        return [self._layers_ms(widths, keeps), 1.0, float(self._calls_live(keeps)),
+                float(self._elements(widths, keeps))]
 
     def calls(self, candidate: Mapping[str, int]) -> int:
         """N: the live ops that are not timed layers."""
-        keeps = self.prunable.keeps(candidate)
+        return self._calls_live(self.prunable.keeps(candidate))
+
+    def _calls_live(self, keeps: Sequence[bool]) -> int:
         return sum(all(keeps[b] for b in blocks) for blocks in self._calls)
 
-    def features(self, candidate: Mapping[str, int]) -> list[float]:
-        """What the fitted coefficients multiply: layers' timed sum, 1, N, E."""
-        return [self.layers_ms(candidate), 1.0, float(self.calls(candidate)), float(self.elements(candidate))]
+    def _elements(self, widths: Sequence[int], keeps: Sequence[bool]) -> int:
+        """E: the elements the non-conv/linear ops touch (per sample)."""
+        return sum(per * sum(widths[seg.group] * seg.inner for seg in layout)
+                   for layout, per, blocks in self._ops if all(keeps[b] for b in blocks))
 
-    def layers_ms(self, candidate: Mapping[str, int]) -> float:
-        widths = self.prunable.widths(candidate)
-        keeps = self.prunable.keeps(candidate)
+    def _layers_ms(self, widths: Sequence[int], keeps: Sequence[bool]) -> float:
+        """The live conv/linear layers' times, each interpolated in its grid at its kept sizes."""
         groups = self.prunable.graph.groups
         total = 0.0
         for grid, (out_use, in_use, full), blocks in zip(self.layers, self._axes, self._blocks):
@@ -265,9 +267,3 @@ def measure_latencies(modules: Sequence[torch.nn.Module], input_shape: Sequence[
     x = torch.randn(batch, *input_shape, device=device)
     samples = [[1e3 * time_call(lambda m=module: m(x), device) for module in modules] for _ in range(rounds)]
     return [statistics.median(column) for column in zip(*samples)]
-
-
-def measure_latency(module: torch.nn.Module, input_shape: Sequence[int], *, batch: int = 1,
-                    device: torch.device | str = "cpu") -> float:
-    """Measured latency (ms) of a real module, the way the table's end-to-end figures are measured."""
-    return measure_latencies([module], input_shape, batch=batch, device=device)[0]

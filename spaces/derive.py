@@ -80,8 +80,9 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
     graph = ChannelGraph(model, example_input)
     scores: dict[int, torch.Tensor] = {}
     if importance is not None:
-        reorder(graph, importance)
-        scores = channel_importance(graph, importance)  # now in kept order
+        scores = channel_importance(graph, importance)
+        reorder(graph, scores=scores)
+        scores = {gid: score.sort(descending=True, stable=True).values for gid, score in scores.items()}  # kept order
 
     node_order = {n.name: i for i, n in enumerate(graph.gm.graph.nodes)}
     first_call = {}
