@@ -23,6 +23,7 @@ import numpy as np
 
 from spaces.budget import Budget
 from spaces.records import Result
+from spaces.sampling import sample_feasible
 from spaces.space import KEEP, WIDTH, Candidate, SearchSpace
 
 #: candidate -> its costs ({"flops": ..., "params": ...}); cheap, no forward pass.
@@ -122,11 +123,7 @@ class Agent(abc.ABC):
 
     def sample_feasible(self, tries: int = 200) -> Candidate:
         """A uniform draw from the feasible part of the space (rejection), else a repaired draw."""
-        for _ in range(tries):
-            candidate = self.space.sample(self.rng)
-            if self.feasible(candidate):
-                return candidate
-        return self.repair(candidate)
+        return sample_feasible(self.space, self.feasible, self.rng, tries=tries, repair=self.repair)
 
 
 __all__ = ["Agent", "Price", "KEEP", "WIDTH"]

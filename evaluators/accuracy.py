@@ -3,7 +3,9 @@
 Scoring a candidate: apply it to the elastic model (no copy), reset every BatchNorm's running
 statistics, recalibrate them with `momentum=None` (a cumulative average) over K cached calibration
 batches with only the BatchNorms in train mode (dropout and stochastic depth stay off) and no
-gradients, then take top-1 on M cached held-out samples in eval mode.
+gradients, then take top-1 on M cached held-out samples in eval mode. With a `metric` (any
+`f(model) -> float`, higher is better, e.g. a user's mean IoU), the metric is called on the elastic
+model, set to the candidate, recalibrated and in eval mode, instead of top-1.
 
 The batches are tensors cut once, on the device, when the evaluator is built: the per-candidate path
 has no data loading, no copy of the model and no re-trace. The base model's statistics are restored
@@ -13,7 +15,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -66,10 +68,13 @@ class AccuracyEvaluator:
     """Scores candidates of one prunable model; see the module docstring."""
 
     def __init__(self, prunable: PrunableModel, calibration: Sequence[torch.Tensor],
-                 held_out: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu"):
-        if not calibration or not held_out:
-            raise ValueError("the evaluator needs at least one calibration batch and one held-out batch")
+                 held_out: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu",
+                 metric: Callable[[nn.Module], float] | None = None):
+        if not calibration or (not held_out and metric is None):
+            raise ValueError("the evaluator needs at least one calibration batch and one held-out batch "
+                             "(or a metric)")
         self.prunable = prunable
+        self.metric = metric
         self.device = torch.device(device)
         prunable.model.to(self.device)
         self.elastic = ElasticModel(prunable).to(self.device).eval()
@@ -77,7 +82,7 @@ class AccuracyEvaluator:
         self.held_out = [(x.to(self.device), y.to(self.device)) for x, y in held_out]
         self._bns = self.elastic.batchnorms()
         self._momenta = [bn.momentum for bn in self._bns]
-        self._snapshot = self.elastic.bn_snapshot()
+        self.bn_state = self.elastic.bn_snapshot()  # the base model's own BatchNorm statistics
 
     @classmethod
     def from_dataset(cls, prunable: PrunableModel, dataset: Dataset, calibration_indices: Sequence[int],
@@ -106,6 +111,8 @@ class AccuracyEvaluator:
                 self.elastic(x)
             for bn in self._bns:
                 bn.eval()
+            if self.metric is not None:
+                return float(self.metric(self.elastic))
             correct = total = 0
             for x, y in self.held_out:
                 out = self.elastic(x)
@@ -122,7 +129,7 @@ class AccuracyEvaluator:
 
     def restore(self) -> None:
         """Give the base model back its own BatchNorm statistics and the full widths."""
-        self.elastic.restore_bn(self._snapshot)
+        self.elastic.restore_bn(self.bn_state)
         for bn, momentum in zip(self._bns, self._momenta):
             bn.momentum = momentum
         self.elastic.reset()
@@ -148,15 +155,17 @@ class EvaluatorPayload:
     held_out: list[tuple[torch.Tensor, torch.Tensor]]
     derive_options: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
+    metric: Callable[[nn.Module], float] | None = None   # travels by cloudpickle: a user's score function
 
     @classmethod
     def of(cls, evaluator: AccuracyEvaluator, derive_options: Mapping[str, Any], device: str) -> EvaluatorPayload:
-        return cls(copy.deepcopy(evaluator.prunable.model).cpu(), [x.cpu() for x in evaluator.calibration], [(x.cpu(), y.cpu()) for x, y in evaluator.held_out],
-                   dict(derive_options), device)
+        return cls(copy.deepcopy(evaluator.prunable.model).cpu(), [x.cpu() for x in evaluator.calibration],
+                   [(x.cpu(), y.cpu()) for x, y in evaluator.held_out], dict(derive_options), device,
+                   evaluator.metric)
 
 
 def build_evaluator(payload: EvaluatorPayload) -> AccuracyEvaluator:
     """Runs on each worker: derive the space again (same channel order) and cache the batches there."""
     model = payload.model.cpu().eval()
     prunable = derive(model, payload.calibration[0][:1], importance=None, **payload.derive_options)
-    return AccuracyEvaluator(prunable, payload.calibration, payload.held_out, payload.device)
+    return AccuracyEvaluator(prunable, payload.calibration, payload.held_out, payload.device, payload.metric)

@@ -11,13 +11,45 @@ import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 log = logging.getLogger(__name__)
 
 
+@runtime_checkable
 class Scorer(Protocol):
+    """Scores one candidate (higher is better); an exception is a failed candidate, not a failed search."""
+
     def score(self, candidate: Mapping[str, int]) -> float: ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Where candidates are scored: `slots` in flight at once, `submit` them, collect from `wait`
+    (`close()`, where an executor has one, releases its workers)."""
+
+    slots: int
+
+    def submit(self, ticket: int, candidate: Mapping[str, int]) -> None: ...
+
+    def wait(self) -> list[tuple[int, Scored]]: ...
+
+
+def init_ray(address: str | None = None, *, num_cpus: float = 1) -> bool:
+    """Join the cluster at `address`, or start a local Ray with `num_cpus`; False if Ray was already up."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    if address:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
+        except (ConnectionError, ValueError, RuntimeError) as error:
+            raise ConnectionError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+    else:
+        ray.init(num_cpus=max(1, math.ceil(num_cpus)), include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)
+    return True
 
 
 @dataclass(frozen=True)
@@ -92,13 +124,7 @@ class RayExecutor:
         import ray
 
         self.ray = ray
-        self._owns_ray = not ray.is_initialized()
-        if self._owns_ray:
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            else:
-                ray.init(num_cpus=max(1, math.ceil(workers * cpus_per_worker)), include_dashboard=False,
-                         logging_level=logging.WARNING, log_to_driver=False)
+        self._owns_ray = init_ray(address, num_cpus=workers * cpus_per_worker)
         self.slots, self.retries = workers, retries
         self._actor_class = ray.remote(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0,
                                        max_task_retries=0, scheduling_strategy="SPREAD")(_Worker)

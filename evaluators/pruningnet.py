@@ -60,6 +60,7 @@ from tqdm.auto import tqdm
 from spaces.derive import PrunableModel
 from spaces.elastic import ElasticModel, ElasticState
 from spaces.materialize import materialize
+from spaces.sampling import feasible_sampler  # noqa: F401 - re-exported: its old home
 from spaces.slicing import kept_length
 from spaces.space import Candidate, SearchSpace
 
@@ -206,22 +207,6 @@ class PruningNet(nn.Module):
 
 
 # -- training --------------------------------------------------------------------------------------
-def feasible_sampler(space: SearchSpace, feasible: Callable[[Candidate], bool], *, tries: int = 200,
-                     repair: Callable[[Candidate], Candidate] | None = None
-                     ) -> Callable[[np.random.Generator], Candidate]:
-    """`sample(rng)`: a uniform draw from the feasible part of `space` (rejection), else `repair`ed."""
-
-    def sample(rng: np.random.Generator) -> Candidate:
-        candidate = space.sample(rng)
-        for _ in range(tries):
-            if feasible(candidate):
-                return candidate
-            candidate = space.sample(rng)
-        return repair(candidate) if repair is not None else space.smallest()
-
-    return sample
-
-
 def train_pruningnet(pruningnet: PruningNet, loader: Iterable, *, epochs: int, lr: float = 1e-3,
                      sample: Callable[[np.random.Generator], Candidate] | None = None, seed: int = 0,
                      progress: bool = True) -> list[dict[str, float]]:
@@ -316,7 +301,7 @@ class PruningNetEvaluator(AccuracyEvaluator):
     def of(cls, evaluator: AccuracyEvaluator, pruningnet: PruningNet) -> PruningNetEvaluator:
         """A PruningNet scorer on `evaluator`'s cached batches (no data loaded again)."""
         new = cls(evaluator.prunable, evaluator.calibration, evaluator.held_out, evaluator.device, pruningnet)
-        new._snapshot = [tuple(t.clone() for t in saved) for saved in evaluator._snapshot]
+        new.bn_state = [tuple(t.clone() for t in saved) for saved in evaluator.bn_state]
         return new
 
 

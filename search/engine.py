@@ -12,76 +12,77 @@ finished is scored twice, and the run continues as if never interrupted.
 """
 from __future__ import annotations
 
-import json
 import logging
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 from tqdm.auto import tqdm
 
 from agents.base import Agent
-from evaluators.executors import LocalExecutor
+from evaluators.executors import Executor, LocalExecutor, Scored, Scorer
 from spaces.budget import Budget
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
 
 from .errors import UserError
+from .records import Journal, Trial, best_trial
+
+__all__ = ["Engine", "Journal", "Outcome", "Referee", "Trial", "best_trial", "memoized"]
 
 log = logging.getLogger(__name__)
+Price = Callable[[Candidate], Mapping[str, float]]
 
 
-@dataclass(frozen=True)
-class Trial:
-    number: int          # the order in which the agent proposed it
-    candidate: Candidate
-    result: Result
-    asked: int = 0       # candidates asked of the agent when this one was told (for exact replay)
+def memoized(price: Price, size: int = 4096) -> Price:
+    """`price` with its last `size` answers remembered: a candidate the agent priced is not priced again."""
+    cache: OrderedDict[Candidate, dict[str, float]] = OrderedDict()
 
-    def to_json(self) -> dict:
-        r = self.result
-        return {"trial": self.number, "asked": self.asked, "state": r.state.value, "score": r.score,
-                "costs": dict(r.costs), "seconds": round(r.seconds, 6), "message": r.message,
-                "candidate": self.candidate.to_dict()}
+    def cached(candidate: Candidate) -> dict[str, float]:
+        key = candidate if isinstance(candidate, Candidate) else Candidate(candidate)
+        costs = cache.get(key)
+        if costs is None:
+            costs = cache[key] = dict(price(key))
+            if len(cache) > size:
+                cache.popitem(last=False)
+        else:
+            cache.move_to_end(key)
+        return costs
 
-    @classmethod
-    def from_json(cls, data: Mapping) -> Trial:
-        result = Result(TrialState(data["state"]), data["score"], data["costs"], data["seconds"], data["message"])
-        return cls(int(data["trial"]), Candidate(data["candidate"]), result, int(data.get("asked", data["trial"] + 1)))
-
-
-class Journal:
-    """Append-only JSON lines, one per trial, flushed as each trial ends."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def read(self) -> list[Trial]:
-        if not self.path.exists():
-            return []
-        trials = []
-        for line in self.path.read_text().splitlines():
-            try:
-                trials.append(Trial.from_json(json.loads(line)))
-            except (ValueError, KeyError):
-                break  # a line cut short by a crash: everything before it is sound
-        return trials
-
-    def truncate(self, trials: list[Trial]) -> None:
-        """Rewrite the journal to exactly `trials` (drops a half-written last line)."""
-        self.path.write_text("".join(json.dumps(t.to_json()) + "\n" for t in trials))
-
-    def append(self, trial: Trial) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(trial.to_json()) + "\n")
-            f.flush()
+    cached.__wrapped__ = price  # type: ignore[attr-defined]
+    return cached
 
 
-def best_trial(trials: list[Trial]) -> Trial | None:
-    """The highest score; among equal scores, the fewest FLOPs, then the earliest."""
-    done = [t for t in trials if t.result.ok]
-    return max(done, key=lambda t: (t.result.score, -t.result.costs.get("flops", 0), -t.number), default=None)
+class Referee:
+    """The one path every candidate takes, in the engine and in the Ray Tune searcher.
+
+    `settle(candidate)` prices it once: an over-budget candidate, or a repeat of one already scored, is
+    settled at once (a `Result`, never scored); otherwise it returns None with the costs, and the
+    candidate must be scored. `result(costs, scored)` turns a score into the `Result` to tell.
+    """
+
+    def __init__(self, price: Price, budget: Budget):
+        self.price, self.budget = price, budget
+        self._scored: dict[Candidate, Result] = {}
+
+    def settle(self, candidate: Candidate) -> tuple[dict[str, float], Result | None]:
+        costs = dict(self.price(candidate))
+        if not self.budget.feasible(costs):
+            return costs, Result(TrialState.INFEASIBLE, None, costs, 0.0, "over budget")
+        seen = self._scored.get(candidate)
+        if seen is not None:
+            return costs, Result(seen.state, seen.score, costs, 0.0, "repeat of an earlier candidate")
+        return costs, None
+
+    @staticmethod
+    def result(costs: Mapping[str, float], scored: Scored) -> Result:
+        if scored.ok:
+            return Result(TrialState.COMPLETE, scored.score, dict(costs), scored.seconds)
+        return Result(TrialState.FAILED, None, dict(costs), scored.seconds, scored.error)
+
+    def remember(self, candidate: Candidate, result: Result) -> None:
+        if result.state is not TrialState.INFEASIBLE:
+            self._scored.setdefault(candidate, result)
 
 
 @dataclass
@@ -98,18 +99,17 @@ class Outcome:
 class Engine:
     """Runs one agent for `trials` candidates. See the module docstring.
 
-    `executor` scores candidates (an object with `score(candidate)` is wrapped in a `LocalExecutor`).
+    `executor` scores candidates (a bare `Scorer` is wrapped in a `LocalExecutor`).
     """
 
-    def __init__(self, agent: Agent, price: Callable[[Candidate], Mapping[str, float]], budget: Budget,
-                 executor: Any, *, trials: int, journal: Journal | None = None, progress: bool = True,
-                 base_flops: float | None = None):
+    def __init__(self, agent: Agent, price: Price, budget: Budget, executor: Executor | Scorer, *, trials: int,
+                 journal: Journal | None = None, progress: bool = True, base_flops: float | None = None):
         self.agent, self.price, self.budget = agent, price, budget
-        self.executor = executor if hasattr(executor, "submit") else LocalExecutor(executor)
+        self.referee = Referee(price, budget)
+        self.executor: Executor = executor if isinstance(executor, Executor) else LocalExecutor(executor)
         self.trials, self.journal, self.progress = trials, journal, progress
         self.base_flops = base_flops
         self.outcome = Outcome()
-        self._scored: dict[Candidate, Result] = {}
         self._asked = 0
         self._in_flight: dict[int, tuple[Candidate, dict[str, float]]] = {}
         self._resubmit: list[tuple[int, Candidate]] = []
@@ -138,8 +138,7 @@ class Engine:
 
     def _remember(self, trial: Trial) -> None:
         self.outcome.trials.append(trial)
-        if trial.result.state is not TrialState.INFEASIBLE:
-            self._scored.setdefault(trial.candidate, trial.result)
+        self.referee.remember(trial.candidate, trial.result)
 
     def _postfix(self) -> dict[str, str]:
         best = self.outcome.best
@@ -159,13 +158,9 @@ class Engine:
 
     def _start(self, number: int, candidate: Candidate, bar) -> None:
         """Settle an over-budget or repeated candidate at once; submit any other for scoring."""
-        costs = dict(self.price(candidate))
-        if not self.budget.feasible(costs):
-            self._finish(number, candidate, Result(TrialState.INFEASIBLE, None, costs, 0.0, "over budget"), bar)
-        elif candidate in self._scored:
-            seen = self._scored[candidate]
-            self._finish(number, candidate, Result(seen.state, seen.score, costs, 0.0,
-                                                   "repeat of an earlier candidate"), bar)
+        costs, settled = self.referee.settle(candidate)
+        if settled is not None:
+            self._finish(number, candidate, settled, bar)
         else:
             self._in_flight[number] = (candidate, costs)
             self.executor.submit(number, candidate)
@@ -173,11 +168,7 @@ class Engine:
     def _collect(self, bar) -> None:
         for number, scored in self.executor.wait():
             candidate, costs = self._in_flight.pop(number)
-            if scored.ok:
-                result = Result(TrialState.COMPLETE, scored.score, costs, scored.seconds)
-            else:
-                result = Result(TrialState.FAILED, None, costs, scored.seconds, scored.error)
-            self._finish(number, candidate, result, bar)
+            self._finish(number, candidate, self.referee.result(costs, scored), bar)
 
     def run(self) -> Outcome:
         bar = tqdm(total=self.trials, initial=len(self.outcome.trials), desc=f"search {self.agent.name}",

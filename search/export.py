@@ -3,8 +3,9 @@
     python -m search.export runs/20261122-140000-resnet20-random-0.4flops                  # best.pt2
     python -m search.export runs/20261122-140000-resnet20-random-0.4flops --format onnx --finetuned
 
-From Python: `export("runs/...", "onnx")` returns an `ExportResult`. The subnet is the run's `best.pt`
-(with `--finetuned`, `finetuned.pt`, written by `python -m search.finetune RUN_DIR`); the example input
+From Python: `export("runs/...", "onnx")` returns an `ExportResult`. The subnet is the run's best one,
+rebuilt from `best.json` and `best.state_dict.pt` on the run's base model (no pickle is loaded; with
+`--finetuned`, the fine-tuned weights written by `python -m search.finetune RUN_DIR`); the example input
 is a seeded random batch of `--batch` samples of the `input_shape` in `best.json`. Formats and the file
 each writes into the run directory (`finetuned.*` with `--finetuned`; `--out` picks another path):
 
@@ -262,16 +263,8 @@ def _check_exporter(format: str) -> None:
 
 
 def _source(run: RunDirectory, finetuned: bool) -> Path:
-    if finetuned:
-        path = run.path / FINETUNED_MODEL_FILE
-        if not path.is_file():
-            raise UserError(f"{run.path} has no {FINETUNED_MODEL_FILE} yet: run "
-                            f"`python -m search.finetune {run.path}` first, or export best.pt without --finetuned")
-    else:
-        path = run.path / BEST_MODEL_FILE
-        if not path.is_file():
-            raise UserError(f"{run.path} has no {BEST_MODEL_FILE}: the search exported no subnet (none was scored)")
-    return path
+    """The name the exported files are named after (best.* or finetuned.*)."""
+    return run.path / (FINETUNED_MODEL_FILE if finetuned else BEST_MODEL_FILE)
 
 
 def _target(run: RunDirectory, source: Path, format: str, out: str | Path | None) -> Path:
@@ -290,7 +283,7 @@ def _target(run: RunDirectory, source: Path, format: str, out: str | Path | None
 
 
 def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, out: str | Path | None = None,
-           batch: int = 2) -> ExportResult:
+           batch: int = 2, trust_pickle: bool = False) -> ExportResult:
     """Export a run's best (or fine-tuned) subnet in `format`, load it back and compare; see the module docstring.
 
     `out` is a file path or an existing folder (default: the run directory, `best<suffix>`). Raises
@@ -308,13 +301,9 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
     if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
         raise UserError(f"{run.path / BEST_FILE} has no valid input_shape (got {shape!r})")
     path = _target(run, source, format, out)
-    try:
-        model = torch.load(source, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - unpickling can fail in many ways
-        raise UserError(f"cannot load {source}: {_first_line(error)}") from None
-    if not isinstance(model, nn.Module):
-        raise UserError(f"{source} holds a {type(model).__name__}, not a module")
-    model.eval()
+    from .pipeline import load_subnet
+
+    model = load_subnet(run.path, finetuned=finetuned, trust_pickle=trust_pickle)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     example = _batch(batch, shape, seed=0).to(dtype)
     try:
@@ -395,10 +384,9 @@ def _report(result: ExportResult, best_json: Path | None = None) -> list[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from .run import HelpFormatter  # here, so that `from search.export import rebuild` stays a light import
+    from .cli import ArgumentParser
 
-    p = argparse.ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a run directory written by python -m search.run")
     p.add_argument("--format", default="pt", choices=FORMATS,
                    help="pt: torch.export program (best.pt2; torch.export.load(f).module()); "
@@ -412,6 +400,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, metavar="PATH",
                    help="the file to write, or an existing folder to write the default name into "
                         "(default: the run directory)")
+    p.add_argument("--trust-pickle", action="store_true",
+                   help="allow loading the pickled best.pt / finetuned.pt of a run that has no state dict (older "
+                        "runs): unpickling runs code from the file")
     p.add_argument("--batch", type=int, default=2,
                    help="samples in the example batch of the input shape in best.json; pt and onnx get a "
                         "dynamic batch axis from 2 up")
@@ -429,7 +420,8 @@ def main(argv: list[str] | None = None) -> int:
     log.setLevel(logging.WARNING)
     log.propagate = False
     try:
-        result = export(args.run_dir, args.format, finetuned=args.finetuned, out=args.out, batch=args.batch)
+        result = export(args.run_dir, args.format, finetuned=args.finetuned, out=args.out, batch=args.batch,
+                        trust_pickle=args.trust_pickle)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -1,20 +1,132 @@
-"""A run directory and what goes in it: run.json, journal.jsonl, trials.csv, best.json, best.pt, pareto.png."""
+"""A run directory and what goes in it: run.json, journal.jsonl, trials.csv, best.json, best.pt, pareto.png.
+
+Every file but the journal is written whole or not at all (a temporary file, then `os.replace`), so
+a full disk or a killed process never leaves a half-written table. The journal is append-only, one
+JSON line per finished trial, flushed as it ends: what `--resume` replays. A line that cannot be read
+(a crash mid-write, a corrupted disk block) is skipped and reported; every readable line is kept,
+and the journal is never rewritten without keeping the original beside it.
+"""
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
+import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
-from .engine import Journal, Trial
+from spaces.records import Result, TrialState
+from spaces.space import Candidate
+
 from .errors import UserError
+
+log = logging.getLogger(__name__)
 
 RUN_FILE, JOURNAL_FILE, TRIALS_FILE = "run.json", "journal.jsonl", "trials.csv"
 BEST_FILE, BEST_MODEL_FILE, PLOT_FILE, PARETO_FILE = "best.json", "best.pt", "pareto.png", "pareto.csv"
+BEST_STATE_FILE = "best.state_dict.pt"   # the subnet's state dict: rebuild(best.json, base).load_state_dict(...)
+FINETUNED_MODEL_FILE, FINETUNE_CSV = "finetuned.pt", "finetune.csv"
+FINETUNED_STATE_FILE = "finetuned.state_dict.pt"
+
+
+@dataclass(frozen=True)
+class Trial:
+    number: int          # the order in which the agent proposed it
+    candidate: Candidate
+    result: Result
+    asked: int = 0       # candidates asked of the agent when this one was told (for exact replay)
+
+    def to_json(self) -> dict:
+        r = self.result
+        return {"trial": self.number, "asked": self.asked, "state": r.state.value, "score": r.score,
+                "costs": dict(r.costs), "seconds": round(r.seconds, 6), "message": r.message,
+                "candidate": self.candidate.to_dict()}
+
+    @classmethod
+    def from_json(cls, data: Mapping) -> Trial:
+        result = Result(TrialState(data["state"]), data["score"], data["costs"], data["seconds"], data["message"])
+        return cls(int(data["trial"]), Candidate(data["candidate"]), result, int(data.get("asked", data["trial"] + 1)))
+
+
+def best_trial(trials: Sequence[Trial]) -> Trial | None:
+    """The highest score; among equal scores, the fewest FLOPs, then the earliest."""
+    done = [t for t in trials if t.result.ok]
+    return max(done, key=lambda t: (t.result.score, -t.result.costs.get("flops", 0), -t.number), default=None)
+
+
+class Journal:
+    """Append-only JSON lines, one per trial, flushed as each trial ends (see the module docstring)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.skipped: list[int] = []  # line numbers (1-based) the last `read` could not use
+
+    def read(self) -> list[Trial]:
+        """Every readable trial, in file order; unreadable lines are skipped and listed in `skipped`."""
+        self.skipped = []
+        if not self.path.exists():
+            return []
+        trials, seen = [], set()
+        with self.path.open("rb") as f:
+            lines = f.read().split(b"\n")
+        for number, raw in enumerate(lines, 1):
+            if not raw.strip():
+                continue
+            try:
+                trial = Trial.from_json(json.loads(raw.decode("utf-8")))
+            except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+                self.skipped.append(number)
+                continue
+            if trial.number in seen:  # a line written twice (a crash between append and truncate)
+                continue
+            seen.add(trial.number)
+            trials.append(trial)
+        if self.skipped:
+            log.warning("journal %s: skipped %d unreadable line(s) (line %s); kept the %d readable trials",
+                        self.path, len(self.skipped), ", ".join(map(str, self.skipped[:5])), len(trials))
+        return trials
+
+    def truncate(self, trials: Sequence[Trial]) -> None:
+        """Rewrite the journal to exactly `trials`, atomically; a journal with unreadable lines is kept as
+        `journal.jsonl.bak-<time>` first."""
+        if self.skipped and self.path.exists():
+            backup = self.path.with_name(f"{self.path.name}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+            shutil.copy2(self.path, backup)
+            log.warning("journal %s: the original is kept as %s", self.path, backup.name)
+        atomic_write(self.path, "".join(json.dumps(t.to_json()) + "\n" for t in trials))
+        self.skipped = []
+
+    def append(self, trial: Trial) -> None:
+        with self.path.open("a") as f:
+            f.write(json.dumps(trial.to_json()) + "\n")
+            f.flush()
+
+
+def atomic_write(path: Path, data: str | bytes | Callable[[io.IOBase], None]) -> None:
+    """Write `path` whole or not at all: a temporary file beside it, then `os.replace`.
+
+    `data` is text, bytes, or a function that writes into the open (binary) temporary file.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _slug(text: str) -> str:
@@ -32,6 +144,28 @@ def pareto_front(frame: pd.DataFrame) -> pd.DataFrame:
     return done.loc[keep]
 
 
+def trials_frame(trials: Sequence[Trial], base: Mapping[str, float],
+                 measured_latency: Mapping[int, float] | None = None) -> pd.DataFrame:
+    """One row per trial; latency columns (predicted, and measured where it was) when latency is priced."""
+    measured_latency = measured_latency or {}
+    rows = []
+    for t in trials:
+        r = t.result
+        rows.append({"trial": t.number, "state": r.state.value, "score": r.score,
+                     "flops": r.costs.get("flops"), "params": r.costs.get("params"),
+                     "flops_ratio": r.costs["flops"] / base["flops"] if "flops" in r.costs else None,
+                     "params_ratio": r.costs["params"] / base["params"] if "params" in r.costs else None,
+                     "latency_ms": r.costs.get("latency"), "measured_latency_ms": measured_latency.get(t.number),
+                     "seconds": round(r.seconds, 4), "message": r.message,
+                     "architecture": json.dumps(t.candidate.to_dict(), separators=(",", ":"))})
+    columns = ["trial", "state", "score", "flops", "params", "flops_ratio", "params_ratio", "latency_ms",
+               "measured_latency_ms", "seconds", "message", "architecture"]
+    frame = pd.DataFrame(rows, columns=columns)
+    if "latency" not in base:
+        frame = frame.drop(columns=["latency_ms", "measured_latency_ms"])
+    return frame
+
+
 class RunDirectory:
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -43,7 +177,9 @@ class RunDirectory:
         if out is None:
             stamp = time.strftime("%Y%m%d-%H%M%S")
             out = os.path.join("runs", "-".join(_slug(s) for s in (stamp, model, agent, budget)))
-        path = Path(out)
+        path = Path(out).expanduser()
+        if path.exists() and not path.is_dir():
+            raise UserError(f"cannot write to output folder {path}: it is a file")
         if (path / RUN_FILE).exists():
             raise UserError(f"{path} already holds a run; use --resume {path} to continue it or pick another --out")
         try:
@@ -65,14 +201,15 @@ class RunDirectory:
 
     def read(self, name: str = RUN_FILE) -> dict:
         try:
-            return json.loads((self.path / name).read_text())
+            data = json.loads((self.path / name).read_text())
         except (OSError, ValueError) as error:
-            raise UserError(f"cannot read {self.path / name}: {error}") from None
+            raise UserError(f"cannot read {self.path / name}: {str(error).splitlines()[0]}") from None
+        if not isinstance(data, dict):
+            raise UserError(f"cannot read {self.path / name}: it holds a {type(data).__name__}, not a JSON object")
+        return data
 
     def write(self, name: str, data: Mapping) -> None:
-        tmp = self.path / f".{name}.tmp"
-        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-        tmp.replace(self.path / name)
+        atomic_write(self.path / name, json.dumps(data, indent=2, default=str) + "\n")
 
     def update_run(self, **fields) -> None:
         data = self.read() if (self.path / RUN_FILE).exists() else {}
@@ -81,30 +218,15 @@ class RunDirectory:
 
     def write_trials(self, trials: Sequence[Trial], base: Mapping[str, float],
                      measured_latency: Mapping[int, float] | None = None) -> pd.DataFrame:
-        """One row per trial; latency columns (predicted, and measured where it was) when latency is priced."""
-        measured_latency = measured_latency or {}
-        rows = []
-        for t in trials:
-            r = t.result
-            rows.append({"trial": t.number, "state": r.state.value, "score": r.score,
-                         "flops": r.costs.get("flops"), "params": r.costs.get("params"),
-                         "flops_ratio": r.costs["flops"] / base["flops"] if "flops" in r.costs else None,
-                         "params_ratio": r.costs["params"] / base["params"] if "params" in r.costs else None,
-                         "latency_ms": r.costs.get("latency"), "measured_latency_ms": measured_latency.get(t.number),
-                         "seconds": round(r.seconds, 4), "message": r.message,
-                         "architecture": json.dumps(t.candidate.to_dict(), separators=(",", ":"))})
-        columns = ["trial", "state", "score", "flops", "params", "flops_ratio", "params_ratio", "latency_ms",
-                   "measured_latency_ms", "seconds", "message", "architecture"]
-        frame = pd.DataFrame(rows, columns=columns)
-        if "latency" not in base:
-            frame = frame.drop(columns=["latency_ms", "measured_latency_ms"])
-        frame.to_csv(self.path / TRIALS_FILE, index=False)
+        """trials.csv (`trials_frame`), written atomically; returns the frame."""
+        frame = trials_frame(trials, base, measured_latency)
+        atomic_write(self.path / TRIALS_FILE, frame.to_csv(index=False))
         return frame
 
     def write_pareto(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The scored trials no other beats on both held-out score and FLOPs, by FLOPs."""
         front = pareto_front(frame)
-        front.to_csv(self.path / PARETO_FILE, index=False)
+        atomic_write(self.path / PARETO_FILE, front.to_csv(index=False))
         return front
 
     def plot(self, frame: pd.DataFrame, *, caps: Mapping[str, float], base: Mapping[str, float],
@@ -133,5 +255,13 @@ class RunDirectory:
         ax.grid(alpha=0.3)
         ax.legend(loc="lower right", fontsize=8)
         fig.tight_layout()
-        fig.savefig(self.path / PLOT_FILE)
-        plt.close(fig)
+        try:
+            atomic_write(self.path / PLOT_FILE, lambda f: fig.savefig(f, format="png"))
+        finally:
+            plt.close(fig)
+
+    def save_model(self, name: str, obj: object) -> None:
+        """`torch.save` of a module or a state dict, atomically."""
+        import torch
+
+        atomic_write(self.path / name, lambda f: torch.save(obj, f))

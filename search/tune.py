@@ -23,12 +23,13 @@ from ray.tune.search import Searcher
 
 from agents.base import Agent
 from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, build_evaluator
-from evaluators.executors import score_safely
+from evaluators.executors import Scored, score_safely
 from spaces.budget import Budget
-from spaces.records import Result, TrialState
+from spaces.records import Result
 from spaces.space import Candidate
 
-from .engine import Trial
+from .engine import Referee
+from .records import Trial
 
 _EVALUATORS: dict[str, AccuracyEvaluator] = {}  # per worker process: built once, reused by its trials
 
@@ -39,6 +40,7 @@ class AgentSearcher(Searcher):
     def __init__(self, agent: Agent, price: Callable[[Candidate], Mapping[str, float]], budget: Budget):
         super().__init__(metric="score", mode="max")
         self.agent, self.price, self.budget = agent, price, budget
+        self.referee = Referee(price, budget)
         self.asked = 0
         self.outstanding: dict[str, tuple[int, Candidate, dict[str, float]]] = {}
         self.trials: list[Trial] = []
@@ -49,25 +51,20 @@ class AgentSearcher(Searcher):
             if candidate is None:
                 return None if self.outstanding else Searcher.FINISHED
             number, self.asked = self.asked, self.asked + 1
-            costs = dict(self.price(candidate))
-            if self.budget.feasible(costs):
+            costs, settled = self.referee.settle(candidate)
+            if settled is None:
                 self.outstanding[trial_id] = (number, candidate, costs)
                 return {"candidate": candidate.to_dict(), "trial": number}
-            self._tell(number, candidate, Result(TrialState.INFEASIBLE, None, costs, 0.0, "over budget"))
+            self._tell(number, candidate, settled)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         if trial_id not in self.outstanding:
             return
         number, candidate, costs = self.outstanding.pop(trial_id)
-        score = (result or {}).get("score")
-        if error or score is None or not math.isfinite(score):
-            message = (result or {}).get("error") or "the trial errored or reported no score"
-            outcome = Result(TrialState.FAILED, None, costs, (result or {}).get("seconds", 0.0), message)
-        else:
-            outcome = Result(TrialState.COMPLETE, float(score), costs, result.get("seconds", 0.0))
-        self._tell(number, candidate, outcome)
+        self._tell(number, candidate, self.referee.result(costs, _scored(result, error)))
 
     def _tell(self, number: int, candidate: Candidate, result: Result) -> None:
+        self.referee.remember(candidate, result)
         self.agent.tell(candidate, result)
         self.trials.append(Trial(number, candidate, result, self.asked))
 
@@ -81,6 +78,16 @@ class AgentSearcher(Searcher):
         self.agent.load_state_dict(state["agent"])
         self.asked, self.outstanding = state["asked"], state["outstanding"]
         self.trials = [Trial.from_json(t) for t in state["trials"]]
+
+
+def _scored(metrics: Mapping | None, error: bool = False) -> Scored:
+    """A Tune trial's reported metrics as a `Scored` (an errored trial, or one without a score, fails)."""
+    metrics = metrics or {}
+    score = metrics.get("score")
+    if error or score is None or not math.isfinite(score):
+        return Scored(None, metrics.get("seconds", 0.0),
+                      str(metrics.get("error") or "the trial errored or reported no score")[:300])
+    return Scored(float(score), metrics.get("seconds", 0.0))
 
 
 def score_trial(config: dict, payload: EvaluatorPayload, key: str) -> None:
@@ -110,14 +117,10 @@ def run_tune(searcher: AgentSearcher, payload: EvaluatorPayload, *, trials: int,
     grid = tuner.fit()
     out = []
     for result in grid:
-        config, metrics = result.config, result.metrics or {}
+        config, metrics = result.config, dict(result.metrics or {})
         candidate = Candidate(config["candidate"])
-        costs = dict(searcher.price(candidate))
-        score = metrics.get("score")
-        if result.error is None and score is not None and math.isfinite(score):
-            outcome = Result(TrialState.COMPLETE, float(score), costs, metrics.get("seconds", 0.0))
-        else:
-            outcome = Result(TrialState.FAILED, None, costs, metrics.get("seconds", 0.0),
-                             str(result.error or metrics.get("error") or "no score")[:300])
+        if result.error is not None:
+            metrics["error"] = str(result.error)
+        outcome = Referee.result(searcher.price(candidate), _scored(metrics, result.error is not None))
         out.append(Trial(int(config["trial"]), candidate, outcome, int(config["trial"]) + 1))
     return sorted(out, key=lambda t: t.number)

@@ -149,8 +149,8 @@ def _imagefolder(rest: str) -> _Source:
     eval_tf = T.Compose([T.Resize(round(size * 8 / 7)), T.CenterCrop(size), *normalize])
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalize])
     try:
-        train = ImageFolder(str(root / "train"), transform=train_tf)
-        test = ImageFolder(str(root / "val"), transform=eval_tf)
+        train = ImageFolder(str(root / "train"), transform=train_tf, loader=_read_image)
+        test = ImageFolder(str(root / "val"), transform=eval_tf, loader=_read_image)
     except OSError as e:
         raise UserError(f"cannot read imagefolder {root}: {_first_line(e)}") from None
     if test.classes != train.classes:
@@ -159,6 +159,16 @@ def _imagefolder(rest: str) -> _Source:
                         f"in only one of them: {_few(odd)}")
     return _Source("imagefolder", train, _retransformed(train, eval_tf), test, len(train.classes),
                    IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _read_image(path: str):
+    """torchvision's image loader; an unreadable image is a UserError naming the file."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except Exception as e:  # noqa: BLE001 - truncated or not an image at all
+        raise UserError(f"cannot read image {path}: {_first_line(e)} (remove or replace the file)") from None
 
 
 def _retransformed(dataset: VisionDataset, transform: Callable) -> VisionDataset:
@@ -171,7 +181,7 @@ def _retransformed(dataset: VisionDataset, transform: Callable) -> VisionDataset
 
 def _data_factory(spec: str) -> _Source:
     """`package.module:factory`, where factory() returns (train_dataset, test_dataset)."""
-    result = _import_factory(spec, DATA_FORMS)()
+    result = _call(_import_factory(spec, DATA_FORMS), f"data factory {spec}")
     if not (isinstance(result, (tuple, list)) and len(result) == 2
             and all(hasattr(d, "__len__") and hasattr(d, "__getitem__") for d in result)):
         raise UserError(f"data factory {spec} must return (train_dataset, test_dataset), "
@@ -179,16 +189,27 @@ def _data_factory(spec: str) -> _Source:
     train, test = result
     if len(train) == 0:
         raise UserError(f"data factory {spec} returned an empty training set")
-    num_classes = 1 + max(int(train[i][1]) for i in range(len(train)))
+    try:
+        labels = [int(train[i][1]) for i in range(len(train))]
+    except Exception as e:  # noqa: BLE001 - a user's dataset: one line
+        raise UserError(f"data factory {spec}: cannot read an integer label from every training sample "
+                        f"({_first_line(e)})") from None
+    if min(labels) < 0:
+        raise UserError(f"data factory {spec}: labels must be class indices 0..C-1, found {min(labels)}")
+    num_classes = 1 + max(labels)
     return _Source(spec, train, train, test, num_classes, (), ())
 
 
 # ---------------------------------------------------------------- models
 
 def load_model(spec: str, *, num_classes: int, input_shape: tuple[int, int, int],
-               weights: str | None = None) -> nn.Module:
-    """The model named by `spec` for data of `num_classes` classes and (C, H, W) `input_shape`, in eval mode."""
-    model = _build_model(spec, num_classes, input_shape)
+               weights: str | None = None, trust_pickle: bool = False) -> nn.Module:
+    """The model named by `spec` for data of `num_classes` classes and (C, H, W) `input_shape`, in eval mode.
+
+    `weights` is loaded with `weights_only=True` (tensors only: no code runs). A whole pickled model
+    (`spec` a file) is unpickled only with `trust_pickle=True` (`--trust-pickle`): unpickling runs code.
+    """
+    model = _build_model(spec, num_classes, input_shape, trust_pickle)
     if weights is not None:
         _load_weights(model, Path(weights).expanduser(), spec)
     _dry_run(model, spec, num_classes, input_shape)
@@ -199,19 +220,25 @@ def list_models() -> list[str]:
     return [*ZOO, "torchvision:NAME (NAME from torchvision.models.list_models(module=torchvision.models))"]
 
 
-def _build_model(spec: str, num_classes: int, input_shape: tuple[int, int, int]) -> nn.Module:
+def _build_model(spec: str, num_classes: int, input_shape: tuple[int, int, int], trust_pickle: bool) -> nn.Module:
     if spec in ZOO:
         return ZOO[spec](num_classes=num_classes, in_channels=input_shape[0])
     if spec.startswith("torchvision:"):
         return _torchvision_model(spec.removeprefix("torchvision:"), num_classes, input_shape[0])
+    if spec.startswith("timm:"):
+        from .timm_models import load_timm
+
+        return _must_be_module(_call(lambda: load_timm(spec.removeprefix("timm:"), num_classes, input_shape[0]),
+                                     f"model {spec}"), spec)
     if Path(spec).expanduser().is_file():
-        return _must_be_module(_torch_load(Path(spec).expanduser(), "model file"), spec)
+        if not trust_pickle:
+            raise UserError(f"model file {spec} is a pickled module, and unpickling runs code from the file: pass "
+                            f"--trust-pickle if you trust it, or give a factory (package.module:fn) and --weights")
+        return _must_be_module(_torch_load(Path(spec).expanduser(), "model file", weights_only=False), spec)
     if ":" in spec:
         factory = _import_factory(spec, MODEL_FORMS)
-        try:
-            model = factory(num_classes=num_classes)
-        except TypeError:
-            model = factory()
+        takes_classes = _accepts(factory, "num_classes")
+        model = _call(lambda: factory(num_classes=num_classes) if takes_classes else factory(), f"model factory {spec}")
         return _must_be_module(model, spec)
     raise UserError(f"unknown model {spec!r} (no such name or file); valid forms: {MODEL_FORMS}")
 
@@ -302,7 +329,7 @@ def _import_factory(spec: str, forms: str) -> Callable[..., Any]:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except (ImportError, ValueError, TypeError) as e:
+    except Exception as e:  # noqa: BLE001 - ImportError, a SyntaxError or any error raised while importing
         raise UserError(f"{spec!r}: cannot import module {module_name!r} ({_first_line(e)}); "
                         f"valid forms: {forms}") from None
     factory = getattr(module, attr, None)
@@ -311,14 +338,43 @@ def _import_factory(spec: str, forms: str) -> Callable[..., Any]:
     return factory
 
 
-def _torch_load(path: Path, what: str) -> Any:
-    """`torch.load` of a user's own file (whole pickled objects allowed), onto the CPU."""
+def _torch_load(path: Path, what: str, *, weights_only: bool = True) -> Any:
+    """`torch.load` of a user's file onto the CPU: tensors and plain containers only unless `weights_only=False`."""
+    return safe_load(path, what, weights_only=weights_only)
+
+
+def safe_load(path: str | Path, what: str, *, weights_only: bool = True) -> Any:
+    """`torch.load(path, weights_only=True)` (no code runs), any failure one UserError line naming `what`."""
+    path = Path(path).expanduser()
     if not path.is_file():
         raise UserError(f"{what} {path} not found")
     try:
-        return torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as e:
-        raise UserError(f"cannot load {what} {path}: {_first_line(e)}") from None
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except Exception as e:  # noqa: BLE001 - garbage, truncated, or a pickle holding code
+        hint = (" (it holds Python objects beyond tensors; loading it would run code from the file)"
+                if weights_only and "weights_only" in str(e) else "")
+        raise UserError(f"cannot load {what} {path}: {_first_line(e)}{hint}") from None
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+    """Whether `fn` takes a keyword argument `name` (or any **kwargs)."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _call(fn: Callable[[], Any], what: str) -> Any:
+    """`fn()`; anything it raises is one UserError line naming `what` and the error."""
+    try:
+        return fn()
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's code: its failure is theirs to read, in one line
+        raise UserError(f"{what} failed: {type(e).__name__}: {_first_line(e)}") from None
 
 
 def _first_line(error: BaseException) -> str:

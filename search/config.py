@@ -1,0 +1,187 @@
+"""`SearchConfig`: everything a search run is, typed and self-validating; saved as `run.json`'s `args`.
+
+One dataclass is the configuration of a run for the CLI (`search.run` builds it from its flags), for
+the Python API (`search.prune`) and for the benchmarks. Its fields carry the CLI's option names
+(`--no-warm-start` is `no_warm_start`), so a run directory written by any of them reads the same.
+
+What may change on resume (`RESUMABLE`): how long the search goes on (`trials`), where it runs
+(`workers`, `ray_address`, `cpus_per_worker`, `gpus_per_worker`) and where an Optuna study lives
+(`storage`, `study_name`). Everything else decides which candidates are proposed or how they are
+scored; changing it would make the resumed run a different run, so it is refused (`resumed`).
+"""
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from .errors import UserError
+
+DEFAULT_TRIALS = 200
+DEFAULT_RATIOS_TEXT = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
+#: agent options a user may set; each applies only to the agents whose constructor takes it
+AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "population", "parents", "storage", "study_name")
+#: fields a resumed run may change (see the module docstring)
+RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage",
+                       "study_name"})
+SCORERS = ("base", "pruningnet")
+BACKENDS = ("actors", "tune")
+
+
+@dataclass
+class SearchConfig:
+    agent: str = ""
+    budget: list[str] = field(default_factory=list)      # repeatable limits, all must hold (search.budget)
+    model: str = "resnet20"
+    weights: str | None = None
+    data: str = "digits"
+    trials: int = DEFAULT_TRIALS
+    seed: int = 0                                         # the data split, the baseline and the agent
+    width_ratios: str = DEFAULT_RATIOS_TEXT               # allowed width ratios of every channel group
+    round_to: int = 1
+    no_block_removal: bool = False
+    no_warm_start: bool = False
+    scorer: str | None = None          # base | pruningnet; None: pruningnet for metapruning, else base
+    calib_batches: int = 8
+    batch_size: int = 64
+    eval_samples: int = 1024
+    held_out: float = 0.2              # a share of the training set if < 1, else a count
+    device: str = "auto"
+    latency: bool = False
+    latency_batch: int = 1
+    baseline_epochs: int = 30          # epochs to train a zoo model given without weights (cached)
+    workers: int = 0
+    ray_address: str | None = None
+    cpus_per_worker: float = 1
+    gpus_per_worker: float = 0
+    backend: str = "actors"
+    food_sources: int | None = None
+    limit: int | None = None
+    genes: int | None = None
+    startup_trials: int | None = None
+    population: int | None = None
+    parents: int | None = None
+    storage: str | None = None
+    study_name: str | None = None
+    pruningnet: str | None = None
+    pruningnet_epochs: int = 30
+    export_weights: str = "base"
+    trust_pickle: bool = False         # allow unpickling a whole model file (--model PATH.pt): runs its code
+    out: str | None = None
+
+    # ------------------------------------------------------------------ derived views
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        try:
+            ratios = tuple(sorted({float(r) for r in str(self.width_ratios).split(",") if r.strip()}))
+        except ValueError:
+            raise UserError(f"--width-ratios must be numbers separated by commas, got {self.width_ratios!r}") from None
+        if not ratios or not all(0 < r <= 1 for r in ratios):
+            raise UserError(f"--width-ratios must lie in (0, 1], got {self.width_ratios!r}")
+        return ratios
+
+    @property
+    def scorer_name(self) -> str:
+        return self.scorer or ("pruningnet" if self.agent == "metapruning" else "base")
+
+    @property
+    def held_out_size(self) -> int | float:
+        return self.held_out if self.held_out < 1 else int(self.held_out)
+
+    def agent_options(self) -> dict[str, Any]:
+        """The agent options that were set; one the agent does not take is a UserError."""
+        from agents.registry import agent_options
+
+        options = {k: getattr(self, k) for k in AGENT_OPTIONS if getattr(self, k) is not None}
+        accepted = agent_options(self.agent)
+        for name in options:
+            if name not in accepted:
+                raise UserError(f"--{name.replace('_', '-')} does not apply to agent {self.agent}")
+        return options
+
+    def derive_options(self) -> dict[str, Any]:
+        return {"ratios": self.ratios, "round_to": self.round_to, "removable_blocks": not self.no_block_removal}
+
+    # ------------------------------------------------------------------ validation
+    def validate(self) -> SearchConfig:
+        """Every check that needs no model or data; raises UserError naming the option."""
+        from agents.registry import list_agents
+
+        if not self.agent:
+            raise UserError(f"give --agent ({', '.join(list_agents())})")
+        if self.agent not in list_agents():
+            raise UserError(f"unknown agent {self.agent!r}; choose from {', '.join(list_agents())}")
+        for name in ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "latency_batch",
+                     "pruningnet_epochs", "cpus_per_worker", *[o for o in AGENT_OPTIONS if o not in
+                                                               ("storage", "study_name")]):
+            value = getattr(self, name)
+            if value is not None and not (_finite(value) and value > 0):
+                raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed"):
+            value = getattr(self, name)
+            if not (_finite(value) and value >= 0):
+                raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        if not (_finite(self.held_out) and self.held_out > 0):
+            raise UserError(f"--held-out must be a share in (0, 1) or a count >= 1, got {self.held_out}")
+        if self.seed >= 2**32:
+            raise UserError(f"--seed must be below 2**32, got {self.seed}")
+        if not self.budget:
+            raise UserError("give at least one --budget (e.g. --budget 0.4flops)")
+        self.ratios  # noqa: B018 - validates --width-ratios
+        if self.backend not in BACKENDS:
+            raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
+        if self.export_weights not in ("base", "pruningnet"):
+            raise UserError(f"--export-weights must be base or pruningnet, got {self.export_weights!r}")
+        if self.scorer is not None and self.scorer not in SCORERS:
+            raise UserError(f"--scorer must be one of {', '.join(SCORERS)}, got {self.scorer!r}")
+        if self.scorer_name == "pruningnet":
+            if self.workers or self.ray_address or self.backend == "tune":
+                raise UserError(f"--agent {self.agent} with the pruningnet scorer scores in this process: "
+                                "drop --workers, --ray-address and --backend tune")
+        elif self.pruningnet or self.export_weights == "pruningnet":
+            raise UserError("--pruningnet and --export-weights pruningnet apply to --agent metapruning "
+                            "(or --scorer pruningnet) only")
+        self.agent_options()
+        return self
+
+    # ------------------------------------------------------------------ JSON and resume
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> SearchConfig:
+        """From `run.json`'s `args` (unknown keys of older or newer versions are ignored)."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("budget"), str):
+            values["budget"] = [values["budget"]]
+        return cls(**values)
+
+    def resumed(self, changes: Mapping[str, Any]) -> SearchConfig:
+        """This (saved) configuration with `changes` the user gave on resume; others are refused in one line."""
+        refused = sorted(k for k, v in changes.items() if k not in RESUMABLE and k in _FIELDS and
+                         _normal(getattr(self, k)) != _normal(v))
+        if refused:
+            flags = ", ".join("--" + k.replace("_", "-") for k in refused)
+            raise UserError(f"cannot change {flags} when resuming (they decide what the run searches); "
+                            f"resumable: --trials, --workers, --ray-address, --cpus-per-worker, --gpus-per-worker, "
+                            f"--storage, --study-name")
+        values = self.to_json()
+        values.update({k: v for k, v in changes.items() if k in RESUMABLE})
+        return SearchConfig(**values)
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2)
+
+
+_FIELDS = frozenset(f.name for f in fields(SearchConfig))
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _normal(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value

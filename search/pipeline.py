@@ -1,0 +1,596 @@
+"""The pipeline: from a `SearchConfig` (and optionally the user's own objects) to a searched, exported subnet.
+
+    data, model -> derive (space) -> cost model, budget -> scorer -> agent -> run directory
+                -> search (engine or Ray Tune) -> best -> export (subnet, best.json, tables, plot)
+
+`search.run` (the CLI), `search.prune` (the Python API), the tests and the benchmarks all build runs
+here. Everything that can be checked is checked before the run directory is created, so a mistake
+leaves nothing behind; once it exists, `run.json` holds the configuration and `--resume` continues.
+
+Two ways in:
+- from names (`Pipeline(config)`): the data and the model come from the zoo (`search.zoo`), a zoo
+  model without weights is trained once and cached (`search.baseline`), the test set reports the result;
+- from objects (`Pipeline(config, inputs=Inputs(...))`): the user's model, calibration batches,
+  held-out batches and score function (`prune`), with no data set or zoo involved.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Subset
+
+from agents.base import Agent
+from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, stack_batches
+from evaluators.cost import CostModel
+from evaluators.executors import Executor, LocalExecutor
+from spaces.budget import Budget
+from spaces.derive import PrunableModel, derive
+from spaces.materialize import materialize
+
+from .budget import parse_budget
+from .cli import first_line
+from .config import SearchConfig
+from .engine import Engine, Outcome, memoized
+from .errors import UserError
+from .records import (BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, RunDirectory, Trial, best_trial,
+                      trials_frame)
+from .training import evaluate, resolve_device
+
+log = logging.getLogger(__name__)
+ZOO_MODELS = ("resnet20", "resnet56")
+
+
+@dataclass
+class Inputs:
+    """What the search scores with: the base model, one example input, cached batches, the metric."""
+
+    model: nn.Module
+    example: torch.Tensor                              # one sample, batch axis included: (1, C, H, W)
+    calibration: list[torch.Tensor]                    # BN recalibration batches (inputs only)
+    held_out: list[tuple[torch.Tensor, torch.Tensor]]  # (x, y) batches scored by top-1 (unless `score`)
+    score: Callable[[nn.Module], float] | None = None  # f(model) -> float, higher is better
+    test: Iterable | None = None                       # (x, y) batches to report the final model on
+    name: str = "model"
+    base_test: float | None = None
+    data: Any = None                                   # the zoo's DataBundle, when the data came from a name
+
+
+@dataclass
+class PruneResult:
+    """What a search gives back (`prune`, `Pipeline.run`)."""
+
+    subnet: nn.Module | None        # a real nn.Module, BN recalibrated (None if nothing was scored)
+    best: Trial | None              # the best trial: candidate, score, costs
+    trials: pd.DataFrame            # the same columns as trials.csv
+    run_dir: Path
+    base: dict[str, float]          # the base model's costs and scores
+    interrupted: bool = False
+    summary: str = ""
+    record: dict[str, Any] = field(default_factory=dict)   # best.json
+
+
+def batches_of(items: Iterable, limit: int, *, labelled: bool, what: str) -> list:
+    """The first batches of `items` (tensors, or (x, y, ...) tuples) holding up to `limit` samples."""
+    out, seen = [], 0
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            if labelled:
+                raise UserError(f"{what} must yield (inputs, labels) batches, got bare tensors")
+            x, y = item, None
+        elif isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+            x, y = item[0], (item[1] if len(item) > 1 else None)
+        elif isinstance(item, Mapping) and isinstance(item.get("image", item.get("x")), torch.Tensor):
+            x, y = item.get("image", item.get("x")), item.get("label", item.get("y"))
+        else:
+            raise UserError(f"{what} must yield tensors or (inputs, labels) batches, got {type(item).__name__}")
+        if x.dim() < 2:
+            raise UserError(f"{what}: a batch needs a batch axis, got shape {tuple(x.shape)}")
+        x = x[:limit - seen]
+        if labelled:
+            if not isinstance(y, torch.Tensor):
+                raise UserError(f"{what} must yield (inputs, labels) batches with tensor labels")
+            out.append((x, y[:len(x)]))
+        else:
+            out.append(x)
+        seen += len(x)
+        if seen >= limit:
+            break
+    if not out:
+        raise UserError(f"{what} gave no batches")
+    return out
+
+
+def versions() -> dict[str, str]:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
+
+
+def device_of(name: str) -> torch.device:
+    """The device `name` (auto, cpu, cuda, cuda:1, ...), checked usable; else a UserError."""
+    try:
+        device = resolve_device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError, AssertionError) as error:
+        raise UserError(f"cannot use --device {name}: {first_line(error)}") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise UserError(f"cannot use --device {name}: the search runs on cpu or cuda")
+    return device
+
+
+class Pipeline:
+    """One search run; see the module docstring. `run()` does it all; the stages are public for tests."""
+
+    def __init__(self, config: SearchConfig, *, inputs: Inputs | None = None, run_dir: RunDirectory | None = None,
+                 progress: bool = True):
+        self.config = config.validate()
+        self.inputs = inputs
+        self.run_dir = run_dir           # set: resuming this run
+        self.progress = progress
+        self.device = device_of(config.device)
+        self.budget: Budget | None = None
+        self._resuming = run_dir is not None
+
+    @classmethod
+    def resume(cls, path: str | Path, changes: Mapping[str, Any] | None = None, *, progress: bool = True) -> Pipeline:
+        """The run in `path`, continued: its saved configuration with the `changes` allowed on resume."""
+        run_dir = RunDirectory.open(str(path))
+        saved = run_dir.read().get("args")
+        if not isinstance(saved, dict):
+            raise UserError(f"{run_dir.path} has no saved arguments to resume from")
+        try:
+            config = SearchConfig.from_json(saved)
+        except TypeError as error:
+            raise UserError(f"cannot resume {run_dir.path}: its run.json is not readable ({error})") from None
+        if run_dir.read().get("api"):
+            raise UserError(f"{run_dir.path} was searched from Python (search.prune): resume it with "
+                            f"prune(..., resume=True) and the same model and data")
+        return cls(config.resumed(dict(changes or {})), run_dir=run_dir, progress=progress)
+
+    # ------------------------------------------------------------------ stages
+    def load_inputs(self) -> Inputs:
+        """The model, an example input, cached calibration and held-out batches (from the zoo's names)."""
+        if self.inputs is not None:
+            return self.inputs
+        from .baseline import trained_baseline
+        from .zoo import load_data, load_model
+
+        c = self.config
+        data = load_data(c.data, held_out=c.held_out_size, seed=c.seed)
+        if data.num_classes < 2:
+            raise UserError(f"data {c.data} has {data.num_classes} class: a classifier needs at least 2")
+        torch.manual_seed(c.seed)  # the model's initialization (what --weights does not overwrite) is seeded too
+        model = load_model(c.model, num_classes=data.num_classes, input_shape=data.input_shape, weights=c.weights,
+                           trust_pickle=c.trust_pickle)
+        base_test = None
+        if c.weights is None and c.model in ZOO_MODELS and c.baseline_epochs > 0:
+            model, base_test = trained_baseline(model, c.model, c.data, data, epochs=c.baseline_epochs, seed=c.seed,
+                                                batch_size=c.batch_size, held_out=c.held_out, device=self.device,
+                                                progress=self.progress)
+        elif c.weights is None:
+            log.warning("no --weights: searching an untrained %s (scores will be near chance)", c.model)
+        model = model.cpu().eval()
+        calib = data.fit.tolist()[:c.calib_batches * c.batch_size]
+        held = data.held_out.tolist()[:c.eval_samples]
+        self.inputs = Inputs(
+            model=model, example=data.train_eval[int(data.fit[0])][0].unsqueeze(0),
+            calibration=[x for x, _ in stack_batches(data.train_eval, calib, c.batch_size, self.device)],
+            held_out=stack_batches(data.train_eval, held, max(c.batch_size, 256), self.device),
+            test=DataLoader(data.test, batch_size=256), name=c.model, base_test=base_test, data=data)
+        return self.inputs
+
+    def derive(self) -> PrunableModel:
+        inputs = self.load_inputs()
+        for p in inputs.model.parameters():
+            if not torch.isfinite(p).all():
+                raise UserError(f"model {inputs.name} has non-finite (NaN or inf) weights; every score would be "
+                                "meaningless")
+        try:
+            prunable = derive(inputs.model.cpu().eval(), inputs.example.cpu(), **self.config.derive_options())
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - a model fx cannot trace is the user's to know, in one line
+            raise UserError(f"cannot analyse model {inputs.name}: {type(error).__name__}: "
+                            f"{first_line(error)}") from None
+        if len(prunable.space) == 0:
+            raise UserError(f"no prunable channel group or removable block was found in {inputs.name}")
+        return prunable
+
+    def cost_model(self, prunable: PrunableModel) -> CostModel:
+        table = None
+        budget = parse_budget(self.config.budget)
+        if self.config.latency or any(lim.metric == "latency" for lim in budget.limits):
+            from evaluators.latency import measure_table
+
+            from .zoo import cache_dir
+
+            shape = tuple(self.inputs.example.shape[1:])
+            table = measure_table(prunable, shape, batch=self.config.latency_batch, device=self.device,
+                                  cache_dir=cache_dir() / "latency", progress=self.progress)
+            log.info("latency table: base model predicted %.3f ms (batch %d, %s)", table.base_ms,
+                     self.config.latency_batch, self.device)
+        cost = CostModel(prunable, latency=table)
+        base = cost.base.as_dict()
+        self.budget = budget.resolve(base)
+        smallest = cost.price(prunable.space.smallest()).as_dict()
+        if not self.budget.feasible(smallest):
+            reachable = " and ".join(f"{smallest[k] / base[k]:.3f} x its {k}" for k in base)
+            raise UserError(f"budget {self.budget} cannot be met: the smallest subnet of this space has {reachable}")
+        return cost
+
+    def agent(self, prunable: PrunableModel, price) -> Agent:
+        from agents.registry import make_agent
+
+        c = self.config
+        initial = []
+        if not c.no_warm_start:
+            from spaces.warm_start import magnitude_candidate
+
+            candidate = magnitude_candidate(prunable, lambda x: self.budget.feasible(price(x)))
+            initial = [] if candidate is None else [candidate]
+        try:
+            return make_agent(c.agent, prunable.space, self.budget, price=price, seed=c.seed, trials=c.trials,
+                              initial=initial, **c.agent_options())
+        except UserError:
+            raise
+        except Exception as error:  # noqa: BLE001 - bad options, an unusable --storage: one line
+            raise UserError(f"agent {c.agent}: {first_line(error)}") from None
+
+    def _pruningnet_file(self, prunable: PrunableModel):
+        """A PruningNet given with --pruningnet (or this run's own when resuming), loaded and checked; else None."""
+        from evaluators.pruningnet import PruningNet
+
+        own = self.run_dir.path / "pruningnet.pt" if self.run_dir is not None else None
+        path = self.config.pruningnet or (own if own is not None and own.exists() else None)
+        if path is None:
+            return None
+        try:
+            net = PruningNet.load(path, prunable)
+        except Exception as error:  # noqa: BLE001 - garbage or another model's file: one line
+            raise UserError(f"cannot use PruningNet {path}: {first_line(error)}") from None
+        log.info("PruningNet loaded from %s", path)
+        return net.to(self.device)
+
+    def _train_pruningnet(self, prunable: PrunableModel, price):
+        from evaluators.pruningnet import PruningNet, train_pruningnet
+        from spaces.sampling import feasible_sampler
+
+        c = self.config
+        data = self.inputs.data
+        net = PruningNet(prunable, seed=c.seed).to(self.device)
+        if data is not None:
+            loader = DataLoader(Subset(data.train, data.fit.tolist()), batch_size=c.batch_size, shuffle=True,
+                                generator=torch.Generator().manual_seed(c.seed),
+                                drop_last=len(data.fit) > c.batch_size)
+        else:  # the API: the user's held-out batches are all the labelled data there is
+            loader = self.inputs.held_out
+        started = time.perf_counter()
+        train_pruningnet(net, loader, epochs=c.pruningnet_epochs,
+                         sample=feasible_sampler(prunable.space, lambda x: self.budget.feasible(price(x))),
+                         seed=c.seed, progress=self.progress)
+        own = self.run_dir.path / "pruningnet.pt"
+        net.save(own)
+        seconds = time.perf_counter() - started
+        log.info("PruningNet trained in %.1f s (%d epochs), saved to %s", seconds, c.pruningnet_epochs, own)
+        self.run_dir.update_run(pruningnet={"path": str(own), "epochs": c.pruningnet_epochs,
+                                            "seconds": round(seconds, 1)})
+        return net
+
+    def _executor(self, scorer: AccuracyEvaluator) -> Executor:
+        c = self.config
+        if not c.workers and not c.ray_address:
+            return LocalExecutor(scorer)
+        from evaluators.accuracy import build_evaluator
+        from evaluators.executors import RayExecutor
+
+        try:
+            executor = RayExecutor(build_evaluator, self._payload(scorer), workers=c.workers or 1,
+                                   cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker,
+                                   address=c.ray_address)
+        except ConnectionError as error:
+            raise UserError(f"cannot join the Ray cluster at {c.ray_address}: {first_line(error)}") from None
+        log.info("scoring on %d Ray actors (%g CPU, %g GPU each)", c.workers or 1, c.cpus_per_worker,
+                 c.gpus_per_worker)
+        return executor
+
+    def _payload(self, evaluator: AccuracyEvaluator) -> EvaluatorPayload:
+        return EvaluatorPayload.of(evaluator, self.config.derive_options(),
+                                   "cuda" if self.config.gpus_per_worker > 0 else "cpu")
+
+    def _run_tune(self, agent: Agent, price, evaluator: AccuracyEvaluator) -> Outcome:
+        from evaluators.executors import init_ray
+
+        from .tune import AgentSearcher, run_tune
+
+        c = self.config
+        try:
+            started_ray = init_ray(c.ray_address, num_cpus=max(1, c.workers or 1) * c.cpus_per_worker)
+        except ConnectionError as error:
+            raise UserError(f"cannot join the Ray cluster at {c.ray_address}: {first_line(error)}") from None
+        try:
+            trials = run_tune(AgentSearcher(agent, price, self.budget), self._payload(evaluator), trials=c.trials,
+                              workers=max(1, c.workers), storage=self.run_dir.path.resolve() / "tune",
+                              cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker,
+                              resume=self.resuming)
+        finally:
+            if started_ray:
+                import ray
+
+                ray.shutdown()
+        self.run_dir.journal.truncate(trials)  # the record of what Tune ran; Tune's own state is what resumes it
+        return Outcome(trials=trials)
+
+    @property
+    def resuming(self) -> bool:
+        return self._resuming
+
+    def explain(self) -> str:
+        """The search space this configuration derives: its dimensions, and what is frozen and why."""
+        prunable = self.derive()
+        lines = [f"{self.load_inputs().name}: {prunable.space}"]
+        for d in prunable.space:
+            lines.append(f"  {d.name:40s} {d.kind:5s} choices {list(d.choices)}")
+        reasons = prunable.graph.fixed_reasons()
+        if reasons:
+            lines.append("frozen channel groups (never pruned), by reason:")
+            lines += [f"  {count:4d} x {reason}" for reason, count in sorted(reasons.items(), key=lambda r: -r[1])]
+        return "\n".join(lines)
+
+    # ------------------------------------------------------------------ the whole run
+    def run(self) -> PruneResult:
+        c = self.config
+        inputs = self.load_inputs()
+        prunable = self.derive()
+        cost = self.cost_model(prunable)
+        base = cost.base.as_dict()
+        price = memoized(lambda x: cost.price(x).as_dict())
+        agent = self.agent(prunable, price)
+        pruningnet = self._pruningnet_file(prunable) if c.scorer_name == "pruningnet" else None
+        if self.run_dir is None:  # everything is checked: only now does the run leave a trace
+            self.run_dir = RunDirectory.create(c.out, model=inputs.name, agent=c.agent, budget=str(self.budget))
+            self.run_dir.update_run(args=c.to_json(), status="running", api=c.model == "<module>")
+        run_dir = self.run_dir
+        log.info("%s: %s; base %.2f MFLOPs, %.3f M params; run directory %s", inputs.name, prunable.space,
+                 base["flops"] / 1e6, base["params"] / 1e6, run_dir.path)
+
+        inputs.model.to(self.device)
+        if inputs.base_test is None and inputs.test is not None:
+            inputs.base_test = evaluate(inputs.model, inputs.test, self.device)
+        evaluator = AccuracyEvaluator(prunable, inputs.calibration, inputs.held_out, self.device, inputs.score)
+        base_score = evaluator.score(prunable.space.full())
+        evaluator.restore()
+        run_dir.update_run(args=c.to_json(), status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"),
+                           versions=versions(), device=str(self.device), space=prunable.space.to_json(),
+                           base={**base, "held_out_top1": base_score, "test_top1": inputs.base_test},
+                           budget={"limits": [str(lim) for lim in self.budget.limits], "caps": self.budget.caps},
+                           scoring={"calibration_samples": evaluator.samples[0],
+                                    "held_out_samples": evaluator.samples[1],
+                                    "metric": "user score" if inputs.score else "top-1"},
+                           export_weights=c.export_weights, scorer=c.scorer_name)
+        scorer = evaluator
+        if c.scorer_name == "pruningnet":
+            from evaluators.pruningnet import PruningNetEvaluator
+
+            pruningnet = pruningnet or self._train_pruningnet(prunable, price)
+            scorer = PruningNetEvaluator.of(evaluator, pruningnet)
+        started = time.perf_counter()
+        if c.backend == "tune":
+            outcome = self._run_tune(agent, price, evaluator)
+        else:
+            executor = self._executor(scorer)
+            engine = Engine(agent, price, self.budget, executor, trials=c.trials, journal=run_dir.journal,
+                            progress=self.progress, base_flops=base["flops"])
+            previous = run_dir.journal.read()
+            if previous:
+                engine.replay(previous)
+                run_dir.journal.truncate(previous)
+                log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
+            try:
+                outcome = engine.run()
+            finally:
+                getattr(executor, "close", lambda: None)()
+        base_weight_score = None
+        if scorer is not evaluator:
+            scorer.restore()
+            if outcome.best is not None:  # honesty: what the base model's own weights score on the chosen subnet
+                base_weight_score = evaluator.score(outcome.best.candidate)
+        evaluator.restore()
+        return self._finish(prunable, outcome, evaluator, base, base_score, time.perf_counter() - started,
+                            cost.latency, pruningnet, base_weight_score)
+
+    # ------------------------------------------------------------------ export and records
+    def _measure_latencies(self, prunable, outcome: Outcome, table) -> dict[int, float]:
+        """Honesty: the best candidate and a seeded sample of 20 scored trials, measured directly (ms)."""
+        from evaluators.latency import measure_latencies
+
+        scored = [t for t in outcome.trials if t.result.ok]
+        best = outcome.best
+        rng = np.random.default_rng(self.config.seed)
+        sample = [scored[i] for i in rng.choice(len(scored), size=min(20, len(scored)), replace=False)] if scored else []
+        chosen = ([best] if best else []) + [t for t in sample if t is not best]
+        measured = measure_latencies([materialize(prunable, t.candidate) for t in chosen], table.meta["input_shape"],
+                                     batch=self.config.latency_batch, device=self.device)
+        return {t.number: ms for t, ms in zip(chosen, measured)}
+
+    def _finish(self, prunable, outcome: Outcome, evaluator: AccuracyEvaluator, base, base_score, seconds,
+                table=None, pruningnet=None, base_weight_score=None) -> PruneResult:
+        c, run_dir, inputs = self.config, self.run_dir, self.inputs
+        measured = self._measure_latencies(prunable, outcome, table) if table is not None else {}
+        frame = run_dir.write_trials(outcome.trials, base, measured)
+        best = outcome.best
+        record: dict[str, Any] = {}
+        subnet = None
+        if best is not None:
+            if c.export_weights == "pruningnet":
+                from evaluators.pruningnet import materialize_generated
+
+                subnet = materialize_generated(pruningnet, best.candidate)
+            else:
+                subnet = materialize(prunable, best.candidate)
+            subnet = evaluator.recalibrated(subnet).eval()
+            test_top1 = evaluate(subnet, inputs.test, self.device) if inputs.test is not None else None
+            run_dir.save_model(BEST_STATE_FILE, {k: v.detach().cpu() for k, v in subnet.state_dict().items()})
+            try:
+                run_dir.save_model(BEST_MODEL_FILE, subnet.cpu())
+            except Exception as error:  # noqa: BLE001 - the pickle is a convenience; best.json + state dict suffice
+                log.warning("best.pt not written (the subnet does not pickle: %s); rebuild it from best.json and "
+                            "%s", first_line(error), BEST_STATE_FILE)
+            subnet.to(self.device)
+            record = {
+                "model": c.model, "weights": c.weights, "data": c.data, "seed": c.seed,
+                "derive": {**c.derive_options(), "importance": "l2"},
+                "input_shape": list(inputs.example.shape[1:]),
+                "trial": best.number, "candidate": best.candidate.to_dict(), "held_out_top1": best.result.score,
+                "export_weights": c.export_weights, "held_out_top1_base_weights": base_weight_score,
+                "test_top1": test_top1, "costs": dict(best.result.costs),
+                "ratios": {k: best.result.costs[k] / base[k] for k in base},
+                "summary": prunable.describe(best.candidate), "state_dict": BEST_STATE_FILE,
+            }
+            if table is not None:
+                record["latency_ms"] = {"predicted": best.result.costs["latency"], "measured": measured[best.number],
+                                        "base_predicted": base["latency"], "batch": c.latency_batch}
+            run_dir.write(BEST_FILE, record)
+        run_dir.write_pareto(frame)
+        run_dir.plot(frame, caps=self.budget.caps, base=base, best=best,
+                     title=f"{inputs.name} / {c.data if inputs.data is not None else 'user data'}: {c.agent}, "
+                           f"budget {self.budget}")
+        counts = frame.state.value_counts().to_dict()
+        run_dir.update_run(status="interrupted" if outcome.interrupted else "complete",
+                           finished=time.strftime("%Y-%m-%d %H:%M:%S"), search_seconds=round(seconds, 2),
+                           trials=len(outcome.trials), states=counts, best=record and {
+                               k: record[k] for k in ("trial", "held_out_top1", "test_top1", "ratios")})
+        summary = self._summary(outcome, frame, base, base_score, record, measured, counts, seconds)
+        return PruneResult(subnet, best, frame, run_dir.path, {**base, "held_out": base_score,
+                                                              "test": inputs.base_test},
+                           outcome.interrupted, summary, record)
+
+    def _summary(self, outcome, frame, base, base_score, record, measured, counts, seconds) -> str:
+        metric = "score" if self.inputs.score else "held-out"
+        test = self.inputs.base_test
+        lines = [f"base : {base['flops'] / 1e6:9.3f} MFLOPs  {base['params'] / 1e6:7.4f} M params  "
+                 f"{metric} {base_score:.4f}" + (f"  test {test:.4f}" if test is not None else "")]
+        best = outcome.best
+        if record:
+            r = record["ratios"]
+            tested = f"  test {record['test_top1']:.4f}" if record["test_top1"] is not None else ""
+            lines.append(f"best : {best.result.costs['flops'] / 1e6:9.3f} MFLOPs  {best.result.costs['params'] / 1e6:7.4f}"
+                         f" M params  {metric} {best.result.score:.4f}{tested}  (FLOPs x{r['flops']:.3f}, params "
+                         f"x{r['params']:.3f}, trial {best.number}, before fine-tuning)")
+        else:
+            lines.append("best : none scored")
+        lines.append(f"trials: {len(outcome.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}) in "
+                     f"{seconds:.1f} s{' - interrupted' if outcome.interrupted else ''}"
+                     f"{' - the agent had nothing more to propose' if outcome.finished_early else ''}")
+        if measured:
+            errors = [abs(frame.set_index("trial").latency_ms[n] - ms) / ms for n, ms in measured.items()]
+            lines.append(f"latency: best predicted {best.result.costs['latency']:.3f} ms, measured "
+                         f"{measured[best.number]:.3f} ms (base {base['latency']:.3f} ms); predictor error over "
+                         f"{len(errors)} measured: median {100 * float(np.median(errors)):.1f}%, worst "
+                         f"{100 * max(errors):.1f}%")
+        lines.append(f"run  : {self.run_dir.path}")
+        if record and self.inputs.data is not None:
+            lines.append(f"next : python -m search.finetune {self.run_dir.path}")
+        return "\n".join(lines)
+
+
+def base_model(config: SearchConfig, *, progress: bool = False) -> nn.Module:
+    """A run's base model, rebuilt from its configuration: the zoo name and weights, or the cached baseline."""
+    if config.model == "<module>":
+        raise UserError("this run was searched from Python (search.prune) with the user's own model object: "
+                        "rebuild its subnet with search.export.rebuild(best.json, model)")
+    return Pipeline(config, progress=progress).load_inputs().model
+
+
+def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: bool = False,
+                model: nn.Module | None = None) -> nn.Module:
+    """A run's exported subnet (or fine-tuned one), without unpickling code.
+
+    Rebuilt from `best.json` and the state dict beside it (loaded with `weights_only=True`) on the run's
+    base model (`model`, or rebuilt from run.json). A run without a state dict has only the pickled
+    `best.pt` / `finetuned.pt`, which is loaded only with `trust_pickle=True` (`--trust-pickle`).
+    """
+    from .export import rebuild
+    from .records import FINETUNED_MODEL_FILE, FINETUNED_STATE_FILE
+    from .zoo import safe_load
+
+    run = RunDirectory.open(str(run_dir))
+    state_name, pickle_name = ((FINETUNED_STATE_FILE, FINETUNED_MODEL_FILE) if finetuned
+                               else (BEST_STATE_FILE, BEST_MODEL_FILE))
+    if (run.path / state_name).is_file() and (run.path / BEST_FILE).is_file():
+        state = safe_load(run.path / state_name, "subnet weights")
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UserError(f"{run.path / state_name} is not a state dict")
+        base = model if model is not None else base_model(SearchConfig.from_json(run.read().get("args", {})))
+        subnet = rebuild(run.path / BEST_FILE, copy.deepcopy(base))
+        try:
+            subnet.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise UserError(f"{run.path / state_name} does not fit the subnet of best.json: {first_line(error)}") from None
+        return subnet.eval()
+    if not (run.path / pickle_name).is_file():
+        if finetuned:
+            raise UserError(f"{run.path} has no fine-tuned subnet yet: run `python -m search.finetune {run.path}` "
+                            f"first, or leave out --finetuned")
+        raise UserError(f"{run.path} has no {BEST_FILE} / {BEST_STATE_FILE}: the search exported no subnet "
+                        f"(none was scored)")
+    if not trust_pickle:
+        raise UserError(f"{run.path} has only {pickle_name}, a pickled module (unpickling runs code from the file): "
+                        f"pass --trust-pickle if you trust this run directory")
+    from .zoo import safe_load as load
+
+    subnet = load(run.path / pickle_name, "subnet", weights_only=False)
+    if not isinstance(subnet, nn.Module):
+        raise UserError(f"{run.path / pickle_name} holds a {type(subnet).__name__}, not a module")
+    return subnet.eval()
+
+
+def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "random", trials: int = 200, *,
+          calibration: Iterable, held_out: Iterable | None = None, score: Callable[[nn.Module], float] | None = None,
+          example_input: torch.Tensor | None = None, workers: int = 0, out: str | Path | None = None,
+          seed: int = 0, device: str = "auto", progress: bool = True, **options: Any) -> PruneResult:
+    """Search a pruned architecture of `model` under `budget` with the user's own data; see the README.
+
+    `calibration`: any iterable of input batches (or (x, y) batches): BatchNorm is recalibrated on its first
+    `calib_batches` (8) batches for every candidate. `score`: f(model) -> float, higher is better, called on
+    the model already set to the candidate and recalibrated, in eval mode (errors are failed trials);
+    default: top-1 on `held_out`, an iterable of (x, y) batches (its first `eval_samples`, 1024, samples).
+    `options`: any other `SearchConfig` field (e.g. `width_ratios="0.25,0.5,0.75,1"`, `food_sources=8`).
+    Returns a `PruneResult`: `.subnet` (a real module), `.best`, `.trials` (a DataFrame), `.run_dir`.
+    The user's model is not modified (the search works on a copy).
+    """
+    if not isinstance(model, nn.Module):
+        raise UserError(f"prune() needs a torch.nn.Module, got {type(model).__name__}")
+    if score is None and held_out is None:
+        raise UserError("prune() needs held_out batches (scored by top-1) or a score function")
+    config = SearchConfig(agent=agent, budget=[budget] if isinstance(budget, str) else list(budget), trials=trials,
+                          workers=workers, out=None if out is None else str(out), seed=seed, device=device,
+                          model="<module>", data="<iterables>", **options).validate()
+    dev = device_of(config.device)
+    calib = [x.to(dev) for x in batches_of(calibration, config.calib_batches * config.batch_size, labelled=False,
+                                           what="calibration")]
+    held = ([(x.to(dev), y.to(dev)) for x, y in batches_of(held_out, config.eval_samples, labelled=True,
+                                                           what="held_out")] if held_out is not None else [])
+    example = (example_input if example_input is not None else calib[0][:1]).detach().cpu()
+    if example.dim() < 2 or example.shape[0] != 1:
+        example = example[:1]
+    torch.manual_seed(seed)
+    inputs = Inputs(model=copy.deepcopy(model).cpu().eval(), example=example, calibration=calib, held_out=held,
+                    score=score, name=type(model).__name__)
+    pipeline = Pipeline(config, inputs=inputs, progress=progress)
+    result = pipeline.run()
+    log.info("%s", result.summary)
+    return result
+
+
+__all__ = ["Inputs", "Pipeline", "PruneResult", "base_model", "best_trial", "load_subnet", "prune"]
