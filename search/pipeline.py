@@ -229,23 +229,34 @@ class Pipeline:
             raise UserError(f"budget {self.budget} cannot be met: the smallest subnet of this space has {reachable}")
         return cost
 
-    def agent(self, prunable: PrunableModel, price) -> Agent:
+    def evaluator(self, prunable: PrunableModel) -> AccuracyEvaluator:
+        """The base scorer: BN recalibration on the cached calibration batches, then top-1 (or the user's score)."""
+        inputs = self.load_inputs()
+        return AccuracyEvaluator(prunable, inputs.calibration, inputs.held_out, self.device, inputs.score)
+
+    def agent(self, prunable: PrunableModel, price, *, name: str | None = None, seed: int | None = None,
+              trials: int | None = None, **options: Any) -> Agent:
+        """The configured agent (or `name`, `seed`, `trials`, `options` instead: the benchmarks vary them)."""
         from agents.registry import make_agent
 
         c = self.config
+        name = name or c.agent
+        seed = c.seed if seed is None else seed
         initial = []
         if not c.no_warm_start:
             from spaces.warm_start import magnitude_candidate
 
             candidate = magnitude_candidate(prunable, lambda x: self.budget.feasible(price(x)))
             initial = [] if candidate is None else [candidate]
+        if name == c.agent and not options:
+            options = c.agent_options()
         try:
-            return make_agent(c.agent, prunable.space, self.budget, price=price, seed=c.seed, trials=c.trials,
-                              initial=initial, **c.agent_options())
+            return make_agent(name, prunable.space, self.budget, price=price, seed=seed,
+                              trials=c.trials if trials is None else trials, initial=initial, **options)
         except UserError:
             raise
         except Exception as error:  # noqa: BLE001 - bad options, an unusable --storage: one line
-            raise UserError(f"agent {c.agent}: {first_line(error)}") from None
+            raise UserError(f"agent {name}: {first_line(error)}") from None
 
     def _pruningnet_file(self, prunable: PrunableModel):
         """A PruningNet given with --pruningnet (or this run's own when resuming), loaded and checked; else None."""
@@ -367,7 +378,7 @@ class Pipeline:
         inputs.model.to(self.device)
         if inputs.base_test is None and inputs.test is not None:
             inputs.base_test = evaluate(inputs.model, inputs.test, self.device)
-        evaluator = AccuracyEvaluator(prunable, inputs.calibration, inputs.held_out, self.device, inputs.score)
+        evaluator = self.evaluator(prunable)
         base_score = evaluator.score(prunable.space.full())
         evaluator.restore()
         run_dir.update_run(args=c.to_json(), status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -399,7 +410,7 @@ class Pipeline:
             try:
                 outcome = engine.run()
             finally:
-                getattr(executor, "close", lambda: None)()
+                executor.close()
         base_weight_score = None
         if scorer is not evaluator:
             scorer.restore()
