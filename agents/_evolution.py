@@ -40,9 +40,14 @@ TRIES = 20
 class EvolutionAgent(Agent):
     name = "evolution"
 
-    def __init__(self, *args: Any, population: int = 50, parents: int = 10, mutations: int = 25,
-                 crossovers: int = 25, mutation_prob: float = 0.1, **kwargs: Any):
+    def __init__(self, *args: Any, population: int = 50, parents: int | None = None, mutations: int | None = None,
+                 crossovers: int | None = None, mutation_prob: float = 0.1, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        # MetaPruning's 10 parents and 25 + 25 children of 50; a smaller population keeps the proportions
+        if isinstance(population, int) and not isinstance(population, bool):
+            parents = min(10, population) if parents is None else parents
+            mutations = population // 2 if mutations is None else mutations
+            crossovers = population - population // 2 if crossovers is None else crossovers
         ints = {"population": population, "parents": parents, "mutations": mutations, "crossovers": crossovers}
         for key, value in ints.items():
             if isinstance(value, bool) or not isinstance(value, int):

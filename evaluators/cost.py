@@ -99,6 +99,10 @@ class CostModel:
                      params=self._sum(self._param_terms, widths, keeps),
                      latency=self.latency.predict(candidate) if self.latency is not None else None)
 
+    def costs(self, candidate: Mapping[str, int]) -> dict[str, float]:
+        """`price` as the plain dict agents and budgets take (`agents.base.Price`)."""
+        return self.price(candidate).as_dict()
+
     def flops(self, candidate: Mapping[str, int]) -> int:
         return self.price(candidate).flops
 

@@ -9,6 +9,7 @@ Grammar (case-insensitive, one limit per string, `--budget` repeatable, all limi
 """
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 
@@ -30,8 +31,13 @@ def parse_limit(text: str) -> Limit:
     match = re.fullmatch(_NUMBER + r"\s*([a-z]+)", text.strip().lower())
     if not match or match.group(3) not in _UNITS:
         raise UserError(f"cannot read budget {text!r}; expected {GRAMMAR}")
-    number = float(match.group(1)) * 10 ** int(match.group(2) or 0)
+    try:
+        number = float(f"{match.group(1)}e{match.group(2) or 0}")
+    except (OverflowError, ValueError):
+        number = math.inf
     metric, relative, scale = _UNITS[match.group(3)]
+    if not math.isfinite(number * scale):
+        raise UserError(f"budget {text!r} is not a finite number")
     if number <= 0:
         raise UserError(f"budget {text!r} must be positive")
     if relative and number > 1:

@@ -51,11 +51,10 @@ from spaces.derive import derive
 from spaces.materialize import materialize
 
 from .errors import UserError
-from .records import BEST_FILE, BEST_MODEL_FILE, RUN_FILE, RunDirectory
+from .records import BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, RUN_FILE, RunDirectory
 
 log = logging.getLogger("search.export")
 
-FINETUNED_MODEL_FILE = "finetuned.pt"  # what search.finetune writes (search.finetune.FINETUNED_FILE)
 SUFFIXES = {"pt": ".pt2", "torchscript": ".torchscript.pt", "onnx": ".onnx", "state_dict": ".state_dict.pt"}
 FORMATS = tuple(SUFFIXES)
 ONNX_EXTRA = 'pip install "prunesearch[onnx]"'

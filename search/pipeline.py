@@ -178,8 +178,6 @@ class Pipeline:
             model, base_test = trained_baseline(model, c.model, c.data, data, epochs=c.baseline_epochs, seed=c.seed,
                                                 batch_size=c.batch_size, held_out=c.held_out, device=self.device,
                                                 progress=self.progress)
-        elif c.weights is None:
-            log.warning("no --weights: searching an untrained %s (scores will be near chance)", c.model)
         model = model.cpu().eval()
         calib = data.fit.tolist()[:c.calib_batches * c.batch_size]
         held = data.held_out.tolist()[:c.eval_samples]
@@ -365,15 +363,21 @@ class Pipeline:
         prunable = self.derive()
         cost = self.cost_model(prunable)
         base = cost.base.as_dict()
-        price = memoized(lambda x: cost.price(x).as_dict())
-        agent = self.agent(prunable, price)
+        price = memoized(cost.costs)
+        # agents that plan around the trial count (tpe's startup, evolution's population) keep the first run's
+        # plan when a resumed run is given more trials, so that replaying the journal proposes the same candidates
+        planned = self.run_dir.read().get("planned_trials") if self.run_dir is not None else None
+        agent = self.agent(prunable, price, trials=planned or c.trials)
         pruningnet = self._pruningnet_file(prunable) if c.scorer_name == "pruningnet" else None
         if self.run_dir is None:  # everything is checked: only now does the run leave a trace
             self.run_dir = RunDirectory.create(c.out, model=inputs.name, agent=c.agent, budget=str(self.budget))
-            self.run_dir.update_run(args=c.to_json(), status="running", api=c.model == "<module>")
+            self.run_dir.update_run(args=c.to_json(), status="running", api=c.model == "<module>",
+                                    planned_trials=c.trials)
         run_dir = self.run_dir
         log.info("%s: %s; base %.2f MFLOPs, %.3f M params; run directory %s", inputs.name, prunable.space,
                  base["flops"] / 1e6, base["params"] / 1e6, run_dir.path)
+        if inputs.data is not None and c.weights is None and not (c.model in ZOO_MODELS and c.baseline_epochs > 0):
+            log.warning("no --weights: searching an untrained %s (scores will be near chance)", c.model)
 
         inputs.model.to(self.device)
         if inputs.base_test is None and inputs.test is not None:
@@ -551,8 +555,8 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
         return subnet.eval()
     if not (run.path / pickle_name).is_file():
         if finetuned:
-            raise UserError(f"{run.path} has no fine-tuned subnet yet: run `python -m search.finetune {run.path}` "
-                            f"first, or leave out --finetuned")
+            raise UserError(f"{run.path} has no {FINETUNED_MODEL_FILE} yet: run `python -m search.finetune "
+                            f"{run.path}` first, or leave out --finetuned")
         raise UserError(f"{run.path} has no {BEST_FILE} / {BEST_STATE_FILE}: the search exported no subnet "
                         f"(none was scored)")
     if not trust_pickle:
@@ -569,7 +573,8 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
 def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "random", trials: int = 200, *,
           calibration: Iterable, held_out: Iterable | None = None, score: Callable[[nn.Module], float] | None = None,
           example_input: torch.Tensor | None = None, workers: int = 0, out: str | Path | None = None,
-          seed: int = 0, device: str = "auto", progress: bool = True, **options: Any) -> PruneResult:
+          seed: int = 0, device: str = "auto", progress: bool = True, resume: bool = False,
+          **options: Any) -> PruneResult:
     """Search a pruned architecture of `model` under `budget` with the user's own data; see the README.
 
     `calibration`: any iterable of input batches (or (x, y) batches): BatchNorm is recalibrated on its first
@@ -578,7 +583,8 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
     default: top-1 on `held_out`, an iterable of (x, y) batches (its first `eval_samples`, 1024, samples).
     `options`: any other `SearchConfig` field (e.g. `width_ratios="0.25,0.5,0.75,1"`, `food_sources=8`).
     Returns a `PruneResult`: `.subnet` (a real module), `.best`, `.trials` (a DataFrame), `.run_dir`.
-    The user's model is not modified (the search works on a copy).
+    The user's model is not modified (the search works on a copy). `resume=True` continues the run in
+    `out` (same model, data and options; nothing scored is scored again).
     """
     if not isinstance(model, nn.Module):
         raise UserError(f"prune() needs a torch.nn.Module, got {type(model).__name__}")
@@ -598,7 +604,14 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
     torch.manual_seed(seed)
     inputs = Inputs(model=copy.deepcopy(model).cpu().eval(), example=example, calibration=calib, held_out=held,
                     score=score, name=type(model).__name__)
-    pipeline = Pipeline(config, inputs=inputs, progress=progress)
+    run_dir = None
+    if resume:
+        if out is None:
+            raise UserError("prune(resume=True) needs the run's out= folder")
+        run_dir = RunDirectory.open(str(out))
+        saved = run_dir.read().get("args") or {}
+        config = SearchConfig.from_json(saved).resumed(config.to_json())  # refuses what would change the run
+    pipeline = Pipeline(config, inputs=inputs, run_dir=run_dir, progress=progress)
     result = pipeline.run()
     log.info("%s", result.summary)
     return result

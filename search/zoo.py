@@ -232,8 +232,13 @@ def _build_model(spec: str, num_classes: int, input_shape: tuple[int, int, int],
                                      f"model {spec}"), spec)
     if Path(spec).expanduser().is_file():
         if not trust_pickle:
-            raise UserError(f"model file {spec} is a pickled module, and unpickling runs code from the file: pass "
-                            f"--trust-pickle if you trust it, or give a factory (package.module:fn) and --weights")
+            try:  # tensors only: a state dict is read (and named as such) without running anything
+                obj = torch.load(Path(spec).expanduser(), map_location="cpu", weights_only=True)
+            except Exception:  # noqa: BLE001 - a whole pickled module (or garbage): refused without the flag
+                raise UserError(f"model file {spec} is a pickled module, and unpickling runs code from the file: "
+                                f"pass --trust-pickle if you trust it, or give a factory (package.module:fn) and "
+                                f"--weights") from None
+            return _must_be_module(obj, spec)
         return _must_be_module(_torch_load(Path(spec).expanduser(), "model file", weights_only=False), spec)
     if ":" in spec:
         factory = _import_factory(spec, MODEL_FORMS)

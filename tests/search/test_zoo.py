@@ -230,7 +230,9 @@ def test_weights_formats(tmp_path: Path, trained: nn.Module, wrap) -> None:
 
 def test_whole_saved_model(tmp_path: Path, trained: nn.Module) -> None:
     torch.save(trained, tmp_path / "whole.pt")
-    assert_same_weights(load_model(str(tmp_path / "whole.pt"), **DIGITS), trained)
+    with pytest.raises(UserError, match="--trust-pickle"):  # unpickling a module runs code: only when told
+        load_model(str(tmp_path / "whole.pt"), **DIGITS)
+    assert_same_weights(load_model(str(tmp_path / "whole.pt"), **DIGITS, trust_pickle=True), trained)
     torch.save(trained.state_dict(), tmp_path / "sd.pt")
     with pytest.raises(UserError, match="gave a OrderedDict object, not a torch.nn.Module"):
         load_model(str(tmp_path / "sd.pt"), **DIGITS)

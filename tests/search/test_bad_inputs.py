@@ -1,0 +1,319 @@
+"""Hostile and mistaken inputs: each ends in one line on stderr and exit code 2, runs no code, loses nothing.
+
+Every case of the parametrized suite asserts: exit code 2, exactly one stderr line starting `error:`,
+no traceback, no run directory left behind (nothing to block the same --out), and no marker file
+written by a malicious pickle. The fault-injection tests below check that nothing computed is lost.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from search import run as run_module
+from search.records import RunDirectory
+
+FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
+        "--eval-samples", "64", "--no-progress", "--quiet"]
+BASE = ["--agent", "random", "--budget", "0.4flops"]
+
+
+class Evil:
+    """A pickle that, when loaded, writes the marker file (how a malicious checkpoint runs code)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return exec, (f"open({self.marker!r}, 'w').write('pwned')",)
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
+
+
+@pytest.fixture
+def files(tmp_path, monkeypatch):
+    """User files of every kind of mistake, and a marker path that malicious pickles would write."""
+    marker = tmp_path / "MARKER"
+    torch.save(Evil(marker), tmp_path / "evil.pt")
+    (tmp_path / "garbage.pt").write_bytes(b"this is not a torch file at all")
+    torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
+    (tmp_path / "bad_models.py").write_text(
+        "import torch\n"
+        "from search.cifar_resnet import resnet20\n"
+        "def raises(num_classes):\n    raise RuntimeError('factory exploded')\n"
+        "def typeerror(num_classes):\n    return len(5)\n"
+        "def untraceable(num_classes):\n"
+        "    class M(torch.nn.Module):\n"
+        "        def __init__(self):\n"
+        "            super().__init__(); self.c = torch.nn.Conv2d(1, 8, 3); self.f = torch.nn.Linear(8, num_classes)\n"
+        "        def forward(self, x):\n"
+        "            y = self.c(x)\n"
+        "            if y.sum() > 0:\n                y = y * 2\n"
+        "            return self.f(y.mean((2, 3)))\n"
+        "    return M()\n"
+        "def nan_weights(num_classes):\n"
+        "    m = resnet20(num_classes=num_classes, in_channels=1)\n"
+        "    with torch.no_grad():\n        [p.fill_(float('nan')) for p in m.parameters()]\n"
+        "    return m\n"
+        "def not_a_module(num_classes):\n    return 42\n")
+    (tmp_path / "bad_syntax.py").write_text("def model(:\n")
+    (tmp_path / "bad_import.py").write_text("import no_such_package_anywhere\n")
+    (tmp_path / "bad_data.py").write_text(
+        "import torch\nfrom torch.utils.data import TensorDataset\n"
+        "def raises():\n    raise OSError('no such bucket')\n"
+        "def negative():\n"
+        "    x = torch.randn(40, 1, 8, 8); y = torch.randint(-1, 3, (40,)); y[0] = -1\n"
+        "    return TensorDataset(x, y), TensorDataset(x, y)\n"
+        "def one_class():\n"
+        "    x = torch.randn(40, 1, 8, 8); y = torch.zeros(40, dtype=torch.long)\n"
+        "    return TensorDataset(x, y), TensorDataset(x, y)\n"
+        "def wrong_type():\n    return [1, 2, 3]\n"
+        "def not_images():\n"
+        "    x = torch.randn(40, 5); y = torch.randint(0, 3, (40,))\n"
+        "    return TensorDataset(x, y), TensorDataset(x, y)\n")
+    folder = tmp_path / "images"
+    from PIL import Image
+
+    for part in ("train", "val"):
+        for cls in ("a", "b"):
+            (folder / part / cls).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(folder / part / cls / f"{i}.png")
+    (folder / "train" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return tmp_path, marker
+
+
+CASES = {
+    # flags and values
+    "unknown agent": (["--agent", "nope", "--budget", "0.4flops"], r"unknown agent 'nope'"),
+    "no agent": (["--budget", "0.4flops"], r"give --agent"),
+    "no budget": (["--agent", "random"], r"give at least one --budget"),
+    "budget typo": ([*BASE[:2], "--budget", "0.4flop"], r"cannot read budget"),
+    "budget above 1": ([*BASE[:2], "--budget", "1.5flops"], r"ratio in \(0, 1\]"),
+    "budget negative": ([*BASE[:2], "--budget=-1flops"], r"budget"),
+    "budget overflow": ([*BASE[:2], "--budget", "1e400mflops"], r"budget"),
+    "budget unreachable": ([*BASE[:2], "--budget", "0.0001flops"], r"cannot be met"),
+    "trials zero": ([*BASE, "--trials", "0"], r"--trials must be positive"),
+    "trials not a number": ([*BASE, "--trials", "abc"], r"--trials: invalid int value"),
+    "seed negative": ([*BASE, "--seed", "-1"], r"--seed must be 0 or more"),
+    "seed too large": ([*BASE, "--seed", str(2**40)], r"--seed must be below"),
+    "batch size negative": ([*BASE, "--batch-size", "-1"], r"--batch-size must be positive"),
+    "calib batches zero": ([*BASE, "--calib-batches", "0"], r"--calib-batches must be positive"),
+    "eval samples zero": ([*BASE, "--eval-samples", "0"], r"--eval-samples must be positive"),
+    "held out zero": ([*BASE, "--held-out", "0"], r"--held-out"),
+    "held out nan": ([*BASE, "--held-out", "nan"], r"--held-out"),
+    "round to zero": ([*BASE, "--round-to", "0"], r"--round-to must be positive"),
+    "width ratios out of range": ([*BASE, "--width-ratios", "0.5,2"], r"--width-ratios"),
+    "width ratios not numbers": ([*BASE, "--width-ratios", "a,b"], r"--width-ratios"),
+    "latency batch zero": ([*BASE, "--latency-batch", "0"], r"--latency-batch must be positive"),
+    "workers negative": ([*BASE, "--workers", "-1"], r"--workers must be 0 or more"),
+    "cpus per worker zero": ([*BASE, "--cpus-per-worker", "0"], r"--cpus-per-worker must be positive"),
+    "device unknown": ([*BASE, "--device", "tpu"], r"cannot use --device tpu"),
+    "device meta": ([*BASE, "--device", "meta"], r"cannot use --device meta"),
+    "device cuda without gpu": ([*BASE, "--device", "cuda:7"], r"cannot use --device cuda:7"),
+    "scorer unknown": ([*BASE, "--scorer", "oracle"], r"--scorer: invalid choice"),
+    "unknown flag": ([*BASE, "--budgett", "0.4flops"], r"unrecognized arguments"),
+    # agent options
+    "option of another agent": (["--agent", "tpe", "--budget", "0.4flops", "--food-sources", "4"],
+                                r"--food-sources does not apply to agent tpe"),
+    "abc food sources 1": (["--agent", "abc", "--budget", "0.4flops", "--food-sources", "1"], r"food_sources >= 2"),
+    "population zero": (["--agent", "evolution", "--budget", "0.4flops", "--population", "0"],
+                        r"--population must be positive"),
+    "parents above population": (["--agent", "evolution", "--budget", "0.4flops", "--population", "8",
+                                  "--parents", "9"], r"parents must lie in"),
+    "unusable storage": (["--agent", "tpe", "--budget", "0.4flops", "--storage", "nosuchdb://x/y"], r"agent tpe"),
+    "pruningnet options without metapruning": ([*BASE, "--export-weights", "pruningnet"], r"apply to --agent metapruning"),
+    "metapruning with workers": (["--agent", "metapruning", "--budget", "0.4flops", "--workers", "2"],
+                                 r"in this process"),
+    "garbage pruningnet": (["--agent", "metapruning", "--budget", "0.4flops", "--pruningnet", "{tmp}/garbage.pt"],
+                           r"cannot use PruningNet"),
+    "malicious pruningnet": (["--agent", "metapruning", "--budget", "0.4flops", "--pruningnet", "{tmp}/evil.pt"],
+                             r"cannot use PruningNet"),
+    # models
+    "unknown model": ([*BASE, "--model", "nosuch"], r"nosuch"),
+    "unknown torchvision model": ([*BASE, "--model", "torchvision:resnet_9000"], r"resnet_9000"),
+    "pickled model without trust": ([*BASE, "--model", "{tmp}/evil.pt"], r"--trust-pickle"),
+    "malicious weights": ([*BASE, "--weights", "{tmp}/evil.pt"], r"cannot load weights file"),
+    "garbage weights": ([*BASE, "--weights", "{tmp}/garbage.pt"], r"cannot load weights file"),
+    "missing weights": ([*BASE, "--weights", "{tmp}/none.pt"], r"not found"),
+    "weights that do not fit": ([*BASE, "--weights", "{tmp}/wrong.pt"], r"do not fit"),
+    "model factory raises": ([*BASE, "--model", "bad_models:raises"], r"factory exploded"),
+    "model factory TypeError inside": ([*BASE, "--model", "bad_models:typeerror"], r"TypeError"),
+    "model factory not a module": ([*BASE, "--model", "bad_models:not_a_module"], r"not a torch.nn.Module"),
+    "model module syntax error": ([*BASE, "--model", "bad_syntax:model"], r"cannot import module 'bad_syntax'"),
+    "model module import error": ([*BASE, "--model", "bad_import:model"], r"no_such_package_anywhere"),
+    "model missing function": ([*BASE, "--model", "bad_models:nothing"], r"has no function 'nothing'"),
+    "model fx cannot trace": ([*BASE, "--model", "bad_models:untraceable", "--baseline-epochs", "0"],
+                              r"untraceable|cannot analyse"),
+    "nan weights": ([*BASE, "--model", "bad_models:nan_weights"], r"non-finite"),
+    # data
+    "unknown data": ([*BASE, "--data", "mnist"], r"mnist"),
+    "missing cifar folder": ([*BASE, "--data", "cifar10:/no/such/folder"], r"/no/such/folder"),
+    "data factory raises": ([*BASE, "--data", "bad_data:raises"], r"no such bucket"),
+    "negative labels": ([*BASE, "--data", "bad_data:negative"], r"labels must be class indices"),
+    "one class": ([*BASE, "--data", "bad_data:one_class"], r"at least 2"),
+    "data factory wrong type": ([*BASE, "--data", "bad_data:wrong_type"], r"must return \(train_dataset"),
+    "data not images": ([*BASE, "--data", "bad_data:not_images"], r"\(C, H, W\) tensor"),
+    "corrupt image": ([*BASE, "--data", "imagefolder:{tmp}/images@8", "--model", "torchvision:resnet18"],
+                      r"cannot read image .*broken.png"),
+    # run directories
+    "resume of a non-run": (["--resume", "{tmp}"], r"is not a run directory"),
+    "output folder is a file": ([*BASE, "--out", "{tmp}/evil.pt"], r"cannot write to output folder"),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_bad_input_is_one_line_exit_2(name, files, capsys):
+    tmp, marker = files
+    args, message = CASES[name]
+    args = [a.replace("{tmp}", str(tmp)) for a in args]
+    out = tmp / "run"
+    try:
+        code = run_module.main([*FAST, "--out", str(out), *args] if "--out" not in args else [*FAST, *args])
+    except SystemExit as exit_:  # argparse's own errors exit from parse_args
+        code = exit_.code
+    err = capsys.readouterr().err.strip()
+    assert code == 2, (name, err)
+    assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 0, err
+    assert re.search(message, err), err
+    assert not marker.exists(), "a pickle ran code"
+    assert not (out / "run.json").exists(), "a failed start must leave no run behind"
+
+
+def test_suite_counts_at_least_forty_cases():
+    assert len(CASES) >= 40
+
+
+def test_trusted_pickled_model_loads_only_with_the_flag(files, capsys):
+    tmp, marker = files
+    from search.cifar_resnet import resnet20
+
+    torch.save(resnet20(num_classes=10, in_channels=1), tmp / "whole.pt")
+    code = run_module.main([*FAST, *BASE, "--model", str(tmp / "whole.pt"), "--out", str(tmp / "r")])
+    assert code == 2 and "--trust-pickle" in capsys.readouterr().err
+    code = run_module.main([*FAST, *BASE, "--model", str(tmp / "whole.pt"), "--trust-pickle", "--out", str(tmp / "r")])
+    assert code == 0 and (tmp / "r" / "best.json").is_file()
+
+
+def test_a_poisoned_baseline_cache_is_never_unpickled(files, capsys):
+    tmp, marker = files
+    assert run_module.main([*FAST, *BASE, "--out", str(tmp / "a")]) == 0
+    cached = next((tmp / "cache").glob("*.pt"))
+    torch.save(Evil(marker), cached)
+    assert run_module.main([*FAST, *BASE, "--out", str(tmp / "b")]) == 0
+    assert not marker.exists()
+    assert "training it again" in capsys.readouterr().err
+    torch.load(cached, weights_only=True)  # replaced by a clean entry
+
+
+def test_the_baseline_cache_is_keyed_on_the_split(files):
+    tmp, _ = files
+    assert run_module.main([*FAST, *BASE, "--out", str(tmp / "a")]) == 0
+    assert run_module.main([*FAST, *BASE, "--held-out", "0.3", "--out", str(tmp / "b")]) == 0
+    assert len(list((tmp / "cache").glob("*.pt"))) == 2
+
+
+def test_resume_refuses_options_that_would_change_the_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, *BASE, "--out", str(out)]) == 0
+    before = (out / "journal.jsonl").read_text()
+    code = run_module.main(["--resume", str(out), "--agent", "tpe", "--budget", "0.2flops", "--seed", "7"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0
+    assert all(flag in err for flag in ("--agent", "--budget", "--seed")), err
+    assert (out / "journal.jsonl").read_text() == before
+    # the same values again, and the options that may change, are accepted
+    assert run_module.main(["--resume", str(out), "--agent", "random", "--trials", "8", "--no-progress",
+                            "--quiet"]) == 0
+    assert len(pd.read_csv(out / "trials.csv")) == 8
+
+
+def test_evolution_takes_a_small_population(tmp_path):
+    assert run_module.main([*FAST, "--agent", "evolution", "--budget", "0.4flops", "--population", "6",
+                            "--out", str(tmp_path / "r")]) == 0
+
+
+# ---------------------------------------------------------------- faults: nothing computed is lost
+
+def test_a_corrupted_journal_line_loses_only_itself(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, *BASE, "--trials", "10", "--out", str(out)]) == 0
+    whole = pd.read_csv(out / "trials.csv")
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    lines[3] = lines[3][: len(lines[3]) // 2] + "\x00garbage"
+    (out / "journal.jsonl").write_text("\n".join(lines) + "\n")
+    assert run_module.main(["--resume", str(out), "--no-progress"]) == 0
+    assert "skipped 1 unreadable line" in capsys.readouterr().err
+    assert list(out.glob("journal.jsonl.bak-*")), "the corrupted journal is kept"
+    resumed = pd.read_csv(out / "trials.csv")
+    assert len(resumed) == 10
+    pd.testing.assert_frame_equal(resumed.drop(columns=["seconds"]), whole.drop(columns=["seconds"]))
+
+
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, "No space left on device")
+
+
+def test_disk_full_on_the_journal_is_one_line_and_resumable(tmp_path, capsys, monkeypatch):
+    from search.records import Journal
+
+    out = tmp_path / "run"
+    real, calls = Journal.append, []
+
+    def append(self, trial):
+        calls.append(trial)
+        if len(calls) == 4:
+            _enospc()
+        real(self, trial)
+
+    monkeypatch.setattr(Journal, "append", append)
+    code = run_module.main([*FAST, *BASE, "--trials", "8", "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "No space left on device" in err and "--resume" in err
+    assert len(Journal(out / "journal.jsonl").read()) == 3
+    monkeypatch.setattr(Journal, "append", real)
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    assert len(pd.read_csv(out / "trials.csv")) == 8
+
+
+def test_disk_full_on_trials_csv_keeps_the_journal_and_no_half_file(tmp_path, capsys, monkeypatch):
+    from search import records
+
+    out = tmp_path / "run"
+    real = records.atomic_write
+
+    def failing(path, data):
+        if Path(path).name == records.TRIALS_FILE:
+            def partial(f):  # a write that dies half-way
+                f.write(b"trial,state\n0,compl")
+                _enospc()
+            return real(path, partial)
+        return real(path, data)
+
+    monkeypatch.setattr(records, "atomic_write", failing)
+    code = run_module.main([*FAST, *BASE, "--out", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "No space left" in err
+    assert not (out / "trials.csv").exists() and not list(out.glob(".trials.csv*"))
+    assert len(records.Journal(out / "journal.jsonl").read()) == 6
+    monkeypatch.setattr(records, "atomic_write", real)
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    frame = pd.read_csv(out / "trials.csv")
+    assert len(frame) == 6 and json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_run_directory_helpers_reject_non_runs(tmp_path):
+    from search.errors import UserError
+
+    (tmp_path / "run.json").write_text("[1, 2]")
+    with pytest.raises(UserError, match="not a JSON object"):
+        RunDirectory.open(str(tmp_path)).read()
