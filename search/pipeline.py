@@ -557,7 +557,7 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
         if finetuned:
             raise UserError(f"{run.path} has no {FINETUNED_MODEL_FILE} yet: run `python -m search.finetune "
                             f"{run.path}` first, or leave out --finetuned")
-        raise UserError(f"{run.path} has no {BEST_FILE} / {BEST_STATE_FILE}: the search exported no subnet "
+        raise UserError(f"{run.path} has no {BEST_MODEL_FILE} or {BEST_STATE_FILE}: the search exported no subnet "
                         f"(none was scored)")
     if not trust_pickle:
         raise UserError(f"{run.path} has only {pickle_name}, a pickled module (unpickling runs code from the file): "

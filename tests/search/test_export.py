@@ -229,6 +229,11 @@ def test_user_errors_are_one_line_and_exit_2(run_dir, tmp_path, capsys):
                           ((run_dir, "--format", "state_dict", "--out", run_dir / "best.pt"), "would overwrite")]:
         code, out, err = cli(capsys, *argv)
         assert code == 2 and out == "" and err.count("\n") == 1 and message in err, (argv, err)
+    (run_dir / "best.state_dict.pt").unlink()  # an older run: only the pickled best.pt
+    code, _, err = cli(capsys, run_dir)
+    assert code == 2 and "--trust-pickle" in err  # unpickling runs code: only when told
+    code, _, err = cli(capsys, run_dir, "--trust-pickle")
+    assert code == 0, err
     (run_dir / "best.pt").unlink()
     code, _, err = cli(capsys, run_dir)
     assert code == 2 and "no best.pt" in err
