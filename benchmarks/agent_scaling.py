@@ -3,8 +3,9 @@
     python benchmarks/agent_scaling.py [--trials 2000] [--quick] [--agent NAME[:key=value,...]]...
                                        [--seeds 0,1,2] [--spaces resnet50,resnet56] [--no-quality]
 
-An agent's own time is what its `ask()` and `tell()` calls take, its own pricing of candidates
-included; the synthetic score and the engine's pricing of the told result are not counted. No forward
+An agent's own time is the CPU time its `ask()` and `tell()` calls take (one thread), its own pricing
+of candidates included; the synthetic score and the engine's pricing of the told result are not
+counted. CPU time, not wall time: on a shared machine it does not count the waits for a core. No forward
 pass is run: the score is `synthetic_score`, a smooth stand-in for accuracy.
 Spaces: torchvision ResNet-50 derived at 64x64 (37 widths, 12 keep flags) and CIFAR ResNet-56
 (>= 100 dimensions), both priced exactly by `evaluators.cost.CostModel` under 0.4 x FLOPs.
@@ -131,7 +132,7 @@ def measure(name: str, setting: Setting, *, trials: int, seed: int = 0, outstand
     """
     space, price = setting.space, setting.price
     agent = make_agent(name, space, setting.budget, price=price, seed=seed, trials=trials, **options)
-    clock = time.perf_counter
+    clock = time.process_time  # one torch thread: the process's CPU time is the agent's
     seconds: list[float] = []
     best: list[float] = []
     pending: deque[Candidate] = deque()
