@@ -30,7 +30,7 @@ transition of the episode gets that reward (as in AMC).
   batch's mean reward). Warm-up episodes take uniform random actions (default 100, or
   `min(100, max(5, trials // 4))` when the engine's trial budget is known); afterwards the action is
   the actor's plus truncated-normal noise on [0, 1] (sigma 0.5, times 0.95 per episode). After each
-  told episode, `updates` gradient updates (default 4; None: one per step of the episode, as in AMC,
+  told episode, `updates` gradient updates (default 2; None: one per step of the episode, as in AMC,
   ~12x the agent's time on ResNet-50 for no better search: see benchmarks/agent_scaling.py).
 - Two departures from AMC, for robustness with short searches: during warm-up the critic alone is
   trained on the random episodes (AMC trains nothing), so the actor starts by following a fitted
@@ -67,7 +67,7 @@ _ACTOR_LR, _CRITIC_LR = 1e-4, 1e-3
 _TAU = 0.01
 _BUFFER = 2000
 _BATCH = 64
-_UPDATES = 4  # gradient updates per told episode (AMC: one per step)
+_UPDATES = 2  # gradient updates per told episode (AMC: one per step)
 _DISCOUNT = 1.0
 _MOVING_ALPHA = 0.5
 _SIGMA, _SIGMA_DECAY = 0.5, 0.95

@@ -202,7 +202,7 @@ class TPEAgent(OptunaAgent):
 
     name = "tpe"
 
-    def __init__(self, *args: Any, startup_trials: int | None = None, history: int = 300,
+    def __init__(self, *args: Any, startup_trials: int | None = None, history: int = 100,
                  constant_liar: bool = True, **kwargs: Any):
         if isinstance(history, bool) or not isinstance(history, int) or history < 0:
             raise ValueError(f"tpe: history must be a whole number >= 0, got {history!r}")

@@ -12,7 +12,9 @@ Spaces: torchvision ResNet-50 derived at 64x64 (37 widths, 12 keep flags) and CI
 Printed per space and agent: milliseconds per trial over trials 1-100, 401-500 and the last 100, the
 last window over the 401-500 one (flatness after warm-up), the whole loop's seconds; on the first
 space also the best synthetic score at 200 and at `--trials` trials with 1 and with 8 candidates
-outstanding (8 asked before the oldest is told, as with 8 workers), median over the seeds.
+outstanding (8 asked before the oldest is told, as with 8 workers), median over the seeds; `!` marks
+a score whose runs once proposed a candidate equal to one still outstanding. `repeats`: proposals
+equal to an earlier one in the timed run.
 `--agent tpe:history=0` measures an agent with options (repeat the flag for several).
 `--quick`: 300 trials, one seed, ResNet-50 only.
 The engine's own per-trial work (journal, progress, executor round trip) is not measured here.
@@ -56,7 +58,8 @@ class Measured:
     """One ask/tell loop: the agent's own seconds per told trial and the running best score."""
     seconds: list[float]
     best: list[float]
-    distinct: bool  # no candidate was proposed twice
+    distinct: bool  # no candidate was proposed while an equal one was outstanding
+    repeats: int    # proposals equal to an earlier one (an evaluation the engine may spend again)
 
     def window_ms(self) -> dict[str, float | None]:
         """Mean milliseconds per trial over trials 1-100, 401-500 and the last 100 (None: not reached)."""
@@ -137,7 +140,7 @@ def measure(name: str, setting: Setting, *, trials: int, seed: int = 0, outstand
     best: list[float] = []
     pending: deque[Candidate] = deque()
     seen: set[Candidate] = set()
-    distinct = True
+    distinct, repeats = True, 0
     asked, spent, top = 0, 0.0, float("-inf")
     while len(seconds) < trials:
         while len(pending) < outstanding and asked < trials:
@@ -146,7 +149,8 @@ def measure(name: str, setting: Setting, *, trials: int, seed: int = 0, outstand
             spent += clock() - start
             if candidate is None:
                 break
-            distinct &= candidate not in seen
+            distinct &= candidate not in pending
+            repeats += candidate in seen
             seen.add(candidate)
             pending.append(candidate)
             asked += 1
@@ -162,13 +166,15 @@ def measure(name: str, setting: Setting, *, trials: int, seed: int = 0, outstand
         spent = 0.0
         top = max(top, value)
         best.append(top)
-    return Measured(seconds, best, distinct)
+    return Measured(seconds, best, distinct, repeats)
 
 
-def best_at(name: str, setting: Setting, *, trials: int, seeds: list[int], outstanding: int, **options) -> float:
-    """The median over seeds of the best synthetic score after `trials` trials."""
-    return statistics.median(measure(name, setting, trials=trials, seed=s, outstanding=outstanding,
-                                     **options).best[-1] for s in seeds)
+def best_at(name: str, setting: Setting, *, trials: int, seeds: list[int], outstanding: int,
+            **options) -> tuple[float, bool]:
+    """The median over seeds of the best synthetic score after `trials` trials, and whether every run
+    kept its outstanding candidates distinct."""
+    runs = [measure(name, setting, trials=trials, seed=s, outstanding=outstanding, **options) for s in seeds]
+    return statistics.median(r.best[-1] for r in runs), all(r.distinct for r in runs)
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -196,7 +202,7 @@ def main(argv: list[str] | None = None) -> None:
     for s in settings:
         print(f"  {s.name}: {s.space}")
     header = (f"{'space':9s} {'agent':30s} {'1-100':>7s} {'401-500':>7s} {'last100':>7s} {'last/401':>8s} "
-              f"{'total s':>8s} {'distinct':>8s}")
+              f"{'total s':>8s} {'repeats':>7s}")
     quality = [(args.short, 1), (args.short, 8), (args.trials, 1), (args.trials, 8)]
     if not args.no_quality:
         header += "".join(f" {f'best@{n} k={k}':>14s}" for n, k in quality)
@@ -215,17 +221,16 @@ def main(argv: list[str] | None = None) -> None:
             ms = run.window_ms()
             flat = ms["last 100"] / ms["401-500"] if ms["401-500"] and ms["last 100"] else None
             line = (f"{setting.name:9s} {spec:30s} {_cell(ms['1-100'], '7.1f')} {_cell(ms['401-500'], '7.1f')} "
-                    f"{_cell(ms['last 100'], '7.1f')} {_cell(flat, '8.2f')} {sum(run.seconds):8.1f} "
-                    f"{str(run.distinct):>8s}")
+                    f"{_cell(ms['last 100'], '7.1f')} {_cell(flat, '8.2f')} {sum(run.seconds):8.1f} {run.repeats:7d}")
             if not args.no_quality and i == 0:
                 for n, k in quality:
                     if n == args.trials and k == 1:
                         runs = [run.best[-1]] + [measure(name, setting, trials=n, seed=s, **options).best[-1]
                                                  for s in seeds[1:]]
-                        value = statistics.median(runs)
+                        value, distinct = statistics.median(runs), True
                     else:
-                        value = best_at(name, setting, trials=n, seeds=seeds, outstanding=k, **options)
-                    line += f" {value:14.4f}"
+                        value, distinct = best_at(name, setting, trials=n, seeds=seeds, outstanding=k, **options)
+                    line += f" {value:13.4f}{' ' if distinct else '!'}"
             print(line, flush=True)
 
 
