@@ -1,14 +1,14 @@
 """Each agent's own time per trial as a search grows, and its best synthetic score with 1 and 8 outstanding.
 
     python benchmarks/agent_scaling.py [--trials 2000] [--quick] [--agent NAME[:key=value,...]]...
-                                       [--seeds 0,1,2] [--spaces resnet50,resnet56] [--no-quality]
+                                       [--seeds 0,1,2] [--spaces resnet50,resnet152] [--no-quality]
 
 An agent's own time is the CPU time its `ask()` and `tell()` calls take (one thread), its own pricing
 of candidates included; the synthetic score and the engine's pricing of the told result are not
 counted. CPU time, not wall time: on a shared machine it does not count the waits for a core. No forward
 pass is run: the score is `synthetic_score`, a smooth stand-in for accuracy.
-Spaces: torchvision ResNet-50 derived at 64x64 (37 widths, 12 keep flags) and CIFAR ResNet-56
-(>= 100 dimensions), both priced exactly by `evaluators.cost.CostModel` under 0.4 x FLOPs.
+Spaces: torchvision ResNet-50 derived at 64x64 (37 widths, 12 keep flags) and ResNet-152 (>= 100
+dimensions), both priced exactly by `evaluators.cost.CostModel` under 0.4 x FLOPs.
 Printed per space and agent: milliseconds per trial over trials 1-100, 401-500 and the last 100, the
 last window over the 401-500 one (flatness after warm-up), the whole loop's seconds; on the first
 space also the best synthetic score at 200 and at `--trials` trials with 1 and with 8 candidates
@@ -94,17 +94,15 @@ def setting_of(name: str, model: torch.nn.Module, example: torch.Tensor, budget:
 
 @functools.lru_cache(maxsize=None)
 def standard_setting(name: str) -> Setting:
-    """`resnet50` (torchvision, 64x64 input) or `resnet56` (CIFAR, 32x32), at 0.4 x FLOPs."""
+    """`resnet20`/`resnet56` (CIFAR, 32x32 input) or a torchvision model (64x64, no weights), at 0.4 x FLOPs."""
     torch.manual_seed(0)
-    if name == "resnet50":
-        import torchvision
+    if name in ("resnet20", "resnet56"):
+        from search import cifar_resnet
 
-        return setting_of(name, torchvision.models.resnet50(weights=None), torch.randn(1, 3, 64, 64))
-    if name == "resnet56":
-        from search.cifar_resnet import resnet56
+        return setting_of(name, getattr(cifar_resnet, name)(), torch.randn(1, 3, 32, 32))
+    import torchvision
 
-        return setting_of(name, resnet56(), torch.randn(1, 3, 32, 32))
-    raise ValueError(f"unknown space {name!r}: resnet50 or resnet56")
+    return setting_of(name, torchvision.models.get_model(name, weights=None), torch.randn(1, 3, 64, 64))
 
 
 def parse_agent(spec: str) -> tuple[str, dict]:
@@ -187,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="300 trials, one seed, ResNet-50's space only")
     parser.add_argument("--agent", action="append", help="NAME or NAME:key=value,... (repeatable; default: all)")
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--spaces", default="resnet50,resnet56")
+    parser.add_argument("--spaces", default="resnet50,resnet152")
     parser.add_argument("--short", type=int, default=200, help="the shorter search whose best score is shown")
     parser.add_argument("--no-quality", action="store_true", help="timings only")
     args = parser.parse_args(argv)
