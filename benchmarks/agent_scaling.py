@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     specs = args.agent or list_agents()
     settings = [standard_setting(s) for s in args.spaces.split(",")]
-    print(f"agent's own ms per trial (ask + tell + its pricing), synthetic score, 0.4 x FLOPs, {args.trials} trials, "
+    print(f"agent's own CPU ms per trial (ask + tell + its pricing), synthetic score, 0.4 x FLOPs, {args.trials} trials, "
           f"torch {torch.__version__}, 1 thread; best: median of seeds {seeds}, k candidates outstanding")
     for s in settings:
         print(f"  {s.name}: {s.space}")
