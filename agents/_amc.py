@@ -11,14 +11,16 @@ transition of the episode gets that reward (as in AMC).
 - State per step: index, type (1 width / 0 keep), in width, out width (the dimension's `full`), kernel,
   stride, spatial size (`positions`), the dimension's base FLOPs share (static, from
   `Dimension.features`, missing keys 0, each min-max normalised over the steps of the space), then
-  the FLOPs already reduced (share of base FLOPs removed by the earlier decisions, the rest at full),
-  the FLOPs still at stake (share of base FLOPs between the remaining dimensions at full and at their
-  cheapest) and the previous action. The dynamic ones are shares in [0, 1], priced with `price`.
+  the FLOPs already reduced (share of base FLOPs removed by the earlier decisions, the rest at full;
+  priced with `price`), the FLOPs still to decide (as in AMC: the base FLOPs shares of the later
+  dimensions over the sum of all shares, static) and the previous action; all in [0, 1].
 - Budget: AMC's action wall, for every limit of the budget (FLOPs, params, any metric `price` gives).
   Before each action the largest choice of the dimension is found (scanning its choices from the top)
   for which the candidate, earlier decisions fixed and the remaining dimensions at their cheapest
   (smallest width, blocks removed), is still feasible; the action is capped to that choice's ratio
-  and floored at the smallest ratio. A block whose keeping would break the budget this way is removed
+  and floored at the smallest ratio. Costs grow with widths and kept blocks, so where the candidate
+  with the remaining dimensions at full (priced for the state anyway) fits, nothing is capped and no
+  choice is priced. A block whose keeping would break the budget this way is removed
   (its action is capped to 0). Every episode is therefore feasible (checked; `repair` is the fallback).
   The action stored in the replay buffer (and fed back as "previous action") is the capped action.
 - Networks as in AMC: actor state-300-300-1 with a sigmoid; critic with the state through a 300 layer,
@@ -28,7 +30,8 @@ transition of the episode gets that reward (as in AMC).
   batch's mean reward). Warm-up episodes take uniform random actions (default 100, or
   `min(100, max(5, trials // 4))` when the engine's trial budget is known); afterwards the action is
   the actor's plus truncated-normal noise on [0, 1] (sigma 0.5, times 0.95 per episode). After each
-  told episode, one gradient update per step of that episode.
+  told episode, `updates` gradient updates (default 2; None: one per step of the episode, as in AMC,
+  ~12x the agent's time on ResNet-50 for no better search: see benchmarks/agent_scaling.py).
 - Two departures from AMC, for robustness with short searches: during warm-up the critic alone is
   trained on the random episodes (AMC trains nothing), so the actor starts by following a fitted
   critic rather than the random slope of a fresh one; and the actor's loss adds 1e-3 x its squared
@@ -64,6 +67,7 @@ _ACTOR_LR, _CRITIC_LR = 1e-4, 1e-3
 _TAU = 0.01
 _BUFFER = 2000
 _BATCH = 64
+_UPDATES = 2  # gradient updates per told episode (AMC: one per step)
 _DISCOUNT = 1.0
 _MOVING_ALPHA = 0.5
 _SIGMA, _SIGMA_DECAY = 0.5, 0.95
@@ -128,13 +132,19 @@ class AMCAgent(Agent):
     """AMC's DDPG agent; see the module docstring.
 
     Options: `warmup` (episodes of random actions; default `min(100, max(5, trials // 4))`, or 100
-    without a trial budget), `reward` ("score" or "error_log_flops").
+    without a trial budget), `reward` ("score" or "error_log_flops"), `updates` (gradient updates
+    per told episode; None: one per step).
     """
 
     name = "amc"
 
-    def __init__(self, *args: Any, warmup: int | None = None, reward: str = "score", **kwargs: Any):
+    def __init__(self, *args: Any, warmup: int | None = None, reward: str = "score", updates: int | None = _UPDATES,
+                 **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if updates is not None and (isinstance(updates, bool) or not isinstance(updates, (int, np.integer))
+                                    or updates < 1):
+            raise ValueError(f"amc: updates must be a whole number >= 1 or None, got {updates!r}")
+        self.updates = None if updates is None else int(updates)
         if warmup is not None and (isinstance(warmup, bool) or not isinstance(warmup, (int, np.integer))
                                    or warmup < 0):
             raise ValueError(f"amc: warmup must be a whole number >= 0, got {warmup!r}")
@@ -154,6 +164,9 @@ class AMCAgent(Agent):
                             d.features.get("positions", 0.0), d.features.get("flops_share", 0.0)]
                            for t, d in enumerate(dims)], dtype=float)
         self._static = _normalised(static)
+        shares = np.array([d.features.get("flops_share", 0.0) for d in dims], dtype=float)
+        later = shares[::-1].cumsum()[::-1] - shares  # the shares of the dimensions after each one
+        self._rest = later / shares.sum() if shares.sum() > 0 else np.linspace(1.0, 0.0, len(dims))
         self.n_states = self._static.shape[1] + 3  # + reduced, rest, previous action
 
         self.generator = torch.Generator().manual_seed(int(self.rng.integers(2**62)))
@@ -205,15 +218,19 @@ class AMCAgent(Agent):
             mean = float(self.actor(torch.tensor([state], dtype=torch.float32))[0, 0])
         return self._noisy(mean)
 
-    def _wall(self, t: int, action: float, decided: tuple[int, ...]) -> tuple[int, float]:
-        """AMC's action wall: (value, capped action) for dimension t, the rest kept feasible at their cheapest."""
+    def _wall(self, t: int, action: float, decided: tuple[int, ...], free: bool = False) -> tuple[int, float]:
+        """AMC's action wall: (value, capped action) for dimension t, the rest kept feasible at their cheapest.
+
+        `free`: the candidate with dimensions t, t+1, ... at full fits, so nothing needs capping.
+        """
         d = self.space.dimensions[t]
         rest = self._cheapest[t + 1:]
         if d.kind == KEEP:
-            cap = 1.0 if self._fits(decided + (1,) + rest) else 0.0
+            cap = 1.0 if free or self._fits(decided + (1,) + rest) else 0.0
             capped = min(action, cap)
             return int(capped >= 0.5), capped
-        top = next((c for c in reversed(d.choices) if self._fits(decided + (c,) + rest)), d.smallest)
+        top = d.full if free else next((c for c in reversed(d.choices) if self._fits(decided + (c,) + rest)),
+                                       d.smallest)
         capped = min(max(action, d.ratio(d.smallest)), d.ratio(top))
         return min(d.nearest(capped), top), capped  # nearest, not floor: a sigmoid never reaches 1
 
@@ -224,12 +241,10 @@ class AMCAgent(Agent):
         actions: list[float] = []
         previous = 1.0
         for t in range(len(self.space)):
-            at_full = self._price(decided + self._full[t:])["flops"]
-            at_cheapest = self._price(decided + self._cheapest[t:])["flops"]
-            reduced = 1.0 - at_full / self._base_flops
-            rest = (at_full - at_cheapest) / self._base_flops
-            state = [*map(float, self._static[t]), reduced, rest, previous]
-            value, capped = self._wall(t, self._act(state, warm), decided)
+            at_full = self._price(decided + self._full[t:])
+            reduced = 1.0 - at_full["flops"] / self._base_flops
+            state = [*map(float, self._static[t]), reduced, float(self._rest[t]), previous]
+            value, capped = self._wall(t, self._act(state, warm), decided, free=self.budget.feasible(at_full))
             decided += (value,)
             states.append(state)
             actions.append(capped)
@@ -268,7 +283,7 @@ class AMCAgent(Agent):
             last = t == len(states) - 1
             self._store(state, action, reward, state if last else states[t + 1], last)
         self.told += 1
-        for _ in range(len(states)):  # during warm-up the critic alone learns (see the module docstring)
+        for _ in range(self.updates or len(states)):  # during warm-up the critic alone learns (see the module docstring)
             self._update(actor=self.told >= self.warmup)
 
     def _store(self, state, action, reward, next_state, done) -> None:

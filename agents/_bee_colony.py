@@ -11,7 +11,8 @@ dimension's choices (widths on the ratio grid, keep flags 0/1). One cycle:
 Unlike ABCPruner, every proposal is inside the budget: an over-budget move is shrunk by one common
 ratio until it fits, and fresh sources are random shapes scaled up until the budget binds (good
 subnets use most of their budget). Every gene can mutate. `ask()` returns None while a phase waits
-for its results, so a whole phase can be scored in parallel.
+for its results, so a whole phase can be scored in parallel; the moves of one phase are distinct (a
+move equal to one already planned in the phase is drawn again, a bounded number of times).
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from spaces.records import Result
 from spaces.space import Candidate
 
 from .base import Agent
+
+_REDRAWS = 20  # draws of a move that repeats one already planned in its phase
 
 
 class BeeColonyAgent(Agent):
@@ -64,6 +67,18 @@ class BeeColonyAgent(Agent):
             x[g] = int(np.clip(x[g] + (1 if x[g] == 0 or (x[g] < top and self.rng.random() < 0.5) else -1), 0, top))
         return self._genes(self.repair(self._candidate(x)))
 
+    def _moves(self, indices: list[int]) -> list[tuple[int, list[int]]]:
+        """One move per source index, none equal to another (each redrawn up to `_REDRAWS` times)."""
+        planned: list[tuple[int, list[int]]] = []
+        for i in indices:
+            genes = self._move(i)
+            for _ in range(_REDRAWS):
+                if all(genes != g for _, g in planned):
+                    break
+                genes = self._move(i)
+            planned.append((i, genes))
+        return planned
+
     # -- phases --------------------------------------------------------------------------------
     def _next_phase(self) -> None:
         done, self.done = self.done, []
@@ -87,14 +102,14 @@ class BeeColonyAgent(Agent):
         if self.phase == "employed":
             ranks = np.argsort(np.argsort(self.scores)) + 1.0  # worst 1 .. best n
             picks = self.rng.choice(len(self.sources), size=len(self.sources), p=ranks / ranks.sum())
-            self.phase, self.queue = "onlooker", [(int(i), self._move(int(i))) for i in picks]
+            self.phase, self.queue = "onlooker", self._moves([int(i) for i in picks])
             return
         if self.phase == "onlooker":
             tired = [i for i, c in enumerate(self.counters) if c >= self.limit]
             if tired:
                 self.phase, self.queue = "scout", [(i, self._fresh()) for i in tired]
                 return
-        self.phase, self.queue = "employed", [(i, self._move(i)) for i in range(len(self.sources))]
+        self.phase, self.queue = "employed", self._moves(list(range(len(self.sources))))
 
     def ask(self) -> Candidate | None:
         if self.phase == "start":

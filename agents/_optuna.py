@@ -4,7 +4,13 @@ One Optuna parameter per dimension: an integer over the index of its allowed wid
 order of widths), a categorical for keep flags. Each asked trial is priced at once; an over-budget
 one is told to Optuna as infeasible (its constraint values are the budget violations: positive means
 over) and never reaches the engine, so no evaluation is spent on it.
-- `tpe`: `TPESampler(multivariate=True, group=True)` with those constraints, maximizing the score.
+- `tpe`: Optuna's multivariate `TPESampler` with those constraints, maximizing the score. Its own
+  time per trial stays flat as a search grows: the sampler sees a bounded view of the study (the
+  `history` most recent trials, the `BEST_KEPT` best ones and every outstanding one; `history=0`
+  shows it everything) and the space's distributions are fixed up front (the space does not change
+  between trials, so Optuna need not re-derive it from every past trial). With several candidates
+  outstanding, `constant_liar` (default on) makes TPE treat them as poor results, so it proposes
+  distinct, spread-out candidates instead of the same region N times.
 - `nsga2`: `NSGAIISampler` with those constraints over (score, FLOPs): the run's Pareto front
   (pareto.csv) is the trade-off curve to pick from after one search.
 `storage` (an RDB URL such as sqlite:///study.db, or a path ending in .log for a journal file)
@@ -12,12 +18,15 @@ keeps the study on disk: a resumed run, or several processes, continue the same 
 """
 from __future__ import annotations
 
+import copy
+import heapq
 import pickle
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
 from spaces.records import Result
 from spaces.space import KEEP, Candidate
@@ -141,17 +150,75 @@ class OptunaAgent(Agent):
         self._pending = [(Candidate(c), n) for c, n in state["pending"]]
 
 
+#: candidates TPE draws from its model of good trials per ask, keeping the one most likely good (Optuna: 24)
+EI_CANDIDATES = 24
+#: best finished trials a bounded TPE always sees, besides the recent ones (TPE's "good" group has at most 25)
+BEST_KEPT = 50
+
+
+class _View:
+    """A study as a bounded TPE sees it: only `trials`; everything else is the study's own."""
+
+    def __init__(self, study: optuna.Study, trials: list[optuna.trial.FrozenTrial]):
+        self._study, self._trials = study, trials
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = False, states=None, use_cache: bool = False):
+        trials = [t for t in self._trials if states is None or t.state in states]
+        return copy.deepcopy(trials) if deepcopy else trials
+
+
+class _BoundedTPESampler(optuna.samplers.TPESampler):
+    """Multivariate TPE on a fixed search space that models a bounded view of the study (see the module)."""
+
+    def __init__(self, space: dict[str, BaseDistribution], history: int, **kwargs: Any):
+        super().__init__(multivariate=True, **kwargs)
+        self._space, self._history = space, history
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return dict(self._space)  # every trial suggests every dimension with these distributions
+
+    def sample_relative(self, study, trial, search_space) -> dict[str, Any]:
+        return super().sample_relative(self._view(study), trial, search_space)
+
+    def _view(self, study: optuna.Study):
+        """The `history` most recent trials, the `BEST_KEPT` best complete ones and every running one."""
+        trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
+        if not self._history or len(trials) <= self._history + BEST_KEPT:
+            return study
+        old = trials[:-self._history]
+        complete = [t for t in old if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
+        kept = {t.number for t in heapq.nlargest(BEST_KEPT, complete, key=lambda t: sign * t.value)}
+        kept |= {t.number for t in old if t.state == optuna.trial.TrialState.RUNNING}
+        return _View(study, [t for t in old if t.number in kept] + trials[-self._history:])
+
+
 class TPEAgent(OptunaAgent):
+    """Options: `startup_trials` (random trials first; default `max(10, min(30, trials // 5))`),
+    `history` (recent trials TPE models, besides the best; 0: all), `constant_liar`."""
+
     name = "tpe"
 
-    def __init__(self, *args: Any, startup_trials: int | None = None, **kwargs: Any):
-        self.startup_trials = startup_trials
+    def __init__(self, *args: Any, startup_trials: int | None = None, history: int = 100,
+                 constant_liar: bool = True, **kwargs: Any):
+        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
+            raise ValueError(f"tpe: history must be a whole number >= 0, got {history!r}")
+        self.startup_trials, self.history, self.constant_liar = startup_trials, history, bool(constant_liar)
         super().__init__(*args, **kwargs)
+
+    def _distributions(self) -> dict[str, BaseDistribution]:
+        """Exactly what `_suggest` asks Optuna for, per dimension."""
+        return {d.name: CategoricalDistribution([0, 1]) if d.kind == KEEP else IntDistribution(0, len(d.choices) - 1)
+                for d in self.space.dimensions}
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         startup = self.startup_trials or max(10, min(30, (self.trials or 100) // 5))
-        return optuna.samplers.TPESampler(seed=self.seed, multivariate=True, group=True, n_startup_trials=startup,
-                                          **_constraint_options())
+        return _BoundedTPESampler(self._distributions(), self.history, seed=self.seed, n_startup_trials=startup,
+                                  n_ei_candidates=EI_CANDIDATES,
+                                  constant_liar=self.constant_liar, **_constraint_options())
 
 
 class NSGA2Agent(OptunaAgent):

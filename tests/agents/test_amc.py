@@ -48,7 +48,7 @@ def test_the_walk_covers_every_dimension_in_order():
     agent, space, budget, price = amc(warmup=2)
     walked = []
     wall = agent._wall
-    agent._wall = lambda t, action, decided: (walked.append((t, len(decided))), wall(t, action, decided))[1]
+    agent._wall = lambda t, action, decided, **kw: (walked.append((t, len(decided))), wall(t, action, decided, **kw))[1]
     candidate = agent.ask()
     n = len(space)
     assert walked == [(t, t) for t in range(n)]
@@ -165,3 +165,28 @@ def test_it_learns_the_preferred_structure():
     rewards = np.array([preference(space, c) for c in asked])
     assert all(budget.feasible(price(c)) for c in asked)
     assert rewards[-20:].mean() > rewards[:20].mean() + 0.1
+
+
+def test_skipping_the_wall_where_the_budget_cannot_bind_changes_no_episode():
+    a, space, budget, price = amc(seed=3, warmup=4)
+    b, *_ = amc(seed=3, warmup=4)
+    wall = b._wall
+    b._wall = lambda t, action, decided, free=False: wall(t, action, decided)  # always scan the choices
+    assert run(a, space, price, 8) == run(b, space, price, 8)
+    assert a.asked == 8
+
+
+@pytest.mark.parametrize("updates", [None, 1, 3])
+def test_updates_per_told_episode(updates):
+    agent, space, budget, price = amc(warmup=0, updates=updates)
+    calls = []
+    update = agent._update
+    agent._update = lambda actor=True: (calls.append(actor), update(actor))[1]
+    run(agent, space, price, 2)
+    assert len(calls) == 2 * (len(space) if updates is None else updates)
+
+
+@pytest.mark.parametrize("updates", [0, -1, 2.5, True])
+def test_bad_updates_raise(updates):
+    with pytest.raises(ValueError):
+        amc(updates=updates)

@@ -64,3 +64,13 @@ def test_failed_moves_never_replace_a_source():
         agent.tell(c, Result(TrialState.FAILED, None, price(c), message="boom"))
     assert agent.ask() is not None
     assert agent.scores == [0.5, 0.5, 0.5]
+
+
+def test_moves_planned_for_one_phase_are_distinct():
+    # onlookers may pick one source many times; one gene moved at a time makes repeats likely
+    agent, space, budget, price = colony(food_sources=2, genes=1)
+    first = [agent.ask() for _ in range(2)]
+    for i, c in enumerate(first):
+        agent.tell(c, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
+    planned = [tuple(g) for _, g in agent._moves([0] * 12)]
+    assert len(set(planned)) == len(planned)

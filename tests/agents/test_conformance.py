@@ -134,3 +134,71 @@ def test_unknown_agent_names_the_valid_ones():
     space, budget, price = setting("0.4flops")
     with pytest.raises(KeyError, match="random"):
         make_agent("nope", space, budget, price=price)
+
+
+def drive_outstanding(name: str, *, outstanding: int = 8, trials: int = 40, seed: int = 0):
+    """The engine's loop with `outstanding` workers: asks until that many are untold, then tells the oldest.
+
+    Returns the agent and, per ask, the candidates outstanding at that moment (the new one last).
+    """
+    space, budget, price = setting("0.4flops")
+    agent = make_agent(name, space, budget, price=price, seed=seed, trials=trials)
+    pending, snapshots, told = [], [], 0
+    while told < trials:
+        while len(pending) < outstanding:
+            candidate = agent.ask()
+            if candidate is None:
+                break
+            pending.append(candidate)
+            snapshots.append(list(pending))
+        if not pending:
+            break
+        candidate = pending.pop(0)
+        agent.tell(candidate, Result(TrialState.COMPLETE, fake_score(space, candidate), price(candidate)))
+        told += 1
+    return agent, snapshots
+
+
+@pytest.mark.parametrize("name", list_agents())
+def test_proposals_with_eight_outstanding_are_distinct_and_within_budget(name):
+    space, budget, price = setting("0.4flops")
+    _, snapshots = drive_outstanding(name)
+    assert snapshots
+    if name != "uniform":
+        assert max(len(s) for s in snapshots) > 1, "the agent never had two candidates out at once"
+    for outstanding in snapshots:
+        assert len(set(outstanding)) == len(outstanding), f"{name} proposed a candidate already outstanding"
+        assert budget.feasible(price(outstanding[-1]))
+
+
+@pytest.mark.parametrize("name", list_agents())
+def test_state_dict_round_trip_mid_search_with_outstanding_candidates(name):
+    # past every agent's warm-up (tpe's random startup trials, amc's random episodes), 3 untold
+    space, budget, price = setting("0.4flops")
+    options = {"warmup": 5} if name == "amc" else {"startup_trials": 10} if name == "tpe" else {}
+    a = make_agent(name, space, budget, price=price, seed=5, trials=60, **options)
+    pending = []
+    for step in range(33):
+        candidate = a.ask()
+        if candidate is None:
+            break
+        pending.append(candidate)
+        if step < 30:
+            c = pending.pop(0)
+            a.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    b = make_agent(name, space, budget, price=price, seed=99, trials=60, **options)
+    b.load_state_dict(a.state_dict())
+
+    def go_on(agent) -> list:
+        asked, out = [], list(pending)
+        for _ in range(12):
+            while out:
+                c = out.pop(0)
+                agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+            c = agent.ask()
+            asked.append(c)
+            if c is not None:
+                out.append(c)
+        return asked
+
+    assert go_on(a) == go_on(b)

@@ -72,3 +72,52 @@ def test_when_optuna_keeps_missing_the_budget_a_repaired_candidate_is_enqueued(m
         agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
     assert repaired, "no ask missed the budget: the fallback was not exercised"
     assert all(r in asked for r in repaired)  # Optuna evaluated exactly the repaired candidates it was handed
+
+
+def drive_tpe(trials: int, **options):
+    space, budget, price = setting("0.4flops")
+    agent = make_agent("tpe", space, budget, price=price, seed=0, trials=trials, **options)
+    for _ in range(trials):
+        c = agent.ask()
+        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    return agent
+
+
+def test_tpe_models_every_dimension_jointly_after_its_startup_trials():
+    agent = drive_tpe(12, startup_trials=10)
+    sampler = agent.study.sampler
+    # the fixed search space is exactly what Optuna would infer from the trials
+    assert sampler.infer_relative_search_space(agent.study, agent.study.trials[-1]) == \
+        optuna.search_space.intersection_search_space(agent.study.trials)
+    independent = []
+    sampler.sample_independent = lambda *a, **k: independent.append(a[2]) or 0
+    space, budget, price = setting("0.4flops")
+    for _ in range(3):
+        c = agent.ask()
+        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    assert independent == []  # no dimension fell back to independent (random) sampling
+
+
+def test_tpe_sees_its_recent_and_best_trials_only():
+    from agents._optuna import BEST_KEPT
+
+    agent = drive_tpe(BEST_KEPT + 30, history=20, startup_trials=10)
+    study = agent.study
+    trials = study.trials
+    bounded = study.sampler._view(study)
+    assert bounded is not study
+    view = bounded._get_trials(deepcopy=False)
+    complete_old = [t for t in trials[:-20] if t.state == optuna.trial.TrialState.COMPLETE]
+    best_old = sorted(complete_old, key=lambda t: -t.value)[:BEST_KEPT]
+    assert [t.number for t in view] == sorted({t.number for t in best_old} | {t.number for t in trials[-20:]})
+    unbounded = drive_tpe(40, history=0, startup_trials=10)
+    assert unbounded.study.sampler._view(unbounded.study) is unbounded.study
+
+
+def test_bad_history_raises():
+    import pytest
+
+    space, budget, price = setting("0.4flops")
+    for history in (-1, 2.5, True):
+        with pytest.raises(ValueError):
+            make_agent("tpe", space, budget, price=price, history=history)
