@@ -6,7 +6,7 @@ the torch-bearing ones (`derive`, `ElasticModel`, `materialize`, ...) load on fi
 from importlib import import_module
 
 from .records import Result, TrialState
-from .space import DEFAULT_RATIOS, KEEP, WIDTH, Candidate, Dimension, SearchSpace, width_choices
+from .space import BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Candidate, Dimension, SearchSpace, width_choices
 
 _LAZY = {
     "derive": "derive", "PrunableModel": "derive",
@@ -15,7 +15,7 @@ _LAZY = {
     "reorder": "importance", "channel_importance": "importance",
 }
 
-__all__ = ["DEFAULT_RATIOS", "KEEP", "WIDTH", "Candidate", "Dimension", "Result", "SearchSpace", "TrialState",
+__all__ = ["BLOCK_ENCODINGS", "DEFAULT_RATIOS", "DEPTH", "KEEP", "WIDTH", "Candidate", "Dimension", "Result", "SearchSpace", "TrialState",
            "width_choices", *_LAZY]
 
 

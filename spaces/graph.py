@@ -134,8 +134,9 @@ _REDUCTIONS = {"mean", "sum", "amax", "amin"}
 
 
 def is_stochastic_depth(module: nn.Module) -> bool:
-    """torchvision's StochasticDepth, kept a leaf so its train/eval switch survives tracing."""
-    return type(module).__name__ == "StochasticDepth" and hasattr(module, "p")
+    """torchvision's StochasticDepth or timm's DropPath, kept a leaf so its train/eval switch survives tracing."""
+    name = type(module).__name__
+    return (name == "StochasticDepth" and hasattr(module, "p")) or (name == "DropPath" and hasattr(module, "drop_prob"))
 
 
 class _Tracer(fx.Tracer):
