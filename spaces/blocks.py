@@ -27,8 +27,8 @@ from torch import nn
 
 from .graph import _ADDS, ChannelGraph, ResidualBlock, op_name, tensor_shape
 
-#: Ops walked back from a shortcut in search of the tensor it equals (an identity chain is short).
-_CHAIN_LIMIT = 8
+#: Nodes walked back from a shortcut in search of the tensor it equals (an identity chain is short).
+_CHAIN_LIMIT = 32
 
 
 @dataclass
@@ -203,7 +203,7 @@ def _why_not(graph: ChannelGraph, add: fx.Node, a: fx.Node, b: fx.Node) -> str:
     for operand in (a, b):
         path = [n for n in _ancestors(operand) - _ancestors(fork) if n.op != "get_attr"]
         paths.append(sorted(path, key=order.__getitem__))
-    shortcut = min(paths, key=len)
+    shortcut = min(paths, key=lambda path: (sum(_has_parameters(graph, n) for n in path), len(path)))
     projection = [_module_path(n) for n in shortcut if _has_parameters(graph, n)]
     ops = ", ".join(op_name(n) if n.op != "call_module" else _module_path(n) for n in shortcut[:3])
     what = f"projection shortcut ({projection[0]})" if projection else f"shortcut is not the identity ({ops})"

@@ -156,8 +156,9 @@ def graph_module(root: dict[str, object], graph: fx.Graph, class_name: str) -> f
     GraphModule registers every tensor of a dict root as a buffer; parameters are put back as parameters.
     """
     module = fx.GraphModule(root, graph, class_name=class_name)
+    read = {n.target for n in graph.nodes if n.op == "get_attr"}
     for target, value in root.items():
-        if isinstance(value, nn.Parameter):
+        if isinstance(value, nn.Parameter) and target in read:
             owner_name, _, field = target.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
             owner._buffers.pop(field, None)
