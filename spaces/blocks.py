@@ -10,7 +10,7 @@ ends with (drop-path, a layer scale `gamma * f(x)`, an SE gate) and whatever fol
 activation) does not matter. Removing the block replaces the add by `x`: the branch, the shortcut's
 identity ops and the add are skipped (`ResidualBlock.branch` holds all of them but the add).
 
-Nested blocks are not offered: only the innermost block of a nest gets a decision. Every residual add
+Nested blocks are not offered: only the outermost block of a nest gets a decision. Every residual add
 that is not offered gets a one-line reason. Consecutive blocks (the next block's input is the previous
 block's add, through parameter-free ops such as an activation) form a **run**: a stage's removable
 blocks, the unit of a stage-depth decision.
@@ -40,6 +40,8 @@ class BlockAnalysis:
     reasons: dict[str, str] = field(default_factory=dict)
     #: consecutive blocks (block indices, in graph order); every block is in exactly one run
     runs: list[tuple[int, ...]] = field(default_factory=list)
+    #: every residual add's node name, in graph order (offered or not)
+    adds: list[str] = field(default_factory=list)
 
 
 # ---- graph helpers ---------------------------------------------------------------------------
@@ -226,10 +228,12 @@ def analyze(graph: ChannelGraph) -> BlockAnalysis:
     live = _live(graph.gm)
     found: list[tuple[fx.Node, fx.Node, fx.Node, set[fx.Node], bool]] = []
     rejected: list[tuple[fx.Node, str]] = []
+    analysis = BlockAnalysis()
     for node in graph.gm.graph.nodes:
         operands = _residual_operands(node)
         if operands is None:
             continue
+        analysis.adds.append(node.name)
         a, b = operands
         if len(node.args) != 2 or node.kwargs:
             rejected.append((node, "add with a scale or an output argument"))
@@ -253,7 +257,7 @@ def analyze(graph: ChannelGraph) -> BlockAnalysis:
         else:
             rejected.append((node, reason or _why_not(graph, node, a, b)))
 
-    adds = {f[0] for f in found}
+    inside = {n: f[0] for f in found for n in f[3]}  # node -> the add of a block whose branch holds it
     names: dict[str, int] = {}
 
     def name_of(add: fx.Node) -> str:
@@ -261,18 +265,19 @@ def analyze(graph: ChannelGraph) -> BlockAnalysis:
         names[base] = names.get(base, 0) + 1
         return base if names[base] == 1 else f"{base}#{names[base]}"
 
-    analysis = BlockAnalysis()
-    outer: dict[fx.Node, str] = {}
+    nested: dict[fx.Node, str] = {}
     for add, x, y, branch, branch_first in found:
-        inner = [n for n in branch if n in adds]
-        if inner:
-            outer[add] = _module_path(min(inner, key=lambda n: n.name))
+        if add in inside:
+            outer = inside[add]
+            while outer in inside:
+                outer = inside[outer]
+            nested[add] = _module_path(outer)
             continue
         analysis.blocks.append(ResidualBlock(
             index=len(analysis.blocks), name=name_of(add), add=add.name, input=x.name, output=y.name,
             branch=frozenset(n.name for n in branch), branch_first=branch_first))
     order = {n: i for i, n in enumerate(graph.gm.graph.nodes)}
-    for add, reason in sorted([*rejected, *((a, f"contains removable block {i}") for a, i in outer.items())],
+    for add, reason in sorted([*rejected, *((a, f"nested inside block {o}") for a, o in nested.items())],
                               key=lambda r: order[r[0]]):
         analysis.reasons[name_of(add)] = reason
     analysis.runs = _runs(graph, analysis.blocks)
