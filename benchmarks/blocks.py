@@ -9,14 +9,13 @@ two candidates with every other block removed (all widths full, and random width
 and params equal FlopCounterMode and the parameters of the materialized subnet (cost), the elastic
 model's output equals the subnet's (elastic), and the stage-depth space prices its smallest candidate
 exactly too (depth). Input 3x64x64, weights random (`pretrained=False`). The reasons for the adds not
-offered are listed below the table, counted per reason.
+offered are listed below the table, grouped per reason.
 """
 from __future__ import annotations
 
 import re
 import sys
 import time
-from collections import Counter
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -115,7 +114,7 @@ def main(names: list[str]) -> int:
     rng = np.random.default_rng(0)
     header = ["model", "residual adds", "offered", "stages", "not offered", "widths", "derive s", "cost", "elastic",
               "depth"]
-    rows, reasons = [], Counter()
+    rows, reasons = [], {}
     for name in names:
         try:
             cells, why = row(name, rng)
@@ -123,8 +122,8 @@ def main(names: list[str]) -> int:
             cells, why = [name, "trace failed", *["-"] * (len(header) - 2)], {}
             check.errors.append(f"{name}: {type(error).__name__}: {str(error).splitlines()[0][:120]}")
         rows.append(cells)
-        for reason in why.values():
-            reasons[f"{name}: {re.sub(r'[0-9]+x[0-9]+x[0-9]+', 'CxHxW', reason)}"] += 1
+        for block, reason in why.items():  # grouped by the reason without its particulars
+            reasons.setdefault(f"{name}: {re.sub(r' [(][^)]*[)]', '', reason)}", []).append(block)
         print(" | ".join(cells), file=sys.stderr, flush=True)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
     print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
@@ -138,8 +137,8 @@ def main(names: list[str]) -> int:
           f"(each with a reason); checks {checked.count('pass')} pass, {checked.count('FAIL')} fail, "
           f"{checked.count('error')} error of {len(checked)}")
     print("derive s: seconds to derive the space on this machine (shared CPU, inflated by load)")
-    for reason, count in reasons.items():
-        print(f"not offered: {reason} (x{count})")
+    for reason, blocks in reasons.items():
+        print(f"not offered: {reason} (x{len(blocks)}: {', '.join(blocks[:4])}{', ...' if len(blocks) > 4 else ''})")
     for error in check.errors:
         print(f"error: {error}")
     return 0 if all(c in ("pass", "-") for r in rows for c in r[-3:]) else 1
