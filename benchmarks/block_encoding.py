@@ -8,8 +8,9 @@ with `block_encoding="flags"` and `"depth"`; every agent then searches each spac
 (same calibration and held-out batches), the same budget and trials, for every seed. Printed per model,
 agent and encoding: the median and range over seeds of the best held-out score (what the search
 maximizes), the median test top-1 of that best candidate (BN recalibrated on the same calibration
-batches, no fine-tuning), its FLOPs ratio and how many blocks it removed. No warm start (the agents'
-own search is compared).
+batches, no fine-tuning), its FLOPs ratio and how many blocks it removed. `--warm-start` gives every
+agent the global-magnitude candidate first, as the default job does; without it, the agents' own
+search is compared.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ from search.engine import Engine  # noqa: E402
 from search.zoo import load_data, load_model  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.space import BLOCK_ENCODINGS  # noqa: E402
+from spaces.warm_start import magnitude_candidate  # noqa: E402
 
 
 def median_range(values: list[float]) -> str:
@@ -58,7 +60,9 @@ def compare(model_name: str, data, args) -> list[tuple[str, str, list[float], li
         for name in args.agents.split(","):
             bests, tests, ratios, removed = [], [], [], []
             for seed in args.seeds:
-                agent = make_agent(name, prunable.space, budget, price=price, seed=seed, trials=args.trials)
+                initial = [magnitude_candidate(prunable, lambda c: budget.feasible(price(c)))] if args.warm_start else []
+                agent = make_agent(name, prunable.space, budget, price=price, seed=seed, trials=args.trials,
+                                   initial=[c for c in initial if c is not None])
                 best = Engine(agent, price, budget, evaluator, trials=args.trials, progress=False).run().best
                 bests.append(best.result.score)
                 tests.append(tester.score(best.candidate))
@@ -80,10 +84,12 @@ def main() -> None:
     parser.add_argument("--budget", default="0.25flops")
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seeds", type=lambda s: [int(x) for x in s.split(",")], default=[0, 1, 2])
+    parser.add_argument("--warm-start", action="store_true")
     args = parser.parse_args()
     torch.manual_seed(0)
     data = load_data("digits", seed=0)
-    print(f"budget {args.budget}, {args.trials} trials, seeds {args.seeds}, torch {torch.__version__}, "
+    print(f"budget {args.budget}, {args.trials} trials, seeds {args.seeds}, warm start {args.warm_start}, "
+          f"torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads")
     wins = {e: 0 for e in BLOCK_ENCODINGS}
     for model_name in args.models.split(","):

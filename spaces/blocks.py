@@ -186,6 +186,8 @@ def _branch(graph: ChannelGraph, x: fx.Node, y: fx.Node, add: fx.Node, chain: fr
         stack.extend(u for u in n.users if u not in members)
     for n in members:
         outside = [u for u in n.users if u not in members and u is not add]
+        if outside and op_name(y) == "getitem" and y.args[0] is n:
+            raise _NotABlock(f"partial residual: the add takes a slice of '{_module_path(n)}', the rest goes on")
         if outside:
             raise _NotABlock(f"'{_module_path(n)}' in the branch is also used by '{_module_path(outside[0])}'")
         inputs = [a for a in n.all_input_nodes if a not in members and a is not x and a.op != "get_attr"]

@@ -263,3 +263,27 @@ def test_agents_search_a_depth_space_and_resume_it(agent, tmp_path):
     outcome = resumed.run()
     assert [t.candidate for t in outcome.trials] == [t.candidate for t in uninterrupted.trials]
     assert scorer.calls <= 12 - 5 + 1
+
+
+def test_only_the_outermost_block_of_a_nest_is_offered():
+    class Inner(nn.Module):  # ConvNeXt-V2's GRN shape: `gamma * f(x) + beta + x`
+        def __init__(self, c):
+            super().__init__()
+            self.gamma = nn.Parameter(torch.ones(1, c, 1, 1))
+
+        def forward(self, x):
+            return self.gamma * torch.tanh(x) + x
+
+    class Outer(Bottleneck):
+        def __init__(self, c):
+            super().__init__(c)
+            self.inner = Inner(c)
+
+        def forward(self, x):
+            return self.act(self.bn2(self.conv2(self.inner(self.bn1(self.conv1(x)).repeat(1, 2, 1, 1))
+                                                  .narrow(1, 0, 4))) + x)
+
+    prunable = derive(seeded(lambda: net(Outer(8), Outer(8))), X[:1])
+    assert [d.name for d in prunable.space.keeps] == ["keep:1", "keep:2"]
+    assert prunable.block_reasons == {"1.inner": "nested inside block 1", "2.inner": "nested inside block 2"}
+    check_exact(prunable, [every_other_removed(prunable), prunable.space.smallest()])
