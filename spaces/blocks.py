@@ -8,7 +8,9 @@ checked by running those ops on a random tensor in eval mode), and the other ope
 outside the block reads (shape assertions aside), holding at least one parameter. Whatever the branch
 ends with (drop-path, a layer scale `gamma * f(x)`, an SE gate) and whatever follows the add (an
 activation) does not matter. Removing the block replaces the add by `x`: the branch, the shortcut's
-identity ops and the add are skipped (`ResidualBlock.branch` holds all of them but the add).
+identity ops and the add are skipped (`ResidualBlock.branch` holds all of them but the add). A kept
+block runs as `x + branch(x)` in the elastic model, so a dropout on the shortcut itself (an identity at
+export, unseen in practice) would not run there in train mode; the materialized subnet keeps it.
 
 Nested blocks are not offered: only the outermost block of a nest gets a decision. Every residual add
 that is not offered gets a one-line reason. Consecutive blocks (the next block's input is the previous

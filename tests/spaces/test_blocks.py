@@ -229,7 +229,7 @@ def test_a_subnet_without_some_blocks_keeps_the_stochastic_depth_of_the_others()
         assert not torch.allclose(subnet(X), subnet.eval()(X))  # drop path is live in train mode
 
 
-@pytest.mark.parametrize("agent", sorted(set(list_agents()) - {"metapruning"}))
+@pytest.mark.parametrize("agent", sorted(list_agents()))
 def test_agents_search_a_depth_space_and_resume_it(agent, tmp_path):
     from search.cifar_resnet import resnet20
 
