@@ -81,7 +81,8 @@ def test_json_round_trip():
 
 def test_stage_depths_are_integer_block_decisions():
     s = SearchSpace([*space(), Dimension("depth:layer2", DEPTH, 3, (0, 1, 2, 3))])
-    assert [d.name for d in s.keeps] == ["keep:layer1.0", "depth:layer2"] and [d.name for d in s.depths] == ["depth:layer2"]
+    assert [d.name for d in s.keeps] == ["keep:layer1.0", "depth:layer2"]
+    assert [d.name for d in s.depths] == ["depth:layer2"]
     assert s.full()["depth:layer2"] == 3 and s.smallest()["depth:layer2"] == 0
     assert s.uniform(0.5)["depth:layer2"] == 3 and s.uniform(0.5, keep_blocks=False)["depth:layer2"] == 0
     assert s.from_ratios([1.0, 0.0, 1.0, 0.6])["depth:layer2"] == 2
