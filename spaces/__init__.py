@@ -8,7 +8,8 @@ import types
 from importlib import import_module
 
 from .records import Result, TrialState
-from .space import DEFAULT_RATIOS, KEEP, WIDTH, Candidate, Dimension, SearchSpace, width_choices
+from .space import (BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Candidate, Dimension, SearchSpace,
+                    width_choices)
 
 _LAZY = {
     "derive": "derive", "PrunableModel": "derive",
@@ -17,8 +18,8 @@ _LAZY = {
     "reorder": "importance", "channel_importance": "importance",
 }
 
-__all__ = ["DEFAULT_RATIOS", "KEEP", "WIDTH", "Candidate", "Dimension", "Result", "SearchSpace", "TrialState",
-           "width_choices", *_LAZY]
+__all__ = ["BLOCK_ENCODINGS", "DEFAULT_RATIOS", "DEPTH", "KEEP", "WIDTH", "Candidate", "Dimension", "Result",
+           "SearchSpace", "TrialState", "width_choices", *_LAZY]
 
 
 def __getattr__(name: str):

@@ -8,9 +8,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from .blocks import analyze, run_name
 from .graph import ChannelGraph, tensor_shape
 from .importance import Criterion, channel_importance, reorder
-from .space import DEFAULT_RATIOS, KEEP, WIDTH, Dimension, SearchSpace, width_choices
+from .space import BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Dimension, SearchSpace, width_choices
 
 
 @dataclass
@@ -18,7 +19,8 @@ class PrunableModel:
     """A model, its channel analysis and its search space, tied together.
 
     `dimension_groups` maps each width dimension to its channel group; `dimension_blocks` maps each
-    keep flag to its residual block. Everything else (elastic, materialize, cost) reads from here.
+    keep flag to its residual block, `dimension_runs` each stage depth to its run of blocks (in order:
+    depth d keeps the first d). Everything else (elastic, materialize, cost) reads from here.
     """
 
     model: nn.Module
@@ -29,6 +31,11 @@ class PrunableModel:
     #: width dimension -> its channels' importance in kept order (most important first), divided by the
     #: group's mean so that groups compare (Torch-Pruning's "mean" normalizer); empty without importance
     channel_scores: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    dimension_runs: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: residual add (module path) -> why it is not offered as a removable block
+    block_reasons: dict[str, str] = field(default_factory=dict)
+    #: producer of a channel group that is not searched -> why
+    frozen_groups: dict[str, str] = field(default_factory=dict)
 
     def widths(self, candidate: Mapping[str, int]) -> list[int]:
         """The width of every channel group (fixed groups at full width), indexed by group id."""
@@ -42,6 +49,10 @@ class PrunableModel:
         keeps = [True] * len(self.graph.blocks)
         for name, index in self.dimension_blocks.items():
             keeps[index] = bool(candidate[name])
+        for name, run in self.dimension_runs.items():
+            depth = int(candidate[name])
+            for position, index in enumerate(run):
+                keeps[index] = position < depth
         return keeps
 
     def removed_nodes(self, keeps: Sequence[bool]) -> set[str]:
@@ -55,7 +66,23 @@ class PrunableModel:
     def describe(self, candidate: Mapping[str, int]) -> dict[str, object]:
         """A readable summary: per-dimension ratio and which blocks are removed."""
         return {"widths": {d.name: round(d.ratio(candidate[d.name]), 3) for d in self.space.widths},
-                "removed_blocks": [d.name for d in self.space.keeps if not candidate[d.name]]}
+                "removed_blocks": [b.name for b, keep in zip(self.graph.blocks, self.keeps(candidate)) if not keep]}
+
+    def explain(self) -> str:
+        """What the space searches and what it leaves alone, with a reason for each thing left alone."""
+        space = self.space
+        lines = [f"{space!r}"]
+        if self.dimension_runs:
+            lines.append(f"stage depths ({len(self.dimension_runs)}): each keeps the first d blocks of its stage")
+            for name, run in self.dimension_runs.items():
+                lines.append(f"  {name}: 0..{len(run)} of {', '.join(self.graph.blocks[i].name for i in run)}")
+        elif self.dimension_blocks:
+            lines.append(f"removable blocks ({len(self.dimension_blocks)}): {', '.join(self.dimension_blocks)}")
+        lines.append(f"channel groups not searched ({len(self.frozen_groups)}):")
+        lines += [f"  {producer}: {reason}" for producer, reason in self.frozen_groups.items()]
+        lines.append(f"residual adds not offered as removable blocks ({len(self.block_reasons)}):")
+        lines += [f"  {add}: {reason}" for add, reason in self.block_reasons.items()]
+        return "\n".join(lines)
 
 
 def _unique(name: str, taken: set[str]) -> str:
@@ -68,16 +95,21 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[float] = DEFAULT_RATIOS,
            round_to: int = 1, importance: str | Criterion | None = "l2",
-           removable_blocks: bool = True) -> PrunableModel:
+           removable_blocks: bool = True, block_encoding: str = "flags") -> PrunableModel:
     """Derive the search space of `model` for inputs shaped like `example_input`.
 
     The model's weights are permuted in place so each group's most important channels come first
     (`importance=None` skips it); the model's function does not change. Widths are the `ratios` of
     each group's full width, rounded to a multiple of `round_to` (and of its conv-group count).
+    Removable blocks (`removable_blocks`) are searched as one keep flag per block
+    (`block_encoding="flags"`) or one depth per run of consecutive blocks (`"depth"`).
     """
     if round_to < 1:
         raise ValueError("round_to must be at least 1")
+    if block_encoding not in BLOCK_ENCODINGS:
+        raise ValueError(f"block_encoding must be one of {', '.join(BLOCK_ENCODINGS)}, got {block_encoding!r}")
     graph = ChannelGraph(model, example_input)
+    blocks = analyze(graph)
     scores: dict[int, torch.Tensor] = {}
     if importance is not None:
         scores = channel_importance(graph, importance)
@@ -92,8 +124,9 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
     site_flops = [2 * s.positions * graph.tensors[s.weight].numel() for s in graph.sites]
     total_flops = sum(site_flops) or 1
 
-    entries: list[tuple[int, Dimension, str, int]] = []
+    entries: list[tuple[int, Dimension, str, int | tuple[int, ...]]] = []
     taken: set[str] = set()
+    frozen = {g.producers[0]: g.fixed or "a single channel" for g in graph.groups if g.producers and not g.prunable}
     for group in graph.prunable_groups:
         producer = group.producers[0]
         site = next((s for s in graph.sites if s.module == producer), None)
@@ -111,18 +144,32 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
         }
         multiple = math.lcm(round_to, group.blocks)
         if group.size < multiple or group.size % group.blocks:
+            frozen[producer] = f"{group.size} channels, not a multiple of {multiple}"
             continue
         choices = width_choices(group.size, ratios, multiple=multiple)
         if len(choices) < 2:
+            frozen[producer] = f"{group.size} channels allow a single width at multiples of {multiple}"
             continue
         dim = Dimension(_unique(producer, taken), WIDTH, group.size, choices, features)
         entries.append((node_order[first_call[producer]], dim, WIDTH, group.id))
-    if removable_blocks:
+    def block_features(run: Sequence[int]) -> dict[str, float]:
+        members = [graph.blocks[i] for i in run]
+        branch_flops = sum(f for s, f in zip(graph.sites, site_flops) if any(s.node in b.branch for b in members))
+        return {"flops_share": branch_flops / total_flops,
+                "positions": float(math.prod(tensor_shape(graph.node(members[0].add))[2:]))}
+
+    reasons = dict(blocks.reasons)
+    if not removable_blocks:
+        reasons.update({b.name: "block removal is turned off" for b in graph.blocks})
+    elif block_encoding == "depth":
+        for run in blocks.runs:
+            first = graph.blocks[run[0]]
+            name = _unique(f"depth:{run_name(graph.blocks[i] for i in run)}", taken)
+            dim = Dimension(name, DEPTH, len(run), tuple(range(len(run) + 1)), block_features(run))
+            entries.append((node_order[first.add], dim, DEPTH, run))
+    else:
         for block in graph.blocks:
-            branch_flops = sum(f for s, f in zip(graph.sites, site_flops) if s.node in block.branch)
-            features = {"flops_share": branch_flops / total_flops,
-                        "positions": float(math.prod(tensor_shape(graph.node(block.add))[2:]))}
-            dim = Dimension(_unique(f"keep:{block.name}", taken), KEEP, 1, (0, 1), features)
+            dim = Dimension(_unique(f"keep:{block.name}", taken), KEEP, 1, (0, 1), block_features([block.index]))
             entries.append((node_order[block.add], dim, KEEP, block.index))
     entries.sort(key=lambda e: e[0])
     dims = []
@@ -135,4 +182,6 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
         dimension_blocks={d.name: e[3] for d, e in zip(dims, entries) if e[2] == KEEP},
         channel_scores={d.name: tuple((scores[e[3]] / scores[e[3]].mean().clamp_min(1e-12)).tolist())
                         for d, e in zip(dims, entries) if e[2] == WIDTH and e[3] in scores},
+        dimension_runs={d.name: e[3] for d, e in zip(dims, entries) if e[2] == DEPTH},
+        block_reasons=reasons, frozen_groups=frozen,
     )

@@ -134,8 +134,9 @@ _REDUCTIONS = {"mean", "sum", "amax", "amin"}
 
 
 def is_stochastic_depth(module: nn.Module) -> bool:
-    """torchvision's StochasticDepth, kept a leaf so its train/eval switch survives tracing."""
-    return type(module).__name__ == "StochasticDepth" and hasattr(module, "p")
+    """torchvision's StochasticDepth or timm's DropPath, kept a leaf so its train/eval switch survives tracing."""
+    name = type(module).__name__
+    return (name == "StochasticDepth" and hasattr(module, "p")) or (name == "DropPath" and hasattr(module, "drop_prob"))
 
 
 class _Tracer(fx.Tracer):
@@ -155,8 +156,9 @@ def graph_module(root: dict[str, object], graph: fx.Graph, class_name: str) -> f
     GraphModule registers every tensor of a dict root as a buffer; parameters are put back as parameters.
     """
     module = fx.GraphModule(root, graph, class_name=class_name)
+    read = {n.target for n in graph.nodes if n.op == "get_attr"}
     for target, value in root.items():
-        if isinstance(value, nn.Parameter):
+        if isinstance(value, nn.Parameter) and target in read:
             owner_name, _, field = target.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
             owner._buffers.pop(field, None)

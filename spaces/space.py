@@ -10,6 +10,11 @@ import numpy as np
 
 WIDTH: Literal["width"] = "width"
 KEEP: Literal["keep"] = "keep"
+DEPTH: Literal["depth"] = "depth"
+
+#: How a derived space encodes the removal of residual blocks: one keep flag per block, or one depth per
+#: run of consecutive removable blocks (a stage: keep its first d blocks, as MetaPruning, AutoSlim and OFA).
+BLOCK_ENCODINGS: tuple[str, ...] = ("flags", "depth")
 
 #: Default width ratios of a channel group (of its full width). 0.1 .. 1.0 in tenths.
 DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11))
@@ -17,16 +22,19 @@ DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(1, 11
 
 @dataclass(frozen=True)
 class Dimension:
-    """One decision of the search: the width of a channel group, or whether a residual block is kept.
+    """One decision of the search: the width of a channel group, whether a residual block is kept, or how
+    many blocks of a stage are kept.
 
     `choices` are the allowed values, ascending: widths for a channel group (the last is `full`),
-    `(0, 1)` for a block keep flag (0 = the block is replaced by the identity).
+    `(0, 1)` for a block keep flag (0 = the block is replaced by the identity), `(0, 1, ..., n)` for the
+    depth of a stage of `n` removable blocks (d = its first d blocks are kept, the rest replaced by the
+    identity). All are integers, so agents treat a depth like a width.
     `features` are static numbers an agent may use (position, kernel, stride, spatial size,
     share of base FLOPs, ...); they never change during a search.
     """
 
     name: str
-    kind: Literal["width", "keep"]
+    kind: Literal["width", "keep", "depth"]
     full: int
     choices: tuple[int, ...]
     features: Mapping[str, float] = field(default_factory=dict)
@@ -42,7 +50,7 @@ class Dimension:
         return self.choices[0]
 
     def ratio(self, value: int) -> float:
-        """`value` as a fraction of the full width (keep flags: 0.0 or 1.0)."""
+        """`value` as a fraction of the full value (keep flags: 0.0 or 1.0; depths: kept share of the stage)."""
         return value / self.full
 
     def index(self, value: int) -> int:
@@ -105,6 +113,10 @@ class Candidate(Mapping[str, int]):
 class SearchSpace:
     """The dimensions of one model's search, in network order.
 
+    `widths` are the channel-group dimensions; `keeps` the block decisions (keep flags, or stage depths
+    when the space was derived with `block_encoding="depth"`): setting every one of them to its smallest
+    choice removes every removable block.
+
     Encodings an agent may use: `encode` gives each dimension's choice index (integers),
     `to_ratios` each value's share of its full width (floats in (0, 1]).
     """
@@ -129,8 +141,10 @@ class SearchSpace:
         return name in self._by_name
 
     def __repr__(self) -> str:
-        return (f"SearchSpace({len(self.widths)} widths, {len(self.keeps)} keep flags, "
-                f"10^{self.log10_size:.1f} candidates)")
+        depths = self.depths
+        blocks = (f"{len(depths)} stage depths ({sum(d.full for d in depths)} blocks)" if depths
+                  else f"{len(self.keeps)} keep flags")
+        return f"SearchSpace({len(self.widths)} widths, {blocks}, 10^{self.log10_size:.1f} candidates)"
 
     @property
     def names(self) -> list[str]:
@@ -142,7 +156,12 @@ class SearchSpace:
 
     @property
     def keeps(self) -> list[Dimension]:
-        return [d for d in self.dimensions if d.kind == KEEP]
+        """The block decisions: keep flags and stage depths (0 removes a block / a stage's blocks)."""
+        return [d for d in self.dimensions if d.kind in (KEEP, DEPTH)]
+
+    @property
+    def depths(self) -> list[Dimension]:
+        return [d for d in self.dimensions if d.kind == DEPTH]
 
     @property
     def size(self) -> int:
@@ -163,9 +182,10 @@ class SearchSpace:
         return Candidate({d.name: d.smallest for d in self.dimensions})
 
     def uniform(self, ratio: float, *, keep_blocks: bool = True, nearest: bool = False) -> Candidate:
-        """One width ratio for every channel group, each rounded down (or to the nearest) allowed width."""
+        """One width ratio for every channel group, each rounded down (or to the nearest) allowed width;
+        every block kept (or every removable block removed)."""
         pick = Dimension.nearest if nearest else Dimension.floor
-        return Candidate({d.name: (pick(d, ratio) if d.kind == WIDTH else int(keep_blocks))
+        return Candidate({d.name: (pick(d, ratio) if d.kind == WIDTH else d.full if keep_blocks else d.smallest)
                           for d in self.dimensions})
 
     def sample(self, rng: np.random.Generator) -> Candidate:
@@ -195,7 +215,8 @@ class SearchSpace:
         return np.array([d.ratio(int(candidate[d.name])) for d in self.dimensions], dtype=float)
 
     def from_ratios(self, ratios: Sequence[float]) -> Candidate:
-        """The candidate nearest to the given per-dimension ratios (keep flags: ratio >= 0.5 keeps)."""
+        """The candidate nearest to the given per-dimension ratios (keep flags: ratio >= 0.5 keeps; depths:
+        the nearest number of blocks)."""
         return Candidate({d.name: d.nearest(float(r)) for d, r in zip(self.dimensions, ratios)})
 
     def to_json(self) -> list[dict]:

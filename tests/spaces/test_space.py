@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from spaces import KEEP, WIDTH, Candidate, Dimension, SearchSpace, width_choices
+from spaces import DEPTH, KEEP, WIDTH, Candidate, Dimension, SearchSpace, width_choices
 
 
 def space() -> SearchSpace:
@@ -77,3 +77,17 @@ def test_json_round_trip():
     s = space()
     again = SearchSpace.from_json(json.loads(json.dumps(s.to_json())))
     assert [d.name for d in again] == s.names and again["conv1"].choices == s["conv1"].choices
+
+
+def test_stage_depths_are_integer_block_decisions():
+    s = SearchSpace([*space(), Dimension("depth:layer2", DEPTH, 3, (0, 1, 2, 3))])
+    assert [d.name for d in s.keeps] == ["keep:layer1.0", "depth:layer2"]
+    assert [d.name for d in s.depths] == ["depth:layer2"]
+    assert s.full()["depth:layer2"] == 3 and s.smallest()["depth:layer2"] == 0
+    assert s.uniform(0.5)["depth:layer2"] == 3 and s.uniform(0.5, keep_blocks=False)["depth:layer2"] == 0
+    assert s.from_ratios([1.0, 0.0, 1.0, 0.6])["depth:layer2"] == 2
+    assert "1 stage depths (3 blocks)" in repr(s)
+    again = SearchSpace.from_json(json.loads(json.dumps(s.to_json())))
+    assert again["depth:layer2"] == s["depth:layer2"]
+    with pytest.raises(ValueError):
+        Dimension("depth:x", DEPTH, 3, (0, 1, 2))
