@@ -11,19 +11,15 @@ own (warm start included unless the configuration turns it off).
 """
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from evaluators.accuracy import AccuracyEvaluator  # noqa: E402
-from evaluators.cost import CostModel  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.engine import Price, memoized  # noqa: E402
-from search.pipeline import Inputs, Pipeline  # noqa: E402
-from spaces.budget import Budget  # noqa: E402
-from spaces.derive import PrunableModel  # noqa: E402
+from evaluators.accuracy import AccuracyEvaluator
+from evaluators.cost import CostModel
+from search.config import SearchConfig
+from search.engine import Price, memoized
+from search.pipeline import Inputs, Pipeline
+from spaces.budget import Budget
+from spaces.derive import PrunableModel
 
 
 @dataclass
