@@ -38,9 +38,10 @@ from torch import nn  # noqa: E402
 from benchmarks.torch_pruning_peer import flops as count_flops  # noqa: E402
 from benchmarks.torch_pruning_peer import params as count_params  # noqa: E402
 from benchmarks.torch_pruning_peer import require as require_torch_pruning  # noqa: E402
-from evaluators.accuracy import AccuracyEvaluator, recalibrate, top1  # noqa: E402
-from evaluators.cost import CostModel  # noqa: E402
-from spaces.derive import derive  # noqa: E402
+from benchmarks.setting import Setting  # noqa: E402
+from evaluators.accuracy import recalibrate, top1  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
+from search.pipeline import Inputs  # noqa: E402
 
 NUM_CLASSES = 1000
 TP_PARTS = ("deepcopy", "pruner_init", "step", "recalibrate_top1")
@@ -81,9 +82,11 @@ def measure(*, ratios: Sequence[float] = (0.3, 0.4, 0.5, 0.6, 0.7), calib_batche
     base = copy.deepcopy(model).eval()  # Torch-Pruning's base: the untouched model (derive reorders in place)
     base_flops, base_params = count_flops(base, example), count_params(base)
 
-    prunable = derive(model, example)
-    cost = CostModel(prunable)
-    evaluator = AccuracyEvaluator(prunable, calibration, held_out)
+    config = SearchConfig(agent="random", budget=["1flops"], model="<module>", data="<iterables>", seed=seed,
+                          device="cpu")
+    setting = Setting.of(config, inputs=Inputs(model=model, example=example, calibration=calibration,
+                                                held_out=held_out, name="resnet50"))
+    prunable, cost, evaluator = setting.prunable, setting.cost, setting.evaluator
     candidates = [prunable.space.uniform(r, nearest=True) for r in ratios]
 
     warm = prunable.space.uniform(0.5, nearest=True)  # warm-up, one of each, untimed

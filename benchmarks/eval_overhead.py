@@ -23,10 +23,9 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import AccuracyEvaluator  # noqa: E402
-from search.training import resolve_device  # noqa: E402
-from search.zoo import load_data, load_model  # noqa: E402
-from spaces.derive import derive  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 
 
@@ -47,14 +46,10 @@ def bare_forwards(subnet: nn.Module, evaluator: AccuracyEvaluator) -> None:
 def measure(model_spec: str = "resnet20", data_spec: str = "digits", *, candidates: int = 40,
             calib_batches: int = 8, batch_size: int = 64, eval_samples: int = 1024, device: str = "auto") -> dict:
     """Per-candidate seconds of the engine's score and of the bare forwards, and their ratios."""
-    device = resolve_device(device)
-    torch.manual_seed(0)
-    data = load_data(data_spec, seed=0)
-    model = load_model(model_spec, num_classes=data.num_classes, input_shape=data.input_shape).eval()
-    prunable = derive(model, data.train_eval[0][0].unsqueeze(0))
-    evaluator = AccuracyEvaluator.from_dataset(prunable, data.train_eval, data.fit, data.held_out,
-                                               calib_batches=calib_batches, batch_size=batch_size,
-                                               eval_samples=eval_samples, device=device)
+    setting = Setting.of(SearchConfig(agent="random", budget=["1flops"], model=model_spec, data=data_spec, seed=0,
+                                      calib_batches=calib_batches, batch_size=batch_size, eval_samples=eval_samples,
+                                      device=device, baseline_epochs=0))  # untrained: only time matters
+    prunable, evaluator, device = setting.prunable, setting.evaluator, setting.pipeline.device
     rng = np.random.default_rng(0)
     candidates = [prunable.space.sample(rng) for _ in range(candidates)]
     subnets = [materialize(prunable, c).to(device) for c in candidates]

@@ -27,15 +27,13 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-from evaluators.accuracy import AccuracyEvaluator, top1  # noqa: E402
-from evaluators.cost import CostModel  # noqa: E402
-from evaluators.pruningnet import PruningNet, PruningNetEvaluator, feasible_sampler, train_pruningnet  # noqa: E402
-from search.baseline import trained_baseline  # noqa: E402
-from search.budget import parse_budget  # noqa: E402
+from benchmarks.setting import Setting  # noqa: E402
+from evaluators.accuracy import top1  # noqa: E402
+from evaluators.pruningnet import PruningNet, PruningNetEvaluator, train_pruningnet  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
 from search.training import TrainConfig, train  # noqa: E402
-from search.zoo import load_data, load_model  # noqa: E402
-from spaces.derive import derive  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
+from spaces.sampling import feasible_sampler  # noqa: E402
 
 
 def ranks(values: np.ndarray) -> np.ndarray:
@@ -68,20 +66,12 @@ def main() -> None:
                              "with their held-out top-1 after fine-tuning")
     parser.add_argument("--finetune-epochs", type=int, default=5)
     args = parser.parse_args()
-    device = torch.device(args.device)
-    torch.manual_seed(0)
-    data = load_data("digits", seed=0)
-    model = load_model("resnet20", num_classes=data.num_classes, input_shape=data.input_shape)
-    model, test_top1 = trained_baseline(model, "resnet20", "digits", data, epochs=30, seed=0, batch_size=64,
-                                        device=device, progress=False)
-    prunable = derive(model.cpu().eval(), data.train_eval[0][0].unsqueeze(0))
-    model.to(device)
-    cost = CostModel(prunable)
-    base = cost.base.as_dict()
-    budget = parse_budget([args.budget]).resolve(base)
-    feasible = lambda c: budget.feasible(cost.price(c).as_dict())  # noqa: E731
-    evaluator = AccuracyEvaluator.from_dataset(prunable, data.train_eval, data.fit, data.held_out,
-                                               calib_batches=8, batch_size=64, eval_samples=1024, device=device)
+    setting = Setting.of(SearchConfig(agent="random", budget=[args.budget], model="resnet20", data="digits", seed=0,
+                                      device=args.device))
+    prunable, cost, evaluator, base = setting.prunable, setting.cost, setting.evaluator, setting.base
+    data, test_top1, device = setting.inputs.data, setting.inputs.base_test, setting.pipeline.device
+    budget = setting.pipeline.budget
+    feasible = lambda c: budget.feasible(setting.price(c))  # noqa: E731
     base_score = evaluator.score(prunable.space.full())
     evaluator.restore()
     print(f"resnet20 on digits: base held-out {base_score:.4f}, test {test_top1:.4f}; {prunable.space}; "

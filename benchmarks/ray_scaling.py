@@ -19,10 +19,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, build_evaluator  # noqa: E402
+from benchmarks.setting import Setting  # noqa: E402
+from evaluators.accuracy import EvaluatorPayload, build_evaluator  # noqa: E402
 from evaluators.executors import LocalExecutor, RayExecutor  # noqa: E402
-from search.zoo import load_data, load_model  # noqa: E402
-from spaces.derive import derive  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
 
 
 def throughput(executor, candidates) -> float:
@@ -42,12 +42,10 @@ def throughput(executor, candidates) -> float:
 
 def measure(candidates: int = 80) -> dict:
     """Candidates per second of each executor (`rates`), the 2-over-1 worker speed-up and Ray's overhead (ms)."""
-    torch.manual_seed(0)
-    data = load_data("digits", seed=0)
-    model = load_model("resnet20", num_classes=data.num_classes, input_shape=data.input_shape)
-    prunable = derive(model.eval(), data.train_eval[0][0].unsqueeze(0))
-    evaluator = AccuracyEvaluator.from_dataset(prunable, data.train_eval, data.fit, data.held_out, calib_batches=8,
-                                               batch_size=64, eval_samples=1024)
+    config = SearchConfig(agent="random", budget=["1flops"], model="resnet20", data="digits", seed=0, device="cpu",
+                          baseline_epochs=0)  # untrained: only time matters
+    setting = Setting.of(config)
+    prunable, evaluator = setting.prunable, setting.evaluator
     rng = np.random.default_rng(0)
     candidates = [prunable.space.sample(rng).to_dict() for _ in range(candidates)]
     threads = torch.get_num_threads()
@@ -56,7 +54,7 @@ def measure(candidates: int = 80) -> dict:
     torch.set_num_threads(1)
     rows["local, 1 thread"] = throughput(LocalExecutor(evaluator), candidates)
     torch.set_num_threads(threads)
-    payload = EvaluatorPayload.of(evaluator, {}, "cpu")
+    payload = EvaluatorPayload.of(evaluator, config.derive_options(), "cpu")
     for workers in (1, 2):
         executor = RayExecutor(build_evaluator, payload, workers=workers)
         throughput(executor, candidates[:4])  # warm-up: actors built, first cuts done

@@ -43,19 +43,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-from agents import make_agent  # noqa: E402
 from benchmarks import torch_pruning_peer as peer  # noqa: E402
+from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import AccuracyEvaluator, recalibrate, top1  # noqa: E402
-from evaluators.cost import CostModel  # noqa: E402
-from search.baseline import trained_baseline  # noqa: E402
-from search.budget import parse_budget  # noqa: E402
+from search.config import SearchConfig  # noqa: E402
 from search.engine import Engine  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
+from search.pipeline import Pipeline  # noqa: E402
 from search.training import evaluate  # noqa: E402
-from search.zoo import load_data, load_model  # noqa: E402
-from spaces.derive import derive  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 from spaces.warm_start import magnitude_candidate  # noqa: E402
 
@@ -111,25 +107,17 @@ class Study:
 
     def __init__(self, name: str, args: argparse.Namespace):
         self.name, self.args = name, args
-        torch.manual_seed(0)
-        self.data = load_data("digits", seed=0)
-        model = load_model(name, num_classes=self.data.num_classes, input_shape=self.data.input_shape)
-        model, self.base_test = trained_baseline(model, name, "digits", self.data, epochs=30, seed=0, batch_size=64,
-                                                 device=torch.device("cpu"), progress=False)
-        self.base_model = copy.deepcopy(model.eval())       # the peers prune copies of this one
-        self.example = self.data.train_eval[0][0].unsqueeze(0)
-        self.prunable = derive(model.eval(), self.example)
-        self.cost = CostModel(self.prunable)
-        self.base = self.cost.base.as_dict()
-        self.evaluator = AccuracyEvaluator.from_dataset(self.prunable, self.data.train_eval, self.data.fit,
-                                                        self.data.held_out, calib_batches=8, batch_size=64,
-                                                        eval_samples=1024)
+        config = SearchConfig(agent="random", budget=args.budgets[:1], model=name, data="digits", seed=0, device="cpu",
+                              no_warm_start=args.no_warm_start, pruningnet_epochs=args.pruningnet_epochs)
+        pipeline = Pipeline(config, progress=False)
+        self.base_model = copy.deepcopy(pipeline.load_inputs().model)  # the peers prune copies (derive reorders)
+        self.setting = Setting.of(config, inputs=pipeline.inputs)
+        self.data, self.base_test = self.setting.inputs.data, self.setting.inputs.base_test
+        self.example, self.test_loader = self.setting.inputs.example, self.setting.inputs.test
+        self.prunable, self.evaluator, self.price = self.setting.prunable, self.setting.evaluator, self.setting.price
+        self.base = self.setting.base
         self.base_held_out = self.evaluator.score(self.prunable.space.full())
         self.evaluator.restore()  # the base model's own BatchNorm state (materialized subnets copy it)
-        self.test_loader = DataLoader(self.data.test, batch_size=256)
-
-    def price(self, candidate) -> dict:
-        return self.cost.price(candidate).as_dict()
 
     def finish(self, module: nn.Module) -> tuple[float, float, float]:
         """(held-out, test before, test after fine-tuning) of an exported subnet."""
@@ -151,7 +139,7 @@ class Study:
         """Global magnitude pruning's candidate at the budget (what agents start from), unless turned off."""
         if self.args.no_warm_start:
             return []
-        budget = parse_budget([budget_text]).resolve(self.base)
+        budget = self.setting.budget(budget_text)
         candidate = magnitude_candidate(self.prunable, lambda c: budget.feasible(self.price(c)))
         return [] if candidate is None else [candidate]
 
@@ -164,18 +152,16 @@ class Study:
         return Row(self.name, budget_text, "magnitude start", None, costs["flops"] / self.base["flops"],
                    costs["params"] / self.base["params"], held, before, after, seconds, seconds, 1, 1)
 
-    def agent(self, budget_text: str, name: str, seed: int, pruningnet=None, pruningnet_s: float = 0.0,
-              initial=()) -> Row:
-        budget = parse_budget([budget_text]).resolve(self.base)
+    def agent(self, budget_text: str, name: str, seed: int, pruningnet=None, pruningnet_s: float = 0.0) -> Row:
+        pipeline = self.setting.at(budget_text)
         scorer = self.evaluator
         if pruningnet is not None:
             from evaluators.pruningnet import PruningNetEvaluator
 
             scorer = PruningNetEvaluator.of(self.evaluator, pruningnet)
-        agent = TimedAgent(make_agent(name, self.prunable.space, budget, price=self.price, seed=seed,
-                                      trials=self.args.trials, initial=initial))
+        agent = TimedAgent(pipeline.agent(self.prunable, self.price, name=name, seed=seed, trials=self.args.trials))
         start = time.perf_counter()
-        outcome = Engine(agent, self.price, budget, scorer, trials=self.args.trials, progress=False).run()
+        outcome = Engine(agent, self.price, pipeline.budget, scorer, trials=self.args.trials, progress=False).run()
         seconds = time.perf_counter() - start + pruningnet_s
         if scorer is not self.evaluator:
             scorer.restore()
@@ -202,15 +188,8 @@ class Study:
 
     def pruningnet(self, budget_text: str):
         """MetaPruning's PruningNet, trained on candidates within the budget; (net, training seconds)."""
-        from evaluators.pruningnet import PruningNet, feasible_sampler, train_pruningnet
-
-        budget = parse_budget([budget_text]).resolve(self.base)
-        net = PruningNet(self.prunable, seed=0)
-        loader = DataLoader(Subset(self.data.train, self.data.fit.tolist()), batch_size=64, shuffle=True,
-                            drop_last=True, generator=torch.Generator().manual_seed(0))
         start = time.perf_counter()
-        train_pruningnet(net, loader, epochs=self.args.pruningnet_epochs, seed=0, progress=False,
-                         sample=feasible_sampler(self.prunable.space, lambda c: budget.feasible(self.price(c))))
+        net = self.setting.at(budget_text).train_pruningnet(self.prunable, self.price)
         return net, time.perf_counter() - start
 
     def run(self) -> list[Row]:
@@ -226,7 +205,7 @@ class Study:
             for name in self.args.agents:
                 net, net_s = self.pruningnet(budget) if name == "metapruning" else (None, 0.0)
                 for seed in self.args.seeds[:1] if name in DETERMINISTIC else self.args.seeds:
-                    rows.append(self.agent(budget, name, seed, net, net_s, initial))
+                    rows.append(self.agent(budget, name, seed, net, net_s))
                     log(rows[-1])
         return rows
 

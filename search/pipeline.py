@@ -271,7 +271,8 @@ class Pipeline:
         log.info("PruningNet loaded from %s", path)
         return net.to(self.device)
 
-    def _train_pruningnet(self, prunable: PrunableModel, price):
+    def train_pruningnet(self, prunable: PrunableModel, price):
+        """MetaPruning's PruningNet trained on candidates within the budget (saved in the run directory, if any)."""
         from evaluators.pruningnet import PruningNet, train_pruningnet
         from spaces.sampling import feasible_sampler
 
@@ -288,6 +289,8 @@ class Pipeline:
         train_pruningnet(net, loader, epochs=c.pruningnet_epochs,
                          sample=feasible_sampler(prunable.space, lambda x: self.budget.feasible(price(x))),
                          seed=c.seed, progress=self.progress)
+        if self.run_dir is None:
+            return net
         own = self.run_dir.path / "pruningnet.pt"
         net.save(own)
         seconds = time.perf_counter() - started
@@ -397,7 +400,7 @@ class Pipeline:
         if c.scorer_name == "pruningnet":
             from evaluators.pruningnet import PruningNetEvaluator
 
-            pruningnet = pruningnet or self._train_pruningnet(prunable, price)
+            pruningnet = pruningnet or self.train_pruningnet(prunable, price)
             scorer = PruningNetEvaluator.of(evaluator, pruningnet)
         started = time.perf_counter()
         if c.backend == "tune":
