@@ -15,6 +15,7 @@ from torch import nn
 
 from .derive import PrunableModel
 from .graph import graph_module, out_of_place_consumers
+from .layers import resize
 from .slicing import slice_tensor
 
 
@@ -36,22 +37,7 @@ def pruned_module(module: nn.Module, target: str, prunable: PrunableModel, width
             if t is not None:
                 uses = graph.uses.get(f"{target}.{name}", [])
                 getattr(new, slot)[name] = _cut(t, uses, prunable, widths)
-    if isinstance(new, nn.modules.conv._ConvNd):
-        w = new.weight
-        if module.groups == module.in_channels == module.out_channels and module.groups > 1:
-            new.groups = w.shape[0]  # depthwise stays depthwise
-        new.out_channels = w.shape[0]
-        new.in_channels = w.shape[1] * new.groups
-    elif isinstance(new, nn.Linear):
-        new.out_features, new.in_features = new.weight.shape
-    elif isinstance(new, nn.modules.batchnorm._BatchNorm):
-        ref = new.running_mean if new.running_mean is not None else new.weight
-        new.num_features = ref.shape[0]
-    elif isinstance(new, nn.LayerNorm):
-        if new.weight is not None:
-            new.normalized_shape = (new.weight.shape[0],)
-    elif isinstance(new, nn.PReLU):
-        new.num_parameters = new.weight.shape[0]
+    resize(new)  # its size attributes follow its cut tensors (see the layer table)
     return new
 
 
