@@ -56,9 +56,9 @@ class ElasticState:
 class ElasticLayer(nn.Module):
     """A layer of the table computing with its tensors cut to the widths in force.
 
-    It runs the layer's own forward on a shrunk shallow copy (`layers.shrink`) holding views of the base
-    tensors (a gather only where the kept channels are not a prefix), made at the first forward after an
-    `apply`. Cut buffers that are gathered copies (BatchNorm statistics behind a concatenation) are
+    It runs the layer's own forward on a shrunk shallow copy (`layers.shrink`, made per forward so that
+    it follows the layer's mode and attributes) holding views of the base tensors (a gather only where
+    the kept channels are not a prefix), cut at the first forward after an `apply`. Cut buffers that are gathered copies (BatchNorm statistics behind a concatenation) are
     written back to the base model after a forward in train mode.
     """
 
@@ -68,13 +68,13 @@ class ElasticLayer(nn.Module):
         self.name = name
         self.state = state
         self._version = -1
-        object.__setattr__(self, "_live", module)  # not a submodule: a view of `inner`
+        self._tensors: dict[str, torch.Tensor] = {}
         self._writeback: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
 
     def _refresh(self) -> None:
         graph = self.state.prunable.graph
         tensors: dict[str, torch.Tensor] = {}
-        self._writeback = []
+        self._tensors, self._writeback = tensors, []
         for field_name, t in [*self.inner._parameters.items(), *self.inner._buffers.items()]:
             name = f"{self.name}.{field_name}"
             uses = graph.uses.get(name)
@@ -85,7 +85,6 @@ class ElasticLayer(nn.Module):
             if field_name in self.inner._buffers and not all(is_prefix(u, graph.groups) for u in uses):
                 index = axis_index(uses[0].layout, self.state.widths, graph.groups).to(t.device)
                 self._writeback.append((t, uses[0].axis, index, cut))
-        object.__setattr__(self, "_live", shrink(self.inner, tensors))
 
     def _fresh(self) -> None:
         if self.state.volatile:
@@ -97,10 +96,8 @@ class ElasticLayer(nn.Module):
 
     def forward(self, *args, **kwargs):
         self._fresh()
-        live = self._live
-        live.training = self.training
-        out = live(*args, **kwargs)
-        if self.training and self._writeback:
+        out = shrink(self.inner, self._tensors)(*args, **kwargs)  # the layer as it is now, at the cut widths
+        if self.inner.training and self._writeback:
             with torch.no_grad():  # the cut statistics are a copy: write them back
                 for base, axis, index, cut in self._writeback:
                     base.index_copy_(axis, index, cut)

@@ -502,7 +502,7 @@ class ChannelGraph:
         if flops <= 0:
             return False
         self.constant_flops.append((node.name, flops))
-        self._opaque(node, f"'{op_name(node)}' computes on channels ({flops} FLOPs, priced as a constant)")
+        self._opaque(node, f"'{op_name(node)}' computes on channels (frozen, its FLOPs priced as measured)")
         return True
 
     def _visit_module(self, node: fx.Node, m: nn.Module) -> None:

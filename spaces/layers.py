@@ -151,20 +151,23 @@ _BASE_FIELDS: dict[type, set[str]] = {}
 def shrink(module: nn.Module, tensors: dict[str, torch.Tensor]) -> nn.Module:
     """A shallow copy of `module` holding `tensors` (cut to the widths) in place of its own, resized.
 
-    The copy shares everything else (children, hooks) with `module`; the elastic model runs it on views
-    of the base tensors. Tensors go straight into `_parameters`/`_buffers` (views need not be
-    Parameters, as in `torch.func.functional_call`).
+    The copy shares everything else (children, hooks, attributes as they are now) with `module`; the
+    elastic model makes one per forward, on views of the base tensors. Tensors go straight into
+    `_parameters`/`_buffers` (views need not be Parameters, as in `torch.func.functional_call`).
     """
-    new = copy.copy(module)
-    new._parameters = {k: tensors.get(k, v) for k, v in module._parameters.items()}
-    new._buffers = {k: tensors.get(k, v) for k, v in module._buffers.items()}
-    resize(new)
+    layer = layer_of(module)
+    new = object.__new__(type(module))
+    new.__dict__ = {**module.__dict__,
+                    "_parameters": {k: tensors.get(k, v) for k, v in module._parameters.items()},
+                    "_buffers": {k: tensors.get(k, v) for k, v in module._buffers.items()}}
+    if layer is not None and layer.resize is not None:
+        layer.resize(new)
     return new
 
 
-def resize(module: nn.Module) -> None:
-    """Update `module`'s size attributes from its (cut) tensors, per its table entry."""
-    layer = layer_of(module)
+def resize(module: nn.Module, like: nn.Module | None = None) -> None:
+    """Update `module`'s size attributes from its (cut) tensors, per the table entry of `like` (itself)."""
+    layer = layer_of(like if like is not None else module)
     if layer is not None and layer.resize is not None:
         layer.resize(module)
 

@@ -37,7 +37,7 @@ def pruned_module(module: nn.Module, target: str, prunable: PrunableModel, width
             if t is not None:
                 uses = graph.uses.get(f"{target}.{name}", [])
                 getattr(new, slot)[name] = _cut(t, uses, prunable, widths)
-    resize(new)  # its size attributes follow its cut tensors (see the layer table)
+    resize(new, like=module)  # its size attributes follow its cut tensors (see the layer table)
     return new
 
 
