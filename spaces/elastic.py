@@ -175,7 +175,7 @@ class ElasticModel(nn.Module):
                     new_of[old.name] = replacement
                 else:
                     root[node.target] = tensor
-        for name in graph.layer_norm_nodes:
+        for name in graph.resized_calls:
             new_of[name].target = layer_norm_last_axis
         for block in graph.blocks:  # in graph order: a block's input may be the previous block's add
             self._extract(new_graph, block, new_of, root)

@@ -339,11 +339,6 @@ class ChannelGraph:
         from .blocks import find_residual_blocks  # local import: blocks builds on this module
         self.blocks: list[ResidualBlock] = find_residual_blocks(self)
 
-    @property
-    def layer_norm_nodes(self) -> list[str]:
-        """Functional layer_norm calls whose normalized_shape follows the width (old name of `resized_calls`)."""
-        return self.resized_calls
-
     # -- union-find --------------------------------------------------------------------------
     def new_group(self, size: int, producer: str | None = None, fixed: str | None = None) -> Layout:
         """A fresh channel group of `size` channels (made by `producer`, or frozen for `fixed`)."""

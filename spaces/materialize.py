@@ -73,13 +73,15 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
             t = graph.tensors[node.target]
             uses = graph.uses.get(node.target, [])
             root[node.target] = _cut(t, uses, prunable, widths)
-    for name in graph.layer_norm_nodes:
+    for name in graph.resized_calls:  # functional layer_norm: normalized_shape is the kept width
         node = val_map[graph.node(name)]
         if node in removed:
             continue
-        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
-        if weight is not None:
-            node.args = (node.args[0], (root[weight.target].shape[0],), *node.args[2:])
+        width = sum(widths[seg.group] * seg.inner for seg in graph.specs[name].layout)
+        if len(node.args) > 1:
+            node.args = (node.args[0], (width,), *node.args[2:])
+        else:
+            node.update_kwarg("normalized_shape", (width,))
     for block, keep in zip(graph.blocks, keeps):
         if not keep:  # the add made a fresh tensor; its stand-in is saved for backward elsewhere
             out_of_place_consumers(new_nodes[block.add], root)
