@@ -31,6 +31,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from .layers import _NotParameter as _NOT_PARAMETER
 from .layers import arg, function_layer, layer_of, leaf_positions
+from .tracing import NO_TENSOR_FLOW, UntraceableModel, op_name, trace
 
 
 @dataclass(frozen=True)
@@ -129,86 +130,7 @@ _PASS_FUNCTIONS = {
 _ELEMENTWISE = {"add", "iadd", "add_", "sub", "isub", "sub_", "mul", "imul", "mul_", "truediv", "itruediv",
                 "div", "div_", "maximum", "minimum"}
 _ADDS = {"add", "iadd", "add_"}
-_NO_TENSOR_FLOW = {"getattr", "size", "dim", "numel", "floordiv", "mod", "eq", "ne", "lt", "gt", "le", "ge",
-                   "_assert", "len", "not_", "and_", "or_", "is_", "is_not"}
-_ASSERTS = {"_assert", "_assert_async", "_assert_is_none"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin"}
-_DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
-             F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
-             F.feature_alpha_dropout: nn.FeatureAlphaDropout}
-
-
-class UntraceableModel(TypeError):
-    """The model cannot be traced (shape- or data-dependent Python control flow): says where, in one line."""
-
-
-class _Tracer(fx.Tracer):
-    """Leaves: standard torch.nn modules and every layer of the layer table (timm's norm+act layers...)."""
-
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return layer_of(m) is not None or super().is_leaf_module(m, qualname)
-
-
-def _strip_asserts(graph: fx.Graph) -> None:
-    """Drop `_assert` calls and the shape checks only they read: they would pin nodes inside blocks."""
-    for node in list(graph.nodes):
-        if node.op == "call_function" and op_name(node) in _ASSERTS:
-            graph.erase_node(node)
-    changed = True
-    while changed:
-        changed = False
-        for node in reversed(list(graph.nodes)):
-            if not node.users and node.op in ("call_function", "call_method") and op_name(node) in _NO_TENSOR_FLOW:
-                graph.erase_node(node)
-                changed = True
-
-
-def _dropout_modules(gm: fx.GraphModule) -> None:
-    """Functional dropout traced in eval mode is a no-op call: make it a module that follows train/eval."""
-    for i, node in enumerate(list(gm.graph.nodes)):
-        kind = _DROPOUTS.get(node.target) if node.op == "call_function" else None
-        p = arg(node, 1, "p", 0.5) if kind is not None else 0.0
-        if kind is None or not isinstance(p, (int, float)) or p <= 0:
-            continue
-        name = f"_dropout_{i}"
-        gm.add_submodule(name, kind(float(p)))
-        with gm.graph.inserting_before(node):
-            module_call = gm.graph.call_module(name, (node.args[0],))
-        node.replace_all_uses_with(module_call)
-        gm.graph.erase_node(node)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace `model` in eval mode (see `_Tracer` for the leaves); asserts dropped, dropout kept.
-
-    Raises `UntraceableModel` (a TypeError) naming the module and source line where tracing failed.
-    """
-    was_training = model.training
-    model.eval()
-    tracer = _Tracer()
-    try:
-        graph = tracer.trace(model)
-    except Exception as error:  # noqa: BLE001 - reported in one line, with where it happened
-        raise UntraceableModel(_where(error, model)) from error
-    finally:
-        model.train(was_training)
-    _strip_asserts(graph)
-    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
-    _dropout_modules(gm)
-    gm.graph.lint()
-    gm.recompile()
-    return gm
-
-
-def _where(error: Exception, model: nn.Module) -> str:
-    """'cannot trace <Class> (file:line `code`): <error>' for the innermost frame of the model's own code."""
-    import traceback
-
-    frames = [f for f in traceback.extract_tb(error.__traceback__)
-              if "/torch/" not in f.filename and "/spaces/graph.py" not in f.filename]
-    where = f"{frames[-1].filename}:{frames[-1].lineno} `{(frames[-1].line or '').strip()}`" if frames else "?"
-    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"cannot trace {type(model).__name__} at {where}: {message}"
 
 
 def graph_module(root: dict[str, object], graph: fx.Graph, class_name: str) -> fx.GraphModule:
@@ -251,12 +173,6 @@ def get_attr(module: nn.Module, target: str) -> torch.Tensor:
     for part in target.split("."):
         obj = getattr(obj, part)
     return obj
-
-
-def op_name(node: fx.Node) -> str:
-    if node.op == "call_method":
-        return str(node.target)
-    return getattr(node.target, "__name__", str(node.target))
 
 
 def tensor_shape(node: fx.Node) -> tuple[int, ...] | None:
@@ -316,8 +232,13 @@ class ChannelGraph:
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor):
         self.model = model
-        self.gm = trace(model)
-        self.node_flops = measure_nodes(self.gm, example_input)
+        self.gm = trace(model, example_input)
+        try:
+            self.node_flops = measure_nodes(self.gm, example_input)
+        except RuntimeError as error:  # a graph specialised to concrete shapes that folded the batch size in
+            raise UntraceableModel(f"cannot trace {type(model).__name__}: its code branches on tensor shapes and "
+                                   f"the shape-specialised graph does not run on other batch sizes "
+                                   f"({str(error).splitlines()[0][:120]})") from error
         self.input_shape = tuple(example_input.shape)
         self.modules = dict(self.gm.named_modules())
         self.tensors: dict[str, torch.Tensor] = {}
@@ -551,7 +472,7 @@ class ChannelGraph:
         args = node.args
         x = args[0] if args and isinstance(args[0], fx.Node) else None
         out_shape = tensor_shape(node)
-        if name in _NO_TENSOR_FLOW or (name == "getitem" and (x is None or tensor_shape(x) is None)):
+        if name in NO_TENSOR_FLOW or (name == "getitem" and (x is None or tensor_shape(x) is None)):
             return
         if name in _ELEMENTWISE:
             self._elementwise(node, out_shape)
