@@ -6,7 +6,7 @@
 
 Per model: channel groups, width dimensions, keep flags, frozen groups (their reasons below the table),
 the smallest candidate's FLOPs ratio (the lowest reachable budget), and five checks on the smallest
-candidate and 3 random ones: reordering keeps outputs (reorder: max relative difference), the elastic
+candidate and 3 random ones (`--samples`): reordering keeps outputs (reorder: max relative difference), the elastic
 model equals the materialized subnet (elastic), analytic FLOPs and params equal FlopCounterMode (fast
 path of MultiheadAttention off) and the subnet's parameter count (flops err / params err: worst
 relative error over the full, smallest and random candidates; any error is a silent cost error), and
@@ -56,7 +56,7 @@ convit_tiny mobilevit_xxs mobilevitv2_050 efficientvit_b0 edgenext_xx_small gmlp
 fastvit_t8 maxvit_tiny_rw_224 coat_lite_tiny crossvit_tiny_240 tnt_s_patch16_224""".split()
 QUICK = ["resnet20", "mobilenet_v3_small", "vit_b_16", "timm:mobilenetv2_100", "timm:efficientnet_b0",
          "timm:tf_efficientnet_lite0", "timm:nf_resnet26", "timm:ghostnet_100", "timm:vit_tiny_patch16_224"]
-TIMEOUT = 900  # seconds per model
+TIMEOUT = 600  # seconds per model (a model over it is a failed row)
 
 
 def torchvision_names() -> list[str]:
@@ -167,7 +167,7 @@ def count(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops()
 
 
-def check(name: str, size: int, rng: np.random.Generator) -> Row:
+def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> Row:
     row = Row(name, family(name))
     start = time.perf_counter()
     model, x = build(name, size)
@@ -185,7 +185,7 @@ def check(name: str, size: int, rng: np.random.Generator) -> Row:
     row.mflops = cost.base.flops / 1e6
     row.min_flops = cost.price(space.smallest()).flops / max(cost.base.flops, 1)
     elastic = ElasticModel(prunable).eval()
-    for i, candidate in enumerate([space.full(), space.smallest(), *(space.sample(rng) for _ in range(3))]):
+    for i, candidate in enumerate([space.full(), space.smallest(), *(space.sample(rng) for _ in range(samples))]):
         subnet = materialize(prunable, candidate).eval()
         if i:
             elastic.apply(candidate)
@@ -217,12 +217,12 @@ def _alarm(signum, frame):  # noqa: ARG001
     raise _Timeout(f"over {TIMEOUT} s")
 
 
-def run(name: str, size: int, rng: np.random.Generator) -> Row:
+def run(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> Row:
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(TIMEOUT)
     start = time.perf_counter()
     try:
-        return check(name, size, rng)
+        return check(name, size, rng, samples)
     except Exception as e:  # noqa: BLE001 - a failure is a row
         row = Row(name, family(name))
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -269,14 +269,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", default="", help="comma-separated names (timm ones as timm:NAME)")
     parser.add_argument("--quick", action="store_true", help="a representative handful")
     parser.add_argument("--size", type=int, default=64, help="input side (the model's minimum if it fails)")
+    parser.add_argument("--samples", type=int, default=3, help="random candidates per model (besides full, smallest)")
+    parser.add_argument("--family", choices=["torchvision", "timm"], help="only this zoo")
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else QUICK if args.quick else all_names()
+    if args.family:
+        names = [n for n in names if (n.startswith("timm:")) == (args.family == "timm")]
     rng = np.random.default_rng(0)
     torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides work from FlopCounterMode
     rows = []
     print(" | ".join(HEADER), flush=True)
     for name in names:
-        row = run(name, args.size, rng)
+        row = run(name, args.size, rng, args.samples)
         rows.append(row)
         print(" | ".join(fmt(row)) + (f"   {row.error}" if row.error else ""), flush=True)
     print()
