@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.utils.flop_counter import FlopCounterMode
@@ -494,6 +493,8 @@ class ChannelGraph:
                 self._opaque(node, "padding of the channel axis")
         elif name in ("cat", "concat", "concatenate"):
             self._cat(node, out_shape)
+        elif name == "stack":
+            self._stack(node, out_shape)
         elif name == "flatten" and x is not None:
             start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
             end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
@@ -575,6 +576,19 @@ class ChannelGraph:
             self._specs[node] = specs[0]
         else:
             self._opaque(node, "concatenation mixing channel and other axes")
+
+    def _stack(self, node: fx.Node, out_shape: tuple[int, ...]) -> None:
+        """Tensors of one channel layout stacked along a new axis (timm's selective kernel paths)."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = _normalize_dim(arg(node, 1, "dim", 0), len(out_shape))
+        specs = [self._spec(t) for t in tensors]
+        if any(s is None for s in specs) or any(s.axis != specs[0].axis for s in specs):
+            self._opaque(node, "stack of tensors without a common channel axis")
+            return
+        for s in specs[1:]:
+            self._unify_layouts(specs[0].layout, s.layout, "stack over mismatched channels")
+        axis = specs[0].axis + (1 if dim <= specs[0].axis else 0)
+        self._specs[node] = Spec(axis, specs[0].layout)
 
     def _flatten(self, node: fx.Node, x: fx.Node, start: int, end: int) -> None:
         spec, shape = self._spec(x), tensor_shape(x)

@@ -65,6 +65,14 @@ def _strip_asserts(graph: fx.Graph) -> None:
                 changed = True
 
 
+def _skip_identities(gm: fx.GraphModule) -> None:
+    """Calls of `nn.Identity` pass their input on: drop them (a residual shortcut is then its input)."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Identity and node.args:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+
+
 def _dropout_modules(gm: fx.GraphModule) -> None:
     """Functional dropout traced in eval mode is a no-op call: make it a module that follows train/eval."""
     for i, node in enumerate(list(gm.graph.nodes)):
@@ -104,6 +112,7 @@ def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.Gra
     _strip_asserts(graph)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
     _dropout_modules(gm)
+    _skip_identities(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
