@@ -13,6 +13,7 @@ _LAZY = {
     "ChannelGraph": "graph", "ChannelGroup": "graph",
     "ElasticModel": "elastic", "materialize": "materialize",
     "reorder": "importance", "channel_importance": "importance",
+    "register_layer": "layers", "UntraceableModel": "tracing",
 }
 
 __all__ = ["DEFAULT_RATIOS", "KEEP", "WIDTH", "Candidate", "Dimension", "Result", "SearchSpace", "TrialState",
