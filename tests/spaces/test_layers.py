@@ -221,3 +221,27 @@ def test_timm_models_derive_with_exact_costs_and_train_mode_kept(name):
     if not name.startswith("vit"):
         cost = CostModel(prunable)
         assert cost.price(prunable.space.smallest()).flops <= 0.5 * cost.base.flops
+
+
+class ShapeBranch(nn.Module):
+    """Python code that branches on shapes (like timm's pad_same) and reshapes with the batch size."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.shortcut = nn.Conv2d(3, 8, 3), nn.Conv2d(8, 8, 3, padding=1), nn.Identity()
+        self.head = nn.Linear(8, 3)
+
+    def forward(self, x):
+        if x.shape[-1] % 2 == 0:
+            x = F.pad(x, (1, 1, 1, 1))
+        x = F.relu(self.a(x))
+        x = self.shortcut(x) + self.b(x)
+        b, c, h, w = x.shape
+        return self.head(x.reshape(b, c, h * w).mean(-1))
+
+
+def test_shape_dependent_code_is_traced_with_concrete_shapes_and_any_batch():
+    prunable = check_all(ShapeBranch())
+    assert len(prunable.space.keeps) == 1  # the Identity shortcut is its input
+    subnet = materialize(prunable, prunable.space.smallest())
+    assert subnet(torch.randn(3, 3, 8, 8)).shape == (3, 3)
