@@ -1,17 +1,30 @@
-"""Coverage table: per model, the derived space and whether every equivalence check passes.
+"""Coverage of the model zoos: per model, the derived space and whether every equivalence check passes.
 
-    python benchmarks/coverage.py [MODEL ...]
+    python benchmarks/coverage.py                  # the torchvision classification zoo + 93 timm models
+    python benchmarks/coverage.py --quick          # a representative handful
+    python benchmarks/coverage.py --models resnet18,timm:efficientnet_b0 [--size 64]
 
-Columns: channel groups found, width dimensions (prunable groups), removable blocks, the share of base
-FLOPs in prunable layers, the smallest candidate's FLOPs ratio (the lowest reachable budget), groups frozen by unsupported ops (with the reasons below the table), and
-three checks on 4 random candidates + the smallest one: reordering keeps outputs (reorder), the
-elastic model equals the materialized subnet (elastic), analytic FLOPs/params equal FlopCounterMode
-and the subnet's parameter count (cost).
+Per model: channel groups, width dimensions, keep flags, frozen groups (their reasons below the table),
+the smallest candidate's FLOPs ratio (the lowest reachable budget), and five checks on the smallest
+candidate and 3 random ones (`--samples`): reordering keeps outputs (reorder: max relative difference), the elastic
+model equals the materialized subnet (elastic), analytic FLOPs and params equal FlopCounterMode (fast
+path of MultiheadAttention off) and the subnet's parameter count (flops err / params err: worst
+relative error over the full, smallest and random candidates; any error is a silent cost error), and
+the full-width subnet behaves like the model in train mode (train: same outputs from the same seed,
+dropout and drop-path drawn alike; timm models are built with drop_rate=drop_path_rate=0.1).
+Inputs are 64x64 (or the model's smallest working size); FLOPs per sample at that size.
+A model passes when derive succeeds and every check passes; a CNN's space is usable when its smallest
+candidate is at most 0.5 x the full FLOPs.
 """
 from __future__ import annotations
 
+import argparse
+import copy
+import signal
 import sys
 import time
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,75 +41,263 @@ from spaces.derive import derive  # noqa: E402
 from spaces.elastic import ElasticModel  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 
-MODELS = ["resnet20", "resnet56", "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
-          "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "densenet121", "vgg11_bn", "convnext_tiny",
-          "mnasnet0_5", "squeezenet1_1", "shufflenet_v2_x0_5"]
+TIMM_CNNS = """resnet18 resnet26d resnet50 resnext26ts seresnet18 seresnext26d_32x4d ecaresnet26t ecaresnet50d skresnet18
+resnet34d efficientnet_b0 efficientnet_lite0 efficientnet_es tf_efficientnet_b0 tf_efficientnet_lite0
+efficientnetv2_rw_t tf_efficientnetv2_b0 mobilenetv2_050 mobilenetv2_100 mobilenetv3_large_100
+mobilenetv3_small_050 tf_mobilenetv3_small_minimal_100 mobilenetv4_conv_small mobilenetv1_100 mixnet_s tf_mixnet_s
+mnasnet_100 spnasnet_100 semnasnet_050 ghostnet_100 ghostnetv2_100 ghostnetv3_050 rexnet_100 rexnetr_100
+regnetx_002 regnety_002 regnety_008 regnetz_b16 dla34 dla46_c dpn68 hrnet_w18_small cspresnet50 cspdarknet53
+cspresnext50 cs3darknet_s darknet17 repvgg_a0 repvgg_b0 res2net50_14w_8s res2next50 resnest14d resnest26d
+selecsls42b tresnet_m ese_vovnet19b_dw ese_vovnet19b_slim_dw gernet_s nf_resnet26 nf_regnet_b0 convnext_atto
+convnext_femto convnextv2_atto densenet121 inception_v3 inception_v4 xception41 legacy_xception fbnetc_100
+fbnetv3_b hardcorenas_a lcnet_050 lcnet_100 vgg11_bn repvit_m1 poolformer_s12""".split()
+TIMM_TRANSFORMERS = """vit_tiny_patch16_224 deit_tiny_patch16_224 swin_tiny_patch4_window7_224 levit_128s pit_ti_224
+convit_tiny mobilevit_xxs mobilevitv2_050 efficientvit_b0 edgenext_xx_small gmlp_ti16_224 efficientformer_l1
+fastvit_t8 maxvit_tiny_rw_224 coat_lite_tiny crossvit_tiny_240 tnt_s_patch16_224""".split()
+QUICK = ["resnet20", "mobilenet_v3_small", "vit_b_16", "timm:mobilenetv2_100", "timm:efficientnet_b0",
+         "timm:tf_efficientnet_lite0", "timm:nf_resnet26", "timm:ghostnet_100", "timm:vit_tiny_patch16_224"]
+TIMEOUT = 600  # seconds per model (a model over it is a failed row)
 
 
-def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+def torchvision_names() -> list[str]:
+    return torchvision.models.list_models(module=torchvision.models)
+
+
+def all_names() -> list[str]:
+    return (["resnet20", "resnet56", *torchvision_names()] + [f"timm:{n}" for n in TIMM_CNNS]
+            + [f"timm:{n}" for n in TIMM_TRANSFORMERS])
+
+
+def family(name: str) -> str:
+    if not name.startswith("timm:"):
+        return "torchvision"
+    return "timm-transformer" if name[5:] in TIMM_TRANSFORMERS else "timm-cnn"
+
+
+def _timm(name: str, **kwargs) -> nn.Module:
+    import timm
+
+    try:
+        return timm.create_model(name, pretrained=False, drop_rate=0.1, drop_path_rate=0.1, **kwargs)
+    except TypeError:
+        return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
+    """The model (eval mode, seeded) and a 2-sample input it runs on: `size` or its smallest working size."""
     torch.manual_seed(0)
     if name in ("resnet20", "resnet56"):
         return {"resnet20": resnet20, "resnet56": resnet56}[name]().eval(), torch.randn(2, 3, 32, 32)
-    return torchvision.models.get_model(name, weights=None).eval(), torch.randn(2, 3, 64, 64)
+    if name.startswith("timm:"):
+        import timm
+
+        base = name[5:]
+        default = timm.get_pretrained_cfg_value(base, "input_size") or (3, 224, 224)
+        attempts = [({"img_size": size}, size), ({}, size), ({}, default[-1])]
+        make = lambda kw: _timm(base, **kw)  # noqa: E731
+    else:
+        attempts = [({}, size), ({}, 128), ({}, 224), ({}, 299)]
+        make = lambda kw: torchvision.models.get_model(name, weights=None, **kw)  # noqa: E731
+    error: Exception | None = None
+    for kwargs, side in attempts:
+        try:
+            torch.manual_seed(0)
+            model = make(kwargs).eval()
+            x = torch.randn(2, 3, side, side)
+            with torch.no_grad():
+                model(x)
+            return model, x
+        except Exception as e:  # noqa: BLE001 - try the next size
+            error = e
+    raise RuntimeError(f"cannot build at any size: {error}")
 
 
-def close(a: torch.Tensor, b: torch.Tensor) -> bool:
-    return (a - b).abs().max().item() <= 1e-4 * (b.abs().max().item() + 1e-6)
+def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    return (a - b).abs().max().item() / (b.abs().max().item() + 1e-6)
 
 
-def row(name: str, rng: np.random.Generator) -> tuple[list[str], dict[str, int]]:
-    model, x = build(name)
+def first_tensor(out: object) -> torch.Tensor:
+    if isinstance(out, torch.Tensor):
+        return out
+    if isinstance(out, (tuple, list)):
+        return first_tensor(out[0])
+    if isinstance(out, dict):
+        return first_tensor(next(iter(out.values())))
+    raise TypeError(f"output of type {type(out).__name__}")
+
+
+@dataclass
+class Row:
+    name: str
+    family: str
+    ok: bool = False
+    error: str = ""
+    size: int = 0
+    groups: int = 0
+    widths: int = 0
+    keeps: int = 0
+    frozen: int = 0
+    min_flops: float = 1.0
+    mflops: float = 0.0
+    reorder: float = 0.0
+    elastic: float = 0.0
+    flops_err: float = 0.0
+    params_err: float = 0.0
+    train: float = 0.0
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cost_exact(self) -> bool:
+        return self.ok and self.flops_err == 0 and self.params_err == 0
+
+    @property
+    def passed(self) -> bool:
+        return (self.ok and self.reorder <= 1e-4 and self.elastic <= 1e-4 and self.cost_exact
+                and self.train <= 1e-4)
+
+    @property
+    def usable(self) -> bool:
+        return self.passed and self.min_flops <= 0.5
+
+
+def count(model: nn.Module, x: torch.Tensor) -> int:
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(x)
+    return counter.get_total_flops()
+
+
+def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> Row:
+    row = Row(name, family(name))
+    start = time.perf_counter()
+    model, x = build(name, size)
+    row.size = x.shape[-1]
     with torch.no_grad():
-        before = model(x)
-        start = time.perf_counter()
-        prunable = derive(model, x[:1])
-        seconds = time.perf_counter() - start
-        reorder_ok = close(model(x), before)
-        elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
-        elastic_ok = cost_ok = True
-        for candidate in [prunable.space.smallest(), *(prunable.space.sample(rng) for _ in range(4))]:
+        before = first_tensor(model(x))
+    prunable = derive(model, x[:1])
+    with torch.no_grad():
+        row.reorder = rel_diff(first_tensor(model(x)), before)
+    graph, space = prunable.graph, prunable.space
+    cost = CostModel(prunable)
+    row.groups, row.widths, row.keeps = len(graph.groups), len(space.widths), len(space.keeps)
+    row.reasons = graph.fixed_reasons()
+    row.frozen = sum(row.reasons.values())
+    row.mflops = cost.base.flops / 1e6
+    row.min_flops = cost.price(space.smallest()).flops / max(cost.base.flops, 1)
+    elastic = ElasticModel(prunable).eval()
+    for i, candidate in enumerate([space.full(), space.smallest(), *(space.sample(rng) for _ in range(samples))]):
+        subnet = materialize(prunable, candidate).eval()
+        if i:
             elastic.apply(candidate)
-            subnet = materialize(prunable, candidate).eval()
-            elastic_ok &= close(elastic(x), subnet(x))
-            with FlopCounterMode(display=False) as counter:
-                subnet(x[:1])
-            price = cost.price(candidate)
-            cost_ok &= price.flops == counter.get_total_flops()
-            cost_ok &= price.params == sum(p.numel() for p in subnet.parameters())
-    graph = prunable.graph
-    prunable_ids = {g.id for g in graph.prunable_groups}
-    in_blocks = set().union(*(b.branch for b in graph.blocks)) if graph.blocks else set()
-    prunable_flops = sum(2 * s.positions * graph.tensors[s.weight].numel() for s in graph.sites
-                         if s.node in in_blocks or any(seg.group in prunable_ids
-                                                       for u in graph.uses.get(s.weight, []) for seg in u.layout))
-    reasons = graph.fixed_reasons()
-    ok = lambda b: "pass" if b else "FAIL"  # noqa: E731
-    return [name, str(len(graph.groups)), str(len(prunable.space.widths)), str(len(prunable.space.keeps)),
-            f"{prunable_flops / cost.base.flops:.1%}",
-            f"{cost.price(prunable.space.smallest()).flops / cost.base.flops:.3f}", str(sum(reasons.values())),
-            f"{cost.base.flops / 1e6:.1f}", f"{seconds:.2f}", ok(reorder_ok), ok(elastic_ok), ok(cost_ok)], reasons
+            with torch.no_grad():
+                row.elastic = max(row.elastic, rel_diff(first_tensor(elastic(x)), first_tensor(subnet(x))))
+        price = cost.price(candidate)
+        counted = count(subnet, x[:1])
+        params = sum(p.numel() for p in subnet.parameters())
+        row.flops_err = max(row.flops_err, abs(price.flops - counted) / max(counted, 1))
+        row.params_err = max(row.params_err, abs(price.params - params) / max(params, 1))
+    # train mode: the full-width subnet draws its dropout/drop-path like the model
+    reference = copy.deepcopy(prunable.model).train()
+    subnet = materialize(prunable, space.full()).train()
+    with torch.no_grad():
+        torch.manual_seed(1)
+        expected = first_tensor(reference(x))
+        torch.manual_seed(1)
+        row.train = rel_diff(first_tensor(subnet(x)), expected)
+    row.ok = True
+    row.seconds = time.perf_counter() - start
+    return row
 
 
-def main(names: list[str]) -> int:
+class _Timeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):  # noqa: ARG001
+    raise _Timeout(f"over {TIMEOUT} s")
+
+
+def run(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> Row:
+    signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(TIMEOUT)
+    start = time.perf_counter()
+    try:
+        return check(name, size, rng, samples)
+    except Exception as e:  # noqa: BLE001 - a failure is a row
+        row = Row(name, family(name))
+        message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        frame = traceback.extract_tb(e.__traceback__)[-1]
+        row.error = f"{type(e).__name__}: {message[:160]} ({Path(frame.filename).name}:{frame.lineno})"
+        row.seconds = time.perf_counter() - start
+        return row
+    finally:
+        signal.alarm(0)
+
+
+def fmt(row: Row) -> list[str]:
+    if not row.ok:
+        return [row.name, "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "-", "FAIL", f"{row.seconds:.0f}"]
+    e = lambda v: "0" if v == 0 else f"{v:.1e}"  # noqa: E731
+    return [row.name, str(row.size), str(row.groups), str(row.widths), str(row.keeps), str(row.frozen),
+            f"{row.min_flops:.3f}", f"{row.mflops:.1f}", e(row.reorder), e(row.elastic), e(row.flops_err),
+            e(row.params_err), e(row.train), f"{row.seconds:.0f}"]
+
+
+HEADER = ["model", "input", "groups", "widths", "keeps", "frozen", "min FLOPs", "MFLOPs", "reorder", "elastic",
+          "flops err", "params err", "train", "s"]
+
+
+def totals(rows: list[Row]) -> list[str]:
+    lines = []
+    for fam in ("torchvision", "timm-cnn", "timm-transformer"):
+        part = [r for r in rows if r.family == fam]
+        if not part:
+            continue
+        lines.append(f"{fam}: {len(part)} models, derive ok {sum(r.ok for r in part)}, pass {sum(r.passed for r in part)}, "
+                     f"usable (pass and min FLOPs <= 0.5) {sum(r.usable for r in part)}, "
+                     f"cost exact {sum(r.cost_exact for r in part)}/{sum(r.ok for r in part)}, "
+                     f"elastic ok {sum(r.ok and r.elastic <= 1e-4 for r in part)}, "
+                     f"train ok {sum(r.ok and r.train <= 1e-4 for r in part)}")
+    silent = [r.name for r in rows if r.ok and not r.cost_exact]
+    lines.append(f"silent cost errors: {len(silent)} {silent if silent else ''}".rstrip())
+    lines.append(f"all: {len(rows)} models, pass {sum(r.passed for r in rows)}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="", help="comma-separated names (timm ones as timm:NAME)")
+    parser.add_argument("--quick", action="store_true", help="a representative handful")
+    parser.add_argument("--size", type=int, default=64, help="input side (the model's minimum if it fails)")
+    parser.add_argument("--samples", type=int, default=3, help="random candidates per model (besides full, smallest)")
+    parser.add_argument("--family", choices=["torchvision", "timm"], help="only this zoo")
+    args = parser.parse_args(argv)
+    names = args.models.split(",") if args.models else QUICK if args.quick else all_names()
+    if args.family:
+        names = [n for n in names if (n.startswith("timm:")) == (args.family == "timm")]
     rng = np.random.default_rng(0)
-    header = ["model", "groups", "widths", "blocks", "prunable FLOPs", "min FLOPs", "frozen", "MFLOPs", "derive s",
-              "reorder", "elastic", "cost"]
-    rows, all_reasons = [], {}
+    torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides work from FlopCounterMode
+    rows = []
+    print(" | ".join(HEADER), flush=True)
     for name in names:
-        cells, reasons = row(name, rng)
-        rows.append(cells)
-        for reason, count in reasons.items():
-            all_reasons[f"{name}: {reason}"] = count
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(header)]
-    print(" | ".join(h.ljust(w) for h, w in zip(header, widths)))
-    print("-|-".join("-" * w for w in widths))
+        row = run(name, args.size, rng, args.samples)
+        rows.append(row)
+        print(" | ".join(fmt(row)) + (f"   {row.error}" if row.error else ""), flush=True)
+    print()
+    for r in rows:  # the most frequent reasons per model
+        for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1])[:4]:
+            print(f"frozen: {r.name}: {reason} ({n} groups)")
+    print()
     for r in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(r, widths)))
-    print(f"\ninputs: 3x32x32 (CIFAR ResNets), 3x64x64 (torchvision); MFLOPs per sample at that size")
-    for reason, count in all_reasons.items():
-        print(f"frozen: {reason} ({count} groups)")
-    return 0 if all(c == "pass" for r in rows for c in r[-3:]) else 1
+        if not r.passed:
+            why = r.error or ", ".join(k for k, bad in (("reorder", r.reorder > 1e-4), ("elastic", r.elastic > 1e-4),
+                                                       ("cost", not r.cost_exact), ("train", r.train > 1e-4)) if bad)
+            print(f"fails: {r.name}: {why}")
+    print()
+    for line in totals(rows):
+        print(line)
+    return 0 if all(r.passed for r in rows) else 1
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:] or MODELS))
+    raise SystemExit(main())

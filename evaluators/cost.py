@@ -1,9 +1,13 @@
 """Exact analytic FLOPs and parameter counts of a candidate, from its widths alone (no forward pass).
 
 Conventions, stated once:
-- FLOPs are counted the way `torch.utils.flop_counter.FlopCounterMode` counts them: convolutions and
-  matrix products (Linear) only, one multiply-add = 2 FLOPs; normalization, activations, pooling and
-  additions count 0. Per sample (batch 1), at the input size the space was derived for.
+- FLOPs are counted the way `torch.utils.flop_counter.FlopCounterMode` counts them (with the fused
+  MultiheadAttention fast path off, which hides work from it): convolutions and matrix products
+  (Linear, attention matmuls, scaled-dot-product attention) only, one multiply-add = 2 FLOPs;
+  normalization, activations, pooling and additions count 0. Per sample (batch 1), at the input size
+  the space was derived for. A conv/linear costs 2 x positions x (its kept weight elements); every
+  other op FlopCounterMode counts was measured when the space was derived, its channel groups frozen,
+  and costs that constant (while the residual block around it, if any, is kept).
 - Params are the elements of the materialized subnet's parameters (buffers such as BN running
   statistics are not parameters).
 - Latency, when a measured `LatencyTable` is given, is predicted milliseconds (see `latency`).
@@ -77,6 +81,7 @@ class CostModel:
                              if isinstance(t, nn.Parameter)]
         self._flop_terms = [(2 * s.positions, axes(s.weight), [node_blocks.get(s.node, ())])
                             for s in graph.sites]
+        self._flop_terms += [(flops, [], [node_blocks.get(node, ())]) for node, flops in graph.constant_flops]
         self.base = self.price(prunable.space.full())
 
     def _sum(self, terms, widths: list[int], keeps: list[bool]) -> int:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from spaces.derive import PrunableModel
 from spaces.materialize import materialize
 from spaces.graph import tensor_shape
+from spaces.layers import layer_named
 from spaces.slicing import kept_length
 
 GRID = 5             # sizes per axis in each layer's grid
@@ -176,22 +177,10 @@ def _grid(smallest: int, full: int) -> list[int]:
 
 
 def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch: int, device: torch.device):
-    """A closure running one conv/linear at the given kept sizes, on random data of the right shape."""
-    graph = prunable.graph
-    module = graph.modules[site.module]
-    node = graph.node(site.node)
+    """A closure running one conv/linear at the given kept sizes, on random data (its layer-table entry's call)."""
+    node = prunable.graph.node(site.node)
     in_shape = tensor_shape(node.all_input_nodes[0])
-    weight = graph.tensors[site.weight]
-    if isinstance(module, torch.nn.Linear):
-        x = torch.randn(batch, *in_shape[1:-1], in_len, device=device)
-        w = torch.randn(out_len, in_len, device=device)
-        return lambda: F.linear(x, w)
-    depthwise = module.groups > 1 and module.groups == module.in_channels == module.out_channels
-    groups = out_len if depthwise else module.groups
-    x = torch.randn(batch, in_len * groups, *in_shape[2:], device=device)
-    w = torch.randn(out_len, in_len, *weight.shape[2:], device=device)
-    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[w.dim() - 2]
-    return lambda: conv(x, w, None, module.stride, module.padding, module.dilation, groups)
+    return layer_named(site.kind).latency(site, in_shape, out_len, in_len, batch, device)
 
 
 def table_key(prunable: PrunableModel, input_shape: Sequence[int], batch: int, device: torch.device) -> str:

@@ -117,11 +117,7 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
         scores = {gid: score.sort(descending=True, stable=True).values for gid, score in scores.items()}  # kept order
 
     node_order = {n.name: i for i, n in enumerate(graph.gm.graph.nodes)}
-    first_call = {}
-    for n in graph.gm.graph.nodes:
-        if n.op == "call_module":
-            first_call.setdefault(str(n.target), n.name)
-    site_flops = [2 * s.positions * graph.tensors[s.weight].numel() for s in graph.sites]
+    site_flops = [graph.node_flops.get(s.node, 0) for s in graph.sites]
     total_flops = sum(site_flops) or 1
 
     entries: list[tuple[int, Dimension, str, int | tuple[int, ...]]] = []
@@ -130,7 +126,7 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
     for group in graph.prunable_groups:
         producer = group.producers[0]
         site = next((s for s in graph.sites if s.module == producer), None)
-        module = graph.modules[producer]
+        module = graph.modules.get(producer, nn.Identity())  # a functional layer's owner may be anything
         touching = [f for s, f in zip(graph.sites, site_flops)
                     if any(seg.group == group.id for u in graph.uses.get(s.weight, []) for seg in u.layout)]
         features = {
@@ -151,7 +147,7 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
             frozen[producer] = f"{group.size} channels allow a single width at multiples of {multiple}"
             continue
         dim = Dimension(_unique(producer, taken), WIDTH, group.size, choices, features)
-        entries.append((node_order[first_call[producer]], dim, WIDTH, group.id))
+        entries.append((node_order[graph.producer_nodes[producer]], dim, WIDTH, group.id))
     def block_features(run: Sequence[int]) -> dict[str, float]:
         members = [graph.blocks[i] for i in run]
         branch_flops = sum(f for s, f in zip(graph.sites, site_flops) if any(s.node in b.branch for b in members))

@@ -3,7 +3,7 @@
 `ElasticModel` re-wires the traced graph around the base model's own parameters. Each layer whose
 tensors belong to a channel group is wrapped so that it computes with the first `k` channels (views
 of the base weights; a gather only where a concatenation or a grouped conv makes the kept channels
-non-contiguous), and each removable residual block becomes a module that skips its branch when the
+non-contiguous), running its own forward at those widths (see `layers`), and each removable residual block becomes a module that skips its branch when the
 block is removed. `apply(candidate)` only records widths (microseconds); each wrapper cuts its
 tensors once, at its first forward after an `apply`, and reuses them until the next one.
 
@@ -23,6 +23,7 @@ from torch import nn
 
 from .derive import PrunableModel
 from .graph import graph_module, out_of_place_consumers
+from .layers import shrink
 from .slicing import axis_index, is_prefix, slice_tensor
 
 
@@ -52,8 +53,14 @@ class ElasticState:
         return slice_tensor(tensor, uses, self.widths, self.prunable.graph.groups) if uses else tensor
 
 
-class _Elastic(nn.Module):
-    """A wrapper that refreshes its cut tensors when the state's version moves."""
+class ElasticLayer(nn.Module):
+    """A layer of the table computing with its tensors cut to the widths in force.
+
+    It runs the layer's own forward on a shrunk shallow copy (`layers.shrink`, made per forward so that
+    it follows the layer's mode and attributes) holding views of the base tensors (a gather only where
+    the kept channels are not a prefix), cut at the first forward after an `apply`. Cut buffers that are gathered copies (BatchNorm statistics behind a concatenation) are
+    written back to the base model after a forward in train mode.
+    """
 
     def __init__(self, module: nn.Module, name: str, state: ElasticState):
         super().__init__()
@@ -61,13 +68,23 @@ class _Elastic(nn.Module):
         self.name = name
         self.state = state
         self._version = -1
-
-    def _cut(self, field: str) -> torch.Tensor | None:
-        tensor = getattr(self.inner, field)
-        return None if tensor is None else self.state.cut(f"{self.name}.{field}", tensor)
+        self._tensors: dict[str, torch.Tensor] = {}
+        self._writeback: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
 
     def _refresh(self) -> None:
-        raise NotImplementedError
+        graph = self.state.prunable.graph
+        tensors: dict[str, torch.Tensor] = {}
+        self._tensors, self._writeback = tensors, []
+        for field_name, t in [*self.inner._parameters.items(), *self.inner._buffers.items()]:
+            name = f"{self.name}.{field_name}"
+            uses = graph.uses.get(name)
+            if t is None or not uses:
+                continue
+            cut = self.state.cut(name, t)
+            tensors[field_name] = cut.contiguous() if cut.dim() > 1 else cut
+            if field_name in self.inner._buffers and not all(is_prefix(u, graph.groups) for u in uses):
+                index = axis_index(uses[0].layout, self.state.widths, graph.groups).to(t.device)
+                self._writeback.append((t, uses[0].axis, index, cut))
 
     def _fresh(self) -> None:
         if self.state.volatile:
@@ -77,82 +94,14 @@ class _Elastic(nn.Module):
                 self._refresh()
             self._version = self.state.version
 
-
-class ElasticConv(_Elastic):
-    def _refresh(self) -> None:
-        conv = self.inner
-        self.weight = self._cut("weight").contiguous()
-        self.bias = self._cut("bias")
-        depthwise = conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels
-        self.groups = self.weight.shape[0] if depthwise else conv.groups
-        self.fn = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[self.weight.dim() - 2]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, *args, **kwargs):
         self._fresh()
-        conv = self.inner
-        padding = conv.padding
-        if conv.padding_mode != "zeros":
-            x = F.pad(x, conv._reversed_padding_repeated_twice, mode=conv.padding_mode)
-            padding = 0
-        return self.fn(x, self.weight, self.bias, conv.stride, padding, conv.dilation, self.groups)
-
-
-class ElasticLinear(_Elastic):
-    def _refresh(self) -> None:
-        self.weight = self._cut("weight").contiguous()
-        self.bias = self._cut("bias")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._fresh()
-        return F.linear(x, self.weight, self.bias)
-
-
-class ElasticBatchNorm(_Elastic):
-    """BatchNorm over the kept channels, updating the base model's running statistics in place."""
-
-    def _refresh(self) -> None:
-        self.weight, self.bias = self._cut("weight"), self._cut("bias")
-        self.running_mean, self.running_var = self._cut("running_mean"), self._cut("running_var")
-        uses = self.state.prunable.graph.uses.get(f"{self.name}.running_mean", [])
-        groups = self.state.prunable.graph.groups
-        gathered = self.running_mean is not None and uses and not is_prefix(uses[0], groups)
-        self.index = axis_index(uses[0].layout, self.state.widths, groups).to(self.running_mean.device) \
-            if gathered else None
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._fresh()
-        bn = self.inner
-        factor = 0.0
-        if bn.training and bn.track_running_stats and bn.num_batches_tracked is not None:
-            bn.num_batches_tracked.add_(1)
-            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
-        batch_stats = bn.training or self.running_mean is None
-        track = not bn.training or bn.track_running_stats
-        out = F.batch_norm(x, self.running_mean if track else None, self.running_var if track else None,
-                           self.weight, self.bias, batch_stats, factor, bn.eps)
-        if self.index is not None and bn.training and bn.track_running_stats:
+        out = shrink(self.inner, self._tensors)(*args, **kwargs)  # the layer as it is now, at the cut widths
+        if self.inner.training and self._writeback:
             with torch.no_grad():  # the cut statistics are a copy: write them back
-                bn.running_mean.index_copy_(0, self.index, self.running_mean)
-                bn.running_var.index_copy_(0, self.index, self.running_var)
+                for base, axis, index, cut in self._writeback:
+                    base.index_copy_(axis, index, cut)
         return out
-
-
-class ElasticLayerNorm(_Elastic):
-    def _refresh(self) -> None:
-        self.weight, self.bias = self._cut("weight"), self._cut("bias")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._fresh()
-        return F.layer_norm(x, (x.shape[-1],), self.weight, self.bias, self.inner.eps)
-
-
-class ElasticPReLU(_Elastic):
-    def _refresh(self) -> None:
-        self.weight = self._cut("weight")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._fresh()
-        return F.prelu(x, self.weight)
 
 
 class ElasticTensor(nn.Module):
@@ -192,13 +141,6 @@ def layer_norm_last_axis(x: torch.Tensor, normalized_shape, weight=None, bias=No
     return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
 
 
-_WRAPPERS: tuple[tuple[type, type], ...] = (
-    (nn.modules.conv._ConvNd, ElasticConv), (nn.Linear, ElasticLinear),
-    (nn.modules.batchnorm._BatchNorm, ElasticBatchNorm), (nn.LayerNorm, ElasticLayerNorm),
-    (nn.PReLU, ElasticPReLU),
-)
-
-
 class ElasticModel(nn.Module):
     """The base model, able to run any candidate of its space in place. See the module docstring."""
 
@@ -219,9 +161,8 @@ class ElasticModel(nn.Module):
                 continue
             if node.op == "call_module" and node.target not in root:
                 module = graph.modules[node.target]
-                wrapper = next((w for t, w in _WRAPPERS if isinstance(module, t)), None)
                 has_uses = any(f"{node.target}.{n}" in graph.uses for n in [*module._parameters, *module._buffers])
-                root[node.target] = wrapper(module, node.target, self.state) if wrapper and has_uses else module
+                root[node.target] = ElasticLayer(module, node.target, self.state) if has_uses else module
             elif node.op == "get_attr":
                 tensor = graph.tensors[node.target]
                 if node.target in graph.uses:
@@ -234,7 +175,7 @@ class ElasticModel(nn.Module):
                     new_of[old.name] = replacement
                 else:
                     root[node.target] = tensor
-        for name in graph.layer_norm_nodes:
+        for name in graph.resized_calls:
             new_of[name].target = layer_norm_last_axis
         for block in graph.blocks:  # in graph order: a block's input may be the previous block's add
             self._extract(new_graph, block, new_of, root)

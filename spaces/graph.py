@@ -26,6 +26,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
+from torch.utils.flop_counter import FlopCounterMode
+
+from .layers import _NotParameter as _NOT_PARAMETER
+from .layers import arg, function_layer, layer_of, leaf_positions
+from .tracing import NO_TENSOR_FLOW, UntraceableModel, op_name, trace
 
 
 @dataclass(frozen=True)
@@ -85,12 +90,17 @@ class ChannelGroup:
 
 @dataclass
 class ComputeSite:
-    """A conv/linear call: its FLOPs are 2 x `positions` x (kept elements of `weight`), per sample."""
+    """A conv/linear call: its FLOPs are 2 x `positions` x (kept elements of `weight`), per sample.
+
+    `kind` names its layer-table entry ("conv", "linear"); `options` holds what its latency call needs.
+    """
 
     node: str
     module: str
     weight: str
     positions: int
+    kind: str = "conv"
+    options: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -107,15 +117,6 @@ class ResidualBlock:
 
 
 # ---- op tables -------------------------------------------------------------------------------
-_PASS_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
-    nn.UpsamplingBilinear2d,
-)
 _PASS_FUNCTIONS = {
     "relu", "relu_", "relu6", "leaky_relu", "elu", "selu", "celu", "gelu", "silu", "mish", "hardswish",
     "hardsigmoid", "hardtanh", "sigmoid", "tanh", "softplus", "dropout", "dropout1d", "dropout2d",
@@ -123,42 +124,25 @@ _PASS_FUNCTIONS = {
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
     "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d",
     "adaptive_max_pool2d", "adaptive_max_pool3d", "interpolate", "upsample", "neg", "abs", "exp",
-    "stochastic_depth",
+    "stochastic_depth", "sigmoid_", "hardsigmoid_", "hardswish_", "silu_", "gelu_", "tanh_", "relu6_",
 }
 _ELEMENTWISE = {"add", "iadd", "add_", "sub", "isub", "sub_", "mul", "imul", "mul_", "truediv", "itruediv",
                 "div", "div_", "maximum", "minimum"}
 _ADDS = {"add", "iadd", "add_"}
-_NO_TENSOR_FLOW = {"getattr", "size", "dim", "numel", "floordiv", "mod", "eq", "ne", "lt", "gt", "le", "ge",
-                   "_assert", "len"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin"}
-
-
-def is_stochastic_depth(module: nn.Module) -> bool:
-    """torchvision's StochasticDepth or timm's DropPath, kept a leaf so its train/eval switch survives tracing."""
-    name = type(module).__name__
-    return (name == "StochasticDepth" and hasattr(module, "p")) or (name == "DropPath" and hasattr(module, "drop_prob"))
-
-
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return is_stochastic_depth(m) or super().is_leaf_module(m, qualname)
-
-
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace `model` (standard torch.nn modules and StochasticDepth are leaves)."""
-    graph = _Tracer().trace(model)
-    return fx.GraphModule(model, graph, class_name=type(model).__name__)
 
 
 def graph_module(root: dict[str, object], graph: fx.Graph, class_name: str) -> fx.GraphModule:
     """A GraphModule over `graph` whose attributes come from `root` (qualified name -> module/tensor).
 
-    GraphModule registers every tensor of a dict root as a buffer; parameters are put back as parameters.
+    Only the attributes `graph` reads are taken from `root` (a branch of the elastic model reads a few);
+    GraphModule registers every tensor of a dict root as a buffer: parameters are put back as parameters.
     """
     module = fx.GraphModule(root, graph, class_name=class_name)
-    read = {n.target for n in graph.nodes if n.op == "get_attr"}
-    for target, value in root.items():
-        if isinstance(value, nn.Parameter) and target in read:
+    targets = {n.target for n in graph.nodes if n.op == "get_attr"}
+    for target in targets:
+        value = root.get(target)
+        if isinstance(value, nn.Parameter):
             owner_name, _, field = target.rpartition(".")
             owner = module.get_submodule(owner_name) if owner_name else module
             owner._buffers.pop(field, None)
@@ -190,12 +174,6 @@ def get_attr(module: nn.Module, target: str) -> torch.Tensor:
     return obj
 
 
-def op_name(node: fx.Node) -> str:
-    if node.op == "call_method":
-        return str(node.target)
-    return getattr(node.target, "__name__", str(node.target))
-
-
 def tensor_shape(node: fx.Node) -> tuple[int, ...] | None:
     meta = node.meta.get("tensor_meta")
     if meta is None or not hasattr(meta, "shape"):
@@ -208,21 +186,58 @@ def _normalize_dim(dim: int, ndim: int) -> int:
 
 
 # ---- the analysis ----------------------------------------------------------------------------
+class _Probe(ShapeProp):
+    """ShapeProp that also records the FLOPs FlopCounterMode counts for each node."""
+
+    def __init__(self, gm: fx.GraphModule, counter: FlopCounterMode):
+        super().__init__(gm)
+        self.counter = counter
+        self.flops: dict[str, int] = {}
+
+    def run_node(self, n: fx.Node):
+        before = self.counter.get_total_flops()
+        out = super().run_node(n)
+        self.flops[n.name] = self.counter.get_total_flops() - before
+        return out
+
+
+def measure_nodes(gm: fx.GraphModule, example_input: torch.Tensor) -> dict[str, int]:
+    """Shapes into each node's meta; FLOPs per node and per sample (eval mode, MHA fast path off)."""
+    was_training = gm.training
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    gm.eval()
+    torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides its work from FlopCounterMode
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            probe = _Probe(gm, counter)
+            probe.propagate(example_input[:1])
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+        gm.train(was_training)
+    return probe.flops
+
+
 class ChannelGraph:
     """The channel groups, tensor uses, compute sites and removable residual blocks of a model.
 
     `gm` is the traced graph module (it shares parameters with `model`); `tensors` maps every
-    parameter and buffer name used by the graph to its tensor.
+    parameter and buffer name used by the graph to its tensor. `sites` are the conv/linear calls
+    (FLOPs scale with their kept weights); `constant_flops` are the other ops FlopCounterMode counts
+    (attention matmuls, an opaque module): each is frozen and priced at its measured FLOPs.
+
+    The public methods `spec`, `spec_at`, `shape`, `new_group`, `use`, `set_spec`, `set_blocks`, `site`,
+    `fix`, `opaque`, `account` and `flatten` are what a layer-table entry (`spaces.layers`) calls.
     """
 
     def __init__(self, model: nn.Module, example_input: torch.Tensor):
         self.model = model
-        self.gm = trace(model)
-        was_training = model.training
-        self.gm.eval()
-        with torch.no_grad():
-            ShapeProp(self.gm).propagate(example_input)
-        self.gm.train(was_training)
+        self.gm = trace(model, example_input)
+        try:
+            self.node_flops = measure_nodes(self.gm, example_input)
+        except RuntimeError as error:  # a graph specialised to concrete shapes that folded the batch size in
+            raise UntraceableModel(f"cannot trace {type(model).__name__}: its code branches on tensor shapes and "
+                                   f"the shape-specialised graph does not run on other batch sizes "
+                                   f"({str(error).splitlines()[0][:120]})") from error
         self.input_shape = tuple(example_input.shape)
         self.modules = dict(self.gm.named_modules())
         self.tensors: dict[str, torch.Tensor] = {}
@@ -232,7 +247,9 @@ class ChannelGraph:
         self._uses: list[TensorUse] = []
         self._attr_uses: dict[fx.Node, int] = {}  # get_attr node -> how many users accounted for it
         self.sites: list[ComputeSite] = []
-        self.layer_norm_nodes: list[str] = []
+        self.constant_flops: list[tuple[str, int]] = []  # (node, FLOPs per sample) of frozen ops
+        self.resized_calls: list[str] = []  # functional calls whose size arguments follow the widths
+        self.producer_nodes: dict[str, str] = {}  # producer name -> the first node that produces
         self.tensor_users: dict[str, list[str]] = {}  # tensor -> node names that read it
         for node in self.gm.graph.nodes:
             self._visit(node)
@@ -243,11 +260,14 @@ class ChannelGraph:
         self.blocks: list[ResidualBlock] = find_residual_blocks(self)
 
     # -- union-find --------------------------------------------------------------------------
-    def _new_group(self, size: int, producer: str | None = None, fixed: str | None = None) -> Layout:
+    def new_group(self, size: int, producer: str | None = None, fixed: str | None = None) -> Layout:
+        """A fresh channel group of `size` channels (made by `producer`, or frozen for `fixed`)."""
         gid = len(self._parent)
         self._parent.append(gid)
         self._groups.append(ChannelGroup(gid, size, [producer] if producer else [], 1, fixed))
         return (Segment(gid, size),)
+
+    _new_group = new_group
 
     def _find(self, g: int) -> int:
         while self._parent[g] != g:
@@ -279,9 +299,23 @@ class ChannelGraph:
         group = self._groups[self._find(g)]
         group.fixed = group.fixed or reason
 
-    def _fix(self, layout: Iterable[Segment], reason: str) -> None:
+    def fix(self, layout: Iterable[Segment], reason: str) -> None:
+        """Freeze every group along `layout`, for `reason` (the first reason given is kept)."""
         for seg in layout:
             self._fix_group(seg.group, reason)
+
+    _fix = fix
+
+    def set_blocks(self, layout: Layout, blocks: int) -> bool:
+        """Split the single group of `layout` into `blocks` conv-groups; False if it cannot be."""
+        if len(layout) != 1 or layout[0].inner != 1:
+            return False
+        group = self._groups[self._find(layout[0].group)]
+        if group.blocks in (1, blocks):
+            group.blocks = blocks
+        else:
+            group.fixed = group.fixed or f"grouped convolutions with {group.blocks} and {blocks} groups"
+        return True
 
     def _unify_layouts(self, a: Layout, b: Layout, reason: str) -> None:
         if [(s.size, s.inner) for s in a] == [(s.size, s.inner) for s in b]:
@@ -292,7 +326,7 @@ class ChannelGraph:
             self._fix(b, reason)
 
     # -- specs ---------------------------------------------------------------------------------
-    def _spec(self, node: fx.Node) -> Spec | None:
+    def spec(self, node: fx.Node) -> Spec | None:
         """The node's spec; an unknown tensor gets a fresh fixed group along axis 1."""
         if node in self._specs:
             return self._specs[node]
@@ -303,7 +337,9 @@ class ChannelGraph:
         self._specs[node] = spec
         return spec
 
-    def _spec_at(self, node: fx.Node, axis: int, length: int, reason: str) -> Spec:
+    _spec = spec
+
+    def spec_at(self, node: fx.Node, axis: int, length: int, reason: str) -> Spec:
         """The node's spec if its channels lie on `axis` with `length` elements, else a fixed one."""
         spec = self._spec(node)
         if spec is not None and spec.axis == axis and spec.length == length:
@@ -312,15 +348,40 @@ class ChannelGraph:
             self._fix(spec.layout, reason)
         return Spec(axis, self._new_group(length, fixed=reason))
 
-    def _use(self, tensor: str, axis: int, layout: Layout, local: bool = False) -> None:
+    _spec_at = spec_at
+
+    def set_spec(self, node: fx.Node, axis: int, layout: Layout) -> None:
+        """The node's output holds the channels of `layout` along `axis`."""
+        self._specs[node] = Spec(axis, layout)
+
+    @staticmethod
+    def shape(node: fx.Node) -> tuple[int, ...] | None:
+        return tensor_shape(node)
+
+    def use(self, tensor: str, axis: int, layout: Layout, local: bool = False) -> None:
+        """Axis `axis` of `tensor` holds the channels of `layout` (it is cut with them)."""
         self._uses.append(TensorUse(tensor, axis, layout, local))
+
+    _use = use
+
+    def account(self, node: fx.Node) -> None:
+        """A get_attr node's read by the current op is understood (its tensor is sliced as used)."""
+        self._attr_uses[node] += 1
+
+    def site(self, node: fx.Node, producer: str, weight: str, kind: str, options: dict) -> None:
+        """A conv/linear call (its FLOPs were checked to be 2 x positions x weight elements)."""
+        positions = leaf_positions(self.node_flops.get(node.name, 0), self.tensors[weight].numel())
+        kernel = tuple(self.tensors[weight].shape[2:])
+        self.sites.append(ComputeSite(node.name, producer, weight, positions or 0, kind, {**options, "kernel": kernel}))
+        self.producer_nodes.setdefault(producer, node.name)
 
     def _read(self, node: fx.Node, *tensor_names: str) -> None:
         for name in tensor_names:
             self.tensor_users.setdefault(name, []).append(node.name)
 
     def _module_tensors(self, node: fx.Node, module: nn.Module) -> None:
-        for kind in (module.named_parameters(recurse=False), module.named_buffers(recurse=False)):
+        """Every tensor of a leaf module, its children's included (MultiheadAttention's out_proj)."""
+        for kind in (module.named_parameters(), module.named_buffers()):
             for pname, t in kind:
                 name = f"{node.target}.{pname}"
                 self.tensors[name] = t
@@ -337,105 +398,80 @@ class ChannelGraph:
             self._read(node, node.target)
             self._attr_uses[node] = 0
         elif node.op == "output":
-            for arg in node.all_input_nodes:
-                spec = self._specs.get(arg)
+            for arg_node in node.all_input_nodes:
+                spec = self._specs.get(arg_node)
                 if spec is not None:
                     self._fix(spec.layout, "model output")
         elif node.op == "call_module":
             self._visit_module(node, self.modules[node.target])
         else:
-            self._visit_function(node, op_name(node))
+            layer = function_layer(node.target) if node.op == "call_function" else None
+            if layer is not None and layer.functional is not None:
+                self._visit_layer(node, layer, None)
+            elif not self._priced_opaque(node):
+                self._visit_function(node, op_name(node))
+
+    def _priced_opaque(self, node: fx.Node) -> bool:
+        """An op FlopCounterMode counts that is not a conv/linear of the table: frozen, priced as measured."""
+        flops = self.node_flops.get(node.name, 0)
+        if flops <= 0:
+            return False
+        self.constant_flops.append((node.name, flops))
+        self._opaque(node, f"'{op_name(node)}' computes on channels (frozen, its FLOPs priced as measured)")
+        return True
 
     def _visit_module(self, node: fx.Node, m: nn.Module) -> None:
         self._module_tensors(node, m)
-        x = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
-        out_shape = tensor_shape(node)
-        name = str(node.target)
-        if isinstance(m, nn.modules.conv._ConvNd) and not m.transposed and x is not None:
-            self._conv(node, m, x, out_shape)
-        elif isinstance(m, nn.Linear) and x is not None:
-            in_shape = tensor_shape(x)
-            spec = self._spec_at(x, len(in_shape) - 1, m.in_features, f"input of {name} not understood")
-            self._use(f"{name}.weight", 1, spec.layout)
-            out = self._new_group(m.out_features, producer=name)
-            self._use(f"{name}.weight", 0, out)
-            if m.bias is not None:
-                self._use(f"{name}.bias", 0, out)
-            self._specs[node] = Spec(len(out_shape) - 1, out)
-            self.sites.append(ComputeSite(node.name, name, f"{name}.weight", math.prod(out_shape[1:-1])))
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm) and x is not None:
-            spec = self._spec_at(x, 1, m.num_features, f"input of {name} not understood")
-            for t in ("weight", "bias", "running_mean", "running_var"):
-                if getattr(m, t, None) is not None:
-                    self._use(f"{name}.{t}", 0, spec.layout)
-            self._specs[node] = spec
-        elif isinstance(m, nn.LayerNorm) and x is not None:
-            ndim = len(tensor_shape(x))
-            if len(m.normalized_shape) == 1:
-                spec = self._spec_at(x, ndim - 1, m.normalized_shape[0], f"{name} normalizes another axis")
-                for t in ("weight", "bias"):
-                    if getattr(m, t, None) is not None:
-                        self._use(f"{name}.{t}", 0, spec.layout)
-                self._specs[node] = spec
-            else:
-                self._opaque(node, f"{name} normalizes several axes")
-        elif isinstance(m, nn.PReLU) and x is not None:
-            spec = self._spec(x)
-            if m.num_parameters > 1 and spec is not None:
-                spec = self._spec_at(x, 1, m.num_parameters, f"input of {name} not understood")
-                self._use(f"{name}.weight", 0, spec.layout)
-            if spec is not None:
-                self._specs[node] = spec
-        elif isinstance(m, nn.Flatten) and x is not None:
-            self._flatten(node, x, m.start_dim, m.end_dim)
-        elif (isinstance(m, _PASS_MODULES) or is_stochastic_depth(m)) and x is not None:
-            spec = self._spec(x)
-            if spec is not None:
-                self._specs[node] = spec
-        else:
-            self._opaque(node, f"unsupported module {type(m).__name__} ({name})")
+        layer = layer_of(m)
+        if layer is None:
+            if not self._priced_opaque(node):
+                self._opaque(node, f"unsupported module {type(m).__name__} ({node.target})")
+            return
+        self._visit_layer(node, layer, m)
 
-    def _conv(self, node: fx.Node, m: nn.modules.conv._ConvNd, x: fx.Node, out_shape: tuple[int, ...]) -> None:
-        name = str(node.target)
-        w = f"{name}.weight"
-        spec = self._spec_at(x, 1, m.in_channels, f"input of {name} not understood")
-        if m.groups == 1:
-            self._use(w, 1, spec.layout)
-            out = self._new_group(m.out_channels, producer=name)
-        elif m.groups == m.in_channels == m.out_channels:  # depthwise: passes its input group through
-            out = spec.layout
-        elif m.in_channels == m.out_channels and len(spec.layout) == 1 and spec.layout[0].inner == 1:
-            group = self._groups[self._find(spec.layout[0].group)]
-            if group.blocks in (1, m.groups):
-                group.blocks = m.groups
+    def _visit_layer(self, node: fx.Node, layer, m: nn.Module | None) -> None:
+        """A layer of the table (a module, or a functional form when `m` is None)."""
+        flops = self.node_flops.get(node.name, 0)
+        if layer.flops:
+            weight = m.weight if m is not None else arg(node, 1, "weight")
+            numel = weight.numel() if isinstance(weight, torch.Tensor) else (
+                self.tensors[weight.target].numel() if isinstance(weight, fx.Node) and weight.op == "get_attr" else 0)
+            if leaf_positions(flops, numel) is None and flops > 0:
+                self._priced_opaque(node)  # it does more (or other) work than a conv/linear
+                return
+        elif flops > 0:
+            self._priced_opaque(node)
+            return
+        try:
+            if m is not None:
+                layer.channels(self, node, m)
             else:
-                group.fixed = group.fixed or f"grouped convolutions with {group.blocks} and {m.groups} groups"
-            out = spec.layout
-            self._use(w, 1, spec.layout, local=True)
-        else:
-            reason = f"grouped convolution {name} with {m.in_channels} -> {m.out_channels} channels"
-            self._fix(spec.layout, reason)
-            out = self._new_group(m.out_channels, producer=name, fixed=reason)
-        self._use(w, 0, out)
-        if m.bias is not None:
-            self._use(f"{name}.bias", 0, out)
-        self._specs[node] = Spec(1, out)
-        self.sites.append(ComputeSite(node.name, name, w, math.prod(out_shape[2:])))
+                layer.functional(self, node)
+        except _NOT_PARAMETER:
+            self._opaque(node, f"'{op_name(node)}' on a computed tensor (not a parameter)")
+            self._priced_constant(node)
 
-    def _opaque(self, node: fx.Node, reason: str) -> None:
+    def _priced_constant(self, node: fx.Node) -> None:
+        flops = self.node_flops.get(node.name, 0)
+        if flops > 0:
+            self.constant_flops.append((node.name, flops))
+
+    def opaque(self, node: fx.Node, reason: str) -> None:
         """An op we do not understand: freeze every group flowing into it."""
-        for arg in node.all_input_nodes:
-            spec = self._specs.get(arg)
+        for a in node.all_input_nodes:
+            spec = self._specs.get(a)
             if spec is not None:
                 self._fix(spec.layout, reason)
-            if arg.op == "get_attr":
-                self._attr_uses[arg] -= 10 ** 6  # never counts as accounted for
+            if a.op == "get_attr":
+                self._attr_uses[a] -= 10 ** 6  # never counts as accounted for
+
+    _opaque = opaque
 
     def _visit_function(self, node: fx.Node, name: str) -> None:
         args = node.args
         x = args[0] if args and isinstance(args[0], fx.Node) else None
         out_shape = tensor_shape(node)
-        if name in _NO_TENSOR_FLOW or (name == "getitem" and (x is None or tensor_shape(x) is None)):
+        if name in NO_TENSOR_FLOW or (name == "getitem" and (x is None or tensor_shape(x) is None)):
             return
         if name in _ELEMENTWISE:
             self._elementwise(node, out_shape)
@@ -457,6 +493,8 @@ class ChannelGraph:
                 self._opaque(node, "padding of the channel axis")
         elif name in ("cat", "concat", "concatenate"):
             self._cat(node, out_shape)
+        elif name == "stack":
+            self._stack(node, out_shape)
         elif name == "flatten" and x is not None:
             start = args[1] if len(args) > 1 else node.kwargs.get("start_dim", 0)
             end = args[2] if len(args) > 2 else node.kwargs.get("end_dim", -1)
@@ -479,8 +517,6 @@ class ChannelGraph:
                 self._specs[node] = Spec(axis, spec.layout)
         elif name in _REDUCTIONS and x is not None:
             self._reduce(node, x, out_shape)
-        elif name == "layer_norm" and x is not None:
-            self._layer_norm(node, x)
         else:
             self._opaque(node, f"unsupported op '{name}'")
 
@@ -541,6 +577,19 @@ class ChannelGraph:
         else:
             self._opaque(node, "concatenation mixing channel and other axes")
 
+    def _stack(self, node: fx.Node, out_shape: tuple[int, ...]) -> None:
+        """Tensors of one channel layout stacked along a new axis (timm's selective kernel paths)."""
+        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
+        dim = _normalize_dim(arg(node, 1, "dim", 0), len(out_shape))
+        specs = [self._spec(t) for t in tensors]
+        if any(s is None for s in specs) or any(s.axis != specs[0].axis for s in specs):
+            self._opaque(node, "stack of tensors without a common channel axis")
+            return
+        for s in specs[1:]:
+            self._unify_layouts(specs[0].layout, s.layout, "stack over mismatched channels")
+        axis = specs[0].axis + (1 if dim <= specs[0].axis else 0)
+        self._specs[node] = Spec(axis, specs[0].layout)
+
     def _flatten(self, node: fx.Node, x: fx.Node, start: int, end: int) -> None:
         spec, shape = self._spec(x), tensor_shape(x)
         if spec is None:
@@ -555,6 +604,8 @@ class ChannelGraph:
             self._specs[node] = Spec(start, tuple(Segment(s.group, s.size, s.inner * inner) for s in spec.layout))
         else:
             self._opaque(node, "flatten that interleaves channels")
+
+    flatten = _flatten
 
     def _reshape(self, node: fx.Node, x: fx.Node, out_shape: tuple[int, ...]) -> None:
         """Only the flatten of the channel axis with everything after it is understood."""
@@ -583,21 +634,6 @@ class ChannelGraph:
             return
         keep = len(out_shape) == len(shape)
         self._specs[node] = Spec(spec.axis if keep else spec.axis - sum(d < spec.axis for d in dims), spec.layout)
-
-    def _layer_norm(self, node: fx.Node, x: fx.Node) -> None:
-        shape = tensor_shape(x)
-        normalized = node.args[1] if len(node.args) > 1 else node.kwargs["normalized_shape"]
-        params = [a for a in (node.args[2:4] if len(node.args) > 2 else
-                              (node.kwargs.get("weight"), node.kwargs.get("bias"))) if isinstance(a, fx.Node)]
-        if len(normalized) != 1 or any(p.op != "get_attr" for p in params):
-            self._opaque(node, "layer_norm over several axes")
-            return
-        spec = self._spec_at(x, len(shape) - 1, normalized[0], "layer_norm over another axis")
-        for p in params:
-            self._use(p.target, 0, spec.layout)
-            self._attr_uses[p] += 1
-        self._specs[node] = spec
-        self.layer_norm_nodes.append(node.name)
 
     # -- closing passes ------------------------------------------------------------------------
     def _check_get_attrs(self) -> None:
@@ -628,6 +664,8 @@ class ChannelGraph:
         for g in self.groups:
             if g.blocks > 1 and g.size % g.blocks:
                 g.fixed = g.fixed or f"{g.size} channels in {g.blocks} conv-groups"
+            if not g.producers and not g.fixed:
+                g.fixed = "no layer of the table produces these channels"
 
         def canon(layout: Layout) -> Layout:
             return tuple(Segment(renumber[self._find(s.group)], s.size, s.inner) for s in layout)
@@ -655,13 +693,13 @@ class ChannelGraph:
         return self._node_index
 
     def fixed_reasons(self) -> dict[str, int]:
-        """How many groups each reason froze (input and output excluded)."""
+        """How many groups each reason froze (input and output excluded): every frozen group has one."""
         reasons: dict[str, int] = {}
         for g in self.groups:
-            if g.fixed and g.fixed not in ("model input", "model output") and g.producers:
+            if g.fixed and g.fixed not in ("model input", "model output") and g.size > 1:
                 reasons[g.fixed] = reasons.get(g.fixed, 0) + 1
         return reasons
 
 
 __all__ = ["ChannelGraph", "ChannelGroup", "ComputeSite", "Layout", "ResidualBlock", "Segment", "Spec",
-           "TensorUse", "op_name", "tensor_shape", "trace"]
+           "TensorUse", "UntraceableModel", "op_name", "tensor_shape", "trace"]

@@ -15,6 +15,7 @@ from torch import nn
 
 from .derive import PrunableModel
 from .graph import graph_module, out_of_place_consumers
+from .layers import resize
 from .slicing import slice_tensor
 
 
@@ -36,22 +37,7 @@ def pruned_module(module: nn.Module, target: str, prunable: PrunableModel, width
             if t is not None:
                 uses = graph.uses.get(f"{target}.{name}", [])
                 getattr(new, slot)[name] = _cut(t, uses, prunable, widths)
-    if isinstance(new, nn.modules.conv._ConvNd):
-        w = new.weight
-        if module.groups == module.in_channels == module.out_channels and module.groups > 1:
-            new.groups = w.shape[0]  # depthwise stays depthwise
-        new.out_channels = w.shape[0]
-        new.in_channels = w.shape[1] * new.groups
-    elif isinstance(new, nn.Linear):
-        new.out_features, new.in_features = new.weight.shape
-    elif isinstance(new, nn.modules.batchnorm._BatchNorm):
-        ref = new.running_mean if new.running_mean is not None else new.weight
-        new.num_features = ref.shape[0]
-    elif isinstance(new, nn.LayerNorm):
-        if new.weight is not None:
-            new.normalized_shape = (new.weight.shape[0],)
-    elif isinstance(new, nn.PReLU):
-        new.num_parameters = new.weight.shape[0]
+    resize(new, like=module)  # its size attributes follow its cut tensors (see the layer table)
     return new
 
 
@@ -87,13 +73,15 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
             t = graph.tensors[node.target]
             uses = graph.uses.get(node.target, [])
             root[node.target] = _cut(t, uses, prunable, widths)
-    for name in graph.layer_norm_nodes:
+    for name in graph.resized_calls:  # functional layer_norm: normalized_shape is the kept width
         node = val_map[graph.node(name)]
         if node in removed:
             continue
-        weight = node.args[2] if len(node.args) > 2 else node.kwargs.get("weight")
-        if weight is not None:
-            node.args = (node.args[0], (root[weight.target].shape[0],), *node.args[2:])
+        width = sum(widths[seg.group] * seg.inner for seg in graph.specs[name].layout)
+        if len(node.args) > 1:
+            node.args = (node.args[0], (width,), *node.args[2:])
+        else:
+            node.update_kwarg("normalized_shape", (width,))
     for block, keep in zip(graph.blocks, keeps):
         if not keep:  # the add made a fresh tensor; its stand-in is saved for backward elsewhere
             out_of_place_consumers(new_nodes[block.add], root)

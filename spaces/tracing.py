@@ -1,0 +1,218 @@
+"""Tracing a model into a torch.fx graph whose leaves are the layers of the layer table.
+
+`trace` tries plain symbolic tracing first. Where the model's Python code branches on tensor shapes
+(timm's `pad_same`, a resize done only when sizes differ), it traces again with concrete shapes: every
+op also runs on the example input as it is recorded, so `x.shape`, `x.size(i)`, `x.dim()` are plain
+ints (the batch size stays symbolic) and the graph is specialised to the example's size, the size the
+search space is derived for anyway. Where neither works (a branch on tensor *values*), it raises
+`UntraceableModel` naming the module's source line.
+
+After tracing: `_assert` calls and the shape checks only they read are dropped (they would pin nodes
+inside residual blocks), and functional dropout, traced in eval mode as a constant no-op, becomes a
+dropout module again so that the subnet keeps its train-mode behaviour.
+"""
+from __future__ import annotations
+
+import contextlib
+import traceback
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+from torch.fx.node import map_aggregate
+
+from .layers import arg, layer_of
+
+NO_TENSOR_FLOW = {"getattr", "size", "dim", "numel", "floordiv", "mod", "eq", "ne", "lt", "gt", "le", "ge",
+                   "_assert", "len", "not_", "and_", "or_", "is_", "is_not"}
+_ASSERTS = {"_assert", "_assert_async", "_assert_is_none"}
+_DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
+             F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
+             F.feature_alpha_dropout: nn.FeatureAlphaDropout}
+_MODULE_CALL, _MODULE_GETATTR = nn.Module.__call__, nn.Module.__getattr__  # as torch defines them
+TRACE_BATCH = 5  # the batch the concrete trace runs: an unusual size, so that it is told from other axes
+
+
+def op_name(node: fx.Node) -> str:
+    if node.op == "call_method":
+        return str(node.target)
+    return getattr(node.target, "__name__", str(node.target))
+
+
+class UntraceableModel(TypeError):
+    """The model cannot be traced (shape- or data-dependent Python control flow): says where, in one line."""
+
+
+class _Tracer(fx.Tracer):
+    """Leaves: standard torch.nn modules and every layer of the layer table (timm's norm+act layers...)."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        return layer_of(m) is not None or super().is_leaf_module(m, qualname)
+
+
+def _strip_asserts(graph: fx.Graph) -> None:
+    """Drop `_assert` calls and the shape checks only they read: they would pin nodes inside blocks."""
+    for node in list(graph.nodes):
+        if node.op == "call_function" and op_name(node) in _ASSERTS:
+            graph.erase_node(node)
+    changed = True
+    while changed:
+        changed = False
+        for node in reversed(list(graph.nodes)):
+            if not node.users and node.op in ("call_function", "call_method") and op_name(node) in NO_TENSOR_FLOW:
+                graph.erase_node(node)
+                changed = True
+
+
+def _skip_identities(gm: fx.GraphModule) -> None:
+    """Calls of `nn.Identity` pass their input on: drop them (a residual shortcut is then its input)."""
+    for node in list(gm.graph.nodes):
+        if node.op == "call_module" and type(gm.get_submodule(node.target)) is nn.Identity and node.args:
+            node.replace_all_uses_with(node.args[0])
+            gm.graph.erase_node(node)
+
+
+def _dropout_modules(gm: fx.GraphModule) -> None:
+    """Functional dropout traced in eval mode is a no-op call: make it a module that follows train/eval."""
+    for i, node in enumerate(list(gm.graph.nodes)):
+        kind = _DROPOUTS.get(node.target) if node.op == "call_function" else None
+        p = arg(node, 1, "p", 0.5) if kind is not None else 0.0
+        if kind is None or not isinstance(p, (int, float)) or p <= 0:
+            continue
+        name = f"_dropout_{i}"
+        gm.add_submodule(name, kind(float(p)))
+        with gm.graph.inserting_before(node):
+            module_call = gm.graph.call_module(name, (node.args[0],))
+        node.replace_all_uses_with(module_call)
+        gm.graph.erase_node(node)
+
+
+def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.GraphModule:
+    """Trace `model` in eval mode (see the module docstring); asserts dropped, dropout kept.
+
+    Raises `UntraceableModel` (a TypeError) naming the source line where tracing failed.
+    """
+    was_training = model.training
+    model.eval()
+    tracer: fx.Tracer = _Tracer()
+    try:
+        graph = tracer.trace(model)
+    except Exception as error:  # noqa: BLE001 - shape-dependent code: trace again with concrete shapes
+        if example_input is None:
+            raise UntraceableModel(_where(error, model)) from error
+        tracer = _ConcreteTracer(example_input)
+        try:
+            with torch.no_grad():
+                graph = tracer.trace(model)
+        except Exception as concrete_error:  # noqa: BLE001 - reported in one line, with where it happened
+            raise UntraceableModel(_where(concrete_error, model)) from concrete_error
+    finally:
+        model.train(was_training)
+    _strip_asserts(graph)
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    _dropout_modules(gm)
+    _skip_identities(gm)
+    gm.graph.lint()
+    gm.recompile()
+    return gm
+
+
+def _where(error: Exception, model: nn.Module) -> str:
+    """'cannot trace <Class> (file:line `code`): <error>' for the innermost frame of the model's own code."""
+
+
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "/torch/" not in f.filename and "/spaces/tracing.py" not in f.filename]
+    where = f"{frames[-1].filename}:{frames[-1].lineno} `{(frames[-1].line or '').strip()}`" if frames else "?"
+    message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"cannot trace {type(model).__name__} at {where}: {message}"
+
+
+
+
+class _ConcreteProxy(fx.Proxy):
+    """A proxy whose shape queries answer with the traced value's ints (the batch axis stays symbolic)."""
+
+    def _value(self) -> object:
+        return self.tracer.values.get(self.node)
+
+    def _size(self, *dims):
+        value = self._value()
+        if not isinstance(value, torch.Tensor):
+            return fx.Proxy.__getattr__(self, "size")(*dims)
+        if dims and dims[0] is not None:
+            d = dims[0] + value.dim() if dims[0] < 0 else dims[0]
+            return self._batch() if d == 0 and value.shape[0] == TRACE_BATCH else int(value.shape[d])
+        return tuple(self._batch() if i == 0 and n == TRACE_BATCH else int(n) for i, n in enumerate(value.shape))
+
+    def _batch(self) -> fx.Proxy:
+        return self.tracer.create_proxy("call_method", "size", (self, 0), {})
+
+    def __getattr__(self, name: str):
+        value = self._value()
+        if isinstance(value, torch.Tensor):
+            if name == "shape":
+                return self._size()
+            if name == "size":
+                return self._size
+            if name in ("ndim", "dim"):
+                return value.dim() if name == "ndim" else value.dim
+            if name in ("dtype", "device", "is_cuda"):
+                return getattr(value, name)
+        return super().__getattr__(name)
+
+    def __len__(self) -> int:
+        value = self._value()
+        if isinstance(value, (torch.Tensor, tuple, list)):
+            return len(value)
+        return super().__len__()
+
+
+class _ConcreteTracer(_Tracer):
+    """Records each op and runs it on the example input (repeated to `TRACE_BATCH`) at the same time."""
+
+    def __init__(self, example_input: torch.Tensor):
+        super().__init__()
+        self.example = example_input[:1].expand(TRACE_BATCH, *example_input.shape[1:]).contiguous()
+        self.values: dict[fx.Node, object] = {}
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _ConcreteProxy(node, self)
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+        real = lambda a: self.values[a.node] if isinstance(a, fx.Proxy) else a  # noqa: E731
+        args_, kwargs_ = map_aggregate(args, real), map_aggregate(kwargs, real)
+        with _unpatched():
+            value = self._run(kind, target, args_, kwargs_)
+        self.values[proxy.node] = value
+        return proxy
+
+    def _run(self, kind: str, target, args_, kwargs_) -> object:
+        if kind == "placeholder":
+            value = self.example
+        elif kind == "get_attr":
+            value = self.root
+            for part in str(target).split("."):
+                value = getattr(value, part)
+        elif kind == "call_function":
+            value = target(*args_, **kwargs_)
+        elif kind == "call_method":
+            value = getattr(args_[0], target)(*args_[1:], **kwargs_)
+        elif kind == "call_module":
+            value = self.root.get_submodule(target)(*args_, **kwargs_)
+        else:
+            value = None
+        return value
+
+
+@contextlib.contextmanager
+def _unpatched():
+    """torch.nn.Module as torch defines it, while the tracer (which patches its call) computes a value."""
+    call, get = nn.Module.__call__, nn.Module.__getattr__
+    nn.Module.__call__, nn.Module.__getattr__ = _MODULE_CALL, _MODULE_GETATTR
+    try:
+        yield
+    finally:
+        nn.Module.__call__, nn.Module.__getattr__ = call, get
