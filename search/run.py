@@ -428,6 +428,7 @@ def _finish(args, run_dir, prunable, outcome, evaluator, test_loader, device, ba
         subnet = evaluator.recalibrated(subnet).eval()
         test_top1 = evaluate(subnet, test_loader, device)
         torch.save(subnet.cpu(), run_dir.path / BEST_MODEL_FILE)
+        torch.save(subnet.state_dict(), run_dir.path / "best.state_dict.pt")  # search.finetune.SUBNET_STATE_FILE
         best_record = {
             "model": args.model, "weights": args.weights, "data": args.data, "seed": args.seed,
             "derive": {**_derive_options(args), "importance": "l2"},
