@@ -19,6 +19,7 @@ whole module, for `python -m search.export --finetuned`) are written.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import shutil
@@ -125,9 +126,6 @@ def fit(model: nn.Module, data: DataBundle, recipe: Recipe, *, device: torch.dev
     After every epoch rank 0 tests the model and calls `save(state, record)`; every rank calls it (Ray Train's
     report is collective). A state: epoch, model / optimizer / scheduler state dicts, history, recipe.
     """
-    if world > 1 and recipe.batch_size % world:
-        raise UserError(f"--batch-size {recipe.batch_size} must be a multiple of --workers {world} (it is the "
-                        f"global batch, split evenly over the workers)")
     train_set = training_set(data)
     n, per_worker = len(train_set), recipe.batch_size // world
     optimizer, scheduler = make_optimizer(model, recipe.train_config, recipe.epochs * steps_per_epoch(n, recipe.batch_size))
@@ -215,7 +213,8 @@ def load_subnet(run_dir: str | Path, trust_pickle: bool = False, *, num_classes:
     except Exception as error:  # noqa: BLE001 - unpickling fails in many ways
         raise UserError(f"cannot load {pickled}: {_first_line(error)}") from None
     if not isinstance(model, nn.Module):
-        raise UserError(f"{pickled} holds a {type(model).__name__}, not a module (a state dict belongs in "
+        what = "a state dict" if isinstance(model, dict) else f"a {type(model).__name__}"
+        raise UserError(f"{pickled} holds {what}, not a module (the subnet's state dict belongs in "
                         f"{SUBNET_STATE_FILE} beside best.json)")
     return model.eval()
 
@@ -286,9 +285,17 @@ def load_teacher(args: dict, data: DataBundle, device: torch.device, trust_pickl
 # ---------------------------------------------------------------- checkpoints and outputs, atomically
 
 def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file beside `path`, then rename it over `path`: a reader never sees half a file, and a
+    failed write leaves the previous file whole (a UserError says so)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {error.strerror or error}; the previous {path.name} is kept "
+                        f"(after a failed epoch: free the space and continue with --resume)") from None
 
 
 def write_outputs(run_path: Path, state: dict, *, checkpoint: bool = True) -> None:
@@ -354,6 +361,9 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size or args.get("batch_size", 64),
                     seed=args.get("seed", 0) if seed is None else seed, distill=distill,
                     kd_temperature=kd_temperature, kd_alpha=kd_alpha)
+    if workers and recipe.batch_size % workers:
+        raise UserError(f"--batch-size {recipe.batch_size} must be a multiple of --workers {workers} (it is the "
+                        f"global batch, split evenly over the workers)")
     start = latest_checkpoint(run.path) if resume else None
     if resume and start is None:
         log.warning("--resume: no fine-tune checkpoint in %s; starting from epoch 0", run.path)

@@ -66,9 +66,6 @@ def fit_on_ray(model: nn.Module, data: DataBundle, recipe: Recipe, *, teacher: n
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    if recipe.batch_size % workers:
-        raise UserError(f"--batch-size {recipe.batch_size} must be a multiple of --workers {workers} (it is the "
-                        f"global batch, split evenly over the workers)")
     started = not ray.is_initialized()
     if started:
         try:
