@@ -121,15 +121,19 @@ def test_one_ray_worker_gives_the_plain_loop_s_result(made, tmp_path, local_ray)
     assert got.test_top1 == expected.test_top1 and states_equal(saved_state(ray_run), saved_state(plain))
 
 
+def ray_checkpoints(run):
+    return sorted(p for p in (run / ft.RAY_DIR).glob("checkpoint_*") if p.is_dir())
+
+
 def test_two_ray_workers_checkpoint_every_epoch_and_resume(run_dir, local_ray):
     first = tune(run_dir, epochs=2, stop_after=1, workers=2)
-    checkpoints = sorted((run_dir / ft.RAY_DIR).glob("checkpoint_*"))
+    checkpoints = ray_checkpoints(run_dir)
     assert first.epochs == 1 and len(checkpoints) == 1 and len(pd.read_csv(run_dir / ft.FINETUNE_CSV)) == 1
     assert torch.load(checkpoints[0] / ft.STATE_FILE, weights_only=True)["epoch"] == 1
     rest = tune(run_dir, epochs=2, resume=True, workers=2)
     assert rest.resumed_from == 1 and [r["epoch"] for r in rest.history] == [1, 2]
     assert rest.history[0] == first.history[0]  # continued from epoch 1, not restarted
-    assert len(list((run_dir / ft.RAY_DIR).glob("checkpoint_*"))) == 2
+    assert len(ray_checkpoints(run_dir)) == 2
     assert len(pd.read_csv(run_dir / ft.FINETUNE_CSV)) == 2 and 0 <= rest.test_top1 <= 1
 
 
