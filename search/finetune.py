@@ -8,13 +8,14 @@ From Python (e.g. a notebook): `finetune("runs/...", epochs=30)` returns a `Fine
 `finetune_module(module, data, ...)` applies the same recipe to any module (the benchmark report
 fine-tunes every method's subnet, ours and the peers', with it).
 The data, split and seed come from the run's run.json; training uses the whole training set (the
-held-out part was only needed to score candidates), with SGD + cosine, distilled from the run's base
-model (`--no-distill` for plain cross-entropy). The subnet is rebuilt from `best.json` and the state dict
+held-out part was only needed to score candidates), with SGD + cosine, on cross-entropy, or with `--distill`
+distilled from the run's base model (not the default: it did not win consistently in benchmarks/finetune.py). The subnet is rebuilt from `best.json` and the state dict
 `best.state_dict.pt` (loaded with `weights_only=True`: nothing in the run directory can run code); a run
 that has only the pickled `best.pt` is loaded only with `--trust-pickle`. As each epoch ends the
 checkpoint (`finetune_checkpoint.pt`, or Ray Train's checkpoints under `finetune_ray/`) and
-`finetune.csv` are replaced atomically; at the end `finetuned.state_dict.pt` and `finetuned.pt` (the
-whole module, for `python -m search.export --finetuned`) are written.
+`finetune.csv` are replaced atomically; at the end `finetuned.state_dict.pt`, `finetuned.pt` (the
+whole module, for `python -m search.export --finetuned`) and `finetune.png` (loss and test top-1 per epoch)
+are written.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +48,8 @@ log = logging.getLogger("search.finetune")
 
 SUBNET_STATE_FILE = "best.state_dict.pt"       # the exported subnet's state dict, beside best.json
 FINETUNED_FILE, FINETUNED_STATE_FILE = "finetuned.pt", "finetuned.state_dict.pt"
-FINETUNE_CSV, CHECKPOINT_FILE, RAY_DIR = "finetune.csv", "finetune_checkpoint.pt", "finetune_ray"
+FINETUNE_CSV, FINETUNE_PLOT = "finetune.csv", "finetune.png"
+CHECKPOINT_FILE, RAY_DIR = "finetune_checkpoint.pt", "finetune_ray"
 STATE_FILE = "finetune_state.pt"  # the file inside each Ray Train checkpoint directory
 
 
@@ -59,9 +61,10 @@ class Recipe:
     weight_decay: float = 5e-4
     batch_size: int = 64         # global: all workers together; each of N workers takes batch_size / N
     seed: int = 0
-    distill: bool = True         # measured: benchmarks/finetune.py
+    distill: bool = False        # off: no consistent gain measured (benchmarks/finetune.py)
     kd_temperature: float = 4.0
     kd_alpha: float = 0.5
+    amp: bool = False            # bfloat16 autocast + channels-last; finetune() turns it on on CUDA
 
     @property
     def train_config(self) -> TrainConfig:
@@ -144,8 +147,10 @@ def fit(model: nn.Module, data: DataBundle, recipe: Recipe, *, device: torch.dev
         started = time.perf_counter()
         _seed_epoch(recipe.seed, epoch, rank)
         order = epoch_order(n, recipe.batch_size, recipe.seed, epoch, rank, world)
-        loader = prepare_loader(DataLoader(Subset(train_set, order), batch_size=per_worker, shuffle=False))
-        stats = train_epoch(model, loader, optimizer, scheduler, device=device, teacher=teacher, kd=recipe.kd)
+        loader = prepare_loader(DataLoader(Subset(train_set, order), batch_size=per_worker, shuffle=False,
+                                           pin_memory=torch.device(device).type == "cuda"))
+        stats = train_epoch(model, loader, optimizer, scheduler, device=device, teacher=teacher, kd=recipe.kd,
+                            amp=recipe.amp)
         if world > 1:  # the epoch's loss and top-1 over all workers
             sums = torch.tensor([stats["loss"] * stats["samples"], stats["train_top1"] * stats["samples"],
                                  stats["samples"]], dtype=torch.float64, device=device)
@@ -305,6 +310,32 @@ def write_outputs(run_path: Path, state: dict, *, checkpoint: bool = True) -> No
     _atomic(run_path / FINETUNE_CSV, lambda p: pd.DataFrame(state["history"]).to_csv(p, index=False))
 
 
+def plot_history(path: Path, history: list[dict], *, before: float, base: float | None) -> None:
+    """`finetune.png`: training loss and test top-1 per epoch, the subnet before and the base as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    left.plot(epochs, [r["loss"] for r in history], marker="o", markersize=3)
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    right.plot(epochs, [r["test_top1"] for r in history], marker="o", markersize=3, label="fine-tuned subnet")
+    right.axhline(before, color="tab:gray", ls=":", label="subnet before fine-tuning")
+    if base is not None:
+        right.axhline(base, color="tab:red", ls="--", label="base model")
+    right.set_xlabel("epoch")
+    right.set_ylabel("test top-1")
+    right.legend(fontsize=8, loc="lower right")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _atomic(path / FINETUNE_PLOT, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
 def _check_writable(path: Path) -> None:
     probe = path / ".finetune-write-test"
     try:
@@ -344,11 +375,12 @@ def _check_resume(state: dict, recipe: Recipe) -> None:
 
 def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_decay: float = 5e-4,
              batch_size: int | None = None, device: str = "auto", seed: int | None = None,
-             progress: bool = True, distill: bool = True, kd_temperature: float = 4.0, kd_alpha: float = 0.5,
+             progress: bool = True, distill: bool = False, kd_temperature: float = 4.0, kd_alpha: float = 0.5,
              workers: int = 0, ray_address: str | None = None, resume: bool = False,
-             trust_pickle: bool = False, stop_after: int | None = None) -> FinetuneResult:
+             trust_pickle: bool = False, stop_after: int | None = None, amp: bool | None = None) -> FinetuneResult:
     """Fine-tune a run's subnet; see the module docstring. `workers` > 0 (or `ray_address`) runs on Ray Train;
-    `stop_after` trains at most that many epochs in this call (continue with `resume=True`)."""
+    `stop_after` trains at most that many epochs in this call (continue with `resume=True`); `amp` None: bfloat16
+    autocast and channels-last on a CUDA device that supports bfloat16, off elsewhere."""
     _check_numbers(epochs=epochs, lr=lr, batch_size=batch_size, workers=workers, kd_temperature=kd_temperature,
                    kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay)
     run = RunDirectory.open(str(run_dir))
@@ -360,7 +392,8 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     model = load_subnet(run.path, trust_pickle, num_classes=data.num_classes)
     recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size or args.get("batch_size", 64),
                     seed=args.get("seed", 0) if seed is None else seed, distill=distill,
-                    kd_temperature=kd_temperature, kd_alpha=kd_alpha)
+                    kd_temperature=kd_temperature, kd_alpha=kd_alpha,
+                    amp=(dev.type == "cuda" and torch.cuda.is_bf16_supported()) if amp is None else amp)
     if workers and recipe.batch_size % workers:
         raise UserError(f"--batch-size {recipe.batch_size} must be a multiple of --workers {workers} (it is the "
                         f"global batch, split evenly over the workers)")
@@ -373,8 +406,10 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
         _clear_checkpoints(run.path)
     teacher = load_teacher(args, data, dev, trust_pickle, progress) if recipe.distill else None
     if recipe.distill and teacher is None:
-        log.warning("no distillation: the run searched an untrained %s, there is no teacher", args.get("model"))
-        recipe = replace(recipe, distill=False)
+        raise UserError(f"--distill needs a trained base model as the teacher, but the run searched an untrained "
+                        f"{args.get('model')} (no --weights)")
+    if recipe.amp:
+        model = model.to(memory_format=torch.channels_last)
     model.to(dev)
     before = start["before_test_top1"] if start and "before_test_top1" in start else \
         evaluate(model, DataLoader(data.test, batch_size=256), dev)
@@ -395,6 +430,8 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     _atomic(run.path / FINETUNED_STATE_FILE, lambda p: torch.save(model.state_dict(), p))
     _atomic(run.path / FINETUNED_FILE, lambda p: torch.save(model, p))
     base = info.get("base", {}).get("test_top1")
+    if history:
+        plot_history(run.path, history, before=before, base=base)
     run.update_run(finetune={**asdict(recipe), "epochs_done": state["epoch"], "workers": workers,
                              "before_test_top1": before, "test_top1": history[-1]["test_top1"] if history else before})
     return FinetuneResult(history[-1]["test_top1"] if history else before, before, base, state["epoch"],
@@ -448,14 +485,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights, not on biases and norms")
     p.add_argument("--batch-size", type=int, default=None,
                    help="the global batch (default: the run's batch size): with --workers N each worker takes "
-                        "batch-size / N samples per step, so N workers run the same steps as one")
+                        "batch-size / N samples per step (a multiple of N), so N workers run the same steps as one")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.add_argument("--seed", type=int, default=None, help="default: the run's seed")
     kd = p.add_argument_group("distillation from the run's base model")
-    kd.add_argument("--no-distill", dest="distill", action="store_false",
-                    help="plain cross-entropy; by default the loss is (1 - a) * CE + a * T^2 * KL(teacher || "
-                         "student at temperature T), the teacher being the run's trained base model")
-    kd.add_argument("--distill", dest="distill", action="store_true", help="distil (the default)")
+    kd.add_argument("--distill", dest="distill", action="store_true",
+                    help="loss = (1 - a) * CE + a * T^2 * KL(teacher || student, both softened at temperature T), the "
+                         "teacher being the run's trained base model (eval mode, no grad); off by default: no "
+                         "consistent gain in benchmarks/finetune.py")
+    kd.add_argument("--no-distill", dest="distill", action="store_false", default=False,
+                    help="plain cross-entropy (the default)")
     kd.add_argument("--kd-temperature", type=float, default=4.0, help="T: the temperature softening both outputs")
     kd.add_argument("--kd-alpha", type=float, default=0.5, help="a: the weight of the distillation term, in [0, 1]")
     ray = p.add_argument_group("distributed (Ray Train)")
@@ -465,6 +504,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     ray.add_argument("--ray-address", default=None,
                      help="join an existing Ray cluster (auto, or HOST:PORT); the run directory must then be on "
                           "storage every node sees")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast and channels-last (default: on with a CUDA device that supports bfloat16)")
     out = p.add_argument_group("checkpoints and safety")
     out.add_argument("--resume", action="store_true",
                      help="continue from the last checkpoint (finetune_checkpoint.pt or finetune_ray/) with the "
@@ -486,7 +527,8 @@ def main(argv: list[str] | None = None) -> int:
                           batch_size=args.batch_size, device=args.device, seed=args.seed,
                           progress=not args.no_progress, distill=args.distill, kd_temperature=args.kd_temperature,
                           kd_alpha=args.kd_alpha, workers=args.workers, ray_address=args.ray_address,
-                          resume=args.resume, trust_pickle=args.trust_pickle, stop_after=args.stop_after)
+                          resume=args.resume, trust_pickle=args.trust_pickle, stop_after=args.stop_after,
+                          amp=args.amp)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

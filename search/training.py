@@ -78,25 +78,31 @@ def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, target
 
 def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler, *,
                 device: torch.device | str = "cpu", label_smoothing: float = 0.0,
-                teacher: nn.Module | None = None, kd: Distillation | None = None) -> dict[str, float]:
+                teacher: nn.Module | None = None, kd: Distillation | None = None,
+                amp: bool = False) -> dict[str, float]:
     """One pass over `batches` in train mode, one optimizer and scheduler step per batch: the training step,
     for the baseline, the plain fine-tune and every Ray Train worker alike. With a `teacher` (in eval mode,
-    no grad) the loss is `distillation_loss`. Sums stay on the device: one host sync per epoch.
+    no grad) the loss is `distillation_loss`. With `amp` the forward passes run under bfloat16 autocast
+    (no loss scaling needed) on channels-last inputs. Sums stay on the device: one host sync per epoch.
 
     Returns the epoch's mean loss, train top-1 and samples seen (of this process)."""
     model.train()
+    device_type = torch.device(device).type
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), dtype=torch.long, device=device)
     seen = 0
     for x, y in batches:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        out = model(x)
-        if teacher is not None:
-            with torch.no_grad():
-                soft_targets = teacher(x)
-            loss = distillation_loss(out, soft_targets, y, kd or Distillation(), label_smoothing)
-        else:
-            loss = F.cross_entropy(out, y, label_smoothing=label_smoothing)
+        if amp and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft_targets = teacher(x)
+                loss = distillation_loss(out.float(), soft_targets.float(), y, kd or Distillation(), label_smoothing)
+            else:
+                loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -90,7 +90,7 @@ def test_resume_continues_from_the_last_epoch_and_matches_an_uninterrupted_run(m
     assert rest.resumed_from == 1 and [r["epoch"] for r in rest.history] == [1, 2]
     assert rest.history[0] == first.history[0]  # epoch 1 was not trained again
     assert [r["loss"] for r in rest.history] == [r["loss"] for r in whole.history]
-    assert states_equal(saved_state(split), saved_state(straight))
+    assert states_equal(saved_state(split), saved_state(straight)) and (split / ft.FINETUNE_PLOT).is_file()
 
 
 def test_resume_refuses_another_recipe(run_dir, capsys):
@@ -260,3 +260,19 @@ def test_argument_errors_are_one_line_with_a_hint(capsys):
 def test_a_missing_run_directory(tmp_path, capsys):
     assert ft.main([str(tmp_path / "nope")]) == 2
     assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_amp_trains_under_bfloat16_autocast():
+    from search.training import TrainConfig, make_optimizer, train_epoch
+
+    def run(amp):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
+        g = torch.Generator().manual_seed(1)
+        batches = [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(3)]
+        optimizer, scheduler = make_optimizer(model, TrainConfig(epochs=1, lr=0.05), 3)
+        return train_epoch(model, batches, optimizer, scheduler, amp=amp)["loss"]
+
+    plain, amp = run(False), run(True)
+    assert amp == amp and abs(amp - plain) < 0.1 and amp != plain  # finite, close, and really in bfloat16
