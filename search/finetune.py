@@ -397,12 +397,17 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     if workers and recipe.batch_size % workers:
         raise UserError(f"--batch-size {recipe.batch_size} must be a multiple of --workers {workers} (it is the "
                         f"global batch, split evenly over the workers)")
-    start = latest_checkpoint(run.path) if resume else None
+    start = latest_checkpoint(run.path)
+    if start is not None and not resume and start["epoch"] < start.get("recipe", {}).get("epochs", 0):
+        raise UserError(f"{run.path} holds an unfinished fine-tune (epoch {start['epoch']} of "
+                        f"{start['recipe']['epochs']}): --resume continues it; delete {CHECKPOINT_FILE} and "
+                        f"{RAY_DIR}/ to start afresh")
     if resume and start is None:
         log.warning("--resume: no fine-tune checkpoint in %s; starting from epoch 0", run.path)
-    if start is not None:
+    if resume and start is not None:
         _check_resume(start, recipe)
     else:
+        start = None
         _clear_checkpoints(run.path)
     teacher = load_teacher(args, data, dev, trust_pickle, progress) if recipe.distill else None
     if recipe.distill and teacher is None:

@@ -93,8 +93,11 @@ def test_resume_continues_from_the_last_epoch_and_matches_an_uninterrupted_run(m
     assert states_equal(saved_state(split), saved_state(straight)) and (split / ft.FINETUNE_PLOT).is_file()
 
 
-def test_resume_refuses_another_recipe(run_dir, capsys):
+def test_an_unfinished_fine_tune_is_never_overwritten_and_resumes_only_its_recipe(run_dir, capsys):
     tune(run_dir, epochs=2, stop_after=1)
+    code = ft.main([str(run_dir), "--epochs", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "unfinished fine-tune (epoch 1 of 2): --resume" in err
     code = ft.main([str(run_dir), "--epochs", "2", "--resume", "--lr", "0.01", "--no-progress", "--batch-size", "128",
                     "--no-distill"])
     err = capsys.readouterr().err.strip()
