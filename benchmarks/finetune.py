@@ -11,6 +11,14 @@ start, with and without distillation (T=4, a=0.5); test top-1 of each and the pa
 ray: one subnet fine-tuned `--epochs` epochs in this process (one torch thread, like each Ray worker),
 then on Ray Train with 1 and 2 CPU workers (gloo); the median seconds per epoch (training + rank 0's
 test pass, as each records it) and the wall time of the whole call (Ray and worker start included).
+
+Measured 2026-11-30 on 2 CPU cores shared with other jobs (load 13-24: times are inflated), median paired gain
+of distillation in test top-1: ResNet-20 at 0.12flops, 2 epochs, seeds 0-4: +0.0000 (min -0.0028, max
++0.0111); 1 epoch: -0.0028 (min -0.0167, max +0.0083); ResNet-56 at 0.1flops, 2 epochs, seeds 0-5: +0.0042
+(-0.0278 to +0.0917; +0.014 to +0.092 where the teacher is good, base >= 0.92; negative where the cached
+baseline trained badly, base 0.40-0.60). No consistent win, so `search.finetune` keeps plain cross-entropy
+by default and `--distill` is opt-in. Ray Train (3 epochs): plain 0.52 s/epoch, 1 worker 0.61 (x1.17),
+2 workers 1.08 (x2.09, gloo all-reduce on a tiny model over 2 busy cores); ~45 s of Ray start per call.
 """
 from __future__ import annotations
 
