@@ -1,33 +1,78 @@
 """`python -m search.finetune RUN_DIR`: fine-tune a run's exported subnet, report test top-1 beside the base's.
 
     python -m search.finetune runs/20261122-140000-resnet20-random-0.4flops --epochs 30 --lr 0.05
+    python -m search.finetune runs/... --epochs 30 --workers 4              # data-parallel on Ray Train
+    python -m search.finetune runs/... --resume                             # continue after an interruption
 
 From Python (e.g. a notebook): `finetune("runs/...", epochs=30)` returns a `FinetuneResult`;
 `finetune_module(module, data, ...)` applies the same recipe to any module (the benchmark report
 fine-tunes every method's subnet, ours and the peers', with it).
 The data, split and seed come from the run's run.json; training uses the whole training set (the
-held-out part was only needed to score candidates), with SGD + cosine. Writes `finetuned.pt` (the
-whole module) and `finetune.csv` (one row per epoch) into the run directory.
+held-out part was only needed to score candidates), with SGD + cosine, on cross-entropy, or with `--distill`
+distilled from the run's base model (not the default: it did not win consistently in benchmarks/finetune.py). The subnet is rebuilt from `best.json` and the state dict
+`best.state_dict.pt` (loaded with `weights_only=True`: nothing in the run directory can run code); a run
+that has only the pickled `best.pt` is loaded only with `--trust-pickle`. As each epoch ends the
+checkpoint (`finetune_checkpoint.pt`, or Ray Train's checkpoints under `finetune_ray/`) and
+`finetune.csv` are replaced atomically; at the end `finetuned.state_dict.pt`, `finetuned.pt` (the
+whole module, for `python -m search.export --finetuned`) and `finetune.png` (loss and test top-1 per epoch)
+are written.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import os
+import shutil
 import sys
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
+from tqdm.auto import tqdm
 
 from .errors import UserError
-from .records import BEST_MODEL_FILE, RunDirectory
-from .run import HelpFormatter
-from .training import TrainConfig, evaluate, resolve_device, train
+from .records import BEST_FILE, BEST_MODEL_FILE, RunDirectory
+from .run import ZOO_MODELS, HelpFormatter
+from .training import Distillation, TrainConfig, evaluate, make_optimizer, resolve_device, train_epoch
 from .zoo import DataBundle, load_data
 
-FINETUNED_FILE, FINETUNE_CSV = "finetuned.pt", "finetune.csv"
+log = logging.getLogger("search.finetune")
+
+SUBNET_STATE_FILE = "best.state_dict.pt"       # the exported subnet's state dict, beside best.json
+FINETUNED_FILE, FINETUNED_STATE_FILE = "finetuned.pt", "finetuned.state_dict.pt"
+FINETUNE_CSV, FINETUNE_PLOT = "finetune.csv", "finetune.png"
+CHECKPOINT_FILE, RAY_DIR = "finetune_checkpoint.pt", "finetune_ray"
+STATE_FILE = "finetune_state.pt"  # the file inside each Ray Train checkpoint directory
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything that decides a fine-tune's result; saved in every checkpoint, checked on --resume."""
+    epochs: int = 30
+    lr: float = 0.05             # peak learning rate for the global batch, cosine to 0 over all steps
+    weight_decay: float = 5e-4
+    batch_size: int = 64         # global: all workers together; each of N workers takes batch_size / N
+    seed: int = 0
+    distill: bool = False        # off: no consistent gain measured (benchmarks/finetune.py)
+    kd_temperature: float = 4.0
+    kd_alpha: float = 0.5
+    amp: bool = False            # bfloat16 autocast + channels-last; finetune() turns it on on CUDA
+
+    @property
+    def train_config(self) -> TrainConfig:
+        return TrainConfig(epochs=self.epochs, lr=self.lr, weight_decay=self.weight_decay)
+
+    @property
+    def kd(self) -> Distillation | None:
+        return Distillation(self.kd_temperature, self.kd_alpha) if self.distill else None
 
 
 @dataclass
@@ -38,69 +83,445 @@ class FinetuneResult:
     epochs: int
     path: Path
     history: list[dict] = field(default_factory=list)
+    resumed_from: int = 0           # the epoch the fine-tune continued from (0: started afresh)
 
 
-def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_decay: float = 5e-4,
-             batch_size: int | None = None, device: str = "auto", seed: int | None = None,
-             progress: bool = True) -> FinetuneResult:
-    """Fine-tune `best.pt` of a run; see the module docstring."""
-    if epochs < 1 or lr <= 0:
-        raise UserError("--epochs must be at least 1 and --lr positive")
-    run = RunDirectory.open(str(run_dir))
-    info = run.read()
-    args = info.get("args", {})
-    best_path = run.path / BEST_MODEL_FILE
-    if not best_path.is_file():
-        raise UserError(f"{run.path} has no {BEST_MODEL_FILE}: the search exported no subnet (none was scored)")
-    held_out = args.get("held_out", 0.2)
-    seed = args.get("seed", 0) if seed is None else seed
-    data = load_data(args.get("data", "digits"), held_out=held_out if held_out < 1 else int(held_out),
-                     seed=args.get("seed", 0))
-    dev = resolve_device(device)
-    model = torch.load(best_path, map_location="cpu", weights_only=False)
-    batch_size = batch_size or args.get("batch_size", 64)
-    before, history = finetune_module(model, data, epochs=epochs, lr=lr, weight_decay=weight_decay,
-                                      batch_size=batch_size, seed=seed, device=dev, progress=progress)
-    pd.DataFrame(history).to_csv(run.path / FINETUNE_CSV, index=False)
-    torch.save(model.cpu(), run.path / FINETUNED_FILE)
-    base = info.get("base", {}).get("test_top1")
-    run.update_run(finetune={"epochs": epochs, "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size,
-                             "seed": seed, "before_test_top1": before, "test_top1": history[-1]["test_top1"]})
-    return FinetuneResult(history[-1]["test_top1"], before, base, epochs, run.path / FINETUNED_FILE, history)
+# ---------------------------------------------------------------- the loop, shared by the plain and the Ray path
+
+def epoch_order(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> list[int]:
+    """The positions (into the training set) this process trains on in `epoch`, in order.
+
+    A permutation seeded by (seed, epoch), so a resumed fine-tune replays the same order; cut to whole
+    global batches when more than one fits (else to a multiple of `world`); each global batch of
+    `batch_size` is split over the ranks by stride, so that N workers see the same global batches as one.
+    """
+    perm = np.random.default_rng([seed, epoch]).permutation(n)
+    usable = n - n % batch_size if n > batch_size else n - n % world
+    return perm[:usable][rank::world].tolist()
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return n // batch_size if n > batch_size else 1
+
+
+def training_set(data: DataBundle):
+    """The whole training set: the fit and held-out parts (held out only to score candidates)."""
+    return Subset(data.train, sorted(set(data.fit.tolist()) | set(data.held_out.tolist())))
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return getattr(model, "module", model)  # DistributedDataParallel keeps the model in .module
+
+
+def _seed_epoch(seed: int, epoch: int, rank: int) -> None:
+    """Seeds torch's global RNG (dropout, random augmentations) per epoch and rank, so resume replays it."""
+    torch.manual_seed(int(np.random.SeedSequence([seed, epoch, rank]).generate_state(1)[0]))
+
+
+def fit(model: nn.Module, data: DataBundle, recipe: Recipe, *, device: torch.device | str,
+        teacher: nn.Module | None = None, start: dict | None = None, rank: int = 0, world: int = 1,
+        save: Callable[[dict, dict], None] | None = None, stop_after: int | None = None,
+        prepare_loader: Callable[[DataLoader], Iterable] = lambda loader: loader,
+        progress: bool = False) -> dict:
+    """Fine-tune `model` (possibly DDP-wrapped) from `start` (a checkpoint state, or None) for the recipe's
+    remaining epochs, or `stop_after` of them; returns the last state. The one loop of both paths.
+
+    After every epoch rank 0 tests the model and calls `save(state, record)`; every rank calls it (Ray Train's
+    report is collective). A state: epoch, model / optimizer / scheduler state dicts, history, recipe.
+    """
+    train_set = training_set(data)
+    n, per_worker = len(train_set), recipe.batch_size // world
+    optimizer, scheduler = make_optimizer(model, recipe.train_config, recipe.epochs * steps_per_epoch(n, recipe.batch_size))
+    state = start or {"epoch": 0, "history": []}
+    if start is not None:
+        _unwrap(model).load_state_dict(start["model"])
+        optimizer.load_state_dict(start["optimizer"])
+        scheduler.load_state_dict(start["scheduler"])
+    if teacher is not None:
+        teacher.to(device).eval()
+    test_loader = DataLoader(data.test, batch_size=256)
+    history = list(state["history"])
+    last = recipe.epochs if stop_after is None else min(recipe.epochs, state["epoch"] + stop_after)
+    bar = tqdm(range(state["epoch"] + 1, last + 1), desc="fine-tuning", disable=not progress or rank, leave=False)
+    for epoch in bar:
+        started = time.perf_counter()
+        _seed_epoch(recipe.seed, epoch, rank)
+        order = epoch_order(n, recipe.batch_size, recipe.seed, epoch, rank, world)
+        loader = prepare_loader(DataLoader(Subset(train_set, order), batch_size=per_worker, shuffle=False,
+                                           pin_memory=torch.device(device).type == "cuda"))
+        stats = train_epoch(model, loader, optimizer, scheduler, device=device, teacher=teacher, kd=recipe.kd,
+                            amp=recipe.amp)
+        if world > 1:  # the epoch's loss and top-1 over all workers
+            sums = torch.tensor([stats["loss"] * stats["samples"], stats["train_top1"] * stats["samples"],
+                                 stats["samples"]], dtype=torch.float64, device=device)
+            torch.distributed.all_reduce(sums)
+            stats = {"loss": (sums[0] / sums[2]).item(), "train_top1": (sums[1] / sums[2]).item()}
+        record = {"epoch": epoch, "loss": stats["loss"], "train_top1": stats["train_top1"],
+                  "lr": optimizer.param_groups[0]["lr"],
+                  "test_top1": evaluate(_unwrap(model), test_loader, device) if rank == 0 else float("nan"),
+                  "seconds": round(time.perf_counter() - started, 3)}
+        history.append(record)
+        state = {"epoch": epoch, "history": history, "recipe": asdict(recipe),
+                 "model": {k: v.detach().cpu() for k, v in _unwrap(model).state_dict().items()},
+                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        bar.set_postfix(loss=f"{record['loss']:.3f}", test=f"{record['test_top1']:.3f}")
+        if save is not None:
+            save(state, record)
+    return state
 
 
 def finetune_module(model: nn.Module, data: DataBundle, *, epochs: int = 30, lr: float = 0.05,
                     weight_decay: float = 5e-4, batch_size: int = 64, seed: int = 0,
-                    device: torch.device | str = "cpu", progress: bool = False) -> tuple[float, list[dict]]:
-    """Fine-tune `model` in place on the whole training set (SGD + cosine, seeded); the test top-1 before,
-    and one record per epoch (loss, lr, `test_top1`)."""
+                    device: torch.device | str = "cpu", progress: bool = False,
+                    teacher: nn.Module | None = None, kd_temperature: float = 4.0,
+                    kd_alpha: float = 0.5) -> tuple[float, list[dict]]:
+    """Fine-tune `model` in place on the whole training set (SGD + cosine, seeded; distilled from `teacher`
+    when given); the test top-1 before, and one record per epoch (loss, lr, `test_top1`)."""
+    recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size, seed=seed,
+                    distill=teacher is not None, kd_temperature=kd_temperature, kd_alpha=kd_alpha)
     model.to(device)
-    test_loader = DataLoader(data.test, batch_size=256)
-    before = evaluate(model, test_loader, device)
-    every = sorted(set(data.fit.tolist()) | set(data.held_out.tolist()))
-    torch.manual_seed(seed)
-    loader = DataLoader(Subset(data.train, every), batch_size=batch_size, shuffle=True,
-                        generator=torch.Generator().manual_seed(seed), drop_last=len(every) > batch_size)
-    tests: list[float] = []
-    history = train(model, loader, TrainConfig(epochs=epochs, lr=lr, weight_decay=weight_decay), device=device,
-                    desc="fine-tuning", progress=progress,
-                    on_epoch=lambda *_: tests.append(evaluate(model, test_loader, device)))
-    for record, top1 in zip(history, tests):
-        record["test_top1"] = top1
-    return before, history
+    before = evaluate(model, DataLoader(data.test, batch_size=256), device)
+    state = fit(model, data, recipe, device=device, teacher=teacher, progress=progress)
+    return before, state["history"]
+
+
+# ---------------------------------------------------------------- loading, safely
+
+def load_subnet(run_dir: str | Path, trust_pickle: bool = False, *, num_classes: int | None = None) -> nn.Module:
+    """The run's exported subnet, without running code from the run directory.
+
+    Preferred: rebuilt from `best.json` (architecture) and `best.state_dict.pt` (weights and BatchNorm
+    statistics, `torch.load(weights_only=True)`). A run with only the pickled module `best.pt` is loaded
+    only with `trust_pickle`. `num_classes` (the data's) is needed to rebuild; None reads the run's data.
+    """
+    run = RunDirectory.open(str(run_dir))
+    state_path, pickled = run.path / SUBNET_STATE_FILE, run.path / BEST_MODEL_FILE
+    if state_path.is_file() and (run.path / BEST_FILE).is_file():
+        best = run.read(BEST_FILE)
+        state = _safe_load(state_path, "subnet state dict")
+        if num_classes is None:
+            num_classes = _run_data(run.read().get("args", {})).num_classes
+        base = _base_model(best, num_classes, trust_pickle, weights=False)
+        from .export import rebuild
+
+        subnet = rebuild(best, base)
+        _load_state(subnet, state, state_path)
+        return subnet.eval()
+    if not pickled.is_file():
+        raise UserError(f"{run.path} has no {BEST_MODEL_FILE} or {SUBNET_STATE_FILE}: the search exported no "
+                        f"subnet (none was scored)")
+    if not trust_pickle:
+        raise UserError(f"{run.path} has only the pickled module {BEST_MODEL_FILE} (no {SUBNET_STATE_FILE}); "
+                        f"unpickling can run code: pass --trust-pickle if you trust this run directory")
+    try:
+        model = torch.load(pickled, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - unpickling fails in many ways
+        raise UserError(f"cannot load {pickled}: {_first_line(error)}") from None
+    if not isinstance(model, nn.Module):
+        what = "a state dict" if isinstance(model, dict) else f"a {type(model).__name__}"
+        raise UserError(f"{pickled} holds {what}, not a module (the subnet's state dict belongs in "
+                        f"{SUBNET_STATE_FILE} beside best.json)")
+    return model.eval()
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
+
+
+def _safe_load(path: Path, what: str) -> Any:
+    """`torch.load(weights_only=True)`: tensors and plain containers only; anything else is a UserError."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # noqa: BLE001 - a garbage or hostile file
+        raise UserError(f"cannot load {what} {path} as tensors (weights_only): {_first_line(error)}") from None
+
+
+def _load_state(model: nn.Module, state: Any, path: Path) -> None:
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict (name -> tensor)")
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        raise UserError(f"{path} does not fit the subnet of best.json: {_first_line(error)}") from None
+
+
+def _run_data(args: dict) -> DataBundle:
+    held_out = args.get("held_out", 0.2)
+    return load_data(args.get("data", "digits"), held_out=held_out if held_out < 1 else int(held_out),
+                     seed=args.get("seed", 0))
+
+
+def _base_model(spec: dict, num_classes: int, trust_pickle: bool, *, weights: bool) -> nn.Module:
+    """The run's base model (`spec`: run.json's args or best.json), untrained unless `weights`; a model given as a
+    pickled file needs `trust_pickle`."""
+    from .zoo import load_model
+
+    name, shape = spec.get("model", "resnet20"), spec.get("input_shape")
+    if Path(str(name)).expanduser().is_file() and not trust_pickle:
+        raise UserError(f"the run's base model {name} is a pickled module; unpickling can run code: pass "
+                        f"--trust-pickle if you trust it")
+    torch.manual_seed(spec.get("seed", 0))
+    return load_model(name, num_classes=num_classes, input_shape=tuple(shape),
+                      weights=spec.get("weights") if weights else None)
+
+
+def load_teacher(args: dict, data: DataBundle, device: torch.device, trust_pickle: bool,
+                 progress: bool = False) -> nn.Module | None:
+    """The run's trained base model, as the search used it (zoo model + --weights, or the cached baseline),
+    in eval mode without grads; None when the run searched an untrained model."""
+    from .baseline import trained_baseline
+
+    spec = {**args, "input_shape": data.input_shape}
+    model = _base_model(spec, data.num_classes, trust_pickle, weights=True)
+    if args.get("weights") is None:
+        epochs = args.get("baseline_epochs", 30)
+        if args.get("model", "resnet20") not in ZOO_MODELS or epochs <= 0:
+            return None
+        model, _ = trained_baseline(model, args.get("model", "resnet20"), args.get("data", "digits"), data,
+                                    epochs=epochs, seed=args.get("seed", 0), batch_size=args.get("batch_size", 64),
+                                    device=device, progress=progress)
+    model = model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+# ---------------------------------------------------------------- checkpoints and outputs, atomically
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """`write` a temporary file beside `path`, then rename it over `path`: a reader never sees half a file, and a
+    failed write leaves the previous file whole (a UserError says so)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except OSError as error:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {error.strerror or error}; the previous {path.name} is kept "
+                        f"(after a failed epoch: free the space and continue with --resume)") from None
+
+
+def write_outputs(run_path: Path, state: dict, *, checkpoint: bool = True) -> None:
+    """`finetune.csv` (and the plain path's checkpoint), each replaced atomically."""
+    if checkpoint:
+        _atomic(run_path / CHECKPOINT_FILE, lambda p: torch.save(state, p))
+    _atomic(run_path / FINETUNE_CSV, lambda p: pd.DataFrame(state["history"]).to_csv(p, index=False))
+
+
+def plot_history(path: Path, history: list[dict], *, before: float, base: float | None) -> None:
+    """`finetune.png`: training loss and test top-1 per epoch, the subnet before and the base as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [r["epoch"] for r in history]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(9, 3.6), dpi=110)
+    left.plot(epochs, [r["loss"] for r in history], marker="o", markersize=3)
+    left.set_xlabel("epoch")
+    left.set_ylabel("training loss")
+    right.plot(epochs, [r["test_top1"] for r in history], marker="o", markersize=3, label="fine-tuned subnet")
+    right.axhline(before, color="tab:gray", ls=":", label="subnet before fine-tuning")
+    if base is not None:
+        right.axhline(base, color="tab:red", ls="--", label="base model")
+    right.set_xlabel("epoch")
+    right.set_ylabel("test top-1")
+    right.legend(fontsize=8, loc="lower right")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    _atomic(path / FINETUNE_PLOT, lambda p: fig.savefig(p, format="png"))
+    plt.close(fig)
+
+
+def _check_writable(path: Path) -> None:
+    probe = path / ".finetune-write-test"
+    try:
+        probe.write_text("")
+        probe.unlink()
+    except OSError as error:
+        raise UserError(f"cannot write to the run directory {path}: {error.strerror or error}; the fine-tune "
+                        f"writes its checkpoint and results there") from None
+
+
+def latest_checkpoint(run_path: Path) -> dict | None:
+    """The newest fine-tune state in the run (the plain path's file or Ray Train's last checkpoint), safely loaded."""
+    found = []
+    if (run_path / CHECKPOINT_FILE).is_file():
+        found.append(run_path / CHECKPOINT_FILE)
+    ray_states = sorted((run_path / RAY_DIR).glob(f"checkpoint_*/{STATE_FILE}"))
+    found += ray_states[-1:]
+    states = [_safe_load(p, "fine-tune checkpoint") for p in found]
+    for path, state in zip(found, states):
+        if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "scheduler", "history"} <= set(state):
+            raise UserError(f"{path} is not a fine-tune checkpoint")
+    return max(states, key=lambda s: s["epoch"], default=None)
+
+
+def _check_resume(state: dict, recipe: Recipe) -> None:
+    saved = {k: v for k, v in state.get("recipe", {}).items() if k != "epochs"}
+    changed = [k for k, v in saved.items() if getattr(recipe, k, v) != v]
+    if changed:
+        raise UserError("--resume continues the saved recipe; these differ from it: " +
+                        ", ".join(f"--{k.replace('_', '-')} (saved {saved[k]}, given {getattr(recipe, k)})"
+                                  for k in changed))
+    if state["epoch"] > recipe.epochs:
+        raise UserError(f"the checkpoint is at epoch {state['epoch']}, past --epochs {recipe.epochs}")
+
+
+# ---------------------------------------------------------------- the API
+
+def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_decay: float = 5e-4,
+             batch_size: int | None = None, device: str = "auto", seed: int | None = None,
+             progress: bool = True, distill: bool = False, kd_temperature: float = 4.0, kd_alpha: float = 0.5,
+             workers: int = 0, ray_address: str | None = None, resume: bool = False,
+             trust_pickle: bool = False, stop_after: int | None = None, amp: bool | None = None) -> FinetuneResult:
+    """Fine-tune a run's subnet; see the module docstring. `workers` > 0 (or `ray_address`) runs on Ray Train;
+    `stop_after` trains at most that many epochs in this call (continue with `resume=True`); `amp` None: bfloat16
+    autocast and channels-last on a CUDA device that supports bfloat16, off elsewhere."""
+    _check_numbers(epochs=epochs, lr=lr, batch_size=batch_size, workers=workers, kd_temperature=kd_temperature,
+                   kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay)
+    run = RunDirectory.open(str(run_dir))
+    _check_writable(run.path)
+    dev = _device(device)
+    info = run.read()
+    args = info.get("args", {})
+    data = _run_data(args)
+    model = load_subnet(run.path, trust_pickle, num_classes=data.num_classes)
+    recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size or args.get("batch_size", 64),
+                    seed=args.get("seed", 0) if seed is None else seed, distill=distill,
+                    kd_temperature=kd_temperature, kd_alpha=kd_alpha,
+                    amp=(dev.type == "cuda" and torch.cuda.is_bf16_supported()) if amp is None else amp)
+    if workers and recipe.batch_size % workers:
+        raise UserError(f"--batch-size {recipe.batch_size} must be a multiple of --workers {workers} (it is the "
+                        f"global batch, split evenly over the workers)")
+    start = latest_checkpoint(run.path)
+    if start is not None and not resume and start["epoch"] < start.get("recipe", {}).get("epochs", 0):
+        raise UserError(f"{run.path} holds an unfinished fine-tune (epoch {start['epoch']} of "
+                        f"{start['recipe']['epochs']}): --resume continues it; delete {CHECKPOINT_FILE} and "
+                        f"{RAY_DIR}/ to start afresh")
+    if resume and start is None:
+        log.warning("--resume: no fine-tune checkpoint in %s; starting from epoch 0", run.path)
+    if resume and start is not None:
+        _check_resume(start, recipe)
+    else:
+        start = None
+        _clear_checkpoints(run.path)
+    teacher = load_teacher(args, data, dev, trust_pickle, progress) if recipe.distill else None
+    if recipe.distill and teacher is None:
+        raise UserError(f"--distill needs a trained base model as the teacher, but the run searched an untrained "
+                        f"{args.get('model')} (no --weights)")
+    if recipe.amp:
+        model = model.to(memory_format=torch.channels_last)
+    model.to(dev)
+    before = start["before_test_top1"] if start and "before_test_top1" in start else \
+        evaluate(model, DataLoader(data.test, batch_size=256), dev)
+    if start is not None and start["epoch"] >= recipe.epochs:
+        state = start  # nothing left to train
+    elif workers or ray_address:
+        from .finetune_ray import fit_on_ray
+
+        state = fit_on_ray(model, data, recipe, teacher=teacher, start=start, workers=max(1, workers),
+                           address=ray_address, use_gpu=dev.type == "cuda", run_path=run.path, stop_after=stop_after,
+                           extra={"before_test_top1": before})
+    else:
+        state = fit(model, data, recipe, device=dev, teacher=teacher, start=start, stop_after=stop_after,
+                    progress=progress, save=lambda s, _: write_outputs(run.path, {**s, "before_test_top1": before}))
+    model.cpu().load_state_dict(state["model"])
+    history = state["history"]
+    write_outputs(run.path, {**state, "before_test_top1": before}, checkpoint=not (workers or ray_address))
+    _atomic(run.path / FINETUNED_STATE_FILE, lambda p: torch.save(model.state_dict(), p))
+    _atomic(run.path / FINETUNED_FILE, lambda p: torch.save(model, p))
+    base = info.get("base", {}).get("test_top1")
+    if history:
+        plot_history(run.path, history, before=before, base=base)
+    run.update_run(finetune={**asdict(recipe), "epochs_done": state["epoch"], "workers": workers,
+                             "before_test_top1": before, "test_top1": history[-1]["test_top1"] if history else before})
+    return FinetuneResult(history[-1]["test_top1"] if history else before, before, base, state["epoch"],
+                          run.path / FINETUNED_FILE, history, resumed_from=start["epoch"] if start else 0)
+
+
+def _clear_checkpoints(run_path: Path) -> None:
+    """A fresh fine-tune: earlier checkpoints would be resumed by Ray Train (same run name), so they go."""
+    (run_path / CHECKPOINT_FILE).unlink(missing_ok=True)
+    shutil.rmtree(run_path / RAY_DIR, ignore_errors=True)
+
+
+def _check_numbers(**values: float | None) -> None:
+    positive = ("epochs", "lr", "batch_size", "kd_temperature", "stop_after")
+    for name, value in values.items():
+        if value is None:
+            continue
+        bad = (value <= 0 if name in positive else
+               not 0 <= value <= 1 if name == "kd_alpha" else value < 0)
+        if bad or (name in ("epochs", "batch_size", "stop_after", "workers") and value != int(value)):
+            need = {"kd_alpha": "in [0, 1]"}.get(name, "positive" if name in positive else "0 or more")
+            raise UserError(f"--{name.replace('_', '-')} must be {need}, got {value}")
+
+
+def _device(device: str) -> torch.device:
+    try:
+        dev = resolve_device(device)
+        torch.empty(0, device=dev)
+    except (RuntimeError, ValueError, AssertionError) as error:
+        raise UserError(f"cannot use --device {device}: {str(error).strip().splitlines()[0]}") from None
+    return dev
+
+
+# ---------------------------------------------------------------- the CLI
+
+class _Parser(argparse.ArgumentParser):
+    """Argument errors in one line plus a hint, not the whole usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m search.finetune", description=__doc__.split("\n\n")[0],
-                                formatter_class=HelpFormatter)
+    p = _Parser(prog="python -m search.finetune", description=__doc__.split("\n\n")[0],
+                formatter_class=HelpFormatter)
     p.add_argument("run_dir", help="a run directory written by python -m search.run")
-    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate (cosine decay to 0)")
+    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (on --resume, may grow)")
+    p.add_argument("--lr", type=float, default=0.05,
+                   help="peak learning rate for the global batch (cosine decay to 0); the same whatever --workers, "
+                        "since DDP averages the workers' gradients")
     p.add_argument("--weight-decay", type=float, default=5e-4, help="on weights, not on biases and norms")
-    p.add_argument("--batch-size", type=int, default=None, help="default: the run's batch size")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="the global batch (default: the run's batch size): with --workers N each worker takes "
+                        "batch-size / N samples per step (a multiple of N), so N workers run the same steps as one")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.add_argument("--seed", type=int, default=None, help="default: the run's seed")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    kd = p.add_argument_group("distillation from the run's base model")
+    kd.add_argument("--distill", dest="distill", action="store_true",
+                    help="loss = (1 - a) * CE + a * T^2 * KL(teacher || student, both softened at temperature T), the "
+                         "teacher being the run's trained base model (eval mode, no grad); off by default: no "
+                         "consistent gain in benchmarks/finetune.py")
+    kd.add_argument("--no-distill", dest="distill", action="store_false", default=False,
+                    help="plain cross-entropy (the default)")
+    kd.add_argument("--kd-temperature", type=float, default=4.0, help="T: the temperature softening both outputs")
+    kd.add_argument("--kd-alpha", type=float, default=0.5, help="a: the weight of the distillation term, in [0, 1]")
+    ray = p.add_argument_group("distributed (Ray Train)")
+    ray.add_argument("--workers", type=int, default=0,
+                     help="data-parallel on N Ray Train workers (DDP; gloo on CPU, nccl on GPU; one GPU each with a "
+                          "CUDA --device); a local Ray is started unless --ray-address; 0: in this process")
+    ray.add_argument("--ray-address", default=None,
+                     help="join an existing Ray cluster (auto, or HOST:PORT); the run directory must then be on "
+                          "storage every node sees")
+    p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
+                   help="bfloat16 autocast and channels-last (default: on with a CUDA device that supports bfloat16)")
+    out = p.add_argument_group("checkpoints and safety")
+    out.add_argument("--resume", action="store_true",
+                     help="continue from the last checkpoint (finetune_checkpoint.pt or finetune_ray/) with the "
+                          "same recipe")
+    out.add_argument("--stop-after", type=int, default=None, metavar="N",
+                     help="train at most N epochs now, then stop (continue with --resume), e.g. to fit a job's "
+                          "time limit")
+    out.add_argument("--trust-pickle", action="store_true",
+                     help="allow loading pickled modules (best.pt of a run without best.state_dict.pt, a base "
+                          "model given as PATH.pt): unpickling a file can run code")
+    out.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p
 
 
@@ -109,13 +530,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = finetune(args.run_dir, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
                           batch_size=args.batch_size, device=args.device, seed=args.seed,
-                          progress=not args.no_progress)
+                          progress=not args.no_progress, distill=args.distill, kd_temperature=args.kd_temperature,
+                          kd_alpha=args.kd_alpha, workers=args.workers, ray_address=args.ray_address,
+                          resume=args.resume, trust_pickle=args.trust_pickle, stop_after=args.stop_after,
+                          amp=args.amp)
     except UserError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     base = "n/a" if result.base_test_top1 is None else f"{result.base_test_top1:.4f}"
+    resumed = f" (resumed from epoch {result.resumed_from})" if result.resumed_from else ""
     print(f"test top-1: base {base} | pruned before fine-tuning {result.before_top1:.4f} | "
-          f"after {result.epochs} epochs {result.test_top1:.4f}\nsaved {result.path}")
+          f"after {result.epochs} epochs {result.test_top1:.4f}{resumed}\nsaved {result.path}")
     return 0
 
 

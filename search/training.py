@@ -1,8 +1,8 @@
-"""A standard training loop (SGD + cosine) and top-1 evaluation, shared by the baseline and fine-tuning."""
+"""The training step (SGD + cosine, optional distillation) and top-1 evaluation, shared by the baseline and fine-tuning."""
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +21,16 @@ class TrainConfig:
     label_smoothing: float = 0.0
 
 
+@dataclass(frozen=True)
+class Distillation:
+    """Knowledge distillation from a teacher (Hinton et al. 2015):
+    loss = (1 - alpha) * CE(student, labels) + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+
+    The T^2 keeps the soft term's gradients on the scale of the hard term's as T grows."""
+    temperature: float = 4.0
+    alpha: float = 0.5
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     """`auto`: CUDA when available, else CPU."""
     if device == "auto":
@@ -32,12 +42,75 @@ def resolve_device(device: str = "auto") -> torch.device:
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> float:
     """Top-1 accuracy of `model` (in eval mode) over `loader`."""
     model.eval()
-    correct = total = 0
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    total = 0
     for x, y in loader:
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        correct += (model(x).argmax(1) == y).sum().item()
+        correct += (model(x).argmax(1) == y).sum()
         total += y.numel()
-    return correct / max(1, total)
+    return correct.item() / max(1, total)
+
+
+def make_optimizer(model: nn.Module, config: TrainConfig, steps: int):
+    """Nesterov SGD (weight decay on weights, not on biases and norms) and a per-step cosine from `config.lr` to 0
+    over `steps`."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (no_decay if p.dim() <= 1 else decay).append(p)
+    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=config.lr, momentum=config.momentum, nesterov=True)
+    steps = max(1, steps)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps)))
+    return optimizer, scheduler
+
+
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor, kd: Distillation,
+                      label_smoothing: float = 0.0) -> torch.Tensor:
+    """See `Distillation`; KL averaged over the batch."""
+    hard = F.cross_entropy(logits, targets, label_smoothing=label_smoothing)
+    t = kd.temperature
+    soft = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits.detach() / t, dim=1),
+                    reduction="batchmean", log_target=True)
+    return (1 - kd.alpha) * hard + kd.alpha * t * t * soft
+
+
+def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Optimizer, scheduler, *,
+                device: torch.device | str = "cpu", label_smoothing: float = 0.0,
+                teacher: nn.Module | None = None, kd: Distillation | None = None,
+                amp: bool = False) -> dict[str, float]:
+    """One pass over `batches` in train mode, one optimizer and scheduler step per batch: the training step,
+    for the baseline, the plain fine-tune and every Ray Train worker alike. With a `teacher` (in eval mode,
+    no grad) the loss is `distillation_loss`. With `amp` the forward passes run under bfloat16 autocast
+    (no loss scaling needed) on channels-last inputs. Sums stay on the device: one host sync per epoch.
+
+    Returns the epoch's mean loss, train top-1 and samples seen (of this process)."""
+    model.train()
+    device_type = torch.device(device).type
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), dtype=torch.long, device=device)
+    seen = 0
+    for x, y in batches:
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if amp and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            out = model(x)
+            if teacher is not None:
+                with torch.no_grad():
+                    soft_targets = teacher(x)
+                loss = distillation_loss(out.float(), soft_targets.float(), y, kd or Distillation(), label_smoothing)
+            else:
+                loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * y.numel()
+        correct += (out.detach().argmax(1) == y).sum()
+        seen += y.numel()
+    return {"loss": loss_sum.item() / max(1, seen), "train_top1": correct.item() / max(1, seen), "samples": seen}
 
 
 def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *, device: torch.device | str = "cpu",
@@ -48,32 +121,13 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *, device: 
     `on_epoch(epoch, loss, train_top1)` is called after every epoch (e.g. to evaluate and log).
     """
     model.to(device)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (no_decay if p.dim() <= 1 else decay).append(p)
-    optimizer = torch.optim.SGD([{"params": decay, "weight_decay": config.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=config.lr, momentum=config.momentum, nesterov=True)
-    steps = max(1, config.epochs * len(loader))
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
+    optimizer, scheduler = make_optimizer(model, config, config.epochs * len(loader))
     history = []
     bar = tqdm(range(config.epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
-        model.train()
-        loss_sum = correct = seen = 0.0
-        for x, y in loader:
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            out = model(x)
-            loss = F.cross_entropy(out, y, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.item() * y.numel()
-            correct += (out.argmax(1) == y).sum().item()
-            seen += y.numel()
-        record = {"epoch": epoch + 1, "loss": loss_sum / max(1, seen), "train_top1": correct / max(1, seen),
+        stats = train_epoch(model, loader, optimizer, scheduler, device=device,
+                            label_smoothing=config.label_smoothing)
+        record = {"epoch": epoch + 1, "loss": stats["loss"], "train_top1": stats["train_top1"],
                   "lr": optimizer.param_groups[0]["lr"]}
         history.append(record)
         bar.set_postfix(loss=f"{record['loss']:.3f}", top1=f"{record['train_top1']:.3f}")

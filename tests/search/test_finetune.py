@@ -1,0 +1,281 @@
+"""`search.finetune`: distillation, resume, Ray Train (1 and 2 workers), safe loading and every user error as one line."""
+from __future__ import annotations
+
+import os
+import pickle
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from search import finetune as ft
+from search import run as run_module
+from search.training import Distillation, distillation_loss
+
+FAST = ["--baseline-epochs", "1", "--trials", "4", "--calib-batches", "2", "--batch-size", "32",
+        "--eval-samples", "64", "--no-progress", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def made(tmp_path_factory):
+    """One real run directory for the module (its baseline cached under a temporary PRUNESEARCH_CACHE), with one
+    intra-op thread: tiny models on a busy CPU, and the thread count every Ray worker runs with."""
+    root = tmp_path_factory.mktemp("finetune")
+    saved, threads = os.environ.get("PRUNESEARCH_CACHE"), torch.get_num_threads()
+    os.environ["PRUNESEARCH_CACHE"] = str(root / "cache")
+    torch.set_num_threads(1)
+    try:
+        assert run_module.main(["--agent", "random", "--budget", "0.4flops", "--out", str(root / "run"), *FAST]) == 0
+        yield root
+    finally:
+        torch.set_num_threads(threads)
+        if saved is None:
+            os.environ.pop("PRUNESEARCH_CACHE", None)
+        else:
+            os.environ["PRUNESEARCH_CACHE"] = saved
+
+
+@pytest.fixture
+def run_dir(made, tmp_path):
+    return shutil.copytree(made / "run", tmp_path / "run")
+
+
+def tune(run, **kw):
+    kw = {"epochs": 1, "batch_size": 128, "progress": False, "distill": False, **kw}
+    return ft.finetune(run, **kw)
+
+
+def states_equal(a, b) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def saved_state(run):
+    return torch.load(run / ft.FINETUNED_STATE_FILE, weights_only=True)
+
+
+# ---------------------------------------------------------------- distillation
+
+def test_distillation_loss_is_ce_at_alpha_0_and_kl_at_alpha_1():
+    g = torch.Generator().manual_seed(0)
+    logits, teacher, y = torch.randn(8, 5, generator=g), torch.randn(8, 5, generator=g), torch.arange(8) % 5
+    ce = torch.nn.functional.cross_entropy(logits, y)
+    assert torch.allclose(distillation_loss(logits, teacher, y, Distillation(4.0, 0.0)), ce)
+    soft = distillation_loss(logits, teacher, y, Distillation(4.0, 1.0))
+    assert soft > 0 and torch.allclose(distillation_loss(teacher, teacher, y, Distillation(4.0, 1.0)),
+                                       torch.zeros(()), atol=1e-6)
+    assert torch.allclose(distillation_loss(logits, teacher, y, Distillation(4.0, 0.5)), 0.5 * ce + 0.5 * soft)
+
+
+def test_distillation_changes_the_fine_tune_and_is_seeded(made, tmp_path):
+    runs = [shutil.copytree(made / "run", tmp_path / name) for name in ("kd1", "kd2", "ce")]
+    kd1, kd2 = tune(runs[0], distill=True), tune(runs[1], distill=True)
+    ce = tune(runs[2], distill=False)
+    assert kd1.history[0]["loss"] == kd2.history[0]["loss"] and states_equal(saved_state(runs[0]), saved_state(runs[1]))
+    assert kd1.history[0]["loss"] != ce.history[0]["loss"]
+    assert not states_equal(saved_state(runs[0]), saved_state(runs[2]))
+
+
+# ---------------------------------------------------------------- checkpoints and resume, in this process
+
+def test_resume_continues_from_the_last_epoch_and_matches_an_uninterrupted_run(made, tmp_path):
+    straight, split = (shutil.copytree(made / "run", tmp_path / name) for name in ("straight", "split"))
+    whole = tune(straight, epochs=2)
+    first = tune(split, epochs=2, stop_after=1)
+    assert first.epochs == 1 and len(pd.read_csv(split / ft.FINETUNE_CSV)) == 1
+    assert torch.load(split / ft.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    rest = tune(split, epochs=2, resume=True)
+    assert rest.resumed_from == 1 and [r["epoch"] for r in rest.history] == [1, 2]
+    assert rest.history[0] == first.history[0]  # epoch 1 was not trained again
+    assert [r["loss"] for r in rest.history] == [r["loss"] for r in whole.history]
+    assert states_equal(saved_state(split), saved_state(straight)) and (split / ft.FINETUNE_PLOT).is_file()
+
+
+def test_an_unfinished_fine_tune_is_never_overwritten_and_resumes_only_its_recipe(run_dir, capsys):
+    tune(run_dir, epochs=2, stop_after=1)
+    code = ft.main([str(run_dir), "--epochs", "2", "--no-progress"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "unfinished fine-tune (epoch 1 of 2): --resume" in err
+    code = ft.main([str(run_dir), "--epochs", "2", "--resume", "--lr", "0.01", "--no-progress", "--batch-size", "128",
+                    "--no-distill"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--lr (saved 0.05, given 0.01)" in err
+
+
+# ---------------------------------------------------------------- Ray Train
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    yield ray
+    ray.shutdown()
+
+
+def test_one_ray_worker_gives_the_plain_loop_s_result(made, tmp_path, local_ray):
+    """One worker: no DDP wrapper, the same batches in the same order, one torch thread like this process: the
+    same weights, bit for bit."""
+    plain, ray_run = (shutil.copytree(made / "run", tmp_path / name) for name in ("plain", "ray"))
+    expected = tune(plain, distill=True)
+    got = tune(ray_run, distill=True, workers=1)
+    assert got.history[0]["loss"] == expected.history[0]["loss"]
+    assert got.test_top1 == expected.test_top1 and states_equal(saved_state(ray_run), saved_state(plain))
+
+
+def ray_checkpoints(run):
+    return sorted(p for p in (run / ft.RAY_DIR).glob("checkpoint_*") if p.is_dir())
+
+
+def test_two_ray_workers_checkpoint_every_epoch_and_resume(run_dir, local_ray):
+    first = tune(run_dir, epochs=2, stop_after=1, workers=2)
+    checkpoints = ray_checkpoints(run_dir)
+    assert first.epochs == 1 and len(checkpoints) == 1 and len(pd.read_csv(run_dir / ft.FINETUNE_CSV)) == 1
+    assert torch.load(checkpoints[0] / ft.STATE_FILE, weights_only=True)["epoch"] == 1
+    rest = tune(run_dir, epochs=2, resume=True, workers=2)
+    assert rest.resumed_from == 1 and [r["epoch"] for r in rest.history] == [1, 2]
+    assert rest.history[0] == first.history[0]  # continued from epoch 1, not restarted
+    assert len(ray_checkpoints(run_dir)) == 2
+    assert len(pd.read_csv(run_dir / ft.FINETUNE_CSV)) == 2 and 0 <= rest.test_top1 <= 1
+
+
+# ---------------------------------------------------------------- safety and user errors
+
+def test_epoch_order_splits_each_global_batch_over_the_workers():
+    whole = ft.epoch_order(100, 8, seed=3, epoch=2)
+    parts = [ft.epoch_order(100, 8, seed=3, epoch=2, rank=r, world=2) for r in range(2)]
+    assert len(whole) == 96 and sorted(whole) == sorted(parts[0] + parts[1])
+    for k in range(12):  # global batch k of one worker = the union of batch k of each of two
+        assert set(whole[8 * k:8 * k + 8]) == set(parts[0][4 * k:4 * k + 4]) | set(parts[1][4 * k:4 * k + 4])
+    assert ft.epoch_order(100, 8, seed=3, epoch=3) != whole
+
+
+class _Hostile:
+    """Unpickling it opens (creates) the marker file: code from the file would have run."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def _plant(path, marker):
+    with open(path, "wb") as f:
+        pickle.dump(_Hostile(marker), f, protocol=2)
+
+
+@pytest.mark.parametrize("planted, extra, message", [
+    ("best.pt", [], "pass --trust-pickle"),
+    (ft.SUBNET_STATE_FILE, [], "weights_only"),
+    (ft.CHECKPOINT_FILE, ["--resume"], "weights_only"),
+])
+def test_a_hostile_pickle_never_runs(run_dir, tmp_path, capsys, planted, extra, message):
+    marker = tmp_path / "pwned"
+    if planted == "best.pt":
+        (run_dir / ft.SUBNET_STATE_FILE).unlink()
+    _plant(run_dir / planted, marker)
+    code = ft.main([str(run_dir), "--epochs", "1", "--no-progress", *extra])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and message in err, err
+    assert not marker.exists()
+
+
+def test_a_read_only_run_directory_fails_before_training(run_dir, capsys, monkeypatch):
+    os.chmod(run_dir, 0o555)
+    if os.geteuid() == 0:  # root writes anyway: refuse writes into the folder as the kernel would
+        real = Path.write_text
+
+        def refused(self, *args, **kw):
+            if self.parent == run_dir:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self, *args, **kw)
+
+        monkeypatch.setattr(Path, "write_text", refused)
+    monkeypatch.setattr(ft, "fit", lambda *a, **k: pytest.fail("training started"))
+    try:
+        code = ft.main([str(run_dir), "--epochs", "1", "--no-progress"])
+    finally:
+        os.chmod(run_dir, 0o755)
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "cannot write to the run directory" in err, err
+
+
+def test_a_full_disk_mid_fine_tune_keeps_the_last_epoch(run_dir, capsys, monkeypatch):
+    real, writes = torch.save, []
+
+    def full_disk(obj, f, *args, **kw):
+        if Path(f).name == f".{ft.CHECKPOINT_FILE}.tmp":
+            writes.append(obj["epoch"])
+            if obj["epoch"] == 2:
+                raise OSError(28, "No space left on device")
+        return real(obj, f, *args, **kw)
+
+    monkeypatch.setattr(torch, "save", full_disk)
+    code = ft.main([str(run_dir), "--epochs", "3", "--no-progress", "--batch-size", "128", "--no-distill"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "No space left on device" in err and writes == [1, 2], err
+    assert torch.load(run_dir / ft.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    assert not (run_dir / f".{ft.CHECKPOINT_FILE}.tmp").exists()
+    monkeypatch.setattr(torch, "save", real)
+    assert tune(run_dir, epochs=3, resume=True, batch_size=128).resumed_from == 1
+
+
+def _garbage_best(run):
+    (run / ft.SUBNET_STATE_FILE).unlink()
+    (run / "best.pt").write_bytes(b"not a pickle at all")
+
+
+def _state_dict_best(run):
+    (run / ft.SUBNET_STATE_FILE).replace(run / "best.pt")
+
+
+@pytest.mark.parametrize("args, prepare, message", [
+    (["--batch-size", "-1"], None, r"--batch-size must be positive, got -1"),
+    (["--epochs", "0"], None, r"--epochs must be positive"),
+    (["--kd-alpha", "2"], None, r"--kd-alpha must be in \[0, 1\]"),
+    (["--workers", "-1"], None, r"--workers must be 0 or more"),
+    (["--trust-pickle"], _garbage_best, r"cannot load .*best.pt"),
+    ([], _garbage_best, r"pass --trust-pickle"),
+    (["--trust-pickle"], _state_dict_best, r"holds a state dict, not a module"),
+    (["--workers", "3"], None, r"--batch-size 32 must be a multiple of --workers 3"),
+    pytest.param(["--device", "cuda"], None, r"cannot use --device cuda",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is present")),
+])
+def test_user_errors_are_one_line_and_exit_2(run_dir, capsys, args, prepare, message):
+    if prepare is not None:
+        prepare(run_dir)
+    code = ft.main([str(run_dir), "--no-progress", *args])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 0, err
+    assert re.search(message, err), err
+
+
+def test_argument_errors_are_one_line_with_a_hint(capsys):
+    with pytest.raises(SystemExit) as exit:
+        ft.main(["somewhere", "--epochs", "abc"])
+    err = capsys.readouterr().err.strip()
+    assert exit.value.code == 2 and err.count("\n") == 0
+    assert err == "error: argument --epochs: invalid int value: 'abc' (see python -m search.finetune --help)"
+
+
+def test_a_missing_run_directory(tmp_path, capsys):
+    assert ft.main([str(tmp_path / "nope")]) == 2
+    assert "is not a run directory" in capsys.readouterr().err
+
+
+def test_amp_trains_under_bfloat16_autocast():
+    from search.training import TrainConfig, make_optimizer, train_epoch
+
+    def run(amp):
+        torch.manual_seed(0)
+        model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                    torch.nn.Flatten(), torch.nn.Linear(8 * 6 * 6, 4))
+        g = torch.Generator().manual_seed(1)
+        batches = [(torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)) for _ in range(3)]
+        optimizer, scheduler = make_optimizer(model, TrainConfig(epochs=1, lr=0.05), 3)
+        return train_epoch(model, batches, optimizer, scheduler, amp=amp)["loss"]
+
+    plain, amp = run(False), run(True)
+    assert amp == amp and abs(amp - plain) < 0.1 and amp != plain  # finite, close, and really in bfloat16
