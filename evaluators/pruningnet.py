@@ -62,7 +62,7 @@ from spaces.elastic import ElasticModel, ElasticState
 from spaces.materialize import materialize
 from spaces.sampling import feasible_sampler  # noqa: F401 - re-exported: its old home
 from spaces.slicing import kept_length
-from spaces.space import Candidate, SearchSpace
+from spaces.space import Candidate
 
 from .accuracy import AccuracyEvaluator
 

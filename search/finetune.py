@@ -24,12 +24,10 @@ import contextlib
 import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -39,16 +37,18 @@ from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
 from .errors import UserError
-from .records import BEST_FILE, BEST_MODEL_FILE, RunDirectory
-from .run import ZOO_MODELS, HelpFormatter
-from .training import Distillation, TrainConfig, evaluate, make_optimizer, resolve_device, train_epoch
-from .zoo import DataBundle, load_data
+from .records import (BEST_STATE_FILE, FINETUNE_CSV, FINETUNED_MODEL_FILE, FINETUNED_STATE_FILE,
+                      RunDirectory)
+from .cli import ArgumentParser, configure_logging, guarded
+from .config import SearchConfig
+from .training import Distillation, TrainConfig, evaluate, make_optimizer, train_epoch
+from .zoo import DataBundle, load_data, safe_load
 
 log = logging.getLogger("search.finetune")
 
-SUBNET_STATE_FILE = "best.state_dict.pt"       # the exported subnet's state dict, beside best.json
-FINETUNED_FILE, FINETUNED_STATE_FILE = "finetuned.pt", "finetuned.state_dict.pt"
-FINETUNE_CSV, FINETUNE_PLOT = "finetune.csv", "finetune.png"
+SUBNET_STATE_FILE = BEST_STATE_FILE            # the exported subnet's state dict, beside best.json
+FINETUNED_FILE = FINETUNED_MODEL_FILE
+FINETUNE_PLOT = "finetune.png"
 CHECKPOINT_FILE, RAY_DIR = "finetune_checkpoint.pt", "finetune_ray"
 STATE_FILE = "finetune_state.pt"  # the file inside each Ray Train checkpoint directory
 
@@ -188,100 +188,36 @@ def finetune_module(model: nn.Module, data: DataBundle, *, epochs: int = 30, lr:
 # ---------------------------------------------------------------- loading, safely
 
 def load_subnet(run_dir: str | Path, trust_pickle: bool = False, *, num_classes: int | None = None) -> nn.Module:
-    """The run's exported subnet, without running code from the run directory.
+    """The run's exported subnet, without running code from the run directory (`search.pipeline.load_subnet`)."""
+    from .pipeline import load_subnet as load
 
-    Preferred: rebuilt from `best.json` (architecture) and `best.state_dict.pt` (weights and BatchNorm
-    statistics, `torch.load(weights_only=True)`). A run with only the pickled module `best.pt` is loaded
-    only with `trust_pickle`. `num_classes` (the data's) is needed to rebuild; None reads the run's data.
-    """
-    run = RunDirectory.open(str(run_dir))
-    state_path, pickled = run.path / SUBNET_STATE_FILE, run.path / BEST_MODEL_FILE
-    if state_path.is_file() and (run.path / BEST_FILE).is_file():
-        best = run.read(BEST_FILE)
-        state = _safe_load(state_path, "subnet state dict")
-        if num_classes is None:
-            num_classes = _run_data(run.read().get("args", {})).num_classes
-        base = _base_model(best, num_classes, trust_pickle, weights=False)
-        from .export import rebuild
+    return load(run_dir, trust_pickle=trust_pickle, num_classes=num_classes)
 
-        subnet = rebuild(best, base)
-        _load_state(subnet, state, state_path)
-        return subnet.eval()
-    if not pickled.is_file():
-        raise UserError(f"{run.path} has no {BEST_MODEL_FILE} or {SUBNET_STATE_FILE}: the search exported no "
-                        f"subnet (none was scored)")
-    if not trust_pickle:
-        raise UserError(f"{run.path} has only the pickled module {BEST_MODEL_FILE} (no {SUBNET_STATE_FILE}); "
-                        f"unpickling can run code: pass --trust-pickle if you trust this run directory")
+
+def run_config(args: dict) -> SearchConfig:
+    """The run's configuration (run.json's args): its data, split, seed and model."""
     try:
-        model = torch.load(pickled, map_location="cpu", weights_only=False)
-    except Exception as error:  # noqa: BLE001 - unpickling fails in many ways
-        raise UserError(f"cannot load {pickled}: {_first_line(error)}") from None
-    if not isinstance(model, nn.Module):
-        what = "a state dict" if isinstance(model, dict) else f"a {type(model).__name__}"
-        raise UserError(f"{pickled} holds {what}, not a module (the subnet's state dict belongs in "
-                        f"{SUBNET_STATE_FILE} beside best.json)")
-    return model.eval()
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
-def _safe_load(path: Path, what: str) -> Any:
-    """`torch.load(weights_only=True)`: tensors and plain containers only; anything else is a UserError."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - a garbage or hostile file
-        raise UserError(f"cannot load {what} {path} as tensors (weights_only): {_first_line(error)}") from None
-
-
-def _load_state(model: nn.Module, state: Any, path: Path) -> None:
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise UserError(f"{path} is not a state dict (name -> tensor)")
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        raise UserError(f"{path} does not fit the subnet of best.json: {_first_line(error)}") from None
+        return SearchConfig.from_json(args)
+    except TypeError as error:
+        raise UserError(f"the run's run.json is not readable: {error}") from None
 
 
 def _run_data(args: dict) -> DataBundle:
-    held_out = args.get("held_out", 0.2)
-    return load_data(args.get("data", "digits"), held_out=held_out if held_out < 1 else int(held_out),
-                     seed=args.get("seed", 0))
-
-
-def _base_model(spec: dict, num_classes: int, trust_pickle: bool, *, weights: bool) -> nn.Module:
-    """The run's base model (`spec`: run.json's args or best.json), untrained unless `weights`; a model given as a
-    pickled file needs `trust_pickle`."""
-    from .zoo import load_model
-
-    name, shape = spec.get("model", "resnet20"), spec.get("input_shape")
-    if Path(str(name)).expanduser().is_file() and not trust_pickle:
-        raise UserError(f"the run's base model {name} is a pickled module; unpickling can run code: pass "
-                        f"--trust-pickle if you trust it")
-    torch.manual_seed(spec.get("seed", 0))
-    return load_model(name, num_classes=num_classes, input_shape=tuple(shape),
-                      weights=spec.get("weights") if weights else None)
+    config = run_config(args)
+    return load_data(config.data, held_out=config.held_out_size, seed=config.seed)
 
 
 def load_teacher(args: dict, data: DataBundle, device: torch.device, trust_pickle: bool,
                  progress: bool = False) -> nn.Module | None:
     """The run's trained base model, as the search used it (zoo model + --weights, or the cached baseline),
     in eval mode without grads; None when the run searched an untrained model."""
-    from .baseline import trained_baseline
+    from .pipeline import ZOO_MODELS, base_model
 
-    spec = {**args, "input_shape": data.input_shape}
-    model = _base_model(spec, data.num_classes, trust_pickle, weights=True)
-    if args.get("weights") is None:
-        epochs = args.get("baseline_epochs", 30)
-        if args.get("model", "resnet20") not in ZOO_MODELS or epochs <= 0:
-            return None
-        model, _ = trained_baseline(model, args.get("model", "resnet20"), args.get("data", "digits"), data,
-                                    epochs=epochs, seed=args.get("seed", 0), batch_size=args.get("batch_size", 64),
-                                    device=device, progress=progress)
-    model = model.to(device).eval()
+    config = run_config(args)
+    config.trust_pickle = config.trust_pickle or trust_pickle
+    if config.weights is None and (config.model not in ZOO_MODELS or config.baseline_epochs <= 0):
+        return None
+    model = base_model(config, progress=progress).to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     return model
@@ -353,7 +289,7 @@ def latest_checkpoint(run_path: Path) -> dict | None:
         found.append(run_path / CHECKPOINT_FILE)
     ray_states = sorted((run_path / RAY_DIR).glob(f"checkpoint_*/{STATE_FILE}"))
     found += ray_states[-1:]
-    states = [_safe_load(p, "fine-tune checkpoint") for p in found]
+    states = [safe_load(p, "fine-tune checkpoint") for p in found]
     for path, state in zip(found, states):
         if not isinstance(state, dict) or not {"epoch", "model", "optimizer", "scheduler", "history"} <= set(state):
             raise UserError(f"{path} is not a fine-tune checkpoint")
@@ -385,7 +321,9 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
                    kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay)
     run = RunDirectory.open(str(run_dir))
     _check_writable(run.path)
-    dev = _device(device)
+    from .pipeline import device_of
+
+    dev = device_of(device)
     info = run.read()
     args = info.get("args", {})
     data = _run_data(args)
@@ -461,27 +399,10 @@ def _check_numbers(**values: float | None) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be {need}, got {value}")
 
 
-def _device(device: str) -> torch.device:
-    try:
-        dev = resolve_device(device)
-        torch.empty(0, device=dev)
-    except (RuntimeError, ValueError, AssertionError) as error:
-        raise UserError(f"cannot use --device {device}: {str(error).strip().splitlines()[0]}") from None
-    return dev
-
-
 # ---------------------------------------------------------------- the CLI
 
-class _Parser(argparse.ArgumentParser):
-    """Argument errors in one line plus a hint, not the whole usage block."""
-
-    def error(self, message: str):
-        self.exit(2, f"error: {message} (see {self.prog} --help)\n")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m search.finetune", description=__doc__.split("\n\n")[0],
-                formatter_class=HelpFormatter)
+    p = ArgumentParser(prog="python -m search.finetune", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a run directory written by python -m search.run")
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (on --resume, may grow)")
     p.add_argument("--lr", type=float, default=0.05,
@@ -527,16 +448,16 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = get_args_parser().parse_args(argv)
-    try:
-        result = finetune(args.run_dir, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay,
-                          batch_size=args.batch_size, device=args.device, seed=args.seed,
-                          progress=not args.no_progress, distill=args.distill, kd_temperature=args.kd_temperature,
-                          kd_alpha=args.kd_alpha, workers=args.workers, ray_address=args.ray_address,
-                          resume=args.resume, trust_pickle=args.trust_pickle, stop_after=args.stop_after,
-                          amp=args.amp)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    configure_logging(False)
+    return guarded(lambda: _report(args, finetune(
+        args.run_dir, epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, batch_size=args.batch_size,
+        device=args.device, seed=args.seed, progress=not args.no_progress, distill=args.distill,
+        kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha, workers=args.workers,
+        ray_address=args.ray_address, resume=args.resume, trust_pickle=args.trust_pickle,
+        stop_after=args.stop_after, amp=args.amp)))
+
+
+def _report(args: argparse.Namespace, result: FinetuneResult) -> int:
     base = "n/a" if result.base_test_top1 is None else f"{result.base_test_top1:.4f}"
     resumed = f" (resumed from epoch {result.resumed_from})" if result.resumed_from else ""
     print(f"test top-1: base {base} | pruned before fine-tuning {result.before_top1:.4f} | "

@@ -43,8 +43,7 @@ from .cli import first_line
 from .config import SearchConfig
 from .engine import Engine, Outcome, memoized
 from .errors import UserError
-from .records import (BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, RunDirectory, Trial, best_trial,
-                      trials_frame)
+from .records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, RunDirectory, Trial, best_trial
 from .training import evaluate, resolve_device
 
 log = logging.getLogger(__name__)
@@ -531,16 +530,17 @@ def base_model(config: SearchConfig, *, progress: bool = False) -> nn.Module:
 
 
 def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: bool = False,
-                model: nn.Module | None = None) -> nn.Module:
+                num_classes: int | None = None, model: nn.Module | None = None) -> nn.Module:
     """A run's exported subnet (or fine-tuned one), without unpickling code.
 
-    Rebuilt from `best.json` and the state dict beside it (loaded with `weights_only=True`) on the run's
-    base model (`model`, or rebuilt from run.json). A run without a state dict has only the pickled
-    `best.pt` / `finetuned.pt`, which is loaded only with `trust_pickle=True` (`--trust-pickle`).
+    Rebuilt from `best.json` (the architecture) and the state dict beside it (`weights_only=True`; it holds
+    every weight and BatchNorm statistic of the subnet), so the base model only lends its structure: an
+    untrained one of the run's model name is enough (`model` overrides it; `num_classes`, the data's, saves
+    reading the data). A run with only the pickled `best.pt` / `finetuned.pt` needs `trust_pickle=True`.
     """
     from .export import rebuild
     from .records import FINETUNED_MODEL_FILE, FINETUNED_STATE_FILE
-    from .zoo import safe_load
+    from .zoo import load_data, load_model, safe_load
 
     run = RunDirectory.open(str(run_dir))
     state_name, pickle_name = ((FINETUNED_STATE_FILE, FINETUNED_MODEL_FILE) if finetuned
@@ -548,13 +548,24 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
     if (run.path / state_name).is_file() and (run.path / BEST_FILE).is_file():
         state = safe_load(run.path / state_name, "subnet weights")
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-            raise UserError(f"{run.path / state_name} is not a state dict")
-        base = model if model is not None else base_model(SearchConfig.from_json(run.read().get("args", {})))
-        subnet = rebuild(run.path / BEST_FILE, copy.deepcopy(base))
+            raise UserError(f"{run.path / state_name} is not a state dict (name -> tensor)")
+        best = run.read(BEST_FILE)
+        if model is None:
+            config = SearchConfig.from_json(run.read().get("args", {}))
+            if config.model == "<module>":
+                raise UserError("this run was searched from Python (search.prune) with the user's own model "
+                                "object: pass it as load_subnet(..., model=...)")
+            if num_classes is None:
+                num_classes = load_data(config.data, held_out=config.held_out_size, seed=config.seed).num_classes
+            torch.manual_seed(config.seed)
+            model = load_model(config.model, num_classes=num_classes, input_shape=tuple(best["input_shape"]),
+                               trust_pickle=trust_pickle)
+        subnet = rebuild(best, copy.deepcopy(model))
         try:
             subnet.load_state_dict(state, strict=True)
         except RuntimeError as error:
-            raise UserError(f"{run.path / state_name} does not fit the subnet of best.json: {first_line(error)}") from None
+            raise UserError(f"{run.path / state_name} does not fit the subnet of best.json: "
+                            f"{first_line(error)}") from None
         return subnet.eval()
     if not (run.path / pickle_name).is_file():
         if finetuned:
@@ -563,13 +574,13 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
         raise UserError(f"{run.path} has no {BEST_MODEL_FILE} or {BEST_STATE_FILE}: the search exported no subnet "
                         f"(none was scored)")
     if not trust_pickle:
-        raise UserError(f"{run.path} has only {pickle_name}, a pickled module (unpickling runs code from the file): "
-                        f"pass --trust-pickle if you trust this run directory")
-    from .zoo import safe_load as load
-
-    subnet = load(run.path / pickle_name, "subnet", weights_only=False)
+        raise UserError(f"{run.path} has only {pickle_name}, a pickled module (unpickling can run code from the "
+                        f"file): pass --trust-pickle if you trust this run directory")
+    subnet = safe_load(run.path / pickle_name, "subnet", weights_only=False)
     if not isinstance(subnet, nn.Module):
-        raise UserError(f"{run.path / pickle_name} holds a {type(subnet).__name__}, not a module")
+        what = "a state dict" if isinstance(subnet, Mapping) else f"a {type(subnet).__name__}"
+        raise UserError(f"{run.path / pickle_name} holds {what}, not a module (the subnet's state dict belongs in "
+                        f"{state_name} beside best.json)")
     return subnet.eval()
 
 

@@ -10,15 +10,13 @@ bundled handwritten digits (trained once, then cached).
 from __future__ import annotations
 
 import argparse
-import sys
 
 from agents.registry import list_agents
 
 from .budget import GRAMMAR
-from .cli import ArgumentParser, HelpFormatter, configure_logging, given_options, guarded  # noqa: F401 - HelpFormatter re-exported
+from .cli import ArgumentParser, configure_logging, given_options, guarded
 from .config import DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, SCORERS, SearchConfig
 from .engine import Outcome
-from .errors import UserError
 from .pipeline import Pipeline, PruneResult
 
 RUNTIME = ("resume", "no_progress", "quiet", "explain")  # how this process runs, not what the run is
