@@ -149,7 +149,7 @@ def trials_frame(trials: Sequence[Trial], base: Mapping[str, float],
     """One row per trial; latency columns (predicted, and measured where it was) when latency is priced."""
     measured_latency = measured_latency or {}
     rows = []
-    for t in trials:
+    for t in sorted(trials, key=lambda t: t.number):  # in the order proposed, whatever order they finished in
         r = t.result
         rows.append({"trial": t.number, "state": r.state.value, "score": r.score,
                      "flops": r.costs.get("flops"), "params": r.costs.get("params"),

@@ -317,3 +317,19 @@ def test_run_directory_helpers_reject_non_runs(tmp_path):
     (tmp_path / "run.json").write_text("[1, 2]")
     with pytest.raises(UserError, match="not a JSON object"):
         RunDirectory.open(str(tmp_path)).read()
+
+
+def test_a_malicious_best_pt_never_runs_in_export_or_finetune(files, capsys):
+    from search.export import main as export_main
+    from search.finetune import main as finetune_main
+
+    tmp, marker = files
+    out = tmp / "run"
+    assert run_module.main([*FAST, *BASE, "--out", str(out)]) == 0
+    torch.save(Evil(marker), out / "best.pt")
+    assert export_main([str(out), "--format", "state_dict", "--out", str(tmp / "x.pt")]) == 0  # rebuilt, no pickle
+    (out / "best.state_dict.pt").unlink()
+    capsys.readouterr()
+    assert export_main([str(out)]) == 2 and "--trust-pickle" in capsys.readouterr().err
+    assert finetune_main([str(out), "--epochs", "1", "--no-progress"]) == 2
+    assert not marker.exists()
