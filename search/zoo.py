@@ -356,9 +356,10 @@ def safe_load(path: str | Path, what: str, *, weights_only: bool = True) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # noqa: BLE001 - garbage, truncated, or a pickle holding code
-        hint = (" (it holds Python objects beyond tensors; loading it would run code from the file)"
-                if weights_only and "weights_only" in str(e) else "")
-        raise UserError(f"cannot load {what} {path}: {_first_line(e)}{hint}") from None
+        if weights_only and "weights_only" in str(e).lower().replace(" ", "_"):
+            raise UserError(f"cannot load {what} {path}: it holds Python objects beyond tensors, which "
+                            f"weights_only=True refuses (loading them could run code from the file)") from None
+        raise UserError(f"cannot load {what} {path}: {_first_line(e)}") from None
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
