@@ -28,6 +28,7 @@ RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "g
                        "study_name"})
 SCORERS = ("base", "pruningnet")
 BACKENDS = ("actors", "tune")
+BLOCK_ENCODINGS = ("flags", "depth")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class SearchConfig:
     width_ratios: str = DEFAULT_RATIOS_TEXT               # allowed width ratios of every channel group
     round_to: int = 1
     no_block_removal: bool = False
+    block_encoding: str = "flags"      # flags: a keep flag per removable block; depth: a depth per run of blocks
     no_warm_start: bool = False
     scorer: str | None = None          # base | pruningnet; None: pruningnet for metapruning, else base
     calib_batches: int = 8
@@ -102,7 +104,8 @@ class SearchConfig:
         return options
 
     def derive_options(self) -> dict[str, Any]:
-        return {"ratios": self.ratios, "round_to": self.round_to, "removable_blocks": not self.no_block_removal}
+        return {"ratios": self.ratios, "round_to": self.round_to, "removable_blocks": not self.no_block_removal,
+                "block_encoding": self.block_encoding}
 
     # ------------------------------------------------------------------ validation
     def validate(self) -> SearchConfig:
@@ -130,6 +133,8 @@ class SearchConfig:
         if not self.budget:
             raise UserError("give at least one --budget (e.g. --budget 0.4flops)")
         self.ratios  # noqa: B018 - validates --width-ratios
+        if self.block_encoding not in BLOCK_ENCODINGS:
+            raise UserError(f"--block-encoding must be one of {', '.join(BLOCK_ENCODINGS)}, got {self.block_encoding!r}")
         if self.backend not in BACKENDS:
             raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.export_weights not in ("base", "pruningnet"):

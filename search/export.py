@@ -74,7 +74,8 @@ def rebuild(best: str | Path | Mapping, base_model: nn.Module) -> nn.Module:
     base_model.eval()
     prunable = derive(base_model, torch.zeros(1, *shape), ratios=tuple(options["ratios"]),
                       round_to=options["round_to"], importance=options.get("importance", "l1"),
-                      removable_blocks=options.get("removable_blocks", True))
+                      removable_blocks=options.get("removable_blocks", True),
+                      block_encoding=options.get("block_encoding", "flags"))
     try:
         return materialize(prunable, candidate)
     except ValueError as error:

@@ -347,16 +347,8 @@ class Pipeline:
         return self._resuming
 
     def explain(self) -> str:
-        """The search space this configuration derives: its dimensions, and what is frozen and why."""
-        prunable = self.derive()
-        lines = [f"{self.load_inputs().name}: {prunable.space}"]
-        for d in prunable.space:
-            lines.append(f"  {d.name:40s} {d.kind:5s} choices {list(d.choices)}")
-        reasons = prunable.graph.fixed_reasons()
-        if reasons:
-            lines.append("frozen channel groups (never pruned), by reason:")
-            lines += [f"  {count:4d} x {reason}" for reason, count in sorted(reasons.items(), key=lambda r: -r[1])]
-        return "\n".join(lines)
+        """The search space this configuration derives: what it searches, what it leaves alone and why."""
+        return f"{self.load_inputs().name}: {self.derive().explain()}"
 
     # ------------------------------------------------------------------ the whole run
     def run(self) -> PruneResult:

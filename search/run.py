@@ -15,7 +15,7 @@ from agents.registry import list_agents
 
 from .budget import GRAMMAR
 from .cli import ArgumentParser, configure_logging, given_options, guarded
-from .config import DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, SCORERS, SearchConfig
+from .config import BLOCK_ENCODINGS, DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, SCORERS, SearchConfig
 from .engine import Outcome
 from .pipeline import Pipeline, PruneResult
 
@@ -44,6 +44,9 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="allowed width ratios of every channel group, comma-separated")
     search.add_argument("--round-to", type=int, default=1, help="round every width to a multiple of this")
     search.add_argument("--no-block-removal", action="store_true", help="never remove residual blocks")
+    search.add_argument("--block-encoding", choices=BLOCK_ENCODINGS, default="flags",
+                        help="flags: one keep flag per removable residual block; depth: one depth per stage (a run "
+                             "of consecutive removable blocks keeps its first d), as MetaPruning/AutoSlim/OFA")
     search.add_argument("--no-warm-start", action="store_true",
                         help="do not propose global magnitude pruning's candidate at the budget among the first "
                              "(abc, evolution, metapruning, random, tpe, nsga2 use it; uniform and amc never do)")
