@@ -146,8 +146,8 @@ class SearchConfig:
                 raise UserError(f"--agent {self.agent} with the pruningnet scorer scores in this process: "
                                 "drop --workers, --ray-address and --backend tune")
         elif self.pruningnet or self.export_weights == "pruningnet":
-            raise UserError("--pruningnet and --export-weights pruningnet apply to --agent metapruning "
-                            "(or --scorer pruningnet) only")
+            raise UserError("--pruningnet and --export-weights pruningnet apply to --agent metapruning only "
+                            "(or to --scorer pruningnet)")
         self.agent_options()
         return self
 
