@@ -31,8 +31,9 @@ def parse_timm_spec(name_with_kwargs: str) -> tuple[str, dict[str, Any]]:
     return name, kwargs
 
 
-def load_timm(name_with_kwargs: str, num_classes: int) -> nn.Module:
-    """A randomly initialised timm model (`pretrained=False`: weights are never downloaded)."""
+def load_timm(name_with_kwargs: str, num_classes: int, in_chans: int = 3) -> nn.Module:
+    """A randomly initialised timm model (`pretrained=False`: weights are never downloaded) for `in_chans`-channel
+    images (unless the spec sets `in_chans` itself)."""
     try:
         import timm
     except ImportError:
@@ -44,6 +45,7 @@ def load_timm(name_with_kwargs: str, num_classes: int) -> nn.Module:
         raise UserError(f"unknown timm model {name!r}{hint} (all: timm.list_models())")
     if kwargs.pop("pretrained", False):
         raise UserError("timm weights are never downloaded: load your own with --weights")
+    kwargs.setdefault("in_chans", in_chans)
     try:
         return timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     except TypeError as error:
