@@ -1,7 +1,7 @@
 """Each agent's own time per trial as a search grows, and its best synthetic score with 1 and 8 outstanding.
 
     python benchmarks/agent_scaling.py [--trials 2000] [--quick] [--agent NAME[:key=value,...]]...
-                                       [--seeds 0,1,2] [--spaces resnet50,resnet152] [--no-quality]
+                                       [--seeds 0,1,2] [--spaces resnet50,resnet152] [--no-quality] [--jobs 1]
 
 An agent's own time is the CPU time its `ask()` and `tell()` calls take (one thread), its own pricing
 of candidates included; the synthetic score and the engine's pricing of the told result are not
@@ -16,7 +16,8 @@ outstanding (8 asked before the oldest is told, as with 8 workers), median over 
 a score whose runs once proposed a candidate equal to one still outstanding. `repeats`: proposals
 equal to an earlier one in the timed run.
 `--agent tpe:history=0` measures an agent with options (repeat the flag for several).
-`--quick`: 300 trials, one seed, ResNet-50 only.
+`--quick`: 300 trials, one seed, ResNet-50 only. `--jobs N`: the quality runs in N processes while
+the timed runs go on in this one (CPU time is per process, so the timings stay valid).
 The engine's own per-trial work (journal, progress, executor round trip) is not measured here.
 """
 from __future__ import annotations
