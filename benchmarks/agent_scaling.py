@@ -1,7 +1,7 @@
 """Each agent's own time per trial as a search grows, and its best synthetic score with 1 and 8 outstanding.
 
     python benchmarks/agent_scaling.py [--trials 2000] [--quick] [--agent NAME[:key=value,...]]...
-                                       [--seeds 0,1,2] [--spaces resnet50,resnet152] [--no-quality]
+                                       [--seeds 0,1,2] [--spaces resnet50,resnet152] [--no-quality] [--jobs 1]
 
 An agent's own time is the CPU time its `ask()` and `tell()` calls take (one thread), its own pricing
 of candidates included; the synthetic score and the engine's pricing of the told result are not
@@ -16,13 +16,16 @@ outstanding (8 asked before the oldest is told, as with 8 workers), median over 
 a score whose runs once proposed a candidate equal to one still outstanding. `repeats`: proposals
 equal to an earlier one in the timed run.
 `--agent tpe:history=0` measures an agent with options (repeat the flag for several).
-`--quick`: 300 trials, one seed, ResNet-50 only.
+`--quick`: 300 trials, one seed, ResNet-50 only. `--jobs N`: the quality runs in N processes while
+the timed runs go on in this one (CPU time is per process, so the timings stay valid).
 The engine's own per-trial work (journal, progress, executor round trip) is not measured here.
 """
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import functools
+import multiprocessing
 import statistics
 import sys
 import time
@@ -167,12 +170,26 @@ def measure(name: str, setting: Setting, *, trials: int, seed: int = 0, outstand
     return Measured(seconds, best, distinct, repeats)
 
 
-def best_at(name: str, setting: Setting, *, trials: int, seeds: list[int], outstanding: int,
-            **options) -> tuple[float, bool]:
-    """The median over seeds of the best synthetic score after `trials` trials, and whether every run
-    kept its outstanding candidates distinct."""
-    runs = [measure(name, setting, trials=trials, seed=s, outstanding=outstanding, **options) for s in seeds]
-    return statistics.median(r.best[-1] for r in runs), all(r.distinct for r in runs)
+def _best(job: tuple) -> tuple[float, bool]:
+    """One quality run in a worker process: (best score, outstanding candidates kept distinct)."""
+    name, setting_name, trials, seed, outstanding, options = job
+    run = measure(name, standard_setting(setting_name), trials=trials, seed=seed, outstanding=outstanding, **options)
+    return run.best[-1], run.distinct
+
+
+class _Inline:
+    """An executor that runs each job when its result is asked for (`--jobs 1`: nothing runs alongside)."""
+
+    def submit(self, fn, *args):
+        return _Deferred(fn, args)
+
+
+class _Deferred:
+    def __init__(self, fn, args):
+        self._fn, self._args = fn, args
+
+    def result(self):
+        return self._fn(*self._args)
 
 
 def _cell(value: float | None, fmt: str) -> str:
@@ -188,6 +205,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--spaces", default="resnet50,resnet152")
     parser.add_argument("--short", type=int, default=200, help="the shorter search whose best score is shown")
     parser.add_argument("--no-quality", action="store_true", help="timings only")
+    parser.add_argument("--jobs", type=int, default=1, help="processes for the quality runs (timings stay in this one)")
     args = parser.parse_args(argv)
     if args.quick:
         args.trials, args.seeds, args.spaces, args.short = 300, "0", "resnet50", 100
@@ -206,6 +224,19 @@ def main(argv: list[str] | None = None) -> None:
         header += "".join(f" {f'best@{n} k={k}':>14s}" for n, k in quality)
     print(header)
     print("-" * len(header))
+    pool = (concurrent.futures.ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("fork"))
+            if args.jobs > 1 else _Inline())  # settings are inherited by fork
+    futures: dict[tuple, list[concurrent.futures.Future]] = {}  # (spec, trials, k) -> one per seed
+    queued: set[tuple[type, str]] = set()
+    for spec in [] if args.no_quality else specs:  # every quality run is queued first, the timings run meanwhile
+        name, options = parse_agent(spec)
+        if (agent_class(name), repr(sorted(options.items()))) in queued:
+            continue
+        queued.add((agent_class(name), repr(sorted(options.items()))))
+        for n, k in quality:
+            timed = n == args.trials and k == 1
+            futures[(spec, n, k)] = [pool.submit(_best, (name, settings[0].name, n, s, k, options))
+                                     for s in (seeds[1:] if timed else seeds)]
     measured: dict[tuple[str, type, str], str] = {}  # agents registered twice (metapruning = evolution)
     for i, setting in enumerate(settings):
         for spec in specs:
@@ -222,12 +253,10 @@ def main(argv: list[str] | None = None) -> None:
                     f"{_cell(ms['last 100'], '7.1f')} {_cell(flat, '8.2f')} {sum(run.seconds):8.1f} {run.repeats:7d}")
             if not args.no_quality and i == 0:
                 for n, k in quality:
-                    if n == args.trials and k == 1:
-                        runs = [run.best[-1]] + [measure(name, setting, trials=n, seed=s, **options).best[-1]
-                                                 for s in seeds[1:]]
-                        value, distinct = statistics.median(runs), True
-                    else:
-                        value, distinct = best_at(name, setting, trials=n, seeds=seeds, outstanding=k, **options)
+                    runs = [f.result() for f in futures[(spec, n, k)]]
+                    if n == args.trials and k == 1:  # the timed run is the first seed's
+                        runs.insert(0, (run.best[-1], run.distinct))
+                    value, distinct = statistics.median(b for b, _ in runs), all(d for _, d in runs)
                     line += f" {value:13.4f}{' ' if distinct else '!'}"
             print(line, flush=True)
 

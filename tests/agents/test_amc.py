@@ -190,3 +190,12 @@ def test_updates_per_told_episode(updates):
 def test_bad_updates_raise(updates):
     with pytest.raises(ValueError):
         amc(updates=updates)
+
+
+def test_outstanding_episodes_stay_distinct_once_the_noise_has_decayed():
+    agent, space, budget, price = amc(seed=4, warmup=3)
+    run(agent, space, price, 5)
+    agent.sigma = 1e-9  # as after a few hundred episodes: the policy alone decides
+    asked = [agent.ask() for _ in range(8)]
+    assert len(set(asked)) == 8
+    assert all(budget.feasible(price(c)) for c in asked)
