@@ -22,7 +22,8 @@ from .errors import UserError
 DEFAULT_TRIALS = 200
 DEFAULT_RATIOS_TEXT = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 #: agent options a user may set; each applies only to the agents whose constructor takes it
-AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "population", "parents", "storage", "study_name")
+AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "history", "updates", "population", "parents",
+                 "storage", "study_name")
 #: fields a resumed run may change (see the module docstring)
 RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage",
                        "study_name"})
@@ -63,6 +64,8 @@ class SearchConfig:
     limit: int | None = None
     genes: int | None = None
     startup_trials: int | None = None
+    history: int | None = None         # tpe: recent trials its model sees (plus the 50 best); 0: all
+    updates: int | None = None         # amc: gradient updates per episode
     population: int | None = None
     parents: int | None = None
     storage: str | None = None
@@ -118,7 +121,7 @@ class SearchConfig:
             raise UserError(f"unknown agent {self.agent!r}; choose from {', '.join(list_agents())}")
         for name in ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "latency_batch",
                      "pruningnet_epochs", "cpus_per_worker", *[o for o in AGENT_OPTIONS if o not in
-                                                               ("storage", "study_name")]):
+                                                               ("storage", "study_name", "history")]):
             value = getattr(self, name)
             if value is not None and not (_finite(value) and value > 0):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
@@ -126,6 +129,8 @@ class SearchConfig:
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        if self.history is not None and self.history < 0:
+            raise UserError(f"--history must be 0 (all trials) or more, got {self.history}")
         if not (_finite(self.held_out) and self.held_out > 0):
             raise UserError(f"--held-out must be a share in (0, 1) or a count >= 1, got {self.held_out}")
         if self.seed >= 2**32:
