@@ -25,7 +25,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-from torch import nn
 
 from .graph import _ADDS, ChannelGraph, ResidualBlock, op_name, tensor_shape
 

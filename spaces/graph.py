@@ -526,12 +526,12 @@ class ChannelGraph:
         ndim = len(out_shape)
         main: tuple[Spec, int] | None = None  # (spec, axis counted from the end)
         params: list[fx.Node] = []
-        for arg in node.all_input_nodes:
-            if arg.op == "get_attr":
-                params.append(arg)
+        for operand in node.all_input_nodes:
+            if operand.op == "get_attr":
+                params.append(operand)
                 continue
-            shape = tensor_shape(arg)
-            spec = self._spec(arg) if shape is not None else None
+            shape = tensor_shape(operand)
+            spec = self._spec(operand) if shape is not None else None
             if spec is None or shape[spec.axis] == 1:
                 continue  # a scalar or a tensor broadcast over channels
             from_end = len(shape) - spec.axis

@@ -25,7 +25,6 @@ are their norm. `LayerNorm` subclasses are traced through instead (timm's and to
 """
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
