@@ -68,6 +68,8 @@ class ElasticLayer(nn.Module):
         self.name = name
         self.state = state
         self._version = -1
+        self._copy: nn.Module | None = None
+        self._own: dict[str, object] = {}  # what the cut copy holds of its own (tensors, resized sizes)
         self._tensors: dict[str, torch.Tensor] = {}
         self._writeback: list[tuple[torch.Tensor, int, torch.Tensor, torch.Tensor]] = []
 
@@ -86,17 +88,28 @@ class ElasticLayer(nn.Module):
                 index = axis_index(uses[0].layout, self.state.widths, graph.groups).to(t.device)
                 self._writeback.append((t, uses[0].axis, index, cut))
 
-    def _fresh(self) -> None:
+    def _fresh(self) -> nn.Module:
+        """The layer at the cut widths: made again after an `apply`, else brought up to the layer's
+        current attributes (mode, momentum, ...) with two dict updates instead of a new copy."""
         if self.state.volatile:
             self._refresh()  # every forward, with gradients
-        elif self._version != self.state.version:
+            return shrink(self.inner, self._tensors)
+        if self._version != self.state.version:
             with torch.no_grad():
                 self._refresh()
             self._version = self.state.version
+            self._copy = shrink(self.inner, self._tensors)
+            own = self.inner.__dict__
+            self._own = {k: v for k, v in self._copy.__dict__.items() if k not in own or own[k] is not v}
+            return self._copy
+        copy = self._copy.__dict__
+        copy.update(self.inner.__dict__)
+        copy.update(self._own)
+        return self._copy
 
     def forward(self, *args, **kwargs):
-        self._fresh()
-        out = shrink(self.inner, self._tensors)(*args, **kwargs)  # the layer as it is now, at the cut widths
+        layer = self._fresh()
+        out = layer(*args, **kwargs)  # the layer as it is now, at the cut widths
         if self.inner.training and self._writeback:
             with torch.no_grad():  # the cut statistics are a copy: write them back
                 for base, axis, index, cut in self._writeback:
