@@ -145,14 +145,15 @@ class Pipeline:
     def resume(cls, path: str | Path, changes: Mapping[str, Any] | None = None, *, progress: bool = True) -> Pipeline:
         """The run in `path`, continued: its saved configuration with the `changes` allowed on resume."""
         run_dir = RunDirectory.open(str(path))
-        saved = run_dir.read().get("args")
+        info = run_dir.read()
+        saved = info.get("args")
         if not isinstance(saved, dict):
             raise UserError(f"{run_dir.path} has no saved arguments to resume from")
         try:
             config = SearchConfig.from_json(saved)
         except TypeError as error:
             raise UserError(f"cannot resume {run_dir.path}: its run.json is not readable ({error})") from None
-        if run_dir.read().get("api"):
+        if info.get("api"):
             raise UserError(f"{run_dir.path} was searched from Python (search.prune): resume it with "
                             f"prune(..., resume=True) and the same model and data")
         return cls(config.resumed(dict(changes or {})), run_dir=run_dir, progress=progress)

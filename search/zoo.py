@@ -239,7 +239,7 @@ def _build_model(spec: str, num_classes: int, input_shape: tuple[int, int, int],
                                 f"pass --trust-pickle if you trust it, or give a factory (package.module:fn) and "
                                 f"--weights") from None
             return _must_be_module(obj, spec)
-        return _must_be_module(_torch_load(Path(spec).expanduser(), "model file", weights_only=False), spec)
+        return _must_be_module(safe_load(spec, "model file", weights_only=False), spec)
     if ":" in spec:
         factory = _import_factory(spec, MODEL_FORMS)
         takes_classes = _accepts(factory, "num_classes")
@@ -273,7 +273,7 @@ def _must_be_module(obj: Any, spec: str) -> nn.Module:
 
 def _load_weights(model: nn.Module, path: Path, spec: str) -> None:
     """Load a state dict (plain or inside a checkpoint dict, `module.` prefixes stripped) strictly into `model`."""
-    obj = _torch_load(path, "weights file")
+    obj = safe_load(path, "weights file")
     if isinstance(obj, Mapping):
         obj = next((obj[k] for k in CHECKPOINT_KEYS if isinstance(obj.get(k), Mapping)), obj)
     if not isinstance(obj, Mapping):
@@ -341,11 +341,6 @@ def _import_factory(spec: str, forms: str) -> Callable[..., Any]:
     if not callable(factory):
         raise UserError(f"{spec!r}: module {module_name} has no function {attr!r}")
     return factory
-
-
-def _torch_load(path: Path, what: str, *, weights_only: bool = True) -> Any:
-    """`torch.load` of a user's file onto the CPU: tensors and plain containers only unless `weights_only=False`."""
-    return safe_load(path, what, weights_only=weights_only)
 
 
 def safe_load(path: str | Path, what: str, *, weights_only: bool = True) -> Any:

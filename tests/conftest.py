@@ -79,3 +79,29 @@ def fake_score(space: SearchSpace, candidate) -> float:
     """A smooth stand-in for accuracy: wider is better, with a preference between dimensions."""
     ratios = space.to_ratios(candidate)
     return float(sum(r * (1 + i % 3) for i, r in enumerate(ratios)) / len(ratios))
+
+
+def one_run(tmp_path_factory, prefix: str, args: list[str]):
+    """A real run directory made once for a test module (`yield from` it in a module-scoped fixture).
+
+    Its baseline is cached under a temporary PRUNESEARCH_CACHE, and torch runs one intra-op thread
+    meanwhile: the models are tiny, and on a shared CPU the thread pool only makes them slower (it is
+    also the thread count every Ray worker runs with).
+    """
+    import os
+
+    from search import run as run_module
+
+    root = tmp_path_factory.mktemp(prefix)
+    saved, threads = os.environ.get("PRUNESEARCH_CACHE"), torch.get_num_threads()
+    os.environ["PRUNESEARCH_CACHE"] = str(root / "cache")
+    torch.set_num_threads(1)
+    try:
+        assert run_module.main(["--agent", "random", "--budget", "0.4flops", "--out", str(root / "run"), *args]) == 0
+        yield root
+    finally:
+        torch.set_num_threads(threads)
+        if saved is None:
+            os.environ.pop("PRUNESEARCH_CACHE", None)
+        else:
+            os.environ["PRUNESEARCH_CACHE"] = saved

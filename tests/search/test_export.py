@@ -1,44 +1,28 @@
 """`search.export`: every format round trip on one real (tiny) run, fallbacks, and every user error as one line."""
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 
 import pytest
 import torch
 
-from search import run as run_module
+from conftest import one_run
 from search.errors import UserError
 from search.export import ExportError, ExportResult, export, main, rebuild
 from search.finetune import finetune
 from search.zoo import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
+
 FAST = ["--baseline-epochs", "1", "--trials", "4", "--calib-batches", "2", "--batch-size", "32",
         "--eval-samples", "64", "--no-progress", "--quiet"]
 
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    """One real run directory for the module, its baseline cached under a temporary PRUNESEARCH_CACHE.
-
-    One intra-op thread while this module runs: the models are tiny, and on a shared, busy CPU torch's
-    thread pool makes these tests several times slower, never faster.
-    """
-    root = tmp_path_factory.mktemp("export")
-    saved, threads = os.environ.get("PRUNESEARCH_CACHE"), torch.get_num_threads()
-    os.environ["PRUNESEARCH_CACHE"] = str(root / "cache")
-    torch.set_num_threads(1)
-    try:
-        assert run_module.main(["--agent", "random", "--budget", "0.4flops", "--out", str(root / "run"), *FAST]) == 0
-        yield root
-    finally:
-        torch.set_num_threads(threads)
-        if saved is None:
-            os.environ.pop("PRUNESEARCH_CACHE", None)
-        else:
-            os.environ["PRUNESEARCH_CACHE"] = saved
+    """One real run directory for the module (see conftest.one_run)."""
+    yield from one_run(tmp_path_factory, "export", FAST)
 
 
 @pytest.fixture

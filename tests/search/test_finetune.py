@@ -11,9 +11,10 @@ import pandas as pd
 import pytest
 import torch
 
+from conftest import one_run
 from search import finetune as ft
-from search import run as run_module
 from search.training import Distillation, distillation_loss
+
 
 FAST = ["--baseline-epochs", "1", "--trials", "4", "--calib-batches", "2", "--batch-size", "32",
         "--eval-samples", "64", "--no-progress", "--quiet"]
@@ -21,21 +22,8 @@ FAST = ["--baseline-epochs", "1", "--trials", "4", "--calib-batches", "2", "--ba
 
 @pytest.fixture(scope="module")
 def made(tmp_path_factory):
-    """One real run directory for the module (its baseline cached under a temporary PRUNESEARCH_CACHE), with one
-    intra-op thread: tiny models on a busy CPU, and the thread count every Ray worker runs with."""
-    root = tmp_path_factory.mktemp("finetune")
-    saved, threads = os.environ.get("PRUNESEARCH_CACHE"), torch.get_num_threads()
-    os.environ["PRUNESEARCH_CACHE"] = str(root / "cache")
-    torch.set_num_threads(1)
-    try:
-        assert run_module.main(["--agent", "random", "--budget", "0.4flops", "--out", str(root / "run"), *FAST]) == 0
-        yield root
-    finally:
-        torch.set_num_threads(threads)
-        if saved is None:
-            os.environ.pop("PRUNESEARCH_CACHE", None)
-        else:
-            os.environ["PRUNESEARCH_CACHE"] = saved
+    """One real run directory for the module (see conftest.one_run)."""
+    yield from one_run(tmp_path_factory, "finetune", FAST)
 
 
 @pytest.fixture
