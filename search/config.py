@@ -6,7 +6,8 @@ the Python API (`search.prune`) and for the benchmarks. Its fields carry the CLI
 
 What may change on resume (`RESUMABLE`): how long the search goes on (`trials`), where it runs
 (`workers`, `ray_address`, `cpus_per_worker`, `gpus_per_worker`) and where an Optuna study lives
-(`storage`, `study_name`). Everything else decides which candidates are proposed or how they are
+(`storage`, `study_name`), and what happens after it (filling the budget and the finalists: `fill`,
+`finalists`, `finalist_steps`, `finalist_lr`). Everything else decides which candidates are proposed or how they are
 scored; changing it would make the resumed run a different run, so it is refused (`resumed`).
 """
 from __future__ import annotations
@@ -26,7 +27,7 @@ AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "history", 
                  "storage", "study_name")
 #: fields a resumed run may change (see the module docstring)
 RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage",
-                       "study_name"})
+                       "study_name", "fill", "finalists", "finalist_steps", "finalist_lr"})
 SCORERS = ("base", "pruningnet")
 BACKENDS = ("actors", "tune")
 BLOCK_ENCODINGS = ("flags", "depth")
@@ -73,6 +74,10 @@ class SearchConfig:
     pruningnet: str | None = None
     pruningnet_epochs: int = 30
     export_weights: str = "base"
+    fill: bool = False                 # widen the best candidates until the budget binds; scored as extra trials
+    finalists: int = 5                 # top candidates fine-tuned briefly and scored again; the best is exported
+    finalist_steps: int = 50           # SGD steps per finalist (0: scored again with the exported weights only)
+    finalist_lr: float = 0.01
     trust_pickle: bool = False         # allow unpickling a whole model file (--model PATH.pt): runs its code
     out: str | None = None
 
@@ -125,10 +130,12 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and not (_finite(value) and value > 0):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed"):
+        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed", "finalists", "finalist_steps"):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        if not (_finite(self.finalist_lr) and self.finalist_lr > 0):
+            raise UserError(f"--finalist-lr must be positive, got {self.finalist_lr}")
         if self.history is not None and self.history < 0:
             raise UserError(f"--history must be 0 (all trials) or more, got {self.history}")
         if not (_finite(self.held_out) and self.held_out > 0):

@@ -33,10 +33,11 @@ from torch.utils.data import DataLoader, Subset
 from agents.base import Agent
 from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, stack_batches
 from evaluators.cost import CostModel
-from evaluators.executors import Executor, LocalExecutor
+from evaluators.executors import Executor, LocalExecutor, score_safely
 from spaces.budget import Budget
 from spaces.derive import PrunableModel, derive
 from spaces.materialize import materialize
+from spaces.records import Result
 
 from .budget import parse_budget
 from .cli import first_line
@@ -63,6 +64,7 @@ class Inputs:
     name: str = "model"
     base_test: float | None = None
     data: Any = None                                   # the zoo's DataBundle, when the data came from a name
+    train: Iterable | None = None                      # labelled (x, y) batches the finalists train on
 
 
 @dataclass
@@ -77,6 +79,7 @@ class PruneResult:
     interrupted: bool = False
     summary: str = ""
     record: dict[str, Any] = field(default_factory=dict)   # best.json
+    finalists: pd.DataFrame | None = None                  # finalists.csv (None when picked by the proxy alone)
 
 
 def batches_of(items: Iterable, limit: int, *, labelled: bool, what: str) -> list:
@@ -410,14 +413,103 @@ class Pipeline:
                 outcome = engine.run()
             finally:
                 executor.close()
-        base_weight_score = None
+        if c.fill and outcome.best is not None and not outcome.interrupted:
+            outcome.trials.extend(self.fill(prunable, outcome.trials, scorer, price))
         if scorer is not evaluator:
             scorer.restore()
-            if outcome.best is not None:  # honesty: what the base model's own weights score on the chosen subnet
-                base_weight_score = evaluator.score(outcome.best.candidate)
         evaluator.restore()
         return self._finish(prunable, outcome, evaluator, base, base_score, time.perf_counter() - started,
-                            cost.latency, pruningnet, base_weight_score)
+                            cost.latency, pruningnet)
+
+    # ------------------------------------------------------------------ picking what is exported
+    def fill(self, prunable: PrunableModel, trials: list[Trial], scorer, price) -> list[Trial]:
+        """The best `max(1, --finalists)` distinct candidates, each widened until the budget binds
+        (`spaces.fill`), scored by the search's scorer: extra trials, numbered after the search's and
+        not journaled (a resumed run fills again at its end)."""
+        from spaces.fill import fill
+
+        from .engine import Referee
+        from .finalists import top_distinct
+
+        referee = Referee(price, self.budget)
+        for trial in trials:
+            referee.remember(trial.candidate, trial.result)
+        number = max(t.number for t in trials) + 1
+        extra = []
+        for trial in top_distinct(trials, max(1, self.config.finalists)):
+            wider = fill(prunable.space, trial.candidate, lambda c: self.budget.feasible(price(c)))
+            costs, settled = referee.settle(wider)
+            if settled is not None:
+                continue  # nothing to widen, or already scored
+            scored = score_safely(scorer, wider)
+            result = referee.result(costs, scored)
+            result = Result(result.state, result.score, result.costs, result.seconds,
+                            f"fill of trial {trial.number}" + (f": {scored.error}" if scored.error else ""))
+            referee.remember(wider, result)
+            extra.append(Trial(number, wider, result, number + 1))
+            number += 1
+        if extra:
+            log.info("fill: %d widened candidates scored (%s)", len(extra), ", ".join(
+                f"{t.result.message} -> {t.result.score:.4f}" for t in extra if t.result.ok))
+        return extra
+
+    def _build(self, prunable: PrunableModel, pruningnet=None) -> Callable[[Any], nn.Module]:
+        """Materializes a candidate with the weights that will be exported (BatchNorms not yet recalibrated)."""
+        if self.config.export_weights == "pruningnet":
+            from evaluators.pruningnet import materialize_generated
+
+            return lambda candidate: materialize_generated(pruningnet, candidate)
+        return lambda candidate: materialize(prunable, candidate)
+
+    def _finalist_batches(self):
+        """What finalists train on: labelled batches (the zoo's fit split, or `prune(train=...)`), else the
+        calibration inputs distilled from the base model when its output is a logits matrix, else None."""
+        from .finalists import distilled_batches, loader_batches
+
+        inputs, c = self.inputs, self.config
+        if inputs.data is not None:
+            fit = Subset(inputs.data.train, inputs.data.fit.tolist())
+
+            def batches(seed: int):
+                loader = DataLoader(fit, batch_size=c.batch_size, shuffle=True, drop_last=len(fit) > c.batch_size,
+                                    generator=torch.Generator().manual_seed(seed))
+                return loader_batches(loader, self.device)(seed)
+            return batches, None
+        if inputs.train is not None:
+            return loader_batches(inputs.train, self.device), None
+        teacher = inputs.model.to(self.device).eval()
+        with torch.no_grad():
+            out = teacher(inputs.calibration[0][:2])
+        if isinstance(out, torch.Tensor) and out.dim() == 2:
+            return distilled_batches(inputs.calibration, teacher), teacher
+        return None, None
+
+    def finalists(self, prunable: PrunableModel, trials: list[Trial], evaluator: AccuracyEvaluator,
+                  pruningnet=None) -> list:
+        """The top `--finalists` candidates, fine-tuned briefly and scored again, best first (see
+        `search.finalists`); [] when the proxy's pick stands (no finalists, or nothing they could change)."""
+        from .finalists import FinalistSettings, run_finalists
+
+        c = self.config
+        rescore = c.scorer_name == "pruningnet" and c.export_weights == "base"  # the proxy scored other weights
+        batches, teacher = self._finalist_batches() if c.finalists and c.finalist_steps else (None, None)
+        steps = c.finalist_steps if batches is not None else 0
+        if not c.finalists or (steps == 0 and not rescore):
+            if c.finalists and c.finalist_steps:
+                log.info("finalists skipped: no labelled training batches, and the model's output is not a "
+                         "logits matrix to distil (pass prune(train=...) to fine-tune finalists)")
+            return []
+        settings = FinalistSettings(count=c.finalists, steps=steps, lr=c.finalist_lr, seed=c.seed)
+        log.info("finalists: the best %d candidates, %d fine-tuning steps each, scored again on held-out",
+                 c.finalists, steps)
+        ranked = run_finalists(trials, settings, build=self._build(prunable, pruningnet), batches=batches,
+                               calibration=evaluator.calibration, held_out=evaluator.held_out,
+                               metric=evaluator.metric, teacher=teacher, device=self.device,
+                               progress=log.info)
+        if not ranked or not np.isfinite(ranked[0].score):
+            log.warning("no finalist scored a finite value after fine-tuning: exporting the proxy's best as it is")
+            return []
+        return ranked
 
     # ------------------------------------------------------------------ export and records
     def _measure_latencies(self, prunable, outcome: Outcome, table) -> dict[int, float]:
@@ -434,21 +526,29 @@ class Pipeline:
         return {t.number: ms for t, ms in zip(chosen, measured)}
 
     def _finish(self, prunable, outcome: Outcome, evaluator: AccuracyEvaluator, base, base_score, seconds,
-                table=None, pruningnet=None, base_weight_score=None) -> PruneResult:
+                table=None, pruningnet=None) -> PruneResult:
+        from .finalists import FINALISTS_FILE, finalists_frame, score_module
+
         c, run_dir, inputs = self.config, self.run_dir, self.inputs
         measured = self._measure_latencies(prunable, outcome, table) if table is not None else {}
         frame = run_dir.write_trials(outcome.trials, base, measured)
-        best = outcome.best
+        finalists = self.finalists(prunable, outcome.trials, evaluator, pruningnet) if outcome.best else []
+        chosen = None
+        if finalists:
+            chosen = finalists_frame(finalists, base)
+            run_dir.write_table(FINALISTS_FILE, chosen)
+        best = finalists[0].trial if finalists else outcome.best
         record: dict[str, Any] = {}
         subnet = None
         if best is not None:
-            if c.export_weights == "pruningnet":
-                from evaluators.pruningnet import materialize_generated
-
-                subnet = materialize_generated(pruningnet, best.candidate)
+            if finalists:  # trained, recalibrated and scored already
+                subnet, exported_score = finalists[0].module, finalists[0].score
             else:
-                subnet = materialize(prunable, best.candidate)
-            subnet = evaluator.recalibrated(subnet).eval()
+                subnet = evaluator.recalibrated(self._build(prunable, pruningnet)(best.candidate))
+                exported_score = score_module(subnet, evaluator.held_out, evaluator.metric)
+            for f in finalists[1:]:
+                f.module = None
+            subnet.eval()
             test_top1 = evaluate(subnet, inputs.test, self.device) if inputs.test is not None else None
             run_dir.save_model(BEST_STATE_FILE, {k: v.detach().cpu() for k, v in subnet.state_dict().items()})
             try:
@@ -461,14 +561,17 @@ class Pipeline:
                 "model": c.model, "weights": c.weights, "data": c.data, "seed": c.seed,
                 "derive": {**c.derive_options(), "importance": "l2"},
                 "input_shape": list(inputs.example.shape[1:]),
-                "trial": best.number, "candidate": best.candidate.to_dict(), "held_out_top1": best.result.score,
-                "export_weights": c.export_weights, "held_out_top1_base_weights": base_weight_score,
+                "trial": best.number, "candidate": best.candidate.to_dict(),
+                "held_out_top1": exported_score, "search_score": best.result.score,
+                "selected_by": (f"finalists ({len(finalists)}, {finalists[0].steps} steps each)" if finalists
+                                else "search score"),
+                "export_weights": c.export_weights, "finetuned_steps": finalists[0].steps if finalists else 0,
                 "test_top1": test_top1, "costs": dict(best.result.costs),
                 "ratios": {k: best.result.costs[k] / base[k] for k in base},
                 "summary": prunable.describe(best.candidate), "state_dict": BEST_STATE_FILE,
             }
             if table is not None:
-                record["latency_ms"] = {"predicted": best.result.costs["latency"], "measured": measured[best.number],
+                record["latency_ms"] = {"predicted": best.result.costs["latency"], "measured": measured.get(best.number),
                                         "base_predicted": base["latency"], "batch": c.latency_batch}
             run_dir.write(BEST_FILE, record)
         run_dir.write_pareto(frame)
@@ -479,24 +582,29 @@ class Pipeline:
         run_dir.update_run(status="interrupted" if outcome.interrupted else "complete",
                            finished=time.strftime("%Y-%m-%d %H:%M:%S"), search_seconds=round(seconds, 2),
                            trials=len(outcome.trials), states=counts, best=record and {
-                               k: record[k] for k in ("trial", "held_out_top1", "test_top1", "ratios")})
-        summary = self._summary(outcome, frame, base, base_score, record, measured, counts, seconds)
+                               k: record[k] for k in ("trial", "held_out_top1", "search_score", "test_top1",
+                                                      "ratios")})
+        summary = self._summary(outcome, frame, base, base_score, record, measured, counts, seconds, best)
         return PruneResult(subnet, best, frame, run_dir.path, {**base, "held_out": base_score,
                                                               "test": inputs.base_test},
-                           outcome.interrupted, summary, record)
+                           outcome.interrupted, summary, record, chosen)
 
-    def _summary(self, outcome, frame, base, base_score, record, measured, counts, seconds) -> str:
+    def _summary(self, outcome, frame, base, base_score, record, measured, counts, seconds, best) -> str:
         metric = "score" if self.inputs.score else "held-out"
         test = self.inputs.base_test
         lines = [f"base : {base['flops'] / 1e6:9.3f} MFLOPs  {base['params'] / 1e6:7.4f} M params  "
                  f"{metric} {base_score:.4f}" + (f"  test {test:.4f}" if test is not None else "")]
-        best = outcome.best
         if record:
             r = record["ratios"]
             tested = f"  test {record['test_top1']:.4f}" if record["test_top1"] is not None else ""
+            steps = record["finetuned_steps"]
+            how = (f"after {steps} fine-tuning steps; search score {best.result.score:.4f}, picked by "
+                   f"{record['selected_by']}" if steps else "before fine-tuning" +
+                   (f"; search score {best.result.score:.4f}" if record["selected_by"] != "search score" or
+                    abs(record["held_out_top1"] - best.result.score) > 1e-9 else ""))
             lines.append(f"best : {best.result.costs['flops'] / 1e6:9.3f} MFLOPs  {best.result.costs['params'] / 1e6:7.4f}"
-                         f" M params  {metric} {best.result.score:.4f}{tested}  (FLOPs x{r['flops']:.3f}, params "
-                         f"x{r['params']:.3f}, trial {best.number}, before fine-tuning)")
+                         f" M params  {metric} {record['held_out_top1']:.4f}{tested}  (FLOPs x{r['flops']:.3f}, params "
+                         f"x{r['params']:.3f}, trial {best.number}, {how})")
         else:
             lines.append("best : none scored")
         lines.append(f"trials: {len(outcome.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}) in "
@@ -579,7 +687,7 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
 
 def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "random", trials: int = 200, *,
           calibration: Iterable, held_out: Iterable | None = None, score: Callable[[nn.Module], float] | None = None,
-          example_input: torch.Tensor | None = None, workers: int = 0, out: str | Path | None = None,
+          train: Iterable | None = None, example_input: torch.Tensor | None = None, workers: int = 0, out: str | Path | None = None,
           seed: int = 0, device: str = "auto", progress: bool = True, resume: bool = False,
           **options: Any) -> PruneResult:
     """Search a pruned architecture of `model` under `budget` with the user's own data; see the README.
@@ -588,6 +696,8 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
     `calib_batches` (8) batches for every candidate. `score`: f(model) -> float, higher is better, called on
     the model already set to the candidate and recalibrated, in eval mode (errors are failed trials);
     default: top-1 on `held_out`, an iterable of (x, y) batches (its first `eval_samples`, 1024, samples).
+    `train`: labelled (x, y) batches (e.g. the training loader) the finalists fine-tune on; without it
+    they are distilled from the model's outputs on the calibration batches (`finalists=0` turns them off).
     `options`: any other `SearchConfig` field (e.g. `width_ratios="0.25,0.5,0.75,1"`, `food_sources=8`).
     Returns a `PruneResult`: `.subnet` (a real module), `.best`, `.trials` (a DataFrame), `.run_dir`.
     The user's model is not modified (the search works on a copy). `resume=True` continues the run in
@@ -610,7 +720,7 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
         example = example[:1]
     torch.manual_seed(seed)
     inputs = Inputs(model=copy.deepcopy(model).cpu().eval(), example=example, calibration=calib, held_out=held,
-                    score=score, name=type(model).__name__)
+                    score=score, name=type(model).__name__, train=train)
     run_dir = None
     if resume:
         if out is None:

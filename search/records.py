@@ -220,13 +220,17 @@ class RunDirectory:
                      measured_latency: Mapping[int, float] | None = None) -> pd.DataFrame:
         """trials.csv (`trials_frame`), written atomically; returns the frame."""
         frame = trials_frame(trials, base, measured_latency)
-        atomic_write(self.path / TRIALS_FILE, frame.to_csv(index=False))
+        self.write_table(TRIALS_FILE, frame)
         return frame
+
+    def write_table(self, name: str, frame: pd.DataFrame) -> None:
+        """A CSV table (e.g. finalists.csv), written atomically."""
+        atomic_write(self.path / name, frame.to_csv(index=False))
 
     def write_pareto(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The scored trials no other beats on both held-out score and FLOPs, by FLOPs."""
         front = pareto_front(frame)
-        atomic_write(self.path / PARETO_FILE, front.to_csv(index=False))
+        self.write_table(PARETO_FILE, front)
         return front
 
     def plot(self, frame: pd.DataFrame, *, caps: Mapping[str, float], base: Mapping[str, float],

@@ -65,6 +65,16 @@ def get_args_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--latency-batch", type=int, default=1, help="batch size latency is measured at")
     scoring.add_argument("--baseline-epochs", type=int, default=30,
                          help="epochs to train a zoo model given without --weights (cached)")
+    final = p.add_argument_group("after the search: filling the budget, finalists (picking by a short fine-tune)")
+    final.add_argument("--fill", action="store_true",
+                       help="widen the best candidates (narrowest group first) until the budget binds; the widened "
+                            "ones are scored as extra trials and compete with the rest")
+    final.add_argument("--finalists", type=int, default=5,
+                       help="the best K distinct candidates are fine-tuned briefly, scored again on held-out, and the "
+                            "best exported; 0: export the proxy's best as it is")
+    final.add_argument("--finalist-steps", type=int, default=50,
+                       help="SGD steps per finalist on the fit split (0: only scored again with the exported weights)")
+    final.add_argument("--finalist-lr", type=float, default=0.01, help="finalists' peak learning rate (cosine to 0)")
     ray = p.add_argument_group("distribution (Ray)")
     ray.add_argument("--workers", type=int, default=0,
                      help="score on N Ray actors (a local Ray is started unless --ray-address); 0: in this process")

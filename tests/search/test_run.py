@@ -289,7 +289,7 @@ def test_metapruning_trains_a_pruningnet_and_exports_its_weights(tmp_path):
                        agent="metapruning")
     assert code == 0 and (out / "pruningnet.pt").is_file()
     best = json.loads((out / "best.json").read_text())
-    assert best["export_weights"] == "pruningnet" and 0 <= best["held_out_top1_base_weights"] <= 1
+    assert best["export_weights"] == "pruningnet" and 0 <= best["held_out_top1"] <= 1
     assert best["weights"] is None  # the base model's weights (none given: the cached baseline)
     code, again = search(tmp_path, "--trials", "8", "--pruningnet", str(out / "pruningnet.pt"), out="reuse",
                          agent="metapruning")

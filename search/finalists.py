@@ -1,0 +1,175 @@
+"""Finalists: the search's best few candidates, each briefly fine-tuned and scored again, so that the
+exported subnet is picked by accuracy after training, not by the proxy alone.
+
+A BN-recalibrated score ranks candidates by what their inherited weights do today; the user keeps the
+model after fine-tuning. After the search, the top `count` distinct scored candidates are materialized
+with the weights that will be exported (the base model's, or MetaPruning's PruningNet's), trained for
+`steps` SGD steps (cosine from `lr` to 0, the shared training step of `search.training`), recalibrated
+on the calibration batches and scored on the held-out batches again. The best of them is exported with
+the weights it was trained to, and that score, the score of what is exported, is the one reported.
+
+What they train on: labelled training batches when the data has them (the zoo's fit split, never the
+held-out part); otherwise the calibration inputs, distilled from the base model's outputs (no labels
+needed). With `steps=0` nothing trains: the finalists are only scored again with the exported weights,
+which is what makes MetaPruning's result honest (its proxy scores PruningNet weights).
+"""
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from evaluators.accuracy import recalibrate, top1
+from spaces.space import Candidate
+
+from .records import Trial
+from .training import Distillation, TrainConfig, make_optimizer, train_epoch
+
+log = logging.getLogger(__name__)
+
+FINALISTS_FILE = "finalists.csv"
+Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # seed -> endless (x, y) batches
+
+
+@dataclass(frozen=True)
+class FinalistSettings:
+    count: int = 5          # candidates fine-tuned and scored again (0: pick by the proxy alone)
+    steps: int = 50         # SGD steps each (0: scored again with the exported weights only)
+    lr: float = 0.01        # peak learning rate, cosine to 0 over the steps
+    weight_decay: float = 5e-4
+    seed: int = 0
+
+
+@dataclass
+class Finalist:
+    trial: Trial                    # the search's trial: its score is the proxy's
+    score: float                    # held-out score after the short fine-tune (NaN if it diverged)
+    seconds: float
+    steps: int = 0                   # fine-tuning steps it had
+    module: nn.Module | None = None  # trained and recalibrated; dropped once the winner is known
+
+    @property
+    def proxy(self) -> float:
+        return float(self.trial.result.score)
+
+
+def top_distinct(trials: Sequence[Trial], count: int) -> list[Trial]:
+    """The `count` best scored trials, each candidate once (best first: score, then fewer FLOPs, then earlier)."""
+    done = sorted((t for t in trials if t.result.ok and t.result.score is not None and math.isfinite(t.result.score)),
+                  key=lambda t: (-t.result.score, t.result.costs.get("flops", 0), t.number))
+    seen: set[Candidate] = set()
+    chosen = []
+    for trial in done:
+        if trial.candidate not in seen:
+            seen.add(trial.candidate)
+            chosen.append(trial)
+        if len(chosen) == count:
+            break
+    return chosen
+
+
+def loader_batches(loader: Iterable, device: torch.device) -> Batches:
+    """Endless (x, y) batches from a labelled loader (re-iterated as often as needed)."""
+    def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        torch.manual_seed(seed)  # a shuffling loader's order and random augmentations follow the seed
+        while True:
+            empty = True
+            for x, y in loader:
+                empty = False
+                yield x.to(device), torch.as_tensor(y).to(device)
+            if empty:
+                return
+    return batches
+
+
+def distilled_batches(inputs: Sequence[torch.Tensor], teacher: nn.Module) -> Batches:
+    """Endless (x, teacher's argmax) batches over `inputs` in a seeded order: with `Distillation(alpha=1)` the
+    loss is the teacher's soft targets alone (the argmax only fills the unused hard term)."""
+    with torch.no_grad():
+        was = teacher.training
+        teacher.eval()
+        labels = [teacher(x).argmax(1) for x in inputs]
+        teacher.train(was)
+
+    def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        rng = np.random.default_rng(seed)
+        while True:
+            for i in rng.permutation(len(inputs)):
+                yield inputs[i], labels[i]
+    return batches
+
+
+def short_finetune(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], settings: FinalistSettings,
+                   *, device: torch.device, teacher: nn.Module | None = None) -> nn.Module:
+    """`settings.steps` steps of the shared training step on `batches`, in place (distilled when `teacher`)."""
+    if settings.steps <= 0:
+        return model
+    optimizer, scheduler = make_optimizer(model, TrainConfig(epochs=1, lr=settings.lr,
+                                                             weight_decay=settings.weight_decay), settings.steps)
+    kd = Distillation(alpha=1.0) if teacher is not None else None
+    train_epoch(model, itertools.islice(batches, settings.steps), optimizer, scheduler, device=device,
+                teacher=teacher, kd=kd)
+    return model.eval()
+
+
+def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build: Callable[[Candidate], nn.Module],
+                  batches: Batches | None, calibration: Sequence[torch.Tensor],
+                  held_out: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                  metric: Callable[[nn.Module], float] | None = None, teacher: nn.Module | None = None,
+                  device: torch.device, progress: Callable[[str], None] | None = None) -> list[Finalist]:
+    """Fine-tune and score again the top `settings.count` distinct trials; best first (by the new score, then
+    the proxy's order). `build(candidate)` materializes a subnet with the weights to export."""
+    chosen = top_distinct(trials, settings.count)
+    finalists = []
+    for rank, trial in enumerate(chosen):
+        started = time.perf_counter()
+        module = build(trial.candidate).to(device)
+        steps = settings.steps if batches is not None else 0
+        if steps:
+            torch.manual_seed(settings.seed + rank)  # dropout and stochastic depth, reproducibly
+            short_finetune(module.train(), batches(settings.seed), settings, device=device, teacher=teacher)
+        recalibrate(module, calibration)
+        try:
+            score = score_module(module, held_out, metric)
+        except Exception as error:  # noqa: BLE001 - a finalist the user's score rejects is not exported
+            log.warning("finalist trial %d: scoring failed (%s); skipped", trial.number, error)
+            score = math.nan
+        finalists.append(Finalist(trial, score, time.perf_counter() - started, steps, module))
+        if progress is not None:
+            progress(f"finalist {rank + 1}/{len(chosen)}: trial {trial.number}, proxy {trial.result.score:.4f} -> "
+                     f"{score:.4f} after {steps} steps")
+    order = sorted(range(len(finalists)), key=lambda i: (-_finite_or(finalists[i].score), i))
+    return [finalists[i] for i in order]
+
+
+def score_module(module: nn.Module, held_out: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                 metric: Callable[[nn.Module], float] | None = None) -> float:
+    """A materialized, recalibrated subnet's held-out score, in eval mode: the user's metric, else top-1
+    (NaN when its weights are not finite, e.g. after a diverged fine-tune)."""
+    module.eval()
+    if not all(torch.isfinite(p).all() for p in module.parameters()):
+        return math.nan
+    with torch.no_grad():
+        return float(metric(module)) if metric is not None else top1(module, held_out)
+
+
+def _finite_or(value: float, default: float = -math.inf) -> float:
+    return value if math.isfinite(value) else default
+
+
+def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float]) -> pd.DataFrame:
+    """finalists.csv: one row per finalist, in the order they were ranked (the first is exported)."""
+    rows = [{"rank": i + 1, "trial": f.trial.number, "proxy_score": f.proxy, "finalist_score": f.score,
+             "steps": f.steps, "flops_ratio": f.trial.result.costs.get("flops", math.nan) / base["flops"],
+             "params_ratio": f.trial.result.costs.get("params", math.nan) / base["params"],
+             "seconds": round(f.seconds, 3), "exported": i == 0} for i, f in enumerate(finalists)]
+    return pd.DataFrame(rows, columns=["rank", "trial", "proxy_score", "finalist_score", "steps", "flops_ratio",
+                                       "params_ratio", "seconds", "exported"])

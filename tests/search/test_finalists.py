@@ -1,0 +1,117 @@
+"""After the search: filling the budget and the finalists (picking the export by a short fine-tune)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pandas as pd
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from search import prune
+from search.cifar_resnet import resnet20
+from search.finalists import FINALISTS_FILE, score_module, top_distinct
+from search.pipeline import load_subnet
+from search.records import Trial
+from spaces.fill import fill
+from spaces.records import Result, TrialState
+from spaces.space import Candidate, Dimension, SearchSpace
+
+
+def _trial(number, score, values, state=TrialState.COMPLETE, flops=1.0):
+    return Trial(number, Candidate(values), Result(state, score, {"flops": flops}))
+
+
+def test_top_distinct_ranks_scored_trials_each_candidate_once():
+    trials = [_trial(0, 0.5, {"a": 1}), _trial(1, 0.9, {"a": 2}), _trial(2, 0.9, {"a": 2}),
+              _trial(3, None, {"a": 3}, TrialState.FAILED), _trial(4, math.nan, {"a": 4}),
+              _trial(5, 0.9, {"a": 5}, flops=0.5), _trial(6, 0.7, {"a": 6})]
+    assert [t.number for t in top_distinct(trials, 3)] == [5, 1, 6]  # ties: fewer FLOPs first, then earlier
+    assert [t.number for t in top_distinct(trials, 10)] == [5, 1, 6, 0]
+
+
+def _space():
+    return SearchSpace([Dimension("a", "width", 10, tuple(range(1, 11))), Dimension("b", "width", 20, (5, 10, 15, 20)),
+                        Dimension("keep:x", "keep", 1, (0, 1))])
+
+
+def test_fill_widens_until_no_group_can_grow_and_leaves_blocks_alone():
+    space = _space()
+    cost = lambda c: c["a"] * 3 + c["b"] * 2 + c["keep:x"] * 7  # noqa: E731
+    feasible = lambda c: cost(c) <= 50  # noqa: E731
+    start = Candidate({"a": 2, "b": 5, "keep:x": 0})
+    wider = fill(space, start, feasible)
+    assert feasible(wider) and wider["keep:x"] == 0
+    assert all(wider[n] >= start[n] for n in ("a", "b"))
+    for d in space.widths:  # maximal: no single group can take one more step
+        if wider[d.name] < d.full:
+            assert not feasible(wider.replace(**{d.name: d.choices[d.index(wider[d.name]) + 1]}))
+    assert wider == Candidate({"a": 6, "b": 15, "keep:x": 0})  # the narrowest ratio grows first
+    assert fill(space, space.full(), lambda c: True) == space.full()
+    over = Candidate({"a": 10, "b": 20, "keep:x": 1})
+    assert fill(space, start, lambda c: c == start) == start  # nothing fits: unchanged
+    assert over == space.full()
+
+
+def _data(n=128, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 16, 16, generator=g)
+    y = (x[:, 0].mean((1, 2)) > 0).long() + 2 * (x[:, 1].mean((1, 2)) > 0).long()  # learnable labels
+    return (DataLoader(TensorDataset(x[:96], y[:96]), batch_size=16),
+            [(x[96:], y[96:])])
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return resnet20(num_classes=4, in_channels=3).eval()
+
+
+def test_finalists_pick_and_report_the_score_of_what_is_exported(model, tmp_path):
+    train, held = _data()
+    kw = dict(budget="0.5flops", agent="random", trials=6, calibration=train, held_out=held, train=train,
+              progress=False, calib_batches=2, finalists=3, finalist_steps=4, finalist_lr=0.05)
+    result = prune(model, out=tmp_path / "a", **kw)
+    finalists = pd.read_csv(tmp_path / "a" / FINALISTS_FILE)
+    assert len(finalists) == 3 and finalists.exported.tolist() == [True, False, False]
+    assert finalists.finalist_score.is_monotonic_decreasing and (finalists.steps == 4).all()
+    best = json.loads((tmp_path / "a" / "best.json").read_text())
+    assert best["trial"] == finalists.trial[0] == result.best.number
+    assert best["held_out_top1"] == pytest.approx(finalists.finalist_score[0])
+    assert best["search_score"] == pytest.approx(finalists.proxy_score[0]) == pytest.approx(result.best.result.score)
+    # the exported weights (the finalist's, fine-tuned and recalibrated) score exactly what best.json says
+    subnet = load_subnet(tmp_path / "a", model=model)
+    assert score_module(subnet, held) == pytest.approx(best["held_out_top1"])
+    # the exported candidate is within budget, and the same seed gives the same finalists
+    assert result.trials.set_index("trial").flops_ratio[best["trial"]] <= 0.5 + 1e-9
+    again = prune(model, out=tmp_path / "b", **kw)
+    pd.testing.assert_frame_equal(finalists.drop(columns="seconds"),
+                                  pd.read_csv(tmp_path / "b" / FINALISTS_FILE).drop(columns="seconds"))
+    assert again.best.number == result.best.number
+
+
+def test_without_labels_finalists_distil_and_zero_turns_them_off(model, tmp_path):
+    train, held = _data()
+    kw = dict(budget="0.5flops", agent="random", trials=4, calibration=train, held_out=held, progress=False,
+              calib_batches=2, finalist_steps=3, no_warm_start=True)
+    result = prune(model, out=tmp_path / "kd", finalists=2, **kw)
+    assert (pd.read_csv(tmp_path / "kd" / FINALISTS_FILE).steps == 3).all()  # distilled from the model's outputs
+    assert result.record["finetuned_steps"] == 3
+    off = prune(model, out=tmp_path / "off", finalists=0, **kw)
+    assert not (tmp_path / "off" / FINALISTS_FILE).exists() and off.finalists is None
+    assert off.record["selected_by"] == "search score" and off.record["finetuned_steps"] == 0
+    assert off.best.number == max(
+        (t for t in off.trials.itertuples() if t.state == "complete"), key=lambda t: (t.score, -t.flops, -t.trial)).trial
+    assert off.record["held_out_top1"] == pytest.approx(off.best.result.score)
+
+
+def test_fill_adds_widened_trials_that_stay_within_budget(model, tmp_path):
+    train, held = _data()
+    result = prune(model, budget="0.3flops", agent="uniform", trials=1, calibration=train, held_out=held,
+                   out=tmp_path / "f", progress=False, calib_batches=2, fill=True, finalists=0,
+                   width_ratios="0.25,0.5,0.75,1")
+    trials = result.trials
+    filled = trials[trials.message.fillna("").str.startswith("fill of trial 0")]
+    assert len(trials) == 2 and len(filled) == 1
+    assert trials.flops_ratio[0] < filled.flops_ratio.iloc[0] <= 0.3 + 1e-9
