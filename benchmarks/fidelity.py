@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import recalibrate  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
-from search.finalists import FinalistSettings, loader_batches, score_module, short_finetune  # noqa: E402
+from search.finalists import FinalistSettings, ShuffledBatches, score_module, short_finetune  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 from spaces.space import Candidate  # noqa: E402
@@ -81,10 +81,10 @@ def bn_proxies(setting: Setting, candidate: Candidate, base_logp: list[torch.Ten
 
 def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int = 30, finetune_epochs: int = 2,
              steps: int = 50, pruningnet_epochs: int = 10, seed: int = 0, lr: float = 0.01,
-             progress: bool = True) -> dict:
+             progress: bool = True, data: str = "digits", baseline_epochs: int = 30) -> dict:
     """Every proxy and the truth for `candidates` candidates; see the module docstring."""
-    config = SearchConfig(agent="random", budget=[budget], model=model, seed=seed, no_warm_start=True,
-                          pruningnet_epochs=max(1, pruningnet_epochs))
+    config = SearchConfig(agent="random", budget=[budget], model=model, data=data, seed=seed, no_warm_start=True,
+                          pruningnet_epochs=max(1, pruningnet_epochs), baseline_epochs=baseline_epochs)
     setting = Setting.of(config)
     data = setting.inputs.data
     evaluator = setting.evaluator
@@ -115,10 +115,8 @@ def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int
     short = FinalistSettings(count=1, steps=steps, lr=lr, seed=seed)
     for i, (row, c) in enumerate(zip(rows, pool)):
         module = materialize(setting.prunable, c).to(device)
-        loader = torch.utils.data.DataLoader(fit, batch_size=config.batch_size, shuffle=True, drop_last=True,
-                                             generator=torch.Generator().manual_seed(seed))
         torch.manual_seed(seed)
-        short_finetune(module.train(), loader_batches(loader, device)(seed), short, device=device)
+        short_finetune(module.train(), ShuffledBatches(fit, config.batch_size)(seed), short, device=device)
         recalibrate(module, evaluator.calibration)
         row[f"steps_{steps}"] = score_module(module, evaluator.held_out)
 
@@ -128,7 +126,7 @@ def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int
         if progress:
             print(f"  candidate {i + 1:2d}/{len(pool)}: FLOPs x{row['flops_ratio']:.3f}  "
                   + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "flops_ratio"), flush=True)
-    return {"rows": rows, "model": model, "budget": budget, "finetune_epochs": finetune_epochs, "steps": steps,
+    return {"rows": rows, "model": model, "data": data, "base_test": setting.inputs.base_test, "budget": budget, "finetune_epochs": finetune_epochs, "steps": steps,
             "pruningnet_epochs": pruningnet_epochs, "held_out": evaluator.samples[1]}
 
 
@@ -142,7 +140,9 @@ def proxy_table(result: dict) -> list[str]:
     truth = np.array([r["truth"] for r in rows])
     best5 = set(np.argsort(-truth, kind="stable")[:5])
     proxies = [k for k in rows[0] if k not in ("truth", "flops_ratio")]
-    lines = [f"{result['model']} at {result['budget']}: {len(rows)} candidates, truth = test top-1 after "
+    base_test = result['base_test'] if result['base_test'] is not None else float('nan')
+    lines = [f"{result['model']} on {result['data']} (base test {base_test:.4f}) at {result['budget']}: "
+             f"{len(rows)} candidates, truth = test top-1 after "
              f"{result['finetune_epochs']} fine-tuning epochs (truth range {truth.min():.4f}-{truth.max():.4f}, "
              f"best {truth.max():.4f})",
              "| proxy | Spearman | Kendall | top-5 overlap | truth of its pick |", "|---|---|---|---|---|"]
@@ -187,6 +187,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", action="append", help="repeatable; default resnet20")
     parser.add_argument("--budget", default="0.15flops")
+    parser.add_argument("--data", default="digits", help="e.g. benchmarks.hard_digits:hard_digits (harder, larger)")
+    parser.add_argument("--baseline-epochs", type=int, default=30, help="epochs of the cached zoo baseline")
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=50)
@@ -201,7 +203,8 @@ def main() -> None:
     for model in args.model or ["resnet20"]:
         started = time.perf_counter()
         result = fidelity(model, args.budget, args.candidates, args.finetune_epochs, args.steps,
-                          args.pruningnet_epochs, args.seed, args.lr)
+                          args.pruningnet_epochs, args.seed, args.lr, data=args.data,
+                          baseline_epochs=args.baseline_epochs)
         print()
         print("\n".join(proxy_table(result)))
         print()

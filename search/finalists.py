@@ -15,17 +15,20 @@ which is what makes MetaPruning's result honest (its proxy scores PruningNet wei
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
 from evaluators.accuracy import recalibrate, top1
 from spaces.space import Candidate
@@ -76,18 +79,33 @@ def top_distinct(trials: Sequence[Trial], count: int) -> list[Trial]:
     return chosen
 
 
-def loader_batches(loader: Iterable, device: torch.device) -> Batches:
-    """Endless (x, y) batches from a labelled loader (re-iterated as often as needed)."""
+def loader_batches(loader: Iterable, device: torch.device | str | None = None) -> Batches:
+    """Endless (x, y) batches from a labelled loader (re-iterated as often as needed; moved to `device` if given)."""
     def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         torch.manual_seed(seed)  # a shuffling loader's order and random augmentations follow the seed
         while True:
             empty = True
             for x, y in loader:
                 empty = False
-                yield x.to(device), torch.as_tensor(y).to(device)
+                y = torch.as_tensor(y)
+                yield (x, y) if device is None else (x.to(device), y.to(device))
             if empty:
                 return
     return batches
+
+
+@dataclass
+class ShuffledBatches:
+    """Endless shuffled (x, y) batches of a dataset, the order seeded (picklable: it travels to Ray workers)."""
+
+    dataset: Any
+    batch_size: int
+
+    def __call__(self, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, shuffle=True,
+                            drop_last=len(self.dataset) > self.batch_size,
+                            generator=torch.Generator().manual_seed(seed))
+        return loader_batches(loader)(seed)
 
 
 def distilled_batches(inputs: Sequence[torch.Tensor], teacher: nn.Module) -> Batches:
@@ -120,34 +138,68 @@ def short_finetune(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch
     return model.eval()
 
 
+def train_finalist(module: nn.Module, rank: int, settings: FinalistSettings, batches: Batches | None,
+                   calibration: Sequence[torch.Tensor], held_out: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                   metric: Callable[[nn.Module], float] | None, teacher: nn.Module | None,
+                   device: torch.device | str) -> tuple[nn.Module, float, int, float]:
+    """One finalist: its short fine-tune, BN recalibration and held-out score; (module, score, steps, seconds).
+    Self-contained (its inputs travel to a Ray worker as they are)."""
+    started = time.perf_counter()
+    device = torch.device(device)
+    module = module.to(device)
+    calibration = [x.to(device) for x in calibration]
+    held_out = [(x.to(device), y.to(device)) for x, y in held_out]
+    steps = settings.steps if batches is not None else 0
+    if steps:
+        torch.manual_seed(settings.seed + rank)  # dropout and stochastic depth, reproducibly
+        short_finetune(module.train(), batches(settings.seed), settings, device=device,
+                       teacher=None if teacher is None else teacher.to(device))
+    recalibrate(module, calibration)
+    try:
+        score = score_module(module, held_out, metric)
+    except Exception as error:  # noqa: BLE001 - a finalist the user's score rejects is not exported
+        log.warning("finalist %d: scoring failed (%s); skipped", rank + 1, error)
+        score = math.nan
+    return module, score, steps, time.perf_counter() - started
+
+
 def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build: Callable[[Candidate], nn.Module],
                   batches: Batches | None, calibration: Sequence[torch.Tensor],
                   held_out: Sequence[tuple[torch.Tensor, torch.Tensor]],
                   metric: Callable[[nn.Module], float] | None = None, teacher: nn.Module | None = None,
-                  device: torch.device, progress: Callable[[str], None] | None = None) -> list[Finalist]:
+                  device: torch.device | str, progress: Callable[[str], None] | None = None,
+                  parallel: Callable[[Callable, list[tuple]], list] | None = None) -> list[Finalist]:
     """Fine-tune and score again the top `settings.count` distinct trials; best first (by the new score, then
-    the proxy's order). `build(candidate)` materializes a subnet with the weights to export."""
+    the proxy's order). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn,
+    jobs)` runs `fn(*job)` for every job (e.g. as Ray tasks) and returns the results in order; default: one
+    after the other, here."""
     chosen = top_distinct(trials, settings.count)
+    jobs = [(build(trial.candidate), rank, settings, batches, calibration, held_out, metric, teacher, device)
+            for rank, trial in enumerate(chosen)]
+    results = parallel(train_finalist, jobs) if parallel is not None else [train_finalist(*job) for job in jobs]
     finalists = []
-    for rank, trial in enumerate(chosen):
-        started = time.perf_counter()
-        module = build(trial.candidate).to(device)
-        steps = settings.steps if batches is not None else 0
-        if steps:
-            torch.manual_seed(settings.seed + rank)  # dropout and stochastic depth, reproducibly
-            short_finetune(module.train(), batches(settings.seed), settings, device=device, teacher=teacher)
-        recalibrate(module, calibration)
-        try:
-            score = score_module(module, held_out, metric)
-        except Exception as error:  # noqa: BLE001 - a finalist the user's score rejects is not exported
-            log.warning("finalist trial %d: scoring failed (%s); skipped", trial.number, error)
-            score = math.nan
-        finalists.append(Finalist(trial, score, time.perf_counter() - started, steps, module))
+    for rank, (trial, (module, score, steps, seconds)) in enumerate(zip(chosen, results)):
+        finalists.append(Finalist(trial, score, seconds, steps, module))
         if progress is not None:
             progress(f"finalist {rank + 1}/{len(chosen)}: trial {trial.number}, proxy {trial.result.score:.4f} -> "
                      f"{score:.4f} after {steps} steps")
     order = sorted(range(len(finalists)), key=lambda i: (-_finite_or(finalists[i].score), i))
     return [finalists[i] for i in order]
+
+
+def ray_parallel(cpus: float = 1, gpus: float = 0) -> Callable[[Callable, list[tuple]], list]:
+    """`parallel` for `run_finalists`: each finalist a Ray task (on the running Ray, e.g. the search's workers')."""
+    import ray
+
+    def parallel(fn: Callable, jobs: list[tuple]) -> list:
+        task = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=0)(fn)
+        moved = [(module.cpu(), rank, settings, batches, [x.cpu() for x in calibration],
+                  [(x.cpu(), y.cpu()) for x, y in held_out], metric,
+                  None if teacher is None else copy.deepcopy(teacher).cpu(), "cuda" if gpus > 0 else "cpu")
+                 for module, rank, settings, batches, calibration, held_out, metric, teacher, _ in jobs]
+        results = ray.get([task.remote(*job) for job in moved])
+        return results
+    return parallel
 
 
 def score_module(module: nn.Module, held_out: Sequence[tuple[torch.Tensor, torch.Tensor]],

@@ -48,7 +48,7 @@ from .records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, RunDirectory, 
 from .training import evaluate, resolve_device
 
 log = logging.getLogger(__name__)
-ZOO_MODELS = ("resnet20", "resnet56")
+ZOO_MODELS = ("resnet20", "resnet56", "mobilenetv2")
 
 
 @dataclass
@@ -464,19 +464,13 @@ class Pipeline:
     def _finalist_batches(self):
         """What finalists train on: labelled batches (the zoo's fit split, or `prune(train=...)`), else the
         calibration inputs distilled from the base model when its output is a logits matrix, else None."""
-        from .finalists import distilled_batches, loader_batches
+        from .finalists import ShuffledBatches, distilled_batches, loader_batches
 
         inputs, c = self.inputs, self.config
         if inputs.data is not None:
-            fit = Subset(inputs.data.train, inputs.data.fit.tolist())
-
-            def batches(seed: int):
-                loader = DataLoader(fit, batch_size=c.batch_size, shuffle=True, drop_last=len(fit) > c.batch_size,
-                                    generator=torch.Generator().manual_seed(seed))
-                return loader_batches(loader, self.device)(seed)
-            return batches, None
+            return ShuffledBatches(Subset(inputs.data.train, inputs.data.fit.tolist()), c.batch_size), None
         if inputs.train is not None:
-            return loader_batches(inputs.train, self.device), None
+            return loader_batches(inputs.train), None
         teacher = inputs.model.to(self.device).eval()
         with torch.no_grad():
             out = teacher(inputs.calibration[0][:2])
@@ -502,10 +496,27 @@ class Pipeline:
         settings = FinalistSettings(count=c.finalists, steps=steps, lr=c.finalist_lr, seed=c.seed)
         log.info("finalists: the best %d candidates, %d fine-tuning steps each, scored again on held-out",
                  c.finalists, steps)
-        ranked = run_finalists(trials, settings, build=self._build(prunable, pruningnet), batches=batches,
-                               calibration=evaluator.calibration, held_out=evaluator.held_out,
-                               metric=evaluator.metric, teacher=teacher, device=self.device,
-                               progress=log.info)
+        parallel, started = None, False
+        if steps and (c.workers or c.ray_address):  # the finalists train at once, one per Ray worker
+            from evaluators.executors import init_ray
+
+            from .finalists import ray_parallel
+
+            started = init_ray(c.ray_address, num_cpus=max(c.workers, 1) * c.cpus_per_worker)
+            parallel = ray_parallel(c.cpus_per_worker, c.gpus_per_worker)
+            log.info("finalists: trained as Ray tasks (%g CPU, %g GPU each)", c.cpus_per_worker, c.gpus_per_worker)
+        try:
+            ranked = run_finalists(trials, settings, build=self._build(prunable, pruningnet), batches=batches,
+                                   calibration=evaluator.calibration, held_out=evaluator.held_out,
+                                   metric=evaluator.metric, teacher=teacher, device=self.device,
+                                   progress=log.info, parallel=parallel)
+        finally:
+            if started:
+                import ray
+
+                ray.shutdown()
+        for finalist in ranked:
+            finalist.module.to(self.device)
         if not ranked or not np.isfinite(ranked[0].score):
             log.warning("no finalist scored a finite value after fine-tuning: exporting the proxy's best as it is")
             return []

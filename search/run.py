@@ -29,7 +29,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     what.add_argument("--budget", action="append", default=None, metavar="LIMIT",
                       help=f"repeatable; every limit must hold. {GRAMMAR}")
     what.add_argument("--model", default="resnet20",
-                      help="resnet20 | resnet56 | torchvision:NAME | timm:NAME[?key=value&...] | package.module:factory | "
+                      help="resnet20 | resnet56 | mobilenetv2 | torchvision:NAME | timm:NAME[?key=value&...] | package.module:factory | "
                            "PATH.pt (a whole pickled model, with --trust-pickle)")
     what.add_argument("--weights", default=None, help="state dict or checkpoint ({'state_dict': ...}, {'model': ...}), "
                                                       "loaded with weights_only=True (tensors only, no code runs)")

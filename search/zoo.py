@@ -21,12 +21,13 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.vision import StandardTransform, VisionDataset
 
-from search import cifar_resnet
+from search import cifar_mobilenet, cifar_resnet
 from search.errors import UserError
 
 DATA_FORMS = "digits, cifar10:DIR, imagefolder:DIR[@SIZE], package.module:factory"
-MODEL_FORMS = "resnet20, resnet56, torchvision:NAME, package.module:factory, PATH.pt"
-ZOO: dict[str, Callable[..., nn.Module]] = {"resnet20": cifar_resnet.resnet20, "resnet56": cifar_resnet.resnet56}
+MODEL_FORMS = "resnet20, resnet56, mobilenetv2, torchvision:NAME, package.module:factory, PATH.pt"
+ZOO: dict[str, Callable[..., nn.Module]] = {"resnet20": cifar_resnet.resnet20, "resnet56": cifar_resnet.resnet56,
+                                            "mobilenetv2": cifar_mobilenet.mobilenetv2}
 CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)

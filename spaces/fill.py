@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .space import WIDTH, Candidate, SearchSpace
+from .space import Candidate, SearchSpace
 
 
 def fill(space: SearchSpace, candidate: Candidate, feasible: Callable[[Candidate], bool]) -> Candidate:

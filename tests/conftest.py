@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from evaluators.cost import CostModel
+from search.cifar_mobilenet import mobilenetv2
 from search.cifar_resnet import resnet20, resnet56
 from spaces.budget import Budget, Limit
 from spaces.derive import PrunableModel, derive
@@ -18,14 +19,14 @@ from spaces.space import SearchSpace
 TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
                "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "densenet121", "vgg11_bn",
                "convnext_tiny", "mnasnet0_5", "squeezenet1_1", "shufflenet_v2_x0_5"]
-ALL_MODELS = ["resnet20", "resnet56", *TORCHVISION]
+ALL_MODELS = ["resnet20", "resnet56", "mobilenetv2", *TORCHVISION]
 
 
 def build_model(name: str) -> tuple[nn.Module, tuple[int, ...]]:
     """A seeded model with non-trivial BN statistics, and the input shape its tests use."""
     torch.manual_seed(0)
-    if name in ("resnet20", "resnet56"):
-        model, shape = {"resnet20": resnet20, "resnet56": resnet56}[name](), (3, 32, 32)
+    if name in ("resnet20", "resnet56", "mobilenetv2"):
+        model, shape = {"resnet20": resnet20, "resnet56": resnet56, "mobilenetv2": mobilenetv2}[name](), (3, 32, 32)
     else:
         model, shape = torchvision.models.get_model(name, weights=None), (3, 64, 64)
     with torch.no_grad():

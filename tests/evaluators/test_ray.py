@@ -17,7 +17,7 @@ from search.engine import Engine, Journal
 
 ray = pytest.importorskip("ray")
 FAST = ["--baseline-epochs", "1", "--trials", "12", "--calib-batches", "2", "--batch-size", "32",
-        "--eval-samples", "64", "--no-progress", "--quiet"]
+        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "3", "--finalist-steps", "3"]
 
 
 def test_two_workers_give_the_local_result(tmp_path, monkeypatch):
@@ -31,6 +31,11 @@ def test_two_workers_give_the_local_result(tmp_path, monkeypatch):
                      for d in ("local", "ray"))
     pd.testing.assert_frame_equal(local, remote)
     assert json.loads((tmp_path / "ray" / "run.json").read_text())["args"]["workers"] == 2
+    # the finalists trained as Ray tasks: the same finalists, the same seeded fine-tune
+    local, remote = (pd.read_csv(tmp_path / d / "finalists.csv") for d in ("local", "ray"))
+    assert sorted(local.trial) == sorted(remote.trial) and (remote.steps == 3).all()
+    by_trial = remote.set_index("trial").finalist_score
+    assert all(abs(by_trial[t] - s) <= 1 / 64 + 1e-9 for t, s in zip(local.trial, local.finalist_score))
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from search import run as run_module
 from search.records import RunDirectory
 
 FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
-        "--eval-samples", "64", "--no-progress", "--quiet"]
+        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2"]
 BASE = ["--agent", "random", "--budget", "0.4flops"]
 
 

@@ -17,7 +17,7 @@ from search.training import Distillation, distillation_loss
 
 
 FAST = ["--baseline-epochs", "1", "--trials", "4", "--calib-batches", "2", "--batch-size", "32",
-        "--eval-samples", "64", "--no-progress", "--quiet"]
+        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2"]
 
 
 @pytest.fixture(scope="module")

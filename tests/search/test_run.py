@@ -16,7 +16,7 @@ from search.finetune import main as finetune_main
 from search.zoo import load_data, load_model
 
 FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
-        "--eval-samples", "64", "--no-progress", "--quiet"]
+        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2"]
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +52,7 @@ def test_default_job_writes_a_complete_run_directory(tmp_path, capsys):
 
 
 def test_best_json_replays_onto_a_fresh_base_model(tmp_path):
-    code, out = search(tmp_path, "--model", "resnet20")
+    code, out = search(tmp_path, "--model", "resnet20", "--finalists", "0")  # base weights, as exported
     assert code == 0
     data = load_data("digits")
     base = load_model("resnet20", num_classes=10, input_shape=data.input_shape)

@@ -180,7 +180,7 @@ def test_model_factories(factories: str) -> None:
 
 
 @pytest.mark.parametrize("spec, kwargs, match", [
-    ("resnet999", DIGITS, r"unknown model 'resnet999'.*resnet20, resnet56, torchvision:NAME, "
+    ("resnet999", DIGITS, r"unknown model 'resnet999'.*resnet20, resnet56, mobilenetv2, torchvision:NAME, "
                           r"package.module:factory, PATH.pt"),
     ("torchvision:resnet_18", DIGITS, "unknown torchvision model 'resnet_18'; e.g. resnet18"),
     ("torchvision:resnet18", DIGITS, "takes 3-channel images but the data has 1 channel"),
