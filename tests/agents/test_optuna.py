@@ -161,3 +161,37 @@ def test_bad_history_or_ei_candidates_raise():
         with pytest.raises(ValueError):
             make_agent("tpe", space, budget, price=price, **options)
     assert make_agent("tpe", space, budget, price=price, ei_candidates=8).study.sampler._n_ei_candidates == 8
+
+
+def test_a_bounded_tpe_resumes_exactly_by_replay_and_by_state_dict():
+    """Past the point where the view is bounded (history 10 + the 50 best), with 3 trials outstanding:
+    a fresh agent replaying the events, and one loaded from a state_dict, continue as the original."""
+    space, budget, price = setting("0.4flops")
+
+    def fresh():
+        return make_agent("tpe", space, budget, price=price, seed=0, trials=95, history=10, startup_trials=10)
+
+    def drive(agent, pending, tells, events=None):
+        asked = []
+        for _ in range(tells):
+            while len(pending) < 3:
+                c = agent.ask()
+                pending.append(c)
+                asked.append(c)
+                if events is not None:
+                    events.append(("ask", c))
+            c = pending.pop(0)
+            result = Result(TrialState.COMPLETE, fake_score(space, c), price(c))
+            agent.tell(c, result)
+            if events is not None:
+                events.append(("tell", c, result))
+        return asked
+
+    original, pending, events = fresh(), [], []
+    drive(original, pending, 70, events)
+    assert original.study.sampler._view(original.study) is not original.study  # the view is bounded by now
+    replayed, loaded = fresh(), fresh()
+    assert replayed.restore(events) == pending
+    loaded.load_state_dict(original.state_dict())
+    after = [drive(agent, list(pending), 15) for agent in (original, replayed, loaded)]
+    assert after[0] == after[1] == after[2] and len(after[0]) == 15
