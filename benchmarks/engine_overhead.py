@@ -16,6 +16,8 @@ by part: the agent's ask and tell, the journal's append, the executor's calls le
 contain (the local executor scores inside `submit`; Ray's `wait` also waits for the workers, so its
 row is not overhead), and the rest (the engine's loop, the referee's pricing and de-duplication, the
 progress bar), each over trials 1-100 and the last 100 too, to show what grows with the search.
+`--instant` adds a local search whose scorer costs nothing (the mean width ratio): the engine's and
+the agent's own work alone, without the load of the scoring around it.
 """
 from __future__ import annotations
 
@@ -96,13 +98,24 @@ class Overhead:
         return 1e3 * statistics.fmean(lap[part] for lap in laps) if laps else float("nan")
 
 
+class Instant:
+    """A scorer that costs nothing: the candidate's mean width ratio."""
+
+    def __init__(self, setting: Setting):
+        self.space = setting.prunable.space
+
+    def score(self, candidate) -> float:
+        ratios = self.space.to_ratios(candidate)
+        return sum(ratios) / len(ratios)
+
+
 def default_setting(budget: str = "0.4flops") -> Setting:
     return Setting.of(SearchConfig(agent="random", budget=[budget], model="resnet20", data="digits", seed=0,
                                    device="cpu", baseline_epochs=0))  # untrained: only time matters
 
 
 def measure(setting: Setting, *, trials: int, agent: str = "random", workers: int = 0, progress: bool = True,
-            seed: int = 0) -> Overhead:
+            seed: int = 0, instant: bool = False) -> Overhead:
     """One search of `trials` trials on `setting`, timed whole and by part (see the module docstring)."""
     pipeline = setting.pipeline
     clock = Clock()
@@ -118,7 +131,8 @@ def measure(setting: Setting, *, trials: int, agent: str = "random", workers: in
     else:
         from evaluators.executors import LocalExecutor
 
-        executor, name = LocalExecutor(setting.evaluator), "local"
+        executor = LocalExecutor(Instant(setting) if instant else setting.evaluator)
+        name = "local, instant" if instant else "local"
     try:
         with tempfile.TemporaryDirectory() as tmp:
             journal = Journal(Path(tmp) / "journal.jsonl")
@@ -149,9 +163,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=2000)
     parser.add_argument("--agent", default="random")
-    parser.add_argument("--workers", default="0,2", help="comma-separated; 0: the local executor")
+    parser.add_argument("--workers", default="0,2", help="comma-separated; 0: the local executor; empty: none")
     parser.add_argument("--budget", default="0.4flops")
     parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--instant", action="store_true", help="also a local search with a scorer that costs nothing")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     setting = default_setting(args.budget)
@@ -160,12 +175,15 @@ def main(argv: list[str] | None = None) -> None:
           f"disk, progress bar {'off' if args.no_progress else 'on'}; {calib} calibration + {held} held-out samples "
           f"per candidate; torch {torch.__version__}, 1 thread per scorer; wall time on a shared machine")
     rows = [measure(setting, trials=args.trials, agent=args.agent, workers=int(w), progress=not args.no_progress)
-            for w in args.workers.split(",")]
+            for w in args.workers.split(",") if w]
+    if args.instant:
+        rows.append(measure(setting, trials=args.trials, agent=args.agent, progress=not args.no_progress, instant=True))
     print(f"{'executor':16s} {'trials':>6s} {'wall s':>8s} {'scoring s':>9s} {'ratio':>6s}   "
           + "  ".join(f"{p + ' ms':>15s}" for p in PARTS))
     for r in rows:
         cells = "  ".join(f"{r.part_ms(p, 0, 100):6.2f} / {r.part_ms(p, -100):6.2f}" for p in PARTS)
-        print(f"{r.executor:16s} {r.trials:6d} {r.wall:8.1f} {r.scoring:9.1f} {r.ratio:6.3f}   {cells}")
+        ratio = "     -" if r.executor.endswith("instant") else f"{r.ratio:6.3f}"  # nothing to compare with
+        print(f"{r.executor:16s} {r.trials:6d} {r.wall:8.1f} {r.scoring:9.1f} {ratio}   {cells}")
     print("ratio = wall / (scoring / workers); parts: the driver's wall ms per trial, trials 1-100 / the last 100")
 
 

@@ -26,6 +26,14 @@ def test_a_local_search_is_timed_whole_and_by_part_per_trial():
     assert run.part_ms("agent", 0, 3) == pytest.approx(1e3 * sum(lap["agent"] for lap in run.laps[:3]) / 3)
 
 
+def test_an_instant_scorer_leaves_the_engines_own_work():
+    setting = overhead.default_setting("0.4flops")
+    run = overhead.measure(setting, trials=40, agent="random", workers=0, progress=False, instant=True)
+    assert run.executor == "local, instant" and run.trials == len(run.laps) == 40
+    assert overhead.Instant(setting).score(setting.prunable.space.full()) == pytest.approx(1.0)
+    assert run.scoring < run.wall
+
+
 def test_the_ratio_is_per_worker():
     run = overhead.Overhead("ray, 2 workers", 2, 10, wall=5.0, scoring=8.0, laps=[])
     assert run.ratio == pytest.approx(1.25)
