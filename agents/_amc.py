@@ -15,10 +15,12 @@ transition of the episode gets that reward (as in AMC).
   priced with `price`), the FLOPs still to decide (as in AMC: the base FLOPs shares of the later
   dimensions over the sum of all shares, static) and the previous action; all in [0, 1].
 - Budget: AMC's action wall, for every limit of the budget (FLOPs, params, any metric `price` gives).
-  Before each action the largest choice of the dimension is found (scanning its choices from the top)
-  for which the candidate, earlier decisions fixed and the remaining dimensions at their cheapest
-  (smallest width, blocks removed), is still feasible; the action is capped to that choice's ratio
-  and floored at the smallest ratio. Costs grow with widths and kept blocks, so where the candidate
+  The action is capped to the ratio of the largest choice of the dimension for which the candidate,
+  earlier decisions fixed and the remaining dimensions at their cheapest (smallest width, blocks
+  removed), is still feasible, and floored at the smallest ratio. The choices are tried from the
+  action's own (the smallest at or above it) down: where that one fits the cap cannot bind, so a
+  step costs one pricing, not one per choice above the action (the same walk as scanning from the top
+  while costs grow with widths). Costs grow with widths and kept blocks, so where the candidate
   with the remaining dimensions at full (priced for the state anyway) fits, nothing is capped and no
   choice is priced. A block whose keeping would break the budget this way is removed
   (its action is capped to 0). Every episode is therefore feasible (checked; `repair` is the fallback).
@@ -233,9 +235,13 @@ class AMCAgent(Agent):
             cap = 1.0 if free or self._fits(decided + (1,) + rest) else 0.0
             capped = min(action, cap)
             return int(capped >= 0.5), capped
-        top = d.full if free else next((c for c in reversed(d.choices) if self._fits(decided + (c,) + rest)),
-                                       d.smallest)
-        capped = min(max(action, d.ratio(d.smallest)), d.ratio(top))
+        wanted = max(action, d.ratio(d.smallest))
+        # the largest fitting choice, looked for from the action's own choice (the smallest at or above
+        # it) down: where that one fits, the cap does not bind and one pricing settles the step
+        start = next((c for c in d.choices if d.ratio(c) >= wanted), d.full)
+        top = d.full if free else next((c for c in reversed(d.choices) if c <= start and
+                                        self._fits(decided + (c,) + rest)), d.smallest)
+        capped = min(wanted, d.ratio(top))
         return min(d.nearest(capped), top), capped  # nearest, not floor: a sigmoid never reaches 1
 
     def _episode(self, sigma: float) -> tuple[Candidate, list[list[float]], list[float]]:

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
 
@@ -150,6 +151,9 @@ class OptunaAgent(Agent):
         self._pending = [(Candidate(c), n) for c, n in state["pending"]]
 
 
+_RUNNING = optuna.trial.TrialState.RUNNING
+#: Optuna's TPE converts trials through these two methods (Optuna >= 5); older versions convert on every ask
+_ROWS_CACHEABLE = all(hasattr(optuna.samplers.TPESampler, m) for m in ("_get_internal_repr", "_get_params"))
 #: candidates TPE draws from its model of good trials per ask, keeping the one most likely good (Optuna: 24)
 EI_CANDIDATES = 24
 #: best finished trials a bounded TPE always sees, besides the recent ones (TPE's "good" group has at most 25)
@@ -171,11 +175,21 @@ class _View:
 
 
 class _BoundedTPESampler(optuna.samplers.TPESampler):
-    """Multivariate TPE on a fixed search space that models a bounded view of the study (see the module)."""
+    """Multivariate TPE on a fixed search space that models a bounded view of the study (see the module).
+
+    The view costs the same at any length: the best older trials are kept in a heap that each ask
+    updates with the trials that left the recent window or finished since (never a scan of the
+    whole study), and each viewed finished trial's parameters are converted to Optuna's internal
+    form once, not on every ask.
+    """
 
     def __init__(self, space: dict[str, BaseDistribution], history: int, **kwargs: Any):
         super().__init__(multivariate=True, **kwargs)
         self._space, self._history = space, history
+        self._scanned = 0                          # trials numbered below this were looked at for the best
+        self._open: list[int] = []                 # ... of which these were not finished then
+        self._best: list[tuple[float, int]] = []   # min-heap of (signed value, -number): the BEST_KEPT best
+        self._rows: dict[int, np.ndarray] = {}     # finished trial in view -> its parameters, internal form
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
         return dict(self._space)  # every trial suggests every dimension with these distributions
@@ -184,29 +198,63 @@ class _BoundedTPESampler(optuna.samplers.TPESampler):
         return super().sample_relative(self._view(study), trial, search_space)
 
     def _view(self, study: optuna.Study):
-        """The `history` most recent trials, the `BEST_KEPT` best complete ones and every running one."""
+        """The `history` most recent trials, the `BEST_KEPT` best finished older ones and every running one."""
         trials = study._storage.get_all_trials(study._study_id, deepcopy=False)
         if not self._history or len(trials) <= self._history + BEST_KEPT:
             return study
-        old = trials[:-self._history]
-        complete = [t for t in old if t.state == optuna.trial.TrialState.COMPLETE and t.value is not None]
+        end = len(trials) - self._history
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
-        kept = {t.number for t in heapq.nlargest(BEST_KEPT, complete, key=lambda t: sign * t.value)}
-        kept |= {t.number for t in old if t.state == optuna.trial.TrialState.RUNNING}
-        return _View(study, [t for t in old if t.number in kept] + trials[-self._history:])
+        still_open = []
+        for i in [*self._open, *range(self._scanned, end)]:  # a trial's index in the study is its number
+            t = trials[i]
+            if not t.state.is_finished():
+                still_open.append(i)
+            elif t.state == optuna.trial.TrialState.COMPLETE and t.value is not None:
+                entry = (sign * t.value, -i)  # ties: the earlier trial is kept
+                if len(self._best) < BEST_KEPT:
+                    heapq.heappush(self._best, entry)
+                elif entry > self._best[0]:
+                    heapq.heapreplace(self._best, entry)
+        self._open, self._scanned = still_open, max(self._scanned, end)
+        kept = sorted({-n for _, n in self._best} | {i for i in still_open if trials[i].state == _RUNNING})
+        view = [trials[i] for i in kept] + trials[end:]
+        self._rows = {t.number: self._rows[t.number] for t in view if t.number in self._rows}
+        return _View(study, view)
+
+    def _get_internal_repr(self, trials, search_space, study=None) -> dict[str, np.ndarray]:
+        """Optuna's own conversion, with each finished trial's row remembered (the space is fixed)."""
+        if not _ROWS_CACHEABLE or study is None or search_space.keys() != self._space.keys():
+            return super()._get_internal_repr(trials, search_space, study)
+        rows = []
+        for t in trials:
+            row = self._rows.get(t.number)
+            if row is None:
+                params = self._get_params(t, study)
+                if not search_space.keys() <= params.keys():
+                    continue
+                row = np.array([d.to_internal_repr(params[n]) for n, d in search_space.items()], dtype=float)
+                if t.state.is_finished():
+                    self._rows[t.number] = row
+            rows.append(row)
+        matrix = np.array(rows, dtype=float).reshape(len(rows), len(search_space))
+        return {n: matrix[:, j].astype(np.int64) if isinstance(d, CategoricalDistribution) else matrix[:, j]
+                for j, (n, d) in enumerate(search_space.items())}
 
 
 class TPEAgent(OptunaAgent):
     """Options: `startup_trials` (random trials first; default `max(10, min(30, trials // 5))`),
-    `history` (recent trials TPE models, besides the best; 0: all), `constant_liar`."""
+    `history` (recent trials TPE models, besides the best; 0: all), `ei_candidates` (candidates drawn from
+    the model of good trials per ask, the most promising kept), `constant_liar`."""
 
     name = "tpe"
 
     def __init__(self, *args: Any, startup_trials: int | None = None, history: int = 100,
-                 constant_liar: bool = True, **kwargs: Any):
-        if isinstance(history, bool) or not isinstance(history, int) or history < 0:
-            raise ValueError(f"tpe: history must be a whole number >= 0, got {history!r}")
+                 ei_candidates: int = EI_CANDIDATES, constant_liar: bool = True, **kwargs: Any):
+        for key, value, least in (("history", history, 0), ("ei_candidates", ei_candidates, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ValueError(f"tpe: {key} must be a whole number >= {least}, got {value!r}")
         self.startup_trials, self.history, self.constant_liar = startup_trials, history, bool(constant_liar)
+        self.ei_candidates = ei_candidates
         super().__init__(*args, **kwargs)
 
     def _distributions(self) -> dict[str, BaseDistribution]:
@@ -217,7 +265,7 @@ class TPEAgent(OptunaAgent):
     def sampler(self) -> optuna.samplers.BaseSampler:
         startup = self.startup_trials or max(10, min(30, (self.trials or 100) // 5))
         return _BoundedTPESampler(self._distributions(), self.history, seed=self.seed, n_startup_trials=startup,
-                                  n_ei_candidates=EI_CANDIDATES,
+                                  n_ei_candidates=self.ei_candidates,
                                   constant_liar=self.constant_liar, **_constraint_options())
 
 

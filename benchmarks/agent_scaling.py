@@ -18,7 +18,7 @@ equal to an earlier one in the timed run.
 `--agent tpe:history=0` measures an agent with options (repeat the flag for several).
 `--quick`: 300 trials, one seed, ResNet-50 only. `--jobs N`: the quality runs in N processes while
 the timed runs go on in this one (CPU time is per process, so the timings stay valid).
-The engine's own per-trial work (journal, progress, executor round trip) is not measured here.
+The engine's own per-trial work (journal, progress, executor round trip) is `benchmarks/engine_overhead.py`.
 """
 from __future__ import annotations
 

@@ -110,6 +110,7 @@ class Engine:
         self.trials, self.journal, self.progress = trials, journal, progress
         self.base_flops = base_flops
         self.outcome = Outcome()
+        self._best: Trial | None = None  # the outcome's best so far, kept as trials finish (not rescanned)
         self._asked = 0
         self._in_flight: dict[int, tuple[Candidate, dict[str, float]]] = {}
         self._resubmit: list[tuple[int, Candidate]] = []
@@ -138,10 +139,11 @@ class Engine:
 
     def _remember(self, trial: Trial) -> None:
         self.outcome.trials.append(trial)
+        self._best = best_trial([t for t in (self._best, trial) if t is not None])
         self.referee.remember(trial.candidate, trial.result)
 
     def _postfix(self) -> dict[str, str]:
-        best = self.outcome.best
+        best = self._best
         if best is None:
             return {"best": "-"}
         ratio = best.result.costs["flops"] / self.base_flops if self.base_flops else float("nan")

@@ -176,6 +176,30 @@ def test_skipping_the_wall_where_the_budget_cannot_bind_changes_no_episode():
     assert a.asked == 8
 
 
+def test_looking_for_the_wall_from_the_actions_own_choice_down_changes_no_episode():
+    """Costs grow with widths: starting below the choices above the action finds the same cap as
+    scanning every choice from the top, during warm-up and after it."""
+    a, space, budget, price = amc("0.25flops+0.5params", seed=5, warmup=6)
+    b, *_ = amc("0.25flops+0.5params", seed=5, warmup=6)
+    fits, wall, binding = b._fits, b._wall, []
+
+    def from_the_top(t, action, decided, free=False):
+        d = space.dimensions[t]
+        if d.kind == KEEP or free:
+            return wall(t, action, decided, free)
+        rest = b._cheapest[t + 1:]
+        top = next((c for c in reversed(d.choices) if fits(decided + (c,) + rest)), d.smallest)
+        capped = min(max(action, d.ratio(d.smallest)), d.ratio(top))
+        binding.append(capped < action)
+        return min(d.nearest(capped), top), capped
+
+    asked = run(a, space, price, 14)
+    b._wall = from_the_top
+    assert run(b, space, price, 14) == asked
+    assert torch.equal(a.buffer["actions"], b.buffer["actions"])
+    assert any(binding) and not all(binding)  # the walls bound in some steps, not in all
+
+
 @pytest.mark.parametrize("updates", [None, 1, 3])
 def test_updates_per_told_episode(updates):
     agent, space, budget, price = amc(warmup=0, updates=updates)

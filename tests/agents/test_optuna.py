@@ -114,10 +114,84 @@ def test_tpe_sees_its_recent_and_best_trials_only():
     assert unbounded.study.sampler._view(unbounded.study) is unbounded.study
 
 
-def test_bad_history_raises():
+def test_the_bounded_view_kept_up_to_date_is_the_view_of_a_full_scan():
+    """With 4 trials outstanding (finishing out of order relative to the window), at every few trials
+    the view equals the recent window plus the best older finished trials plus the older running ones,
+    and the remembered internal form of each viewed trial is what Optuna itself converts."""
+    import heapq
+
+    import numpy as np
+
+    from agents._optuna import BEST_KEPT
+
+    space, budget, price = setting("0.25flops+0.5params")
+    agent = make_agent("tpe", space, budget, price=price, seed=0, trials=120, history=15, startup_trials=10)
+    study, sampler, pending, checked = agent.study, agent.study.sampler, [], 0
+    for told in range(120):
+        while len(pending) < 4:
+            pending.append(agent.ask())
+        c = pending.pop(1 if told % 3 else 0)  # not always the oldest: some older trials stay running
+        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+        bounded = sampler._view(study)
+        if bounded is study:
+            continue
+        trials = study.trials
+        old = trials[:-15]
+        finished = [t for t in old if t.state == optuna.trial.TrialState.COMPLETE]
+        kept = {t.number for t in heapq.nlargest(BEST_KEPT, finished, key=lambda t: t.value)}
+        kept |= {t.number for t in old if t.state == optuna.trial.TrialState.RUNNING}
+        view = bounded._get_trials(deepcopy=False)
+        assert [t.number for t in view] == sorted(kept) + [t.number for t in trials[-15:]]
+        states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.RUNNING)
+        seen = bounded._get_trials(deepcopy=False, states=states)
+        ours = sampler._get_internal_repr(seen, sampler._space, bounded)
+        optunas = optuna.samplers.TPESampler._get_internal_repr(sampler, seen, sampler._space, bounded)
+        assert ours.keys() == optunas.keys()
+        assert all(ours[k].dtype == optunas[k].dtype and np.array_equal(ours[k], optunas[k]) for k in ours)
+        checked += 1
+    assert checked > 50 and len(study.trials) > 120 + BEST_KEPT // 2
+
+
+def test_bad_history_or_ei_candidates_raise():
     import pytest
 
     space, budget, price = setting("0.4flops")
-    for history in (-1, 2.5, True):
+    for options in ({"history": -1}, {"history": 2.5}, {"history": True}, {"ei_candidates": 0},
+                    {"ei_candidates": 1.5}):
         with pytest.raises(ValueError):
-            make_agent("tpe", space, budget, price=price, history=history)
+            make_agent("tpe", space, budget, price=price, **options)
+    assert make_agent("tpe", space, budget, price=price, ei_candidates=8).study.sampler._n_ei_candidates == 8
+
+
+def test_a_bounded_tpe_resumes_exactly_by_replay_and_by_state_dict():
+    """Past the point where the view is bounded (history 10 + the 50 best), with 3 trials outstanding:
+    a fresh agent replaying the events, and one loaded from a state_dict, continue as the original."""
+    space, budget, price = setting("0.4flops")
+
+    def fresh():
+        return make_agent("tpe", space, budget, price=price, seed=0, trials=95, history=10, startup_trials=10)
+
+    def drive(agent, pending, tells, events=None):
+        asked = []
+        for _ in range(tells):
+            while len(pending) < 3:
+                c = agent.ask()
+                pending.append(c)
+                asked.append(c)
+                if events is not None:
+                    events.append(("ask", c))
+            c = pending.pop(0)
+            result = Result(TrialState.COMPLETE, fake_score(space, c), price(c))
+            agent.tell(c, result)
+            if events is not None:
+                events.append(("tell", c, result))
+        return asked
+
+    original, pending, events = fresh(), [], []
+    drive(original, pending, 70, events)
+    assert original.study.sampler._view(original.study) is not original.study  # the view is bounded by now
+    replayed, loaded = fresh(), fresh()
+    assert replayed.restore(events) == pending
+    loaded.load_state_dict(original.state_dict())
+    after = [drive(agent, list(pending), 15) for agent in (original, replayed, loaded)]
+    assert after[0] == after[1] == after[2] and len(after[0]) == 15
