@@ -3,12 +3,15 @@
 The engine passes each candidate the current bar: the k-th best score of the candidates scored on
 every held-out sample so far (None until there are k, or with racing off). After each chunk the
 scorer asks `RaceRule.stops`: with `correct` of `seen` held-out samples right, is the candidate's top-1
-on all `total` held-out samples below the bar with confidence `confidence`? The bound is Wilson's
-upper bound on the share of the `total` samples it gets right, treating the `seen` ones as a draw
-without replacement (they are: the held-out samples are shuffled once, `race_batches`), with the
-finite-population correction, and never above the deterministic cap (correct + total - seen) / total.
-The confidence is split evenly over the looks a candidate gets (Bonferroni), so a candidate that would
-have entered the top-k is stopped with probability at most 1 - confidence, whatever chunk it is at.
+on all `total` held-out samples below the bar with confidence `confidence`? The bound is the exact
+(Clopper-Pearson) binomial upper bound on the share it gets right, capped by what it could still
+reach, (correct + total - seen) / total. The `seen` samples are a draw without replacement from the
+`total` (the held-out samples are shuffled once, `race_batches`), whose tails are thinner than the
+binomial's, so the bound is conservative. The confidence is split evenly over the looks a candidate
+gets (Bonferroni): a candidate that would have entered the top-k is stopped with probability at most
+1 - confidence, whatever chunk it is at. (Wilson's normal-approximation bound, even with the
+finite-population correction, stopped such a candidate about as often as the nominal 1% in the tests'
+simulation, and several times more often than its share at the first look with accuracy near 1.)
 
 A stopped candidate's score is its estimate on the samples it saw (`Estimate.raced`); it is below
 the bar by construction (the estimate never exceeds the upper bound), so it never enters a top-k.
@@ -18,7 +21,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 
 import torch
 
@@ -32,19 +34,13 @@ class Estimate:
     raced: bool = False          # stopped early: `score` is the estimate on `samples` of the held-out set
 
 
-def wilson_upper(correct: int, seen: int, z: float, total: int | None = None) -> float:
-    """Wilson's upper confidence bound on a proportion; with `total`, of a finite set `seen` were drawn from."""
-    if seen <= 0:
+def binomial_upper(correct: int, seen: int, alpha: float) -> float:
+    """Clopper-Pearson: the share p with P(at most `correct` right of `seen` | p) = alpha (1 if all were right)."""
+    if seen <= 0 or correct >= seen:
         return 1.0
-    n = float(seen)
-    if total is not None:
-        if seen >= total:
-            return correct / seen
-        n = seen * (total - 1) / (total - seen)  # the finite-population correction, as an effective count
-    p = correct / seen
-    centre = p + z * z / (2 * n)
-    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return min(1.0, (centre + spread) / (1 + z * z / n))
+    from scipy.special import betaincinv   # scipy comes with scikit-learn
+
+    return float(betaincinv(correct + 1, seen - correct, 1 - alpha))
 
 
 @dataclass(frozen=True)
@@ -57,13 +53,10 @@ class RaceRule:
         if not 0 < self.confidence < 1:
             raise ValueError(f"racing confidence must lie in (0, 1), got {self.confidence}")
 
-    def z(self, looks: int) -> float:
-        return NormalDist().inv_cdf(1 - (1 - self.confidence) / max(1, looks))
-
     def upper(self, correct: int, seen: int, total: int, looks: int) -> float:
         """An upper bound on the top-1 over all `total` samples, after `correct` of `seen` were right."""
         cap = (correct + total - seen) / total
-        return min(cap, wilson_upper(correct, seen, self.z(looks), total))
+        return min(cap, binomial_upper(correct, seen, (1 - self.confidence) / max(1, looks)))
 
     def stops(self, correct: int, seen: int, total: int, looks: int, bar: float | None) -> bool:
         return bar is not None and seen < total and self.upper(correct, seen, total, looks) < bar
@@ -106,4 +99,4 @@ class TopK:
         return self._scores[-1] if self.k is not None and len(self._scores) >= self.k else None
 
 
-__all__ = ["Estimate", "RaceRule", "TopK", "race_batches", "wilson_upper"]
+__all__ = ["Estimate", "RaceRule", "TopK", "binomial_upper", "race_batches"]

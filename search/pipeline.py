@@ -606,7 +606,7 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
     """Search a pruned architecture of `model` under `budget` with the user's own data; see the README.
 
     `calibration`: any iterable of input batches (or (x, y) batches): BatchNorm is recalibrated on its first
-    `calib_batches` (8) batches for every candidate. `score`: f(model) -> float, higher is better, called on
+    `calib_batches` (2) batches for every candidate. `score`: f(model) -> float, higher is better, called on
     the model already set to the candidate and recalibrated, in eval mode (errors are failed trials);
     default: top-1 on `held_out`, an iterable of (x, y) batches (its first `eval_samples`, 1024, samples).
     `options`: any other `SearchConfig` field (e.g. `width_ratios="0.25,0.5,0.75,1"`, `food_sources=8`).

@@ -54,7 +54,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--scorer", choices=SCORERS, default=None,
                          help="whose weights score a candidate: base (the model's own) or pruningnet (MetaPruning's "
                               "generated weights; the default of --agent metapruning, which is evolution + pruningnet)")
-    scoring.add_argument("--calib-batches", type=int, default=8, help="batches to recalibrate BatchNorm on")
+    scoring.add_argument("--calib-batches", type=int, default=2, help="batches to recalibrate BatchNorm on")
     scoring.add_argument("--batch-size", type=int, default=64, help="calibration (and training) batch size")
     scoring.add_argument("--eval-samples", type=int, default=1024, help="held-out samples scored per candidate")
     scoring.add_argument("--no-racing", action="store_true",
