@@ -8,7 +8,7 @@ candidates had been asked when it was told, so the exact interleaving of asks an
 Racing (`top_k`): the referee keeps the k best full scores; each submitted candidate goes with the
 k-th of them, the bar, and a scorer that races stops it once it cannot reach the bar
 (`evaluators.racing`). A raced-out candidate is COMPLETE with `Result.raced` and its estimate on the
-samples it saw (what the agent is told: an unbiased estimate, below the bar), and `best_trial` ranks
+samples it saw (what the agent is told: the share it got right so far, below the bar), and `best_trial` ranks
 every fully scored candidate above it. The journal keeps what racing decided; a replay re-races nothing.
 
 Resuming replays that interleaving into a fresh agent built with the same seed: each replayed `ask()`
@@ -184,11 +184,11 @@ class Engine:
             self._finish(number, candidate, settled, bar)
         else:
             self._in_flight[number] = (candidate, costs)
-            bar = self.referee.bar
-            if bar is None:
+            race_bar = self.referee.bar
+            if race_bar is None:   # executors that know nothing of racing take two arguments
                 self.executor.submit(number, candidate)
             else:
-                self.executor.submit(number, candidate, bar)
+                self.executor.submit(number, candidate, race_bar)
 
     def _collect(self, bar) -> None:
         for number, scored in self.executor.wait():
