@@ -10,6 +10,11 @@ model, set to the candidate, recalibrated and in eval mode, instead of top-1.
 The batches are tensors cut once, on the device, when the evaluator is built: the per-candidate path
 has no data loading, no copy of the model and no re-trace. The base model's statistics are restored
 by `restore()` (and by using the evaluator as a context manager).
+
+`estimate(candidate, bar)` is the same score, raced (`evaluators.racing`): each held-out batch is a
+racing step, and once the candidate's top-1 cannot reach `bar` it stops with its estimate so far.
+On the device, correct counts and the finiteness check stay on the device: the host reads them
+once per racing step (`.item()`), once per candidate without a bar, never once per batch.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from spaces.derive import PrunableModel, derive
 from spaces.elastic import ElasticModel
+
+from .racing import Estimate, RaceRule
 
 
 def stack_batches(dataset: Dataset, indices: Sequence[int], batch_size: int,
@@ -57,11 +64,11 @@ def recalibrate(module: nn.Module, batches: Iterable[torch.Tensor]) -> None:
 
 @torch.no_grad()
 def top1(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
-    correct = total = 0
+    correct, total = 0, 0
     for x, y in batches:
-        correct += (module(x).argmax(1) == y).sum().item()
+        correct = correct + (module(x).argmax(1) == y).sum()   # stays on the device: one host read at the end
         total += y.numel()
-    return correct / max(1, total)
+    return int(correct) / max(1, total)
 
 
 class AccuracyEvaluator:
@@ -69,7 +76,7 @@ class AccuracyEvaluator:
 
     def __init__(self, prunable: PrunableModel, calibration: Sequence[torch.Tensor],
                  held_out: Sequence[tuple[torch.Tensor, torch.Tensor]], device: torch.device | str = "cpu",
-                 metric: Callable[[nn.Module], float] | None = None):
+                 metric: Callable[[nn.Module], float] | None = None, race: RaceRule | None = None):
         if not calibration or (not held_out and metric is None):
             raise ValueError("the evaluator needs at least one calibration batch and one held-out batch "
                              "(or a metric)")
@@ -80,6 +87,7 @@ class AccuracyEvaluator:
         self.elastic = ElasticModel(prunable).to(self.device).eval()
         self.calibration = [x.to(self.device) for x in calibration]
         self.held_out = [(x.to(self.device), y.to(self.device)) for x, y in held_out]
+        self.race = race or RaceRule()
         self._bns = self.elastic.batchnorms()
         self._momenta = [bn.momentum for bn in self._bns]
         self.bn_state = self.elastic.bn_snapshot()  # the base model's own BatchNorm statistics
@@ -101,6 +109,10 @@ class AccuracyEvaluator:
 
     def score(self, candidate: Mapping[str, int]) -> float:
         """Held-out top-1 of `candidate` after BN recalibration (NaN if its outputs are not finite)."""
+        return self.estimate(candidate).score
+
+    def estimate(self, candidate: Mapping[str, int], bar: float | None = None) -> Estimate:
+        """`score`, raced against `bar` (None: every held-out sample is scored); see the module docstring."""
         self.elastic.apply(candidate)
         for bn in self._bns:
             bn.reset_running_stats()
@@ -112,15 +124,26 @@ class AccuracyEvaluator:
             for bn in self._bns:
                 bn.eval()
             if self.metric is not None:
-                return float(self.metric(self.elastic))
-            correct = total = 0
-            for x, y in self.held_out:
+                return Estimate(float(self.metric(self.elastic)))
+            total = sum(len(y) for _, y in self.held_out)
+            looks = len(self.held_out) - 1   # after every batch but the last
+            correct = torch.zeros((), dtype=torch.int64, device=self.device)
+            finite = torch.ones((), dtype=torch.bool, device=self.device)
+            seen = 0
+            for step, (x, y) in enumerate(self.held_out):
                 out = self.elastic(x)
-                if not torch.isfinite(out).all():
-                    return math.nan
-                correct += (out.argmax(1) == y).sum().item()
-                total += y.numel()
-        return correct / total
+                finite &= torch.isfinite(out).all()
+                correct += (out.argmax(1) == y).sum()
+                seen += len(y)
+                if bar is not None and step < looks:
+                    if not finite.item():
+                        return Estimate(math.nan, seen)
+                    right = int(correct.item())   # one host read per racing step
+                    if self.race.stops(right, seen, total, looks, bar):
+                        return Estimate(right / seen, seen, raced=True)
+            if not finite.item():
+                return Estimate(math.nan, seen)
+            return Estimate(int(correct.item()) / seen, seen)
 
     def recalibrated(self, module: nn.Module) -> nn.Module:
         """Recalibrate a materialized subnet's BatchNorms on this evaluator's calibration batches."""
@@ -156,16 +179,18 @@ class EvaluatorPayload:
     derive_options: dict[str, Any] = field(default_factory=dict)
     device: str = "cpu"
     metric: Callable[[nn.Module], float] | None = None   # travels by cloudpickle: a user's score function
+    race: RaceRule | None = None
 
     @classmethod
     def of(cls, evaluator: AccuracyEvaluator, derive_options: Mapping[str, Any], device: str) -> EvaluatorPayload:
         return cls(copy.deepcopy(evaluator.prunable.model).cpu(), [x.cpu() for x in evaluator.calibration],
                    [(x.cpu(), y.cpu()) for x, y in evaluator.held_out], dict(derive_options), device,
-                   evaluator.metric)
+                   evaluator.metric, evaluator.race)
 
 
 def build_evaluator(payload: EvaluatorPayload) -> AccuracyEvaluator:
     """Runs on each worker: derive the space again (same channel order) and cache the batches there."""
     model = payload.model.cpu().eval()
     prunable = derive(model, payload.calibration[0][:1], importance=None, **payload.derive_options)
-    return AccuracyEvaluator(prunable, payload.calibration, payload.held_out, payload.device, payload.metric)
+    return AccuracyEvaluator(prunable, payload.calibration, payload.held_out, payload.device, payload.metric,
+                             payload.race)

@@ -1,8 +1,10 @@
 """Executors: where candidates are scored. `LocalExecutor` in this process, `RayExecutor` on Ray actors.
 
-Both take `submit(ticket, candidate)` and give back finished work from `wait()` as `(ticket, Scored)`
-pairs; `slots` is how many candidates the engine keeps in flight. A failure while scoring is a
-`Scored` with an error, never an exception: the engine records it as a failed candidate.
+Both take `submit(ticket, candidate, bar=None)` and give back finished work from `wait()` as
+`(ticket, Scored)` pairs; `slots` is how many candidates the engine keeps in flight. `bar` is racing's
+bar for that candidate (`evaluators.racing`), passed to a scorer that races (one with `estimate`); it
+travels with the candidate to a Ray actor. A failure while scoring is a `Scored` with an error, never
+an exception: the engine records it as a failed candidate.
 """
 from __future__ import annotations
 
@@ -12,6 +14,8 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
+
+from .racing import Estimate
 
 log = logging.getLogger(__name__)
 
@@ -24,13 +28,20 @@ class Scorer(Protocol):
 
 
 @runtime_checkable
+class RacingScorer(Scorer, Protocol):
+    """A scorer that can stop a candidate early against a bar (`evaluators.racing`)."""
+
+    def estimate(self, candidate: Mapping[str, int], bar: float | None = None) -> Estimate: ...
+
+
+@runtime_checkable
 class Executor(Protocol):
     """Where candidates are scored: `slots` in flight at once, `submit` them, collect from `wait`
     (`close()`, where an executor has one, releases its workers)."""
 
     slots: int
 
-    def submit(self, ticket: int, candidate: Mapping[str, int]) -> None: ...
+    def submit(self, ticket: int, candidate: Mapping[str, int], bar: float | None = None) -> None: ...
 
     def wait(self) -> list[tuple[int, Scored]]: ...
 
@@ -57,21 +68,28 @@ class Scored:
     score: float | None
     seconds: float
     error: str = ""
+    samples: int | None = None   # held-out samples scored (None: not counted, e.g. a user's metric)
+    raced: bool = False          # racing stopped it: `score` is its estimate on `samples`
 
     @property
     def ok(self) -> bool:
         return not self.error and self.score is not None and math.isfinite(self.score)
 
 
-def score_safely(scorer: Scorer, candidate: Mapping[str, int]) -> Scored:
+def score_safely(scorer: Scorer, candidate: Mapping[str, int], bar: float | None = None) -> Scored:
+    """Score `candidate` (raced against `bar` where the scorer races), timing it; an exception is data."""
     start = time.perf_counter()
     try:
-        score = float(scorer.score(candidate))
+        if isinstance(scorer, RacingScorer):
+            estimate = scorer.estimate(candidate, bar)
+        else:
+            estimate = Estimate(float(scorer.score(candidate)))
     except Exception as error:  # noqa: BLE001 - one candidate's failure is data
         log.debug("candidate failed", exc_info=True)
         return Scored(None, time.perf_counter() - start, f"{type(error).__name__}: {error}".splitlines()[0][:300])
-    seconds = time.perf_counter() - start
-    return Scored(score, seconds, "" if math.isfinite(score) else "score is not finite")
+    seconds, score = time.perf_counter() - start, float(estimate.score)
+    return Scored(score, seconds, "" if math.isfinite(score) else "score is not finite", estimate.samples,
+                  estimate.raced)
 
 
 class LocalExecutor:
@@ -83,8 +101,8 @@ class LocalExecutor:
         self.scorer = scorer
         self._done: list[tuple[int, Scored]] = []
 
-    def submit(self, ticket: int, candidate: Mapping[str, int]) -> None:
-        self._done.append((ticket, score_safely(self.scorer, candidate)))
+    def submit(self, ticket: int, candidate: Mapping[str, int], bar: float | None = None) -> None:
+        self._done.append((ticket, score_safely(self.scorer, candidate, bar)))
 
     def wait(self) -> list[tuple[int, Scored]]:
         done, self._done = self._done, []
@@ -103,8 +121,8 @@ class _Worker:
         torch.set_num_threads(max(1, threads))
         self.scorer = build(payload)
 
-    def score(self, candidate: dict[str, int]) -> Scored:
-        return score_safely(self.scorer, candidate)
+    def score(self, candidate: dict[str, int], bar: float | None = None) -> Scored:
+        return score_safely(self.scorer, candidate, bar)
 
     def ready(self) -> bool:
         return True
@@ -133,29 +151,30 @@ class RayExecutor:
         self._actors = [self._start() for _ in range(workers)]
         ray.get([a.ready.remote() for a in self._actors])  # fail early if a scorer cannot be built
         self._idle = list(self._actors)
-        self._running: dict[Any, tuple[int, dict[str, int], Any, int]] = {}  # ref -> ticket, candidate, actor, tries
-        self._queue: list[tuple[int, dict[str, int], int]] = []
+        self._running: dict[Any, tuple[int, dict[str, int], float | None, Any, int]] = {}
+        # ref -> ticket, candidate, bar, actor, tries
+        self._queue: list[tuple[int, dict[str, int], float | None, int]] = []
         self.replaced = 0  # actors that died and were replaced
 
     def _start(self):
         return self._actor_class.remote(self._build, self._payload, self._threads)
 
-    def submit(self, ticket: int, candidate: Mapping[str, int]) -> None:
-        self._queue.append((ticket, dict(candidate), 0))
+    def submit(self, ticket: int, candidate: Mapping[str, int], bar: float | None = None) -> None:
+        self._queue.append((ticket, dict(candidate), bar, 0))
         self._dispatch()
 
     def _dispatch(self) -> None:
         while self._queue and self._idle:
-            ticket, candidate, tries = self._queue.pop(0)
+            ticket, candidate, bar, tries = self._queue.pop(0)
             actor = self._idle.pop(0)
-            self._running[actor.score.remote(candidate)] = (ticket, candidate, actor, tries)
+            self._running[actor.score.remote(candidate, bar)] = (ticket, candidate, bar, actor, tries)
 
     def wait(self) -> list[tuple[int, Scored]]:
         done: list[tuple[int, Scored]] = []
         while not done and self._running:
             ready, _ = self.ray.wait(list(self._running), num_returns=1)
             for ref in ready:
-                ticket, candidate, actor, tries = self._running.pop(ref)
+                ticket, candidate, bar, actor, tries = self._running.pop(ref)
                 try:
                     done.append((ticket, self.ray.get(ref)))
                     self._idle.append(actor)
@@ -165,7 +184,7 @@ class RayExecutor:
                         done.append((ticket, Scored(None, 0.0, f"worker died {tries + 1} times: {error}"[:300])))
                     else:
                         log.warning("a worker died; candidate %d goes to another (try %d)", ticket, tries + 2)
-                        self._queue.insert(0, (ticket, candidate, tries + 1))
+                        self._queue.insert(0, (ticket, candidate, bar, tries + 1))
             self._dispatch()
         return done
 

@@ -48,10 +48,14 @@ class SearchConfig:
     block_encoding: str = "flags"      # flags: a keep flag per removable block; depth: a depth per run of blocks
     no_warm_start: bool = False
     scorer: str | None = None          # base | pruningnet; None: pruningnet for metapruning, else base
-    calib_batches: int = 8
+    calib_batches: int = 2             # BN recalibration batches: benchmarks/calibration.py (rho >= 0.994 vs 32)
     batch_size: int = 64
     eval_samples: int = 1024
     held_out: float = 0.2              # a share of the training set if < 1, else a count
+    no_racing: bool = False            # score every candidate on all held-out samples (evaluators.racing)
+    racing_top_k: int = 10             # racing stops a candidate once it cannot enter the k best scores so far
+    racing_confidence: float = 0.99    # per candidate: the chance that racing does not stop one that would enter
+    racing_chunk: int = 64             # held-out samples per racing step (the held-out batch size when racing)
     device: str = "auto"
     latency: bool = False
     latency_batch: int = 1
@@ -125,6 +129,7 @@ class SearchConfig:
         if self.agent not in list_agents():
             raise UserError(f"unknown agent {self.agent!r}; choose from {', '.join(list_agents())}")
         for name in ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "latency_batch",
+                     "racing_top_k", "racing_chunk",
                      "pruningnet_epochs", "cpus_per_worker", *[o for o in AGENT_OPTIONS if o not in
                                                                ("storage", "study_name", "history")]):
             value = getattr(self, name)
@@ -136,6 +141,8 @@ class SearchConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
         if not (_finite(self.finalist_lr) and self.finalist_lr > 0):
             raise UserError(f"--finalist-lr must be positive, got {self.finalist_lr}")
+        if not (_finite(self.racing_confidence) and 0 < self.racing_confidence < 1):
+            raise UserError(f"--racing-confidence must lie in (0, 1), got {self.racing_confidence}")
         if self.history is not None and self.history < 0:
             raise UserError(f"--history must be 0 (all trials) or more, got {self.history}")
         if not (_finite(self.held_out) and self.held_out > 0):

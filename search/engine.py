@@ -5,6 +5,12 @@ worker on Ray), asking the agent for more while slots are free; over-budget and 
 are settled at once without scoring. Each journal line records a finished trial and how many
 candidates had been asked when it was told, so the exact interleaving of asks and tells is known.
 
+Racing (`top_k`): the referee keeps the k best full scores; each submitted candidate goes with the
+k-th of them, the bar, and a scorer that races stops it once it cannot reach the bar
+(`evaluators.racing`). A raced-out candidate is COMPLETE with `Result.raced` and its estimate on the
+samples it saw (what the agent is told: the share it got right so far, below the bar), and `best_trial` ranks
+every fully scored candidate above it. The journal keeps what racing decided; a replay re-races nothing.
+
 Resuming replays that interleaving into a fresh agent built with the same seed: each replayed `ask()`
 must give back the journaled candidate, which is told its journaled result without being scored
 again. Candidates that were in flight when the run stopped are asked again and scored; nothing
@@ -21,6 +27,7 @@ from tqdm.auto import tqdm
 
 from agents.base import Agent
 from evaluators.executors import Executor, LocalExecutor, Scored, Scorer
+from evaluators.racing import TopK
 from spaces.budget import Budget
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
@@ -59,11 +66,17 @@ class Referee:
     `settle(candidate)` prices it once: an over-budget candidate, or a repeat of one already scored, is
     settled at once (a `Result`, never scored); otherwise it returns None with the costs, and the
     candidate must be scored. `result(costs, scored)` turns a score into the `Result` to tell.
+    `bar` is racing's bar (the `top_k`-th best full score remembered; None without racing).
     """
 
-    def __init__(self, price: Price, budget: Budget):
+    def __init__(self, price: Price, budget: Budget, top_k: int | None = None):
         self.price, self.budget = price, budget
         self._scored: dict[Candidate, Result] = {}
+        self._top = TopK(top_k)
+
+    @property
+    def bar(self) -> float | None:
+        return self._top.bar
 
     def settle(self, candidate: Candidate) -> tuple[dict[str, float], Result | None]:
         costs = dict(self.price(candidate))
@@ -71,18 +84,24 @@ class Referee:
             return costs, Result(TrialState.INFEASIBLE, None, costs, 0.0, "over budget")
         seen = self._scored.get(candidate)
         if seen is not None:
-            return costs, Result(seen.state, seen.score, costs, 0.0, "repeat of an earlier candidate")
+            return costs, Result(seen.state, seen.score, costs, 0.0, "repeat of an earlier candidate", seen.samples,
+                                 seen.raced)
         return costs, None
 
     @staticmethod
     def result(costs: Mapping[str, float], scored: Scored) -> Result:
         if scored.ok:
-            return Result(TrialState.COMPLETE, scored.score, dict(costs), scored.seconds)
-        return Result(TrialState.FAILED, None, dict(costs), scored.seconds, scored.error)
+            message = f"raced out after {scored.samples} held-out samples" if scored.raced else ""
+            return Result(TrialState.COMPLETE, scored.score, dict(costs), scored.seconds, message, scored.samples,
+                          scored.raced)
+        return Result(TrialState.FAILED, None, dict(costs), scored.seconds, scored.error, scored.samples)
 
     def remember(self, candidate: Candidate, result: Result) -> None:
-        if result.state is not TrialState.INFEASIBLE:
-            self._scored.setdefault(candidate, result)
+        if result.state is TrialState.INFEASIBLE or candidate in self._scored:
+            return
+        self._scored[candidate] = result
+        if result.ok and not result.raced and result.score is not None:
+            self._top.add(result.score)
 
 
 @dataclass
@@ -99,13 +118,15 @@ class Outcome:
 class Engine:
     """Runs one agent for `trials` candidates. See the module docstring.
 
-    `executor` scores candidates (a bare `Scorer` is wrapped in a `LocalExecutor`).
+    `executor` scores candidates (a bare `Scorer` is wrapped in a `LocalExecutor`); `top_k` turns
+    racing on (None: every candidate is scored on every held-out sample).
     """
 
     def __init__(self, agent: Agent, price: Price, budget: Budget, executor: Executor | Scorer, *, trials: int,
-                 journal: Journal | None = None, progress: bool = True, base_flops: float | None = None):
+                 journal: Journal | None = None, progress: bool = True, base_flops: float | None = None,
+                 top_k: int | None = None):
         self.agent, self.price, self.budget = agent, price, budget
-        self.referee = Referee(price, budget)
+        self.referee = Referee(price, budget, top_k)
         self.executor: Executor = executor if isinstance(executor, Executor) else LocalExecutor(executor)
         self.trials, self.journal, self.progress = trials, journal, progress
         self.base_flops = base_flops
@@ -165,7 +186,11 @@ class Engine:
             self._finish(number, candidate, settled, bar)
         else:
             self._in_flight[number] = (candidate, costs)
-            self.executor.submit(number, candidate)
+            race_bar = self.referee.bar
+            if race_bar is None:   # executors that know nothing of racing take two arguments
+                self.executor.submit(number, candidate)
+            else:
+                self.executor.submit(number, candidate, race_bar)
 
     def _collect(self, bar) -> None:
         for number, scored in self.executor.wait():

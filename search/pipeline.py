@@ -231,9 +231,21 @@ class Pipeline:
         return cost
 
     def evaluator(self, prunable: PrunableModel) -> AccuracyEvaluator:
-        """The base scorer: BN recalibration on the cached calibration batches, then top-1 (or the user's score)."""
-        inputs = self.load_inputs()
-        return AccuracyEvaluator(prunable, inputs.calibration, inputs.held_out, self.device, inputs.score)
+        """The base scorer: BN recalibration on the cached calibration batches, then top-1 (or the user's score).
+
+        With racing, the held-out samples are shuffled once (seeded) into batches of `racing_chunk`, its steps."""
+        from evaluators.racing import RaceRule, race_batches
+
+        inputs, c = self.load_inputs(), self.config
+        held_out = inputs.held_out if self.racing_top_k is None else race_batches(inputs.held_out, c.racing_chunk,
+                                                                                   seed=c.seed)
+        return AccuracyEvaluator(prunable, inputs.calibration, held_out, self.device, inputs.score,
+                                 RaceRule(c.racing_confidence))
+
+    @property
+    def racing_top_k(self) -> int | None:
+        """Racing's k, or None when it is off (`--no-racing`, or a user's score function, which cannot be chunked)."""
+        return None if self.config.no_racing or self.load_inputs().score is not None else self.config.racing_top_k
 
     def agent(self, prunable: PrunableModel, price, *, name: str | None = None, seed: int | None = None,
               trials: int | None = None, **options: Any) -> Agent:
@@ -334,7 +346,8 @@ class Pipeline:
         except ConnectionError as error:
             raise UserError(f"cannot join the Ray cluster at {c.ray_address}: {first_line(error)}") from None
         try:
-            trials = run_tune(AgentSearcher(agent, price, self.budget), self._payload(evaluator), trials=c.trials,
+            trials = run_tune(AgentSearcher(agent, price, self.budget, self.racing_top_k), self._payload(evaluator),
+                              trials=c.trials,
                               workers=max(1, c.workers), storage=self.run_dir.path.resolve() / "tune",
                               cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker,
                               resume=self.resuming)
@@ -389,7 +402,10 @@ class Pipeline:
                            budget={"limits": [str(lim) for lim in self.budget.limits], "caps": self.budget.caps},
                            scoring={"calibration_samples": evaluator.samples[0],
                                     "held_out_samples": evaluator.samples[1],
-                                    "metric": "user score" if inputs.score else "top-1"},
+                                    "metric": "user score" if inputs.score else "top-1",
+                                    "racing": None if self.racing_top_k is None else {
+                                        "top_k": c.racing_top_k, "confidence": c.racing_confidence,
+                                        "chunk": c.racing_chunk}},
                            export_weights=c.export_weights, scorer=c.scorer_name)
         scorer = evaluator
         if c.scorer_name == "pruningnet":
@@ -397,13 +413,18 @@ class Pipeline:
 
             pruningnet = pruningnet or self.train_pruningnet(prunable, price)
             scorer = PruningNetEvaluator.of(evaluator, pruningnet)
+            scorer.race = evaluator.race
+        if c.no_racing:
+            log.info("racing is off (--no-racing): every candidate is scored on all held-out samples")
+        elif self.racing_top_k is None:
+            log.info("racing is off: a user score function is called whole, it cannot be scored in chunks")
         started = time.perf_counter()
         if c.backend == "tune":
             outcome = self._run_tune(agent, price, evaluator)
         else:
             executor = self._executor(scorer)
             engine = Engine(agent, price, self.budget, executor, trials=c.trials, journal=run_dir.journal,
-                            progress=self.progress, base_flops=base["flops"])
+                            progress=self.progress, base_flops=base["flops"], top_k=self.racing_top_k)
             previous = run_dir.journal.read()
             if previous:
                 engine.replay(previous)
@@ -704,7 +725,7 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
     """Search a pruned architecture of `model` under `budget` with the user's own data; see the README.
 
     `calibration`: any iterable of input batches (or (x, y) batches): BatchNorm is recalibrated on its first
-    `calib_batches` (8) batches for every candidate. `score`: f(model) -> float, higher is better, called on
+    `calib_batches` (2) batches for every candidate. `score`: f(model) -> float, higher is better, called on
     the model already set to the candidate and recalibrated, in eval mode (errors are failed trials);
     default: top-1 on `held_out`, an iterable of (x, y) batches (its first `eval_samples`, 1024, samples).
     `train`: labelled (x, y) batches (e.g. the training loader) the finalists fine-tune on; without it

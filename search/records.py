@@ -46,18 +46,23 @@ class Trial:
         r = self.result
         return {"trial": self.number, "asked": self.asked, "state": r.state.value, "score": r.score,
                 "costs": dict(r.costs), "seconds": round(r.seconds, 6), "message": r.message,
-                "candidate": self.candidate.to_dict()}
+                "samples": r.samples, "raced": r.raced, "candidate": self.candidate.to_dict()}
 
     @classmethod
     def from_json(cls, data: Mapping) -> Trial:
-        result = Result(TrialState(data["state"]), data["score"], data["costs"], data["seconds"], data["message"])
+        """From a journal line; a line written before racing (no `samples`, no `raced`) reads as fully scored."""
+        samples = data.get("samples")
+        result = Result(TrialState(data["state"]), data["score"], data["costs"], data["seconds"], data["message"],
+                        None if samples is None else int(samples), bool(data.get("raced", False)))
         return cls(int(data["trial"]), Candidate(data["candidate"]), result, int(data.get("asked", data["trial"] + 1)))
 
 
 def best_trial(trials: Sequence[Trial]) -> Trial | None:
-    """The highest score; among equal scores, the fewest FLOPs, then the earliest."""
+    """The highest score of a fully scored trial (a raced-out one only if no trial was fully scored); among
+    equal scores, the fewest FLOPs, then the earliest."""
     done = [t for t in trials if t.result.ok]
-    return max(done, key=lambda t: (t.result.score, -t.result.costs.get("flops", 0), -t.number), default=None)
+    return max(done, key=lambda t: (not t.result.raced, t.result.score, -t.result.costs.get("flops", 0), -t.number),
+               default=None)
 
 
 class Journal:
@@ -151,16 +156,17 @@ def trials_frame(trials: Sequence[Trial], base: Mapping[str, float],
     rows = []
     for t in sorted(trials, key=lambda t: t.number):  # in the order proposed, whatever order they finished in
         r = t.result
-        rows.append({"trial": t.number, "state": r.state.value, "score": r.score,
+        rows.append({"trial": t.number, "state": r.state.value, "score": r.score, "samples_scored": r.samples,
+                     "raced": r.raced,
                      "flops": r.costs.get("flops"), "params": r.costs.get("params"),
                      "flops_ratio": r.costs["flops"] / base["flops"] if "flops" in r.costs else None,
                      "params_ratio": r.costs["params"] / base["params"] if "params" in r.costs else None,
                      "latency_ms": r.costs.get("latency"), "measured_latency_ms": measured_latency.get(t.number),
                      "seconds": round(r.seconds, 4), "message": r.message,
                      "architecture": json.dumps(t.candidate.to_dict(), separators=(",", ":"))})
-    columns = ["trial", "state", "score", "flops", "params", "flops_ratio", "params_ratio", "latency_ms",
+    columns = ["trial", "state", "score", "samples_scored", "raced", "flops", "params", "flops_ratio", "params_ratio", "latency_ms",
                "measured_latency_ms", "seconds", "message", "architecture"]
-    frame = pd.DataFrame(rows, columns=columns)
+    frame = pd.DataFrame(rows, columns=columns).astype({"samples_scored": "Int64"})
     if "latency" not in base:
         frame = frame.drop(columns=["latency_ms", "measured_latency_ms"])
     return frame

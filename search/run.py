@@ -54,9 +54,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--scorer", choices=SCORERS, default=None,
                          help="whose weights score a candidate: base (the model's own) or pruningnet (MetaPruning's "
                               "generated weights; the default of --agent metapruning, which is evolution + pruningnet)")
-    scoring.add_argument("--calib-batches", type=int, default=8, help="batches to recalibrate BatchNorm on")
+    scoring.add_argument("--calib-batches", type=int, default=2, help="batches to recalibrate BatchNorm on")
     scoring.add_argument("--batch-size", type=int, default=64, help="calibration (and training) batch size")
     scoring.add_argument("--eval-samples", type=int, default=1024, help="held-out samples scored per candidate")
+    scoring.add_argument("--no-racing", action="store_true",
+                         help="score every candidate on every held-out sample (racing stops one early once it "
+                              "cannot enter the best --racing-top-k; off anyway with a user score function)")
+    scoring.add_argument("--racing-top-k", type=int, default=10, help="racing keeps every candidate that may enter "
+                         "the k best scores so far")
+    scoring.add_argument("--racing-confidence", type=float, default=0.99,
+                         help="racing's confidence, per candidate, that it stops none that would enter the top k")
+    scoring.add_argument("--racing-chunk", type=int, default=64, help="held-out samples per racing step")
     scoring.add_argument("--held-out", type=float, default=0.2,
                          help="share (or count, if >= 1) of the training set held out for scoring")
     scoring.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")

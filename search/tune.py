@@ -8,7 +8,8 @@ per worker process, so the model is derived once per process, not per trial).
 
 The mapping: `ask()` -> `suggest()` (None while the agent waits for results, `Searcher.FINISHED` when
 it has nothing more to propose); `tell()` <- `on_trial_complete()` (an errored trial, or one without a
-score, is told as FAILED, as Ray Tune's own searchers map a missing result to failure).
+score, is told as FAILED, as Ray Tune's own searchers map a missing result to failure). With racing
+(`top_k`), a suggested config carries the referee's bar and the trainable races against it.
 """
 from __future__ import annotations
 
@@ -37,10 +38,11 @@ _EVALUATORS: dict[str, AccuracyEvaluator] = {}  # per worker process: built once
 class AgentSearcher(Searcher):
     """A prunesearch agent behind Ray Tune's Searcher interface."""
 
-    def __init__(self, agent: Agent, price: Callable[[Candidate], Mapping[str, float]], budget: Budget):
+    def __init__(self, agent: Agent, price: Callable[[Candidate], Mapping[str, float]], budget: Budget,
+                 top_k: int | None = None):
         super().__init__(metric="score", mode="max")
         self.agent, self.price, self.budget = agent, price, budget
-        self.referee = Referee(price, budget)
+        self.referee = Referee(price, budget, top_k)
         self.asked = 0
         self.outstanding: dict[str, tuple[int, Candidate, dict[str, float]]] = {}
         self.trials: list[Trial] = []
@@ -54,7 +56,10 @@ class AgentSearcher(Searcher):
             costs, settled = self.referee.settle(candidate)
             if settled is None:
                 self.outstanding[trial_id] = (number, candidate, costs)
-                return {"candidate": candidate.to_dict(), "trial": number}
+                config = {"candidate": candidate.to_dict(), "trial": number}
+                if self.referee.bar is not None:
+                    config["bar"] = self.referee.bar
+                return config
             self._tell(number, candidate, settled)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
@@ -87,16 +92,21 @@ def _scored(metrics: Mapping | None, error: bool = False) -> Scored:
     if error or score is None or not math.isfinite(score):
         return Scored(None, metrics.get("seconds", 0.0),
                       str(metrics.get("error") or "the trial errored or reported no score")[:300])
-    return Scored(float(score), metrics.get("seconds", 0.0))
+    samples = metrics.get("samples")
+    return Scored(float(score), metrics.get("seconds", 0.0), samples=None if samples is None else int(samples),
+                  raced=bool(metrics.get("raced", False)))
 
 
 def score_trial(config: dict, payload: EvaluatorPayload, key: str) -> None:
     """The Tune trainable: score one candidate with this process's cached evaluator, report it."""
     if key not in _EVALUATORS:
         _EVALUATORS[key] = build_evaluator(payload)
-    scored = score_safely(_EVALUATORS[key], config["candidate"])
-    tune.report({"score": scored.score if scored.ok else float("nan"), "seconds": scored.seconds,
-                 "error": scored.error})
+    scored = score_safely(_EVALUATORS[key], config["candidate"], config.get("bar"))
+    report = {"score": scored.score if scored.ok else float("nan"), "seconds": scored.seconds, "error": scored.error,
+              "raced": scored.raced}
+    if scored.samples is not None:
+        report["samples"] = scored.samples
+    tune.report(report)
 
 
 def run_tune(searcher: AgentSearcher, payload: EvaluatorPayload, *, trials: int, workers: int, storage: Path,

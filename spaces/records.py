@@ -7,7 +7,7 @@ from enum import Enum
 
 
 class TrialState(str, Enum):
-    COMPLETE = "complete"      # scored
+    COMPLETE = "complete"      # scored (on every held-out sample, or raced out: `Result.raced`)
     INFEASIBLE = "infeasible"  # over budget: priced, never scored
     FAILED = "failed"          # scoring raised or gave a non-finite score
 
@@ -19,6 +19,9 @@ class Result:
     costs: Mapping[str, float] = field(default_factory=dict)
     seconds: float = 0.0
     message: str = ""
+    samples: int | None = None   # held-out samples the score rests on (None: not counted, or not scored)
+    raced: bool = False          # racing stopped it early: `score` is its estimate on `samples`, below the
+    #                              top-k bar of its time (evaluators.racing); never the best of a search
 
     @property
     def ok(self) -> bool:

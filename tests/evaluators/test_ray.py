@@ -83,3 +83,25 @@ def test_a_search_survives_a_node_leaving(cluster, tmp_path):
                    trials=12, progress=False).run()
     assert {t.number: t.result.score for t in outcome.trials} == {t.number: t.result.score for t in local.trials}
     evaluator.restore()
+
+
+def test_racing_bar_travels_with_the_candidate_to_the_actor():
+    from evaluators.racing import race_batches
+
+    prunable, _, _ = derived("resnet20")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 32, 32, generator=g), torch.randint(0, 10, (64,), generator=g)
+    evaluator = AccuracyEvaluator(prunable, [x[:32]], race_batches([(x[32:], y[32:])], 16))
+    executor = RayExecutor(build_evaluator, EvaluatorPayload.of(evaluator, {}, "cpu"), workers=1)
+    candidate = prunable.space.smallest()
+    try:
+        executor.submit(0, candidate, 1.01)   # a bar no candidate can reach: stopped after the first chunk
+        executor.submit(1, candidate)
+        done: dict = {}
+        while len(done) < 2:
+            done.update(executor.wait())
+    finally:
+        executor.close()
+    assert done[0].raced and done[0].samples == 16 and not done[1].raced and done[1].samples == 32
+    assert done[1].score == evaluator.score(candidate)
+    evaluator.restore()

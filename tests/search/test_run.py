@@ -92,20 +92,20 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
 def test_ctrl_c_leaves_a_consistent_run_that_resumes(tmp_path, monkeypatch):
     from evaluators.accuracy import AccuracyEvaluator
 
-    real, calls = AccuracyEvaluator.score, {"n": 0}
+    real, calls = AccuracyEvaluator.estimate, {"n": 0}
 
-    def interrupted(self, candidate):
+    def interrupted(self, candidate, bar=None):
         calls["n"] += 1
         if calls["n"] == 5:  # the base model's score is call 1
             raise KeyboardInterrupt
-        return real(self, candidate)
+        return real(self, candidate, bar)
 
-    monkeypatch.setattr(AccuracyEvaluator, "score", interrupted)
+    monkeypatch.setattr(AccuracyEvaluator, "estimate", interrupted)
     code, out = search(tmp_path)
     assert code == 130
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert len(pd.read_csv(out / "trials.csv")) == 3 and (out / "best.pt").is_file()
-    monkeypatch.setattr(AccuracyEvaluator, "score", real)
+    monkeypatch.setattr(AccuracyEvaluator, "estimate", real)
     assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
     assert len(pd.read_csv(out / "trials.csv")) == 6
 
@@ -113,17 +113,19 @@ def test_ctrl_c_leaves_a_consistent_run_that_resumes(tmp_path, monkeypatch):
 def test_failing_candidates_are_recorded_and_the_search_goes_on(tmp_path, monkeypatch):
     from evaluators.accuracy import AccuracyEvaluator
 
-    real, calls = AccuracyEvaluator.score, {"n": 0}
+    from evaluators.racing import Estimate
 
-    def flaky(self, candidate):
+    real, calls = AccuracyEvaluator.estimate, {"n": 0}
+
+    def flaky(self, candidate, bar=None):
         calls["n"] += 1
         if calls["n"] % 2 == 0:
             raise RuntimeError("CUDA error: an illegal memory access")
         if calls["n"] % 3 == 0:
-            return float("nan")
-        return real(self, candidate)
+            return Estimate(float("nan"))
+        return real(self, candidate, bar)
 
-    monkeypatch.setattr(AccuracyEvaluator, "score", flaky)
+    monkeypatch.setattr(AccuracyEvaluator, "estimate", flaky)
     code, out = search(tmp_path)
     trials = pd.read_csv(out / "trials.csv")
     assert code == 0 and len(trials) == 6
