@@ -143,6 +143,16 @@ def ranked_trials(trials: Sequence[Trial]) -> list[Trial]:
     return sorted(done, key=lambda t: (-t.result.score, t.result.costs.get("flops", 0), t.number))
 
 
+def time_against_base(module: nn.Module, base: nn.Module, *, input_shape: Sequence[int], batch: int = 1,
+                      device: torch.device | str = "cpu", backend: str = "torch", rounds: int = ROUNDS,
+                      confidence: float = CONFIDENCE) -> tuple[Interval, Interval, Interval]:
+    """(the module's ms, the base's ms, their per-round ratio), each a median with its interval, from the
+    same interleaved rounds."""
+    samples = measure_rounds([base, module], input_shape, batch=batch, device=device, rounds=rounds, backend=backend)
+    return (median_interval([s[1] for s in samples], confidence), median_interval([s[0] for s in samples], confidence),
+            median_interval([s[1] / s[0] for s in samples], confidence))
+
+
 def check_latency(ranked: Sequence[Trial], build: Callable[[Trial], nn.Module], base: nn.Module,
                   limits: Sequence[Limit], *, input_shape: Sequence[int], base_predicted_ms: float, batch: int = 1,
                   device: torch.device | str = "cpu", backend: str = "torch", rounds: int = ROUNDS,
@@ -154,11 +164,8 @@ def check_latency(ranked: Sequence[Trial], build: Callable[[Trial], nn.Module], 
     limits = tuple(lim for lim in limits if lim.metric == "latency")
     measurements = []
     for trial in list(ranked)[:max_candidates]:
-        samples = measure_rounds([base, build(trial)], input_shape, batch=batch, device=device, rounds=rounds,
-                                 backend=backend)
-        ms, base_ms = median_interval([s[1] for s in samples], confidence), median_interval([s[0] for s in samples],
-                                                                                             confidence)
-        ratio = median_interval([s[1] / s[0] for s in samples], confidence)
+        ms, base_ms, ratio = time_against_base(build(trial), base, input_shape=input_shape, batch=batch,
+                                               device=device, backend=backend, rounds=rounds, confidence=confidence)
         measurement = Measurement(trial.number, ms, base_ms, ratio, float(trial.result.costs["latency"]),
                                   float(base_predicted_ms), rounds, confidence, fits(limits, ms, ratio))
         measurements.append(measurement)
