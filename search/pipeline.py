@@ -437,11 +437,11 @@ class Pipeline:
                                      backend=table.backend) if chosen else []
         return {t.number: ms for t, ms in zip(chosen, measured)}
 
-    def _check_latency(self, prunable, outcome: Outcome, table):
-        """The final check (search.latency_check): the best feasible trials, by score, timed against the base."""
-        from .latency_check import check_latency, ranked_trials
+    def _check_latency(self, prunable, ranked: list[Trial], table):
+        """The final check (search.latency_check): `ranked` (best first) timed against the base until one fits."""
+        from .latency_check import check_latency
 
-        return check_latency(ranked_trials(outcome.trials), lambda t: materialize(prunable, t.candidate),
+        return check_latency(ranked, lambda t: materialize(prunable, t.candidate),
                              materialize(prunable, prunable.space.full()), self.budget.limits,
                              input_shape=table.meta["input_shape"], base_predicted_ms=table.base_ms,
                              batch=self.config.latency_batch, device=self.device, backend=table.backend)
@@ -452,7 +452,9 @@ class Pipeline:
         measured = self._measure_latencies(prunable, outcome, table) if table is not None else {}
         best, check = outcome.best, None
         if table is not None and best is not None:
-            check = self._check_latency(prunable, outcome, table)  # ranked = [best, then other feasible by score]
+            from .latency_check import ranked_trials
+
+            check = self._check_latency(prunable, ranked_trials(outcome.trials), table)  # best, then by score
             measured.update({m.trial: m.ms.median for m in check.measurements})
             if check.chosen is not best and base_weight_score is not None and check.chosen is not None:
                 base_weight_score = evaluator.score(check.chosen.candidate)
