@@ -265,10 +265,13 @@ def test_agent_options_must_fit_the_agent(tmp_path, capsys):
     assert code == 2 and "food_sources >= 2" in capsys.readouterr().err
 
 
-def test_latency_budget_prices_measures_and_reports(tmp_path, monkeypatch, capsys):
+def test_latency_budget_prices_measures_and_reports(tmp_path, monkeypatch, capsys, request):
     from evaluators import latency
 
     monkeypatch.setattr(latency, "MIN_SECONDS", 0.001)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny timings on a shared CPU: a second thread only adds stalls
+    request.addfinalizer(lambda: torch.set_num_threads(threads))
     # On this tiny model latency is mostly per-op overhead (the smallest subnet keeps ~70% of it), so the
     # latency limit is loose: the test checks that it is priced, enforced and reported, not how tight it can be.
     code, out = search(tmp_path, "--trials", "8", budget=("0.99latency", "0.6flops"))
