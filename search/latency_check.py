@@ -156,17 +156,20 @@ def time_against_base(module: nn.Module, base: nn.Module, *, input_shape: Sequen
 def check_latency(ranked: Sequence[Trial], build: Callable[[Trial], nn.Module], base: nn.Module,
                   limits: Sequence[Limit], *, input_shape: Sequence[int], base_predicted_ms: float, batch: int = 1,
                   device: torch.device | str = "cpu", backend: str = "torch", rounds: int = ROUNDS,
-                  confidence: float = CONFIDENCE, max_candidates: int = MAX_CANDIDATES) -> LatencyCheck:
+                  confidence: float = CONFIDENCE, max_candidates: int = MAX_CANDIDATES,
+                  predict: Callable[[Trial], float] | None = None) -> LatencyCheck:
     """Time `ranked` (best first) against `base` until one fits `limits` with `confidence`; see the module docstring.
 
-    `build(trial)` is the candidate's module (materialized); its predicted latency is `trial.result.costs`'.
+    `build(trial)` is the candidate's module (materialized); `predict(trial)` its predicted ms (default: the
+    trial's priced latency; give the table's own when it was re-anchored since, as on resume).
     """
+    predict = predict or (lambda t: float(t.result.costs["latency"]))
     limits = tuple(lim for lim in limits if lim.metric == "latency")
     measurements = []
     for trial in list(ranked)[:max_candidates]:
         ms, base_ms, ratio = time_against_base(build(trial), base, input_shape=input_shape, batch=batch,
                                                device=device, backend=backend, rounds=rounds, confidence=confidence)
-        measurement = Measurement(trial.number, ms, base_ms, ratio, float(trial.result.costs["latency"]),
+        measurement = Measurement(trial.number, ms, base_ms, ratio, float(predict(trial)),
                                   float(base_predicted_ms), rounds, confidence, fits(limits, ms, ratio))
         measurements.append(measurement)
         if measurement.fits:

@@ -444,7 +444,8 @@ class Pipeline:
         return check_latency(ranked, lambda t: materialize(prunable, t.candidate),
                              materialize(prunable, prunable.space.full()), self.budget.limits,
                              input_shape=table.meta["input_shape"], base_predicted_ms=table.base_ms,
-                             batch=self.config.latency_batch, device=self.device, backend=table.backend)
+                             batch=self.config.latency_batch, device=self.device, backend=table.backend,
+                             predict=lambda t: table.predict(t.candidate))
 
     def _finish(self, prunable, outcome: Outcome, evaluator: AccuracyEvaluator, base, base_score, seconds,
                 table=None, pruningnet=None, base_weight_score=None) -> PruneResult:
