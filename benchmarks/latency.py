@@ -6,8 +6,8 @@
 For each runtime (`--latency-backend`) and model: measure its latency table (fresh, not cached), then pick
 `--candidates` subnets spread over the predicted latency ratio (from 400 drawn: uniform per dimension, and
 uniform width ratios jittered per group with blocks dropped at random), so that many lie near the budget.
-The truth: every subnet and the base model timed in interleaved rounds (9 rounds; the ratio of each round
-candidate / base, its median). Printed per runtime and model:
+The truth: every subnet timed right beside the base model (pairs in alternating order) in 5 rounds: its
+median ms and its median ratio to the base. Printed per runtime and model:
 - rho: Spearman rank correlation of predicted and measured latency;
 - ratio err: median / worst |predicted ratio - measured ratio| / measured ratio (what relative budgets read);
 - abs err: the same of milliseconds (what absolute budgets read; it moves with the machine's load);
@@ -35,14 +35,15 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from evaluators.latency import measure_rounds, measure_table  # noqa: E402
+from evaluators.latency import measure_table, time_call  # noqa: E402
+from evaluators.latency_backends import compile_call  # noqa: E402
 from search.cifar_resnet import resnet20  # noqa: E402
 from search.latency_check import time_against_base  # noqa: E402
 from search.training import resolve_device  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 
-TRUTH_ROUNDS = 9
+TRUTH_ROUNDS = 5
 
 
 def build(name: str):
@@ -67,6 +68,24 @@ def spread(prunable, table, count: int, rng: np.random.Generator) -> list:
     return [pool[i] for i in sorted(set(picks))]
 
 
+def truth(base, modules, shape, batch, device, backend) -> tuple[list[float], list[float], float]:
+    """Each module's median ms and median ratio to the base, the base timed right beside it in every round
+    (pairs in alternating order, TRUTH_ROUNDS rounds); and the base's median ms."""
+    x = torch.randn(batch, *shape)
+    base_call = compile_call(base, x, backend, device)
+    calls = [compile_call(m, x, backend, device) for m in modules]
+    ms, ratios, base_ms = [[] for _ in calls], [[] for _ in calls], []
+    for r in range(TRUTH_ROUNDS):
+        for i, call in enumerate(calls):
+            pair = (base_call, call) if (r + i) % 2 == 0 else (call, base_call)
+            first, second = (1e3 * time_call(*c) for c in pair)
+            b, m = (first, second) if pair[0] is base_call else (second, first)
+            ms[i].append(m)
+            ratios[i].append(m / b)
+            base_ms.append(b)
+    return ([statistics.median(v) for v in ms], [statistics.median(v) for v in ratios], statistics.median(base_ms))
+
+
 def judge(name: str, backend: str, args, device) -> str:
     model, shape = build(name)
     prunable = derive(model, torch.zeros(1, *shape))
@@ -76,11 +95,7 @@ def judge(name: str, backend: str, args, device) -> str:
     candidates = spread(prunable, table, args.candidates, np.random.default_rng(0))
     base_module = materialize(prunable, prunable.space.full())
     modules = [materialize(prunable, c) for c in candidates]
-    samples = measure_rounds([base_module, *modules], shape, batch=args.batch, device=device, rounds=TRUTH_ROUNDS,
-                             backend=backend)
-    measured_ms = [statistics.median(s[i + 1] for s in samples) for i in range(len(modules))]
-    measured_ratio = [statistics.median(s[i + 1] / s[0] for s in samples) for i in range(len(modules))]
-    base_ms = statistics.median(s[0] for s in samples)
+    measured_ms, measured_ratio, base_ms = truth(base_module, modules, shape, args.batch, device, backend)
     predicted_ms = [table.predict(c) for c in candidates]
     predicted_ratio = [p / table.base_ms for p in predicted_ms]
     rho = spearmanr(predicted_ms, measured_ms).statistic

@@ -11,8 +11,9 @@ Measured once per (device, torch version, model structure, input shape, batch) a
   summed over the live ops). `a`, `b`, `c` are fitted by non-negative least squares to end-to-end
   timings of 24 materialized calibration subnets (full, smallest, uniform ratios, random), together
   with a scale `alpha` on the layers' summed times (layers timed alone run cache-hot, and that bias
-  is shared). The calibration subnets are timed in interleaved rounds and each one's median is kept,
-  so that a slow spell of the machine spreads over all of them instead of skewing one.
+  is shared). The grid points of all layers are timed in interleaved rounds (alternating order, the
+  median kept), and so are the calibration subnets, each taken as its median ratio to the full model
+  in the same round: a slow spell of the machine spreads over all of them instead of skewing one.
 Predicted latency = scale x (alpha x (sum of the live layers' interpolated times) + a + c x N + b x E).
 No forward pass at pricing time. On CUDA the timings use CUDA events.
 
@@ -244,9 +245,8 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
         return table
     graph = prunable.graph
     smallest, full = prunable.widths(prunable.space.smallest()), [g.size for g in graph.groups]
-    layers = []
-    bar = tqdm(graph.sites, desc="measuring latency", disable=not progress, leave=False)
-    for site in bar:
+    grids = []  # (site, kept output sizes, kept input sizes)
+    for site in graph.sites:
         uses = {u.axis: u for u in graph.uses.get(site.weight, [])}
         shape = graph.tensors[site.weight].shape
 
@@ -256,17 +256,36 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
                 return [int(shape[axis])]
             return _grid(kept_length(use, smallest, graph.groups), kept_length(use, full, graph.groups))
 
-        outs, ins = span(0), span(1)
-        ms = [[1e3 * time_call(*_layer_call(prunable, site, o, i, batch, device, backend)) for i in ins]
-              for o in outs]
-        layers.append(LayerGrid(site.weight, site.node, outs, ins, ms))
+        grids.append((site, span(0), span(1)))
+    points = [(k, a, b) for k, (_, outs, ins) in enumerate(grids) for a in range(len(outs)) for b in range(len(ins))]
+    bar = tqdm(total=len(points) * (ROUNDS + 1), desc="measuring latency", disable=not progress, leave=False)
+    calls = []
+    for k, a, b in points:
+        site, outs, ins = grids[k]
+        calls.append(_layer_call(prunable, site, outs[a], ins[b], batch, device, backend))
+        bar.update()
+    # every grid point timed once per round, rounds in alternating order: a slow spell spreads over all layers
+    samples: list[list[float]] = [[] for _ in points]
+    for r in range(ROUNDS):
+        for j in (range(len(points)) if r % 2 == 0 else reversed(range(len(points)))):
+            samples[j].append(1e3 * time_call(*calls[j], min_seconds=MIN_SECONDS / ROUNDS))
+            bar.update()
+    bar.close()
+    del calls
+    ms = {point: statistics.median(column) for point, column in zip(points, samples)}
+    layers = [LayerGrid(site.weight, site.node, outs, ins, [[ms[k, a, b] for b in range(len(ins))]
+                                                             for a in range(len(outs))])
+              for k, (site, outs, ins) in enumerate(grids)]
     table = LatencyTable(prunable, layers, (1.0, 0.0, 0.0, 0.0), {})
     space, rng = prunable.space, np.random.default_rng(0)
     calibration = [space.full(), space.smallest(), *(space.uniform(r, nearest=True) for r in (0.25, 0.5, 0.75))]
     calibration += [space.sample(rng) for _ in range(max(0, CALIBRATION - len(calibration)))]
-    measured = measure_latencies([materialize(prunable, c) for c in calibration], input_shape, batch=batch,
-                                 device=device, backend=backend)
-    full_ms = measured[0]
+    rounds = measure_rounds([materialize(prunable, c) for c in calibration], input_shape, batch=batch, device=device,
+                            rounds=ROUNDS, backend=backend)
+    # each subnet's median ratio to the full model in the same round, times the full model's median: the
+    # machine's drift between rounds cancels out of the fit
+    full_ms = statistics.median(row[0] for row in rounds)
+    measured = [full_ms * statistics.median(row[i] / row[0] for row in rounds) for i in range(len(calibration))]
     coefficients = fit_remainder([table.features(c) for c in calibration], measured)
     meta = {"device": str(device), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
             "batch": batch, "input_shape": list(input_shape),
