@@ -1,17 +1,28 @@
-"""Latency predictor accuracy: predicted against directly measured latency of 20 random subnets.
+"""Latency predictor judged by what decides budgets, per runtime: rank, ratio error, false-feasible at a budget.
 
-    python benchmarks/latency.py [--models resnet20,mobilenet_v2,resnet18] [--batch 1] [--device cpu]
-                                 [--threads 1,2]
+    python benchmarks/latency.py [--models resnet20,resnet18,mobilenet_v2] [--backends torch,onnxruntime,openvino]
+                                 [--candidates 30] [--budget 0.5] [--threads 1] [--batch 1] [--device cpu]
 
-For each model: measure its latency table (fresh, not cached), then for 20 random candidates compare
-the table's prediction with the measured latency of the materialized subnet (same timing method:
-the median of interleaved rounds).
-Printed: base latency, median and worst absolute error relative to the measurement, and the time the
-table took to measure. Inputs: the default digits shape (1x8x8) for resnet20, 3x64x64 otherwise.
+For each runtime (`--latency-backend`) and model: measure its latency table (fresh, not cached), then pick
+`--candidates` subnets spread over the predicted latency ratio (from 400 drawn: uniform per dimension, and
+uniform width ratios jittered per group with blocks dropped at random), so that many lie near the budget.
+The truth: every subnet timed right beside the base model (pairs in alternating order) in 5 rounds: its
+median ms and its median ratio to the base. Printed per runtime and model:
+- rho: Spearman rank correlation of predicted and measured latency;
+- ratio err: median / worst |predicted ratio - measured ratio| / measured ratio (what relative budgets read);
+- abs err: the same of milliseconds (what absolute budgets read; it moves with the machine's load);
+- false-feasible at `--budget` x the base, before: subnets the table calls feasible that measure over it;
+  after: of those the final check (search.latency_check: 15 interleaved rounds against the base, 95%
+  confidence) passes, how many the truth measures over. `kept` is how many the check passed.
+Inputs: 1x8x8 (the digits shape) for resnet20, 3x64x64 otherwise. Say the machine's load with the figures
+(`uptime` is printed first and last); ratios are interleaved with the base and survive load far better
+than milliseconds.
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import os
 import statistics
 import sys
 import time
@@ -22,12 +33,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
 
-from evaluators.latency import measure_latencies, measure_table  # noqa: E402
+from evaluators.latency import measure_table, time_call  # noqa: E402
+from evaluators.latency_backends import compile_call  # noqa: E402
 from search.cifar_resnet import resnet20  # noqa: E402
+from search.latency_check import time_against_base  # noqa: E402
 from search.training import resolve_device  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
+
+TRUTH_ROUNDS = 5
 
 
 def build(name: str):
@@ -37,36 +53,95 @@ def build(name: str):
     return torchvision.models.get_model(name, weights=None).eval(), (3, 64, 64)
 
 
+def spread(prunable, table, count: int, rng: np.random.Generator) -> list:
+    """`count` subnets spread evenly over the predicted latency ratio of 400 drawn ones."""
+    space = prunable.space
+    pool = [space.sample(rng) for _ in range(200)]
+    for _ in range(200):
+        level = rng.uniform(0.2, 1.0)
+        ratios = [rng.uniform(0, 1) < 0.5 + level / 2 if d.kind == "keep" else level + rng.normal(0, 0.15)
+                  for d in space.dimensions]
+        pool.append(space.from_ratios(np.clip(np.asarray(ratios, dtype=float), 0.05, 1.0)))
+    base = table.base_ms
+    pool = sorted(set(pool), key=lambda c: table.predict(c) / base)
+    picks = np.linspace(0, len(pool) - 1, count).round().astype(int)
+    return [pool[i] for i in sorted(set(picks))]
+
+
+def truth(base, modules, shape, batch, device, backend) -> tuple[list[float], list[float], float]:
+    """Each module's median ms and median ratio to the base, the base timed right beside it in every round
+    (pairs in alternating order, TRUTH_ROUNDS rounds); and the base's median ms."""
+    x = torch.randn(batch, *shape)
+    base_call = compile_call(base, x, backend, device)
+    calls = [compile_call(m, x, backend, device) for m in modules]
+    ms, ratios, base_ms = [[] for _ in calls], [[] for _ in calls], []
+    for r in range(TRUTH_ROUNDS):
+        for i, call in enumerate(calls):
+            pair = (base_call, call) if (r + i) % 2 == 0 else (call, base_call)
+            first, second = (1e3 * time_call(*c) for c in pair)
+            b, m = (first, second) if pair[0] is base_call else (second, first)
+            ms[i].append(m)
+            ratios[i].append(m / b)
+            base_ms.append(b)
+    return ([statistics.median(v) for v in ms], [statistics.median(v) for v in ratios], statistics.median(base_ms))
+
+
+def judge(name: str, backend: str, args, device) -> str:
+    model, shape = build(name)
+    prunable = derive(model, torch.zeros(1, *shape))
+    started = time.perf_counter()
+    table = measure_table(prunable, shape, batch=args.batch, device=device, progress=False, backend=backend)
+    seconds = time.perf_counter() - started
+    candidates = spread(prunable, table, args.candidates, np.random.default_rng(0))
+    base_module = materialize(prunable, prunable.space.full())
+    modules = [materialize(prunable, c) for c in candidates]
+    measured_ms, measured_ratio, base_ms = truth(base_module, modules, shape, args.batch, device, backend)
+    predicted_ms = [table.predict(c) for c in candidates]
+    predicted_ratio = [p / table.base_ms for p in predicted_ms]
+    rho = spearmanr(predicted_ms, measured_ms).statistic
+    ratio_err = [abs(p - m) / m for p, m in zip(predicted_ratio, measured_ratio)]
+    abs_err = [abs(p - m) / m for p, m in zip(predicted_ms, measured_ms)]
+    feasible = [i for i, p in enumerate(predicted_ratio) if p <= args.budget]
+    before = sum(measured_ratio[i] > args.budget for i in feasible)
+    kept = [i for i in feasible if time_against_base(modules[i], base_module, input_shape=shape, batch=args.batch,
+                                                     device=device, backend=backend)[2].high <= args.budget]
+    after = sum(measured_ratio[i] > args.budget for i in kept)
+    return (f"{backend:11s} {name:13s} {'x'.join(map(str, shape)):7s} {len(candidates):4d} {seconds:7.1f} "
+            f"{base_ms:8.3f} {table.base_ms:8.3f} {rho:5.3f} "
+            f"{100 * statistics.median(ratio_err):5.1f}% / {100 * max(ratio_err):5.1f}% "
+            f"{100 * statistics.median(abs_err):5.1f}% / {100 * max(abs_err):5.1f}% "
+            f"{before:3d}/{len(feasible):<3d}  {len(kept):4d} {after:3d}/{len(kept):<3d}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="resnet20,mobilenet_v2,resnet18")
+    parser.add_argument("--models", default="resnet20,resnet18,mobilenet_v2")
+    parser.add_argument("--backends", default="torch,onnxruntime,openvino",
+                        help="runtimes to time on, in turn (one that is not installed is skipped, said so)")
     parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--candidates", type=int, default=20)
+    parser.add_argument("--candidates", type=int, default=30)
+    parser.add_argument("--budget", type=float, default=0.5, help="the relative latency budget judged")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--threads", default="1,2", help="CPU intra-op thread counts to measure with, in turn")
+    parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (every runtime gets as many)")
     args = parser.parse_args()
     device = resolve_device(args.device)
-    threads = [int(t) for t in args.threads.split(",")] if device.type == "cpu" else [torch.get_num_threads()]
-    print(f"device {device}, torch {torch.__version__}, batch {args.batch}, {args.candidates} random candidates "
-          f"per model")
-    header = (f"{'model':14s} {'input':9s} {'threads':>7s} {'base ms':>8s} {'median err':>10s} {'worst err':>9s} "
-              f"{'table s':>8s}")
+    if device.type == "cpu":
+        torch.set_num_threads(args.threads)
+    backends = [b for b in args.backends.split(",") if b == "torch" or importlib.util.find_spec(b) is not None]
+    skipped = sorted(set(args.backends.split(",")) - set(backends))
+    print(f"device {device}, torch {torch.__version__}, {torch.get_num_threads()} thread(s), batch {args.batch}, "
+          f"budget {args.budget}latency; load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
+          f"{os.getloadavg()[2]:.2f} on {os.cpu_count()} CPUs" + (f"; not installed: {', '.join(skipped)}" if skipped
+                                                                  else ""))
+    header = (f"{'backend':11s} {'model':13s} {'input':7s} {'subs':>4s} {'table s':>7s} {'base ms':>8s} {'pred ms':>8s} "
+              f"{'rho':>5s} {'ratio err med/worst':>19s} {'abs err med/worst':>17s} {'ff before':>9s} {'kept':>5s} "
+              f"{'ff after':>8s}")
     print(header)
     print("-" * len(header))
-    for count, name in ((count, name) for count in threads for name in args.models.split(",")):
-        torch.set_num_threads(count)
-        model, shape = build(name)
-        prunable = derive(model, torch.zeros(1, *shape))
-        start = time.perf_counter()
-        table = measure_table(prunable, shape, batch=args.batch, device=device, progress=False)
-        seconds = time.perf_counter() - start
-        rng = np.random.default_rng(0)
-        candidates = [prunable.space.sample(rng) for _ in range(args.candidates)]
-        measured = measure_latencies([materialize(prunable, c) for c in candidates], shape, batch=args.batch,
-                                     device=device)
-        errors = [abs(table.predict(c) - ms) / ms for c, ms in zip(candidates, measured)]
-        print(f"{name:14s} {'x'.join(map(str, shape)):9s} {count:7d} {table.meta['full_ms_measured']:8.3f} "
-              f"{100 * statistics.median(errors):9.1f}% {100 * max(errors):8.1f}% {seconds:8.1f}", flush=True)
+    for backend in backends:
+        for name in args.models.split(","):
+            print(judge(name, backend, args, device), flush=True)
+    print(f"load at the end: {' '.join(f'{v:.2f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

@@ -11,15 +11,26 @@ Measured once per (device, torch version, model structure, input shape, batch) a
   summed over the live ops). `a`, `b`, `c` are fitted by non-negative least squares to end-to-end
   timings of 24 materialized calibration subnets (full, smallest, uniform ratios, random), together
   with a scale `alpha` on the layers' summed times (layers timed alone run cache-hot, and that bias
-  is shared). The calibration subnets are timed in interleaved rounds and each one's median is kept,
-  so that a slow spell of the machine spreads over all of them instead of skewing one.
-Predicted latency = alpha x (sum of the live layers' interpolated times) + a + c x N + b x E. No forward
-pass at pricing time. On CUDA the timings use CUDA events.
+  is shared). The grid points of all layers are timed in interleaved rounds (alternating order, the
+  median kept), and so are the calibration subnets, each taken as its median ratio to the full model
+  in the same round: a slow spell of the machine spreads over all of them instead of skewing one.
+Predicted latency = scale x (alpha x (sum of the live layers' interpolated times) + a + c x N + b x E).
+No forward pass at pricing time. On CUDA the timings use CUDA events.
+
+The runtime (`backend`: torch, onnxruntime, openvino; see `latency_backends`) is the one the user deploys
+with: every layer configuration and calibration subnet is exported to it and timed there.
+
+A cached table is re-anchored when it is loaded: `ANCHORS` subnets (full, smallest, half) are timed
+directly and `scale` is the median of measured / predicted over them, so that a table measured while the
+machine was quieter or busier does not silently mislead an absolute budget (`12ms`). Relative budgets
+(`0.5latency`) do not move with `scale`; what the exported subnet measures is checked at the end of a run
+(`search.latency_check`).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -36,11 +47,15 @@ from spaces.graph import tensor_shape
 from spaces.layers import layer_named
 from spaces.slicing import kept_length
 
+from .latency_backends import compile_call, layer_module, version
+
+log = logging.getLogger(__name__)
 GRID = 5             # sizes per axis in each layer's grid
 CALIBRATION = 24     # end-to-end timings the remainder is fitted to
 ROUNDS = 3           # interleaved rounds of end-to-end timings (the median is kept)
-VERSION = 4          # of the table's format and method (part of the cache key)
+VERSION = 5          # of the table's format and method (part of the cache key)
 MIN_SECONDS = 0.02   # time spent per timing (inner loops until then); tests lower it
+ANCHORS = 3          # subnets timed directly to re-anchor a cached table (0: never)
 
 
 def time_call(fn: Callable[[], object], device: torch.device, *, min_seconds: float | None = None,
@@ -109,6 +124,7 @@ class LatencyTable:
         # fitted: latency = alpha x (layers' timed sum) + a + c x N + b x E
         self.prunable, self.layers, self.remainder = prunable, list(layers), tuple(remainder)
         self.meta = dict(meta)
+        self.scale = 1.0  # the re-anchoring factor (see the module docstring); not saved with the table
         graph = prunable.graph
         uses = graph.uses
         self._axes = [(next((u for u in uses.get(g.weight, []) if u.axis == 0), None),
@@ -157,7 +173,22 @@ class LatencyTable:
         return total
 
     def predict(self, candidate: Mapping[str, int]) -> float:
-        return float(np.dot(self.remainder, self.features(candidate)))
+        return self.scale * float(np.dot(self.remainder, self.features(candidate)))
+
+    @property
+    def backend(self) -> str:
+        return str(self.meta.get("backend", "torch"))
+
+    def anchor(self, *, device: torch.device | str = "cpu", subnets: int = ANCHORS) -> float:
+        """Rescale predictions by the median measured / predicted latency of `subnets` subnets timed now."""
+        space = self.prunable.space
+        chosen = [space.full(), space.smallest(), space.uniform(0.5, nearest=True)][:subnets]
+        self.scale = 1.0
+        measured = measure_latencies([materialize(self.prunable, c) for c in chosen], self.meta["input_shape"],
+                                     batch=int(self.meta["batch"]), device=device, backend=self.backend)
+        self.scale = float(statistics.median(m / self.predict(c) for m, c in zip(measured, chosen)))
+        self.meta["anchor"] = {"scale": self.scale, "subnets": len(chosen), "full_ms_measured": measured[0]}
+        return self.scale
 
     @property
     def base_ms(self) -> float:
@@ -175,34 +206,47 @@ def _grid(smallest: int, full: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(smallest, full, GRID)})
 
 
-def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch: int, device: torch.device):
-    """A closure running one conv/linear at the given kept sizes, on random data (its layer-table entry's call)."""
+def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch: int, device: torch.device,
+                backend: str = "torch") -> tuple[Callable[[], object], torch.device]:
+    """(a call running one conv/linear at the given kept sizes on random data, the device timing it).
+
+    On torch it is the layer-table entry's own call; on another runtime, the same layer as a module
+    exported to it."""
     node = prunable.graph.node(site.node)
     in_shape = tensor_shape(node.all_input_nodes[0])
-    return layer_named(site.kind).latency(site, in_shape, out_len, in_len, batch, device)
+    if backend == "torch":
+        return layer_named(site.kind).latency(site, in_shape, out_len, in_len, batch, device), device
+    module, x = layer_module(site.kind, site.options, in_shape, out_len, in_len, batch)
+    return compile_call(module, x, backend, device)
 
 
-def table_key(prunable: PrunableModel, input_shape: Sequence[int], batch: int, device: torch.device) -> str:
+def table_key(prunable: PrunableModel, input_shape: Sequence[int], batch: int, device: torch.device,
+              backend: str = "torch") -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
     structure = json.dumps(prunable.space.to_json(), sort_keys=True) + repr(prunable.graph.gm.graph)
-    text = json.dumps([VERSION, name, torch.__version__, list(input_shape), batch, structure])
+    runtime = [backend, version(backend)] if backend != "torch" else []
+    text = json.dumps([VERSION, name, torch.__version__, list(input_shape), batch, structure, *runtime])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch: int = 1,
                   device: torch.device | str = "cpu", cache_dir: Path | None = None,
-                  progress: bool = True) -> LatencyTable:
-    """Measure (or load from `cache_dir`) the latency table of `prunable` on `device`."""
+                  progress: bool = True, backend: str = "torch", anchor: int = ANCHORS) -> LatencyTable:
+    """Measure (or load from `cache_dir`, re-anchored by `anchor` direct timings) the latency table of
+    `prunable` on `device` and the `backend` runtime."""
     device = torch.device(device)
-    key = table_key(prunable, input_shape, batch, device)
+    key = table_key(prunable, input_shape, batch, device, backend)
     path = cache_dir / f"latency-{key}.json" if cache_dir is not None else None
     if path is not None and path.exists():
-        return LatencyTable.from_json(prunable, json.loads(path.read_text()))
+        table = LatencyTable.from_json(prunable, json.loads(path.read_text()))
+        if anchor:
+            scale = table.anchor(device=device, subnets=anchor)
+            log.info("cached latency table re-anchored: predictions x%.3f (%d subnets timed now)", scale, anchor)
+        return table
     graph = prunable.graph
     smallest, full = prunable.widths(prunable.space.smallest()), [g.size for g in graph.groups]
-    layers = []
-    bar = tqdm(graph.sites, desc="measuring latency", disable=not progress, leave=False)
-    for site in bar:
+    grids = []  # (site, kept output sizes, kept input sizes)
+    for site in graph.sites:
         uses = {u.axis: u for u in graph.uses.get(site.weight, [])}
         shape = graph.tensors[site.weight].shape
 
@@ -212,18 +256,39 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
                 return [int(shape[axis])]
             return _grid(kept_length(use, smallest, graph.groups), kept_length(use, full, graph.groups))
 
-        outs, ins = span(0), span(1)
-        ms = [[1e3 * time_call(_layer_call(prunable, site, o, i, batch, device), device) for i in ins] for o in outs]
-        layers.append(LayerGrid(site.weight, site.node, outs, ins, ms))
+        grids.append((site, span(0), span(1)))
+    points = [(k, a, b) for k, (_, outs, ins) in enumerate(grids) for a in range(len(outs)) for b in range(len(ins))]
+    bar = tqdm(total=len(points) * (ROUNDS + 1), desc="measuring latency", disable=not progress, leave=False)
+    calls = []
+    for k, a, b in points:
+        site, outs, ins = grids[k]
+        calls.append(_layer_call(prunable, site, outs[a], ins[b], batch, device, backend))
+        bar.update()
+    # every grid point timed once per round, rounds in alternating order: a slow spell spreads over all layers
+    samples: list[list[float]] = [[] for _ in points]
+    for r in range(ROUNDS):
+        for j in (range(len(points)) if r % 2 == 0 else reversed(range(len(points)))):
+            samples[j].append(1e3 * time_call(*calls[j], min_seconds=MIN_SECONDS / ROUNDS))
+            bar.update()
+    bar.close()
+    del calls
+    ms = {point: statistics.median(column) for point, column in zip(points, samples)}
+    layers = [LayerGrid(site.weight, site.node, outs, ins, [[ms[k, a, b] for b in range(len(ins))]
+                                                             for a in range(len(outs))])
+              for k, (site, outs, ins) in enumerate(grids)]
     table = LatencyTable(prunable, layers, (1.0, 0.0, 0.0, 0.0), {})
     space, rng = prunable.space, np.random.default_rng(0)
     calibration = [space.full(), space.smallest(), *(space.uniform(r, nearest=True) for r in (0.25, 0.5, 0.75))]
     calibration += [space.sample(rng) for _ in range(max(0, CALIBRATION - len(calibration)))]
-    measured = measure_latencies([materialize(prunable, c) for c in calibration], input_shape, batch=batch,
-                                 device=device)
-    full_ms = measured[0]
+    rounds = measure_rounds([materialize(prunable, c) for c in calibration], input_shape, batch=batch, device=device,
+                            rounds=ROUNDS, backend=backend)
+    # each subnet's median ratio to the full model in the same round, times the full model's median: the
+    # machine's drift between rounds cancels out of the fit
+    full_ms = statistics.median(row[0] for row in rounds)
+    measured = [full_ms * statistics.median(row[i] / row[0] for row in rounds) for i in range(len(calibration))]
     coefficients = fit_remainder([table.features(c) for c in calibration], measured)
-    meta = {"device": str(device), "torch": torch.__version__, "batch": batch, "input_shape": list(input_shape),
+    meta = {"device": str(device), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
+            "batch": batch, "input_shape": list(input_shape),
             "key": key, "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
     table = LatencyTable(prunable, layers, coefficients, meta)
     if path is not None:
@@ -247,11 +312,30 @@ def fit_remainder(features: Sequence[Sequence[float]], measured: Sequence[float]
     return tuple(float(v) for v in solution / norms)
 
 
-def measure_latencies(modules: Sequence[torch.nn.Module], input_shape: Sequence[int], *, batch: int = 1,
-                      device: torch.device | str = "cpu", rounds: int = ROUNDS) -> list[float]:
-    """Measured latency (ms) of each module: the median over `rounds` interleaved rounds of timings."""
+def measure_rounds(modules: Sequence[torch.nn.Module], input_shape: Sequence[int], *, batch: int = 1,
+                   device: torch.device | str = "cpu", rounds: int = ROUNDS, backend: str = "torch"
+                   ) -> list[list[float]]:
+    """Per round, the latency (ms) of each module (in the order given), timed in interleaved rounds.
+
+    Every module is timed once per round on `backend`; the order alternates between rounds (forward,
+    then backward), so that a slow spell of the machine, or a cache warmed by the previous module,
+    weighs on all of them alike. Modules compared within one round (a subnet and the base) share its load.
+    """
     device = torch.device(device)
-    modules = [module.to(device).eval() for module in modules]
-    x = torch.randn(batch, *input_shape, device=device)
-    samples = [[1e3 * time_call(lambda m=module: m(x), device) for module in modules] for _ in range(rounds)]
+    x = torch.randn(batch, *input_shape)
+    calls = [compile_call(module, x, backend, device) for module in modules]
+    samples = []
+    for r in range(rounds):
+        order = range(len(calls)) if r % 2 == 0 else reversed(range(len(calls)))
+        row = [0.0] * len(calls)
+        for i in order:
+            row[i] = 1e3 * time_call(*calls[i])
+        samples.append(row)
+    return samples
+
+
+def measure_latencies(modules: Sequence[torch.nn.Module], input_shape: Sequence[int], *, batch: int = 1,
+                      device: torch.device | str = "cpu", rounds: int = ROUNDS, backend: str = "torch") -> list[float]:
+    """Measured latency (ms) of each module: the median over `rounds` interleaved rounds of timings."""
+    samples = measure_rounds(modules, input_shape, batch=batch, device=device, rounds=rounds, backend=backend)
     return [statistics.median(column) for column in zip(*samples)]

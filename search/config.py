@@ -59,6 +59,7 @@ class SearchConfig:
     device: str = "auto"
     latency: bool = False
     latency_batch: int = 1
+    latency_backend: str = "torch"     # the runtime latency is timed on: torch | onnxruntime | openvino
     baseline_epochs: int = 30          # epochs to train a zoo model given without weights (cached)
     workers: int = 0
     ray_address: str | None = None
@@ -154,6 +155,10 @@ class SearchConfig:
         self.ratios  # noqa: B018 - validates --width-ratios
         if self.block_encoding not in BLOCK_ENCODINGS:
             raise UserError(f"--block-encoding must be one of {', '.join(BLOCK_ENCODINGS)}, got {self.block_encoding!r}")
+        from evaluators.latency_backends import missing
+
+        if missing(self.latency_backend):
+            raise UserError(missing(self.latency_backend))
         if self.backend not in BACKENDS:
             raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {self.backend!r}")
         if self.export_weights not in ("base", "pruningnet"):

@@ -213,14 +213,19 @@ class Pipeline:
         budget = parse_budget(self.config.budget)
         if self.config.latency or any(lim.metric == "latency" for lim in budget.limits):
             from evaluators.latency import measure_table
+            from evaluators.latency_backends import BackendError
 
             from .zoo import cache_dir
 
             shape = tuple(self.inputs.example.shape[1:])
-            table = measure_table(prunable, shape, batch=self.config.latency_batch, device=self.device,
-                                  cache_dir=cache_dir() / "latency", progress=self.progress)
-            log.info("latency table: base model predicted %.3f ms (batch %d, %s)", table.base_ms,
-                     self.config.latency_batch, self.device)
+            try:
+                table = measure_table(prunable, shape, batch=self.config.latency_batch, device=self.device,
+                                      cache_dir=cache_dir() / "latency", progress=self.progress,
+                                      backend=self.config.latency_backend)
+            except BackendError as error:
+                raise UserError(str(error)) from None
+            log.info("latency table: base model predicted %.3f ms (batch %d, %s, %s)", table.base_ms,
+                     self.config.latency_batch, self.device, table.backend)
         cost = CostModel(prunable, latency=table)
         base = cost.base.as_dict()
         self.budget = budget.resolve(base)
@@ -545,41 +550,67 @@ class Pipeline:
 
     # ------------------------------------------------------------------ export and records
     def _measure_latencies(self, prunable, outcome: Outcome, table) -> dict[int, float]:
-        """Honesty: the best candidate and a seeded sample of 20 scored trials, measured directly (ms)."""
+        """Honesty: a seeded sample of 20 scored trials, measured directly (ms; the best is the final check's)."""
         from evaluators.latency import measure_latencies
 
         scored = [t for t in outcome.trials if t.result.ok]
-        best = outcome.best
         rng = np.random.default_rng(self.config.seed)
-        sample = [scored[i] for i in rng.choice(len(scored), size=min(20, len(scored)), replace=False)] if scored else []
-        chosen = ([best] if best else []) + [t for t in sample if t is not best]
+        chosen = [scored[i] for i in rng.choice(len(scored), size=min(20, len(scored)), replace=False)] if scored else []
         measured = measure_latencies([materialize(prunable, t.candidate) for t in chosen], table.meta["input_shape"],
-                                     batch=self.config.latency_batch, device=self.device)
+                                     batch=self.config.latency_batch, device=self.device,
+                                     backend=table.backend) if chosen else []
         return {t.number: ms for t, ms in zip(chosen, measured)}
+
+    def _check_latency(self, prunable, ranked: list[Trial], table):
+        """The final check (search.latency_check): `ranked` (best first) timed against the base until one fits."""
+        from .latency_check import check_latency
+
+        return check_latency(ranked, lambda t: materialize(prunable, t.candidate),
+                             materialize(prunable, prunable.space.full()), self.budget.limits,
+                             input_shape=table.meta["input_shape"], base_predicted_ms=table.base_ms,
+                             batch=self.config.latency_batch, device=self.device, backend=table.backend,
+                             predict=lambda t: table.predict(t.candidate))
 
     def _finish(self, prunable, outcome: Outcome, evaluator: AccuracyEvaluator, base, base_score, seconds,
                 table=None, pruningnet=None) -> PruneResult:
+        """Pick what is exported (finalists, then the latency check), export it and write the records."""
         from .finalists import FINALISTS_FILE, finalists_frame, score_module
 
         c, run_dir, inputs = self.config, self.run_dir, self.inputs
         measured = self._measure_latencies(prunable, outcome, table) if table is not None else {}
-        frame = run_dir.write_trials(outcome.trials, base, measured)
         finalists = self.finalists(prunable, outcome.trials, evaluator, pruningnet) if outcome.best else []
-        chosen = None
+        chosen_frame = None
         if finalists:
-            chosen = finalists_frame(finalists, base)
-            run_dir.write_table(FINALISTS_FILE, chosen)
-        best = finalists[0].trial if finalists else outcome.best
+            chosen_frame = finalists_frame(finalists, base)
+            run_dir.write_table(FINALISTS_FILE, chosen_frame)
+        best, check = (finalists[0].trial if finalists else outcome.best), None
+        if table is not None and best is not None:
+            from .latency_check import ranked_trials
+
+            # the finalists in their order, then every other scored trial by score: the first that fits is exported
+            first = [f.trial for f in finalists]
+            ranked = first + [t for t in ranked_trials(outcome.trials) if all(t is not f for f in first)]
+            check = self._check_latency(prunable, ranked, table)
+            measured.update({m.trial: m.ms.median for m in check.measurements})
+            best = check.chosen
+        frame = run_dir.write_trials(outcome.trials, base, measured)
+        if check is not None:
+            run_dir.update_run(latency_check=check.to_json())
+            if check.chosen is None:
+                run_dir.update_run(status="over the latency budget", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+                raise UserError(check.failure(run_dir.path))
+        exported = next((f for f in finalists if f.trial is best), None)
         record: dict[str, Any] = {}
         subnet = None
         if best is not None:
-            if finalists:  # trained, recalibrated and scored already
-                subnet, exported_score = finalists[0].module, finalists[0].score
+            if exported is not None:  # trained, recalibrated and scored already
+                subnet, exported_score = exported.module, exported.score
             else:
                 subnet = evaluator.recalibrated(self._build(prunable, pruningnet)(best.candidate))
                 exported_score = score_module(subnet, evaluator.held_out, evaluator.metric)
-            for f in finalists[1:]:
-                f.module = None
+            for f in finalists:
+                if f is not exported:
+                    f.module = None
             subnet.eval()
             test_top1 = evaluate(subnet, inputs.test, self.device) if inputs.test is not None else None
             run_dir.save_model(BEST_STATE_FILE, {k: v.detach().cpu() for k, v in subnet.state_dict().items()})
@@ -589,22 +620,24 @@ class Pipeline:
                 log.warning("best.pt not written (the subnet does not pickle: %s); rebuild it from best.json and "
                             "%s", first_line(error), BEST_STATE_FILE)
             subnet.to(self.device)
+            steps = exported.steps if exported is not None else 0
             record = {
                 "model": c.model, "weights": c.weights, "data": c.data, "seed": c.seed,
                 "derive": {**c.derive_options(), "importance": "l2"},
                 "input_shape": list(inputs.example.shape[1:]),
                 "trial": best.number, "candidate": best.candidate.to_dict(),
                 "held_out_top1": exported_score, "search_score": best.result.score,
-                "selected_by": (f"finalists ({len(finalists)}, {finalists[0].steps} steps each)" if finalists
-                                else "search score"),
-                "export_weights": c.export_weights, "finetuned_steps": finalists[0].steps if finalists else 0,
+                "selected_by": (f"finalists ({len(finalists)}, {steps} steps each)" if exported is not None
+                                else "search score") + (", then the latency check" if check is not None else ""),
+                "export_weights": c.export_weights, "finetuned_steps": steps,
                 "test_top1": test_top1, "costs": dict(best.result.costs),
                 "ratios": {k: best.result.costs[k] / base[k] for k in base},
                 "summary": prunable.describe(best.candidate), "state_dict": BEST_STATE_FILE,
             }
-            if table is not None:
-                record["latency_ms"] = {"predicted": best.result.costs["latency"], "measured": measured.get(best.number),
-                                        "base_predicted": base["latency"], "batch": c.latency_batch}
+            if check is not None:
+                m = check.measurement
+                record["latency"] = {**m.to_json(), "backend": check.backend, "batch": c.latency_batch,
+                                     "budget": check.budget, "skipped": [s.to_json() for s in check.skipped]}
             run_dir.write(BEST_FILE, record)
         run_dir.write_pareto(frame)
         run_dir.plot(frame, caps=self.budget.caps, base=base, best=best,
@@ -616,12 +649,15 @@ class Pipeline:
                            trials=len(outcome.trials), states=counts, best=record and {
                                k: record[k] for k in ("trial", "held_out_top1", "search_score", "test_top1",
                                                       "ratios")})
-        summary = self._summary(outcome, frame, base, base_score, record, measured, counts, seconds, best)
+        summary = self._summary(outcome, frame, base, base_score, record, measured, counts, seconds, best, check)
         return PruneResult(subnet, best, frame, run_dir.path, {**base, "held_out": base_score,
                                                               "test": inputs.base_test},
-                           outcome.interrupted, summary, record, chosen)
+                           outcome.interrupted, summary, record, chosen_frame)
 
-    def _summary(self, outcome, frame, base, base_score, record, measured, counts, seconds, best) -> str:
+    def _summary(self, outcome, frame, base, base_score, record, measured, counts, seconds, best=None,
+                 check=None) -> str:
+        from .latency_check import summary_lines
+
         metric = "score" if self.inputs.score else "held-out"
         test = self.inputs.base_test
         lines = [f"base : {base['flops'] / 1e6:9.3f} MFLOPs  {base['params'] / 1e6:7.4f} M params  "
@@ -642,12 +678,12 @@ class Pipeline:
         lines.append(f"trials: {len(outcome.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}) in "
                      f"{seconds:.1f} s{' - interrupted' if outcome.interrupted else ''}"
                      f"{' - the agent had nothing more to propose' if outcome.finished_early else ''}")
+        if check is not None:
+            lines += summary_lines(check, self.config.latency_batch)
         if measured:
             errors = [abs(frame.set_index("trial").latency_ms[n] - ms) / ms for n, ms in measured.items()]
-            lines.append(f"latency: best predicted {best.result.costs['latency']:.3f} ms, measured "
-                         f"{measured[best.number]:.3f} ms (base {base['latency']:.3f} ms); predictor error over "
-                         f"{len(errors)} measured: median {100 * float(np.median(errors)):.1f}%, worst "
-                         f"{100 * max(errors):.1f}%")
+            lines.append(f"         predictor error over {len(errors)} trials measured directly: median "
+                         f"{100 * float(np.median(errors)):.1f}%, worst {100 * max(errors):.1f}%")
         lines.append(f"run  : {self.run_dir.path}")
         if record and self.inputs.data is not None:
             lines.append(f"next : python -m search.finetune {self.run_dir.path}")

@@ -71,6 +71,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     scoring.add_argument("--latency", action="store_true",
                          help="measure a latency table and report latency even without a latency budget")
     scoring.add_argument("--latency-batch", type=int, default=1, help="batch size latency is measured at")
+    scoring.add_argument("--latency-backend", default="torch", metavar="{torch,onnxruntime,openvino}",
+                         help="the runtime latency is timed on (the table and the final check): torch (eager), "
+                              "onnxruntime or openvino (the model exported to ONNX, with the runtime's fusions)")
     scoring.add_argument("--baseline-epochs", type=int, default=30,
                          help="epochs to train a zoo model given without --weights (cached)")
     final = p.add_argument_group("after the search: filling the budget, finalists (picking by a short fine-tune)")

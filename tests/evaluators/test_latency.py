@@ -22,6 +22,15 @@ def prunable():
     return derive(resnet20(num_classes=10, in_channels=1).eval(), torch.zeros(1, *SHAPE))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny timings on a shared CPU: a second intra-op thread only adds stalls."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def table(prunable, tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
@@ -75,9 +84,29 @@ def test_the_table_is_measured_once_and_loaded_from_its_cache(prunable, table, t
         raise AssertionError("a cached table was measured again")
 
     monkeypatch.setattr(latency, "time_call", no_timing)
-    again = measure_table(prunable, SHAPE, cache_dir=tmp_path, progress=False)
+    again = measure_table(prunable, SHAPE, cache_dir=tmp_path, progress=False, anchor=0)
     candidate = prunable.space.sample(np.random.default_rng(3))
     assert again.predict(candidate) == first.predict(candidate) and again.remainder == first.remainder
+
+
+def test_a_cached_table_is_re_anchored_by_a_few_direct_timings(prunable, table, tmp_path, monkeypatch):
+    """A table measured on a quieter machine: everything now runs 3x slower, and the predictions follow."""
+    monkeypatch.setattr(latency, "MIN_SECONDS", 0.0005)
+    monkeypatch.setattr(latency, "ROUNDS", 1)
+    path = tmp_path / f"latency-{table.meta['key']}.json"
+    path.write_text(json.dumps(table.to_json()))
+    space, anchored = prunable.space, []
+    truth = {id(c): 3 * table.predict(c) for c in (space.full(), space.smallest(), space.uniform(0.5, nearest=True))}
+    predicted = iter(truth.values())
+    monkeypatch.setattr(latency, "measure_latencies", lambda modules, *a, **k: anchored.extend(modules) or
+                        [next(predicted) for _ in modules])
+    again = measure_table(prunable, SHAPE, cache_dir=tmp_path, progress=False)
+    assert len(anchored) == latency.ANCHORS and again.scale == pytest.approx(3.0)
+    candidate = space.sample(np.random.default_rng(3))
+    assert again.predict(candidate) == pytest.approx(3 * table.predict(candidate))
+    assert again.meta["anchor"]["scale"] == pytest.approx(3.0)
+    # relative budgets do not move: the ratio to the base is the same
+    assert again.predict(candidate) / again.base_ms == pytest.approx(table.predict(candidate) / table.base_ms)
 
 
 def test_interleaved_measurements_keep_the_modules_order(prunable, monkeypatch):
@@ -85,6 +114,16 @@ def test_interleaved_measurements_keep_the_modules_order(prunable, monkeypatch):
     space = prunable.space
     full, smallest = materialize(prunable, space.full()), materialize(prunable, space.smallest())
     calls = []
-    monkeypatch.setattr(latency, "time_call", lambda fn, device: calls.append(fn) or (0.002 if len(calls) % 2 else 0.001))
+    speed = {}  # each module's call -> its fake seconds, the full model's first
+
+    def fake(fn, device):
+        calls.append(fn)
+        return speed.setdefault(fn, 0.002 if not speed else 0.001)
+
+    monkeypatch.setattr(latency, "time_call", fake)
+    rounds = latency.measure_rounds([full, smallest], SHAPE, rounds=3)
+    assert len(calls) == 6 and calls[1] is calls[2] and calls[3] is calls[4]  # the order alternates per round
+    assert rounds == [[2.0, 1.0]] * 3
+    speed.clear()
     measured = measure_latencies([full, smallest], SHAPE, rounds=3)
-    assert len(calls) == 6 and measured == [2.0, 1.0]  # ms, each module's median over its rounds
+    assert measured == [2.0, 1.0]  # ms, each module's median over its rounds, in the order given

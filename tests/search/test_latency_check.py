@@ -1,0 +1,193 @@
+"""The final latency check: intervals, skipping a candidate measured over the cap, no fit (exit 2, resumable),
+the summary's figures measured in the same rounds, and a table and export on ONNX Runtime.
+
+The check's timer is faked (`measure_rounds`): each module "runs" in a time set by its parameter count,
+so which candidate is over the cap is decided by the test, not by the machine's load.
+"""
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from evaluators import latency
+from search import latency_check
+from search import run as run_module
+from search.latency_check import Interval, check_latency, median_interval
+from search.records import Trial
+from spaces.budget import Limit
+from spaces.records import Result, TrialState
+from spaces.space import Candidate
+
+FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
+        "--eval-samples", "64", "--no-progress", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """One cache (the digits baseline, the latency table) for the module's runs; tiny, fast timings."""
+    root = tmp_path_factory.mktemp("latency-check")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRUNESEARCH_CACHE", str(root / "cache"))
+        patch.setattr(latency, "MIN_SECONDS", 0.0002)
+        patch.setattr(latency, "GRID", 2)
+        patch.setattr(latency, "CALIBRATION", 6)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        yield root
+        torch.set_num_threads(threads)
+
+
+def params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def fake_timer(monkeypatch, factor=lambda calls: 1.0, calls: list | None = None):
+    """The check's rounds, faked: a module runs in (its parameters / the base's) x factor(calls so far) ms,
+    the base (the first module) in 1 ms; the order of `calls`: the candidates timed so far."""
+    calls = [] if calls is None else calls
+
+    def rounds(modules, input_shape, *, batch, device, rounds, backend):
+        base, candidate = modules
+        calls.append(candidate)
+        ms = params(candidate) / params(base) * factor(len(calls))
+        return [[1.0, ms] for _ in range(rounds)]
+
+    monkeypatch.setattr(latency_check, "measure_rounds", rounds)
+    return calls
+
+
+def test_the_median_interval_is_bounded_by_order_statistics():
+    samples = list(range(1, 16))  # 15 rounds: the 4th and 12th bound the median at 96.5% >= 95%
+    assert median_interval(samples) == Interval(8, 4, 12)
+    assert median_interval(samples, 0.5).low > 4  # less confidence, a narrower interval
+    assert median_interval([3.0, 1.0, 2.0]) == Interval(2.0, 1.0, 3.0)  # too few rounds: the whole range
+
+
+def trial(number: int, score: float, predicted_ms: float) -> Trial:
+    return Trial(number, Candidate({"w": number}), Result(TrialState.COMPLETE, score, {"latency": predicted_ms,
+                                                                                      "flops": 1}, 0.0, ""))
+
+
+def test_a_candidate_measured_over_the_cap_is_skipped_and_the_next_one_chosen(monkeypatch):
+    """The table called both feasible; the first measures x0.6 of the base against a 0.5latency cap."""
+    sizes = {0: 6, 1: 4, 2: 3}  # parameters per trial; the base has 10
+    fake_timer(monkeypatch)
+    ranked = [trial(0, 0.9, 0.45), trial(1, 0.8, 0.45), trial(2, 0.7, 0.3)]
+    build = lambda t: nn.Linear(sizes[t.number], 1, bias=False)  # noqa: E731
+    check = check_latency(ranked, build, nn.Linear(10, 1, bias=False), [Limit("latency", 0.5, True, "0.5latency")],
+                          input_shape=(10,), base_predicted_ms=1.0, rounds=5)
+    assert check.chosen is ranked[1] and [m.trial for m in check.measurements] == [0, 1]
+    assert [m.trial for m in check.skipped] == [0] and check.measurement.ratio.median == pytest.approx(0.4)
+    assert check.measurement.predicted_ratio == pytest.approx(0.45)  # the prediction, kept apart
+    # an absolute limit reads milliseconds: 0.35 ms lets only the third through
+    check = check_latency(ranked, build, nn.Linear(10, 1, bias=False), [Limit("latency", 0.35, False, "0.35ms")],
+                          input_shape=(10,), base_predicted_ms=1.0, rounds=5)
+    assert check.chosen is ranked[2]
+    check = check_latency(ranked, build, nn.Linear(10, 1, bias=False), [Limit("latency", 0.2, True)],
+                          input_shape=(10,), base_predicted_ms=1.0, rounds=5)
+    assert check.chosen is None and len(check.measurements) == 3 and "no candidate fits" in check.failure("RUN")
+
+
+def search(root, name, *extra, budget=("0.99latency", "0.6flops")):
+    out = root / name
+    args = ["--agent", "random", *[a for b in budget for a in ("--budget", b)], "--out", str(out), *FAST, *extra]
+    return run_module.main(args), out
+
+
+def test_the_pipeline_exports_the_next_candidate_when_the_best_measures_over(cache, monkeypatch, capsys):
+    fake_timer(monkeypatch, factor=lambda calls: 5.0 if calls == 1 else 0.5)  # the best-scored: x5 its size
+    code, out = search(cache, "skip")
+    assert code == 0
+    best = json.loads((out / "best.json").read_text())
+    info = json.loads((out / "run.json").read_text())
+    first, chosen = info["latency_check"]["measurements"]
+    assert not first["fits"] and chosen["fits"] and best["trial"] == chosen["trial"] != first["trial"]
+    assert best["latency"]["skipped"][0]["trial"] == first["trial"]
+    trials = pd.read_csv(out / "trials.csv")
+    top = trials[trials.state == "complete"].sort_values(["score", "flops", "trial"],
+                                                         ascending=[False, True, True]).iloc[0]
+    assert int(top.trial) == first["trial"]  # the skipped one was the best-scored
+    printed = capsys.readouterr().out
+    assert "1 better-scored candidate(s) measured over the budget and skipped" in printed
+
+
+def test_relative_budget_summary_shows_base_and_best_measured_in_the_same_rounds(cache, monkeypatch, capsys):
+    calls = fake_timer(monkeypatch, factor=lambda calls: 0.5)
+    code, out = search(cache, "same-rounds")
+    assert code == 0 and len(calls) == 1
+    record = json.loads((out / "best.json").read_text())
+    best = record["latency"]
+    ratio = best["measured"]["ratio"][0]
+    assert best["measured"]["base_ms"] == [1.0, 1.0, 1.0] and best["measured"]["ms"] == [ratio] * 3
+    assert ratio == pytest.approx(0.5 * record["ratios"]["params"])  # the fake: half its share of parameters
+    assert best["predicted"]["ratio"] == pytest.approx(best["predicted"]["ms"] / best["predicted"]["base_ms"])
+    printed = capsys.readouterr().out
+    line = next(s for s in printed.splitlines() if s.startswith("latency: best measured"))
+    # measured against measured, in one line; the prediction on its own line
+    assert f"x{ratio:.3f}" in line and "against base 1.000 [1.000, 1.000] ms in the same 15 interleaved rounds" in line
+    assert "predicted" not in line and "within 0.99latency at 95% confidence" in line
+    assert any(s.strip().startswith("predicted x") for s in printed.splitlines())
+
+
+def test_no_fit_exits_2_after_saving_the_trials_and_the_run_resumes(cache, monkeypatch, capsys):
+    fake_timer(monkeypatch, factor=lambda calls: 100.0)  # everything measures far over the cap
+    code, out = search(cache, "no-fit")
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no candidate fits 0.99latency as measured" in err and "--resume" in err
+    assert len(pd.read_csv(out / "trials.csv")) == 6 and len((out / "journal.jsonl").read_text().splitlines()) == 6
+    assert not (out / "best.json").exists()
+    assert json.loads((out / "run.json").read_text())["status"] == "over the latency budget"
+    fake_timer(monkeypatch, factor=lambda calls: 0.5)  # the machine (here: the fake) lets one fit now
+    code = run_module.main(["--resume", str(out), "--trials", "8", "--no-progress", "--quiet"])
+    assert code == 0 and (out / "best.json").is_file()
+    assert len(pd.read_csv(out / "trials.csv")) == 8  # the 6 saved ones replayed, 2 more searched
+
+
+def test_a_missing_runtime_is_one_line(cache, monkeypatch, capsys):
+    from evaluators import latency_backends
+
+    monkeypatch.setattr(latency_backends.importlib.util, "find_spec", lambda name: None)
+    code, out = search(cache, "no-openvino", "--latency-backend", "openvino")
+    assert code == 2 and not out.exists()
+    assert capsys.readouterr().err.strip() == ('error: --latency-backend openvino needs the openvino package, which is '
+                                                'not installed: pip install "prunesearch[openvino]"')
+    code, _ = search(cache, "bad", "--latency-backend", "tensorrt")
+    assert code == 2 and "--latency-backend must be one of torch, onnxruntime, openvino" in capsys.readouterr().err
+
+
+class Tiny(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+                                  nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        return self.fc(self.body(x).mean((2, 3)))
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_runtime_times_the_table_and_the_exported_best_runs_on_it(backend, cache, monkeypatch, tmp_path):
+    pytest.importorskip(backend)
+    from evaluators.latency_backends import run_once
+    from search.pipeline import prune
+
+    monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 3, 8, 8), torch.randint(0, 4, (32,))
+    result = prune(Tiny().eval(), ["0.6flops"], trials=4, calibration=[x], held_out=[(x, y)], out=tmp_path / "run",
+                   progress=False, latency=True, latency_backend=backend)
+    (table,) = (tmp_path / "cache" / "latency").glob("latency-*.json")
+    meta = json.loads(table.read_text())["meta"]
+    assert meta["backend"] == backend and meta["runtime"]
+    assert result.record["latency"]["backend"] == backend and result.record["latency"]["fits"]
+    subnet = result.subnet.cpu().eval()
+    (out,) = run_once(subnet, x[:1], backend, torch.device("cpu"))
+    with torch.no_grad():
+        expected = subnet(x[:1])
+    assert torch.allclose(torch.as_tensor(out), expected, atol=5e-2 if backend == "openvino" else 1e-4)
