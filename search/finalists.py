@@ -65,9 +65,10 @@ class Finalist:
 
 
 def top_distinct(trials: Sequence[Trial], count: int) -> list[Trial]:
-    """The `count` best scored trials, each candidate once (best first: score, then fewer FLOPs, then earlier)."""
+    """The `count` best scored trials, each candidate once (best first: fully scored before raced-out ones, then
+    score, then fewer FLOPs, then earlier)."""
     done = sorted((t for t in trials if t.result.ok and t.result.score is not None and math.isfinite(t.result.score)),
-                  key=lambda t: (-t.result.score, t.result.costs.get("flops", 0), t.number))
+                  key=lambda t: (t.result.raced, -t.result.score, t.result.costs.get("flops", 0), t.number))
     seen: set[Candidate] = set()
     chosen = []
     for trial in done:

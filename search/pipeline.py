@@ -16,6 +16,7 @@ Two ways in:
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import platform
 import time
@@ -37,7 +38,6 @@ from evaluators.executors import Executor, LocalExecutor, score_safely
 from spaces.budget import Budget
 from spaces.derive import PrunableModel, derive
 from spaces.materialize import materialize
-from spaces.records import Result
 
 from .budget import parse_budget
 from .cli import first_line
@@ -469,8 +469,8 @@ class Pipeline:
                 continue  # nothing to widen, or already scored
             scored = score_safely(scorer, wider)
             result = referee.result(costs, scored)
-            result = Result(result.state, result.score, result.costs, result.seconds,
-                            f"fill of trial {trial.number}" + (f": {scored.error}" if scored.error else ""))
+            result = dataclasses.replace(result, message=f"fill of trial {trial.number}" +
+                                         (f": {scored.error}" if scored.error else ""))
             referee.remember(wider, result)
             extra.append(Trial(number, wider, result, number + 1))
             number += 1
