@@ -236,8 +236,12 @@ class Study:
                     rows.append(self.agent(budget, name, seed, net, net_s))
                     log(rows[-1])
                     if name in self.args.finalist_agents:
-                        rows.append(self.finalists(self.trials, budget, name, seed, rows[-1].search_s, net))
-                        log(rows[-1])
+                        try:
+                            rows.append(self.finalists(self.trials, budget, name, seed, rows[-1].search_s, net))
+                            log(rows[-1])
+                        except Exception as error:  # noqa: BLE001 - the row is missing, and says why
+                            print(f"  {name} + finalists seed {seed} failed: {type(error).__name__}: {error}",
+                                  flush=True)
         return rows
 
 

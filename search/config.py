@@ -23,8 +23,8 @@ from .errors import UserError
 DEFAULT_TRIALS = 200
 DEFAULT_RATIOS_TEXT = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 #: agent options a user may set; each applies only to the agents whose constructor takes it
-AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "history", "updates", "population", "parents",
-                 "storage", "study_name")
+AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "history", "ei_candidates", "updates",
+                 "population", "parents", "storage", "study_name")
 #: fields a resumed run may change (see the module docstring)
 RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage",
                        "study_name", "fill", "finalists", "finalist_steps", "finalist_lr"})
@@ -71,6 +71,7 @@ class SearchConfig:
     genes: int | None = None
     startup_trials: int | None = None
     history: int | None = None         # tpe: recent trials its model sees (plus the 50 best); 0: all
+    ei_candidates: int | None = None   # tpe: candidates drawn per ask to maximize expected improvement (24)
     updates: int | None = None         # amc: gradient updates per episode
     population: int | None = None
     parents: int | None = None

@@ -102,6 +102,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     agent.add_argument("--startup-trials", type=int, help="tpe: random trials before TPE models, default trials/5")
     agent.add_argument("--history", type=int, help="tpe: the recent trials its model is fitted on (plus the 50 best "
                                                    "and the outstanding ones), default 100; 0: every trial")
+    agent.add_argument("--ei-candidates", type=int, help="tpe: candidates drawn per ask to maximize the expected "
+                                                        "improvement, default 24")
     agent.add_argument("--updates", type=int, help="amc: gradient updates per episode, default 2")
     agent.add_argument("--population", type=int, help="nsga2: population size, default 20; evolution, metapruning: "
                                                       "default 50")
