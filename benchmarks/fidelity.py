@@ -86,7 +86,7 @@ def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int
     config = SearchConfig(agent="random", budget=[budget], model=model, data=data, seed=seed, no_warm_start=True,
                           pruningnet_epochs=max(1, pruningnet_epochs), baseline_epochs=baseline_epochs)
     setting = Setting.of(config)
-    data = setting.inputs.data
+    bundle = setting.inputs.data
     evaluator = setting.evaluator
     device = evaluator.device
     pool = near_budget(setting, budget, candidates, seed)
@@ -111,7 +111,7 @@ def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int
         if progress:
             print(f"  PruningNet: {pruningnet_epochs} epochs, {time.perf_counter() - started:.0f} s", flush=True)
 
-    fit = torch.utils.data.Subset(data.train, data.fit.tolist())
+    fit = torch.utils.data.Subset(bundle.train, bundle.fit.tolist())
     short = FinalistSettings(count=1, steps=steps, lr=lr, seed=seed)
     for i, (row, c) in enumerate(zip(rows, pool)):
         module = materialize(setting.prunable, c).to(device)
@@ -121,12 +121,13 @@ def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int
         row[f"steps_{steps}"] = score_module(module, evaluator.held_out)
 
         module = recalibrate_base(setting, c)
-        _, history = finetune_module(module, data, epochs=finetune_epochs, seed=0, device=device)
+        _, history = finetune_module(module, bundle, epochs=finetune_epochs, seed=0, device=device)
         row["truth"] = history[-1]["test_top1"]
         if progress:
             print(f"  candidate {i + 1:2d}/{len(pool)}: FLOPs x{row['flops_ratio']:.3f}  "
                   + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "flops_ratio"), flush=True)
-    return {"rows": rows, "model": model, "data": data, "base_test": setting.inputs.base_test, "budget": budget, "finetune_epochs": finetune_epochs, "steps": steps,
+    return {"rows": rows, "model": model, "data": data, "base_test": setting.inputs.base_test, "budget": budget,
+            "finetune_epochs": finetune_epochs, "steps": steps,
             "pruningnet_epochs": pruningnet_epochs, "held_out": evaluator.samples[1]}
 
 
