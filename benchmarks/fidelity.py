@@ -120,7 +120,7 @@ def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int
         recalibrate(module, evaluator.calibration)
         row[f"steps_{steps}"] = score_module(module, evaluator.held_out)
 
-        module = recalibrate_base(setting, c)
+        module = evaluator.recalibrated(materialize(setting.prunable, c))  # the base weights, as exported
         _, history = finetune_module(module, bundle, epochs=finetune_epochs, seed=0, device=device)
         row["truth"] = history[-1]["test_top1"]
         if progress:
@@ -129,11 +129,6 @@ def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int
     return {"rows": rows, "model": model, "data": data, "base_test": setting.inputs.base_test, "budget": budget,
             "finetune_epochs": finetune_epochs, "steps": steps,
             "pruningnet_epochs": pruningnet_epochs, "held_out": evaluator.samples[1]}
-
-
-def recalibrate_base(setting: Setting, candidate: Candidate) -> torch.nn.Module:
-    """The candidate with the base weights, BN recalibrated: what the export fine-tunes from."""
-    return setting.evaluator.recalibrated(materialize(setting.prunable, candidate))
 
 
 def proxy_table(result: dict) -> list[str]:

@@ -162,7 +162,7 @@ class Study:
         return Row(self.name, budget_text, "magnitude start", None, costs["flops"] / self.base["flops"],
                    costs["params"] / self.base["params"], held, before, after, seconds, seconds, 1, 1)
 
-    def finalists(self, trials, budget_text: str, name: str, seed: int, seconds: float, pruningnet=None) -> Row:
+    def finalists(self, trials, budget_text: str, name: str, seed: int, seconds: float) -> Row:
         """What `search.run` exports by default: the best 5 candidates fine-tuned 50 steps, the best of them."""
         start = time.perf_counter()
         settings = FinalistSettings(count=5, steps=50, lr=0.01, seed=0)
@@ -179,7 +179,9 @@ class Study:
                    costs["params"] / self.base["params"], held, before, after, seconds + spent, seconds + spent,
                    len([t for t in trials if t.result.ok]), 0)
 
-    def agent(self, budget_text: str, name: str, seed: int, pruningnet=None, pruningnet_s: float = 0.0) -> Row:
+    def agent(self, budget_text: str, name: str, seed: int, pruningnet=None,
+              pruningnet_s: float = 0.0) -> tuple[Row, list]:
+        """One search's row, and its trials (for the finalists)."""
         pipeline = self.setting.at(budget_text)
         scorer = self.evaluator
         if pruningnet is not None:
@@ -211,8 +213,7 @@ class Study:
                   costs["params"] / self.base["params"], held, before, after, seconds,
                   told[best.number] - start + pruningnet_s, len(scored),
                   1 + next(i for i, t in enumerate(scored) if t.number == best.number), curve)
-        self.trials = outcome.trials
-        return row
+        return row, outcome.trials
 
     def pruningnet(self, budget_text: str):
         """MetaPruning's PruningNet, trained on candidates within the budget; (net, training seconds)."""
@@ -233,11 +234,12 @@ class Study:
             for name in self.args.agents:
                 net, net_s = self.pruningnet(budget) if name == "metapruning" else (None, 0.0)
                 for seed in self.args.seeds[:1] if name in DETERMINISTIC else self.args.seeds:
-                    rows.append(self.agent(budget, name, seed, net, net_s))
-                    log(rows[-1])
+                    row, trials = self.agent(budget, name, seed, net, net_s)
+                    rows.append(row)
+                    log(row)
                     if name in self.args.finalist_agents:
                         try:
-                            rows.append(self.finalists(self.trials, budget, name, seed, rows[-1].search_s, net))
+                            rows.append(self.finalists(trials, budget, name, seed, row.search_s))
                             log(rows[-1])
                         except Exception as error:  # noqa: BLE001 - the row is missing, and says why
                             print(f"  {name} + finalists seed {seed} failed: {type(error).__name__}: {error}",

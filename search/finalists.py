@@ -218,11 +218,12 @@ def _finite_or(value: float, default: float = -math.inf) -> float:
     return value if math.isfinite(value) else default
 
 
-def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float]) -> pd.DataFrame:
-    """finalists.csv: one row per finalist, in the order they were ranked (the first is exported)."""
+def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float], exported: Trial | None) -> pd.DataFrame:
+    """finalists.csv: one row per finalist, in the order they were ranked; `exported` marks the one exported
+    (the first, unless the latency check skipped it; none if it skipped them all)."""
     rows = [{"rank": i + 1, "trial": f.trial.number, "proxy_score": f.proxy, "finalist_score": f.score,
              "steps": f.steps, "flops_ratio": f.trial.result.costs.get("flops", math.nan) / base["flops"],
              "params_ratio": f.trial.result.costs.get("params", math.nan) / base["params"],
-             "seconds": round(f.seconds, 3), "exported": i == 0} for i, f in enumerate(finalists)]
+             "seconds": round(f.seconds, 3), "exported": f.trial is exported} for i, f in enumerate(finalists)]
     return pd.DataFrame(rows, columns=["rank", "trial", "proxy_score", "finalist_score", "steps", "flops_ratio",
                                        "params_ratio", "seconds", "exported"])

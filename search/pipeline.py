@@ -579,10 +579,6 @@ class Pipeline:
         c, run_dir, inputs = self.config, self.run_dir, self.inputs
         measured = self._measure_latencies(prunable, outcome, table) if table is not None else {}
         finalists = self.finalists(prunable, outcome.trials, evaluator, pruningnet) if outcome.best else []
-        chosen_frame = None
-        if finalists:
-            chosen_frame = finalists_frame(finalists, base)
-            run_dir.write_table(FINALISTS_FILE, chosen_frame)
         best, check = (finalists[0].trial if finalists else outcome.best), None
         if table is not None and best is not None:
             from .latency_check import ranked_trials
@@ -594,6 +590,9 @@ class Pipeline:
             measured.update({m.trial: m.ms.median for m in check.measurements})
             best = check.chosen
         frame = run_dir.write_trials(outcome.trials, base, measured)
+        chosen_frame = finalists_frame(finalists, base, best) if finalists else None
+        if chosen_frame is not None:
+            run_dir.write_table(FINALISTS_FILE, chosen_frame)
         if check is not None:
             run_dir.update_run(latency_check=check.to_json())
             if check.chosen is None:
