@@ -3,6 +3,7 @@
     python benchmarks/coverage.py                  # the torchvision classification zoo + 93 timm models
     python benchmarks/coverage.py --quick          # a representative handful
     python benchmarks/coverage.py --models resnet18,timm:efficientnet_b0 [--size 64]
+    python benchmarks/coverage.py --rows coverage.jsonl [--jobs 2]   # each model in its own process, resumable
 
 Per model: channel groups, width dimensions, keep flags, frozen groups (their reasons below the table),
 the smallest candidate's FLOPs ratio (the lowest reachable budget), and five checks on the smallest
@@ -15,15 +16,24 @@ dropout and drop-path drawn alike; timm models are built with drop_rate=drop_pat
 Inputs are 64x64 (or the model's smallest working size); FLOPs per sample at that size.
 A model passes when derive succeeds and every check passes; a CNN's space is usable when its smallest
 candidate is at most 0.5 x the full FLOPs.
+With `--rows FILE`, every model is checked in a fresh process (a crash, a hang or memory use takes one row,
+not the sweep) and its row is appended to FILE as one JSON line; a rerun skips the models already there.
+Random candidates are drawn from a generator seeded by the model's name, so a row does not depend on order.
 """
 from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
+import json
 import signal
+import subprocess
 import sys
+import tempfile
 import time
+import zlib
 import traceback
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -217,12 +227,17 @@ def _alarm(signum, frame):  # noqa: ARG001
     raise _Timeout(f"over {TIMEOUT} s")
 
 
-def run(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> Row:
+def seeded(name: str) -> np.random.Generator:
+    """The random candidates' generator for one model: seeded by its name, whatever else runs."""
+    return np.random.default_rng(zlib.crc32(name.encode()))
+
+
+def run(name: str, size: int, samples: int = 3) -> Row:
     signal.signal(signal.SIGALRM, _alarm)
     signal.alarm(TIMEOUT)
     start = time.perf_counter()
     try:
-        return check(name, size, rng, samples)
+        return check(name, size, seeded(name), samples)
     except Exception as e:  # noqa: BLE001 - a failure is a row
         row = Row(name, family(name))
         message = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -232,6 +247,33 @@ def run(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> Row
         return row
     finally:
         signal.alarm(0)
+
+
+def isolated(name: str, size: int, samples: int) -> Row:
+    """One model checked in a fresh interpreter; a crash or a hang there is this model's failed row."""
+    start = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "row.json"
+        command = [sys.executable, __file__, "--models", name, "--size", str(size), "--samples", str(samples),
+                   "--emit", str(out)]
+        try:
+            done = subprocess.run(command, capture_output=True, text=True, timeout=TIMEOUT + 120)
+        except subprocess.TimeoutExpired:
+            return Row(name, family(name), error=f"timed out: over {TIMEOUT} s", seconds=time.perf_counter() - start)
+        if out.exists():
+            return Row(**json.loads(out.read_text()))
+        tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+        return Row(name, family(name), error=f"crashed: {tail[:160]}", seconds=time.perf_counter() - start)
+
+
+def load_rows(path: Path) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                row = Row(**json.loads(line))
+                rows[row.name] = row
+    return rows
 
 
 def fmt(row: Row) -> list[str]:
@@ -271,18 +313,39 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=64, help="input side (the model's minimum if it fails)")
     parser.add_argument("--samples", type=int, default=3, help="random candidates per model (besides full, smallest)")
     parser.add_argument("--family", choices=["torchvision", "timm"], help="only this zoo")
+    parser.add_argument("--rows", type=Path, help="JSON-lines file of rows: each model in its own process, "
+                        "rows appended as they finish, models already there skipped")
+    parser.add_argument("--jobs", type=int, default=1, help="models checked at once (with --rows)")
+    parser.add_argument("--emit", type=Path, help=argparse.SUPPRESS)  # a child writes its one row here
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else QUICK if args.quick else all_names()
     if args.family:
         names = [n for n in names if (n.startswith("timm:")) == (args.family == "timm")]
-    rng = np.random.default_rng(0)
     torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides work from FlopCounterMode
-    rows = []
+    if args.emit:
+        row = run(names[0], args.size, args.samples)
+        args.emit.write_text(json.dumps(dataclasses.asdict(row)))
+        return 0
+    show = lambda row: print(" | ".join(fmt(row)) + (f"   {row.error}" if row.error else ""), flush=True)  # noqa: E731
     print(" | ".join(HEADER), flush=True)
-    for name in names:
-        row = run(name, args.size, rng, args.samples)
-        rows.append(row)
-        print(" | ".join(fmt(row)) + (f"   {row.error}" if row.error else ""), flush=True)
+    if args.rows:
+        done = load_rows(args.rows)
+        for name in names:
+            if name in done:
+                show(done[name])
+        todo = [n for n in names if n not in done]
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool, args.rows.open("a") as sink:
+            for row in pool.map(lambda n: isolated(n, args.size, args.samples), todo):
+                sink.write(json.dumps(dataclasses.asdict(row)) + "\n")
+                sink.flush()
+                done[row.name] = row
+                show(row)
+        rows = [done[n] for n in names]
+    else:
+        rows = []
+        for name in names:
+            rows.append(run(name, args.size, args.samples))
+            show(rows[-1])
     print()
     for r in rows:  # the most frequent reasons per model
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1])[:4]:
