@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .derive import PrunableModel
-from .graph import graph_module, out_of_place_consumers
+from .graph import Layout, full_index, graph_module, out_of_place_consumers
 from .layers import shrink
-from .slicing import axis_index, is_prefix, slice_tensor
+from .slicing import axis_index, is_prefix, kept_slice, piece_sizes, slice_tensor
 
 
 class ElasticState:
@@ -135,6 +135,28 @@ class ElasticTensor(nn.Module):
         return self._cut
 
 
+class ElasticSplit(nn.Module):
+    """A split along channels into its pieces' kept lengths at the widths in force."""
+
+    def __init__(self, axis: int, pieces: list[Layout], state: ElasticState):
+        super().__init__()
+        self.axis, self.pieces, self.state = axis, pieces, state
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return torch.split(x, piece_sizes(self.pieces, self.state.widths), dim=self.axis)
+
+
+class ElasticSlice(nn.Module):
+    """`x[index]` where the index slices the channel axis: its bounds at the widths in force."""
+
+    def __init__(self, index: tuple[slice, ...], axis: int, pieces: list[Layout], state: ElasticState):
+        super().__init__()
+        self.index, self.axis, self.pieces, self.state = index, axis, pieces, state
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[kept_slice(self.index, self.axis, self.pieces, self.state.widths)]
+
+
 class ElasticResidual(nn.Module):
     """`x + branch(x)` while the block is kept, `x` once it is removed (the branch is not run)."""
 
@@ -190,6 +212,22 @@ class ElasticModel(nn.Module):
                     root[node.target] = tensor
         for name in graph.resized_calls:
             new_of[name].target = layer_norm_last_axis
+        for i, (name, (axis, pieces)) in enumerate(graph.splits.items()):
+            root[f"_elastic_splits.{i}"] = ElasticSplit(axis, pieces, self.state)
+            node = new_of[name]
+            with new_graph.inserting_before(node):
+                new_of[name] = new_graph.call_module(f"_elastic_splits.{i}", (node.args[0],))
+            node.replace_all_uses_with(new_of[name])
+            new_graph.erase_node(node)
+        for i, (name, (axis, pieces)) in enumerate(graph.slices.items()):
+            node = new_of[name]
+            x, index = node.args
+            index = full_index(index, len(graph.shape(graph.node(name))))
+            root[f"_elastic_slices.{i}"] = ElasticSlice(index, axis, pieces, self.state)
+            with new_graph.inserting_before(node):
+                new_of[name] = new_graph.call_module(f"_elastic_slices.{i}", (x,))
+            node.replace_all_uses_with(new_of[name])
+            new_graph.erase_node(node)
         for block in graph.blocks:  # in graph order: a block's input may be the previous block's add
             self._extract(new_graph, block, new_of, root)
         new_graph.lint()

@@ -6,6 +6,10 @@ BatchNorm after it, every consumer's input channels, every tensor joined to them
 Groups are found by walking the graph once in topological order, giving each tensor a `Spec` (which
 axis holds channels and which groups lie along it, in order: a `cat` makes a tensor whose channel
 axis is a concatenation of segments of several groups) and joining groups with union-find.
+A `split` (or `chunk`, `tensor_split`) along channels, or an elementwise op joining a concatenation
+with a single group, **refines** a group: it becomes sub-groups, one per piece, each pruned on its own
+(a conv whose output is split three ways lays out its rows as three segments). Refinement is a tree
+over union-find roots; layouts are expanded to its leaves when the analysis closes.
 
 Every parameter or buffer slice that belongs to a group is recorded as a `TensorUse`: tensor name,
 axis, and the layout of groups along that axis. Pruning a group to width `k` keeps the first `k`
@@ -130,6 +134,7 @@ _ELEMENTWISE = {"add", "iadd", "add_", "sub", "isub", "sub_", "mul", "imul", "mu
                 "div", "div_", "maximum", "minimum"}
 _ADDS = {"add", "iadd", "add_"}
 _REDUCTIONS = {"mean", "sum", "amax", "amin"}
+_SPLITS = {"split", "chunk", "tensor_split", "split_with_sizes"}
 
 
 def graph_module(root: dict[str, object], graph: fx.Graph, class_name: str) -> fx.GraphModule:
@@ -164,6 +169,28 @@ def out_of_place_consumers(node: fx.Node, root: dict[str, object]) -> None:
             root[user.target] = module
         elif user.kwargs.get("inplace"):
             user.update_kwarg("inplace", False)
+
+
+def split_by(graph: fx.Graph, node: fx.Node, sizes: object, axis: int) -> fx.Node:
+    """Replace the split/chunk `node` by `torch.split(x, sizes, axis)` (`sizes`: a list, or a node making one)."""
+    with graph.inserting_before(node):
+        new = graph.call_function(torch.split, (node.args[0], sizes), {"dim": axis})
+    node.replace_all_uses_with(new)
+    graph.erase_node(node)
+    return new
+
+
+def full_index(index: object, ndim: int) -> tuple[slice, ...] | None:
+    """A basic index (slices and one Ellipsis) as one slice per axis; None for any other index."""
+    parts = index if isinstance(index, tuple) else (index,)
+    if sum(p is Ellipsis for p in parts) > 1:
+        return None
+    if Ellipsis in parts:
+        at = parts.index(Ellipsis)
+        parts = parts[:at] + (slice(None),) * (ndim - len(parts) + 1) + parts[at + 1:]
+    if len(parts) > ndim or not all(isinstance(p, slice) for p in parts):
+        return None
+    return tuple(parts) + (slice(None),) * (ndim - len(parts))
 
 
 def get_attr(module: nn.Module, target: str) -> torch.Tensor:
@@ -243,12 +270,16 @@ class ChannelGraph:
         self.tensors: dict[str, torch.Tensor] = {}
         self._parent: list[int] = []
         self._groups: list[ChannelGroup] = []
+        self._children: dict[int, list[int]] = {}  # a refined root -> its sub-groups, in channel order
+        self._pieces: dict[fx.Node, tuple[int, list[Layout]]] = {}  # a split -> (axis, each piece's layout)
+        self._slices: dict[fx.Node, tuple[int, list[Layout]]] = {}  # x[:, a:b] -> (axis, before/kept/after)
         self._specs: dict[fx.Node, Spec] = {}
         self._uses: list[TensorUse] = []
         self._attr_uses: dict[fx.Node, int] = {}  # get_attr node -> how many users accounted for it
         self.sites: list[ComputeSite] = []
         self.constant_flops: list[tuple[str, int]] = []  # (node, FLOPs per sample) of frozen ops
         self.resized_calls: list[str] = []  # functional calls whose size arguments follow the widths
+        self.split_calls: list[str] = []  # splits along channels: their piece sizes follow the widths
         self.producer_nodes: dict[str, str] = {}  # producer name -> the first node that produces
         self.tensor_users: dict[str, list[str]] = {}  # tensor -> node names that read it
         for node in self.gm.graph.nodes:
@@ -286,6 +317,16 @@ class ChannelGraph:
             self._fix_group(ra, "joined with a group of another size")
             self._fix_group(rb, "joined with a group of another size")
             return
+        if ra in self._children or rb in self._children:  # join sub-group by sub-group
+            aligned = self._align((Segment(ra, ga.size),), (Segment(rb, gb.size),))
+            if aligned is None:
+                self._fix_group(ra, "joined with a group split otherwise")
+                self._fix_group(rb, "joined with a group split otherwise")
+                return
+            self._parent[rb] = ra
+            for sa, sb in zip(*aligned):
+                self._union(sa.group, sb.group)
+            return
         self._parent[rb] = ra
         ga.producers += [p for p in gb.producers if p not in ga.producers]
         ga.fixed = ga.fixed or gb.fixed
@@ -296,8 +337,94 @@ class ChannelGraph:
                 ga.fixed = ga.fixed or f"grouped convolutions with {ga.blocks} and {gb.blocks} groups"
 
     def _fix_group(self, g: int, reason: str) -> None:
-        group = self._groups[self._find(g)]
+        root = self._find(g)
+        for child in self._children.get(root, ()):
+            self._fix_group(child, reason)
+        group = self._groups[root]
         group.fixed = group.fixed or reason
+
+    # -- refinement: a group cut into sub-groups ---------------------------------------------------
+    def _leaves(self, layout: Iterable[Segment]) -> Layout:
+        """`layout` with every refined group replaced by its sub-groups (recursively), on roots."""
+        out: list[Segment] = []
+        for seg in layout:
+            root = self._find(seg.group)
+            children = self._children.get(root)
+            if children is None:
+                out.append(Segment(root, seg.size, seg.inner))
+            else:
+                out.extend(self._leaves(Segment(c, self._groups[self._find(c)].size, seg.inner) for c in children))
+        return tuple(out)
+
+    def _cut_group(self, g: int, at: int) -> bool:
+        """Make channel `at` of group `g` a sub-group boundary (refining it); False if it cannot be."""
+        root = self._find(g)
+        group = self._groups[root]
+        if not 0 < at < group.size:
+            return True
+        children = self._children.get(root)
+        if children is not None:
+            offset = 0
+            for child in children:
+                size = self._groups[self._find(child)].size
+                if offset < at < offset + size:
+                    return self._cut_group(child, at - offset)
+                offset += size
+            return True
+        if group.blocks > 1:
+            return False
+        parts = [self.new_group(size, fixed=group.fixed)[0].group for size in (at, group.size - at)]
+        for part in parts:
+            self._groups[part].producers = list(group.producers)
+        self._children[root] = parts
+        return True
+
+    def _cut(self, layout: Layout, offsets: Iterable[int]) -> bool:
+        """Make each element offset along `layout` a boundary between sub-groups; False if one cannot be."""
+        for offset in sorted(set(offsets)):
+            start = 0
+            for seg in self._leaves(layout):
+                if start < offset < start + seg.length:
+                    if (offset - start) % seg.inner or not self._cut_group(seg.group, (offset - start) // seg.inner):
+                        return False
+                    break
+                start += seg.length
+        return True
+
+    @staticmethod
+    def _bounds(layout: Layout) -> list[int]:
+        ends, total = [], 0
+        for seg in layout:
+            total += seg.length
+            ends.append(total)
+        return ends[:-1]
+
+    def _align(self, a: Layout, b: Layout) -> tuple[Layout, Layout] | None:
+        """Both layouts refined to the same boundaries: their leaves, which pair up; None if impossible."""
+        if sum(s.length for s in a) != sum(s.length for s in b):
+            return None
+        la, lb = self._leaves(a), self._leaves(b)
+        bounds = set(self._bounds(la)) | set(self._bounds(lb))
+        if not (self._cut(a, bounds) and self._cut(b, bounds)):
+            return None
+        la, lb = self._leaves(a), self._leaves(b)
+        if [(s.size, s.inner) for s in la] != [(s.size, s.inner) for s in lb]:
+            return None
+        return la, lb
+
+    def _pieces_of(self, layout: Layout, lengths: list[int]) -> list[Layout] | None:
+        """`layout` cut into consecutive pieces of `lengths` elements (refining groups as needed)."""
+        offsets = [sum(lengths[:i]) for i in range(1, len(lengths))]
+        if not self._cut(layout, offsets):
+            return None
+        pieces: list[list[Segment]] = [[] for _ in lengths]
+        start, index = 0, 0
+        for seg in self._leaves(layout):
+            while index < len(lengths) - 1 and start >= offsets[index]:
+                index += 1
+            pieces[index].append(seg)
+            start += seg.length
+        return [tuple(p) for p in pieces]
 
     def fix(self, layout: Iterable[Segment], reason: str) -> None:
         """Freeze every group along `layout`, for `reason` (the first reason given is kept)."""
@@ -308,7 +435,7 @@ class ChannelGraph:
 
     def set_blocks(self, layout: Layout, blocks: int) -> bool:
         """Split the single group of `layout` into `blocks` conv-groups; False if it cannot be."""
-        if len(layout) != 1 or layout[0].inner != 1:
+        if len(layout) != 1 or layout[0].inner != 1 or self._find(layout[0].group) in self._children:
             return False
         group = self._groups[self._find(layout[0].group)]
         if group.blocks in (1, blocks):
@@ -321,9 +448,14 @@ class ChannelGraph:
         if [(s.size, s.inner) for s in a] == [(s.size, s.inner) for s in b]:
             for sa, sb in zip(a, b):
                 self._union(sa.group, sb.group)
-        else:
+            return
+        aligned = self._align(a, b)  # e.g. a concatenation added to one group: that group is split
+        if aligned is None:
             self._fix(a, reason)
             self._fix(b, reason)
+            return
+        for sa, sb in zip(*aligned):
+            self._union(sa.group, sb.group)
 
     # -- specs ---------------------------------------------------------------------------------
     def spec(self, node: fx.Node) -> Spec | None:
@@ -462,6 +594,8 @@ class ChannelGraph:
             spec = self._specs.get(a)
             if spec is not None:
                 self._fix(spec.layout, reason)
+            for piece in self._pieces.get(a, (None, ()))[1]:  # a split's pieces, used whole
+                self._fix(piece, reason)
             if a.op == "get_attr":
                 self._attr_uses[a] -= 10 ** 6  # never counts as accounted for
 
@@ -471,7 +605,18 @@ class ChannelGraph:
         args = node.args
         x = args[0] if args and isinstance(args[0], fx.Node) else None
         out_shape = tensor_shape(node)
+        if name == "getitem" and x in self._pieces:
+            axis, pieces = self._pieces[x]
+            index = args[1]
+            if isinstance(index, int) and -len(pieces) <= index < len(pieces):
+                self._specs[node] = Spec(axis, pieces[index])
+            else:
+                self._opaque(node, "a split's pieces indexed by other than an integer")
+            return
         if name in NO_TENSOR_FLOW or (name == "getitem" and (x is None or tensor_shape(x) is None)):
+            return
+        if name == "getitem":
+            self._index(node, x, args[1])
             return
         if name in _ELEMENTWISE:
             self._elementwise(node, out_shape)
@@ -493,6 +638,8 @@ class ChannelGraph:
                 self._opaque(node, "padding of the channel axis")
         elif name in ("cat", "concat", "concatenate"):
             self._cat(node, out_shape)
+        elif name in _SPLITS and x is not None:
+            self._split(node, x)
         elif name == "stack":
             self._stack(node, out_shape)
         elif name == "flatten" and x is not None:
@@ -560,11 +707,18 @@ class ChannelGraph:
                 self._attr_uses[p] += 1
         self._specs[node] = Spec(out_axis, spec.layout)
 
+    def _operands(self, node: fx.Node) -> list[Spec | None]:
+        """The specs of a cat/stack's tensors: a list of nodes, or a split's pieces passed as one tuple."""
+        tensors = arg(node, 0, "tensors")
+        if isinstance(tensors, fx.Node):
+            axis, pieces = self._pieces.get(tensors, (None, [None]))
+            return [Spec(axis, p) if p is not None else None for p in pieces]
+        return [self._spec(t) if isinstance(t, fx.Node) else None for t in tensors]
+
     def _cat(self, node: fx.Node, out_shape: tuple[int, ...]) -> None:
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         dim = _normalize_dim(dim, len(out_shape))
-        specs = [self._spec(t) for t in tensors]
+        specs = self._operands(node)
         if any(s is None for s in specs):
             self._opaque(node, "concatenation of tensors without channels")
             return
@@ -577,11 +731,53 @@ class ChannelGraph:
         else:
             self._opaque(node, "concatenation mixing channel and other axes")
 
+    def _split(self, node: fx.Node, x: fx.Node) -> None:
+        """`split`/`chunk`/`tensor_split`: each piece of the channel axis holds its own part of the layout."""
+        spec, metas = self._spec(x), node.meta.get("tensor_meta")
+        if spec is None:
+            return
+        if not isinstance(metas, (tuple, list)) or not all(hasattr(m, "shape") for m in metas) or not metas:
+            self._opaque(node, f"'{op_name(node)}' with pieces of unknown shape")
+            return
+        axis = _normalize_dim(arg(node, 2, "dim", 0), len(tensor_shape(x)))
+        if axis != spec.axis:
+            self._pieces[node] = (spec.axis, [spec.layout] * len(metas))
+            return
+        pieces = self._pieces_of(spec.layout, [m.shape[axis] for m in metas])
+        if pieces is None:
+            self._opaque(node, f"'{op_name(node)}' cuts the channel axis inside a channel or a conv-group")
+            return
+        self._pieces[node] = (axis, pieces)
+        self.split_calls.append(node.name)
+
+    def _index(self, node: fx.Node, x: fx.Node, index: object) -> None:
+        """`x[...]` with basic slices: a slice of the channel axis keeps that part of its layout."""
+        spec, shape = self._spec(x), tensor_shape(x)
+        if spec is None:
+            return
+        parts = full_index(index, len(shape))
+        if parts is None:
+            self._opaque(node, "indexing other than by slices")
+            return
+        cut = parts[spec.axis]
+        if cut == slice(None):
+            self._specs[node] = spec
+            return
+        if not all(isinstance(v, (int, type(None))) for v in (cut.start, cut.stop, cut.step)) or cut.step not in (None, 1):
+            self._opaque(node, "a slice of the channel axis with a step or computed bounds")
+            return
+        start, stop, _ = cut.indices(spec.length)
+        pieces = self._pieces_of(spec.layout, [start, max(stop - start, 0), spec.length - max(stop, start)])
+        if pieces is None or stop <= start:
+            self._opaque(node, "a slice of the channel axis inside a channel or a conv-group")
+            return
+        self._specs[node] = Spec(spec.axis, pieces[1])
+        self._slices[node] = (spec.axis, pieces)
+
     def _stack(self, node: fx.Node, out_shape: tuple[int, ...]) -> None:
         """Tensors of one channel layout stacked along a new axis (timm's selective kernel paths)."""
-        tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         dim = _normalize_dim(arg(node, 1, "dim", 0), len(out_shape))
-        specs = [self._spec(t) for t in tensors]
+        specs = self._operands(node)
         if any(s is None for s in specs) or any(s.axis != specs[0].axis for s in specs):
             self._opaque(node, "stack of tensors without a common channel axis")
             return
@@ -655,7 +851,10 @@ class ChannelGraph:
                 first[key] = use
 
     def _finalize(self) -> None:
-        roots = sorted({self._find(g) for g in range(len(self._parent))})
+        for use in self._uses:  # a grouped conv's per-group input holds one block of one group
+            if use.local and len(self._leaves(use.layout)) > 1:
+                self._fix(use.layout, "grouped convolution over a split group")
+        roots = sorted({self._find(g) for g in range(len(self._parent))} - set(self._children))
         renumber = {r: i for i, r in enumerate(roots)}
         self.groups: list[ChannelGroup] = []
         for r in roots:
@@ -668,7 +867,7 @@ class ChannelGraph:
                 g.fixed = "no layer of the table produces these channels"
 
         def canon(layout: Layout) -> Layout:
-            return tuple(Segment(renumber[self._find(s.group)], s.size, s.inner) for s in layout)
+            return tuple(Segment(renumber[s.group], s.size, s.inner) for s in self._leaves(layout))
 
         uses: dict[tuple[str, int, bool], TensorUse] = {}
         for u in self._uses:
@@ -677,7 +876,14 @@ class ChannelGraph:
         for u in uses.values():
             self.uses.setdefault(u.tensor, []).append(u)
         self.specs: dict[str, Spec] = {n.name: Spec(s.axis, canon(s.layout)) for n, s in self._specs.items()}
-        del self._specs, self._uses, self._groups, self._parent
+        #: a split along channels -> (its axis, each piece's layout): piece sizes follow the widths
+        self.splits: dict[str, tuple[int, list[Layout]]] = {
+            n.name: (axis, [canon(p) for p in pieces]) for n, (axis, pieces) in self._pieces.items()
+            if n.name in self.split_calls}
+        #: a slice of the channel axis -> (its axis, the layouts before, in and after it)
+        self.slices: dict[str, tuple[int, list[Layout]]] = {
+            n.name: (axis, [canon(p) for p in pieces]) for n, (axis, pieces) in self._slices.items()}
+        del self._specs, self._uses, self._groups, self._parent, self._children, self._pieces, self._slices
 
     # -- queries -------------------------------------------------------------------------------
     @property

@@ -14,9 +14,9 @@ import torch.fx as fx
 from torch import nn
 
 from .derive import PrunableModel
-from .graph import graph_module, out_of_place_consumers
+from .graph import full_index, graph_module, out_of_place_consumers, split_by
 from .layers import resize
-from .slicing import slice_tensor
+from .slicing import kept_slice, piece_sizes, slice_tensor
 
 
 def _cut(t: torch.Tensor, uses, prunable: PrunableModel, widths: list[int]) -> torch.Tensor:
@@ -82,6 +82,15 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
             node.args = (node.args[0], (width,), *node.args[2:])
         else:
             node.update_kwarg("normalized_shape", (width,))
+    for name, (axis, pieces) in graph.splits.items():  # a split along channels: its pieces' kept sizes
+        node = val_map[graph.node(name)]
+        if node not in removed:
+            split_by(new_graph, node, piece_sizes(pieces, widths), axis)
+    for name, (axis, pieces) in graph.slices.items():  # x[:, a:b]: the bounds of what is kept of it
+        node = val_map[graph.node(name)]
+        if node not in removed:
+            x, index = node.args
+            node.args = (x, kept_slice(full_index(index, len(graph.shape(graph.node(name)))), axis, pieces, widths))
     for block, keep in zip(graph.blocks, keeps):
         if not keep:  # the add made a fresh tensor; its stand-in is saved for backward elsewhere
             out_of_place_consumers(new_nodes[block.add], root)

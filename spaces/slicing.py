@@ -57,6 +57,17 @@ def slice_tensor(tensor: torch.Tensor, uses: Sequence[TensorUse], widths: Sequen
     return out
 
 
+def piece_sizes(pieces: Sequence[Layout], widths: Sequence[int]) -> list[int]:
+    """The kept length of each piece of a split along channels (see `ChannelGraph.splits`)."""
+    return [sum(widths[s.group] * s.inner for s in piece) for piece in pieces]
+
+
+def kept_slice(index: tuple[slice, ...], axis: int, pieces: Sequence[Layout], widths: Sequence[int]) -> tuple:
+    """A channel slice's index (`full_index` form) at the widths: `pieces` = the layouts before, in, after it."""
+    before, inside, _ = piece_sizes(pieces, widths)
+    return index[:axis] + (slice(before, before + inside),) + index[axis + 1:]
+
+
 def kept_shape(shape: Sequence[int], uses: Sequence[TensorUse], widths: Sequence[int],
                groups: Sequence[ChannelGroup]) -> tuple[int, ...]:
     """The shape of a tensor of full `shape` after cutting it to the widths."""

@@ -50,6 +50,31 @@ class _Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         return layer_of(m) is not None or super().is_leaf_module(m, qualname)
 
+    def iter(self, obj: fx.Proxy):
+        """Iterating the pieces of a split (`for p in x.split(sizes, 1)`, `zip`): one `getitem` per piece."""
+        count = _known_length(obj)
+        if count is None:
+            return super().iter(obj)
+        return iter([obj[i] for i in range(count)])
+
+
+def _known_length(proxy: fx.Proxy) -> int | None:
+    """How many pieces a traced split/chunk makes, where its arguments or the traced value say."""
+    value = proxy._value() if isinstance(proxy, _ConcreteProxy) else None
+    if isinstance(value, (tuple, list)):
+        return len(value)
+    node = proxy.node
+    if node.op not in ("call_function", "call_method") or len(node.args) < 2:
+        return None
+    name, pieces = op_name(node), node.args[1]
+    if name in ("split", "split_with_sizes") and isinstance(pieces, (list, tuple)):
+        return len(pieces)
+    if name == "tensor_split":
+        return len(pieces) + 1 if isinstance(pieces, (list, tuple)) else pieces if isinstance(pieces, int) else None
+    if name == "chunk" and isinstance(pieces, int):
+        return pieces  # torch.chunk makes fewer only when the size is not divisible: the graph then fails to run
+    return None
+
 
 def _strip_asserts(graph: fx.Graph) -> None:
     """Drop `_assert` calls and the shape checks only they read: they would pin nodes inside blocks."""

@@ -1,0 +1,187 @@
+"""Groups refined into sub-groups: splits and chunks along channels, channel slices, a concatenation joined to one group."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import assert_close
+from evaluators.cost import CostModel
+from spaces.derive import derive
+from spaces.elastic import ElasticModel
+from spaces.materialize import materialize
+
+X = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+
+def check(model: nn.Module, samples: int = 4):
+    """Function kept by the reorder; elastic == materialized; FLOPs/params exact; the subnet scripts."""
+    torch.manual_seed(0)
+    model.eval()
+    with torch.no_grad():
+        before = model(X)
+        prunable = derive(model, X[:1])
+        assert_close(model(X), before)
+    cost, elastic = CostModel(prunable), ElasticModel(prunable).eval()
+    rng = np.random.default_rng(0)
+    space = prunable.space
+    for candidate in [space.full(), space.smallest(), *(space.sample(rng) for _ in range(samples))]:
+        elastic.apply(candidate)
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            assert_close(elastic(X), subnet(X))
+            with FlopCounterMode(display=False) as counter:
+                subnet(X[:1])
+        price = cost.price(candidate)
+        assert price.flops == counter.get_total_flops()
+        assert price.params == sum(p.numel() for p in subnet.parameters())
+    with torch.no_grad():
+        subnet = materialize(prunable, space.sample(rng)).eval()
+        assert_close(torch.jit.script(subnet)(X), subnet(X))
+    return prunable
+
+
+class Mixed(nn.Module):
+    """timm's MixedConv2d: a conv's output split in unequal parts, each with its own depthwise kernel."""
+
+    def __init__(self, splits=(6, 4, 2), form="split"):
+        super().__init__()
+        c = sum(splits)
+        self.splits, self.form = list(splits), form
+        self.stem = nn.Conv2d(3, c, 1)
+        self.dw = nn.ModuleList(nn.Conv2d(s, s, 2 * i + 1, padding=i, groups=s) for i, s in enumerate(splits))
+        self.bn = nn.BatchNorm2d(c)
+        self.head = nn.Conv2d(c, 5, 1)
+
+    def forward(self, x):
+        y = self.stem(x)
+        if self.form == "split":
+            parts = torch.split(y, self.splits, 1)
+        elif self.form == "method":
+            parts = y.split(self.splits, dim=1)
+        else:
+            parts = y.chunk(len(self.splits), dim=1)
+        return self.head(torch.relu(self.bn(torch.cat([conv(p) for conv, p in zip(self.dw, parts)], 1))))
+
+
+def test_a_split_conv_output_becomes_one_group_per_part():
+    prunable = check(Mixed())
+    assert sorted(d.full for d in prunable.space.widths) == [2, 4, 6]
+    assert prunable.graph.fixed_reasons() == {}
+    subnet = materialize(prunable, {d.name: 1 if d.full == 2 else d.full // 2 for d in prunable.space.widths})
+    assert subnet.stem.out_channels == 6 and [getattr(subnet.dw, str(i)).out_channels for i in range(3)] == [3, 2, 1]
+    assert subnet.bn.num_features == 6
+
+
+def test_split_method_and_chunk_are_splits_too():
+    assert sorted(d.full for d in check(Mixed(form="method")).space.widths) == [2, 4, 6]
+    assert sorted(d.full for d in check(Mixed((4, 4, 4), form="chunk")).space.widths) == [4, 4, 4]
+
+
+class Ghost(nn.Module):
+    """GhostNet's module: a conv, a cheap depthwise conv of it, both concatenated and sliced to `out`."""
+
+    def __init__(self, out=11):
+        super().__init__()
+        self.out = out
+        self.primary = nn.Conv2d(3, 6, 1)
+        self.cheap = nn.Conv2d(6, 6, 3, padding=1, groups=6)
+        self.head = nn.Conv2d(out, 4, 1)
+
+    def forward(self, x):
+        x1 = self.primary(x)
+        return self.head(torch.cat([x1, self.cheap(x1)], dim=1)[:, :self.out, :, :])
+
+
+class Partial(nn.Module):
+    """ReXNet's partial residual: the first channels of the branch get the shortcut added."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 4, 1)
+        self.expand = nn.Conv2d(4, 10, 1)
+        self.head = nn.Conv2d(10, 3, 1)
+
+    def forward(self, x):
+        s = torch.relu(self.stem(x))
+        y = self.expand(s)
+        return self.head(torch.cat([y[:, 0:4] + s, y[:, 4:]], dim=1))
+
+
+def test_a_channel_slice_keeps_its_part_of_the_layout():
+    prunable = check(Ghost())
+    assert prunable.graph.fixed_reasons() == {}
+    # the slice ends inside the second copy of the primary conv's 6 channels: they become 5 + 1 (the 1 not searched)
+    assert [d.full for d in prunable.space.widths] == [5]
+    subnet = materialize(prunable, {d.name: 2 for d in prunable.space.widths})
+    assert subnet.primary.out_channels == 3 and subnet.head.in_channels == 2 + 1 + 2
+
+
+def test_a_partial_residual_splits_the_branch_output():
+    prunable = check(Partial())
+    assert prunable.graph.fixed_reasons() == {}
+    assert sorted(d.full for d in prunable.space.widths) == [4, 6]  # shortcut-joined 4, and the other 6
+    subnet = materialize(prunable, {d.name: 2 for d in prunable.space.widths})
+    assert subnet.stem.out_channels == 2 and subnet.expand.out_channels == 4 and subnet.head.in_channels == 4
+
+
+class CatPlusConv(nn.Module):
+    """A concatenation added to one conv's output: that conv's channels follow the two segments."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 3, 1), nn.Conv2d(3, 5, 1), nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        return self.head(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
+
+
+def test_an_elementwise_op_joining_a_concatenation_refines_the_other_group():
+    prunable = check(CatPlusConv())
+    assert prunable.graph.fixed_reasons() == {}
+    assert sorted(d.full for d in prunable.space.widths) == [3, 5]
+    subnet = materialize(prunable, {d.name: 2 for d in prunable.space.widths})
+    assert subnet.c.out_channels == 4 and subnet.head.in_channels == 4
+
+
+class GroupedSplit(nn.Module):
+    """A split that cuts inside a conv-group of a grouped conv: frozen, with its reason."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 1)
+        self.grouped = nn.Conv2d(8, 8, 1, groups=2)
+        self.head = nn.Conv2d(8, 2, 1)
+
+    def forward(self, x):
+        y = self.grouped(self.stem(x))
+        a, b = torch.split(y, [3, 5], 1)
+        return self.head(torch.cat([b, a], 1))
+
+
+class WholeTuple(nn.Module):
+    """A split's pieces used as a tuple: concatenated back, and handed whole to an op nobody knows."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem, self.other = nn.Conv2d(3, 8, 1), nn.Conv2d(3, 8, 1)
+        self.head = nn.Conv2d(16, 2, 1)
+
+    def forward(self, x):
+        a = torch.cat(torch.split(self.stem(x), [3, 5], 1), 1)
+        b = torch.block_diag(*torch.split(self.other(x)[0, :, 0, 0], [3, 5])).sum(0)
+        return self.head(torch.cat([a, a], 1)) * b.sum()
+
+
+def test_a_split_used_whole():
+    prunable = check(WholeTuple())
+    assert sorted(d.full for d in prunable.space.widths) == [3, 5]  # stem's parts; `other` frozen by block_diag
+
+
+def test_a_split_that_cannot_be_followed_freezes_with_a_reason():
+    prunable = check(GroupedSplit())
+    reasons = prunable.graph.fixed_reasons()
+    assert any("conv-group" in r for r in reasons), reasons
+    assert not any(d.name.startswith("grouped") for d in prunable.space.widths)
