@@ -208,6 +208,19 @@ def tensor_shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(meta.shape)
 
 
+def _intact_axis(shape: tuple[int, ...], out_shape: tuple[int, ...], axis: int) -> int | None:
+    """The axis of a reshape's output that holds input axis `axis` unchanged (same size, same elements
+    before it), or None: row-major order then keeps every channel's elements together."""
+    before, product = math.prod(shape[:axis]), 1
+    for j, n in enumerate(out_shape):
+        if product == before and n == shape[axis]:
+            return j
+        product *= n
+        if product > before:
+            return None
+    return None
+
+
 def _normalize_dim(dim: int, ndim: int) -> int:
     return dim + ndim if dim < 0 else dim
 
@@ -810,11 +823,15 @@ class ChannelGraph:
             return
         sizes = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
         a = spec.axis
-        if (len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1
+        intact = _intact_axis(shape, out_shape, a)
+        if intact is not None and len(sizes) == len(out_shape) and (isinstance(sizes[intact], fx.Node)
+                                                                    or sizes[intact] == -1):
+            self._specs[node] = Spec(intact, spec.layout)  # only the axes around the channels are reshaped
+        elif (len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1
                 and sizes[a] == -1):
             self._flatten(node, x, a, -1)
         else:
-            self._opaque(node, f"'{op_name(node)}' reshapes the channel axis (e.g. a channel shuffle)")
+            self._opaque(node, f"'{op_name(node)}' splits or merges the channel axis (attention heads, a channel shuffle)")
 
     def _reduce(self, node: fx.Node, x: fx.Node, out_shape: tuple[int, ...]) -> None:
         spec, shape = self._spec(x), tensor_shape(x)
