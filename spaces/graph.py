@@ -180,15 +180,15 @@ def split_by(graph: fx.Graph, node: fx.Node, sizes: object, axis: int) -> fx.Nod
     return new
 
 
-def full_index(index: object, ndim: int) -> tuple[slice, ...] | None:
-    """A basic index (slices and one Ellipsis) as one slice per axis; None for any other index."""
+def full_index(index: object, ndim: int) -> tuple[slice | int, ...] | None:
+    """A basic index (slices, integers, one Ellipsis) as one entry per axis; None for any other index."""
     parts = index if isinstance(index, tuple) else (index,)
     if sum(p is Ellipsis for p in parts) > 1:
         return None
     if Ellipsis in parts:
         at = parts.index(Ellipsis)
         parts = parts[:at] + (slice(None),) * (ndim - len(parts) + 1) + parts[at + 1:]
-    if len(parts) > ndim or not all(isinstance(p, slice) for p in parts):
+    if len(parts) > ndim or not all(isinstance(p, (slice, int)) and not isinstance(p, bool) for p in parts):
         return None
     return tuple(parts) + (slice(None),) * (ndim - len(parts))
 
@@ -649,6 +649,8 @@ class ChannelGraph:
                 self._specs[node] = spec
             else:
                 self._opaque(node, "padding of the channel axis")
+        elif name == "expand" and x is not None:
+            self._expand(node, x, out_shape)
         elif name in ("cat", "concat", "concatenate"):
             self._cat(node, out_shape)
         elif name in _SPLITS and x is not None:
@@ -728,9 +730,38 @@ class ChannelGraph:
             return [Spec(axis, p) if p is not None else None for p in pieces]
         return [self._spec(t) if isinstance(t, fx.Node) else None for t in tensors]
 
+    def _expand(self, node: fx.Node, x: fx.Node, out_shape: tuple[int, ...]) -> None:
+        """A broadcast: the channel axis moves by the axes it prepends and must not itself be broadcast."""
+        if x.op == "get_attr":
+            return  # a parameter broadcast (ViT's class token): its consumer relates it to channels (`_cat`)
+        spec = self._spec(x)
+        if spec is None:
+            return
+        axis = spec.axis + len(out_shape) - len(tensor_shape(x))
+        sizes = node.args[1:] if len(node.args) > 2 or not isinstance(node.args[1], (list, tuple)) else node.args[1]
+        if out_shape[axis] == spec.length and len(sizes) == len(out_shape) and (
+                isinstance(sizes[axis], fx.Node) or sizes[axis] == -1):
+            self._specs[node] = Spec(axis, spec.layout)
+        else:
+            self._opaque(node, "'expand' with the channel count written out")
+
+    def _parameter(self, node: object) -> tuple[fx.Node, int] | None:
+        """A parameter read directly or through `expand`: (its get_attr, the axes `expand` prepended)."""
+        if not isinstance(node, fx.Node):
+            return None
+        if node.op == "get_attr":
+            return node, 0
+        if node.op in ("call_method", "call_function") and op_name(node) == "expand" and len(node.users) == 1:
+            source = node.args[0]
+            if isinstance(source, fx.Node) and source.op == "get_attr" and tensor_shape(node) is not None:
+                return source, len(tensor_shape(node)) - self.tensors[source.target].dim()
+        return None
+
     def _cat(self, node: fx.Node, out_shape: tuple[int, ...]) -> None:
         dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim", 0)
         dim = _normalize_dim(dim, len(out_shape))
+        if self._cat_with_parameters(node, dim):
+            return
         specs = self._operands(node)
         if any(s is None for s in specs):
             self._opaque(node, "concatenation of tensors without channels")
@@ -770,11 +801,15 @@ class ChannelGraph:
             return
         parts = full_index(index, len(shape))
         if parts is None:
-            self._opaque(node, "indexing other than by slices")
+            self._opaque(node, "indexing other than by slices and integers")
             return
         cut = parts[spec.axis]
+        axis = spec.axis - sum(isinstance(p, int) for p in parts[:spec.axis])  # integers drop their axes
+        if isinstance(cut, int):
+            self._opaque(node, "indexing a single channel")
+            return
         if cut == slice(None):
-            self._specs[node] = spec
+            self._specs[node] = Spec(axis, spec.layout)
             return
         if not all(isinstance(v, (int, type(None))) for v in (cut.start, cut.stop, cut.step)) or cut.step not in (None, 1):
             self._opaque(node, "a slice of the channel axis with a step or computed bounds")
@@ -784,8 +819,34 @@ class ChannelGraph:
         if pieces is None or stop <= start:
             self._opaque(node, "a slice of the channel axis inside a channel or a conv-group")
             return
-        self._specs[node] = Spec(spec.axis, pieces[1])
+        self._specs[node] = Spec(axis, pieces[1])
         self._slices[node] = (spec.axis, pieces)
+
+    def _cat_with_parameters(self, node: fx.Node, dim: int) -> bool:
+        """Tensors joined along another axis than their channels with parameters (ViT's class token):
+        the parameters hold those channels too, and are cut with them. False if that is not the case."""
+        tensors = arg(node, 0, "tensors")
+        if not isinstance(tensors, (list, tuple)):
+            return False
+        params = {i: self._parameter(t) for i, t in enumerate(tensors)}
+        params = {i: p for i, p in params.items() if p is not None}
+        if not params or len(params) == len(tensors):
+            return False
+        specs = [self._spec(t) if isinstance(t, fx.Node) else None for i, t in enumerate(tensors) if i not in params]
+        if any(s is None for s in specs) or any(s.axis == dim or s.axis != specs[0].axis for s in specs):
+            return False
+        for s in specs[1:]:
+            self._unify_layouts(specs[0].layout, s.layout, "concatenation over mismatched channels")
+        axis, layout = specs[0].axis, specs[0].layout
+        for attr, prepended in params.values():
+            tensor, at = self.tensors[attr.target], axis - prepended
+            if 0 <= at < tensor.dim() and tensor.shape[at] == specs[0].length:
+                self._use(attr.target, at, layout)
+                self._attr_uses[attr] += 1
+            else:
+                self._fix(layout, f"parameter {attr.target} concatenated across the channels")
+        self._specs[node] = specs[0]
+        return True
 
     def _stack(self, node: fx.Node, out_shape: tuple[int, ...]) -> None:
         """Tensors of one channel layout stacked along a new axis (timm's selective kernel paths)."""

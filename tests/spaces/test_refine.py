@@ -185,3 +185,30 @@ def test_a_split_that_cannot_be_followed_freezes_with_a_reason():
     reasons = prunable.graph.fixed_reasons()
     assert any("conv-group" in r for r in reasons), reasons
     assert not any(d.name.startswith("grouped") for d in prunable.space.widths)
+
+
+class TinyViT(nn.Module):
+    """ViT's token path: patches, a class token broadcast and concatenated, a position embedding, token 0 read."""
+
+    def __init__(self, dim=6):
+        super().__init__()
+        self.patch = nn.Conv2d(3, dim, 4, stride=4)
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, 5, dim))
+        self.norm = nn.LayerNorm(dim)
+        self.fc1, self.fc2 = nn.Linear(dim, 8), nn.Linear(8, dim)
+        self.head = nn.Linear(dim, 3)
+
+    def forward(self, x):
+        t = self.patch(x).flatten(2).transpose(1, 2)
+        t = torch.cat([self.cls.expand(t.shape[0], -1, -1), t], dim=1) + self.pos
+        t = t + self.fc2(torch.relu(self.fc1(self.norm(t))))
+        return self.head(t[:, 0])
+
+
+def test_a_class_token_concatenated_across_tokens_is_cut_with_the_channels():
+    prunable = check(TinyViT())
+    assert prunable.graph.fixed_reasons() == {}
+    assert sorted(d.full for d in prunable.space.widths) == [6, 8]
+    subnet = materialize(prunable, prunable.space.full().replace(**{d.name: 3 for d in prunable.space.widths}))
+    assert tuple(subnet.cls.shape) == (1, 1, 3) and tuple(subnet.pos.shape) == (1, 5, 3)
