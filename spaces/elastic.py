@@ -18,12 +18,11 @@ from collections.abc import Callable, Mapping
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
 from .derive import PrunableModel
 from .graph import Layout, full_index, graph_module, out_of_place_consumers
-from .layers import shrink
+from .layers import function_layer, shrink
 from .slicing import axis_index, is_prefix, kept_slice, piece_sizes, slice_tensor
 
 
@@ -171,11 +170,6 @@ class ElasticResidual(nn.Module):
         return y + x if self.branch_first else x + y
 
 
-def layer_norm_last_axis(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
-    """F.layer_norm over the last axis at whatever width it has now."""
-    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
-
-
 class ElasticModel(nn.Module):
     """The base model, able to run any candidate of its space in place. See the module docstring."""
 
@@ -210,8 +204,8 @@ class ElasticModel(nn.Module):
                     new_of[old.name] = replacement
                 else:
                     root[node.target] = tensor
-        for name in graph.resized_calls:
-            new_of[name].target = layer_norm_last_axis
+        for name in graph.resized_calls:  # functional calls whose size arguments follow the widths
+            new_of[name].target = function_layer(graph.node(name).target).call_elastic
         for i, (name, (axis, pieces)) in enumerate(graph.splits.items()):
             root[f"_elastic_splits.{i}"] = ElasticSplit(axis, pieces, self.state)
             node = new_of[name]

@@ -587,6 +587,7 @@ class ChannelGraph:
         elif flops > 0:
             self._priced_opaque(node)
             return
+        sites = len(self.sites)
         try:
             if m is not None:
                 layer.channels(self, node, m)
@@ -594,6 +595,7 @@ class ChannelGraph:
                 layer.functional(self, node)
         except _NOT_PARAMETER:
             self._opaque(node, f"'{op_name(node)}' on a computed tensor (not a parameter)")
+        if len(self.sites) == sites:  # not a compute site (an entry that froze it instead): priced as measured
             self._priced_constant(node)
 
     def _priced_constant(self, node: fx.Node) -> None:

@@ -14,7 +14,11 @@ own parameters is a convolution like `nn.Conv2d`):
 - `flops`: True when FlopCounterMode counts 2 x positions x (elements of its weight) per sample (conv,
   linear). FLOPs of any other op are measured once and the op is frozen (see `graph`);
 - `latency(site, in_shape, out_len, in_len, batch, device)`: a closure running the layer at kept
-  sizes on random data, for the per-layer latency table (layers with `flops` only).
+  sizes on random data, for the per-layer latency table (layers with `flops` only);
+- for functional calls whose size arguments follow the widths (`F.layer_norm`'s `normalized_shape`,
+  a depthwise `F.conv2d`'s `groups`; the entry's `functional` lists them in `graph.resized_calls`):
+  `call_resize(node, width)` rewrites the call's arguments for a materialized subnet, and `call_elastic`
+  is a function taking the call's arguments that derives those sizes from its input (the elastic model).
 
 A subclass of a known layer is that layer when the entry allows it (`subclasses`) and the subclass adds
 no tensors of its own and its children hold none (an activation, a dropout): timm's norm+act layers
@@ -56,6 +60,8 @@ class Layer:
     functions: tuple[Callable, ...] = ()
     functional: Functional | None = None
     match: Callable[[nn.Module], bool] | None = None  # instead of `kind`: a predicate on the module
+    call_resize: Callable[[fx.Node, int], None] | None = None
+    call_elastic: Callable | None = None
 
     def matches(self, module: nn.Module) -> bool:
         if self.match is not None:
@@ -73,7 +79,9 @@ def register_layer(kind: type[nn.Module] | None, channels: Channels, *, name: st
                    resize: Callable[[nn.Module], None] | None = None, flops: bool = False,
                    latency: LatencyCall | None = None, subclasses: bool = True,
                    functions: Iterable[Callable] = (), functional: Functional | None = None,
-                   match: Callable[[nn.Module], bool] | None = None) -> Layer:
+                   match: Callable[[nn.Module], bool] | None = None,
+                   call_resize: Callable[[fx.Node, int], None] | None = None,
+                   call_elastic: Callable | None = None) -> Layer:
     """Teach the engine a layer type. Later registrations win over earlier ones.
 
     A per-channel scale, say, that multiplies its input's channels (axis 1) by its own weight:
@@ -89,7 +97,7 @@ def register_layer(kind: type[nn.Module] | None, channels: Channels, *, name: st
             x = node.args[0]
             spec = graph.spec_at(x, 1, module.weight.shape[0], f"input of {node.target} not understood")
             graph.use(f"{node.target}.weight", 0, spec.layout)  # its weight follows the input's channels
-            graph.set_spec(node, spec)                          # its output has the input's channels
+            graph.set_spec(node, spec.axis, spec.layout)        # its output has the input's channels
 
         register_layer(Scale, scale_channels)
 
@@ -99,7 +107,7 @@ def register_layer(kind: type[nn.Module] | None, channels: Channels, *, name: st
     out with it; a conv/linear-like layer also calls `graph.site(...)` and sets `flops=True`.
     """
     layer = Layer(name or (kind.__name__ if kind is not None else "layer"), kind, channels, resize, flops,
-                  latency, subclasses, tuple(functions), functional, match)
+                  latency, subclasses, tuple(functions), functional, match, call_resize, call_elastic)
     _TABLE.insert(0, layer)
     for fn in layer.functions:
         _FUNCTIONS[fn] = layer
@@ -251,10 +259,27 @@ def _conv_functional(graph: ChannelGraph, node: fx.Node) -> None:
     options = {"stride": arg(node, 3, "stride", 1), "padding": arg(node, 4, "padding", 0),
                "dilation": arg(node, 5, "dilation", 1)}
     w = graph.tensors[weight]
-    if x is None or is_depthwise(groups, w.shape[1] * groups, w.shape[0]):
-        graph.opaque(node, "functional depthwise convolution")  # its `groups` argument would need rewriting
+    if x is None or not isinstance(groups, int):
+        graph.opaque(node, "functional convolution with computed groups")
         return
     _conv_core(graph, node, x, weight, bias, [], groups, _owner(weight), options)
+    if is_depthwise(groups, w.shape[1] * groups, w.shape[0]):
+        graph.resized_calls.append(node.name)  # its `groups` argument follows the width
+
+
+def _conv_call_resize(node: fx.Node, width: int) -> None:
+    """A depthwise F.conv*d call at `width` channels: `groups` is the width."""
+    if len(node.args) > 6:
+        node.args = (*node.args[:6], width, *node.args[7:])
+    else:
+        node.update_kwarg("groups", width)
+
+
+def depthwise_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, stride=1, padding=0,
+                   dilation=1, groups: int = 1) -> torch.Tensor:
+    """A depthwise F.conv*d at whatever width its input has now (`groups` follows it)."""
+    conv = {3: F.conv1d, 4: F.conv2d, 5: F.conv3d}[weight.dim()]
+    return conv(x, weight, bias, stride, padding, dilation, x.shape[1])
 
 
 def _conv_resize(m: nn.Module) -> None:
@@ -401,6 +426,18 @@ def _layer_norm_functional(graph: ChannelGraph, node: fx.Node) -> None:
     graph.resized_calls.append(node.name)  # its normalized_shape argument follows the width
 
 
+def _layer_norm_call_resize(node: fx.Node, width: int) -> None:
+    if len(node.args) > 1:
+        node.args = (node.args[0], (width,), *node.args[2:])
+    else:
+        node.update_kwarg("normalized_shape", (width,))
+
+
+def layer_norm_last_axis(x: torch.Tensor, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """F.layer_norm over the last axis at whatever width it has now."""
+    return F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
 def _layer_norm_resize(m: nn.Module) -> None:
     if m.weight is not None:
         m.normalized_shape = (m.weight.shape[0],)
@@ -458,7 +495,8 @@ register_layer(None, _pass_channels, name="stochastic", match=is_stochastic)
 register_layer(nn.Flatten, _flatten_channels, subclasses=False)
 register_layer(nn.PReLU, _prelu_channels, resize=_prelu_resize, subclasses=False)
 register_layer(nn.LayerNorm, _layer_norm_channels, resize=_layer_norm_resize, subclasses=False,
-               functions=(F.layer_norm,), functional=_layer_norm_functional)
+               functions=(F.layer_norm,), functional=_layer_norm_functional, call_resize=_layer_norm_call_resize,
+               call_elastic=layer_norm_last_axis)
 register_layer(nn.GroupNorm, _group_norm_channels, resize=_group_norm_resize,
                functions=(F.group_norm,), functional=_group_norm_functional)
 register_layer(nn.modules.instancenorm._InstanceNorm, _norm_channels, resize=_norm_resize)
@@ -467,7 +505,8 @@ register_layer(nn.modules.batchnorm._BatchNorm, _norm_channels, resize=_norm_res
 register_layer(nn.Linear, _linear_channels, name="linear", resize=_linear_resize, flops=True, latency=_linear_latency,
                functions=(F.linear,), functional=_linear_functional)
 register_layer(nn.modules.conv._ConvNd, _conv_channels, name="conv", resize=_conv_resize, flops=True, latency=_conv_latency,
-               functions=(F.conv1d, F.conv2d, F.conv3d), functional=_conv_functional)
+               functions=(F.conv1d, F.conv2d, F.conv3d), functional=_conv_functional, call_resize=_conv_call_resize,
+               call_elastic=depthwise_conv)
 _BASE_FIELDS.update({
     nn.modules.conv._ConvNd: {"weight", "bias"}, nn.Linear: {"weight", "bias"},
     nn.modules.batchnorm._BatchNorm: {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"},

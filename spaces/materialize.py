@@ -15,7 +15,7 @@ from torch import nn
 
 from .derive import PrunableModel
 from .graph import full_index, graph_module, out_of_place_consumers, split_by
-from .layers import resize
+from .layers import function_layer, resize
 from .slicing import kept_slice, piece_sizes, slice_tensor
 
 
@@ -73,15 +73,11 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
             t = graph.tensors[node.target]
             uses = graph.uses.get(node.target, [])
             root[node.target] = _cut(t, uses, prunable, widths)
-    for name in graph.resized_calls:  # functional layer_norm: normalized_shape is the kept width
+    for name in graph.resized_calls:  # functional calls whose size arguments follow the widths
         node = val_map[graph.node(name)]
-        if node in removed:
-            continue
-        width = sum(widths[seg.group] * seg.inner for seg in graph.specs[name].layout)
-        if len(node.args) > 1:
-            node.args = (node.args[0], (width,), *node.args[2:])
-        else:
-            node.update_kwarg("normalized_shape", (width,))
+        if node not in removed:
+            width = sum(widths[seg.group] * seg.inner for seg in graph.specs[name].layout)
+            function_layer(graph.node(name).target).call_resize(node, width)
     for name, (axis, pieces) in graph.splits.items():  # a split along channels: its pieces' kept sizes
         node = val_map[graph.node(name)]
         if node not in removed:

@@ -106,6 +106,45 @@ def test_functional_conv_linear_and_batch_norm_on_parameters_are_layers():
     assert [d.name for d in prunable.space.widths] == ["w1"]
 
 
+class Blur(nn.Module):
+    """TResNet's anti-aliasing: a fixed per-channel filter applied with a depthwise F.conv2d on a buffer."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 4, 1)
+        self.filt = nn.Buffer(torch.tensor([1.0, 2.0, 1.0]).outer(torch.tensor([1.0, 2.0, 1.0])).div(16)
+                              .expand(8, 1, 3, 3).contiguous())
+
+    def forward(self, x):
+        y = F.relu(self.conv(x))
+        return self.head(F.conv2d(F.pad(y, (1, 1, 1, 1), mode="reflect"), self.filt, stride=2, groups=8))
+
+
+def test_a_functional_depthwise_conv_passes_its_channels_and_is_priced():
+    prunable = check_all(Blur())
+    assert [d.name for d in prunable.space.widths] == ["conv"]  # the blur no longer freezes them
+    subnet = materialize(prunable, {"conv": 4})
+    assert subnet.filt.shape[0] == 4 and subnet.head.in_channels == 4
+
+
+class Upsampler(nn.Module):
+    """A transposed conv: an entry that freezes its channels instead of pruning them; still priced."""
+
+    def __init__(self):
+        super().__init__()
+        self.down, self.up, self.head = nn.Conv2d(3, 8, 2, stride=2), nn.ConvTranspose2d(8, 6, 2, stride=2), nn.Conv2d(6, 2, 1)
+        self.mid = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x):
+        return self.head(F.relu(self.up(F.relu(self.mid(F.relu(self.down(x)))))))
+
+
+def test_a_layer_its_entry_freezes_is_still_priced():
+    prunable = check_all(Upsampler())
+    assert "up" in dict(prunable.graph.constant_flops)
+    assert any("transposed" in reason for reason in prunable.graph.fixed_reasons())
+
+
 class Attention(nn.Module):
     """Matmuls outside any layer (and a MultiheadAttention): frozen, and still priced exactly."""
 
