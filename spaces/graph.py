@@ -286,6 +286,9 @@ class ChannelGraph:
         self._children: dict[int, list[int]] = {}  # a refined root -> its sub-groups, in channel order
         self._pieces: dict[fx.Node, tuple[int, list[Layout]]] = {}  # a split -> (axis, each piece's layout)
         self._slices: dict[fx.Node, tuple[int, list[Layout]]] = {}  # x[:, a:b] -> (axis, before/kept/after)
+        self._shapes: dict[fx.Node, Spec] = {}  # x.shape / x.size(): the spec of x
+        self._counts: dict[fx.Node, Layout] = {}  # a node whose value is the channel count of a layout
+        self._rebuilds: dict[fx.Node, fx.Node] = {}  # reshape/expand -> the node giving its channel axis size
         self._specs: dict[fx.Node, Spec] = {}
         self._uses: list[TensorUse] = []
         self._attr_uses: dict[fx.Node, int] = {}  # get_attr node -> how many users accounted for it
@@ -298,6 +301,7 @@ class ChannelGraph:
         for node in self.gm.graph.nodes:
             self._visit(node)
         self._check_get_attrs()
+        self._check_counts()
         self._unify_shared_tensors()
         self._finalize()
         from .blocks import find_residual_blocks  # local import: blocks builds on this module
@@ -628,6 +632,8 @@ class ChannelGraph:
             else:
                 self._opaque(node, "a split's pieces indexed by other than an integer")
             return
+        if self._shape_read(node, name, x):
+            return
         if name in NO_TENSOR_FLOW or (name == "getitem" and (x is None or tensor_shape(x) is None)):
             return
         if name == "getitem":
@@ -684,12 +690,41 @@ class ChannelGraph:
         else:
             self._opaque(node, f"unsupported op '{name}'")
 
+    def _shape_read(self, node: fx.Node, name: str, x: fx.Node | None) -> bool:
+        """`x.size(d)`, `x.shape[d]`, `B, C, H, W = x.shape`: remember the nodes that carry a channel count
+        (checked in `_check_counts`). True when `node` was such a read."""
+        if x is None:
+            return False
+        if name == "size" and x in self._specs:
+            dim = arg(node, 1, "dim")
+            spec = self._specs[x]
+            if dim is None:
+                self._shapes[node] = spec
+            elif isinstance(dim, int) and _normalize_dim(dim, len(tensor_shape(x))) == spec.axis:
+                self._counts[node] = spec.layout
+            return True
+        if name == "getattr" and len(node.args) > 1 and node.args[1] == "shape" and x in self._specs:
+            self._shapes[node] = self._specs[x]
+            return True
+        if name == "getitem" and x in self._shapes:
+            spec, index = self._shapes[x], node.args[1]
+            if isinstance(index, int) and index in (spec.axis, spec.axis - len(tensor_shape(x.args[0]))):
+                self._counts[node] = spec.layout
+            elif not isinstance(index, int):
+                self._counts[node] = spec.layout  # a slice of the shape holding the channel count, say
+            return True
+        if name == "numel" and x in self._specs:
+            self._counts[node] = self._specs[x].layout
+            return True
+        return False
+
     def _elementwise(self, node: fx.Node, out_shape: tuple[int, ...] | None) -> None:
         if out_shape is None:
             return
         ndim = len(out_shape)
         main: tuple[Spec, int] | None = None  # (spec, axis counted from the end)
         params: list[fx.Node] = []
+        broadcast: list[tuple[int, ...]] = []  # shapes of operands taken for broadcast over channels
         for operand in node.all_input_nodes:
             if operand.op == "get_attr":
                 params.append(operand)
@@ -697,6 +732,8 @@ class ChannelGraph:
             shape = tensor_shape(operand)
             spec = self._spec(operand) if shape is not None else None
             if spec is None or shape[spec.axis] == 1:
+                if shape is not None:
+                    broadcast.append(shape)
                 continue  # a scalar or a tensor broadcast over channels
             from_end = len(shape) - spec.axis
             if main is None:
@@ -712,6 +749,10 @@ class ChannelGraph:
             return
         spec, from_end = main
         out_axis = ndim - from_end
+        for shape in broadcast:  # what lines up with the channels must really be broadcast over them
+            at = len(shape) - from_end
+            if 0 <= at < len(shape) and shape[at] != 1:
+                self._fix(spec.layout, "elementwise op with a tensor whose channels are not known")
         for p in params:
             pshape = tuple(self.tensors[p.target].shape)
             paxis = out_axis - (ndim - len(pshape))
@@ -744,6 +785,8 @@ class ChannelGraph:
         if out_shape[axis] == spec.length and len(sizes) == len(out_shape) and (
                 isinstance(sizes[axis], fx.Node) or sizes[axis] == -1):
             self._specs[node] = Spec(axis, spec.layout)
+            if isinstance(sizes[axis], fx.Node):
+                self._rebuilds[node] = sizes[axis]
         else:
             self._opaque(node, "'expand' with the channel count written out")
 
@@ -890,6 +933,8 @@ class ChannelGraph:
         if intact is not None and len(sizes) == len(out_shape) and (isinstance(sizes[intact], fx.Node)
                                                                     or sizes[intact] == -1):
             self._specs[node] = Spec(intact, spec.layout)  # only the axes around the channels are reshaped
+            if isinstance(sizes[intact], fx.Node):
+                self._rebuilds[node] = sizes[intact]
         elif (len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1
                 and sizes[a] == -1):
             self._flatten(node, x, a, -1)
@@ -919,6 +964,24 @@ class ChannelGraph:
                 for use in self._uses:
                     if use.tensor == node.target:
                         self._fix(use.layout, f"{node.target} is read by an unsupported op")
+
+    def _check_counts(self) -> None:
+        """A channel count read from a tensor follows its widths in the subnet: it may only size the channel
+        axis of a reshape/expand that rebuilds that same layout. Any other use (`C // heads`, a view of
+        another tensor) freezes the layout, so that the count stays what the code expects."""
+        def same(a: Layout, b: Layout) -> bool:
+            return [(s.group, s.size, s.inner) for s in self._leaves(a)] == [
+                (s.group, s.size, s.inner) for s in self._leaves(b)]
+
+        for reshape, size in self._rebuilds.items():
+            layout = self._specs[reshape].layout
+            if size not in self._counts or not same(self._counts[size], layout):
+                self._fix(layout, f"'{op_name(reshape)}' sizes the channel axis with a computed value")
+        for count, layout in self._counts.items():
+            for user in count.users:
+                if self._rebuilds.get(user) is not count or not same(self._specs[user].layout, layout):
+                    self._fix(layout, f"its channel count is read by '{op_name(user)}'")
+                    break
 
     def _unify_shared_tensors(self) -> None:
         """Several uses of one tensor axis (a module called twice, a shared parameter) must agree."""
@@ -964,6 +1027,7 @@ class ChannelGraph:
         self.slices: dict[str, tuple[int, list[Layout]]] = {
             n.name: (axis, [canon(p) for p in pieces]) for n, (axis, pieces) in self._slices.items()}
         del self._specs, self._uses, self._groups, self._parent, self._children, self._pieces, self._slices
+        del self._shapes, self._counts, self._rebuilds
 
     # -- queries -------------------------------------------------------------------------------
     @property

@@ -212,3 +212,43 @@ def test_a_class_token_concatenated_across_tokens_is_cut_with_the_channels():
     assert sorted(d.full for d in prunable.space.widths) == [6, 8]
     subnet = materialize(prunable, prunable.space.full().replace(**{d.name: 3 for d in prunable.space.widths}))
     assert tuple(subnet.cls.shape) == (1, 1, 3) and tuple(subnet.pos.shape) == (1, 5, 3)
+
+
+class Counts(nn.Module):
+    """Channel counts read from shapes: one rebuilds its own tensor (fine), one sizes another tensor's view."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1), nn.Conv2d(3, 6, 1)
+        self.head = nn.Linear(18, 2)
+
+    def forward(self, x):
+        ya, yb, yc = self.a(x), self.b(x), self.c(x)
+        n, c, h, w = ya.shape
+        own = ya.reshape(n, c, h * w).mean(-1)               # a's count rebuilds a: a stays searchable
+        other = yb.reshape(n, yc.size(1), h * w).mean(-1)    # c's count sizes b's view: b and c frozen
+        return self.head(torch.cat([own, other, yc.mean((2, 3))], 1))
+
+
+class LiteralScale(nn.Module):
+    """A layer scale viewed with its size written out (timm's metaformer `Scale`): frozen, never a crash."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1)
+        self.scale = nn.Parameter(torch.rand(6) + 0.5)
+
+    def forward(self, x):
+        return self.head(self.conv(x) * self.scale.view(6, 1, 1))
+
+
+def test_a_channel_count_read_from_a_shape_only_rebuilds_its_own_tensor():
+    prunable = check(Counts())
+    assert [d.name for d in prunable.space.widths] == ["a"]
+    assert any("channel count is read" in r or "computed value" in r for r in prunable.graph.fixed_reasons())
+
+
+def test_a_tensor_of_unknown_channels_in_an_elementwise_op_freezes_them():
+    prunable = check(LiteralScale())
+    assert not prunable.space.widths
+    assert "elementwise op with a tensor whose channels are not known" in prunable.graph.fixed_reasons()
