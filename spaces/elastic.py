@@ -21,7 +21,7 @@ import torch.fx as fx
 from torch import nn
 
 from .derive import PrunableModel
-from .graph import Layout, full_index, graph_module, out_of_place_consumers
+from .graph import Layout, full_index, graph_module, out_of_place_consumers, view_any_length
 from .layers import function_layer, shrink
 from .slicing import axis_index, is_prefix, kept_slice, piece_sizes, slice_tensor
 
@@ -213,6 +213,8 @@ class ElasticModel(nn.Module):
                 new_of[name] = new_graph.call_module(f"_elastic_splits.{i}", (node.args[0],))
             node.replace_all_uses_with(new_of[name])
             new_graph.erase_node(node)
+        for name, axis in graph.param_views.items():
+            new_of[name].args = view_any_length(new_of[name], axis)
         for i, (name, (axis, pieces)) in enumerate(graph.slices.items()):
             node = new_of[name]
             x, index = node.args

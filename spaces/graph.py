@@ -180,6 +180,13 @@ def split_by(graph: fx.Graph, node: fx.Node, sizes: object, axis: int) -> fx.Nod
     return new
 
 
+def view_any_length(node: fx.Node, axis: int) -> tuple:
+    """The arguments of a view/reshape node with `-1` as the size of `axis` (it follows the widths)."""
+    sizes = list(node.args[1] if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)) else node.args[1:])
+    sizes[axis] = -1
+    return (node.args[0], tuple(sizes))
+
+
 def full_index(index: object, ndim: int) -> tuple[slice | int, ...] | None:
     """A basic index (slices, integers, one Ellipsis) as one entry per axis; None for any other index."""
     parts = index if isinstance(index, tuple) else (index,)
@@ -287,6 +294,9 @@ class ChannelGraph:
         self._pieces: dict[fx.Node, tuple[int, list[Layout]]] = {}  # a split -> (axis, each piece's layout)
         self._slices: dict[fx.Node, tuple[int, list[Layout]]] = {}  # x[:, a:b] -> (axis, before/kept/after)
         self._shapes: dict[fx.Node, Spec] = {}  # x.shape / x.size(): the spec of x
+        self._constants: set[str] = set()  # get_attr targets the trace made (tensors built in forward)
+        self._param_views: dict[fx.Node, tuple[fx.Node, int]] = {}  # scale.view(C, 1, 1) -> (scale, axis of C)
+        self.param_views: dict[str, int] = {}  # such views used as per-channel: view node -> axis of C
         self._counts: dict[fx.Node, Layout] = {}  # a node whose value is the channel count of a layout
         self._rebuilds: dict[fx.Node, fx.Node] = {}  # reshape/expand -> the node giving its channel axis size
         self._specs: dict[fx.Node, Spec] = {}
@@ -509,6 +519,9 @@ class ChannelGraph:
 
     def use(self, tensor: str, axis: int, layout: Layout, local: bool = False) -> None:
         """Axis `axis` of `tensor` holds the channels of `layout` (it is cut with them)."""
+        if tensor in self._constants:  # the model's forward makes it anew: it can be neither permuted nor cut
+            self.fix(layout, f"a tensor the forward makes ({tensor}) holds these channels")
+            return
         self._uses.append(TensorUse(tensor, axis, layout, local))
 
     _use = use
@@ -544,6 +557,8 @@ class ChannelGraph:
                 self._specs[node] = Spec(1, self._new_group(shape[1], fixed="model input"))
         elif node.op == "get_attr":
             self.tensors[node.target] = get_attr(self.gm, node.target)
+            if node.target.rpartition(".")[2].startswith("_tensor_constant"):  # made in forward, captured by fx
+                self._constants.add(node.target)
             self._read(node, node.target)
             self._attr_uses[node] = 0
         elif node.op == "output":
@@ -725,9 +740,13 @@ class ChannelGraph:
         main: tuple[Spec, int] | None = None  # (spec, axis counted from the end)
         params: list[fx.Node] = []
         broadcast: list[tuple[int, ...]] = []  # shapes of operands taken for broadcast over channels
+        views: list[fx.Node] = []
         for operand in node.all_input_nodes:
             if operand.op == "get_attr":
                 params.append(operand)
+                continue
+            if operand in self._param_views:
+                views.append(operand)
                 continue
             shape = tensor_shape(operand)
             spec = self._spec(operand) if shape is not None else None
@@ -744,11 +763,20 @@ class ChannelGraph:
                 self._fix(main[0].layout, "elementwise op mixing channel and other axes")
                 self._fix(spec.layout, "elementwise op mixing channel and other axes")
         if main is None:
-            for p in params:
+            for p in [*params, *(self._param_views[v][0] for v in views)]:
                 self._attr_uses[p] -= 10 ** 6
             return
         spec, from_end = main
         out_axis = ndim - from_end
+        for view in views:  # a vector parameter viewed to broadcast: per-channel if its length lines up
+            attr, axis = self._param_views[view]
+            shape = tensor_shape(view)
+            if axis == len(shape) - from_end and shape[axis] == spec.length:
+                self._use(attr.target, 0, spec.layout)
+                self._attr_uses[attr] += 1
+                self.param_views[view.name] = axis
+            else:
+                broadcast.append(shape)
         for shape in broadcast:  # what lines up with the channels must really be broadcast over them
             at = len(shape) - from_end
             if 0 <= at < len(shape) and shape[at] != 1:
@@ -923,7 +951,13 @@ class ChannelGraph:
     flatten = _flatten
 
     def _reshape(self, node: fx.Node, x: fx.Node, out_shape: tuple[int, ...]) -> None:
-        """Only the flatten of the channel axis with everything after it is understood."""
+        """A reshape keeping the channel axis whole, or flattening it with everything after it; a vector
+        parameter viewed for broadcasting (`scale.view(C, 1, 1)`) is left to the op that uses it."""
+        if x.op == "get_attr" and self.tensors[x.target].dim() == 1 and out_shape is not None:
+            length = self.tensors[x.target].shape[0]
+            if length > 1 and sorted(out_shape) == [1] * (len(out_shape) - 1) + [length]:
+                self._param_views[node] = (x, out_shape.index(length))
+                return
         spec, shape = self._spec(x), tensor_shape(x)
         if spec is None:
             return
@@ -1027,7 +1061,7 @@ class ChannelGraph:
         self.slices: dict[str, tuple[int, list[Layout]]] = {
             n.name: (axis, [canon(p) for p in pieces]) for n, (axis, pieces) in self._slices.items()}
         del self._specs, self._uses, self._groups, self._parent, self._children, self._pieces, self._slices
-        del self._shapes, self._counts, self._rebuilds
+        del self._shapes, self._counts, self._rebuilds, self._constants
 
     # -- queries -------------------------------------------------------------------------------
     @property

@@ -14,7 +14,7 @@ import torch.fx as fx
 from torch import nn
 
 from .derive import PrunableModel
-from .graph import full_index, graph_module, out_of_place_consumers, split_by
+from .graph import full_index, graph_module, out_of_place_consumers, split_by, view_any_length
 from .layers import function_layer, resize
 from .slicing import kept_slice, piece_sizes, slice_tensor
 
@@ -82,6 +82,10 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
         node = val_map[graph.node(name)]
         if node not in removed:
             split_by(new_graph, node, piece_sizes(pieces, widths), axis)
+    for name, axis in graph.param_views.items():  # scale.view(C, 1, 1): C follows the width
+        node = val_map[graph.node(name)]
+        if node not in removed:
+            node.args = view_any_length(node, axis)
     for name, (axis, pieces) in graph.slices.items():  # x[:, a:b]: the bounds of what is kept of it
         node = val_map[graph.node(name)]
         if node not in removed:

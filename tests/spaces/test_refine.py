@@ -231,15 +231,19 @@ class Counts(nn.Module):
 
 
 class LiteralScale(nn.Module):
-    """A layer scale viewed with its size written out (timm's metaformer `Scale`): frozen, never a crash."""
+    """A layer scale viewed with its size written out (timm's metaformer `Scale`), and a tensor made in forward."""
 
-    def __init__(self):
+    def __init__(self, made: bool = False):
         super().__init__()
+        self.made = made
         self.conv, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1)
         self.scale = nn.Parameter(torch.rand(6) + 0.5)
 
     def forward(self, x):
-        return self.head(self.conv(x) * self.scale.view(6, 1, 1))
+        y = self.conv(x) * self.scale.view(6, 1, 1)
+        if self.made:
+            y = y * torch.linspace(0.5, 1.5, 6).view(6, 1, 1)
+        return self.head(y)
 
 
 def test_a_channel_count_read_from_a_shape_only_rebuilds_its_own_tensor():
@@ -248,7 +252,14 @@ def test_a_channel_count_read_from_a_shape_only_rebuilds_its_own_tensor():
     assert any("channel count is read" in r or "computed value" in r for r in prunable.graph.fixed_reasons())
 
 
-def test_a_tensor_of_unknown_channels_in_an_elementwise_op_freezes_them():
+def test_a_vector_parameter_viewed_with_its_size_written_out_is_cut_with_the_channels():
     prunable = check(LiteralScale())
+    assert [d.name for d in prunable.space.widths] == ["conv"]
+    subnet = materialize(prunable, {"conv": 3})
+    assert subnet.scale.shape == (3,) and subnet.head.in_channels == 3
+
+
+def test_a_tensor_of_unknown_channels_in_an_elementwise_op_freezes_them():
+    prunable = check(LiteralScale(made=True))
     assert not prunable.space.widths
-    assert "elementwise op with a tensor whose channels are not known" in prunable.graph.fixed_reasons()
+    assert any("a tensor the forward makes" in r for r in prunable.graph.fixed_reasons())
