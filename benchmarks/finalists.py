@@ -69,8 +69,9 @@ class Training:
         return f"steps={self.steps} lr={self.lr:g}" + (" kd" if self.kd else "")
 
 
-TRAININGS = (Training(50, 0.01), Training(50, 0.05), Training(50, 0.01, kd=True))
+TRAININGS = ("50:0.01", "50:0.05", "100:0.05", "50:0.05:kd")
 DEFAULT_RULE = "steps=50 lr=0.01 / top1"   # what search.run did before this study
+CHOSEN_RULE = "steps=50 lr=0.05 / top1"
 
 
 @dataclass
@@ -263,8 +264,9 @@ def fill_table(rows: Sequence[FillRow]) -> list[str]:
         for variant in dict.fromkeys(r.variant for r in mine):
             group = [r for r in mine if r.variant == variant]
             vs = "-" if variant == "ten" else record([r.truth for r in group], [reference[r.seed] for r in group])
-            lines.append(f"| {model} | {agent} | {variant} | {median_range([r.flops for r in group])[:5]} "
-                         f"[{min(r.flops for r in group):.3f}, {max(r.flops for r in group):.3f}] | "
+            flops = [r.flops for r in group]
+            lines.append(f"| {model} | {agent} | {variant} | {statistics.median(flops):.3f} "
+                         f"[{min(flops):.3f}, {max(flops):.3f}] | "
                          f"{median_range([r.proxy for r in group])} | {median_range([r.truth for r in group])} | {vs} |")
     totals = {}
     for r in rows:
@@ -292,9 +294,10 @@ def study(args: argparse.Namespace, progress: Callable[[str], None] = print) -> 
                      f"({time.perf_counter() - started:.0f} s)")
             if args.fill:
                 fills += fill_rows(bench, args.agent, seed, trials)
-            index = picks(pool)[args.rule]
-            training = args.rule.split(" / ")[0]
-            extra[id(pool)] = bench.finetuned(copy.deepcopy(pool.trained[training][index]))
+            for rule in args.rules:
+                index = picks(pool)[rule]
+                trained = pool.trained[rule.split(" / ")[0]][index]
+                extra[id(pool), rule] = bench.finetuned(copy.deepcopy(trained))
             pool.trained = {}  # the modules are not needed any more
         if args.fill:
             fills += fill_rows(bench, "uniform", 0)
@@ -306,7 +309,7 @@ def extra_table(result: dict, rule: str) -> list[str]:
     pools = result["pools"]
     index = [picks(p)[rule] for p in pools]
     base = [p.truth[i] for p, i in zip(pools, index)]
-    trained = [result["extra"][id(p)] for p in pools]
+    trained = [result["extra"][id(p), rule] for p in pools]
     return [f"| the pick of `{rule}`, fine-tuned from | test top-1 after FT, median [min, max] | w/t/l vs base weights |",
             "|---|---|---|", f"| the base weights (recalibrated) | {median_range(base)} | - |",
             f"| the weights its finalist steps left (what search.run exports) | {median_range(trained)} | "
@@ -318,7 +321,10 @@ def lines_of(result: dict, args: argparse.Namespace) -> list[str]:
     out = [f"{args.agent} searches ({args.trials} trials) at {args.budget} on {args.data}, models "
            f"{', '.join(args.models)}, seeds {', '.join(map(str, args.seeds))}: the top {COUNT} distinct candidates "
            f"of each, every one fine-tuned {args.finetune_epochs} epoch(s) from the base weights (the truth).", "",
-           *selection_table(pools), "", *extra_table(result, args.rule), "", *per_search_table(pools)]
+           *selection_table(pools), ""]
+    for rule in args.rules:
+        out += [*extra_table(result, rule), ""]
+    out += per_search_table(pools)
     if result["fills"]:
         out += ["", f"Fill and width grid: the proxy's pick, fine-tuned {args.finetune_epochs} epoch(s) from the base "
                 f"weights; ten = ratios {TEN}; fine = ratios 0.05, 0.10, ..., 1 (every width of a 16-channel group).",
@@ -338,7 +344,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--fine-ratios", default=FINE, help="the finer grid compared with ten ratios ('' : none)")
     p.add_argument("--no-fill", dest="fill", action="store_false", help="skip the fill and grid study")
-    p.add_argument("--rule", default=DEFAULT_RULE, help="the rule whose pick's extra steps are measured")
+    p.add_argument("--trainings", default=",".join(TRAININGS),
+                   help="the finalists' short trainings compared: STEPS:LR[:kd], comma-separated")
+    p.add_argument("--rules", default=f"{DEFAULT_RULE},{CHOSEN_RULE}",
+                   help="the rules whose pick's extra steps are measured (comma-separated)")
     p.add_argument("--quick", action="store_true", help="ResNet-20, 1 seed, 8 trials, digits")
     return p
 
@@ -348,7 +357,9 @@ def configure(args: argparse.Namespace) -> argparse.Namespace:
         args.models, args.seeds, args.trials, args.data, args.baseline_epochs = "resnet20", "0", 8, "digits", 30
     args.models = args.models.split(",")
     args.seeds = [int(s) for s in str(args.seeds).split(",")]
-    args.trainings = TRAININGS
+    args.trainings = [Training(int(t.split(":")[0]), float(t.split(":")[1]), t.endswith(":kd"))
+                      for t in args.trainings.split(",")]
+    args.rules = args.rules.split(",")
     return args
 
 
