@@ -11,12 +11,12 @@ with one recipe (`search.finetune.finetune_module`, `--finetune-epochs`, seed 0)
 after that is its truth, so that any rule that picks among the 5 is judged by the same truth:
 - proxy: the search's best (what is exported with `--finalists 0`);
 - bn_ce: the lowest held-out cross-entropy with the base weights (no training);
-- steps=S lr=L [kd] / top1|ce: each finalist trained S steps on the fit split (cosine from L; kd: distilled
-  from the base model's outputs instead of the labels), then held-out top-1, or minus cross-entropy;
-- ... + proxy: the sum of the finalist's rank and its proxy rank (ties: the proxy's order).
+- steps=S lr=L [kd] / R: each finalist trained S steps on the fit split (cosine from L; kd: distilled from the
+  base model's outputs instead of the labels), then ranked by `search.finalists.rank_finalists` (R: top1 or ce,
+  held-out top-1 or cross-entropy after the steps; "+ proxy": plus the proxy's rank, ties in the proxy's order).
 Printed per rule: the truth of its pick, median [min, max] over searches, and wins/ties/losses against the
-proxy's pick. Separately, "extra steps": the default rule's pick fine-tuned from the weights it was trained
-to (what `search.run` exports) against the same candidate fine-tuned from the base weights.
+proxy's pick. Separately, "extra steps": each of `--rules`' pick fine-tuned from the weights its steps left
+(what `search.run` exports) against the same candidate fine-tuned from the base weights.
 
 Fill and grid: uniform and the agent searched with the ten-ratio grid and with a finer one (`--fine-ratios`),
 each with and without `search.pipeline.Pipeline.fill` (the best candidates widened until the budget binds,
@@ -36,7 +36,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,7 +45,8 @@ from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import recalibrate  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
 from search.engine import Engine  # noqa: E402
-from search.finalists import FinalistSettings, ShuffledBatches, score_module, short_finetune, top_distinct  # noqa: E402
+from search.finalists import (Finalist, FinalistSettings, ShuffledBatches, held_out_loss, rank_finalists,  # noqa: E402
+                              score_module, short_finetune, top_distinct)
 from search.finetune import finetune_module  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 from spaces.space import Candidate  # noqa: E402
@@ -69,9 +69,8 @@ class Training:
         return f"steps={self.steps} lr={self.lr:g}" + (" kd" if self.kd else "")
 
 
-TRAININGS = ("50:0.01", "50:0.05", "100:0.05", "50:0.05:kd")
+TRAININGS = ("50:0.01", "50:0.05", "100:0.05", "50:0.05:kd")  # STEPS:LR[:kd]
 DEFAULT_RULE = "steps=50 lr=0.01 / top1"   # what search.run did before this study
-CHOSEN_RULE = "steps=50 lr=0.05 / top1"
 
 
 @dataclass
@@ -81,20 +80,10 @@ class Pool:
     seed: int
     candidates: list[Candidate]
     flops: list[float]
-    signals: dict[str, list[float]] = field(default_factory=dict)   # higher is better, one per candidate
+    signals: dict[str, list[float]] = field(default_factory=dict)   # one per candidate (see `picks`)
+    trials: list = field(default_factory=list)
     truth: list[float] = field(default_factory=list)
     trained: dict[str, list[nn.Module]] = field(default_factory=dict)
-
-
-def held_out_ce(module: nn.Module, held_out) -> float:
-    """Mean cross-entropy of a recalibrated module on the held-out batches (eval mode)."""
-    module.eval()
-    total = count = 0.0
-    with torch.no_grad():
-        for x, y in held_out:
-            total += F.cross_entropy(module(x), y, reduction="sum").item()
-            count += y.numel()
-    return total / count
 
 
 class Bench:
@@ -152,8 +141,9 @@ class Bench:
         chosen = top_distinct(trials, COUNT)
         pool = Pool(self.model, seed, [t.candidate for t in chosen], [self.flops_ratio("ten", t.candidate)
                                                                           for t in chosen])
+        pool.trials = chosen
         pool.signals["proxy"] = [t.result.score for t in chosen]
-        pool.signals["bn_ce"] = [-held_out_ce(evaluator.recalibrated(materialize(setting.prunable, c)),
+        pool.signals["bn_ce"] = [-held_out_loss(evaluator.recalibrated(materialize(setting.prunable, c)),
                                               evaluator.held_out) for c in pool.candidates]
         teacher = setting.inputs.model.eval()
         for training in trainings:
@@ -166,32 +156,36 @@ class Bench:
                                device=torch.device("cpu"), teacher=teacher if training.kd else None)
                 recalibrate(module, evaluator.calibration)
                 tops.append(score_module(module, evaluator.held_out))
-                ces.append(-held_out_ce(module, evaluator.held_out))
+                ces.append(held_out_loss(module, evaluator.held_out))
                 modules.append(module)
             pool.signals[f"{training.label} / top1"] = tops
-            pool.signals[f"{training.label} / ce"] = ces
+            pool.signals[f"{training.label} / ce"] = ces  # the loss itself (lower is better)
             pool.trained[training.label] = modules
         pool.truth = [self.truth("ten", c) for c in pool.candidates]
         return pool
 
 
-def ranks(values: Sequence[float]) -> list[int]:
-    """0 for the best (highest); ties keep the given (proxy) order."""
-    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
-    out = [0] * len(values)
-    for r, i in enumerate(order):
-        out[i] = r
-    return out
+RULES = {"top1": "score", "top1 + proxy": "score+proxy", "ce": "ce", "ce + proxy": "ce+proxy"}  # -> rank_finalists
+
+
+def rule_of(steps: int, lr: float, rank: str) -> str:
+    """The study's name for `search.run`'s finalists with these settings."""
+    return f"steps={steps} lr={lr:g} / {next(k for k, v in RULES.items() if v == rank)}"
+
+
+CHOSEN_RULE = rule_of(SearchConfig.finalist_steps, SearchConfig.finalist_lr, SearchConfig.finalist_rank)  # today's
 
 
 def picks(pool: Pool) -> dict[str, int]:
-    """Every rule's pick (an index into the pool)."""
-    chosen = {}
-    for name, values in pool.signals.items():
-        chosen[name] = ranks(values).index(0)
-        if name not in ("proxy", "bn_ce"):
-            combined = [a + b for a, b in zip(ranks(values), range(len(values)))]
-            chosen[f"{name} + proxy"] = min(range(len(values)), key=lambda i: (combined[i], i))
+    """Every rule's pick (an index into the pool): proxy, bn_ce, and each training under each of
+    `search.finalists.rank_finalists`' rankings."""
+    chosen = {"proxy": 0, "bn_ce": max(range(len(pool.trials)), key=lambda i: (pool.signals["bn_ce"][i], -i))}
+    trainings = dict.fromkeys(name.split(" / ")[0] for name in pool.signals if " / " in name)
+    for training in trainings:
+        finalists = [Finalist(trial, top1, 0.0, loss=loss) for trial, top1, loss in
+                     zip(pool.trials, pool.signals[f"{training} / top1"], pool.signals[f"{training} / ce"])]
+        for rule, rank in RULES.items():
+            chosen[f"{training} / {rule}"] = finalists.index(rank_finalists(finalists, rank)[0])
     return chosen
 
 

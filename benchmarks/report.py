@@ -421,22 +421,22 @@ def finalists_section(args: argparse.Namespace) -> list[str]:
     """benchmarks/finalists.py on the report's models, seeds, budget, trials and fine-tune."""
     from benchmarks import finalists
 
-    config = SearchConfig(agent="tpe", budget=args.budgets[:1])
+    steps, lr = SearchConfig.finalist_steps, SearchConfig.finalist_lr
     study_args = finalists.configure(finalists.parser().parse_args([
         "--models", ",".join(args.models), "--seeds", ",".join(map(str, args.seeds)), "--budget", args.budgets[0],
         "--data", args.data, "--baseline-epochs", str(args.baseline_epochs), "--trials", str(args.trials),
         "--finetune-epochs", str(args.finetune_epochs), "--agent", args.finalists_agent,
-        "--trainings", ",".join(dict.fromkeys(["50:0.01", f"{config.finalist_steps}:{config.finalist_lr:g}"])),
-        "--rules", ",".join(dict.fromkeys([finalists.DEFAULT_RULE,
-                                           f"steps={config.finalist_steps} lr={config.finalist_lr:g} / top1"]))]))
+        "--trainings", ",".join(dict.fromkeys(["50:0.01", f"{steps}:{lr:g}"])),
+        "--rules", ",".join(dict.fromkeys([finalists.DEFAULT_RULE, finalists.CHOSEN_RULE]))]))
     print(f"finalists and fill: {args.finalists_agent} on {', '.join(args.models)}, seeds {args.seeds}", flush=True)
     result = finalists.study(study_args, progress=lambda line: print(line, flush=True))
     return ["## Finalists vs the proxy's pick, and filling the budget", "",
             "`benchmarks/finalists.py`: for each search, its top 5 distinct candidates are each fine-tuned from the "
             "base weights with the common recipe; every picking rule is judged by the test top-1 of its pick "
-            "(w/t/l: wins, ties, losses against the proxy's pick, search by search). `steps=S lr=L / top1` is "
-            "the finalists' rule (S SGD steps on the fit split, cosine from L, then held-out top-1); "
-            f"`--finalist-lr {config.finalist_lr:g}` is `search.run`'s default, 0.01 the former one.", "",
+            "(w/t/l: wins, ties, losses against the proxy's pick, search by search). `steps=S lr=L / R` is a "
+            "finalists' rule: S SGD steps on the fit split (cosine from L), then ranked by R (top1 or ce: held-out "
+            "top-1 or cross-entropy after the steps; `+ proxy`: plus the proxy's rank). "
+            f"`{finalists.CHOSEN_RULE}` is `search.run`'s default, `{finalists.DEFAULT_RULE}` the former one.", "",
             *finalists.lines_of(result, study_args), ""]
 
 
