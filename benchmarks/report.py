@@ -167,7 +167,7 @@ class Study:
         start = time.perf_counter()
         defaults = SearchConfig()
         settings = FinalistSettings(count=defaults.finalists, steps=defaults.finalist_steps, lr=defaults.finalist_lr,
-                                    seed=0)
+                                    seed=0, rank=defaults.finalist_rank)
         batches = ShuffledBatches(torch.utils.data.Subset(self.data.train, self.data.fit.tolist()), 64)
 
         build = lambda c: materialize(self.prunable, c)  # noqa: E731 - base weights, as search.run exports them
