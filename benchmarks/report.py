@@ -426,6 +426,7 @@ def finalists_section(args: argparse.Namespace) -> list[str]:
         "--models", ",".join(args.models), "--seeds", ",".join(map(str, args.seeds)), "--budget", args.budgets[0],
         "--data", args.data, "--baseline-epochs", str(args.baseline_epochs), "--trials", str(args.trials),
         "--finetune-epochs", str(args.finetune_epochs), "--agent", args.finalists_agent,
+        "--fine-ratios", "",  # the finer grid lost in benchmarks/finalists.py: not repeated here
         "--trainings", ",".join(dict.fromkeys(["50:0.01", f"{steps}:{lr:g}"])),
         "--rules", ",".join(dict.fromkeys([finalists.DEFAULT_RULE, finalists.CHOSEN_RULE]))]))
     print(f"finalists and fill: {args.finalists_agent} on {', '.join(args.models)}, seeds {args.seeds}", flush=True)
