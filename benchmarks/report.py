@@ -17,9 +17,11 @@ figure is typed by hand. Sections:
    Agents start, as `search.run` does by default, from our own global-magnitude candidate at the
    budget (`spaces.warm_start`); that candidate alone is reported too ("magnitude start"). Rows "X +
    finalists" are what `search.run` exports by default: agent X's best 5 candidates, each fine-tuned
-   50 steps and scored again, the best exported with its trained weights (`search.finalists`).
+   50 steps and scored again, the first by `--finalist-rank` exported with its trained weights
+   (`search.finalists`).
    Proxy fidelity (`benchmarks/fidelity.py`): how each cheap score ranks candidates by test top-1
-   after the fine-tune, and picking by finalists against picking by the proxy alone.
+   after the fine-tune. Finalists and fill (`benchmarks/finalists.py`, `--finalists-agent`): the
+   finalists' pick against the proxy's, each search's top 5 all fine-tuned; `--fill` on and off.
 2. Search cost: wall time and evaluations until each agent reached its best.
 3. Speed: per-candidate cost against a Torch-Pruning user's loop (ResNet-50, 64x64), the engine's
    overhead over bare forward passes, Ray scaling.
@@ -574,8 +576,8 @@ def main() -> None:
              "cosine from lr 0.05, seed 0) for every method. Each cell: held-out top-1 of the exported subnet "
              "after BN recalibration (before the common fine-tune) / test top-1 after it. The test set has "
              f"{tested} images: one image is {1 / tested:.4f}. Rows \"X + finalists\" are what `search.run` "
-             "exports by default (agent X's best 5 candidates fine-tuned 50 steps each and scored again; their "
-             "held-out score is after those steps). "
+             "exports by default (agent X's best 5 candidates fine-tuned 50 steps each and scored again, ranked by "
+             "held-out cross-entropy's rank plus the search's rank; their held-out score is after those steps). "
              "Our column is the agent with the best median held-out score, i.e. picked without looking at test "
              "data; margin = ours minus the better peer. MetaPruning ranks candidates with the weights its PruningNet "
              f"generates (trained {args.pruningnet_epochs} epochs on the training split, not on held-out data) and, "
