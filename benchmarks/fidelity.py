@@ -80,7 +80,7 @@ def bn_proxies(setting: Setting, candidate: Candidate, base_logp: list[torch.Ten
 
 
 def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int = 30, finetune_epochs: int = 2,
-             steps: int = 50, pruningnet_epochs: int = 10, seed: int = 0, lr: float = 0.01,
+             steps: int = 50, pruningnet_epochs: int = 10, seed: int = 0, lr: float = SearchConfig.finalist_lr,
              progress: bool = True, data: str = "digits", baseline_epochs: int = 30) -> dict:
     """Every proxy and the truth for `candidates` candidates; see the module docstring."""
     config = SearchConfig(agent="random", budget=[budget], model=model, data=data, seed=seed, no_warm_start=True,
@@ -188,7 +188,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--finetune-epochs", type=int, default=2)
     parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--lr", type=float, default=0.01, help="the short fine-tune's peak learning rate")
+    parser.add_argument("--lr", type=float, default=SearchConfig.finalist_lr,
+                        help="the short fine-tune's peak learning rate (default: search.run's --finalist-lr)")
     parser.add_argument("--pruningnet-epochs", type=int, default=10, help="0: no PruningNet proxy")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quick", action="store_true", help="8 candidates, 1 epoch, 10 steps, no PruningNet")

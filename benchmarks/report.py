@@ -17,9 +17,11 @@ figure is typed by hand. Sections:
    Agents start, as `search.run` does by default, from our own global-magnitude candidate at the
    budget (`spaces.warm_start`); that candidate alone is reported too ("magnitude start"). Rows "X +
    finalists" are what `search.run` exports by default: agent X's best 5 candidates, each fine-tuned
-   50 steps and scored again, the best exported with its trained weights (`search.finalists`).
+   50 steps and scored again, the first by `--finalist-rank` exported with its trained weights
+   (`search.finalists`).
    Proxy fidelity (`benchmarks/fidelity.py`): how each cheap score ranks candidates by test top-1
-   after the fine-tune, and picking by finalists against picking by the proxy alone.
+   after the fine-tune. Finalists and fill (`benchmarks/finalists.py`, `--finalists-agent`): the
+   finalists' pick against the proxy's, each search's top 5 all fine-tuned; `--fill` on and off.
 2. Search cost: wall time and evaluations until each agent reached its best.
 3. Speed: per-candidate cost against a Torch-Pruning user's loop (ResNet-50, 64x64), the engine's
    overhead over bare forward passes, Ray scaling.
@@ -163,9 +165,11 @@ class Study:
                    costs["params"] / self.base["params"], held, before, after, seconds, seconds, 1, 1)
 
     def finalists(self, trials, budget_text: str, name: str, seed: int, seconds: float) -> Row:
-        """What `search.run` exports by default: the best 5 candidates fine-tuned 50 steps, the best of them."""
+        """What `search.run` exports by default: its best `--finalists` candidates fine-tuned briefly, the best."""
         start = time.perf_counter()
-        settings = FinalistSettings(count=5, steps=50, lr=0.01, seed=0)
+        defaults = SearchConfig()
+        settings = FinalistSettings(count=defaults.finalists, steps=defaults.finalist_steps, lr=defaults.finalist_lr,
+                                    seed=0, rank=defaults.finalist_rank)
         batches = ShuffledBatches(torch.utils.data.Subset(self.data.train, self.data.fit.tolist()), 64)
 
         build = lambda c: materialize(self.prunable, c)  # noqa: E731 - base weights, as search.run exports them
@@ -414,6 +418,31 @@ def fidelity_section(args: argparse.Namespace) -> list[str]:
             *fidelity.proxy_table(result), "", *fidelity.selection_table(result), ""]
 
 
+# ------------------------------------------------------------------------------------------ finalists and fill
+def finalists_section(args: argparse.Namespace) -> list[str]:
+    """benchmarks/finalists.py on the report's models, seeds, budget, trials and fine-tune."""
+    from benchmarks import finalists
+
+    steps, lr = SearchConfig.finalist_steps, SearchConfig.finalist_lr
+    study_args = finalists.configure(finalists.parser().parse_args([
+        "--models", ",".join(args.models), "--seeds", ",".join(map(str, args.seeds)), "--budget", args.budgets[0],
+        "--data", args.data, "--baseline-epochs", str(args.baseline_epochs), "--trials", str(args.trials),
+        "--finetune-epochs", str(args.finetune_epochs), "--agent", args.finalists_agent,
+        "--fine-ratios", "",  # the finer grid lost in benchmarks/finalists.py: not repeated here
+        "--trainings", ",".join(dict.fromkeys(["50:0.01", f"{steps}:{lr:g}"])),
+        "--rules", ",".join(dict.fromkeys([finalists.DEFAULT_RULE, finalists.CHOSEN_RULE]))]))
+    print(f"finalists and fill: {args.finalists_agent} on {', '.join(args.models)}, seeds {args.seeds}", flush=True)
+    result = finalists.study(study_args, progress=lambda line: print(line, flush=True))
+    return ["## Finalists vs the proxy's pick, and filling the budget", "",
+            "`benchmarks/finalists.py`: for each search, its top 5 distinct candidates are each fine-tuned from the "
+            "base weights with the common recipe; every picking rule is judged by the test top-1 of its pick "
+            "(w/t/l: wins, ties, losses against the proxy's pick, search by search). `steps=S lr=L / R` is a "
+            "finalists' rule: S SGD steps on the fit split (cosine from L), then ranked by R (top1 or ce: held-out "
+            "top-1 or cross-entropy after the steps; `+ proxy`: plus the proxy's rank). "
+            f"`{finalists.CHOSEN_RULE}` is `search.run`'s default, `{finalists.DEFAULT_RULE}` the former one.", "",
+            *finalists.lines_of(result, study_args), ""]
+
+
 # ------------------------------------------------------------------------------------------ report
 CARRIED = ("Digits at 0.4 and 0.25 x FLOPs (secondary)", "Agent cost", "Speed")
 HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
@@ -506,6 +535,8 @@ def main() -> None:
     parser.add_argument("--finetune-epochs", type=int, default=2, help="the same short fine-tune for every method")
     parser.add_argument("--pruningnet-epochs", type=int, default=5)
     parser.add_argument("--fidelity-candidates", type=int, default=30, help="0: no fidelity section")
+    parser.add_argument("--finalists-agent", default="tpe",
+                        help="agent of the finalists-vs-proxy and fill study (benchmarks/finalists.py); '': none")
     parser.add_argument("--no-warm-start", action="store_true", help="agents start from scratch")
     parser.add_argument("--no-speed", action="store_true", help="skip the speed section")
     parser.add_argument("--quick", action="store_true", help="a smoke run: tiny settings, ResNet-20 only")
@@ -545,8 +576,8 @@ def main() -> None:
              "cosine from lr 0.05, seed 0) for every method. Each cell: held-out top-1 of the exported subnet "
              "after BN recalibration (before the common fine-tune) / test top-1 after it. The test set has "
              f"{tested} images: one image is {1 / tested:.4f}. Rows \"X + finalists\" are what `search.run` "
-             "exports by default (agent X's best 5 candidates fine-tuned 50 steps each and scored again; their "
-             "held-out score is after those steps). "
+             "exports by default (agent X's best 5 candidates fine-tuned 50 steps each and scored again, ranked by "
+             "held-out cross-entropy's rank plus the search's rank; their held-out score is after those steps). "
              "Our column is the agent with the best median held-out score, i.e. picked without looking at test "
              "data; margin = ours minus the better peer. MetaPruning ranks candidates with the weights its PruningNet "
              f"generates (trained {args.pruningnet_epochs} epochs on the training split, not on held-out data) and, "
@@ -573,6 +604,13 @@ def main() -> None:
         except Exception as error:  # noqa: BLE001 - the comparison above is kept; the failure is reported
             print(f"fidelity failed: {type(error).__name__}: {error}", flush=True)
             lines += ["## Proxy fidelity and finalists", "", f"Not measured: {type(error).__name__}: {error}", ""]
+    if args.finalists_agent:
+        try:
+            lines += finalists_section(args)
+        except Exception as error:  # noqa: BLE001 - the rest of the report is kept; the failure is reported
+            print(f"finalists and fill failed: {type(error).__name__}: {error}", flush=True)
+            lines += ["## Finalists vs the proxy's pick, and filling the budget", "",
+                      f"Not measured: {type(error).__name__}: {error}", ""]
     for title in CARRIED:
         if title in previous and not (title == "Speed" and not args.no_speed):
             lines += [f"## {title}", "", f"(Carried over from the previous report, {previous['#generated']}.)", "",

@@ -7,7 +7,7 @@ the Python API (`search.prune`) and for the benchmarks. Its fields carry the CLI
 What may change on resume (`RESUMABLE`): how long the search goes on (`trials`), where it runs
 (`workers`, `ray_address`, `cpus_per_worker`, `gpus_per_worker`) and where an Optuna study lives
 (`storage`, `study_name`), and what happens after it (filling the budget and the finalists: `fill`,
-`finalists`, `finalist_steps`, `finalist_lr`). Everything else decides which candidates are proposed or how they are
+`finalists`, `finalist_steps`, `finalist_lr`, `finalist_rank`). Everything else decides which candidates are proposed or how they are
 scored; changing it would make the resumed run a different run, so it is refused (`resumed`).
 """
 from __future__ import annotations
@@ -27,10 +27,13 @@ AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "history", 
                  "population", "parents", "storage", "study_name")
 #: fields a resumed run may change (see the module docstring)
 RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage",
-                       "study_name", "fill", "finalists", "finalist_steps", "finalist_lr"})
+                       "study_name", "fill", "finalists", "finalist_steps", "finalist_lr",
+                       "finalist_rank"})
 SCORERS = ("base", "pruningnet")
 BACKENDS = ("actors", "tune")
 BLOCK_ENCODINGS = ("flags", "depth")
+#: how finalists are ordered after their short fine-tune (`search.finalists`; benchmarks/finalists.py measured them)
+FINALIST_RANKINGS = ("ce+proxy", "score+proxy", "ce", "score")
 
 
 @dataclass
@@ -83,7 +86,8 @@ class SearchConfig:
     fill: bool = False                 # widen the best candidates until the budget binds; scored as extra trials
     finalists: int = 5                 # top candidates fine-tuned briefly and scored again; the best is exported
     finalist_steps: int = 50           # SGD steps per finalist (0: scored again with the exported weights only)
-    finalist_lr: float = 0.01
+    finalist_lr: float = 0.05          # 0.01 picked worse than the proxy alone (benchmarks/finalists.py)
+    finalist_rank: str = "ce+proxy"    # one of FINALIST_RANKINGS: held-out cross-entropy rank + the proxy's rank
     trust_pickle: bool = False         # allow unpickling a whole model file (--model PATH.pt): runs its code
     out: str | None = None
 
@@ -143,6 +147,8 @@ class SearchConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
         if not (_finite(self.finalist_lr) and self.finalist_lr > 0):
             raise UserError(f"--finalist-lr must be positive, got {self.finalist_lr}")
+        if self.finalist_rank not in FINALIST_RANKINGS:
+            raise UserError(f"--finalist-rank must be one of {', '.join(FINALIST_RANKINGS)}, got {self.finalist_rank!r}")
         if not (_finite(self.racing_confidence) and 0 < self.racing_confidence < 1):
             raise UserError(f"--racing-confidence must lie in (0, 1), got {self.racing_confidence}")
         if self.history is not None and self.history < 0:

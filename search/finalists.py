@@ -5,8 +5,12 @@ A BN-recalibrated score ranks candidates by what their inherited weights do toda
 model after fine-tuning. After the search, the top `count` distinct scored candidates are materialized
 with the weights that will be exported (the base model's, or MetaPruning's PruningNet's), trained for
 `steps` SGD steps (cosine from `lr` to 0, the shared training step of `search.training`), recalibrated
-on the calibration batches and scored on the held-out batches again. The best of them is exported with
-the weights it was trained to, and that score, the score of what is exported, is the one reported.
+on the calibration batches and scored on the held-out batches again. They are ranked (`rank`, measured in
+`benchmarks/finalists.py`) by default by the sum of two ranks: their held-out cross-entropy after the steps,
+and the proxy's order (ties keep the proxy's order); `"score"` ranks by the held-out score after the steps
+alone, `"ce"` by the cross-entropy alone, `"score+proxy"` by the score's rank plus the proxy's. With the
+user's own metric there is no cross-entropy: its score stands in. The first is exported with the weights
+it was trained to, and its held-out score, the score of what is exported, is the one reported.
 
 What they train on: labelled training batches when the data has them (the zoo's fit split, never the
 held-out part); otherwise the calibration inputs, distilled from the base model's outputs (no labels
@@ -27,12 +31,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
 from evaluators.accuracy import recalibrate, top1
 from spaces.space import Candidate
 
+from .config import FINALIST_RANKINGS as RANKINGS
 from .records import Trial
 from .training import Distillation, TrainConfig, make_optimizer, train_epoch
 
@@ -46,9 +52,10 @@ Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # seed -
 class FinalistSettings:
     count: int = 5          # candidates fine-tuned and scored again (0: pick by the proxy alone)
     steps: int = 50         # SGD steps each (0: scored again with the exported weights only)
-    lr: float = 0.01        # peak learning rate, cosine to 0 over the steps
+    lr: float = 0.05        # peak learning rate, cosine to 0 over the steps (0.01 picked worse: the benchmark)
     weight_decay: float = 5e-4
     seed: int = 0
+    rank: str = "ce+proxy"  # one of RANKINGS: how the finalists are ordered (see the module docstring)
 
 
 @dataclass
@@ -58,6 +65,7 @@ class Finalist:
     seconds: float
     steps: int = 0                   # fine-tuning steps it had
     module: nn.Module | None = None  # trained and recalibrated; dropped once the winner is known
+    loss: float = math.nan           # held-out cross-entropy after the short fine-tune (NaN with a user metric)
 
     @property
     def proxy(self) -> float:
@@ -142,8 +150,9 @@ def short_finetune(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch
 def train_finalist(module: nn.Module, rank: int, settings: FinalistSettings, batches: Batches | None,
                    calibration: Sequence[torch.Tensor], held_out: Sequence[tuple[torch.Tensor, torch.Tensor]],
                    metric: Callable[[nn.Module], float] | None, teacher: nn.Module | None,
-                   device: torch.device | str) -> tuple[nn.Module, float, int, float]:
-    """One finalist: its short fine-tune, BN recalibration and held-out score; (module, score, steps, seconds).
+                   device: torch.device | str) -> tuple[nn.Module, float, int, float, float]:
+    """One finalist: its short fine-tune, BN recalibration and held-out score; (module, score, steps, seconds,
+    held-out cross-entropy).
     Self-contained (its inputs travel to a Ray worker as they are)."""
     started = time.perf_counter()
     device = torch.device(device)
@@ -161,7 +170,8 @@ def train_finalist(module: nn.Module, rank: int, settings: FinalistSettings, bat
     except Exception as error:  # noqa: BLE001 - a finalist the user's score rejects is not exported
         log.warning("finalist %d: scoring failed (%s); skipped", rank + 1, error)
         score = math.nan
-    return module, score, steps, time.perf_counter() - started
+    loss = held_out_loss(module, held_out) if metric is None and math.isfinite(score) else math.nan
+    return module, score, steps, time.perf_counter() - started, loss
 
 
 def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build: Callable[[Candidate], nn.Module],
@@ -179,13 +189,28 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
             for rank, trial in enumerate(chosen)]
     results = parallel(train_finalist, jobs) if parallel is not None else [train_finalist(*job) for job in jobs]
     finalists = []
-    for rank, (trial, (module, score, steps, seconds)) in enumerate(zip(chosen, results)):
-        finalists.append(Finalist(trial, score, seconds, steps, module))
+    for rank, (trial, (module, score, steps, seconds, loss)) in enumerate(zip(chosen, results)):
+        finalists.append(Finalist(trial, score, seconds, steps, module, loss))
         if progress is not None:
             progress(f"finalist {rank + 1}/{len(chosen)}: trial {trial.number}, proxy {trial.result.score:.4f} -> "
-                     f"{score:.4f} after {steps} steps")
-    order = sorted(range(len(finalists)), key=lambda i: (-_finite_or(finalists[i].score), i))
-    return [finalists[i] for i in order]
+                     f"{score:.4f} after {steps} steps" + (f" (cross-entropy {loss:.4f})" if math.isfinite(loss) else ""))
+    return rank_finalists(finalists, settings.rank)
+
+
+def rank_finalists(finalists: Sequence[Finalist], rank: str = "ce+proxy") -> list[Finalist]:
+    """`finalists` (given in the proxy's order) ordered by `rank` (see the module docstring), best first; those
+    without a finite score last. Cross-entropy stands in for the score only when every finalist with a finite
+    score has a finite one (not with a user metric)."""
+    if rank not in RANKINGS:
+        raise ValueError(f"finalists' rank must be one of {', '.join(RANKINGS)}, got {rank!r}")
+    scored = [f for f in finalists if math.isfinite(f.score)]
+    use_ce = rank.startswith("ce") and bool(scored) and all(math.isfinite(f.loss) for f in scored)
+    signal = [(-f.loss if use_ce else f.score) if math.isfinite(f.score) else -math.inf for f in finalists]
+    order = sorted(range(len(finalists)), key=lambda i: (-signal[i], i))
+    place = {i: r for r, i in enumerate(order)}
+    with_proxy = rank.endswith("+proxy")
+    key = lambda i: (not math.isfinite(finalists[i].score), place[i] + (i if with_proxy else 0), i)  # noqa: E731
+    return [finalists[i] for i in sorted(range(len(finalists)), key=key)]
 
 
 def ray_parallel(cpus: float = 1, gpus: float = 0) -> Callable[[Callable, list[tuple]], list]:
@@ -214,16 +239,27 @@ def score_module(module: nn.Module, held_out: Sequence[tuple[torch.Tensor, torch
         return float(metric(module)) if metric is not None else top1(module, held_out)
 
 
-def _finite_or(value: float, default: float = -math.inf) -> float:
-    return value if math.isfinite(value) else default
+def held_out_loss(module: nn.Module, held_out: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Mean held-out cross-entropy of a recalibrated classifier, in eval mode (NaN if its output is not a logits
+    matrix or the loss is not finite)."""
+    module.eval()
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for x, y in held_out:
+            out = module(x)
+            if not isinstance(out, torch.Tensor) or out.dim() != 2:
+                return math.nan
+            total += F.cross_entropy(out.float(), y, reduction="sum").item()
+            count += y.numel()
+    return total / count if count and math.isfinite(total) else math.nan
 
 
 def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float], exported: Trial | None) -> pd.DataFrame:
     """finalists.csv: one row per finalist, in the order they were ranked; `exported` marks the one exported
     (the first, unless the latency check skipped it; none if it skipped them all)."""
     rows = [{"rank": i + 1, "trial": f.trial.number, "proxy_score": f.proxy, "finalist_score": f.score,
-             "steps": f.steps, "flops_ratio": f.trial.result.costs.get("flops", math.nan) / base["flops"],
+             "finalist_ce": f.loss, "steps": f.steps, "flops_ratio": f.trial.result.costs.get("flops", math.nan) / base["flops"],
              "params_ratio": f.trial.result.costs.get("params", math.nan) / base["params"],
              "seconds": round(f.seconds, 3), "exported": f.trial is exported} for i, f in enumerate(finalists)]
-    return pd.DataFrame(rows, columns=["rank", "trial", "proxy_score", "finalist_score", "steps", "flops_ratio",
-                                       "params_ratio", "seconds", "exported"])
+    return pd.DataFrame(rows, columns=["rank", "trial", "proxy_score", "finalist_score", "finalist_ce", "steps",
+                                       "flops_ratio", "params_ratio", "seconds", "exported"])

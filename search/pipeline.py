@@ -519,7 +519,8 @@ class Pipeline:
                 log.info("finalists skipped: no labelled training batches, and the model's output is not a "
                          "logits matrix to distil (pass prune(train=...) to fine-tune finalists)")
             return []
-        settings = FinalistSettings(count=c.finalists, steps=steps, lr=c.finalist_lr, seed=c.seed)
+        settings = FinalistSettings(count=c.finalists, steps=steps, lr=c.finalist_lr, seed=c.seed,
+                                    rank=c.finalist_rank)
         log.info("finalists: the best %d candidates, %d fine-tuning steps each, scored again on held-out",
                  c.finalists, steps)
         parallel, started = None, False

@@ -15,7 +15,7 @@ from agents.registry import list_agents
 
 from .budget import GRAMMAR
 from .cli import ArgumentParser, configure_logging, given_options, guarded
-from .config import BLOCK_ENCODINGS, DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, SCORERS, SearchConfig
+from .config import BLOCK_ENCODINGS, DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, FINALIST_RANKINGS, SCORERS, SearchConfig
 from .engine import Outcome
 from .pipeline import Pipeline, PruneResult
 
@@ -85,7 +85,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "best exported; 0: export the proxy's best as it is")
     final.add_argument("--finalist-steps", type=int, default=50,
                        help="SGD steps per finalist on the fit split (0: only scored again with the exported weights)")
-    final.add_argument("--finalist-lr", type=float, default=0.01, help="finalists' peak learning rate (cosine to 0)")
+    final.add_argument("--finalist-lr", type=float, default=0.05, help="finalists' peak learning rate (cosine to 0)")
+    final.add_argument("--finalist-rank", choices=FINALIST_RANKINGS, default="ce+proxy",
+                       help="how finalists are ordered after their steps: held-out cross-entropy (ce) or score, alone "
+                            "or plus the proxy's rank (+proxy; ties keep the proxy's order)")
     ray = p.add_argument_group("distribution (Ray)")
     ray.add_argument("--workers", type=int, default=0,
                      help="score on N Ray actors (a local Ray is started unless --ray-address); 0: in this process")

@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from search import prune
 from search.cifar_resnet import resnet20
-from search.finalists import FINALISTS_FILE, score_module, top_distinct
+from search.finalists import FINALISTS_FILE, Finalist, rank_finalists, score_module, top_distinct
 from search.pipeline import load_subnet
 from search.records import Trial
 from spaces.fill import fill
@@ -29,6 +29,25 @@ def test_top_distinct_ranks_scored_trials_each_candidate_once():
               _trial(5, 0.9, {"a": 5}, flops=0.5), _trial(6, 0.7, {"a": 6})]
     assert [t.number for t in top_distinct(trials, 3)] == [5, 1, 6]  # ties: fewer FLOPs first, then earlier
     assert [t.number for t in top_distinct(trials, 10)] == [5, 1, 6, 0]
+
+
+def _finalists(*pairs):
+    """Finalists in the proxy's order, from (score after the steps, held-out cross-entropy) pairs."""
+    return [Finalist(_trial(i, 1.0 - i / 10, {"a": i}), score, 0.0, loss=loss) for i, (score, loss) in enumerate(pairs)]
+
+
+def test_finalists_are_ranked_by_each_rule_with_unscored_ones_last():
+    found = _finalists((0.5, 0.9), (0.6, 1.0), (0.4, 0.5), (math.nan, math.nan))
+    order = lambda rank, items=found: [f.trial.number for f in rank_finalists(items, rank)]  # noqa: E731
+    assert order("score") == [1, 0, 2, 3]
+    assert order("ce") == [2, 0, 1, 3]
+    assert order("ce+proxy") == [0, 2, 1, 3]      # cross-entropy ranks 1, 2, 0 plus proxy ranks 0, 1, 2
+    assert order("score+proxy") == [0, 1, 2, 3]   # a tie (1 + 0 = 0 + 1) keeps the proxy's order
+    metric = _finalists((0.5, math.nan), (0.6, math.nan), (0.4, math.nan))  # a user metric: no cross-entropy
+    assert order("ce", metric) == [1, 0, 2] and order("ce+proxy", metric) == [0, 1, 2]
+    assert order("ce+proxy", _finalists((math.nan, math.nan), (0.1, 2.0))) == [1, 0]  # diverged: last
+    with pytest.raises(ValueError, match="rank"):
+        rank_finalists(found, "test")
 
 
 def _space():
@@ -75,7 +94,7 @@ def test_finalists_pick_and_report_the_score_of_what_is_exported(model, tmp_path
     result = prune(model, out=tmp_path / "a", **kw)
     finalists = pd.read_csv(tmp_path / "a" / FINALISTS_FILE)
     assert len(finalists) == 3 and finalists.exported.tolist() == [True, False, False]
-    assert finalists.finalist_score.is_monotonic_decreasing and (finalists.steps == 4).all()
+    assert (finalists.steps == 4).all() and finalists.finalist_ce.notna().all()  # ranked by cross-entropy + proxy
     best = json.loads((tmp_path / "a" / "best.json").read_text())
     assert best["trial"] == finalists.trial[0] == result.best.number
     assert best["held_out_top1"] == pytest.approx(finalists.finalist_score[0])
