@@ -47,13 +47,19 @@ HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
 AGENTS = ("random", "abc", "tpe", "nsga2", "evolution", "amc")
 
 
+_HASHES: dict[str, str] = {}
+
+
 def agents_hash(name: str) -> str:
-    """A hash of the agent's implementation: its module (the registry's) and the shared base."""
+    """A hash of the agent's implementation: its module (the registry's) and the shared base, as they were
+    when the run first looked (an edit during a run must not label old results with the new code)."""
     from agents.registry import _AGENTS
 
-    module = _AGENTS[name].split(":")[0].replace(".", "/") + ".py"
-    text = b"".join((ROOT / f).read_bytes() for f in (module, "agents/base.py"))
-    return hashlib.sha256(text).hexdigest()[:12]
+    if name not in _HASHES:
+        module = _AGENTS[name].split(":")[0].replace(".", "/") + ".py"
+        text = b"".join((ROOT / f).read_bytes() for f in (module, "agents/base.py"))
+        _HASHES[name] = hashlib.sha256(text).hexdigest()[:12]
+    return _HASHES[name]
 
 
 class Cache:
@@ -172,6 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     torch.set_num_threads(1)
     cache = Cache(args.cache)
+    for spec in args.agents:  # the code as it is now, before anything is imported
+        agents_hash(parse_agent(spec)[0])
     print(f"agents against random: {args.data}, {args.trials} trials, seeds {seeds}, warm start "
           f"{'off' if args.no_warm_start else 'on'}, finalists {args.finalists}, {args.finetune_epochs}-epoch "
           f"fine-tune; torch {torch.__version__}, 1 thread", flush=True)
