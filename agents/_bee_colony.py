@@ -68,7 +68,23 @@ class BeeColonyAgent(Agent):
             top = len(self.space.dimensions[g].choices) - 1
             x[g] = int(np.clip(x[g] + (1 if x[g] == 0 or (x[g] < top and self.rng.random() < 0.5) else -1), 0, top))
         moved = {self.space.dimensions[int(g)].name for g in chosen}
-        return self._genes(self.trade(self._candidate(x), moved))
+        return self._genes(self._fill(self.trade(self._candidate(x), moved), moved))
+
+    def _fill(self, candidate: Candidate, moved: set[str]) -> Candidate:
+        """Give the budget a move freed to the other widths: widen them a step at a time (drawn at random
+        among those that can still widen within the budget) until none can. A source sits at the budget,
+        so without this every move that narrows a width leaves budget unused, and is rarely better."""
+        values = dict(candidate)
+        open_ = [d for d in self.space.widths if d.name not in moved and values[d.name] < d.choices[-1]]
+        while open_:
+            d = open_[int(self.rng.integers(len(open_)))]
+            wider = {**values, d.name: d.choices[d.index(values[d.name]) + 1]}
+            if self.feasible(Candidate(wider)):
+                values = wider
+                if values[d.name] < d.choices[-1]:
+                    continue
+            open_.remove(d)
+        return Candidate(values)
 
     def _moves(self, indices: list[int]) -> list[tuple[int, list[int]]]:
         """One move per source index, none equal to another (each redrawn up to `_REDRAWS` times)."""
