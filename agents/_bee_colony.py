@@ -8,12 +8,14 @@ dimension's choices (widths on the ratio grid, keep flags 0/1). One cycle:
 - onlooker bees: as many moves again, on sources drawn by fitness (rank-proportional: accuracy
   differences between good sources are small, so raw proportional selection barely prefers any);
 - scouts: a source whose counter reaches the limit is replaced by a fresh one.
-Unlike ABCPruner, every proposal is inside the budget: an over-budget move is fitted by `Agent.trade`
-(the moved genes kept, other widths narrowed a step at a time; shrinking every width by one common
-ratio instead, rounded down to the grid, cost a move at the budget about a quarter of it), and fresh sources are random shapes scaled up until the budget binds (good
-subnets use most of their budget). Every gene can mutate. `ask()` returns None while a phase waits
-for its results, so a whole phase can be scored in parallel; the moves of one phase are distinct (a
-move equal to one already planned in the phase is drawn again, a bounded number of times).
+Unlike ABCPruner, every proposal is inside the budget and uses most of it (good subnets do): an
+over-budget move is fitted by `Agent.trade` (the moved genes kept, other widths narrowed a step at a
+time; shrinking every width by one common ratio instead, rounded down to the grid, cost a move at the
+budget about a quarter of it), budget a move frees goes to other widths a step at a time (`_fill`),
+and fresh sources are random shapes scaled up until the budget binds. Every gene can mutate. `ask()`
+returns None while a phase waits for its results, so a whole phase can be scored in parallel; the moves
+of one phase are distinct (a move equal to one already planned in the phase is drawn again, a bounded
+number of times).
 """
 from __future__ import annotations
 

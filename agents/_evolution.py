@@ -13,10 +13,10 @@ child that is over budget is fitted into it by `Agent.trade` (its mutated genes 
 narrowed a step at a time). Drawing it again instead, as before, kept at a tight budget only the
 children that narrow a layer (the population drifted below the budget), and shrinking it by one common
 ratio (`repair`) narrowed most of its widths. A child already proposed is drawn again, a bounded number
-of times (then dropped, for the random fill to replace). Failed results (and non-finite scores) rank below every scored candidate and are never
-parents. `ask()` returns None while the generation's candidates await their results (a generation
-barrier: a whole generation can be scored in parallel); None with nothing outstanding means the space
-holds nothing new, and the search ends.
+of times (then dropped, for the random fill to replace). Failed results (and non-finite scores) rank
+below every scored candidate and are never parents. `ask()` returns None while the generation's
+candidates await their results (a generation barrier: a whole generation can be scored in parallel);
+None with nothing outstanding means the space holds nothing new, and the search ends.
 
 Small trial budgets: with `trials` known, the population is shrunk to
 `min(population, max(8, trials // 4))`, so a search sees at least about four generations; `parents`,

@@ -275,8 +275,8 @@ class TPEAgent(OptunaAgent):
         return self.startup_trials or max(10, min(30, (self.trials or 100) // 5))
 
     def sampler(self) -> optuna.samplers.BaseSampler:
-        return _BoundedTPESampler(self._distributions(), self.history, seed=self.seed, n_startup_trials=self.startup(),
-                                  n_ei_candidates=self.ei_candidates,
+        return _BoundedTPESampler(self._distributions(), self.history, seed=self.seed,
+                                  n_startup_trials=self.startup(), n_ei_candidates=self.ei_candidates,
                                   constant_liar=self.constant_liar, **_constraint_options())
 
 
