@@ -44,8 +44,10 @@ transition of the episode gets that reward (as in AMC).
   `-(1 - score) * log(FLOPs)`. Failed results give 0, infeasible ones -1 (the wall prevents them).
 - Several episodes may be outstanding: `ask()` never returns None, and `tell()` matches its candidate
   to the oldest outstanding episode that produced it. Once the noise has decayed the policy proposes
-  the same candidate again and again; an episode equal to one still outstanding is walked again
-  with noise at least 0.1 (up to 20 times), so N workers get N distinct candidates.
+  the same candidate again and again; an episode equal to one already proposed in this search (told
+  or still outstanding) is walked again with noise at least 0.1 (up to 20 times), so N workers get N
+  distinct candidates and a long search does not spend its trials on known results (at 150 trials,
+  111 of ResNet-20's 150 were distinct before).
 Seeded throughout: numpy `self.rng` for actions, noise and batches; a `torch.Generator` derived from it
 initialises the networks (no global RNG is touched). `state_dict()` holds everything needed to
 continue exactly: networks, target networks, optimisers, replay buffer, noise, baseline, counters,
@@ -76,7 +78,7 @@ _UPDATES = 2  # gradient updates per told episode (AMC: one per step)
 _DISCOUNT = 1.0
 _MOVING_ALPHA = 0.5
 _SIGMA, _SIGMA_DECAY = 0.5, 0.95
-_SIGMA_REDRAW, _REDRAWS = 0.1, 20  # an episode equal to an outstanding one is walked again with this noise
+_SIGMA_REDRAW, _REDRAWS = 0.1, 20  # an episode equal to one already proposed is walked again with this noise
 _INIT_W = 3e-3  # the output layers start near zero, as in AMC
 _PENALTY = 1e-3  # on the actor's squared pre-sigmoid output: keeps the sigmoid out of saturation
 
@@ -192,6 +194,8 @@ class AMCAgent(Agent):
         self.baseline: float | None = None
         self.asked = 0       # episodes proposed
         self.told = 0        # episodes told
+        #: every candidate proposed so far (a repeat would spend a trial on a known result)
+        self.proposed: dict[Candidate, None] = {}  # in the order proposed
         #: outstanding episodes, oldest first: (candidate, states, capped actions)
         self.outstanding: list[tuple[Candidate, list[list[float]], list[float]]] = []
 
@@ -266,10 +270,11 @@ class AMCAgent(Agent):
 
     def ask(self) -> Candidate:
         episode = self._episode(self.sigma)
-        for _ in range(_REDRAWS):  # equal to an outstanding one (the noise has decayed): explore more
-            if all(episode[0] != e[0] for e in self.outstanding):
+        for _ in range(_REDRAWS):  # already proposed (the noise has decayed): explore more
+            if episode[0] not in self.proposed:
                 break
             episode = self._episode(max(self.sigma, _SIGMA_REDRAW))
+        self.proposed[episode[0]] = None
         if self.asked >= self.warmup:
             self.sigma *= _SIGMA_DECAY
         self.asked += 1
@@ -346,7 +351,8 @@ class AMCAgent(Agent):
             "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
             "buffer": self.buffer, "stored": self.stored, "cursor": self.cursor, "sigma": self.sigma,
             "baseline": self.baseline, "asked": self.asked, "told": self.told, "warmup": self.warmup,
-            "outstanding": [(c.to_dict(), s, a) for c, s, a in self.outstanding]})
+            "outstanding": [(c.to_dict(), s, a) for c, s, a in self.outstanding],
+            "proposed": [c.to_dict() for c in self.proposed]})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         state = copy.deepcopy(dict(state))  # never share tensors with the snapshot
@@ -359,3 +365,4 @@ class AMCAgent(Agent):
         self.baseline, self.asked, self.told = state["baseline"], state["asked"], state["told"]
         self.warmup = state["warmup"]
         self.outstanding = [(Candidate(c), s, a) for c, s, a in state["outstanding"]]
+        self.proposed = dict.fromkeys(Candidate(c) for c in state.get("proposed", []))

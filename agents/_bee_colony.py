@@ -8,14 +8,18 @@ dimension's choices (widths on the ratio grid, keep flags 0/1). One cycle:
 - onlooker bees: as many moves again, on sources drawn by fitness (rank-proportional: accuracy
   differences between good sources are small, so raw proportional selection barely prefers any);
 - scouts: a source whose counter reaches the limit is replaced by a fresh one.
-Unlike ABCPruner, every proposal is inside the budget: an over-budget move is shrunk by one common
-ratio until it fits, and fresh sources are random shapes scaled up until the budget binds (good
-subnets use most of their budget). Every gene can mutate. `ask()` returns None while a phase waits
-for its results, so a whole phase can be scored in parallel; the moves of one phase are distinct (a
-move equal to one already planned in the phase is drawn again, a bounded number of times).
+Unlike ABCPruner, every proposal is inside the budget and uses most of it (good subnets do): an
+over-budget move is fitted by `Agent.trade` (the moved genes kept, other widths narrowed a step at a
+time; shrinking every width by one common ratio instead, rounded down to the grid, cost a move at the
+budget about a quarter of it), budget a move frees goes to other widths a step at a time (`_fill`),
+and fresh sources are random shapes scaled up until the budget binds. Every gene can mutate. `ask()`
+returns None while a phase waits for its results, so a whole phase can be scored in parallel; the moves
+of one phase are distinct (a move equal to one already planned in the phase is drawn again, a bounded
+number of times).
 """
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -65,7 +69,24 @@ class BeeColonyAgent(Agent):
             g = int(chosen[0])
             top = len(self.space.dimensions[g].choices) - 1
             x[g] = int(np.clip(x[g] + (1 if x[g] == 0 or (x[g] < top and self.rng.random() < 0.5) else -1), 0, top))
-        return self._genes(self.repair(self._candidate(x)))
+        moved = {self.space.dimensions[int(g)].name for g in chosen}
+        return self._genes(self._fill(self.trade(self._candidate(x), moved), moved))
+
+    def _fill(self, candidate: Candidate, moved: set[str]) -> Candidate:
+        """Give the budget a move freed to the other widths: widen them a step at a time (drawn at random
+        among those that can still widen within the budget) until none can. A source sits at the budget,
+        so without this every move that narrows a width leaves budget unused, and is rarely better."""
+        values = dict(candidate)
+        open_ = [d for d in self.space.widths if d.name not in moved and values[d.name] < d.choices[-1]]
+        while open_:
+            d = open_[int(self.rng.integers(len(open_)))]
+            wider = {**values, d.name: d.choices[d.index(values[d.name]) + 1]}
+            if self.feasible(Candidate(wider)):
+                values = wider
+                if values[d.name] < d.choices[-1]:
+                    continue
+            open_.remove(d)
+        return Candidate(values)
 
     def _moves(self, indices: list[int]) -> list[tuple[int, list[int]]]:
         """One move per source index, none equal to another (each redrawn up to `_REDRAWS` times)."""
@@ -129,11 +150,13 @@ class BeeColonyAgent(Agent):
             self._next_phase()
 
     def state_dict(self) -> dict[str, Any]:
-        return {**super().state_dict(), "sources": self.sources, "scores": self.scores, "counters": self.counters,
-                "phase": self.phase, "queue": self.queue, "asked": self.asked, "done": self.done}
+        return copy.deepcopy({**super().state_dict(), "sources": self.sources, "scores": self.scores,
+                              "counters": self.counters, "phase": self.phase, "queue": self.queue,
+                              "asked": self.asked, "done": self.done})  # never shares its lists with the agent
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
+        state = copy.deepcopy(dict(state))
         self.sources, self.scores, self.counters = state["sources"], state["scores"], state["counters"]
         self.phase = state["phase"]
         self.queue, self.asked, self.done = ([tuple(e) for e in state[k]] for k in ("queue", "asked", "done"))

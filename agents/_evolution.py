@@ -9,12 +9,14 @@ choices (widths on the ratio grid, keep flags 0/1), as in the ABC agent. One gen
   random parents, each gene taken from either with probability 1/2; then random candidates fill the
   generation up to `population`.
 Every proposal is new (never a candidate already proposed in this search) and inside the budget: a
-child that is over budget or already proposed is drawn again, a bounded number of times (then the
-last draw is shrunk into the budget with `repair`, and dropped if that is a repeat, for the random fill
-to replace). Failed results (and non-finite scores) rank below every scored candidate and are never
-parents. `ask()` returns None while the generation's candidates await their results (a generation
-barrier: a whole generation can be scored in parallel); None with nothing outstanding means the space
-holds nothing new, and the search ends.
+child that is over budget is fitted into it by `Agent.trade` (its mutated genes kept, other widths
+narrowed a step at a time). Drawing it again instead, as before, kept at a tight budget only the
+children that narrow a layer (the population drifted below the budget), and shrinking it by one common
+ratio (`repair`) narrowed most of its widths. A child already proposed is drawn again, a bounded number
+of times (then dropped, for the random fill to replace). Failed results (and non-finite scores) rank
+below every scored candidate and are never parents. `ask()` returns None while the generation's
+candidates await their results (a generation barrier: a whole generation can be scored in parallel);
+None with nothing outstanding means the space holds nothing new, and the search ends.
 
 Small trial budgets: with `trials` known, the population is shrunk to
 `min(population, max(8, trials // 4))`, so a search sees at least about four generations; `parents`,
@@ -90,33 +92,33 @@ class EvolutionAgent(Agent):
         self.proposed.append(genes)
         self._seen.add(tuple(genes))
 
-    def _settle(self, draw) -> bool:
-        """Plan the first new, feasible result of `draw()` (bounded tries, then `repair`)."""
-        genes: list[int] = []
-        for _ in range(TRIES):
-            genes = draw()
+    def _settle(self, draw, tries: int = TRIES) -> bool:
+        """Plan the first new result of `draw()` -> (genes, names of the genes it moved), an over-budget one
+        fitted into the budget by `trade` (the moved genes kept, the others paying); bounded tries."""
+        for _ in range(tries):
+            genes, moved = draw()
+            candidate = self.space.decode(genes)
+            if not self.feasible(candidate):
+                genes = self._genes(self.trade(candidate, moved))
             if self._fits(genes):
                 self._take(genes)
                 return True
-        repaired = self._genes(self.repair(self.space.decode(genes)))
-        if self._fits(repaired):
-            self._take(repaired)
-            return True
         return False
 
-    def _mutate(self, parent: list[int]) -> list[int]:
-        child = list(parent)
+    def _mutate(self, parent: list[int]) -> tuple[list[int], set[str]]:
+        child, moved = list(parent), set()
         for g, dim in enumerate(self.space.dimensions):
             if self.rng.random() < self.mutation_prob:
                 child[g] = int(self.rng.integers(len(dim.choices)))
-        return child
+                moved.add(dim.name)
+        return child, moved
 
-    def _cross(self, a: list[int], b: list[int]) -> list[int]:
+    def _cross(self, a: list[int], b: list[int]) -> tuple[list[int], set[str]]:
         pick = self.rng.random(len(a)) < 0.5
-        return [int(x) if p else int(y) for x, y, p in zip(a, b, pick)]
+        return [int(x) if p else int(y) for x, y, p in zip(a, b, pick)], set()
 
-    def _random(self) -> list[int]:
-        return self._genes(self.sample_feasible())
+    def _random(self) -> tuple[list[int], set[str]]:
+        return self._genes(self.sample_feasible()), set()
 
     # -- generations ---------------------------------------------------------------------------
     def ranked(self) -> list[tuple[list[int], float | None]]:
@@ -147,8 +149,10 @@ class EvolutionAgent(Agent):
                 if self._fits(genes):
                     self._take(genes)
         while len(self.queue) < self.population:
-            if not self._settle(self._random):
-                break  # nothing new is found: the space (or its feasible part) is exhausted
+            # nothing new is found (drawn harder before a generation would end the search empty): the
+            # space, or its feasible part, is exhausted
+            if not self._settle(self._random, TRIES if self.queue else 10 * TRIES):
+                break
 
     def ask(self) -> Candidate | None:
         if not self.queue and not self.outstanding:

@@ -78,9 +78,18 @@ class OptunaAgent(Agent):
                                          study_name=study_name or (f"prunesearch-{self.name}" if storage else None))
         self._stored = storage is not None
         self._pending: list[tuple[Candidate, int]] = []  # asked, not told: (candidate, Optuna trial number)
-        if not self.study.trials:  # a fresh study: warm starts are its first trials (a resumed one has them)
+        if not self.study.trials:  # a fresh study: warm starts, then feasible random draws, are its first trials
             for candidate in self.initial:
                 self._enqueue(candidate)
+            for _ in range(max(0, self.startup() - len(self.initial))):
+                self._enqueue(self.sample_feasible())
+
+    def startup(self) -> int:
+        """Trials the sampler draws at random before it models the study: these are enqueued as feasible
+        random draws (as `random` proposes them). Optuna's own random draws are uniform over the whole space;
+        at a tight budget nearly all are over it, are told as infeasible without an evaluation, and use up the
+        startup while the engine sees only the warm start."""
+        return 0
 
     def _enqueue(self, candidate: Candidate) -> None:
         self.study.enqueue_trial({d.name: candidate[d.name] if d.kind == KEEP else d.index(candidate[d.name])
@@ -262,10 +271,12 @@ class TPEAgent(OptunaAgent):
         return {d.name: CategoricalDistribution([0, 1]) if d.kind == KEEP else IntDistribution(0, len(d.choices) - 1)
                 for d in self.space.dimensions}
 
+    def startup(self) -> int:
+        return self.startup_trials or max(10, min(30, (self.trials or 100) // 5))
+
     def sampler(self) -> optuna.samplers.BaseSampler:
-        startup = self.startup_trials or max(10, min(30, (self.trials or 100) // 5))
-        return _BoundedTPESampler(self._distributions(), self.history, seed=self.seed, n_startup_trials=startup,
-                                  n_ei_candidates=self.ei_candidates,
+        return _BoundedTPESampler(self._distributions(), self.history, seed=self.seed,
+                                  n_startup_trials=self.startup(), n_ei_candidates=self.ei_candidates,
                                   constant_liar=self.constant_liar, **_constraint_options())
 
 
@@ -276,6 +287,9 @@ class NSGA2Agent(OptunaAgent):
     def __init__(self, *args: Any, population: int = 20, **kwargs: Any):
         self.population = population
         super().__init__(*args, **kwargs)
+
+    def startup(self) -> int:
+        return self.population  # the first generation
 
     def sampler(self) -> optuna.samplers.BaseSampler:
         return optuna.samplers.NSGAIISampler(seed=self.seed, population_size=self.population,

@@ -16,7 +16,7 @@ Conventions every agent follows (the conformance suite checks them):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
@@ -112,6 +112,29 @@ class Agent(abc.ABC):
         if fitted is None:
             fitted = self._scaled(candidate, 0.0, 1.0, {d.name: 0 for d in self.space.keeps})
         return fitted if fitted is not None else self.space.smallest()
+
+    def trade(self, candidate: Candidate, fixed: Collection[str] = ()) -> Candidate:
+        """Fit an over-budget candidate into the budget locally: narrow one width at a time by one step of its
+        choices (drawn at random among the widths not in `fixed` that can narrow) until it fits.
+
+        For local moves (a bee's move, a mutation): the moved widths stay as moved and the rest pay for
+        them, a step at a time. `repair` instead scales every ratio by one common factor, and rounded down
+        to the width grid that narrows most widths by a whole step: one widened layer of a candidate at
+        the budget costs it about a quarter of the budget and changes most of its genes. Falls back to
+        `repair` where narrowing every free width as far as it goes still does not fit.
+        """
+        if self.feasible(candidate):
+            return candidate
+        values = dict(candidate)
+        free = [d for d in self.space.widths if d.name not in fixed]
+        while True:
+            narrowable = [d for d in free if values[d.name] > d.choices[0]]
+            if not narrowable:
+                return self.repair(candidate)
+            d = narrowable[int(self.rng.integers(len(narrowable)))]
+            values[d.name] = d.choices[d.index(values[d.name]) - 1]
+            if self.feasible(Candidate(values)):
+                return Candidate(values)
 
     def grow(self, candidate: Candidate) -> Candidate:
         """Scale a feasible candidate's width ratios up by one common factor until the budget binds."""

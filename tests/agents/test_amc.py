@@ -223,3 +223,16 @@ def test_outstanding_episodes_stay_distinct_once_the_noise_has_decayed():
     asked = [agent.ask() for _ in range(8)]
     assert len(set(asked)) == 8
     assert all(budget.feasible(price(c)) for c in asked)
+
+
+def test_no_candidate_is_proposed_twice_once_the_noise_has_decayed():
+    # a repeat spends a trial on a known result: at 150 trials on ResNet-20, 39 of 150 were repeats
+    agent, space, budget, price = amc(seed=4, warmup=3)
+    told = run(agent, space, price, 5)
+    agent.sigma = 1e-9  # as after a few hundred episodes: the policy alone decides
+    asked = []
+    for _ in range(8):
+        c = agent.ask()
+        asked.append(c)
+        agent.tell(c, complete(space, price, c))
+    assert len(set(asked)) == 8 and not set(asked) & set(told)

@@ -74,3 +74,25 @@ def test_moves_planned_for_one_phase_are_distinct():
         agent.tell(c, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
     planned = [tuple(g) for _, g in agent._moves([0] * 12)]
     assert len(set(planned)) == len(planned)
+
+
+def test_moves_stay_local_and_keep_using_the_budget():
+    # a move's over-budget part is paid by narrowing other widths a step at a time, and budget it frees is
+    # given to other widths: shrinking every width by one common ratio (rounded down to the grid) instead
+    # cost a move at the budget about a quarter of it and changed most genes
+    space, budget, price = setting("0.25flops+0.5params")
+    agent = make_agent("abc", space, budget, price=price, seed=0, food_sources=6)
+    cap = budget.caps["flops"]
+    first = []
+    while (c := agent.ask()) is not None:
+        first.append(c)
+    for i, c in enumerate(first):
+        agent.tell(c, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
+    moves = []
+    while (c := agent.ask()) is not None:
+        moves.append(c)
+    for (i, _), c in zip(agent.asked, moves):
+        assert budget.feasible(price(c))
+        assert price(c)["flops"] >= 0.9 * cap
+        source = agent.sources[i]
+        assert sum(a != b for a, b in zip(space.encode(c), source)) <= len(space) // 2

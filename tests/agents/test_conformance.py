@@ -10,6 +10,7 @@ import pytest
 from agents import list_agents, make_agent
 from conftest import BUDGETS, fake_score, setting
 from spaces.records import Result, TrialState
+from spaces.space import Candidate
 
 def drive(name: str, budget_name: str = "0.4flops", *, seed: int = 0, trials: int = 30, fail_every: int = 0,
           initial=()):
@@ -202,3 +203,18 @@ def test_state_dict_round_trip_mid_search_with_outstanding_candidates(name):
         return asked
 
     assert go_on(a) == go_on(b)
+
+
+def test_trade_fits_a_widened_candidate_by_narrowing_other_widths_a_step_at_a_time():
+    space, budget, price = setting("0.25flops+0.5params")
+    agent = make_agent("random", space, budget, price=price, seed=0)
+    at_budget = agent.repair(space.full())
+    wide = next(d for d in space.widths
+                if not budget.feasible(price(Candidate({**at_budget, d.name: d.choices[-1]}))))
+    widened = Candidate({**at_budget, wide.name: wide.choices[-1]})
+    traded = agent.trade(widened, {wide.name})
+    assert budget.feasible(price(traded)) and traded[wide.name] == wide.choices[-1]
+    for d in space.dimensions:
+        if d.name != wide.name:
+            assert traded[d.name] <= at_budget[d.name]  # the others only narrow
+    assert agent.trade(at_budget) == at_budget  # a feasible candidate is left alone

@@ -91,7 +91,8 @@ def test_parents_are_the_best_scored_and_failures_never_breed():
     parents = [space.encode(c) for c in best]
     for child in children:
         genes = space.encode(child)
-        assert any(all(g in (p[k], q[k]) for k, g in enumerate(genes))
+        # a gene-wise mix of two parents, some widths narrowed where the mix is over the budget
+        assert any(all(g in (p[k], q[k]) or g < max(p[k], q[k]) for k, g in enumerate(genes))
                    for p in parents for q in parents if p is not q), "a crossover child of two parents"
 
 
@@ -101,7 +102,9 @@ def test_mutations_stay_close_to_a_parent():
     parents = agent.top()
     for _ in range(6):
         genes = space.encode(agent.ask())
-        assert min(sum(a != b for a, b in zip(genes, p)) for p in parents) <= 6
+        # a few mutated genes; widths narrowed to pay for widened ones (`trade`) are not mutations
+        assert min(sum(a > b or (a != b and d.kind == KEEP) for a, b, d in zip(genes, p, space.dimensions))
+                   for p in parents) <= 6
 
 
 def test_state_dict_round_trip_mid_generation():
@@ -156,3 +159,19 @@ def test_options_are_checked_and_the_population_shrinks_for_short_searches():
     assert (short.population, short.parents, short.mutations, short.crossovers) == (10, 2, 5, 5)
     long = make_agent("evolution", space, budget, price=price, trials=1000)
     assert long.population == 50
+
+
+def test_at_a_tight_budget_children_keep_using_the_budget():
+    # an over-budget child is fitted by narrowing other widths a step at a time: drawn again instead, only the
+    # children that narrow a layer would survive; shrunk by one common ratio, most widths would lose a step
+    agent, space, budget, price = evolution("0.25flops+0.5params", population=12, parents=3, mutations=9,
+                                            crossovers=0, mutation_prob=0.3)
+    cap = budget.caps["flops"]
+    generation(agent, lambda c: price(c)["flops"] / cap, price)
+    parents = [space.decode(g) for g in agent.top()]
+    share = lambda cs: sum(price(c)["flops"] for c in cs) / len(cs) / cap  # noqa: E731
+    children = []
+    for _ in range(3):  # flat scores: the parents stay the best
+        children += generation(agent, lambda c: 0.0, price)[:9]
+    assert [space.decode(g) for g in agent.top()] == parents
+    assert share(children) >= 0.85 * share(parents)  # rejecting over-budget children: 0.83 here

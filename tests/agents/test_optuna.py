@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import optuna
+import pytest
 
 from agents import make_agent
 from conftest import fake_score, setting
@@ -195,3 +196,22 @@ def test_a_bounded_tpe_resumes_exactly_by_replay_and_by_state_dict():
     loaded.load_state_dict(original.state_dict())
     after = [drive(agent, list(pending), 15) for agent in (original, replayed, loaded)]
     assert after[0] == after[1] == after[2] and len(after[0]) == 15
+
+
+@pytest.mark.parametrize("name, options, startup", [("tpe", {"startup_trials": 8}, 8), ("nsga2", {"population": 6}, 6)])
+def test_startup_trials_are_feasible_random_draws_that_reach_the_engine(name, options, startup):
+    # at a tight budget Optuna's own random draws are nearly all over it: they would use up the startup
+    # (told as infeasible, never evaluated) and leave the engine the warm start alone
+    space, budget, price = setting("0.25flops+0.5params")
+    warm = space.full()
+    agent = make_agent(name, space, budget, price=price, seed=0, trials=30, initial=[warm], **options)
+    asked = []
+    for _ in range(startup):
+        c = agent.ask()
+        asked.append(c)
+        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    assert len(agent.study.trials) == startup  # not one draw was wasted on an over-budget candidate
+    assert asked[0] == agent.initial[0] and len(set(asked)) == startup
+    assert all(budget.feasible(price(c)) for c in asked)
+    again = make_agent(name, space, budget, price=price, seed=0, trials=30, initial=[warm], **options)
+    assert [again.ask() for _ in range(startup)] == asked  # seeded
