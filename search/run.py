@@ -145,6 +145,9 @@ def _run(args: argparse.Namespace, given: dict | None = None) -> PruneResult:
         changes = {k: v for k, v in (given if given is not None else vars(args)).items() if k not in RUNTIME}
         pipeline = Pipeline.resume(args.resume, changes, progress=progress)
     else:
+        if args.explain:  # the space alone: no agent or budget is needed to print it
+            args = argparse.Namespace(**{**vars(args), "agent": args.agent or "random",
+                                         "budget": args.budget or ["1flops"]})
         pipeline = Pipeline(config_of(args), progress=progress)
     if args.explain:
         print(pipeline.explain())

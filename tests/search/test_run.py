@@ -51,6 +51,13 @@ def test_default_job_writes_a_complete_run_directory(tmp_path, capsys):
     assert "best :" in printed and "python -m search.finetune" in printed
 
 
+def test_explain_prints_the_space_with_nothing_else_given(tmp_path, capsys):
+    assert run_module.main(["--explain", "--out", str(tmp_path / "run"), *FAST]) == 0
+    out = capsys.readouterr().out
+    assert "resnet20" in out.lower() and "width" in out.lower()
+    assert not (tmp_path / "run").exists()  # nothing searched, nothing written
+
+
 def test_best_json_replays_onto_a_fresh_base_model(tmp_path):
     code, out = search(tmp_path, "--model", "resnet20", "--finalists", "0")  # base weights, as exported
     assert code == 0
