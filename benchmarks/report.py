@@ -470,7 +470,8 @@ def sections(path: Path) -> dict[str, list[str]]:
                 found[title].pop(0)
             while found[title] and not found[title][-1].strip():
                 found[title].pop()
-            found[title] = [line for line in found[title] if not line.startswith("(Carried over from")]
+            found[title] = [line for line in found[title]
+                            if not line.startswith(("(Carried over from", "Report generated in"))]
     return found
 
 
