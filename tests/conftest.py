@@ -61,6 +61,28 @@ def assert_close(actual: torch.Tensor, expected: torch.Tensor, rel: float = 1e-4
     assert err <= rel * scale, f"max abs difference {err:.3e} at output scale {scale:.3e}"
 
 
+def assert_exact(prunable, candidates, x: torch.Tensor) -> None:
+    """Per candidate: the elastic model equals the materialized subnet on `x`, and the analytic FLOPs/params
+    equal FlopCounterMode's count / the subnet's parameters."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from evaluators.cost import CostModel
+    from spaces.elastic import ElasticModel
+    from spaces.materialize import materialize
+
+    cost, elastic = CostModel(prunable), ElasticModel(prunable).eval()
+    for candidate in candidates:
+        elastic.apply(candidate)
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        price = cost.price(candidate)
+        assert price.flops == counter.get_total_flops()
+        assert price.params == sum(p.numel() for p in subnet.parameters())
+
+
 BUDGETS = {"0.4flops": [Limit("flops", 0.4, True)],
            "0.25flops+0.5params": [Limit("flops", 0.25, True), Limit("params", 0.5, True)]}
 

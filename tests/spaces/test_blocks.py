@@ -6,11 +6,10 @@ import json
 import pytest
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 from torchvision.ops import StochasticDepth
 
 from agents import list_agents, make_agent
-from conftest import assert_close, fake_score
+from conftest import assert_close, assert_exact, fake_score
 from evaluators.cost import CostModel
 from search.engine import Engine, Journal
 from spaces import DEPTH, KEEP, SearchSpace
@@ -99,18 +98,7 @@ X = torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(1))
 
 
 def check_exact(prunable, candidates) -> None:
-    """Elastic == materialized, and analytic FLOPs/params == FlopCounterMode / the subnet's parameters."""
-    cost, elastic = CostModel(prunable), ElasticModel(prunable).eval()
-    for candidate in candidates:
-        elastic.apply(candidate)
-        subnet = materialize(prunable, candidate).eval()
-        with torch.no_grad():
-            assert_close(elastic(X), subnet(X))
-            with FlopCounterMode(display=False) as counter:
-                subnet(X[:1])
-        price = cost.price(candidate)
-        assert price.flops == counter.get_total_flops()
-        assert price.params == sum(p.numel() for p in subnet.parameters())
+    assert_exact(prunable, candidates, X)
 
 
 def every_other_removed(prunable):
