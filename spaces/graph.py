@@ -722,11 +722,15 @@ class ChannelGraph:
             self._shapes[node] = self._specs[x]
             return True
         if name == "getitem" and x in self._shapes:
-            spec, index = self._shapes[x], node.args[1]
-            if isinstance(index, int) and index in (spec.axis, spec.axis - len(tensor_shape(x.args[0]))):
+            spec, index, ndim = self._shapes[x], node.args[1], len(tensor_shape(x.args[0]))
+            if isinstance(index, int):
+                held = _normalize_dim(index, ndim) == spec.axis
+            else:  # a slice of the shape (`x.shape[2:]`, spatial sizes) holds the count if it covers the axis
+                plain = isinstance(index, slice) and all(isinstance(v, (int, type(None)))
+                                                         for v in (index.start, index.stop, index.step))
+                held = not plain or spec.axis in range(ndim)[index]
+            if held:
                 self._counts[node] = spec.layout
-            elif not isinstance(index, int):
-                self._counts[node] = spec.layout  # a slice of the shape holding the channel count, say
             return True
         if name == "numel" and x in self._specs:
             self._counts[node] = self._specs[x].layout
@@ -1011,6 +1015,9 @@ class ChannelGraph:
             layout = self._specs[reshape].layout
             if size not in self._counts or not same(self._counts[size], layout):
                 self._fix(layout, f"'{op_name(reshape)}' sizes the channel axis with a computed value")
+        for shape, spec in self._shapes.items():  # a whole shape used other than indexed (`y.view(x.shape)`)
+            if any(op_name(user) not in ("getitem", "len") for user in shape.users):
+                self._fix(spec.layout, "its shape, channel count included, is read whole")
         for count, layout in self._counts.items():
             for user in count.users:
                 if self._rebuilds.get(user) is not count or not same(self._specs[user].layout, layout):

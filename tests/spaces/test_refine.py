@@ -250,3 +250,31 @@ def test_a_tensor_of_unknown_channels_in_an_elementwise_op_freezes_them():
     prunable = check(LiteralScale(made=True))
     assert not prunable.space.widths
     assert any("a tensor the forward makes" in r for r in prunable.graph.fixed_reasons())
+
+
+class Upsample(nn.Module):
+    """Spatial sizes read from a shape (`b.shape[2:]`, FPN/segmentation heads) are not channel counts; a whole
+    shape handed to a reshape of another tensor is."""
+
+    def __init__(self, whole: bool = False):
+        super().__init__()
+        self.whole = whole
+        self.a, self.b, self.c = nn.Conv2d(3, 6, 3, stride=2, padding=1), nn.Conv2d(3, 4, 1), nn.Conv2d(3, 4, 1)
+        self.head = nn.Conv2d(14 if whole else 10, 2, 1)
+
+    def forward(self, x):
+        a, b = self.a(x), self.b(x)
+        parts = [nn.functional.interpolate(a, size=b.shape[2:], mode="nearest"), b]
+        if self.whole:
+            parts.append(self.c(x).reshape(b.shape))
+        return self.head(torch.cat(parts, 1))
+
+
+def test_spatial_sizes_read_from_a_shape_leave_channels_searchable():
+    assert [d.name for d in check(Upsample()).space.widths] == ["a", "b"]
+
+
+def test_a_whole_shape_sizing_another_tensor_freezes_its_channels():
+    prunable = check(Upsample(whole=True))
+    assert [d.name for d in prunable.space.widths] == ["a"]
+    assert "its shape, channel count included, is read whole" in prunable.graph.fixed_reasons()
