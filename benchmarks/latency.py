@@ -4,8 +4,9 @@
                                  [--candidates 30] [--budget 0.5] [--threads 1] [--batch 1] [--device cpu]
 
 For each runtime (`--latency-backend`) and model: measure its latency table (fresh, not cached), then pick
-`--candidates` subnets spread over the predicted latency ratio (from 400 drawn: uniform per dimension, and
-uniform width ratios jittered per group with blocks dropped at random), so that many lie near the budget.
+`--candidates` subnets spread over the predicted latency (`evaluators.latency.spread`: from 400 drawn, uniform
+per dimension and uniform width ratios jittered per group with blocks dropped at random; another seed than
+the table's calibration subnets), so that many lie near the budget.
 The truth: every subnet timed right beside the base model (pairs in alternating order) in 5 rounds: its
 median ms and its median ratio to the base. Printed per runtime and model:
 - rho: Spearman rank correlation of predicted and measured latency;
@@ -35,10 +36,10 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from evaluators.latency import measure_table, time_call  # noqa: E402
+from evaluators.latency import measure_table, spread, time_call  # noqa: E402
 from evaluators.latency_backends import compile_call  # noqa: E402
 from search.cifar_resnet import resnet20  # noqa: E402
-from search.latency_check import time_against_base  # noqa: E402
+from search.latency_check import ROUNDS, time_against_base  # noqa: E402
 from search.training import resolve_device  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
@@ -51,21 +52,6 @@ def build(name: str):
     if name == "resnet20":
         return resnet20(num_classes=10, in_channels=1).eval(), (1, 8, 8)
     return torchvision.models.get_model(name, weights=None).eval(), (3, 64, 64)
-
-
-def spread(prunable, table, count: int, rng: np.random.Generator) -> list:
-    """`count` subnets spread evenly over the predicted latency ratio of 400 drawn ones."""
-    space = prunable.space
-    pool = [space.sample(rng) for _ in range(200)]
-    for _ in range(200):
-        level = rng.uniform(0.2, 1.0)
-        ratios = [rng.uniform(0, 1) < 0.5 + level / 2 if d.kind == "keep" else level + rng.normal(0, 0.15)
-                  for d in space.dimensions]
-        pool.append(space.from_ratios(np.clip(np.asarray(ratios, dtype=float), 0.05, 1.0)))
-    base = table.base_ms
-    pool = sorted(set(pool), key=lambda c: table.predict(c) / base)
-    picks = np.linspace(0, len(pool) - 1, count).round().astype(int)
-    return [pool[i] for i in sorted(set(picks))]
 
 
 def truth(base, modules, shape, batch, device, backend) -> tuple[list[float], list[float], float]:
@@ -88,11 +74,11 @@ def truth(base, modules, shape, batch, device, backend) -> tuple[list[float], li
 
 def judge(name: str, backend: str, args, device) -> str:
     model, shape = build(name)
-    prunable = derive(model, torch.zeros(1, *shape))
+    prunable = derive(model, torch.zeros(1, *shape), round_to=args.round_to)
     started = time.perf_counter()
     table = measure_table(prunable, shape, batch=args.batch, device=device, progress=False, backend=backend)
     seconds = time.perf_counter() - started
-    candidates = spread(prunable, table, args.candidates, np.random.default_rng(0))
+    candidates = spread(prunable.space, table.predict, args.candidates, np.random.default_rng(0))
     base_module = materialize(prunable, prunable.space.full())
     modules = [materialize(prunable, c) for c in candidates]
     measured_ms, measured_ratio, base_ms = truth(base_module, modules, shape, args.batch, device, backend)
@@ -103,14 +89,18 @@ def judge(name: str, backend: str, args, device) -> str:
     abs_err = [abs(p - m) / m for p, m in zip(predicted_ms, measured_ms)]
     feasible = [i for i, p in enumerate(predicted_ratio) if p <= args.budget]
     before = sum(measured_ratio[i] > args.budget for i in feasible)
-    kept = [i for i in feasible if time_against_base(modules[i], base_module, input_shape=shape, batch=args.batch,
-                                                     device=device, backend=backend)[2].high <= args.budget]
+    checked = {i: time_against_base(modules[i], base_module, input_shape=shape, batch=args.batch, device=device,
+                                    backend=backend)[2] for i in feasible}
+    kept = [i for i in feasible if checked[i].high <= args.budget]
     after = sum(measured_ratio[i] > args.budget for i in kept)
+    # what a false-feasible after the check looked like: the truth's ratio against the check's interval
+    misses = "".join(f"\n    ff after: truth {measured_ratio[i]:.3f} ({TRUTH_ROUNDS} rounds), the check "
+                     f"{checked[i].text()} ({ROUNDS} rounds)" for i in kept if measured_ratio[i] > args.budget)
     return (f"{backend:11s} {name:13s} {'x'.join(map(str, shape)):7s} {len(candidates):4d} {seconds:7.1f} "
             f"{base_ms:8.3f} {table.base_ms:8.3f} {rho:5.3f} "
             f"{100 * statistics.median(ratio_err):5.1f}% / {100 * max(ratio_err):5.1f}% "
             f"{100 * statistics.median(abs_err):5.1f}% / {100 * max(abs_err):5.1f}% "
-            f"{before:3d}/{len(feasible):<3d}  {len(kept):4d} {after:3d}/{len(kept):<3d}")
+            f"{before:3d}/{len(feasible):<3d}  {len(kept):4d} {after:3d}/{len(kept):<3d}" + misses)
 
 
 def main() -> None:
@@ -122,6 +112,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--budget", type=float, default=0.5, help="the relative latency budget judged")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--round-to", type=int, default=1, help="widths rounded to this multiple (as --round-to)")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (every runtime gets as many)")
     args = parser.parse_args()
     device = resolve_device(args.device)

@@ -1,20 +1,28 @@
 """A per-layer latency table measured on the target device, and latency predicted from widths alone.
 
 Measured once per (device, torch version, model structure, input shape, batch) and cached on disk:
-- every conv/linear layer is timed on its own, on a grid of kept output x kept input sizes (its real
-  kernel, stride, groups and input size), warm-up then the median of repeated runs; a candidate's
-  layer time is the bilinear interpolation of that grid at its sizes;
-- the remainder (normalization, activations, additions, pooling: everything but those layers) costs
-  a fixed dispatch overhead per op (what dominates small models and small inputs) plus a memory-bound
-  part, so it is modelled as `a + c x N + b x E`, where N is the number of live ops (removed residual
-  blocks take theirs away) and E the number of elements those ops touch (kept channels x positions,
-  summed over the live ops). `a`, `b`, `c` are fitted by non-negative least squares to end-to-end
-  timings of 24 materialized calibration subnets (full, smallest, uniform ratios, random), together
-  with a scale `alpha` on the layers' summed times (layers timed alone run cache-hot, and that bias
-  is shared). The grid points of all layers are timed in interleaved rounds (alternating order, the
-  median kept), and so are the calibration subnets, each taken as its median ratio to the full model
-  in the same round: a slow spell of the machine spreads over all of them instead of skewing one.
-Predicted latency = scale x (alpha x (sum of the live layers' interpolated times) + a + c x N + b x E).
+- every conv/linear layer is timed on its own (its real kernel, stride, groups and input size), warm-up
+  then the median of repeated runs, at every kept output x kept input size the search space can give it
+  (at most `MAX_AXIS` per axis; beyond that a `GRID` of them, interpolated bilinearly in between).
+  Runtimes with blocked channel layouts are far from linear in the width: on ONNX Runtime a conv costs
+  the same for 17..32 output channels, and one with 26 input channels costs more than one with 32 (not a
+  multiple of 4: no NCHWc kernel). Timing the widths the search can pick sees that; interpolating
+  between a few does not. Layers alike (kind, options, input shape, sizes) are timed once;
+- the remainder (normalization, activations, additions, pooling, memory traffic) is modelled as
+  `a + c x N + b x E + p x P + q x max(0, P - hinge)`: N is the number of live ops that are not timed
+  layers (removed residual blocks take theirs away: per-op dispatch dominates small models), E the
+  elements those ops touch (kept channels x positions), P the kept weight elements of the live layers.
+  A layer timed alone runs with its weights in cache; in the whole model they are read once per call,
+  and once they no longer fit in the cache (the hinge) every call streams them from memory, which on a
+  2x2-pixel ResNet-18 stage costs more than the arithmetic. `a, b, c, p, q` and a scale `alpha` on the
+  layers' summed times are fitted by non-negative least squares, in relative error, to end-to-end
+  timings of 24 materialized calibration subnets (full, smallest, uniform ratios, and subnets spread
+  over the layers' summed time), the full model weighing four times as much as all the others (relative
+  budgets divide by it); the hinge is the calibration subnet's P whose fit errs least. The grid points of all
+  layers are timed in interleaved rounds (alternating order, the median kept), and so are the
+  calibration subnets, each taken as its median ratio to the full model in the same round: a slow spell
+  of the machine spreads over all of them instead of skewing one.
+Predicted latency = scale x (alpha x (sum of the live layers' times) + a + c x N + b x E + p x P + q x max(0, P - hinge)).
 No forward pass at pricing time. On CUDA the timings use CUDA events.
 
 The runtime (`backend`: torch, onnxruntime, openvino; see `latency_backends`) is the one the user deploys
@@ -34,7 +42,7 @@ import logging
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -50,10 +58,12 @@ from spaces.slicing import kept_length
 from .latency_backends import compile_call, layer_module, version
 
 log = logging.getLogger(__name__)
-GRID = 5             # sizes per axis in each layer's grid
+GRID = 5             # sizes per axis in a layer's grid when the space reaches more than MAX_AXIS
+MAX_AXIS = 12        # a layer axis reaching at most this many sizes is timed at every one of them
+SLOW = 1.1           # a grid point this much slower than a larger configuration takes a slow path
 CALIBRATION = 24     # end-to-end timings the remainder is fitted to
 ROUNDS = 3           # interleaved rounds of end-to-end timings (the median is kept)
-VERSION = 5          # of the table's format and method (part of the cache key)
+VERSION = 6          # of the table's format and method (part of the cache key)
 MIN_SECONDS = 0.02   # time spent per timing (inner loops until then); tests lower it
 ANCHORS = 3          # subnets timed directly to re-anchor a cached table (0: never)
 
@@ -101,8 +111,18 @@ class LayerGrid:
     ins: list[int]
     ms: list[list[float]]
 
+    def __post_init__(self) -> None:
+        self._slow_ms = (np.asarray(self.ms, dtype=float) * slow_points(self.ms)).tolist()
+
     def at(self, out_len: float, in_len: float) -> float:
         """Bilinear interpolation (linear extrapolation is never needed: sizes lie inside the grid)."""
+        return self._bilinear(self.ms, out_len, in_len)
+
+    def slow_at(self, out_len: float, in_len: float) -> float:
+        """`at` counting only the slow-path points (see `slow_points`): 0 where the layer takes the fast path."""
+        return self._bilinear(self._slow_ms, out_len, in_len)
+
+    def _bilinear(self, m: Sequence[Sequence[float]], out_len: float, in_len: float) -> float:
         def locate(axis: list[int], v: float) -> tuple[int, float]:
             if len(axis) == 1:
                 return 0, 0.0
@@ -111,9 +131,25 @@ class LayerGrid:
 
         i, a = locate(self.outs, out_len)
         j, b = locate(self.ins, in_len)
-        m = self.ms
         i1, j1 = min(i + 1, len(self.outs) - 1), min(j + 1, len(self.ins) - 1)
         return ((1 - a) * (1 - b) * m[i][j] + a * (1 - b) * m[i1][j] + (1 - a) * b * m[i][j1] + a * b * m[i1][j1])
+
+
+def slow_points(ms: Sequence[Sequence[float]]) -> np.ndarray:
+    """Which points of a layer's grid take a slow path: slower by `SLOW` than a larger configuration.
+
+    A layer with more channels does more work, so a point slower than one that has at least as many
+    output and input channels is a kernel the runtime falls back to (on ONNX Runtime, input channels that
+    are not a multiple of 4 leave the blocked NCHWc kernels, and the whole model pays for reordering
+    around that layer). Said by the timings alone, so no runtime's rules are written here."""
+    m = np.asarray(ms, dtype=float)
+    rows, cols = m.shape
+    best = np.full((rows + 1, cols + 1), np.inf)  # best[a, b]: the fastest point with out >= a and in >= b
+    for a in reversed(range(rows)):
+        for b in reversed(range(cols)):
+            best[a, b] = min(m[a, b], best[a + 1, b], best[a, b + 1])
+    larger = np.minimum(best[1:, :-1], best[:-1, 1:])  # the fastest larger point, the point itself excluded
+    return m > SLOW * larger
 
 
 class LatencyTable:
@@ -130,6 +166,7 @@ class LatencyTable:
         self._axes = [(next((u for u in uses.get(g.weight, []) if u.axis == 0), None),
                        next((u for u in uses.get(g.weight, []) if u.axis == 1), None),
                        tuple(graph.tensors[g.weight].shape[:2])) for g in self.layers]
+        self._rest = [int(np.prod(graph.tensors[g.weight].shape[2:])) for g in self.layers]
         self._blocks = [tuple(b.index for b in graph.blocks if g.node in b.branch) for g in self.layers]
         site_nodes = {site.node for site in graph.sites}
         self._ops = []  # (layout, positions per channel element, blocks around it) of every other op with channels
@@ -144,10 +181,17 @@ class LatencyTable:
                 self._ops.append((spec.layout, int(np.prod(shape[1:])) // spec.length, blocks))
 
     def features(self, candidate: Mapping[str, int]) -> list[float]:
-        """What the fitted coefficients multiply: layers' timed sum (ms), 1, N, E (see the module docstring)."""
+        """What the fitted coefficients multiply: layers' timed sum (ms), 1, N, E, P, P beyond the hinge (see
+        the module docstring)."""
         widths, keeps = self.prunable.widths(candidate), self.prunable.keeps(candidate)
-        return [self._layers_ms(widths, keeps), 1.0, float(self._calls_live(keeps)),
-                float(self._elements(widths, keeps))]
+        weights = float(self._weights(widths, keeps))
+        return [*self._layers_ms(widths, keeps), 1.0, float(self._calls_live(keeps)),
+                float(self._elements(widths, keeps)), weights, max(0.0, weights - self.hinge)]
+
+    @property
+    def hinge(self) -> float:
+        """The kept weight elements beyond which weights no longer stay in cache between calls (fitted)."""
+        return float(self.meta.get("hinge", float("inf")))
 
     def calls(self, candidate: Mapping[str, int]) -> int:
         """N: the live ops that are not timed layers."""
@@ -161,16 +205,29 @@ class LatencyTable:
         return sum(per * sum(widths[seg.group] * seg.inner for seg in layout)
                    for layout, per, blocks in self._ops if all(keeps[b] for b in blocks))
 
-    def _layers_ms(self, widths: Sequence[int], keeps: Sequence[bool]) -> float:
-        """The live conv/linear layers' times, each interpolated in its grid at its kept sizes."""
+    def _weights(self, widths: Sequence[int], keeps: Sequence[bool]) -> int:
+        """P: the kept weight elements of the live conv/linear layers (read from memory once per call)."""
         groups = self.prunable.graph.groups
-        total = 0.0
+        total = 0
+        for (out_use, in_use, full), rest, blocks in zip(self._axes, self._rest, self._blocks):
+            if all(keeps[b] for b in blocks):
+                out_len = kept_length(out_use, widths, groups) if out_use else full[0]
+                in_len = kept_length(in_use, widths, groups) if in_use else full[1]
+                total += out_len * in_len * rest
+        return total
+
+    def _layers_ms(self, widths: Sequence[int], keeps: Sequence[bool]) -> tuple[float, float]:
+        """The live conv/linear layers' times, each looked up in its grid at its kept sizes; and the part
+        of it from layers on a slow path (`slow_points`)."""
+        groups = self.prunable.graph.groups
+        total = slow = 0.0
         for grid, (out_use, in_use, full), blocks in zip(self.layers, self._axes, self._blocks):
             if all(keeps[b] for b in blocks):
                 out_len = kept_length(out_use, widths, groups) if out_use else full[0]
                 in_len = kept_length(in_use, widths, groups) if in_use else full[1]
                 total += grid.at(out_len, in_len)
-        return total
+                slow += grid.slow_at(out_len, in_len)
+        return total, slow
 
     def predict(self, candidate: Mapping[str, int]) -> float:
         return self.scale * float(np.dot(self.remainder, self.features(candidate)))
@@ -195,7 +252,7 @@ class LatencyTable:
         return self.predict(self.prunable.space.full())
 
     def to_json(self) -> dict:
-        return {"meta": self.meta, "remainder": list(self.remainder), "layers": [vars(g) for g in self.layers]}
+        return {"meta": self.meta, "remainder": list(self.remainder), "layers": [asdict(g) for g in self.layers]}
 
     @classmethod
     def from_json(cls, prunable: PrunableModel, data: Mapping) -> LatencyTable:
@@ -204,6 +261,35 @@ class LatencyTable:
 
 def _grid(smallest: int, full: int) -> list[int]:
     return sorted({int(round(v)) for v in np.linspace(smallest, full, GRID)})
+
+
+def reachable_lengths(use, choices: Mapping[int, Sequence[int]], groups) -> list[int] | None:
+    """Every length the axis of `use` can take over the space (None: more than `MAX_AXIS` x 4 of them).
+
+    `choices` maps a searched group id to its allowed widths; other groups keep their full width."""
+    def widths(gid: int) -> Sequence[int]:
+        return choices.get(gid, (groups[gid].size,))
+
+    if use.local:
+        seg = use.layout[0]
+        return sorted({w // groups[seg.group].blocks for w in widths(seg.group)})
+    lengths = {0}
+    for seg in use.layout:
+        lengths = {t + w * seg.inner for t in lengths for w in widths(seg.group)}
+        if len(lengths) > 4 * MAX_AXIS:
+            return None
+    return sorted(lengths)
+
+
+def _axis(reachable: list[int] | None, smallest: int, full: int) -> list[int]:
+    """The sizes one axis of a layer is timed at: every size the space reaches when they are few (the
+    exact time of each: runtimes with blocked layouts are far from linear in the width, see the module
+    docstring); else `GRID` of them (or of the range), evenly spaced, interpolated in between."""
+    if reachable is not None and len(reachable) <= MAX_AXIS:
+        return reachable
+    if reachable is None:
+        return _grid(smallest, full)
+    return sorted({reachable[int(round(i))] for i in np.linspace(0, len(reachable) - 1, GRID)})
 
 
 def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch: int, device: torch.device,
@@ -245,6 +331,7 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
         return table
     graph = prunable.graph
     smallest, full = prunable.widths(prunable.space.smallest()), [g.size for g in graph.groups]
+    choices = {gid: prunable.space[name].choices for name, gid in prunable.dimension_groups.items()}
     grids = []  # (site, kept output sizes, kept input sizes)
     for site in graph.sites:
         uses = {u.axis: u for u in graph.uses.get(site.weight, [])}
@@ -254,15 +341,25 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
             use = uses.get(axis)
             if use is None:
                 return [int(shape[axis])]
-            return _grid(kept_length(use, smallest, graph.groups), kept_length(use, full, graph.groups))
+            return _axis(reachable_lengths(use, choices, graph.groups), kept_length(use, smallest, graph.groups),
+                         kept_length(use, full, graph.groups))
 
         grids.append((site, span(0), span(1)))
-    points = [(k, a, b) for k, (_, outs, ins) in enumerate(grids) for a in range(len(outs)) for b in range(len(ins))]
+    # layers alike (kind, options, input shape, sizes) are timed once: a ResNet repeats its blocks
+    points, where = [], {}  # distinct configurations; (layer, out index, in index) -> position in points
+    for k, (site, outs, ins) in enumerate(grids):
+        in_shape = tuple(tensor_shape(graph.node(site.node).all_input_nodes[0]))
+        for a, out_len in enumerate(outs):
+            for b, in_len in enumerate(ins):
+                config = (site.kind, json.dumps(site.options, sort_keys=True, default=str), in_shape, out_len, in_len)
+                if config not in where:
+                    where[config] = len(points)
+                    points.append((site, out_len, in_len))
+                where[k, a, b] = where[config]
     bar = tqdm(total=len(points) * (ROUNDS + 1), desc="measuring latency", disable=not progress, leave=False)
     calls = []
-    for k, a, b in points:
-        site, outs, ins = grids[k]
-        calls.append(_layer_call(prunable, site, outs[a], ins[b], batch, device, backend))
+    for site, out_len, in_len in points:
+        calls.append(_layer_call(prunable, site, out_len, in_len, batch, device, backend))
         bar.update()
     # every grid point timed once per round, rounds in alternating order: a slow spell spreads over all layers
     samples: list[list[float]] = [[] for _ in points]
@@ -272,22 +369,24 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
             bar.update()
     bar.close()
     del calls
-    ms = {point: statistics.median(column) for point, column in zip(points, samples)}
-    layers = [LayerGrid(site.weight, site.node, outs, ins, [[ms[k, a, b] for b in range(len(ins))]
+    ms = [statistics.median(column) for column in samples]
+    layers = [LayerGrid(site.weight, site.node, outs, ins, [[ms[where[k, a, b]] for b in range(len(ins))]
                                                              for a in range(len(outs))])
               for k, (site, outs, ins) in enumerate(grids)]
-    table = LatencyTable(prunable, layers, (1.0, 0.0, 0.0, 0.0), {})
-    space, rng = prunable.space, np.random.default_rng(0)
+    table = LatencyTable(prunable, layers, (1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0), {})
+    space = prunable.space
     calibration = [space.full(), space.smallest(), *(space.uniform(r, nearest=True) for r in (0.25, 0.5, 0.75))]
-    calibration += [space.sample(rng) for _ in range(max(0, CALIBRATION - len(calibration)))]
+    calibration += spread(space, lambda c: table.features(c)[0], max(0, CALIBRATION - len(calibration)),
+                          np.random.default_rng(1), exclude=calibration)
     rounds = measure_rounds([materialize(prunable, c) for c in calibration], input_shape, batch=batch, device=device,
                             rounds=ROUNDS, backend=backend)
     # each subnet's median ratio to the full model in the same round, times the full model's median: the
     # machine's drift between rounds cancels out of the fit
     full_ms = statistics.median(row[0] for row in rounds)
     measured = [full_ms * statistics.median(row[i] / row[0] for row in rounds) for i in range(len(calibration))]
-    coefficients = fit_remainder([table.features(c) for c in calibration], measured)
-    meta = {"device": str(device), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
+    rows = [table.features(c)[:-1] for c in calibration]
+    coefficients, hinge = fit_hinged(rows, measured)
+    meta = {"hinge": hinge, "calibration": {"features": rows, "ms": measured}, "device": str(device), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
             "batch": batch, "input_shape": list(input_shape),
             "key": key, "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
     table = LatencyTable(prunable, layers, coefficients, meta)
@@ -297,19 +396,64 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
     return table
 
 
-def fit_remainder(features: Sequence[Sequence[float]], measured: Sequence[float]) -> tuple[float, ...]:
-    """Non-negative least squares of `measured` (ms) on `features` (see `LatencyTable.features`).
+def spread(space, cost: Callable[[Mapping[str, int]], float], count: int, rng: np.random.Generator, *,
+           pool: int = 400, exclude: Sequence = ()) -> list:
+    """`count` candidates spread evenly over `cost` among `pool` drawn ones: half uniform per dimension, half
+    uniform width ratios at a random level jittered per group, blocks kept with a level-dependent chance
+    (so that light, heavy and in-between subnets are all there, not only the middle a uniform draw gives)."""
+    drawn = [space.sample(rng) for _ in range(pool // 2)]
+    for _ in range(pool - pool // 2):
+        level = rng.uniform(0.1, 1.0)
+        ratios = [float(rng.uniform() < 0.5 + level / 2) if d.kind == "keep" else level + rng.normal(0, 0.15)
+                  for d in space.dimensions]
+        drawn.append(space.from_ratios(np.clip(np.asarray(ratios, dtype=float), 0.05, 1.0)))
+    skip = set(exclude)
+    drawn = sorted({c for c in drawn if c not in skip}, key=cost)
+    if not drawn or count <= 0:
+        return []
+    picks = np.linspace(0, len(drawn) - 1, min(count, len(drawn))).round().astype(int)
+    return [drawn[i] for i in sorted(set(picks))]
+
+
+def fit_remainder(features: Sequence[Sequence[float]], measured: Sequence[float], *,
+                  anchor: int | None = 0) -> tuple[float, ...]:
+    """Non-negative least squares of `measured` (ms) on `features` (see `LatencyTable.features`), in
+    relative error: what budgets read is a ratio (candidate / base), so a small subnet's 10% counts as
+    much as the full model's. Row `anchor` (the full model) weighs four times as much as all the others
+    together, so the table is all but exact at the base that relative budgets divide by (None: no such row).
 
     Columns are scaled to unit norm first so that E (thousands of elements) and the layers' sum (ms)
     weigh alike; every coefficient is physical (a cost can only add time).
     """
     from scipy.optimize import nnls
 
-    design = np.asarray(features, dtype=float)
+    y = np.asarray(measured, dtype=float)
+    weights = 1.0 / np.maximum(y, 1e-9)
+    if anchor is not None and len(y) > 1:
+        weights[anchor] *= 4 * (len(y) - 1)
+    design = np.asarray(features, dtype=float) * weights[:, None]
     norms = np.linalg.norm(design, axis=0)
     norms[norms == 0] = 1.0
-    solution, _ = nnls(design / norms, np.asarray(measured, dtype=float))
+    solution, _ = nnls(design / norms, y * weights)
     return tuple(float(v) for v in solution / norms)
+
+
+def fit_hinged(features: Sequence[Sequence[float]], measured: Sequence[float]) -> tuple[tuple[float, ...], float]:
+    """`fit_remainder` with one more column, the weights beyond a hinge: max(0, P - hinge), P the last column.
+
+    Weights that fit in the cache stay there between calls; beyond it every call streams them from memory,
+    at a higher cost per element. The hinge is each calibration subnet's P in turn (and none: infinity);
+    the one whose fit errs least (in relative squares) is kept. Returns (coefficients, hinge)."""
+    rows = np.asarray(features, dtype=float)
+    y = np.asarray(measured, dtype=float)
+    best: tuple[float, tuple[float, ...], float] = (float("inf"), (), float("inf"))
+    for hinge in [float("inf"), *sorted(set(rows[:, -1]))[:-1]]:
+        design = np.column_stack([rows, np.maximum(0.0, rows[:, -1] - hinge)])
+        coefficients = fit_remainder(design, y)
+        error = float(np.sum(((design @ np.asarray(coefficients) - y) / y) ** 2))
+        if error < best[0] - 1e-12:
+            best = (error, coefficients, hinge)
+    return best[1], best[2]
 
 
 def measure_rounds(modules: Sequence[torch.nn.Module], input_shape: Sequence[int], *, batch: int = 1,

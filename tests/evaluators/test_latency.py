@@ -8,9 +8,11 @@ import pytest
 import torch
 
 from evaluators import latency
-from evaluators.latency import LayerGrid, fit_remainder, measure_latencies, measure_table
+from evaluators.latency import (LayerGrid, fit_hinged, fit_remainder, measure_latencies, measure_table,
+                                reachable_lengths, spread)
 from search.cifar_resnet import resnet20
 from spaces.derive import derive
+from spaces.graph import ChannelGroup, Segment, TensorUse
 from spaces.materialize import materialize
 
 SHAPE = (1, 8, 8)
@@ -48,6 +50,19 @@ def test_layer_grid_is_exact_on_its_points_and_bilinear_between():
     assert single.at(4, 3) == 0.5
 
 
+def test_slow_paths_are_the_points_slower_than_a_larger_configuration():
+    """ONNX Runtime's shape of a conv's time over its widths: a staircase (outputs padded to a block) where
+    unaligned inputs take a slower kernel. Only those points are slow; a staircase's flat steps are not."""
+    ms = [[1.0, 1.8, 1.0, 2.0],   # out 16: in 4, 6 (unaligned), 8, 10 (unaligned; nothing larger is faster)
+          [1.0, 2.5, 1.05, 3.0],  # out 32: the same widths cost as much as out 16 (the staircase)
+          [2.0, 3.0, 2.1, 3.2]]
+    slow = latency.slow_points(ms)
+    assert slow.tolist() == [[False, True, False, False], [False, True, False, False], [False, True, False, False]]
+    grid = LayerGrid("w", "n", outs=[16, 32, 48], ins=[4, 6, 8, 10], ms=ms)
+    assert grid.slow_at(32, 6) == 2.5 and grid.slow_at(32, 8) == 0.0 and grid.at(32, 8) == 1.05
+    assert not latency.slow_points([[1.0, 2.0], [2.0, 4.0]]).any()  # time that grows with the widths
+
+
 def test_the_remainder_fit_recovers_known_costs_and_never_goes_negative():
     rng = np.random.default_rng(0)
     features = [[rng.uniform(0.1, 3), 1.0, rng.integers(10, 100), rng.integers(1_000, 1_000_000)] for _ in range(24)]
@@ -59,12 +74,105 @@ def test_the_remainder_fit_recovers_known_costs_and_never_goes_negative():
     assert min(flipped) >= 0
 
 
+def test_the_fit_is_in_relative_error_and_all_but_exact_at_the_full_model():
+    """Timings no fit explains: the full model's (row 0) is still met, and a small subnet's relative error
+    counts as much as a large one's (a plain least squares would sacrifice the small ones)."""
+    features = [[10.0, 1.0], [5.0, 1.0], [1.0, 1.0], [0.5, 1.0]]
+    measured = [10.0, 6.0, 0.5, 0.9]
+    fitted = np.asarray(fit_remainder(features, measured))
+    predicted = np.asarray(features) @ fitted
+    assert predicted[0] == pytest.approx(10.0, rel=0.02)  # a plain fit misses it by 27%
+    unweighted = np.asarray(fit_remainder(features, measured, anchor=None))
+    assert abs(np.asarray(features[0]) @ unweighted - 10.0) > abs(predicted[0] - 10.0)
+
+
+def test_the_hinge_is_found_where_weights_stop_fitting_in_the_cache():
+    """Latency that grows faster once the weights pass 40,000 elements: the fit finds that hinge (no hinge
+    is an option too) and recovers the costs."""
+    rng = np.random.default_rng(0)
+    rows = [[rng.uniform(0.1, 3), 1.0, float(rng.integers(10, 100)), float(rng.integers(1_000, 100_000)),
+             float(p)] for p in [*np.linspace(1_000, 80_000, 23), 40_000]]
+    truth = np.array([1.0, 0.1, 0.0, 1e-6, 1e-6, 5e-5])
+    measured = [float(np.dot(truth, [*r, max(0.0, r[-1] - 40_000)])) for r in rows]
+    coefficients, hinge = fit_hinged(rows, measured)
+    assert hinge == 40_000 and np.allclose(coefficients, truth, rtol=1e-4, atol=1e-9)
+    linear = [float(np.dot(truth[:-1], r)) for r in rows]
+    assert fit_hinged(rows, linear)[1] == float("inf") or fit_hinged(rows, linear)[0][-1] == pytest.approx(0, abs=1e-9)
+
+
+def test_reachable_lengths_of_an_axis():
+    groups = [ChannelGroup(0, 16), ChannelGroup(1, 8, blocks=4), ChannelGroup(2, 4)]
+    choices = {0: (4, 8, 16), 1: (4, 8)}
+    one = TensorUse("w", 0, (Segment(0, 16),))
+    assert reachable_lengths(one, choices, groups) == [4, 8, 16]
+    inner = TensorUse("w", 1, (Segment(0, 16, inner=9),))
+    assert reachable_lengths(inner, choices, groups) == [36, 72, 144]
+    local = TensorUse("w", 1, (Segment(1, 8),), local=True)  # a grouped conv's per-group input
+    assert reachable_lengths(local, choices, groups) == [1, 2]
+    cat = TensorUse("w", 1, (Segment(0, 16), Segment(1, 8), Segment(2, 4)))  # group 2 is not searched
+    assert reachable_lengths(cat, choices, groups) == sorted({a + b + 4 for a in (4, 8, 16) for b in (4, 8)})
+    many = {0: tuple(range(1, 17)), 1: tuple(range(1, 9))}
+    wide = TensorUse("w", 1, (Segment(0, 16, inner=100), Segment(1, 8)))
+    assert reachable_lengths(wide, many, groups) is None  # 128 lengths: interpolated instead
+
+
+def test_layers_are_timed_at_the_widths_the_space_reaches_and_alike_layers_once(prunable, tmp_path, monkeypatch):
+    monkeypatch.setattr(latency, "MIN_SECONDS", 0.0005)
+    monkeypatch.setattr(latency, "ROUNDS", 1)
+    timed = []
+    real = latency._layer_call
+
+    def counting(prunable, site, out_len, in_len, *args):
+        shape = latency.tensor_shape(prunable.graph.node(site.node).all_input_nodes[0])
+        timed.append((site.kind, repr(site.options), tuple(shape), out_len, in_len))
+        return real(prunable, site, out_len, in_len, *args)
+
+    monkeypatch.setattr(latency, "_layer_call", counting)
+    table = measure_table(prunable, SHAPE, progress=False)
+    graph, space = prunable.graph, prunable.space
+    choices = {gid: space[name].choices for name, gid in prunable.dimension_groups.items()}
+    for grid in table.layers:
+        uses = {u.axis: u for u in graph.uses.get(grid.weight, [])}
+        for axis, sizes in ((0, grid.outs), (1, grid.ins)):
+            reach = reachable_lengths(uses[axis], choices, graph.groups) if axis in uses else None
+            if reach is not None and len(reach) <= latency.MAX_AXIS:
+                assert sizes == reach
+    points = sum(len(g.outs) * len(g.ins) for g in table.layers)
+    assert len(timed) == len(set(timed)) < points  # ResNet-20's repeated blocks: each configuration once
+    # a candidate's layer time is a timed point, not an interpolation between points
+    candidate = space.sample(np.random.default_rng(5))
+    widths = prunable.widths(candidate)
+    for grid, (out_use, in_use, full) in zip(table.layers, table._axes):
+        out_len = latency.kept_length(out_use, widths, graph.groups) if out_use else full[0]
+        in_len = latency.kept_length(in_use, widths, graph.groups) if in_use else full[1]
+        assert out_len in grid.outs and in_len in grid.ins
+
+
+def test_the_weights_feature_counts_the_subnets_conv_and_linear_weights(prunable, table):
+    """P, the kept weight elements, is what the materialized subnet's conv/linear layers hold."""
+    space = prunable.space
+    for candidate in (space.full(), space.smallest(), space.sample(np.random.default_rng(2))):
+        module = materialize(prunable, candidate)
+        held = sum(m.weight.numel() for m in module.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+        assert table.features(candidate)[5] == held
+
+
+def test_spread_draws_light_and_heavy_subnets_evenly(prunable, table):
+    space = prunable.space
+    first = spread(space, table.predict, 10, np.random.default_rng(0))
+    assert first == spread(space, table.predict, 10, np.random.default_rng(0))  # seeded
+    costs = [table.predict(c) for c in first]
+    assert len(set(first)) == 10 and costs == sorted(costs)
+    assert costs[0] < 0.5 * table.base_ms and costs[-1] > 0.8 * table.base_ms
+    assert not set(spread(space, table.predict, 10, np.random.default_rng(0), exclude=first[:3])) & set(first[:3])
+
+
 def test_features_follow_widths_and_removed_blocks(prunable, table):
     space = prunable.space
     full, smallest = table.features(space.full()), table.features(space.smallest())
-    assert full[0] > smallest[0] and full[3] > smallest[3]  # layers' time, elements
-    assert full[1] == smallest[1] == 1.0
-    assert full[2] > smallest[2]  # the smallest subnet removes every removable block and its ops
+    assert full[0] > smallest[0] and full[4] > smallest[4] and full[5] > smallest[5]  # layers' time, elements, weights
+    assert full[2] == smallest[2] == 1.0
+    assert full[3] > smallest[3]  # the smallest subnet removes every removable block and its ops
     dropped = dict(space.full())
     block = next(d.name for d in space.dimensions if d.kind == "keep")
     dropped[block] = 0
