@@ -8,7 +8,8 @@ For each runtime (`--latency-backend`) and model: measure its latency table (fre
 per dimension and uniform width ratios jittered per group with blocks dropped at random; another seed than
 the table's calibration subnets), so that many lie near the budget.
 The truth: every subnet timed right beside the base model (pairs in alternating order) in 5 rounds: its
-median ms and its median ratio to the base. Printed per runtime and model:
+median ms and its median ratio to the base. Printed per runtime and model (base ms: the base model as the
+truth timed it; cal ms: as the table's calibration timed it; pred ms: the table's prediction for it):
 - rho: Spearman rank correlation of predicted and measured latency;
 - ratio err: median / worst |predicted ratio - measured ratio| / measured ratio (what relative budgets read);
 - abs err: the same of milliseconds (what absolute budgets read; it moves with the machine's load);
@@ -36,7 +37,7 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from evaluators.latency import measure_table, spread, time_call  # noqa: E402
+from evaluators.latency import fit_hinged, fit_remainder, measure_table, spread, time_call  # noqa: E402
 from evaluators.latency_backends import compile_call  # noqa: E402
 from search.cifar_resnet import resnet20  # noqa: E402
 from search.latency_check import ROUNDS, time_against_base  # noqa: E402
@@ -72,6 +73,33 @@ def truth(base, modules, shape, batch, device, backend) -> tuple[list[float], li
     return ([statistics.median(v) for v in ms], [statistics.median(v) for v in ratios], statistics.median(base_ms))
 
 
+# the table's terms, each dropped in turn (columns of LatencyTable.features without the hinge's)
+ABLATION = {"layers, 1, N, E": ([0, 2, 3, 4], False), "+ weights P": ([0, 2, 3, 4, 5], False),
+            "+ P's cache hinge": ([0, 2, 3, 4, 5], True), "+ slow paths (the table)": ([0, 1, 2, 3, 4, 5], True)}
+
+
+def ablation(table, candidates, measured_ratio) -> str:
+    """The median / worst ratio error of the table refitted, on the same calibration timings, with fewer terms."""
+    calibration = table.meta["calibration"]
+    rows, truth = np.asarray(calibration["features"]), np.asarray([table.features(c)[:-1] for c in candidates])
+    parts = []
+    for label, (columns, hinged) in ABLATION.items():
+        if hinged:
+            coefficients, hinge = fit_hinged(rows[:, columns], calibration["ms"])
+        else:
+            coefficients, hinge = fit_remainder(rows[:, columns], calibration["ms"]), None
+
+        def design(x: np.ndarray) -> np.ndarray:
+            x = x[:, columns]
+            return np.column_stack([x, np.maximum(0.0, x[:, -1] - hinge)]) if hinge is not None else x
+
+        predicted = design(truth) @ np.asarray(coefficients)
+        base = float((design(rows[:1]) @ np.asarray(coefficients))[0])
+        errors = [abs(p / base - m) / m for p, m in zip(predicted, measured_ratio)]
+        parts.append(f"{label}: {100 * statistics.median(errors):.1f}% / {100 * max(errors):.1f}%")
+    return "\n    ablation (ratio err med / worst): " + " | ".join(parts)
+
+
 def judge(name: str, backend: str, args, device) -> str:
     model, shape = build(name)
     prunable = derive(model, torch.zeros(1, *shape), round_to=args.round_to)
@@ -96,8 +124,10 @@ def judge(name: str, backend: str, args, device) -> str:
     # what a false-feasible after the check looked like: the truth's ratio against the check's interval
     misses = "".join(f"\n    ff after: truth {measured_ratio[i]:.3f} ({TRUTH_ROUNDS} rounds), the check "
                      f"{checked[i].text()} ({ROUNDS} rounds)" for i in kept if measured_ratio[i] > args.budget)
+    if args.ablation:
+        misses += ablation(table, candidates, measured_ratio)
     return (f"{backend:11s} {name:13s} {'x'.join(map(str, shape)):7s} {len(candidates):4d} {seconds:7.1f} "
-            f"{base_ms:8.3f} {table.base_ms:8.3f} {rho:5.3f} "
+            f"{base_ms:8.3f} {table.meta['full_ms_measured']:8.3f} {table.base_ms:8.3f} {rho:5.3f} "
             f"{100 * statistics.median(ratio_err):5.1f}% / {100 * max(ratio_err):5.1f}% "
             f"{100 * statistics.median(abs_err):5.1f}% / {100 * max(abs_err):5.1f}% "
             f"{before:3d}/{len(feasible):<3d}  {len(kept):4d} {after:3d}/{len(kept):<3d}" + misses)
@@ -112,6 +142,8 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=30)
     parser.add_argument("--budget", type=float, default=0.5, help="the relative latency budget judged")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--ablation", action="store_true",
+                        help="also the table refitted with fewer terms, on the same timings (what each term buys)")
     parser.add_argument("--round-to", type=int, default=1, help="widths rounded to this multiple (as --round-to)")
     parser.add_argument("--threads", type=int, default=1, help="CPU intra-op threads (every runtime gets as many)")
     args = parser.parse_args()
@@ -124,8 +156,8 @@ def main() -> None:
           f"budget {args.budget}latency; load: {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} "
           f"{os.getloadavg()[2]:.2f} on {os.cpu_count()} CPUs" + (f"; not installed: {', '.join(skipped)}" if skipped
                                                                   else ""))
-    header = (f"{'backend':11s} {'model':13s} {'input':7s} {'subs':>4s} {'table s':>7s} {'base ms':>8s} {'pred ms':>8s} "
-              f"{'rho':>5s} {'ratio err med/worst':>19s} {'abs err med/worst':>17s} {'ff before':>9s} {'kept':>5s} "
+    header = (f"{'backend':11s} {'model':13s} {'input':7s} {'subs':>4s} {'table s':>7s} {'base ms':>8s} {'cal ms':>8s} "
+              f"{'pred ms':>8s} {'rho':>5s} {'ratio err med/worst':>19s} {'abs err med/worst':>17s} {'ff before':>9s} {'kept':>5s} "
               f"{'ff after':>8s}")
     print(header)
     print("-" * len(header))

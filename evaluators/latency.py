@@ -18,11 +18,15 @@ Measured once per (device, torch version, model structure, input shape, batch) a
   layers' summed times are fitted by non-negative least squares, in relative error, to end-to-end
   timings of 24 materialized calibration subnets (full, smallest, uniform ratios, and subnets spread
   over the layers' summed time), the full model weighing four times as much as all the others (relative
-  budgets divide by it); the hinge is the calibration subnet's P whose fit errs least. The grid points of all
+  budgets divide by it); the hinge is the calibration subnet's P whose fit errs least. A layer point
+  slower than a larger configuration of that layer is a slow path (`slow_points`: a kernel the runtime
+  falls back to); inside the model it costs more than alone (ONNX Runtime reorders the blocked layout
+  around it), so that part of the layers' time, L_slow, gets its own scale alpha'. The grid points of all
   layers are timed in interleaved rounds (alternating order, the median kept), and so are the
   calibration subnets, each taken as its median ratio to the full model in the same round: a slow spell
   of the machine spreads over all of them instead of skewing one.
-Predicted latency = scale x (alpha x (sum of the live layers' times) + a + c x N + b x E + p x P + q x max(0, P - hinge)).
+Predicted latency = scale x (alpha x L + alpha' x L_slow + a + c x N + b x E + p x P + q x max(0, P - hinge)),
+L the live layers' times and L_slow the part of it on slow paths.
 No forward pass at pricing time. On CUDA the timings use CUDA events.
 
 The runtime (`backend`: torch, onnxruntime, openvino; see `latency_backends`) is the one the user deploys
@@ -50,6 +54,7 @@ import torch
 from tqdm.auto import tqdm
 
 from spaces.derive import PrunableModel
+from spaces.files import atomic_write
 from spaces.materialize import materialize
 from spaces.graph import tensor_shape
 from spaces.layers import layer_named
@@ -229,6 +234,26 @@ class LatencyTable:
                 slow += grid.slow_at(out_len, in_len)
         return total, slow
 
+    def slow_paths(self) -> list[tuple[str, int, int]]:
+        """The (layer node, kept outputs, kept inputs) grid points that take a slow path (`slow_points`)."""
+        return [(grid.node, grid.outs[a], grid.ins[b]) for grid in self.layers
+                for a, b in zip(*np.nonzero(slow_points(grid.ms)))]
+
+    def aligned_multiple(self, most: int = 16) -> int | None:
+        """The smallest width multiple (2, 4, 8, .. `most`) that every slow path misses (some size of each is
+        not a multiple of it), when slow paths are a pattern of the runtime: at least 5% of the timed points,
+        none of them at that multiple. None when there is no such pattern (noise flags a few points anyway)."""
+        slow = self.slow_paths()
+        points = sum(len(g.outs) * len(g.ins) for g in self.layers)
+        if len(slow) < 0.05 * points:
+            return None
+        multiple = 2
+        while multiple <= most:
+            if not any(out % multiple == 0 and inp % multiple == 0 for _, out, inp in slow):
+                return multiple
+            multiple *= 2
+        return None
+
     def predict(self, candidate: Mapping[str, int]) -> float:
         return self.scale * float(np.dot(self.remainder, self.features(candidate)))
 
@@ -386,13 +411,14 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
     measured = [full_ms * statistics.median(row[i] / row[0] for row in rounds) for i in range(len(calibration))]
     rows = [table.features(c)[:-1] for c in calibration]
     coefficients, hinge = fit_hinged(rows, measured)
-    meta = {"hinge": hinge, "calibration": {"features": rows, "ms": measured}, "device": str(device), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
+    meta = {"hinge": hinge, "calibration": {"features": rows, "ms": measured},
+            "device": str(device), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
             "batch": batch, "input_shape": list(input_shape),
             "key": key, "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
     table = LatencyTable(prunable, layers, coefficients, meta)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table.to_json()))
+        atomic_write(path, json.dumps(table.to_json()))
     return table
 
 

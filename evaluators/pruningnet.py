@@ -59,6 +59,7 @@ from tqdm.auto import tqdm
 
 from spaces.derive import PrunableModel
 from spaces.elastic import ElasticModel, ElasticState
+from spaces.files import atomic_write
 from spaces.materialize import materialize
 from spaces.sampling import feasible_sampler  # noqa: F401 - re-exported: its old home
 from spaces.slicing import kept_length
@@ -184,9 +185,10 @@ class PruningNet(nn.Module):
     # -- files -------------------------------------------------------------------------------------
     def save(self, path: str | Path) -> None:
         """Everything `load` needs (the generators, and what they fit), in one torch file."""
-        torch.save({"format": FORMAT, "hidden": self.hidden, "names": list(self.names),
-                    "shapes": [list(s) for s in self.shapes], "fingerprint": [list(f) for f in self.fingerprint],
-                    "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}, Path(path))
+        state = {"format": FORMAT, "hidden": self.hidden, "names": list(self.names),
+                 "shapes": [list(s) for s in self.shapes], "fingerprint": [list(f) for f in self.fingerprint],
+                 "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()}}
+        atomic_write(Path(path), lambda f: torch.save(state, f))
 
     @classmethod
     def load(cls, path: str | Path, prunable: PrunableModel) -> PruningNet:

@@ -226,6 +226,13 @@ class Pipeline:
                 raise UserError(str(error)) from None
             log.info("latency table: base model predicted %.3f ms (batch %d, %s, %s)", table.base_ms,
                      self.config.latency_batch, self.device, table.backend)
+            multiple = table.aligned_multiple()
+            if multiple is not None and self.config.round_to % multiple:
+                slow = table.slow_paths()
+                log.warning("latency table: on %s, %d layer configurations this space can pick run a slower "
+                            "kernel than wider ones (e.g. %s with %d outputs and %d inputs); the table prices that, "
+                            "and --round-to %d keeps every width off them", table.backend, len(slow), *slow[0],
+                            multiple)
         cost = CostModel(prunable, latency=table)
         base = cost.base.as_dict()
         self.budget = budget.resolve(base)

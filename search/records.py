@@ -8,19 +8,19 @@ and the journal is never rewritten without keeping the original beside it.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import re
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from spaces.files import atomic_write  # noqa: F401 (where the run directory's writers import it from)
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
 
@@ -113,25 +113,6 @@ class Journal:
             f.flush()
 
 
-def atomic_write(path: Path, data: str | bytes | Callable[[io.IOBase], None]) -> None:
-    """Write `path` whole or not at all: a temporary file beside it, then `os.replace`.
-
-    `data` is text, bytes, or a function that writes into the open (binary) temporary file.
-    """
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _slug(text: str) -> str:

@@ -63,6 +63,21 @@ def test_slow_paths_are_the_points_slower_than_a_larger_configuration():
     assert not latency.slow_points([[1.0, 2.0], [2.0, 4.0]]).any()  # time that grows with the widths
 
 
+def test_a_runtime_whose_unaligned_widths_are_slow_gets_the_multiple_that_avoids_them(prunable, table):
+    """Timings shaped like ONNX Runtime's (a layer whose input width is not a multiple of 4 runs twice as
+    slow as its work says): the table names 4; timings that grow with the work name nothing."""
+    def shaped(slow_unless: int | None) -> latency.LatencyTable:
+        layers = [LayerGrid(g.weight, g.node, g.outs, g.ins,
+                            [[1e-3 * o * i * (2.0 if slow_unless and i % slow_unless else 1.0) for i in g.ins]
+                             for o in g.outs]) for g in table.layers]
+        return latency.LatencyTable(prunable, layers, table.remainder, table.meta)
+
+    aligned = shaped(4)
+    assert aligned.slow_paths() and all(inp % 4 for _, _, inp in aligned.slow_paths())
+    assert aligned.aligned_multiple() == 4
+    assert shaped(None).slow_paths() == [] and shaped(None).aligned_multiple() is None
+
+
 def test_the_remainder_fit_recovers_known_costs_and_never_goes_negative():
     rng = np.random.default_rng(0)
     features = [[rng.uniform(0.1, 3), 1.0, rng.integers(10, 100), rng.integers(1_000, 1_000_000)] for _ in range(24)]

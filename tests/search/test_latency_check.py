@@ -34,6 +34,7 @@ def cache(tmp_path_factory):
         patch.setenv("PRUNESEARCH_CACHE", str(root / "cache"))
         patch.setattr(latency, "MIN_SECONDS", 0.0002)
         patch.setattr(latency, "GRID", 2)
+        patch.setattr(latency, "MAX_AXIS", 2)
         patch.setattr(latency, "CALIBRATION", 6)
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
@@ -146,6 +147,21 @@ def test_no_fit_exits_2_after_saving_the_trials_and_the_run_resumes(cache, monke
     code = run_module.main(["--resume", str(out), "--trials", "8", "--no-progress", "--quiet"])
     assert code == 0 and (out / "best.json").is_file()
     assert len(pd.read_csv(out / "trials.csv")) == 8  # the 6 saved ones replayed, 2 more searched
+
+
+def test_a_runtime_with_slow_unaligned_widths_is_said_with_the_round_to_that_avoids_them(cache, monkeypatch, capsys):
+    """When the table finds slow paths at widths the space can pick, the run says so and which --round-to
+    keeps every width off them (warnings show even with --quiet); a space rounded so already is not told."""
+    fake_timer(monkeypatch, factor=lambda calls: 0.5)
+    monkeypatch.setattr(latency.LatencyTable, "slow_paths", lambda self: [("layer1_0_conv1", 16, 6)])
+    monkeypatch.setattr(latency.LatencyTable, "aligned_multiple", lambda self, most=16: 4)
+    code, _ = search(cache, "slow-paths")
+    assert code == 0
+    err = capsys.readouterr().err
+    assert ("1 layer configurations this space can pick run a slower kernel than wider ones (e.g. layer1_0_conv1 with "
+            "16 outputs and 6 inputs)") in err and "--round-to 4 keeps every width off them" in err
+    code, _ = search(cache, "slow-paths-rounded", "--round-to", "4")
+    assert code == 0 and "slower kernel" not in capsys.readouterr().err
 
 
 def test_a_missing_runtime_is_one_line(cache, monkeypatch, capsys):
