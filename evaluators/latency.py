@@ -24,7 +24,8 @@ Measured once per (device, torch version, model structure, input shape, batch) a
   around it), so that part of the layers' time, L_slow, gets its own scale alpha'. The grid points of all
   layers are timed in interleaved rounds (alternating order, the median kept), and so are the
   calibration subnets, each taken as its median ratio to the full model in the same round: a slow spell
-  of the machine spreads over all of them instead of skewing one.
+  of the machine spreads over all of them instead of skewing one. Off eager torch the full model is
+  compiled `REFERENCES` times and the median of its instances is that reference.
 Predicted latency = scale x (alpha x L + alpha' x L_slow + a + c x N + b x E + p x P + q x max(0, P - hinge)),
 L the live layers' times and L_slow the part of it on slow paths.
 No forward pass at pricing time. On CUDA the timings use CUDA events.
@@ -70,6 +71,7 @@ CALIBRATION = 24     # end-to-end timings the remainder is fitted to
 ROUNDS = 3           # interleaved rounds of end-to-end timings (the median is kept)
 VERSION = 6          # of the table's format and method (part of the cache key)
 MIN_SECONDS = 0.02   # time spent per timing (inner loops until then); tests lower it
+REFERENCES = 3       # compiled instances of the full model in the calibration's rounds (off eager torch)
 ANCHORS = 3          # subnets timed directly to re-anchor a cached table (0: never)
 
 
@@ -403,12 +405,18 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
     calibration = [space.full(), space.smallest(), *(space.uniform(r, nearest=True) for r in (0.25, 0.5, 0.75))]
     calibration += spread(space, lambda c: table.features(c)[0], max(0, CALIBRATION - len(calibration)),
                           np.random.default_rng(1), exclude=calibration)
-    rounds = measure_rounds([materialize(prunable, c) for c in calibration], input_shape, batch=batch, device=device,
-                            rounds=ROUNDS, backend=backend)
+    # off eager torch, the full model is compiled REFERENCES times: one compiled session of a model runs a few
+    # % faster or slower than another, and every ratio below divides by the full model's time
+    copies = REFERENCES - 1 if backend != "torch" else 0
+    modules = [materialize(prunable, c) for c in calibration] + [materialize(prunable, space.full())] * copies
+    rounds = measure_rounds(modules, input_shape, batch=batch, device=device, rounds=ROUNDS, backend=backend)
     # each subnet's median ratio to the full model in the same round, times the full model's median: the
     # machine's drift between rounds cancels out of the fit
-    full_ms = statistics.median(row[0] for row in rounds)
-    measured = [full_ms * statistics.median(row[i] / row[0] for row in rounds) for i in range(len(calibration))]
+    reference = [statistics.median([row[0], *row[len(calibration):]]) for row in rounds]
+    full_ms = statistics.median(reference)
+    measured = [full_ms * statistics.median(row[i] / ref for row, ref in zip(rounds, reference))
+                for i in range(len(calibration))]
+    measured[0] = full_ms
     rows = [table.features(c)[:-1] for c in calibration]
     coefficients, hinge = fit_hinged(rows, measured)
     meta = {"hinge": hinge, "calibration": {"features": rows, "ms": measured},

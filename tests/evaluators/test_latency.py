@@ -163,6 +163,25 @@ def test_layers_are_timed_at_the_widths_the_space_reaches_and_alike_layers_once(
         assert out_len in grid.outs and in_len in grid.ins
 
 
+def test_off_eager_torch_the_calibration_divides_by_the_median_of_three_compiled_full_models(prunable, monkeypatch):
+    """One compiled session of the full model runs 20% slow: the reference is the median of three, so the
+    calibration's full model (the base relative budgets divide by) is 1.0 ms, not 1.2."""
+    monkeypatch.setattr(latency, "_layer_call", lambda *a, **k: ((lambda: None), torch.device("cpu")))
+    monkeypatch.setattr(latency, "time_call", lambda fn, device, **k: 1e-4)
+    seen = []
+
+    def rounds(modules, input_shape, *, batch, device, rounds, backend):
+        seen.append(len(modules))
+        count = latency.CALIBRATION
+        return [[1.2] + [0.5] * (count - 1) + [1.0, 1.0] for _ in range(rounds)]
+
+    monkeypatch.setattr(latency, "measure_rounds", rounds)
+    table = measure_table(prunable, SHAPE, progress=False, backend="onnxruntime")
+    assert seen == [latency.CALIBRATION + latency.REFERENCES - 1]
+    assert table.meta["full_ms_measured"] == 1.0 and table.meta["calibration"]["ms"][0] == 1.0
+    assert table.meta["calibration"]["ms"][1] == pytest.approx(0.5)
+
+
 def test_the_weights_feature_counts_the_subnets_conv_and_linear_weights(prunable, table):
     """P, the kept weight elements, is what the materialized subnet's conv/linear layers hold."""
     space = prunable.space

@@ -53,7 +53,8 @@ def fake_timer(monkeypatch, factor=lambda calls: 1.0, calls: list | None = None)
 
     def rounds(modules, input_shape, *, batch, device, rounds, backend):
         base, candidate = modules
-        calls.append(candidate)
+        if not calls or calls[-1] is not candidate:  # a runtime's check times one candidate in several calls
+            calls.append(candidate)
         ms = params(candidate) / params(base) * factor(len(calls))
         return [[1.0, ms] for _ in range(rounds)]
 
@@ -91,6 +92,25 @@ def test_a_candidate_measured_over_the_cap_is_skipped_and_the_next_one_chosen(mo
     check = check_latency(ranked, build, nn.Linear(10, 1, bias=False), [Limit("latency", 0.2, True)],
                           input_shape=(10,), base_predicted_ms=1.0, rounds=5)
     assert check.chosen is None and len(check.measurements) == 3 and "no candidate fits" in check.failure("RUN")
+
+
+def test_on_a_runtime_the_rounds_are_shared_among_freshly_compiled_pairs(monkeypatch):
+    """Each compiled pair runs at its own speed (here: ratio 0.45, 0.50, 0.55): the interval covers them all,
+    where one pair's rounds alone would be a point. Eager torch compiles nothing: one pair, every round."""
+    calls = []
+
+    def rounds(modules, input_shape, *, batch, device, rounds, backend):
+        calls.append(rounds)
+        return [[1.0, 0.45 + 0.05 * (len(calls) - 1)] for _ in range(rounds)]
+
+    monkeypatch.setattr(latency_check, "measure_rounds", rounds)
+    base, module = nn.Linear(10, 1), nn.Linear(5, 1)
+    _, _, ratio = latency_check.time_against_base(module, base, input_shape=(10,), backend="onnxruntime", rounds=7)
+    assert calls == [3, 2, 2] and latency_check.INSTANCES == 3
+    assert ratio.low == pytest.approx(0.45) and ratio.high == pytest.approx(0.55)
+    calls.clear()
+    _, _, ratio = latency_check.time_against_base(module, base, input_shape=(10,), backend="torch", rounds=7)
+    assert calls == [7] and ratio.low == ratio.high == pytest.approx(0.45)
 
 
 def search(root, name, *extra, budget=("0.99latency", "0.6flops")):
