@@ -188,12 +188,12 @@ class LatencyTable:
                 self._ops.append((spec.layout, int(np.prod(shape[1:])) // spec.length, blocks))
 
     def features(self, candidate: Mapping[str, int]) -> list[float]:
-        """What the fitted coefficients multiply: layers' timed sum (ms), 1, N, E, P, P beyond the hinge (see
-        the module docstring)."""
+        """What the fitted coefficients multiply: L, L_slow (ms), 1, N, E, P, P beyond the hinge (see the
+        module docstring)."""
         widths, keeps = self.prunable.widths(candidate), self.prunable.keeps(candidate)
-        weights = float(self._weights(widths, keeps))
-        return [*self._layers_ms(widths, keeps), 1.0, float(self._calls_live(keeps)),
-                float(self._elements(widths, keeps)), weights, max(0.0, weights - self.hinge)]
+        layers_ms, slow_ms, weights = self._layers(widths, keeps)
+        return [layers_ms, slow_ms, 1.0, float(self._calls_live(keeps)), float(self._elements(widths, keeps)),
+                float(weights), max(0.0, weights - self.hinge)]
 
     @property
     def hinge(self) -> float:
@@ -212,29 +212,20 @@ class LatencyTable:
         return sum(per * sum(widths[seg.group] * seg.inner for seg in layout)
                    for layout, per, blocks in self._ops if all(keeps[b] for b in blocks))
 
-    def _weights(self, widths: Sequence[int], keeps: Sequence[bool]) -> int:
-        """P: the kept weight elements of the live conv/linear layers (read from memory once per call)."""
-        groups = self.prunable.graph.groups
-        total = 0
-        for (out_use, in_use, full), rest, blocks in zip(self._axes, self._rest, self._blocks):
-            if all(keeps[b] for b in blocks):
-                out_len = kept_length(out_use, widths, groups) if out_use else full[0]
-                in_len = kept_length(in_use, widths, groups) if in_use else full[1]
-                total += out_len * in_len * rest
-        return total
-
-    def _layers_ms(self, widths: Sequence[int], keeps: Sequence[bool]) -> tuple[float, float]:
-        """The live conv/linear layers' times, each looked up in its grid at its kept sizes; and the part
-        of it from layers on a slow path (`slow_points`)."""
+    def _layers(self, widths: Sequence[int], keeps: Sequence[bool]) -> tuple[float, float, int]:
+        """L: the live conv/linear layers' times, each looked up in its grid at its kept sizes; L_slow: the
+        part of it from slow paths (`slow_points`); P: their kept weight elements (read once per call)."""
         groups = self.prunable.graph.groups
         total = slow = 0.0
-        for grid, (out_use, in_use, full), blocks in zip(self.layers, self._axes, self._blocks):
+        weights = 0
+        for grid, (out_use, in_use, full), rest, blocks in zip(self.layers, self._axes, self._rest, self._blocks):
             if all(keeps[b] for b in blocks):
                 out_len = kept_length(out_use, widths, groups) if out_use else full[0]
                 in_len = kept_length(in_use, widths, groups) if in_use else full[1]
                 total += grid.at(out_len, in_len)
                 slow += grid.slow_at(out_len, in_len)
-        return total, slow
+                weights += out_len * in_len * rest
+        return total, slow, weights
 
     def slow_paths(self) -> list[tuple[str, int, int]]:
         """The (layer node, kept outputs, kept inputs) grid points that take a slow path (`slow_points`)."""
