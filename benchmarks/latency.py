@@ -40,7 +40,8 @@ import torch  # noqa: E402
 import torchvision  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
-from evaluators.latency import fit_hinged, fit_remainder, measure_table, spread, time_call  # noqa: E402
+from evaluators.latency import (fit_hinged, fit_remainder, measure_table, spread, time_call,  # noqa: E402
+                                with_hinge)
 from evaluators.latency_backends import compile_call  # noqa: E402
 from search.cifar_resnet import resnet20  # noqa: E402
 from search.latency_check import ROUNDS, time_against_base  # noqa: E402
@@ -98,8 +99,7 @@ def ablation(table, candidates, measured_ratio) -> str:
             coefficients, hinge = fit_remainder(rows[:, columns], calibration["ms"]), None
 
         def design(x: np.ndarray) -> np.ndarray:
-            x = x[:, columns]
-            return np.column_stack([x, np.maximum(0.0, x[:, -1] - hinge)]) if hinge is not None else x
+            return with_hinge(x[:, columns], hinge) if hinge is not None else x[:, columns]
 
         predicted = design(truth) @ np.asarray(coefficients)
         base = float((design(rows[:1]) @ np.asarray(coefficients))[0])

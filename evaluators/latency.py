@@ -60,6 +60,7 @@ from spaces.materialize import materialize
 from spaces.graph import tensor_shape
 from spaces.layers import layer_named
 from spaces.slicing import kept_length
+from spaces.space import KEEP
 
 from .latency_backends import compile_call, layer_module, version
 
@@ -119,7 +120,8 @@ class LayerGrid:
     ms: list[list[float]]
 
     def __post_init__(self) -> None:
-        self._slow_ms = (np.asarray(self.ms, dtype=float) * slow_points(self.ms)).tolist()
+        self.slow = slow_points(self.ms)  # which points take a slow path (not saved: derived from `ms`)
+        self._slow_ms = (np.asarray(self.ms, dtype=float) * self.slow).tolist()
 
     def at(self, out_len: float, in_len: float) -> float:
         """Bilinear interpolation (linear extrapolation is never needed: sizes lie inside the grid)."""
@@ -127,7 +129,7 @@ class LayerGrid:
 
     def slow_at(self, out_len: float, in_len: float) -> float:
         """`at` counting only the slow-path points (see `slow_points`): 0 where the layer takes the fast path."""
-        return self._bilinear(self._slow_ms, out_len, in_len)
+        return self._bilinear(self._slow_ms, out_len, in_len) if self.slow.any() else 0.0
 
     def _bilinear(self, m: Sequence[Sequence[float]], out_len: float, in_len: float) -> float:
         def locate(axis: list[int], v: float) -> tuple[int, float]:
@@ -229,8 +231,7 @@ class LatencyTable:
 
     def slow_paths(self) -> list[tuple[str, int, int]]:
         """The (layer node, kept outputs, kept inputs) grid points that take a slow path (`slow_points`)."""
-        return [(grid.node, grid.outs[a], grid.ins[b]) for grid in self.layers
-                for a, b in zip(*np.nonzero(slow_points(grid.ms)))]
+        return [(grid.node, grid.outs[a], grid.ins[b]) for grid in self.layers for a, b in zip(*np.nonzero(grid.slow))]
 
     def aligned_multiple(self, most: int = 16) -> int | None:
         """The smallest width multiple (2, 4, 8, .. `most`) that every slow path misses (some size of each is
@@ -429,7 +430,7 @@ def spread(space, cost: Callable[[Mapping[str, int]], float], count: int, rng: n
     drawn = [space.sample(rng) for _ in range(pool // 2)]
     for _ in range(pool - pool // 2):
         level = rng.uniform(0.1, 1.0)
-        ratios = [float(rng.uniform() < 0.5 + level / 2) if d.kind == "keep" else level + rng.normal(0, 0.15)
+        ratios = [float(rng.uniform() < 0.5 + level / 2) if d.kind == KEEP else level + rng.normal(0, 0.15)
                   for d in space.dimensions]
         drawn.append(space.from_ratios(np.clip(np.asarray(ratios, dtype=float), 0.05, 1.0)))
     skip = set(exclude)
@@ -463,6 +464,11 @@ def fit_remainder(features: Sequence[Sequence[float]], measured: Sequence[float]
     return tuple(float(v) for v in solution / norms)
 
 
+def with_hinge(rows: np.ndarray, hinge: float) -> np.ndarray:
+    """`rows` with the column `fit_hinged` adds: max(0, P - hinge), P their last column."""
+    return np.column_stack([rows, np.maximum(0.0, rows[:, -1] - hinge)])
+
+
 def fit_hinged(features: Sequence[Sequence[float]], measured: Sequence[float]) -> tuple[tuple[float, ...], float]:
     """`fit_remainder` with one more column, the weights beyond a hinge: max(0, P - hinge), P the last column.
 
@@ -473,7 +479,7 @@ def fit_hinged(features: Sequence[Sequence[float]], measured: Sequence[float]) -
     y = np.asarray(measured, dtype=float)
     best: tuple[float, tuple[float, ...], float] = (float("inf"), (), float("inf"))
     for hinge in [float("inf"), *sorted(set(rows[:, -1]))[:-1]]:
-        design = np.column_stack([rows, np.maximum(0.0, rows[:, -1] - hinge)])
+        design = with_hinge(rows, hinge)
         coefficients = fit_remainder(design, y)
         error = float(np.sum(((design @ np.asarray(coefficients) - y) / y) ** 2))
         if error < best[0] - 1e-12:
