@@ -169,7 +169,7 @@ class LatencyTable:
         # fitted: latency = alpha x (layers' timed sum) + a + c x N + b x E
         self.prunable, self.layers, self.remainder = prunable, list(layers), tuple(remainder)
         self.meta = dict(meta)
-        self.scale = 1.0  # the re-anchoring factor (see the module docstring); not saved with the table
+        self.scale = 1.0  # the re-anchoring factor (see the module docstring); 1 in the cache, set when loaded
         graph = prunable.graph
         uses = graph.uses
         self._axes = [(next((u for u in uses.get(g.weight, []) if u.axis == 0), None),
@@ -271,11 +271,16 @@ class LatencyTable:
         return self.predict(self.prunable.space.full())
 
     def to_json(self) -> dict:
-        return {"meta": self.meta, "remainder": list(self.remainder), "layers": [asdict(g) for g in self.layers]}
+        """The table as it prices now: its timings, fit and re-anchoring `scale` (a run keeps its own copy, so
+        that a resumed run prices every candidate exactly as before; see `search.pipeline`)."""
+        return {"meta": self.meta, "remainder": list(self.remainder), "scale": self.scale,
+                "layers": [asdict(g) for g in self.layers]}
 
     @classmethod
     def from_json(cls, prunable: PrunableModel, data: Mapping) -> LatencyTable:
-        return cls(prunable, [LayerGrid(**g) for g in data["layers"]], data["remainder"], data["meta"])
+        table = cls(prunable, [LayerGrid(**g) for g in data["layers"]], data["remainder"], data["meta"])
+        table.scale = float(data.get("scale", 1.0))
+        return table
 
 
 def _grid(smallest: int, full: int) -> list[int]:
@@ -325,10 +330,19 @@ def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch:
     return compile_call(module, x, backend, device)
 
 
+def structure_text(prunable: PrunableModel) -> str:
+    """What the latency of the model's subnets depends on, as text that is the same in every process: the
+    modules with their options and the traced code (`str` of the GraphModule), and every node's output shape.
+    (Not `repr(graph)`: that is the object's address, and no cached table was ever found again.)"""
+    gm = prunable.graph.gm
+    shapes = [(node.name, tensor_shape(node)) for node in gm.graph.nodes]
+    return str(gm) + json.dumps(shapes, default=str)
+
+
 def table_key(prunable: PrunableModel, input_shape: Sequence[int], batch: int, device: torch.device,
               backend: str = "torch") -> str:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
-    structure = json.dumps(prunable.space.to_json(), sort_keys=True) + repr(prunable.graph.gm.graph)
+    structure = json.dumps(prunable.space.to_json(), sort_keys=True) + structure_text(prunable)
     runtime = [backend, version(backend)] if backend != "torch" else []
     text = json.dumps([VERSION, name, torch.__version__, list(input_shape), batch, structure, *runtime])
     return hashlib.sha1(text.encode()).hexdigest()[:16]

@@ -44,7 +44,7 @@ from .cli import first_line
 from .config import SearchConfig
 from .engine import Engine, Outcome, memoized
 from .errors import UserError
-from .records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, RunDirectory, Trial, best_trial
+from .records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, LATENCY_TABLE_FILE, RunDirectory, Trial, best_trial
 from .training import evaluate, resolve_device
 
 log = logging.getLogger(__name__)
@@ -218,10 +218,11 @@ class Pipeline:
             from .zoo import cache_dir
 
             shape = tuple(self.inputs.example.shape[1:])
+            table = self._own_latency_table(prunable, shape)
             try:
-                table = measure_table(prunable, shape, batch=self.config.latency_batch, device=self.device,
-                                      cache_dir=cache_dir() / "latency", progress=self.progress,
-                                      backend=self.config.latency_backend)
+                table = table or measure_table(prunable, shape, batch=self.config.latency_batch, device=self.device,
+                                               cache_dir=cache_dir() / "latency", progress=self.progress,
+                                               backend=self.config.latency_backend)
             except BackendError as error:
                 raise UserError(str(error)) from None
             log.info("latency table: base model predicted %.3f ms (batch %d, %s, %s)", table.base_ms,
@@ -241,6 +242,24 @@ class Pipeline:
             reachable = " and ".join(f"{smallest[k] / base[k]:.3f} x its {k}" for k in base)
             raise UserError(f"budget {self.budget} cannot be met: the smallest subnet of this space has {reachable}")
         return cost
+
+    def _own_latency_table(self, prunable: PrunableModel, input_shape: tuple[int, ...]):
+        """On resume, the latency table the run priced its trials with (`LATENCY_TABLE_FILE`, re-anchoring
+        included), so that the agents replay exactly; None for a new run, or when it was measured for another
+        model, machine, thread count or runtime (then a fresh one is measured, and the replay may differ)."""
+        from evaluators.latency import LatencyTable, table_key
+
+        path = self.run_dir.path / LATENCY_TABLE_FILE if self._resuming else None
+        if path is None or not path.is_file():
+            return None
+        table = LatencyTable.from_json(prunable, self.run_dir.read(LATENCY_TABLE_FILE))
+        key = table_key(prunable, input_shape, self.config.latency_batch, self.device, self.config.latency_backend)
+        if table.meta.get("key") != key:
+            log.warning("the run's latency table (%s) was measured for another model, machine, thread count or "
+                        "runtime; measuring one here: a resumed search may then propose other candidates", path)
+            return None
+        log.info("latency table: the run's own, as it priced the saved trials (x%.3f re-anchoring)", table.scale)
+        return table
 
     def evaluator(self, prunable: PrunableModel) -> AccuracyEvaluator:
         """The base scorer: BN recalibration on the cached calibration batches, then top-1 (or the user's score).
@@ -397,6 +416,8 @@ class Pipeline:
             self.run_dir.update_run(args=c.to_json(), status="running", api=c.model == "<module>",
                                     planned_trials=c.trials)
         run_dir = self.run_dir
+        if cost.latency is not None:  # what a resumed run prices with (`_own_latency_table`)
+            run_dir.write(LATENCY_TABLE_FILE, cost.latency.to_json())
         log.info("%s: %s; base %.2f MFLOPs, %.3f M params; run directory %s", inputs.name, prunable.space,
                  base["flops"] / 1e6, base["params"] / 1e6, run_dir.path)
         if inputs.data is not None and c.weights is None and not (c.model in ZOO_MODELS and c.baseline_epochs > 0):

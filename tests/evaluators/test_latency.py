@@ -231,6 +231,33 @@ def test_the_table_is_measured_once_and_loaded_from_its_cache(prunable, table, t
     assert again.predict(candidate) == first.predict(candidate) and again.remainder == first.remainder
 
 
+def test_the_cache_key_is_the_same_for_the_model_derived_again_and_differs_when_a_layer_does(prunable):
+    """Another derivation (new objects, as in a second run or a resume) finds the cached table; a model that
+    differs only in a layer's options (padding mode: same shapes, same traced code) or in the input shape
+    does not."""
+    torch.manual_seed(1)  # other weights: latency does not depend on them
+    again = derive(resnet20(num_classes=10, in_channels=1).eval(), torch.zeros(1, *SHAPE))
+    key = latency.table_key(prunable, SHAPE, 1, torch.device("cpu"))
+    assert latency.table_key(again, SHAPE, 1, torch.device("cpu")) == key
+    model = resnet20(num_classes=10, in_channels=1).eval()
+    model.conv1.padding_mode = "reflect"
+    reflected = derive(model, torch.zeros(1, *SHAPE))
+    assert latency.table_key(reflected, SHAPE, 1, torch.device("cpu")) != key
+    bigger = derive(resnet20(num_classes=10, in_channels=1).eval(), torch.zeros(1, 1, 16, 16))
+    assert latency.table_key(bigger, (1, 16, 16), 1, torch.device("cpu")) != key
+
+
+def test_a_table_saved_with_its_scale_prices_as_it_did(prunable, table):
+    """A run keeps its table (re-anchoring scale included): loaded back, it prices every candidate the same."""
+    table.scale = 1.7
+    try:
+        loaded = latency.LatencyTable.from_json(prunable, json.loads(json.dumps(table.to_json())))
+        candidate = prunable.space.sample(np.random.default_rng(5))
+        assert loaded.scale == 1.7 and loaded.predict(candidate) == table.predict(candidate)
+    finally:
+        table.scale = 1.0
+
+
 def test_a_cached_table_is_re_anchored_by_a_few_direct_timings(prunable, table, tmp_path, monkeypatch):
     """A table measured on a quieter machine: everything now runs 3x slower, and the predictions follow."""
     monkeypatch.setattr(latency, "MIN_SECONDS", 0.0005)

@@ -17,6 +17,7 @@ from evaluators import latency
 from search import latency_check
 from search import run as run_module
 from search.latency_check import Interval, check_latency, median_interval
+from search.pipeline import Pipeline
 from search.records import Trial
 from spaces.budget import Limit
 from spaces.records import Result, TrialState
@@ -164,9 +165,37 @@ def test_no_fit_exits_2_after_saving_the_trials_and_the_run_resumes(cache, monke
     assert not (out / "best.json").exists()
     assert json.loads((out / "run.json").read_text())["status"] == "over the latency budget"
     fake_timer(monkeypatch, factor=lambda calls: 0.5)  # the machine (here: the fake) lets one fit now
+    # the resumed run prices with the run's own table (its re-anchoring too): a table measured or re-anchored
+    # again would price the replayed candidates a little differently, and the agent would propose others
+    saved = json.loads((out / "latency_table.json").read_text())
+    assert saved["meta"]["key"] and saved["scale"] > 0
+
+    def no_measuring(*args, **kwargs):
+        raise AssertionError("a resumed run measured its latency table again")
+
+    monkeypatch.setattr(latency, "measure_table", no_measuring)
     code = run_module.main(["--resume", str(out), "--trials", "8", "--no-progress", "--quiet"])
     assert code == 0 and (out / "best.json").is_file()
     assert len(pd.read_csv(out / "trials.csv")) == 8  # the 6 saved ones replayed, 2 more searched
+
+
+def test_a_resumed_run_whose_table_was_measured_elsewhere_measures_one_here(cache, monkeypatch, capsys):
+    """The run's own table is kept only for the machine, threads and runtime it was measured on."""
+    fake_timer(monkeypatch, factor=lambda calls: 0.5)
+    code, out = search(cache, "elsewhere")
+    assert code == 0
+    saved = json.loads((out / "latency_table.json").read_text())
+    pipeline = Pipeline.resume(out, progress=False)
+    assert pipeline.cost_model(pipeline.derive()).latency.to_json() == saved  # its own: no timing at all
+    saved["meta"]["key"] = "another machine"
+    (out / "latency_table.json").write_text(json.dumps(saved))
+    measured = []
+    monkeypatch.setattr(latency, "measure_table", lambda *a, **k: measured.append(a) or pytest.fail("measured"))
+    pipeline = Pipeline.resume(out, progress=False)
+    with pytest.raises(pytest.fail.Exception):
+        pipeline.cost_model(pipeline.derive())
+    err = capsys.readouterr().err  # the run's logging (set up by `search`) writes warnings to stderr
+    assert measured and "was measured for another model, machine, thread count or runtime" in err
 
 
 def test_a_runtime_with_slow_unaligned_widths_is_said_with_the_round_to_that_avoids_them(cache, monkeypatch, capsys):
