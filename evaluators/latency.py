@@ -330,21 +330,23 @@ def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch:
     return compile_call(module, x, backend, device)
 
 
-def structure_text(prunable: PrunableModel) -> str:
-    """What the latency of the model's subnets depends on, as text that is the same in every process: the
-    modules with their options and the traced code (`str` of the GraphModule), and every node's output shape.
+def structure_key(prunable: PrunableModel, input_shape: Sequence[int], batch: int) -> str:
+    """What a table's layers and features depend on, the same in every process: the space, the modules with
+    their options and the traced code (`str` of the GraphModule), every node's output shape, the input.
     (Not `repr(graph)`: that is the object's address, and no cached table was ever found again.)"""
     gm = prunable.graph.gm
     shapes = [(node.name, tensor_shape(node)) for node in gm.graph.nodes]
-    return str(gm) + json.dumps(shapes, default=str)
+    text = json.dumps([VERSION, list(input_shape), batch, prunable.space.to_json(), str(gm), shapes],
+                      sort_keys=True, default=str)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
 def table_key(prunable: PrunableModel, input_shape: Sequence[int], batch: int, device: torch.device,
               backend: str = "torch") -> str:
+    """The cache key: the structure (`structure_key`), and where it was timed (device, threads, versions)."""
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
-    structure = json.dumps(prunable.space.to_json(), sort_keys=True) + structure_text(prunable)
     runtime = [backend, version(backend)] if backend != "torch" else []
-    text = json.dumps([VERSION, name, torch.__version__, list(input_shape), batch, structure, *runtime])
+    text = json.dumps([structure_key(prunable, input_shape, batch), name, torch.__version__, *runtime])
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
@@ -426,9 +428,10 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
     rows = [table.features(c)[:-1] for c in calibration]
     coefficients, hinge = fit_hinged(rows, measured)
     meta = {"hinge": hinge, "calibration": {"features": rows, "ms": measured},
-            "device": str(device), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
+            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
             "batch": batch, "input_shape": list(input_shape),
-            "key": key, "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
+            "key": key, "structure": structure_key(prunable, input_shape, batch),
+            "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
     table = LatencyTable(prunable, layers, coefficients, meta)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

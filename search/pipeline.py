@@ -245,19 +245,25 @@ class Pipeline:
 
     def _own_latency_table(self, prunable: PrunableModel, input_shape: tuple[int, ...]):
         """On resume, the latency table the run priced its trials with (`LATENCY_TABLE_FILE`, re-anchoring
-        included), so that the agents replay exactly; None for a new run, or when it was measured for another
-        model, machine, thread count or runtime (then a fresh one is measured, and the replay may differ)."""
-        from evaluators.latency import LatencyTable, table_key
+        included), so that the agents replay exactly, also on another machine or thread count (the final check
+        times the subnet here). None for a new run, or when the table is for another structure or runtime."""
+        from evaluators.latency import LatencyTable, structure_key, table_key
 
         path = self.run_dir.path / LATENCY_TABLE_FILE if self._resuming else None
         if path is None or not path.is_file():
             return None
         table = LatencyTable.from_json(prunable, self.run_dir.read(LATENCY_TABLE_FILE))
-        key = table_key(prunable, input_shape, self.config.latency_batch, self.device, self.config.latency_backend)
-        if table.meta.get("key") != key:
-            log.warning("the run's latency table (%s) was measured for another model, machine, thread count or "
-                        "runtime; measuring one here: a resumed search may then propose other candidates", path)
+        c = self.config
+        if (table.meta.get("structure") != structure_key(prunable, input_shape, c.latency_batch)
+                or table.backend != c.latency_backend):
+            log.warning("the run's latency table (%s) is for another model structure or runtime; measuring one "
+                        "here: the resumed search may propose other candidates than it did", path)
             return None
+        if table.meta.get("key") != table_key(prunable, input_shape, c.latency_batch, self.device, c.latency_backend):
+            log.warning("the run's latency table was measured on another machine, thread count or version "
+                        "(%s, %s thread(s), torch %s; here %s, %d); the resumed search prices with it, as it did, "
+                        "and the final check times the subnet here", table.meta.get("device"),
+                        table.meta.get("threads", "?"), table.meta.get("torch"), self.device, torch.get_num_threads())
         log.info("latency table: the run's own, as it priced the saved trials (x%.3f re-anchoring)", table.scale)
         return table
 
