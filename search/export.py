@@ -7,7 +7,8 @@ From Python: `export("runs/...", "onnx")` returns an `ExportResult`. The subnet 
 rebuilt from `best.json` and `best.state_dict.pt` on the run's base model (no pickle is loaded; with
 `--finetuned`, the fine-tuned weights written by `python -m search.finetune RUN_DIR`); the example input
 is a seeded random batch of `--batch` samples of the `input_shape` in `best.json`. Formats and the file
-each writes into the run directory (`finetuned.*` with `--finetuned`; `--out` picks another path):
+each writes into the run directory (`finetuned.*` with `--finetuned`; `--out` picks another path), written
+in a folder beside it and moved into place whole (`spaces.files.staged`), so a failed export keeps the old file:
 
 | format | file | what it is | load it with |
 |---|---|---|---|
@@ -48,6 +49,7 @@ import torch
 from torch import nn
 
 from spaces.derive import derive
+from spaces.files import staged
 from spaces.materialize import materialize
 
 from .errors import UserError
@@ -176,9 +178,9 @@ def _export_pt(model: nn.Module, example: torch.Tensor, path: Path, notes: list[
     with _quiet(), open(path, "wb") as f:  # a file object: torch.export.save wants a .pt2 name otherwise
         torch.export.save(program, f)
 
-    def load():
+    def load(at: Path):
         with _quiet():
-            return torch.export.load(str(path)).module()
+            return torch.export.load(str(at)).module()
 
     return load, dynamic
 
@@ -195,9 +197,9 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, not
             scripted, dynamic = torch.jit.trace(model, (example,)), False
     scripted.save(str(path))
 
-    def load():
+    def load(at: Path):
         with _quiet():  # torch.jit.load warns that TorchScript is deprecated
-            return torch.jit.load(str(path), map_location="cpu")
+            return torch.jit.load(str(at), map_location="cpu")
 
     return load, dynamic
 
@@ -234,8 +236,8 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, notes: lis
                      f"onnx.checker.check_model passed")
         return None, dynamic
 
-    def load():
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    def load(at: Path):
+        session = ort.InferenceSession(str(at), providers=["CPUExecutionProvider"])
         feed = session.get_inputs()[0].name
         return lambda x: [torch.from_numpy(o) for o in session.run(None, {feed: x.numpy()})]
 
@@ -245,12 +247,12 @@ def _export_onnx(model: nn.Module, example: torch.Tensor, path: Path, notes: lis
 def _export_state_dict(model: nn.Module, path: Path):
     torch.save(model.state_dict(), path)
 
-    def load():
+    def load(at: Path):
         fresh = copy.deepcopy(model)
         with torch.no_grad():  # wipe it, so that only what the file holds can make the outputs match
             for tensor in fresh.state_dict().values():
                 tensor.zero_()
-        fresh.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+        fresh.load_state_dict(torch.load(at, map_location="cpu", weights_only=True), strict=True)
         return fresh.eval()
 
     return load, True
@@ -316,16 +318,16 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
                           f"{_first_line(error)}") from error
 
     notes: list[str] = []
-    try:
-        with torch.no_grad():
+    try:  # written beside `path` and moved into place whole: a failed export leaves no half-written file
+        with torch.no_grad(), staged(path) as writing:
             if format == "pt":
-                load, dynamic = _export_pt(model, example, path, notes)
+                load, dynamic = _export_pt(model, example, writing, notes)
             elif format == "torchscript":
-                load, dynamic = _export_torchscript(model, example, path, notes)
+                load, dynamic = _export_torchscript(model, example, writing, notes)
             elif format == "onnx":
-                load, dynamic = _export_onnx(model, example, path, notes, n_outputs)
+                load, dynamic = _export_onnx(model, example, writing, notes, n_outputs)
             else:
-                load, dynamic = _export_state_dict(model, path)
+                load, dynamic = _export_state_dict(model, writing)
     except OSError as error:
         raise UserError(f"cannot write {path}: {error.strerror or error}") from None
     except (UserError, ExportError):
@@ -339,7 +341,7 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
     checks = [_batch(batch, shape, seed=1)] + ([_batch(batch + 1, shape, seed=2)] if dynamic else [])
     checks = [x.to(dtype) for x in checks]
     try:
-        artifact = load()
+        artifact = load(path)
         diff, scale = 0.0, 0.0
         with torch.no_grad():
             for x in checks:

@@ -20,9 +20,7 @@ are written.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterable
@@ -38,7 +36,7 @@ from tqdm.auto import tqdm
 
 from .errors import UserError
 from .records import (BEST_STATE_FILE, FINETUNE_CSV, FINETUNED_MODEL_FILE, FINETUNED_STATE_FILE,
-                      RunDirectory)
+                      RunDirectory, atomic_write)
 from .cli import ArgumentParser, configure_logging, guarded
 from .config import SearchConfig
 from .training import Distillation, TrainConfig, evaluate, make_optimizer, train_epoch
@@ -225,16 +223,12 @@ def load_teacher(args: dict, data: DataBundle, device: torch.device, trust_pickl
 
 # ---------------------------------------------------------------- checkpoints and outputs, atomically
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
-    """`write` a temporary file beside `path`, then rename it over `path`: a reader never sees half a file, and a
-    failed write leaves the previous file whole (a UserError says so)."""
-    tmp = path.with_name(f".{path.name}.tmp")
+def _atomic(path: Path, data) -> None:
+    """`spaces.files.atomic_write`: a reader never sees half a file, and a failed write leaves the previous file
+    whole (a UserError says so)."""
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        atomic_write(path, data)
     except OSError as error:
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
         raise UserError(f"cannot write {path}: {error.strerror or error}; the previous {path.name} is kept "
                         f"(after a failed epoch: free the space and continue with --resume)") from None
 
@@ -242,8 +236,8 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
 def write_outputs(run_path: Path, state: dict, *, checkpoint: bool = True) -> None:
     """`finetune.csv` (and the plain path's checkpoint), each replaced atomically."""
     if checkpoint:
-        _atomic(run_path / CHECKPOINT_FILE, lambda p: torch.save(state, p))
-    _atomic(run_path / FINETUNE_CSV, lambda p: pd.DataFrame(state["history"]).to_csv(p, index=False))
+        _atomic(run_path / CHECKPOINT_FILE, lambda f: torch.save(state, f))
+    _atomic(run_path / FINETUNE_CSV, pd.DataFrame(state["history"]).to_csv(index=False))
 
 
 def plot_history(path: Path, history: list[dict], *, before: float, base: float | None) -> None:
@@ -268,7 +262,7 @@ def plot_history(path: Path, history: list[dict], *, before: float, base: float 
     for ax in (left, right):
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    _atomic(path / FINETUNE_PLOT, lambda p: fig.savefig(p, format="png"))
+    _atomic(path / FINETUNE_PLOT, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
 
@@ -370,8 +364,8 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     model.cpu().load_state_dict(state["model"])
     history = state["history"]
     write_outputs(run.path, {**state, "before_test_top1": before}, checkpoint=not (workers or ray_address))
-    _atomic(run.path / FINETUNED_STATE_FILE, lambda p: torch.save(model.state_dict(), p))
-    _atomic(run.path / FINETUNED_FILE, lambda p: torch.save(model, p))
+    _atomic(run.path / FINETUNED_STATE_FILE, lambda f: torch.save(model.state_dict(), f))
+    _atomic(run.path / FINETUNED_FILE, lambda f: torch.save(model, f))
     base = info.get("base", {}).get("test_top1")
     if history:
         plot_history(run.path, history, before=before, base=base)

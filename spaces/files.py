@@ -1,9 +1,12 @@
 """Files written whole or not at all: a reader never sees half a file, a failed write keeps the old one."""
 from __future__ import annotations
 
+import contextlib
 import io
 import os
-from collections.abc import Callable
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
@@ -26,3 +29,18 @@ def atomic_write(path: Path, data: str | bytes | Callable[[io.IOBase], None]) ->
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextlib.contextmanager
+def staged(path: Path) -> Iterator[Path]:
+    """Where to write `path` (and side files named after it, as ONNX's external weights) for a writer that
+    wants a file name: a temporary folder beside it. When the block ends without error each file is moved into
+    place (`os.replace`), `path` last, so that a reader never sees half a file; on error nothing is moved."""
+    path = Path(path)
+    stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield stage / path.name
+        for item in sorted(stage.iterdir(), key=lambda p: p.name == path.name):
+            os.replace(item, path.parent / item.name)
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)

@@ -206,6 +206,25 @@ def test_an_artifact_that_does_not_match_fails_with_exit_1(run_dir, monkeypatch,
     assert caught.value.result.max_abs_diff > 0.5
 
 
+def test_an_export_that_fails_midway_leaves_the_previous_file_whole(run_dir, monkeypatch, capsys):
+    """The artifact is written beside its path and moved into place whole: an exporter that dies after writing
+    half a file leaves the earlier export as it was, and nothing else behind."""
+    assert cli(capsys, run_dir, "--format", "torchscript")[0] == 0
+    before = (run_dir / "best.torchscript.pt").read_bytes()
+    names = sorted(p.name for p in run_dir.iterdir())
+
+    def half_then_crash(module, path, *args, **kwargs):
+        with open(path, "wb") as f:
+            f.write(b"half a file")
+        raise RuntimeError("disk went away")
+
+    monkeypatch.setattr(torch.jit.RecursiveScriptModule, "save", half_then_crash)
+    code, out, err = cli(capsys, run_dir, "--format", "torchscript")
+    assert code == 1 and "torchscript export of best.pt failed: RuntimeError: disk went away" in err
+    assert (run_dir / "best.torchscript.pt").read_bytes() == before
+    assert sorted(p.name for p in run_dir.iterdir()) == names  # no staging folder or temporary file left
+
+
 def test_user_errors_are_one_line_and_exit_2(run_dir, tmp_path, capsys):
     for argv, message in [((tmp_path / "nowhere",), "is not a run directory"),
                           ((tmp_path,), "is not a run directory"),
