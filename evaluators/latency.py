@@ -234,16 +234,19 @@ class LatencyTable:
         return [(grid.node, grid.outs[a], grid.ins[b]) for grid in self.layers for a, b in zip(*np.nonzero(grid.slow))]
 
     def aligned_multiple(self, most: int = 16) -> int | None:
-        """The smallest width multiple (2, 4, 8, .. `most`) that every slow path misses (some size of each is
-        not a multiple of it), when slow paths are a pattern of the runtime: at least 5% of the timed points,
-        none of them at that multiple. None when there is no such pattern (noise flags a few points anyway)."""
-        slow = self.slow_paths()
+        """The smallest width multiple (2, 4, 8, .. `most`) that every slow path misses (some size of each that
+        the space varies is not a multiple of it), when slow paths are a pattern of the runtime: at least 5% of
+        the timed points, none of them at that multiple. None when there is no such pattern (noise flags a few
+        points anyway). An axis the space does not vary (an RGB stem's 3 inputs, a depthwise conv's 1 input per
+        group) is no width --round-to could move, so only the varied axes count."""
+        slow = [(grid.outs[a] if len(grid.outs) > 1 else None, grid.ins[b] if len(grid.ins) > 1 else None)
+                for grid in self.layers for a, b in zip(*np.nonzero(grid.slow))]
         points = sum(len(g.outs) * len(g.ins) for g in self.layers)
         if len(slow) < 0.05 * points:
             return None
         multiple = 2
         while multiple <= most:
-            if not any(out % multiple == 0 and inp % multiple == 0 for _, out, inp in slow):
+            if not any(all(size is None or size % multiple == 0 for size in sizes) for sizes in slow):
                 return multiple
             multiple *= 2
         return None

@@ -78,6 +78,18 @@ def test_a_runtime_whose_unaligned_widths_are_slow_gets_the_multiple_that_avoids
     assert shaped(None).slow_paths() == [] and shaped(None).aligned_multiple() is None
 
 
+def test_only_the_widths_the_space_varies_decide_the_multiple(prunable, table):
+    """Depthwise convs (1 input per group, never varied) slow unless their channels are a multiple of 8: the
+    input axis cannot be rounded, so the channels alone decide, and 8 is named (judging the fixed 1 too, every
+    multiple would look missed and 2 would be named)."""
+    outs = [4, 8, 12, 16, 20, 24]
+    ms = [[1e-3 * o * (3.0 if o % 8 else 1.0)] for o in outs]
+    layers = [LayerGrid(g.weight, g.node, outs, [1], ms) for g in table.layers]
+    depthwise = latency.LatencyTable(prunable, layers, table.remainder, table.meta)
+    assert {out for _, out, _ in depthwise.slow_paths()} == {4, 12, 20}
+    assert depthwise.aligned_multiple() == 8
+
+
 def test_the_remainder_fit_recovers_known_costs_and_never_goes_negative():
     rng = np.random.default_rng(0)
     features = [[rng.uniform(0.1, 3), 1.0, rng.integers(10, 100), rng.integers(1_000, 1_000_000)] for _ in range(24)]
