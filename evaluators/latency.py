@@ -24,8 +24,8 @@ Measured once per (device, torch version, model structure, input shape, batch) a
   around it), so that part of the layers' time, L_slow, gets its own scale alpha'. The grid points of all
   layers are timed in interleaved rounds (alternating order, the median kept), and so are the
   calibration subnets, each taken as its median ratio to the full model in the same round: a slow spell
-  of the machine spreads over all of them instead of skewing one. Off eager torch each calibration subnet
-  is compiled and timed in a fresh pair with the full model, alone on the runtime (`calibration_ms`).
+  of the machine spreads over all of them instead of skewing one. Off eager torch the full model is
+  compiled `REFERENCES` times and the median of its instances is that reference.
 Predicted latency = scale x (alpha x L + alpha' x L_slow + a + c x N + b x E + p x P + q x max(0, P - hinge)),
 L the live layers' times and L_slow the part of it on slow paths.
 No forward pass at pricing time. On CUDA the timings use CUDA events.
@@ -70,8 +70,9 @@ MAX_AXIS = 12        # a layer axis reaching at most this many sizes is timed at
 SLOW = 1.1           # a grid point this much slower than a larger configuration takes a slow path
 CALIBRATION = 24     # end-to-end timings the remainder is fitted to
 ROUNDS = 3           # interleaved rounds of end-to-end timings (the median is kept)
-VERSION = 7          # of the table's format and method (part of the cache key)
+VERSION = 6          # of the table's format and method (part of the cache key)
 MIN_SECONDS = 0.02   # time spent per timing (inner loops until then); tests lower it
+REFERENCES = 3       # compiled instances of the full model in the calibration's rounds (off eager torch)
 ANCHORS = 3          # subnets timed directly to re-anchor a cached table (0: never)
 
 
@@ -415,14 +416,22 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
     calibration = [space.full(), space.smallest(), *(space.uniform(r, nearest=True) for r in (0.25, 0.5, 0.75))]
     calibration += spread(space, lambda c: table.features(c)[0], max(0, CALIBRATION - len(calibration)),
                           np.random.default_rng(1), exclude=calibration)
-    measured = calibration_ms([materialize(prunable, c) for c in calibration], input_shape, batch=batch,
-                              device=device, backend=backend)
-    full_ms = measured[0]
+    # off eager torch, the full model is compiled REFERENCES times: one compiled session of a model runs a few
+    # % faster or slower than another, and every ratio below divides by the full model's time
+    copies = REFERENCES - 1 if backend != "torch" else 0
+    modules = [materialize(prunable, c) for c in calibration] + [materialize(prunable, space.full())] * copies
+    rounds = measure_rounds(modules, input_shape, batch=batch, device=device, rounds=ROUNDS, backend=backend)
+    # each subnet's median ratio to the full model in the same round, times the full model's median: the
+    # machine's drift between rounds cancels out of the fit
+    reference = [statistics.median([row[0], *row[len(calibration):]]) for row in rounds]
+    full_ms = statistics.median(reference)
+    measured = [full_ms * statistics.median(row[i] / ref for row, ref in zip(rounds, reference))
+                for i in range(len(calibration))]
+    measured[0] = full_ms
     rows = [table.features(c)[:-1] for c in calibration]
     coefficients, hinge = fit_hinged(rows, measured)
     meta = {"hinge": hinge, "calibration": {"features": rows, "ms": measured},
-            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
-            "backend": backend, "runtime": version(backend),
+            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
             "batch": batch, "input_shape": list(input_shape),
             "key": key, "structure": structure_key(prunable, input_shape, batch),
             "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
@@ -431,32 +440,6 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(path, json.dumps(table.to_json()))
     return table
-
-
-def calibration_ms(modules: Sequence[torch.nn.Module], input_shape: Sequence[int], *, batch: int,
-                   device: torch.device, backend: str) -> list[float]:
-    """End-to-end times (ms) of `modules`, the first the full model: each subnet's median ratio to the full model
-    in the same rounds, times the full model's median, so that the machine's drift between rounds cancels out.
-
-    In eager torch all are timed in the same interleaved rounds. On a runtime that compiles (ONNX Runtime,
-    OpenVINO) each subnet is compiled in a fresh pair with the full model and timed with it alone, as it is
-    deployed and as the final check times it: with all the calibration's sessions alive at once, OpenVINO timed
-    ResNet-18 subnets 3.5-6.5% faster relative to the base than alone, and ONNX Runtime MobileNetV2 subnets
-    3-4% slower; and one compiled session runs a few % faster or slower than another, so the full model's
-    time is the median over all its pairs."""
-    if backend == "torch":
-        rounds = measure_rounds(modules, input_shape, batch=batch, device=device, rounds=ROUNDS, backend=backend)
-        full = [row[0] for row in rounds]
-        ratios = [[row[i] / row[0] for row in rounds] for i in range(1, len(modules))]
-    else:
-        full, ratios = [], []
-        for module in modules[1:]:
-            rounds = measure_rounds([modules[0], module], input_shape, batch=batch, device=device, rounds=ROUNDS,
-                                    backend=backend)
-            full += [row[0] for row in rounds]
-            ratios.append([row[1] / row[0] for row in rounds])
-    full_ms = statistics.median(full)
-    return [full_ms] + [full_ms * statistics.median(r) for r in ratios]
 
 
 def spread(space, cost: Callable[[Mapping[str, int]], float], count: int, rng: np.random.Generator, *,

@@ -175,29 +175,23 @@ def test_layers_are_timed_at_the_widths_the_space_reaches_and_alike_layers_once(
         assert out_len in grid.outs and in_len in grid.ins
 
 
-def test_off_eager_torch_each_calibration_subnet_is_timed_in_a_fresh_pair_with_the_full_model(prunable, monkeypatch):
-    """As deployed and as the final check times: a (full model, subnet) pair compiled for each subnet, alone.
-    Each subnet is taken at its own pair's ratio; the first pair's full model runs 20% slow, and the full
-    model's time (the base relative budgets divide by) is the median over all pairs: 1.0 ms, not 1.2."""
+def test_off_eager_torch_the_calibration_divides_by_the_median_of_three_compiled_full_models(prunable, monkeypatch):
+    """One compiled session of the full model runs 20% slow: the reference is the median of three, so the
+    calibration's full model (the base relative budgets divide by) is 1.0 ms, not 1.2."""
     monkeypatch.setattr(latency, "_layer_call", lambda *a, **k: ((lambda: None), torch.device("cpu")))
     monkeypatch.setattr(latency, "time_call", lambda fn, device, **k: 1e-4)
     seen = []
 
     def rounds(modules, input_shape, *, batch, device, rounds, backend):
-        seen.append(modules)
-        full = 1.2 if len(seen) == 1 else 1.0
-        return [[full * (0.3 + 0.01 * len(seen)) if i else full for i in range(len(modules))] for _ in range(rounds)]
+        seen.append(len(modules))
+        count = latency.CALIBRATION
+        return [[1.2] + [0.5] * (count - 1) + [1.0, 1.0] for _ in range(rounds)]
 
     monkeypatch.setattr(latency, "measure_rounds", rounds)
     table = measure_table(prunable, SHAPE, progress=False, backend="onnxruntime")
-    count = latency.CALIBRATION
-    assert [len(m) for m in seen] == [2] * (count - 1) and len({id(m[0]) for m in seen}) == 1
-    ms = table.meta["calibration"]["ms"]
-    assert table.meta["full_ms_measured"] == 1.0 and ms[0] == 1.0
-    assert ms[1:] == pytest.approx([0.3 + 0.01 * k for k in range(1, count)])
-    seen.clear()  # eager torch compiles nothing: every module in the same rounds
-    measure_table(prunable, SHAPE, progress=False, backend="torch")
-    assert [len(m) for m in seen] == [count]
+    assert seen == [latency.CALIBRATION + latency.REFERENCES - 1]
+    assert table.meta["full_ms_measured"] == 1.0 and table.meta["calibration"]["ms"][0] == 1.0
+    assert table.meta["calibration"]["ms"][1] == pytest.approx(0.5)
 
 
 def test_the_weights_feature_counts_the_subnets_conv_and_linear_weights(prunable, table):
