@@ -431,7 +431,8 @@ def measure_table(prunable: PrunableModel, input_shape: Sequence[int], *, batch:
     rows = [table.features(c)[:-1] for c in calibration]
     coefficients, hinge = fit_hinged(rows, measured)
     meta = {"hinge": hinge, "calibration": {"features": rows, "ms": measured},
-            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__, "backend": backend, "runtime": version(backend),
+            "device": str(device), "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "backend": backend, "runtime": version(backend),
             "batch": batch, "input_shape": list(input_shape),
             "key": key, "structure": structure_key(prunable, input_shape, batch),
             "full_ms_measured": full_ms, "calibration_subnets": len(calibration)}
