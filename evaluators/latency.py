@@ -46,6 +46,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -347,7 +348,8 @@ def structure_key(prunable: PrunableModel, input_shape: Sequence[int], batch: in
     (Not `repr(graph)`: that is the object's address, and no cached table was ever found again.)"""
     gm = prunable.graph.gm
     shapes = [(node.name, tensor_shape(node)) for node in gm.graph.nodes]
-    text = json.dumps([VERSION, list(input_shape), batch, prunable.space.to_json(), str(gm), shapes],
+    modules = re.sub(r" at 0x[0-9a-fA-F]+", "", str(gm))  # a module's repr may name an object by its address
+    text = json.dumps([VERSION, list(input_shape), batch, prunable.space.to_json(), modules, shapes],
                       sort_keys=True, default=str)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 

@@ -259,6 +259,28 @@ def test_the_cache_key_is_the_same_for_the_model_derived_again_and_differs_when_
     assert latency.table_key(bigger, (1, 16, 16), 1, torch.device("cpu")) != key
 
 
+class Tagged(torch.nn.Conv2d):
+    """A conv (a leaf of the trace, so in the traced module's repr) whose repr names a function by its address."""
+
+    def __init__(self, *args, hook=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.hook = hook
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, hook={self.hook}"
+
+
+def test_the_cache_key_ignores_addresses_a_module_s_repr_names():
+    def model():
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                                   Tagged(8, 8, 3, padding=1, hook=lambda x: x), torch.nn.BatchNorm2d(8),
+                                   torch.nn.ReLU(), torch.nn.Flatten(), torch.nn.Linear(8 * 64, 4)).eval()
+
+    prunables = [derive(model(), torch.zeros(1, *SHAPE)) for _ in "ab"]
+    assert all(" at 0x" in str(p.graph.gm) for p in prunables)
+    assert len({latency.table_key(p, SHAPE, 1, torch.device("cpu")) for p in prunables}) == 1
+
+
 def test_a_table_saved_with_its_scale_prices_as_it_did(prunable, table):
     """A run keeps its table (re-anchoring scale included): loaded back, it prices every candidate the same."""
     table.scale = 1.7
