@@ -234,7 +234,11 @@ class LatencyTable:
 
     def slow_paths(self) -> list[tuple[str, int, int]]:
         """The (layer node, kept outputs, kept inputs) grid points that take a slow path (`slow_points`)."""
-        return [(grid.node, grid.outs[a], grid.ins[b]) for grid in self.layers for a, b in zip(*np.nonzero(grid.slow))]
+        return [(grid.node, grid.outs[a], grid.ins[b]) for grid, a, b in self._slow_points()]
+
+    def _slow_points(self) -> list[tuple[LayerGrid, int, int]]:
+        """(grid, output index, input index) of every grid point that takes a slow path."""
+        return [(grid, a, b) for grid in self.layers for a, b in zip(*np.nonzero(grid.slow))]
 
     def aligned_multiple(self, most: int = 16) -> int | None:
         """The smallest width multiple (2, 4, 8, .. `most`) that every slow path misses (some size of each that
@@ -243,7 +247,7 @@ class LatencyTable:
         points anyway). An axis the space does not vary (an RGB stem's 3 inputs, a depthwise conv's 1 input per
         group) is no width --round-to could move, so only the varied axes count."""
         slow = [(grid.outs[a] if len(grid.outs) > 1 else None, grid.ins[b] if len(grid.ins) > 1 else None)
-                for grid in self.layers for a, b in zip(*np.nonzero(grid.slow))]
+                for grid, a, b in self._slow_points()]
         points = sum(len(g.outs) * len(g.ins) for g in self.layers)
         if len(slow) < 0.05 * points:
             return None
@@ -268,7 +272,7 @@ class LatencyTable:
 
         Not subnets: anchored on the full, smallest and half-width subnets, the median of their three ratios
         took the fit's own error on the small ones for drift (MobileNetV3 on OpenVINO, 6 runs on a quiet
-        machine: x0.89-0.92 where the full model alone says x0.92-0.96), and once read x1.50."""
+        machine: x0.89-0.92; timed alone, the full model gave x0.93-1.00), and once read x1.50."""
         self.scale = 1.0
         full = materialize(self.prunable, self.prunable.space.full())
         rounds = measure_rounds([full] * instances, self.meta["input_shape"], batch=int(self.meta["batch"]),
