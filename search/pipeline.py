@@ -252,7 +252,12 @@ class Pipeline:
         path = self.run_dir.path / LATENCY_TABLE_FILE if self._resuming else None
         if path is None or not path.is_file():
             return None
-        table = LatencyTable.from_json(prunable, self.run_dir.read(LATENCY_TABLE_FILE))
+        try:
+            table = LatencyTable.from_json(prunable, self.run_dir.read(LATENCY_TABLE_FILE))
+        except (KeyError, TypeError, ValueError) as error:  # edited or from another version: not the run's pricing
+            log.warning("the run's latency table (%s) cannot be used (%s: %s); measuring one here: the resumed "
+                        "search may propose other candidates than it did", path, type(error).__name__, error)
+            return None
         c = self.config
         if (table.meta.get("structure") != structure_key(prunable, input_shape, c.latency_batch)
                 or table.backend != c.latency_backend):

@@ -204,6 +204,10 @@ def test_a_resumed_run_prices_with_its_own_table_even_on_another_machine(cache, 
     pipeline = Pipeline.resume(out, progress=False)
     assert pipeline.cost_model(pipeline.derive()).latency.to_json() != saved and measured
     assert "is for another model structure or runtime; measuring one here" in capsys.readouterr().err
+    (out / "latency_table.json").write_text(json.dumps({"meta": {}}))  # edited: no layers
+    pipeline = Pipeline.resume(out, progress=False)
+    assert pipeline.cost_model(pipeline.derive()).latency is not None
+    assert "cannot be used (KeyError: 'layers'); measuring one here" in capsys.readouterr().err
 
 
 def test_a_runtime_with_slow_unaligned_widths_is_said_with_the_round_to_that_avoids_them(cache, monkeypatch, capsys):
