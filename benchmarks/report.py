@@ -1,33 +1,33 @@
-"""The benchmark report: regenerates docs/benchmarks.md (tables and plots) from one run, side by side.
+"""The fair benchmark report: our search against one-shot pruning peers at equal training, regenerated from its rows.
 
-    pip install -e ".[bench]"          # Torch-Pruning, the peer
-    python benchmarks/report.py        # about 90 min on 2 CPU cores; --quick for a smoke run
+    pip install -e ".[bench]"          # Torch-Pruning and ModelOpt (FastNAS), the peers
+    OMP_NUM_THREADS=1 python benchmarks/report.py            # the full plan, resumable; --quick: a smoke run
+    python benchmarks/report.py --render-only                # docs/benchmarks.md from docs/benchmarks/rows.json
 
-Everything in the report is measured by this run, except sections it carries over from the previous
-report (marked as such: the digits tables, the speed and agent-cost sections when not regenerated); no
-figure is typed by hand. Sections:
-1. Peer comparison in a regime where fine-tuning does not erase the differences: ResNet-20 and a
-   CIFAR-style MobileNetV2 (depthwise convs) on hard digits (`benchmarks/hard_digits.py`: distorted,
-   noisy digits, 8622 training and 1800 test images) at 0.15 x FLOPs with a 2-epoch fine-tune: Torch-Pruning's global
-   magnitude and uniform L1 pruning driven to each FLOPs target, against the best subnet of each of
-   our agents after the same number of trials (seeds 0-2). Every method's subnet is exported, its
-   BatchNorms recalibrated on the same calibration batches, scored on the same held-out samples,
-   then fine-tuned with one recipe (`search.finetune.finetune_module`: same epochs, lr, seed) and
-   tested. Our agents are ranked by their median held-out score (what a user sees), never by test.
-   Agents start, as `search.run` does by default, from our own global-magnitude candidate at the
-   budget (`spaces.warm_start`); that candidate alone is reported too ("magnitude start"). Rows "X +
-   finalists" are what `search.run` exports by default: agent X's best 5 candidates, each fine-tuned
-   50 steps and scored again, the first by `--finalist-rank` exported with its trained weights
-   (`search.finalists`).
-   Proxy fidelity (`benchmarks/fidelity.py`): how each cheap score ranks candidates by test top-1
-   after the fine-tune. Finalists and fill (`benchmarks/finalists.py`, `--finalists-agent`): the
-   finalists' pick against the proxy's, each search's top 5 all fine-tuned; `--fill` on and off.
-2. Search cost: wall time and evaluations until each agent reached its best.
-3. Speed: per-candidate cost against a Torch-Pruning user's loop (ResNet-50, 64x64), the engine's
-   overhead over bare forward passes, Ray scaling.
-Writes `--out` (markdown) and its plots beside it (`docs/benchmarks/*.png`); prints progress; copies
-the headline table into README.md between its `benchmark-headline` markers (`--sync-readme` does
-only that, from an existing report).
+Every figure in the report is measured by this script and kept in `docs/benchmarks/rows.json`; no figure is
+typed by hand. A run measures only the rows that file lacks (same data, test size, model, budget, method,
+seed, fine-tune epochs, trials, finalists, PruningNet and baseline epochs; not the commit), so the report is
+built across several runs and `--render-only` regenerates the markdown from the rows alone.
+
+What is compared, per model (ResNet-20 and a CIFAR-style MobileNetV2, trained baselines cached) on hard digits
+(`benchmarks/hard_digits.py`: 8622 training images, the search's held-out split drawn from them; 10080 test
+images), per FLOPs budget and seed:
+- **Peers**, each driven to the FLOPs target: Torch-Pruning's global magnitude and uniform L1 pruning
+  (`benchmarks/torch_pruning_peer.py`) and ModelOpt FastNAS (`benchmarks/fastnas_peer.py`, with the
+  channel divisor a user would set to reach the target). FLOPs counted by our counter on every subnet.
+- **Ours**: what `search.run` exports by default for each agent: the search (`--trials`, warm-started from
+  our global-magnitude candidate), then its best `finalists` candidates each trained `finalist_steps` SGD
+  steps (`search.finalists.run_finalists`), the first by the finalists' ranking exported with its weights.
+  MetaPruning scores with its PruningNet and exports base weights through the same finalists.
+- **Equal training**: every peer's subnet, and our global-magnitude start alone ("magnitude start", one
+  trial), get the same SGD steps as our exported subnet had, with the same recipe and batches
+  (`search.finalists.train_finalist`: cosine from the finalists' lr, the fit split, seeded by the seed).
+- Then every subnet gets the same **common fine-tune** (`search.finetune.finetune_module`, N epochs, seeded
+  by the seed) and is tested. Each row says the SGD steps and wall time its method spent before it.
+- Seed s drives our agent's search, the finalists' and the peers' steps (same batches) and the fine-tune;
+  margins are paired by seed. "Ours" is the agent whose rows have the best median held-out score (picked
+  without test data); the best peer is the peer with the best median test top-1 after the fine-tune.
+Writes `--out` and its plots beside it; `--sync-readme` copies the headline into README.md.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -53,13 +53,17 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils.data import DataLoader, Subset  # noqa: E402
 
-from benchmarks import torch_pruning_peer as peer  # noqa: E402
+from benchmarks import fastnas_peer  # noqa: E402
+from benchmarks import torch_pruning_peer as tp_peer  # noqa: E402
+from benchmarks.paired_bootstrap import median_margin  # noqa: E402
+from benchmarks.report_rows import Row, Settings, key, load, save  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
-from evaluators.accuracy import AccuracyEvaluator, recalibrate, top1  # noqa: E402
+from benchmarks.subnet_cache import SubnetCache  # noqa: E402
 from search.config import SearchConfig  # noqa: E402
-from search.finalists import FinalistSettings, ShuffledBatches, run_finalists  # noqa: E402
 from search.engine import Engine  # noqa: E402
+from search.finalists import FinalistSettings, ShuffledBatches, run_finalists, train_finalist  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
 from search.pipeline import Pipeline  # noqa: E402
 from search.training import evaluate  # noqa: E402
@@ -68,193 +72,204 @@ from spaces.warm_start import magnitude_candidate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 README_MARKERS = ("<!-- benchmark-headline:start -->", "<!-- benchmark-headline:end -->")
-AGENTS = "uniform,random,abc,tpe,nsga2,amc,evolution,metapruning"
-DETERMINISTIC = {"uniform"}  # agents whose seed changes nothing: searched once
-PEERS = {"global": "TP global magnitude", "uniform": "TP uniform L1"}
+AGENTS = "random,abc,tpe,evolution,amc,metapruning"
+TP_METHODS = {"global": "TP global magnitude", "uniform": "TP uniform L1"}
+FASTNAS = "FastNAS"
+PEERS = (*TP_METHODS.values(), FASTNAS)
+MAGNITUDE = "magnitude start"
+SUFFIX = " + finalists"
+PLAN = ("0.1flops/1/0,1,2,3,4", "0.1flops/5/0,1,2", "0.25flops/1/0,1,2", "0.25flops/5/0,1,2")
+HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
+
+
+@dataclass(frozen=True)
+class Step:
+    """One item of the plan: a budget, its common fine-tune epochs and the seeds to measure."""
+
+    budget: str
+    epochs: tuple[int, ...]
+    seeds: tuple[int, ...]
+
+    @classmethod
+    def parse(cls, text: str) -> Step:
+        budget, epochs, seeds = text.split("/")
+        return cls(budget, tuple(int(e) for e in epochs.split(",")), tuple(int(s) for s in seeds.split(",")))
 
 
 @dataclass
-class Row:
-    """One method's subnet at one budget (for our agents: one seed of its search)."""
+class Subnet:
+    """A method's subnet before the common fine-tune, and what it cost to get there."""
 
-    model: str
-    budget: str
-    method: str
-    seed: int | None
-    flops: float             # ratio to the base model
-    params: float
-    held_out: float          # BN-recalibrated top-1 on the held-out samples
-    test_before: float       # test top-1 of the recalibrated subnet, before fine-tuning
-    test_after: float        # after the common fine-tuning recipe
-    search_s: float          # wall time of the search (Torch-Pruning: its bisection to the target)
-    to_best_s: float         # wall time until the best was found
-    evaluations: int         # scored candidates (Torch-Pruning: prunings tried)
-    to_best: int             # scored candidates until the best
-    curve: list[float] = field(default_factory=list)  # best held-out so far, per scored candidate
+    module: nn.Module
+    record: dict  # flops, params, held_out, test_before, search_s, train_s, steps, steps_spent, evaluations, note
 
 
-class TimedAgent:
-    """An agent that notes when each result was told (to time the search until its best)."""
-
-    def __init__(self, agent):
-        self._agent, self.told = agent, []
-
-    def __getattr__(self, name):
-        return getattr(self._agent, name)
-
-    def tell(self, candidate, result) -> None:
-        self.told.append(time.perf_counter())
-        self._agent.tell(candidate, result)
-
-
-def held_out_score(module: nn.Module, evaluator: AccuracyEvaluator) -> float:
-    """The exported subnet's BatchNorms recalibrated on the evaluator's batches, then held-out top-1."""
-    recalibrate(module, evaluator.calibration)
-    return top1(module.eval(), evaluator.held_out)
+def log(text: str) -> None:
+    print(text, flush=True)
 
 
 class Study:
-    """One model's comparison: base model, scorer and fine-tuning recipe shared by every method."""
+    """One model: base model, scorer, data, and the training recipe shared by every method."""
 
-    def __init__(self, name: str, args: argparse.Namespace):
-        self.name, self.args = name, args
-        config = SearchConfig(agent="random", budget=args.budgets[:1], model=name, data=args.data, seed=0, device="cpu",
-                              no_warm_start=args.no_warm_start, pruningnet_epochs=args.pruningnet_epochs,
+    def __init__(self, name: str, args: argparse.Namespace, settings: Settings):
+        self.name, self.args, self.settings = name, args, settings
+        config = SearchConfig(agent="random", budget=[args.plan[0].budget], model=name, data=args.data, seed=0,
+                              device="cpu", pruningnet_epochs=args.pruningnet_epochs,
                               baseline_epochs=args.baseline_epochs)
         pipeline = Pipeline(config, progress=False)
         self.base_model = copy.deepcopy(pipeline.load_inputs().model)  # the peers prune copies (derive reorders)
         self.setting = Setting.of(config, inputs=pipeline.inputs)
-        self.data, self.base_test = self.setting.inputs.data, self.setting.inputs.base_test
-        self.example, self.test_loader = self.setting.inputs.example, self.setting.inputs.test
+        self.data, self.example = self.setting.inputs.data, self.setting.inputs.example
+        self.test_loader = DataLoader(self.data.test, batch_size=256)
         self.prunable, self.evaluator, self.price = self.setting.prunable, self.setting.evaluator, self.setting.price
         self.base = self.setting.base
-        self.base_held_out = self.evaluator.score(self.prunable.space.full())
+        self.base_record = {"flops": self.base["flops"], "params": self.base["params"],
+                            "held_out": self.evaluator.score(self.prunable.space.full()),
+                            "test": self.setting.inputs.base_test}
         self.evaluator.restore()  # the base model's own BatchNorm state (materialized subnets copy it)
+        self.batches = ShuffledBatches(Subset(self.data.train, self.data.fit.tolist()), config.batch_size)
+        self.pruningnets: dict[str, tuple[object, float]] = {}
 
-    def finish(self, module: nn.Module) -> tuple[float, float, float]:
-        """(held-out, test before, test after fine-tuning) of an exported subnet."""
-        held = held_out_score(module, self.evaluator)
-        before = evaluate(module, self.test_loader)
-        _, history = finetune_module(module, self.data, epochs=self.args.finetune_epochs, seed=0)
-        return held, before, history[-1]["test_top1"]
+    def finalist_settings(self, seed: int, steps: int | None = None, count: int | None = None) -> FinalistSettings:
+        """search.run's default finalists (the defaults of SearchConfig), seeded by `seed`."""
+        defaults = SearchConfig()
+        return FinalistSettings(count=defaults.finalists if count is None else count,
+                                steps=defaults.finalist_steps if steps is None else steps, lr=defaults.finalist_lr,
+                                seed=seed, rank=defaults.finalist_rank)
 
-    def peer(self, budget: str, method: str) -> Row:
+    def equal_training(self, module: nn.Module, seed: int) -> tuple[nn.Module, float, int, float]:
+        """The exported subnet's training, given to another subnet: (module, held-out, steps, seconds)."""
+        trained, score, steps, seconds, _ = train_finalist(
+            module, 0, self.finalist_settings(seed), self.batches, self.evaluator.calibration,
+            self.evaluator.held_out, None, None, "cpu")
+        return trained, score, steps, seconds
+
+    def _record(self, module: nn.Module, flops: float, params: float, held: float, search_s: float,
+                train_s: float, steps: int, steps_spent: int, evaluations: int, note: str = "") -> dict:
+        return {"flops": flops, "params": params, "held_out": held, "test_before": evaluate(module, self.test_loader),
+                "search_s": search_s, "train_s": train_s, "steps": steps, "steps_spent": steps_spent,
+                "evaluations": evaluations, "note": note}
+
+    def peer(self, budget: str, method: str, seed: int) -> Subnet:
         target = float(budget.removesuffix("flops"))
         start = time.perf_counter()
-        pruned = peer.prune_to_flops(self.base_model, self.example, method, target)
-        seconds = time.perf_counter() - start
-        held, before, after = self.finish(pruned.module)
-        return Row(self.name, budget, PEERS[method], None, pruned.flops_ratio, pruned.params_ratio, held, before,
-                   after, seconds, seconds, pruned.tries, pruned.tries)
+        if method == FASTNAS:
+            pruned = fastnas_peer.prune_to_flops(self.base_model, self.example, target, self.evaluator.calibration,
+                                                 self.evaluator.held_out, seed=seed)
+            note = f"channel divisor {pruned.divisor}"
+        else:
+            tp_method = next(k for k, v in TP_METHODS.items() if v == method)
+            pruned = tp_peer.prune_to_flops(self.base_model, self.example, tp_method, target)
+            note = f"channel ratio {pruned.pruning_ratio:.3f}"
+        search_s = time.perf_counter() - start
+        module, held, steps, train_s = self.equal_training(pruned.module, seed)
+        return Subnet(module, self._record(module, pruned.flops_ratio, pruned.params_ratio, held, search_s, train_s,
+                                           steps, steps, pruned.tries, note))
 
-    def warm_start(self, budget_text: str) -> list:
-        """Global magnitude pruning's candidate at the budget (what agents start from), unless turned off."""
-        if self.args.no_warm_start:
-            return []
-        budget = self.setting.budget(budget_text)
-        candidate = magnitude_candidate(self.prunable, lambda c: budget.feasible(self.price(c)))
-        return [] if candidate is None else [candidate]
-
-    def magnitude_start(self, budget_text: str, candidate) -> Row:
+    def magnitude_start(self, budget: str, seed: int) -> Subnet:
+        limits = self.setting.budget(budget)
         start = time.perf_counter()
+        candidate = magnitude_candidate(self.prunable, lambda c: limits.feasible(self.price(c)))
         module = materialize(self.prunable, candidate)
-        seconds = time.perf_counter() - start
-        held, before, after = self.finish(module)
+        search_s = time.perf_counter() - start
+        module, held, steps, train_s = self.equal_training(module, seed)
         costs = self.price(candidate)
-        return Row(self.name, budget_text, "magnitude start", None, costs["flops"] / self.base["flops"],
-                   costs["params"] / self.base["params"], held, before, after, seconds, seconds, 1, 1)
+        return Subnet(module, self._record(module, costs["flops"] / self.base["flops"],
+                                           costs["params"] / self.base["params"], held, search_s, train_s, steps,
+                                           steps, 1))
 
-    def finalists(self, trials, budget_text: str, name: str, seed: int, seconds: float) -> Row:
-        """What `search.run` exports by default: its best `--finalists` candidates fine-tuned briefly, the best."""
-        start = time.perf_counter()
-        defaults = SearchConfig()
-        settings = FinalistSettings(count=defaults.finalists, steps=defaults.finalist_steps, lr=defaults.finalist_lr,
-                                    seed=0, rank=defaults.finalist_rank)
-        batches = ShuffledBatches(torch.utils.data.Subset(self.data.train, self.data.fit.tolist()), 64)
+    def pruningnet(self, budget: str) -> tuple[object, float]:
+        """MetaPruning's PruningNet for `budget`, trained once per model and budget; (net, seconds)."""
+        if budget not in self.pruningnets:
+            start = time.perf_counter()
+            net = self.setting.at(budget).train_pruningnet(self.prunable, self.price)
+            self.pruningnets[budget] = net, time.perf_counter() - start
+        return self.pruningnets[budget]
 
-        build = lambda c: materialize(self.prunable, c)  # noqa: E731 - base weights, as search.run exports them
-        ranked = run_finalists(trials, settings, build=build, batches=batches, calibration=self.evaluator.calibration,
-                               held_out=self.evaluator.held_out, device=torch.device("cpu"))
-        best = ranked[0]
-        held, before, after = self.finish(best.module)
-        costs = self.price(best.trial.candidate)
-        spent = time.perf_counter() - start
-        return Row(self.name, budget_text, f"{name} + finalists", seed, costs["flops"] / self.base["flops"],
-                   costs["params"] / self.base["params"], held, before, after, seconds + spent, seconds + spent,
-                   len([t for t in trials if t.result.ok]), 0)
-
-    def agent(self, budget_text: str, name: str, seed: int, pruningnet=None,
-              pruningnet_s: float = 0.0) -> tuple[Row, list]:
-        """One search's row, and its trials (for the finalists)."""
-        pipeline = self.setting.at(budget_text)
-        scorer = self.evaluator
-        if pruningnet is not None:
+    def ours(self, budget: str, agent: str, seed: int) -> Subnet:
+        """What `search.run` exports by default for `agent`: the search, then its finalists' winner."""
+        pipeline = self.setting.at(budget)
+        scorer, note, extra_s = self.evaluator, "", 0.0
+        if agent == "metapruning":
             from evaluators.pruningnet import PruningNetEvaluator
 
-            scorer = PruningNetEvaluator.of(self.evaluator, pruningnet)
-        agent = TimedAgent(pipeline.agent(self.prunable, self.price, name=name, seed=seed, trials=self.args.trials))
+            net, extra_s = self.pruningnet(budget)
+            scorer = PruningNetEvaluator.of(self.evaluator, net)
+            note = f"PruningNet {self.args.pruningnet_epochs} epochs ({extra_s:.0f} s) in search s"
+        searcher = pipeline.agent(self.prunable, self.price, name=agent, seed=seed, trials=self.settings.trials)
         start = time.perf_counter()
-        outcome = Engine(agent, self.price, pipeline.budget, scorer, trials=self.args.trials, progress=False).run()
-        seconds = time.perf_counter() - start + pruningnet_s
+        outcome = Engine(searcher, self.price, pipeline.budget, scorer, trials=self.settings.trials,
+                         progress=False).run()
+        search_s = time.perf_counter() - start + extra_s
         if scorer is not self.evaluator:
             scorer.restore()
         self.evaluator.restore()
-        best = outcome.best
-        told = dict(zip((t.number for t in outcome.trials), agent.told))
-        scored = [t for t in outcome.trials if t.result.ok]
-        curve, running = [], 0.0
-        for t in scored:
-            running = max(running, t.result.score)
-            curve.append(running)
-        if pruningnet is not None:  # as search.run exports it: PruningNet's top 5 scored again with the base weights
-            best = run_finalists(outcome.trials, FinalistSettings(count=5, steps=0), build=lambda c: materialize(
-                self.prunable, c), batches=None, calibration=self.evaluator.calibration,
-                held_out=self.evaluator.held_out, device=torch.device("cpu"))[0].trial
-        module = materialize(self.prunable, best.candidate)
-        held, before, after = self.finish(module)
-        costs = self.price(best.candidate)
-        row = Row(self.name, budget_text, name, seed, costs["flops"] / self.base["flops"],
-                  costs["params"] / self.base["params"], held, before, after, seconds,
-                  told[best.number] - start + pruningnet_s, len(scored),
-                  1 + next(i for i, t in enumerate(scored) if t.number == best.number), curve)
-        return row, outcome.trials
+        ranked = run_finalists(outcome.trials, self.finalist_settings(seed, self.settings.finalist_steps,
+                                                                      self.settings.finalists),
+                               build=lambda c: materialize(self.prunable, c), batches=self.batches,
+                               calibration=self.evaluator.calibration, held_out=self.evaluator.held_out,
+                               device=torch.device("cpu"))
+        best = ranked[0]
+        costs = self.price(best.trial.candidate)
+        return Subnet(best.module, self._record(
+            best.module, costs["flops"] / self.base["flops"], costs["params"] / self.base["params"], best.score,
+            search_s, sum(f.seconds for f in ranked), best.steps, sum(f.steps for f in ranked),
+            len([t for t in outcome.trials if t.result.ok]), note))
 
-    def pruningnet(self, budget_text: str):
-        """MetaPruning's PruningNet, trained on candidates within the budget; (net, training seconds)."""
+    def subnet(self, budget: str, method: str, seed: int) -> Subnet:
+        if method in PEERS:
+            return self.peer(budget, method, seed)
+        if method == MAGNITUDE:
+            return self.magnitude_start(budget, seed)
+        return self.ours(budget, method.removesuffix(SUFFIX), seed)
+
+    def finetuned(self, subnet: Subnet, epochs: int, seed: int) -> tuple[float, float]:
+        """(test top-1 after the common fine-tune, its seconds), on a copy of the subnet."""
         start = time.perf_counter()
-        net = self.setting.at(budget_text).train_pruningnet(self.prunable, self.price)
-        return net, time.perf_counter() - start
-
-    def run(self) -> list[Row]:
-        rows = []
-        for budget in self.args.budgets:
-            for method in PEERS:
-                rows.append(self.peer(budget, method))
-                log(rows[-1])
-            initial = self.warm_start(budget)
-            if initial:
-                rows.append(self.magnitude_start(budget, initial[0]))
-                log(rows[-1])
-            for name in self.args.agents:
-                net, net_s = self.pruningnet(budget) if name == "metapruning" else (None, 0.0)
-                for seed in self.args.seeds[:1] if name in DETERMINISTIC else self.args.seeds:
-                    row, trials = self.agent(budget, name, seed, net, net_s)
-                    rows.append(row)
-                    log(row)
-                    if name in self.args.finalist_agents:
-                        try:
-                            rows.append(self.finalists(trials, budget, name, seed, row.search_s))
-                            log(rows[-1])
-                        except Exception as error:  # noqa: BLE001 - the row is missing, and says why
-                            print(f"  {name} + finalists seed {seed} failed: {type(error).__name__}: {error}",
-                                  flush=True)
-        return rows
+        _, history = finetune_module(copy.deepcopy(subnet.module), self.data, epochs=epochs, seed=seed)
+        return history[-1]["test_top1"], time.perf_counter() - start
 
 
-def log(row: Row) -> None:
-    seed = "" if row.seed is None else f" seed {row.seed}"
-    print(f"  {row.model} {row.budget} {row.method}{seed}: FLOPs x{row.flops:.3f}, held-out {row.held_out:.4f}, "
-          f"test {row.test_before:.4f} -> {row.test_after:.4f} ({row.search_s:.1f} s)", flush=True)
+def method_names(agents: list[str]) -> list[str]:
+    return [*PEERS, MAGNITUDE, *(f"{a}{SUFFIX}" for a in agents)]
+
+
+def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], rows_path: Path,
+            bases: dict, cache: SubnetCache) -> None:
+    """Every row of the plan that `rows` lacks, saved as it is measured."""
+    studies: dict[str, Study] = {}
+    for step in args.plan:
+        for model in args.models:
+            for seed in step.seeds:
+                for method in method_names(args.agents):
+                    missing = [e for e in step.epochs
+                               if key(settings, model, step.budget, method, seed, e) not in rows]
+                    if not missing:
+                        continue
+                    if model not in studies:
+                        log(f"{model}: baseline and scorer")
+                        studies[model] = Study(model, args, settings)
+                        bases[f"{settings.text()}|{model}"] = studies[model].base_record
+                    study = studies[model]
+                    subnet_key = key(settings, model, step.budget, method, seed, None)
+                    cached = cache.get(subnet_key)
+                    if cached is None:
+                        subnet = study.subnet(step.budget, method, seed)
+                        cache.put(subnet_key, subnet.module, subnet.record)
+                    else:
+                        subnet = Subnet(*cached)
+                    for epochs in missing:
+                        after, finetune_s = study.finetuned(subnet, epochs, seed)
+                        r = subnet.record
+                        row = Row(key(settings, model, step.budget, method, seed, epochs), model, step.budget, method,
+                                  seed, epochs, r["flops"], r["params"], r["held_out"], r["test_before"], after,
+                                  r["search_s"], r["train_s"], r["steps"], r["steps_spent"], r["evaluations"],
+                                  finetune_s, r["note"])
+                        rows[row.key] = row
+                        save(rows_path, rows)
+                        log(f"  {model} {step.budget} ft {epochs} seed {seed} {method}: FLOPs x{row.flops:.3f}, "
+                            f"held-out {row.held_out:.4f}, test {row.test_before:.4f} -> {row.test_after:.4f} "
+                            f"({row.steps} steps, {row.search_s + row.train_s:.1f} s before the fine-tune)")
 
 
 # ------------------------------------------------------------------------------------------ tables
@@ -264,111 +279,121 @@ def median_range(values: list[float], digits: int = 4) -> str:
     return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
-def methods(rows: list[Row]) -> list[str]:
-    return list(dict.fromkeys(r.method for r in rows))
-
-
-def ours_best(rows: list[Row]) -> str:
-    """Our agent with the highest median held-out score (chosen without looking at test top-1)."""
-    ours = [m for m in methods(rows) if m not in PEERS.values() and m != "magnitude start"]
-    return max(ours, key=lambda m: statistics.median(r.held_out for r in rows if r.method == m))
-
-
-def comparison_table(study: Study, rows: list[Row]) -> list[str]:
-    lines = [f"Base {study.name}: {study.base['flops'] / 1e6:.2f} MFLOPs, {study.base['params'] / 1e6:.3f} M params, "
-             f"held-out {study.base_held_out:.4f}, test {study.base_test:.4f}. Agents: median [min, max] over "
-             f"seeds {', '.join(map(str, study.args.seeds))}; TP (Torch-Pruning) is deterministic.", "",
-             "| budget | method | FLOPs | params | held-out | test before FT | test after FT |",
-             "|---|---|---|---|---|---|---|"]
-    for budget in study.args.budgets:
-        here = [r for r in rows if r.budget == budget]
-        best = ours_best(here)
-        for method in methods(here):
-            mine = [r for r in here if r.method == method]
-            label = f"**{method}**" if method == best else method
-            lines.append(f"| {budget} | {label} | {statistics.median(r.flops for r in mine):.3f} | "
-                         f"{statistics.median(r.params for r in mine):.3f} | {median_range([r.held_out for r in mine])} "
-                         f"| {median_range([r.test_before for r in mine])} | "
-                         f"{median_range([r.test_after for r in mine])} |")
-    return lines
-
-
-def headline(studies: list[tuple[Study, list[Row]]]) -> list[str]:
-    lines = ["| model | budget | TP global magnitude | TP uniform L1 | ours: best agent by held-out | "
-             "margin over the better peer |", "|---|---|---|---|---|---|"]
-    for study, rows in studies:
-        for budget in study.args.budgets:
-            here = [r for r in rows if r.budget == budget]
-            best = ours_best(here)
-            tp = {m: next(r for r in here if r.method == m) for m in PEERS.values()}
-            mine = [r for r in here if r.method == best]
-            held, after = statistics.median(r.held_out for r in mine), statistics.median(r.test_after for r in mine)
-            cells = [f"{r.held_out:.4f} / {r.test_after:.4f}" for r in tp.values()]
-            lines.append(f"| {study.name} | {budget} | {' | '.join(cells)} | {held:.4f} / {after:.4f} ({best}) | "
-                         f"{held - max(r.held_out for r in tp.values()):+.4f} / "
-                         f"{after - max(r.test_after for r in tp.values()):+.4f} |")
-    return lines
-
-
-def search_cost_table(rows: list[Row]) -> list[str]:
-    lines = ["| model | budget | method | evaluations | evaluations to best | wall s | wall s to best |",
-             "|---|---|---|---|---|---|---|"]
-    for (model, budget), group in groupby(rows, lambda r: (r.model, r.budget)).items():
-        for method in methods(group):
-            mine = [r for r in group if r.method == method]
-            lines.append(f"| {model} | {budget} | {method} | {statistics.median(r.evaluations for r in mine):.0f} | "
-                         f"{statistics.median(r.to_best for r in mine):.0f} | "
-                         f"{statistics.median(r.search_s for r in mine):.1f} | "
-                         f"{statistics.median(r.to_best_s for r in mine):.1f} |")
-    return lines
-
-
-def groupby(rows, key) -> dict:
-    groups: dict = {}
+def by_method(rows: list[Row]) -> dict[str, dict[int, Row]]:
+    """Rows of one setting by method, then seed (methods in the report's order)."""
+    grouped: dict[str, dict[int, Row]] = {}
     for row in rows:
-        groups.setdefault(key(row), []).append(row)
-    return groups
+        grouped.setdefault(row.method, {})[row.seed] = row
+    order = {m: i for i, m in enumerate(PEERS + (MAGNITUDE,))}
+    return dict(sorted(grouped.items(), key=lambda item: order.get(item[0], len(order))))
+
+
+def ours_best(grouped: dict[str, dict[int, Row]]) -> str | None:
+    """Our method with the highest median held-out score (chosen without looking at test data)."""
+    ours = [m for m in grouped if m.endswith(SUFFIX)]
+    return max(ours, key=lambda m: statistics.median(r.held_out for r in grouped[m].values())) if ours else None
+
+
+def best_peer(grouped: dict[str, dict[int, Row]]) -> str | None:
+    peers = [m for m in grouped if m in PEERS]
+    return max(peers, key=lambda m: statistics.median(r.test_after for r in grouped[m].values())) if peers else None
+
+
+@dataclass
+class Margin:
+    ours: str
+    peer: str
+    seeds: list[int]
+    median: float
+    low: float
+    high: float
+
+
+def margin_of(grouped: dict[str, dict[int, Row]]) -> Margin | None:
+    ours, peer = ours_best(grouped), best_peer(grouped)
+    if ours is None or peer is None:
+        return None
+    mine = {s: r.test_after for s, r in grouped[ours].items()}
+    theirs = {s: r.test_after for s, r in grouped[peer].items()}
+    median, (low, high) = median_margin(mine, theirs)
+    return Margin(ours, peer, sorted(set(mine) & set(theirs)), median, low, high)
+
+
+def settings_of(rows: list[Row]) -> list[tuple[str, str, int]]:
+    """(model, budget, fine-tune epochs) present, the headline's budget and epochs first."""
+    found = {(r.model, r.budget, r.finetune_epochs) for r in rows}
+    budgets = sorted({b for _, b, _ in found}, key=lambda b: float(b.removesuffix("flops")))
+    models = list(dict.fromkeys(r.model for r in rows))
+    return [(m, b, e) for b in budgets for e in sorted({e for _, bb, e in found if bb == b})
+            for m in models if (m, b, e) in found]
+
+
+def seeds_text(seeds: list[int]) -> str:
+    return ",".join(map(str, seeds))
+
+
+def headline(rows: list[Row]) -> list[str]:
+    lines = ["| model | budget | FT epochs | seeds | TP global magnitude | TP uniform L1 | FastNAS | magnitude start | "
+             "ours: best agent by held-out | margin over the best peer, median [95% paired bootstrap] |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for model, budget, epochs in settings_of(rows):
+        grouped = by_method([r for r in rows if (r.model, r.budget, r.finetune_epochs) == (model, budget, epochs)])
+        cells = [median_range([r.test_after for r in grouped[m].values()]) if m in grouped else "-"
+                 for m in (*PEERS, MAGNITUDE)]
+        margin = margin_of(grouped)
+        if margin is None:
+            ours_cell = margin_cell = "-"
+        else:
+            ours_cell = f"{statistics.median(r.test_after for r in grouped[margin.ours].values()):.4f} ({margin.ours})"
+            margin_cell = (f"{margin.median:+.4f} [{margin.low:+.4f}, {margin.high:+.4f}] over {margin.peer} "
+                           f"(seeds {seeds_text(margin.seeds)})")
+        seeds = sorted({s for g in grouped.values() for s in g})
+        lines.append(f"| {model} | {budget} | {epochs} | {seeds_text(seeds)} | {' | '.join(cells)} | {ours_cell} | "
+                     f"{margin_cell} |")
+    return lines
+
+
+def setting_table(rows: list[Row]) -> list[str]:
+    grouped = by_method(rows)
+    ours = ours_best(grouped)
+    lines = ["| method | seeds | FLOPs | params | SGD steps before FT (exported / spent) | search s | training s | "
+             "FT s | held-out | test before FT | test after FT |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for method, seeds in grouped.items():
+        mine = list(seeds.values())
+        label = f"**{method}**" if method == ours else method
+        note = sorted({r.note for r in mine if r.note})
+        label += f" ({'; '.join(note)})" if note and method in PEERS else ""
+        lines.append(
+            f"| {label} | {len(mine)} | {statistics.median(r.flops for r in mine):.3f} | "
+            f"{statistics.median(r.params for r in mine):.3f} | {statistics.median(r.steps for r in mine):.0f} / "
+            f"{statistics.median(r.steps_spent for r in mine):.0f} | {statistics.median(r.search_s for r in mine):.1f} | "
+            f"{statistics.median(r.train_s for r in mine):.1f} | {statistics.median(r.finetune_s for r in mine):.1f} | "
+            f"{median_range([r.held_out for r in mine])} | {median_range([r.test_before for r in mine])} | "
+            f"{median_range([r.test_after for r in mine])} |")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------- plots
-def plot_comparison(study: Study, rows: list[Row], path: Path) -> None:
-    budgets = study.args.budgets
-    fig, axes = plt.subplots(1, len(budgets), figsize=(6 * len(budgets), 4.2), squeeze=False)
-    for ax, budget in zip(axes[0], budgets):
-        here = [r for r in rows if r.budget == budget]
-        names = methods(here)
-        for i, method in enumerate(names):
-            values = [r.test_after for r in here if r.method == method]
+def plot_model(model: str, rows: list[Row], base_test: float | None, path: Path) -> None:
+    settings = [s for s in settings_of(rows) if s[0] == model]
+    fig, axes = plt.subplots(1, len(settings), figsize=(5.5 * len(settings), 4.2), squeeze=False)
+    for ax, (_, budget, epochs) in zip(axes[0], settings):
+        grouped = by_method([r for r in rows if (r.model, r.budget, r.finetune_epochs) == (model, budget, epochs)])
+        for i, (method, seeds) in enumerate(grouped.items()):
+            values = [r.test_after for r in seeds.values()]
             mid = statistics.median(values)
-            color = "tab:gray" if method in PEERS.values() else "tab:blue"
+            color = "tab:gray" if method in PEERS else "tab:olive" if method == MAGNITUDE else "tab:blue"
             ax.bar(i, mid, color=color, yerr=[[mid - min(values)], [max(values) - mid]], capsize=3)
-        ax.axhline(study.base_test, color="black", linestyle="--", linewidth=1, label="base model")
-        ax.set_xticks(range(len(names)), names, rotation=40, ha="right")
-        low = min(r.test_after for r in here)
-        ax.set_ylim(max(0.0, low - 0.05), 1.0)
-        ax.set_title(f"{study.name}, {budget}: test top-1 after fine-tuning")
-        ax.legend(loc="lower right")
+        if base_test is not None:
+            ax.axhline(base_test, color="black", linestyle="--", linewidth=1, label="base model")
+            ax.legend(loc="lower right")
+        ax.set_xticks(range(len(grouped)), list(grouped), rotation=40, ha="right", fontsize=8)
+        low = min(r.test_after for g in grouped.values() for r in g.values())
+        ax.set_ylim(max(0.0, low - 0.03), min(1.0, max(base_test or 0, max(
+            r.test_after for g in grouped.values() for r in g.values())) + 0.02))
+        ax.set_title(f"{model}, {budget}, {epochs}-epoch FT: test top-1", fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_convergence(rows: list[Row], path: Path) -> None:
-    groups = groupby([r for r in rows if r.curve], lambda r: (r.model, r.budget))
-    fig, axes = plt.subplots(1, len(groups), figsize=(5 * len(groups), 3.8), squeeze=False)
-    for ax, ((model, budget), group) in zip(axes[0], groups.items()):
-        for method in methods(group):
-            curves = [r.curve for r in group if r.method == method]
-            length = min(len(c) for c in curves)
-            ax.plot(range(1, length + 1), [statistics.median(c[i] for c in curves) for i in range(length)],
-                    label=method)
-        ax.set_title(f"{model}, {budget}")
-        ax.set_xlabel("scored candidates")
-        ax.set_ylabel("best held-out so far (median)")
-        ax.set_ylim(bottom=max(0.0, min(r.curve[-1] for r in group) - 0.2))
-    axes[0][-1].legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
@@ -444,8 +469,8 @@ def finalists_section(args: argparse.Namespace) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------ report
-CARRIED = ("Digits at 0.4 and 0.25 x FLOPs (secondary)", "Agent cost", "Speed")
-HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
+CARRIED = ("Proxy fidelity and finalists", "Finalists vs the proxy's pick, and filling the budget",
+           "Digits at 0.4 and 0.25 x FLOPs (secondary)", "Agent cost", "Speed")
 
 
 def sections(path: Path) -> dict[str, list[str]]:
@@ -460,12 +485,14 @@ def sections(path: Path) -> dict[str, list[str]]:
         if line.startswith("## "):
             title = line[3:].strip()
             if title.startswith("Headline") and "Digits (scikit-learn" in path.read_text():
-                title = CARRIED[0]
+                title = "Digits at 0.4 and 0.25 x FLOPs (secondary)"
             found[title] = []
+        elif title is not None and line.startswith("(Carried over from"):
+            found[f"#from {title}"] = [line]
         elif title is not None:
             found[title].append(line)
     for title in found:
-        if title != "#generated":
+        if not title.startswith("#"):
             while found[title] and not found[title][0].strip():
                 found[title].pop(0)
             while found[title] and not found[title][-1].strip():
@@ -493,7 +520,8 @@ def environment() -> list[str]:
                                 check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    packages = ", ".join(f"{p} {version(p)}" for p in ("torch", "torchvision", "torch-pruning", "optuna", "ray",
+    packages = ", ".join(f"{p} {version(p)}" for p in ("torch", "torchvision", "torch-pruning", "nvidia-modelopt",
+                                                          "torchprofile", "optuna", "ray",
                                                           "numpy"))
     return [f"Generated {datetime.datetime.now():%Y-%m-%d %H:%M} by `python benchmarks/report.py` at commit "
             f"{commit}, on {cpu} ({os.cpu_count()} cores, torch using {torch.get_num_threads()} threads, "
@@ -501,9 +529,11 @@ def environment() -> list[str]:
 
 
 def sync_readme(report: Path, readme: Path = ROOT / "README.md") -> bool:
-    """Copy the report's headline table into `readme` between its markers; False if it has none."""
+    """Copy the report's headline (its sentence on the margin and its table) into `readme` between its markers;
+    False if it has none."""
     lines = report.read_text().splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("## Headline"))
+    verdict = next((line for line in lines[first:] if line.startswith("**Fair margin")), "")
     first = next(i for i in range(first, len(lines)) if lines[i].startswith("|"))
     last = next((i for i in range(first, len(lines)) if not lines[i].startswith("|")), len(lines))
     table = lines[first:last]
@@ -515,10 +545,95 @@ def sync_readme(report: Path, readme: Path = ROOT / "README.md") -> bool:
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     summary = generated.split(" by ")[0].removeprefix("Generated ")
-    block = [begin, *table, "", f"(Held-out top-1 before / test top-1 after the same fine-tuning; from the report "
-                                f"generated {summary}.)", end]
+    block = [begin, verdict, "", *table, "",
+             f"(Test top-1 after the same common fine-tune, median [min, max] over seeds; every peer had the same SGD "
+             f"steps as our exported subnet before it. From `docs/benchmarks.md`, generated {summary}.)", end]
     readme.write_text(head + "\n".join(block) + tail)
     return True
+
+
+def verdict(rows: list[Row], headline_step: Step) -> str:
+    """The headline's sentence: our margin over the best peer at the headline setting, win or loss, per model."""
+    parts = []
+    for model, budget, epochs in settings_of(rows):
+        if (budget, epochs) != (headline_step.budget, headline_step.epochs[0]):
+            continue
+        margin = margin_of(by_method([r for r in rows if (r.model, r.budget, r.finetune_epochs) ==
+                                      (model, budget, epochs)]))
+        if margin is not None:
+            word = "ahead of" if margin.low > 0 else "behind" if margin.high < 0 else "level with"
+            parts.append(f"{model} {margin.median:+.4f} [{margin.low:+.4f}, {margin.high:+.4f}] ({margin.ours} vs "
+                         f"{margin.peer}, {len(margin.seeds)} seeds: {word} it)")
+    if not parts:
+        return ""
+    return (f"**Fair margin at {headline_step.budget} with a {headline_step.epochs[0]}-epoch common fine-tune** (test "
+            f"top-1, ours minus the best equal-training peer, median over seeds [95% paired bootstrap]): "
+            + "; ".join(parts) + ".")
+
+
+def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Settings, out: Path) -> None:
+    previous = sections(out)
+    plots = out.parent / "benchmarks"
+    plots.mkdir(parents=True, exist_ok=True)
+    data = "hard digits (`benchmarks/hard_digits.py`)" if settings.data == HARD_DIGITS else settings.data
+    defaults = SearchConfig()
+    divisors = sorted({r.note for r in rows if r.method == FASTNAS})
+    lines = ["# Benchmarks", "", *environment(), "",
+             "## Headline: our search against one-shot pruning at equal training", "",
+             f"Data: {data}, {settings.test_images} test images (one image is {1 / settings.test_images:.5f}). "
+             f"Each search: {settings.trials} trials, warm-started from our global-magnitude candidate, then "
+             f"search.run's default finalists ({settings.finalists} x {settings.finalist_steps} SGD steps, cosine from "
+             f"lr {defaults.finalist_lr}); the exported subnet had {settings.finalist_steps} steps. Every peer "
+             f"(Torch-Pruning global magnitude, Torch-Pruning uniform L1, ModelOpt FastNAS) and our magnitude start "
+             f"(1 trial) got the same {settings.finalist_steps} steps with the same recipe and batches on its own "
+             "subnet. Then one common fine-tune (SGD, cosine from lr 0.05, seeded by the seed) for all. Cells: test "
+             "top-1 after it, median [min, max] over seeds. Ours = the agent whose exported subnets have the best "
+             "median held-out score (no test data); the best peer = the peer with the best median test top-1; the "
+             "margin is paired by seed (same seed: same batches for the steps and the fine-tune). FastNAS's default "
+             "channel divisor of 32 cannot reach these budgets on these nets: `benchmarks/fastnas_peer.py` halves it "
+             "from 32 until ModelOpt says the budget is reachable, as a user would "
+             f"({', '.join(divisors) if divisors else 'none measured'}). MetaPruning's PruningNet was trained "
+             f"{settings.pruningnet_epochs} epochs once per model and budget (seed 0); its wall time is in every "
+             "metapruning row's search time.", "",
+             verdict(rows, args.plan[0]), "", *headline(rows), ""]
+    missing = [f"{s.budget} {e}-epoch seeds {seeds_text(list(s.seeds))}" for s in args.plan for e in s.epochs
+               if any(key(settings, m, s.budget, meth, seed, e) not in {r.key for r in rows}
+                      for m in args.models for seed in s.seeds for meth in method_names(args.agents))]
+    if missing:
+        lines += [f"Not (fully) measured yet: {'; '.join(missing)} (the plan; a run of `benchmarks/report.py` "
+                  "measures what is missing).", ""]
+    for model in dict.fromkeys(r.model for r in rows):
+        base = bases.get(f"{settings.text()}|{model}")
+        mine = [r for r in rows if r.model == model]
+        figure = plots / f"{model}.png"
+        plot_model(model, mine, None if base is None else base["test"], figure)
+        lines += [f"## {model} on {data}", ""]
+        if base is not None:
+            lines += [f"Base {model}: {base['flops'] / 1e6:.2f} MFLOPs, {base['params'] / 1e6:.3f} M params, held-out "
+                      f"{base['held_out']:.4f}, test {base['test']:.4f}.", ""]
+        lines += ["Per method: median over seeds (held-out and test top-1: median [min, max]). SGD steps before "
+                  "the common fine-tune: on the exported subnet / spent in all (ours: every finalist's). Search s: "
+                  "finding the subnet (search, Torch-Pruning's bisection over its channel ratio, FastNAS's "
+                  "sensitivity map and bisection, PruningNet training); training s: those SGD steps; FT s: the "
+                  "common fine-tune. Bold: ours (best median held-out).", ""]
+        for _, budget, epochs in [s for s in settings_of(rows) if s[0] == model]:
+            here = [r for r in mine if (r.budget, r.finetune_epochs) == (budget, epochs)]
+            lines += [f"### {budget}, {epochs}-epoch common fine-tune", "", *setting_table(here), ""]
+        lines += [f"![{model}]({figure.relative_to(out.parent)})", ""]
+    fresh = {title for title, _ in args.new_sections}
+    for title in CARRIED:
+        if title in previous and title not in fresh:
+            origin = previous.get(f"#from {title}", [f"(Carried over from the previous report, {previous['#generated']}; "
+                                                     "measured under its own settings, not the fair report's.)"])
+            lines += [f"## {title}", "", *origin, "", *previous[title], ""]
+    for title, section in args.new_sections:
+        lines += section
+    out.write_text("\n".join(lines) + "\n")
+    log(f"wrote {out} and {plots}/")
+
+
+def load_bases(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def main() -> None:
@@ -527,102 +642,67 @@ def main() -> None:
     parser.add_argument("--models", default="resnet20,mobilenetv2")
     parser.add_argument("--data", default=HARD_DIGITS)
     parser.add_argument("--baseline-epochs", type=int, default=10, help="epochs of each zoo model's cached baseline")
-    parser.add_argument("--budgets", default="0.15flops")
+    parser.add_argument("--plan", nargs="+", default=list(PLAN),
+                        help="BUDGET/EPOCHS/SEEDS items, measured in order (the first is the headline), e.g. "
+                             "0.1flops/1/0,1,2,3,4 0.25flops/1,5/0,1,2")
     parser.add_argument("--agents", default=AGENTS)
-    parser.add_argument("--finalist-agents", default="random,tpe,abc",
-                        help="agents also reported with finalists (what search.run exports by default)")
-    parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--trials", type=int, default=100, help="per search, the same for every agent")
-    parser.add_argument("--finetune-epochs", type=int, default=2, help="the same short fine-tune for every method")
     parser.add_argument("--pruningnet-epochs", type=int, default=5)
-    parser.add_argument("--fidelity-candidates", type=int, default=30, help="0: no fidelity section")
-    parser.add_argument("--finalists-agent", default="tpe",
-                        help="agent of the finalists-vs-proxy and fill study (benchmarks/finalists.py); '': none")
-    parser.add_argument("--no-warm-start", action="store_true", help="agents start from scratch")
-    parser.add_argument("--no-speed", action="store_true", help="skip the speed section")
-    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny settings, ResNet-20 only")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/prunesearch-report-subnets"),
+                        help="subnets before the common fine-tune, kept between runs")
+    parser.add_argument("--fidelity-candidates", type=int, default=0, help="> 0: measure the fidelity section")
+    parser.add_argument("--finalists-agent", default="", help="an agent: measure the finalists-vs-proxy section")
+    parser.add_argument("--speed", action="store_true", help="measure the speed section (else carried over)")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny settings, ResNet-20, digits, /tmp")
+    parser.add_argument("--render-only", action="store_true", help="measure nothing: the report from its rows")
     parser.add_argument("--sync-readme", action="store_true",
                         help="measure nothing: copy the headline of the existing --out report into README.md")
     args = parser.parse_args()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.sync_readme:
-        print("README.md updated" if sync_readme(args.out) else "README.md has no benchmark-headline markers")
+        log("README.md updated" if sync_readme(args.out) else "README.md has no benchmark-headline markers")
         return
     if args.quick:
-        args.models, args.seeds, args.trials, args.finetune_epochs, args.pruningnet_epochs = \
-            "resnet20", "0", 8, 1, 1
-        args.agents, args.finalist_agents = "uniform,tpe,metapruning", "tpe"
-        args.budgets, args.fidelity_candidates, args.data = "0.4flops", 5, "digits"
-    args.models, args.budgets = args.models.split(","), args.budgets.split(",")
-    args.finalist_agents = args.finalist_agents.split(",")
-    previous = sections(args.out)
-    args.agents, args.seeds = args.agents.split(","), [int(s) for s in args.seeds.split(",")]
-    peer.require()
-    started = time.perf_counter()
-    plots = args.out.parent / "benchmarks"
-    plots.mkdir(parents=True, exist_ok=True)
-    studies = []
-    for name in args.models:
-        print(f"{name}: baseline, then {len(PEERS)} peers and {len(args.agents)} agents x {len(args.seeds)} seeds "
-              f"at {', '.join(args.budgets)}", flush=True)
-        study = Study(name, args)
-        studies.append((study, study.run()))
-        (plots / "rows.json").write_text(json.dumps([asdict(row) for _, rows in studies for row in rows]))
-    every = [row for _, rows in studies for row in rows]
-    (plots / "rows.json").write_text(json.dumps([asdict(row) for row in every]))  # the raw figures
-    data = "hard digits (`benchmarks/hard_digits.py`)" if args.data == HARD_DIGITS else args.data
-    tested = len(studies[0][0].data.test)
-    lines = ["# Benchmarks", "", *environment(), "",
-             "## Headline: our search against Torch-Pruning, before and after the same fine-tuning", "",
-             f"Data: {data}; {args.trials} trials per search, {args.finetune_epochs} fine-tuning epochs (SGD, "
-             "cosine from lr 0.05, seed 0) for every method. Each cell: held-out top-1 of the exported subnet "
-             "after BN recalibration (before the common fine-tune) / test top-1 after it. The test set has "
-             f"{tested} images: one image is {1 / tested:.4f}. Rows \"X + finalists\" are what `search.run` "
-             "exports by default (agent X's best 5 candidates fine-tuned 50 steps each and scored again, ranked by "
-             "held-out cross-entropy's rank plus the search's rank; their held-out score is after those steps). "
-             "Our column is the agent with the best median held-out score, i.e. picked without looking at test "
-             "data; margin = ours minus the better peer. MetaPruning ranks candidates with the weights its PruningNet "
-             f"generates (trained {args.pruningnet_epochs} epochs on the training split, not on held-out data) and, "
-             "as `search.run` does by default, exports the base weights: its top 5 are scored again with them and "
-             "the best of those is its row. "
-             + ("Agents start from scratch (`--no-warm-start`)." if args.no_warm_start else
-                "Agents start, as `search.run` does by default, from our global-magnitude candidate at the budget "
-                "(\"magnitude start\" in the tables below)."), "", *headline(studies), ""]
-    for study, rows in studies:
-        figure = plots / f"{study.name}.png"
-        plot_comparison(study, rows, figure)
-        lines += [f"## {study.name} on {data}", "", *comparison_table(study, rows), "",
-                  f"![{study.name}]({figure.relative_to(args.out.parent)})", ""]
-    convergence = plots / "convergence.png"
-    plot_convergence(every, convergence)
-    lines += ["## Search cost", "", "Scored candidates (over-budget ones are priced and rejected before any "
-              "forward pass and not counted) and wall time, in all and until the best was found (median over "
-              "seeds). MetaPruning's wall time includes training its PruningNet; Torch-Pruning's row counts the "
-              "prunings its bisection to the FLOPs target took.", "", *search_cost_table(every), "",
-              f"![convergence]({convergence.relative_to(args.out.parent)})", ""]
-    if args.fidelity_candidates:
-        try:
-            lines += fidelity_section(args)
-        except Exception as error:  # noqa: BLE001 - the comparison above is kept; the failure is reported
-            print(f"fidelity failed: {type(error).__name__}: {error}", flush=True)
-            lines += ["## Proxy fidelity and finalists", "", f"Not measured: {type(error).__name__}: {error}", ""]
-    if args.finalists_agent:
-        try:
-            lines += finalists_section(args)
-        except Exception as error:  # noqa: BLE001 - the rest of the report is kept; the failure is reported
-            print(f"finalists and fill failed: {type(error).__name__}: {error}", flush=True)
-            lines += ["## Finalists vs the proxy's pick, and filling the budget", "",
-                      f"Not measured: {type(error).__name__}: {error}", ""]
-    for title in CARRIED:
-        if title in previous and not (title == "Speed" and not args.no_speed):
-            lines += [f"## {title}", "", f"(Carried over from the previous report, {previous['#generated']}.)", "",
-                      *previous[title], ""]
-    if not args.no_speed:
-        lines += speed_section(args)
-    lines += [f"Report generated in {(time.perf_counter() - started) / 60:.1f} min."]
-    args.out.write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out} and {plots}/")
+        args.models, args.trials, args.pruningnet_epochs, args.baseline_epochs = "resnet20", 8, 1, 1
+        args.agents, args.data, args.plan = "tpe,metapruning", "digits", ["0.25flops/1/0,1"]
+        if args.out == parser.get_default("out"):
+            args.out = Path("/tmp/prunesearch-report-quick/benchmarks.md")
+    args.models, args.agents = args.models.split(","), args.agents.split(",")
+    args.plan = [Step.parse(text) for text in args.plan]
+    defaults = SearchConfig()
+    test_images = len(load_test(args.data))
+    settings = Settings(args.data, test_images, args.trials, defaults.finalists, defaults.finalist_steps,
+                        args.pruningnet_epochs, args.baseline_epochs)
+    rows_path, bases_path = args.out.parent / "benchmarks" / "rows.json", args.out.parent / "benchmarks" / "bases.json"
+    rows, bases = load(rows_path), load_bases(bases_path)
+    args.new_sections = []
+    if not args.render_only:
+        tp_peer.require()
+        fastnas_peer.require()
+        started = time.perf_counter()
+        measure(args, settings, rows, rows_path, bases, SubnetCache(args.cache))
+        bases_path.write_text(json.dumps(bases, indent=1))
+        log(f"measured in {(time.perf_counter() - started) / 60:.1f} min")
+        args.budgets, args.finetune_epochs, args.seeds = [args.plan[0].budget], args.plan[0].epochs[0], \
+            list(args.plan[0].seeds)
+        args.no_warm_start = False
+        if args.fidelity_candidates:
+            args.new_sections.append((CARRIED[0], fidelity_section(args)))
+        if args.finalists_agent:
+            args.new_sections.append((CARRIED[1], finalists_section(args)))
+        if args.speed:
+            args.new_sections.append(("Speed", speed_section(args)))
+    mine = [r for r in rows.values() if r.key.startswith(settings.text() + "|") and r.model in args.models]
+    render(args, mine, bases, settings, args.out)
     if args.out.resolve() == (ROOT / "docs" / "benchmarks.md").resolve() and sync_readme(args.out):
-        print("README.md: headline table updated")
+        log("README.md: headline updated")
+
+
+def load_test(data: str):
+    """The test set of `data` (for its size, which is part of every row's key)."""
+    from search.zoo import load_data
+
+    return load_data(data).test
 
 
 if __name__ == "__main__":

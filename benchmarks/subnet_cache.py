@@ -1,0 +1,36 @@
+"""Subnets of the fair report before the common fine-tune, cached on disk between runs (/tmp by default).
+
+Each method's subnet (after its search or pruning and its own SGD steps) is fine-tuned once per setting
+(1 and 5 epochs); the cache lets a later run fine-tune it for another setting without searching again.
+A file holds the whole module (pickled: written and read only by this benchmark) and its record of costs.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class SubnetCache:
+    def __init__(self, folder: Path):
+        self.folder = folder
+
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{hashlib.sha1(key.encode()).hexdigest()[:20]}.pt"
+
+    def get(self, key: str) -> tuple[nn.Module, dict[str, Any]] | None:
+        path = self._path(key)
+        if not path.is_file():
+            return None
+        saved = torch.load(path, weights_only=False)  # our own file (see the module docstring)
+        return (saved["module"], saved["record"]) if saved.get("key") == key else None
+
+    def put(self, key: str, module: nn.Module, record: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self._path(key)
+        temporary = path.with_suffix(".tmp")
+        torch.save({"key": key, "module": module, "record": record}, temporary)
+        temporary.replace(path)
