@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 from spaces.derive import PrunableModel, derive
 from spaces.elastic import ElasticModel
+from spaces.layers import running_stat_norms
 
 from .racing import Estimate, RaceRule
 
@@ -43,7 +44,7 @@ def stack_batches(dataset: Dataset, indices: Sequence[int], batch_size: int,
 
 def recalibrate(module: nn.Module, batches: Iterable[torch.Tensor]) -> None:
     """Reset every BatchNorm's statistics and re-estimate them (cumulative average) on `batches`."""
-    bns = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    bns = running_stat_norms(module)
     momenta = [bn.momentum for bn in bns]
     training = module.training
     module.eval()

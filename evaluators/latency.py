@@ -57,15 +57,15 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from spaces.channels import tensor_shape
 from spaces.derive import PrunableModel
 from spaces.files import atomic_write
 from spaces.materialize import materialize
-from spaces.graph import tensor_shape
 from spaces.layers import layer_named
 from spaces.slicing import kept_length
 from spaces.space import KEEP
 
-from .latency_backends import compile_call, layer_module, version
+from .latency_backends import BackendError, compile_call, version
 
 log = logging.getLogger(__name__)
 GRID = 5             # sizes per axis in a layer's grid when the space reaches more than MAX_AXIS
@@ -336,13 +336,16 @@ def _layer_call(prunable: PrunableModel, site, out_len: int, in_len: int, batch:
                 backend: str = "torch") -> tuple[Callable[[], object], torch.device]:
     """(a call running one conv/linear at the given kept sizes on random data, the device timing it).
 
-    On torch it is the layer-table entry's own call; on another runtime, the same layer as a module
-    exported to it."""
+    It is the layer alone as its layer-table entry exports it (`Layer.export`), compiled for `backend`;
+    on torch, the entry's own eager call where it has one (`Layer.latency`)."""
     node = prunable.graph.node(site.node)
     in_shape = tensor_shape(node.all_input_nodes[0])
-    if backend == "torch":
-        return layer_named(site.kind).latency(site, in_shape, out_len, in_len, batch, device), device
-    module, x = layer_module(site.kind, site.options, in_shape, out_len, in_len, batch)
+    layer = layer_named(site.kind)
+    if backend == "torch" and layer.latency is not None:
+        return layer.latency(site, in_shape, out_len, in_len, batch, device), device
+    if layer.export is None:
+        raise BackendError(f"layer {site.kind!r} has no `export` in the layer table: it cannot be timed alone")
+    module, x = layer.export(site, in_shape, out_len, in_len, batch)
     return compile_call(module, x, backend, device)
 
 

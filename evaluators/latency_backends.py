@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 import io
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -103,22 +103,3 @@ def run_once(module: nn.Module, x: torch.Tensor, backend: str, device: torch.dev
     if isinstance(out, torch.Tensor):
         return [out]
     return list(out.values()) if isinstance(out, dict) or hasattr(out, "values") else list(out)
-
-
-def layer_module(kind: str, options: dict, in_shape: Sequence[int], out_len: int, in_len: int,
-                 batch: int) -> tuple[nn.Module, torch.Tensor]:
-    """A conv or linear layer at kept sizes and an input for it: what a non-torch backend's table times.
-
-    The same computation as the layer table's own `latency` call (spaces.layers), as a module that
-    exports: its weights are parameters and its input is an input (not constants a runtime would fold).
-    """
-    if kind == "conv":
-        groups = out_len if options["depthwise"] else options["groups"]
-        kernel = tuple(options["kernel"])
-        conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(kernel)]
-        layer = conv(in_len * groups, out_len, kernel, options["stride"], options["padding"], options["dilation"],
-                     groups, bias=False)
-        return layer.eval(), torch.randn(batch, in_len * groups, *in_shape[2:])
-    if kind == "linear":
-        return nn.Linear(in_len, out_len, bias=False).eval(), torch.randn(batch, *in_shape[1:-1], in_len)
-    raise BackendError(f"no timing of layer kind {kind!r} outside torch: use --latency-backend torch")

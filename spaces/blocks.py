@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.fx as fx
 
-from .graph import _ADDS, ChannelGraph, ResidualBlock, op_name, tensor_shape
+from .channels import ResidualBlock, op_name, tensor_shape
+from .graph import ChannelGraph
+from .ops import ADD
 
 #: Nodes walked back from a shortcut in search of the tensor it equals (an identity chain is short).
 _CHAIN_LIMIT = 32
@@ -218,7 +220,7 @@ def _why_not(graph: ChannelGraph, add: fx.Node, a: fx.Node, b: fx.Node) -> str:
 
 
 def _residual_operands(node: fx.Node) -> tuple[fx.Node, fx.Node] | None:
-    if node.op not in ("call_function", "call_method") or op_name(node) not in _ADDS:
+    if node.op not in ("call_function", "call_method") or op_name(node) not in ADD.names:
         return None
     operands = [a for a in (*node.args, *node.kwargs.values()) if isinstance(a, fx.Node)]
     if len(operands) != 2 or not all(_computed(o) for o in operands):
@@ -324,9 +326,4 @@ def run_name(blocks: Iterable[ResidualBlock]) -> str:
     return names[0] if len(names) == 1 else f"{names[0]}..{names[-1]}"
 
 
-def find_residual_blocks(graph: ChannelGraph) -> list[ResidualBlock]:
-    """The removable blocks of `graph`, in graph order (see the module docstring)."""
-    return analyze(graph).blocks
-
-
-__all__ = ["BlockAnalysis", "analyze", "find_residual_blocks", "run_name"]
+__all__ = ["BlockAnalysis", "analyze", "run_name"]

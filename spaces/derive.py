@@ -110,6 +110,7 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
         raise ValueError(f"block_encoding must be one of {', '.join(BLOCK_ENCODINGS)}, got {block_encoding!r}")
     graph = ChannelGraph(model, example_input)
     blocks = analyze(graph)
+    graph.blocks = blocks.blocks
     scores: dict[int, torch.Tensor] = {}
     if importance is not None:
         scores = channel_importance(graph, importance)

@@ -20,9 +20,11 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from .channels import Layout
 from .derive import PrunableModel
-from .graph import Layout, full_index, graph_module, out_of_place_consumers, view_any_length
-from .layers import function_layer, shrink
+from .layers import function_layer, running_stat_norms, shrink
+from .ops import full_index
+from .rewrite import graph_module, out_of_place_consumers, view_any_length
 from .slicing import axis_index, is_prefix, kept_slice, piece_sizes, slice_tensor
 
 
@@ -265,8 +267,8 @@ class ElasticModel(nn.Module):
         return self.net(x)
 
     # -- BatchNorm statistics --------------------------------------------------------------------
-    def batchnorms(self) -> list[nn.modules.batchnorm._BatchNorm]:
-        return [m for m in self.prunable.model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    def batchnorms(self) -> list[nn.Module]:
+        return running_stat_norms(self.prunable.model)
 
     def bn_snapshot(self) -> list[tuple[torch.Tensor, ...]]:
         """A copy of every BatchNorm's running statistics (small: two vectors per layer)."""

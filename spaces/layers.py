@@ -4,7 +4,7 @@ An entry (`Layer`) says, for one `nn.Module` type and its functional forms (`F.c
 own parameters is a convolution like `nn.Conv2d`):
 
 - `channels(graph, node, module)`: its channel uses: which axis of which of its tensors belongs to which
-  channel group, and the channel structure of its output (through the `ChannelGraph` methods
+  channel group, and the channel structure of its output (through `channels.Walk`, the graph's
   `spec_at`, `new_group`, `use`, `set_spec`, `site`, `opaque`). `functional(graph, node)` does the same
   for a call of one of its `functions`;
 - `resize(module)`: once its tensors are cut, update its size attributes (`in_channels`,
@@ -13,13 +13,18 @@ own parameters is a convolution like `nn.Conv2d`):
   behaviour (timm's `BatchNormAct2d` keeps its activation, `Conv2dSame` its padding);
 - `flops`: True when FlopCounterMode counts 2 x positions x (elements of its weight) per sample (conv,
   linear). FLOPs of any other op are measured once and the op is frozen (see `graph`);
-- `latency(site, in_shape, out_len, in_len, batch, device)`: a closure running the layer at kept
-  sizes on random data, for the per-layer latency table (layers with `flops` only);
+- `export(site, in_shape, out_len, in_len, batch)`: the layer alone at kept sizes as a module, and an
+  input for it: what the per-layer latency table times on any runtime (layers with `flops` only; its
+  weights are parameters and its input an input, so that a runtime does not fold them);
+- `latency(site, in_shape, out_len, in_len, batch, device)`: optionally, a closure running the same
+  computation in eager torch with less call overhead (the built-in conv and linear time so on torch);
+- `running_stats`: a norm whose running statistics scoring resets and re-estimates (BatchNorm);
 - for functional calls whose size arguments follow the widths (`F.layer_norm`'s `normalized_shape`,
   a depthwise `F.conv2d`'s `groups`; the entry's `functional` lists them in `graph.resized_calls`):
   `call_resize(node, width)` rewrites the call's arguments for a materialized subnet, and `call_elastic`
   is a function taking the call's arguments that derives those sizes from its input (the elastic model).
 
+Ops that hold no tensors (activations, pooling, reshapes, `cat`, `add`) are in the op table (`spaces.ops`).
 A subclass of a known layer is that layer when the entry allows it (`subclasses`) and the subclass adds
 no tensors of its own and its children hold none (an activation, a dropout): timm's norm+act layers
 are their norm. `LayerNorm` subclasses are traced through instead (timm's and torchvision's
@@ -31,19 +36,20 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:
-    from .graph import ChannelGraph, ComputeSite
+from .channels import ComputeSite, Walk, arg, input_node
+from .ops import pass_through
 
-Channels = Callable[["ChannelGraph", fx.Node, nn.Module], None]
-Functional = Callable[["ChannelGraph", fx.Node], None]
-LatencyCall = Callable[["ComputeSite", tuple, int, int, int, torch.device], Callable[[], object]]
+Channels = Callable[[Walk, fx.Node, nn.Module], None]
+Functional = Callable[[Walk, fx.Node], None]
+LatencyCall = Callable[[ComputeSite, tuple, int, int, int, torch.device], Callable[[], object]]
+#: (site, input shape, kept output length, kept input length, batch) -> (the layer alone, an input for it)
+Export = Callable[[ComputeSite, tuple, int, int, int], tuple[nn.Module, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,8 @@ class Layer:
     match: Callable[[nn.Module], bool] | None = None  # instead of `kind`: a predicate on the module
     call_resize: Callable[[fx.Node, int], None] | None = None
     call_elastic: Callable | None = None
+    export: Export | None = None
+    running_stats: bool = False
 
     def matches(self, module: nn.Module) -> bool:
         if self.match is not None:
@@ -81,7 +89,8 @@ def register_layer(kind: type[nn.Module] | None, channels: Channels, *, name: st
                    functions: Iterable[Callable] = (), functional: Functional | None = None,
                    match: Callable[[nn.Module], bool] | None = None,
                    call_resize: Callable[[fx.Node, int], None] | None = None,
-                   call_elastic: Callable | None = None) -> Layer:
+                   call_elastic: Callable | None = None, export: Export | None = None,
+                   running_stats: bool = False) -> Layer:
     """Teach the engine a layer type. Later registrations win over earlier ones.
 
     A per-channel scale, say, that multiplies its input's channels (axis 1) by its own weight:
@@ -104,14 +113,23 @@ def register_layer(kind: type[nn.Module] | None, channels: Channels, *, name: st
     The module is then a leaf of the trace; its tensors are cut along the uses given, and its own
     forward runs at the cut widths (give `resize` when it stores sizes as attributes). A layer that
     makes new channels calls `graph.new_group(size, producer=name)` and lays its weight's output axis
-    out with it; a conv/linear-like layer also calls `graph.site(...)` and sets `flops=True`.
+    out with it; a conv/linear-like layer also calls `graph.site(node, name, weight, kind, options)` with
+    `kind` its entry's `name`, sets `flops=True`, and gives `export` (the layer alone at kept sizes), which
+    the latency table times on every runtime.
     """
     layer = Layer(name or (kind.__name__ if kind is not None else "layer"), kind, channels, resize, flops,
-                  latency, subclasses, tuple(functions), functional, match, call_resize, call_elastic)
+                  latency, subclasses, tuple(functions), functional, match, call_resize, call_elastic, export,
+                  running_stats)
     _TABLE.insert(0, layer)
     for fn in layer.functions:
         _FUNCTIONS[fn] = layer
     return layer
+
+
+def running_stat_norms(module: nn.Module) -> list[nn.Module]:
+    """Every submodule of `module` (itself included) of a kind whose entry has `running_stats` (BatchNorm)."""
+    kinds = tuple(layer.kind for layer in _TABLE if layer.running_stats)
+    return [m for m in module.modules() if isinstance(m, kinds)]
 
 
 def layer_of(module: nn.Module) -> Layer | None:
@@ -185,29 +203,17 @@ def is_depthwise(groups: int, in_channels: int, out_channels: int) -> bool:
 
 
 # ---- argument helpers ---------------------------------------------------------------------------
-def arg(node: fx.Node, index: int, name: str, default: object = None) -> object:
-    """Positional argument `index` of a call, or its keyword `name`."""
-    if len(node.args) > index:
-        return node.args[index]
-    return node.kwargs.get(name, default)
-
-
-def _input(node: fx.Node) -> fx.Node | None:
-    x = node.args[0] if node.args else node.kwargs.get("input")
-    return x if isinstance(x, fx.Node) else None
-
-
-def _attr_name(graph: ChannelGraph, value: object) -> str | None:
+def _attr_name(graph: Walk, value: object) -> str | None:
     """The tensor name of a `get_attr` argument, marked accounted for; None for None; raises otherwise."""
     if value is None:
         return None
     if isinstance(value, fx.Node) and value.op == "get_attr":
         graph.account(value)
         return str(value.target)
-    raise _NotParameter
+    raise NotAParameter
 
 
-class _NotParameter(Exception):
+class NotAParameter(Exception):
     """A functional layer called on a computed tensor, not on a parameter: it is frozen (opaque)."""
 
 
@@ -216,7 +222,7 @@ def _owner(tensor_name: str) -> str:
 
 
 # ---- convolution ----------------------------------------------------------------------------------
-def _conv_core(graph: ChannelGraph, node: fx.Node, x: fx.Node, weight: str, bias: str | None, extras: list[str],
+def _conv_core(graph: Walk, node: fx.Node, x: fx.Node, weight: str, bias: str | None, extras: list[str],
                groups: int, producer: str, options: dict) -> None:
     w = graph.tensors[weight]
     out_channels, in_channels = w.shape[0], w.shape[1] * groups
@@ -240,8 +246,8 @@ def _conv_core(graph: ChannelGraph, node: fx.Node, x: fx.Node, weight: str, bias
                                                 "depthwise": is_depthwise(groups, in_channels, out_channels)})
 
 
-def _conv_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
-    x = _input(node)
+def _conv_channels(graph: Walk, node: fx.Node, m: nn.Module) -> None:
+    x = input_node(node)
     if m.transposed or x is None:
         graph.opaque(node, f"transposed convolution {node.target}")
         return
@@ -251,8 +257,8 @@ def _conv_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
                m.groups, name, {"stride": m.stride, "padding": m.padding, "dilation": m.dilation})
 
 
-def _conv_functional(graph: ChannelGraph, node: fx.Node) -> None:
-    x = _input(node)
+def _conv_functional(graph: Walk, node: fx.Node) -> None:
+    x = input_node(node)
     weight = _attr_name(graph, arg(node, 1, "weight"))
     bias = _attr_name(graph, arg(node, 2, "bias"))
     groups = arg(node, 6, "groups", 1)
@@ -300,8 +306,18 @@ def _conv_latency(site: ComputeSite, in_shape: tuple, out_len: int, in_len: int,
     return lambda: conv(x, w, None, o["stride"], o["padding"], o["dilation"], groups)
 
 
+def _conv_export(site: ComputeSite, in_shape: tuple, out_len: int, in_len: int, batch: int
+                 ) -> tuple[nn.Module, torch.Tensor]:
+    o = site.options
+    groups = out_len if o["depthwise"] else o["groups"]
+    kernel = tuple(o["kernel"])
+    conv = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}[len(kernel)]
+    layer = conv(in_len * groups, out_len, kernel, o["stride"], o["padding"], o["dilation"], groups, bias=False)
+    return layer.eval(), torch.randn(batch, in_len * groups, *in_shape[2:])
+
+
 # ---- linear ---------------------------------------------------------------------------------------
-def _linear_core(graph: ChannelGraph, node: fx.Node, x: fx.Node, weight: str, bias: str | None,
+def _linear_core(graph: Walk, node: fx.Node, x: fx.Node, weight: str, bias: str | None,
                  producer: str) -> None:
     out_features, in_features = graph.tensors[weight].shape
     in_shape = graph.shape(x)
@@ -315,8 +331,8 @@ def _linear_core(graph: ChannelGraph, node: fx.Node, x: fx.Node, weight: str, bi
     graph.site(node, producer, weight, "linear", {})
 
 
-def _linear_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
-    x = _input(node)
+def _linear_channels(graph: Walk, node: fx.Node, m: nn.Module) -> None:
+    x = input_node(node)
     if x is None:
         graph.opaque(node, f"{node.target} without a tensor input")
         return
@@ -324,8 +340,8 @@ def _linear_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
     _linear_core(graph, node, x, f"{name}.weight", f"{name}.bias" if m.bias is not None else None, name)
 
 
-def _linear_functional(graph: ChannelGraph, node: fx.Node) -> None:
-    x = _input(node)
+def _linear_functional(graph: Walk, node: fx.Node) -> None:
+    x = input_node(node)
     weight = _attr_name(graph, arg(node, 1, "weight"))
     bias = _attr_name(graph, arg(node, 2, "bias"))
     if x is None:
@@ -345,8 +361,13 @@ def _linear_latency(site: ComputeSite, in_shape: tuple, out_len: int, in_len: in
     return lambda: F.linear(x, w)
 
 
+def _linear_export(site: ComputeSite, in_shape: tuple, out_len: int, in_len: int, batch: int
+                   ) -> tuple[nn.Module, torch.Tensor]:
+    return nn.Linear(in_len, out_len, bias=False).eval(), torch.randn(batch, *in_shape[1:-1], in_len)
+
+
 # ---- normalization: one value per channel ---------------------------------------------------------
-def _per_channel(graph: ChannelGraph, node: fx.Node, x: fx.Node | None, axis: int | None, length: int,
+def _per_channel(graph: Walk, node: fx.Node, x: fx.Node | None, axis: int | None, length: int,
                  tensors: list[str], what: str, blocks: int = 1) -> None:
     """Every tensor in `tensors` holds one value per channel of `x` along `axis` (None: the last)."""
     if x is None or graph.shape(x) is None:
@@ -369,17 +390,17 @@ def _tensors(m: nn.Module, name: str, fields: Iterable[str]) -> list[str]:
 _NORM_FIELDS = ("weight", "bias", "running_mean", "running_var")
 
 
-def _norm_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
+def _norm_channels(graph: Walk, node: fx.Node, m: nn.Module) -> None:
     name = str(node.target)
-    _per_channel(graph, node, _input(node), 1, m.num_features, _tensors(m, name, _NORM_FIELDS), name)
+    _per_channel(graph, node, input_node(node), 1, m.num_features, _tensors(m, name, _NORM_FIELDS), name)
 
 
-def _batch_norm_functional(graph: ChannelGraph, node: fx.Node) -> None:
+def _batch_norm_functional(graph: Walk, node: fx.Node) -> None:
     names = [_attr_name(graph, arg(node, i, f)) for i, f in
              ((1, "running_mean"), (2, "running_var"), (3, "weight"), (4, "bias"))]
     names = [n for n in names if n]
     length = graph.tensors[names[0]].shape[0] if names else 0
-    _per_channel(graph, node, _input(node), 1, length, names, "batch_norm")
+    _per_channel(graph, node, input_node(node), 1, length, names, "batch_norm")
 
 
 def _norm_resize(m: nn.Module) -> None:
@@ -388,16 +409,16 @@ def _norm_resize(m: nn.Module) -> None:
         m.num_features = ref.shape[0]
 
 
-def _group_norm_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
+def _group_norm_channels(graph: Walk, node: fx.Node, m: nn.Module) -> None:
     name = str(node.target)
-    _per_channel(graph, node, _input(node), 1, m.num_channels, _tensors(m, name, ("weight", "bias")), name,
+    _per_channel(graph, node, input_node(node), 1, m.num_channels, _tensors(m, name, ("weight", "bias")), name,
                  blocks=m.num_groups)
 
 
-def _group_norm_functional(graph: ChannelGraph, node: fx.Node) -> None:
+def _group_norm_functional(graph: Walk, node: fx.Node) -> None:
     groups = arg(node, 1, "num_groups")
     names = [n for n in (_attr_name(graph, arg(node, 2, "weight")), _attr_name(graph, arg(node, 3, "bias"))) if n]
-    x = _input(node)
+    x = input_node(node)
     length = graph.tensors[names[0]].shape[0] if names else (graph.shape(x) or (0, 0))[1]
     _per_channel(graph, node, x, 1, length, names, "group_norm", blocks=groups)
 
@@ -407,22 +428,22 @@ def _group_norm_resize(m: nn.Module) -> None:
         m.num_channels = m.weight.shape[0]
 
 
-def _layer_norm_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
+def _layer_norm_channels(graph: Walk, node: fx.Node, m: nn.Module) -> None:
     name = str(node.target)
     if len(m.normalized_shape) != 1:
         graph.opaque(node, f"{name} normalizes several axes")
         return
-    _per_channel(graph, node, _input(node), None, m.normalized_shape[0], _tensors(m, name, ("weight", "bias")),
+    _per_channel(graph, node, input_node(node), None, m.normalized_shape[0], _tensors(m, name, ("weight", "bias")),
                  name)
 
 
-def _layer_norm_functional(graph: ChannelGraph, node: fx.Node) -> None:
+def _layer_norm_functional(graph: Walk, node: fx.Node) -> None:
     normalized = arg(node, 1, "normalized_shape")
     names = [_attr_name(graph, arg(node, 2, "weight")), _attr_name(graph, arg(node, 3, "bias"))]
     if len(normalized) != 1:
         graph.opaque(node, "layer_norm over several axes")
         return
-    _per_channel(graph, node, _input(node), None, normalized[0], [n for n in names if n], "layer_norm")
+    _per_channel(graph, node, input_node(node), None, normalized[0], [n for n in names if n], "layer_norm")
     graph.resized_calls.append(node.name)  # its normalized_shape argument follows the width
 
 
@@ -443,56 +464,18 @@ def _layer_norm_resize(m: nn.Module) -> None:
         m.normalized_shape = (m.weight.shape[0],)
 
 
-def _prelu_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
+def _prelu_channels(graph: Walk, node: fx.Node, m: nn.Module) -> None:
     name = str(node.target)
     if m.num_parameters > 1:
-        _per_channel(graph, node, _input(node), 1, m.num_parameters, [f"{name}.weight"], name)
+        _per_channel(graph, node, input_node(node), 1, m.num_parameters, [f"{name}.weight"], name)
     else:
-        _pass_channels(graph, node, m)
+        pass_through(graph, node, m)
 
 
 def _prelu_resize(m: nn.Module) -> None:
     m.num_parameters = m.weight.shape[0]
 
 
-# ---- layers that pass channels through ------------------------------------------------------------
-def _pass_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
-    x = _input(node)
-    spec = graph.spec(x) if x is not None else None
-    if spec is not None and graph.shape(node) is not None and len(graph.shape(node)) == len(graph.shape(x)):
-        graph.set_spec(node, spec.axis, spec.layout)
-    elif spec is not None:
-        graph.opaque(node, f"{type(m).__name__} changed the tensor's rank")
-
-
-_PASS = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.FeatureAlphaDropout,
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
-    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
-    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample, nn.UpsamplingNearest2d,
-    nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
-)
-
-#: layers that are random in train mode and the identity in eval mode (torchvision's StochasticDepth, timm's
-#: DropPath and DropBlock2d): kept as leaves so that the subnet keeps its train-mode behaviour.
-STOCHASTIC = ("StochasticDepth", "DropPath", "DropBlock2d")
-
-
-def is_stochastic(module: nn.Module) -> bool:
-    return type(module).__name__ in STOCHASTIC and not any(True for _ in module.parameters())
-
-
-def _flatten_channels(graph: ChannelGraph, node: fx.Node, m: nn.Module) -> None:
-    graph.flatten(node, _input(node), m.start_dim, m.end_dim)
-
-
-for _kind in _PASS:
-    register_layer(_kind, _pass_channels)
-    _BASE_FIELDS[_kind] = set()
-register_layer(None, _pass_channels, name="stochastic", match=is_stochastic)
-register_layer(nn.Flatten, _flatten_channels, subclasses=False)
 register_layer(nn.PReLU, _prelu_channels, resize=_prelu_resize, subclasses=False)
 register_layer(nn.LayerNorm, _layer_norm_channels, resize=_layer_norm_resize, subclasses=False,
                functions=(F.layer_norm,), functional=_layer_norm_functional, call_resize=_layer_norm_call_resize,
@@ -501,12 +484,12 @@ register_layer(nn.GroupNorm, _group_norm_channels, resize=_group_norm_resize,
                functions=(F.group_norm,), functional=_group_norm_functional)
 register_layer(nn.modules.instancenorm._InstanceNorm, _norm_channels, resize=_norm_resize)
 register_layer(nn.modules.batchnorm._BatchNorm, _norm_channels, resize=_norm_resize,
-               functions=(F.batch_norm,), functional=_batch_norm_functional)
+               functions=(F.batch_norm,), functional=_batch_norm_functional, running_stats=True)
 register_layer(nn.Linear, _linear_channels, name="linear", resize=_linear_resize, flops=True, latency=_linear_latency,
-               functions=(F.linear,), functional=_linear_functional)
+               export=_linear_export, functions=(F.linear,), functional=_linear_functional)
 register_layer(nn.modules.conv._ConvNd, _conv_channels, name="conv", resize=_conv_resize, flops=True, latency=_conv_latency,
-               functions=(F.conv1d, F.conv2d, F.conv3d), functional=_conv_functional, call_resize=_conv_call_resize,
-               call_elastic=depthwise_conv)
+               export=_conv_export, functions=(F.conv1d, F.conv2d, F.conv3d), functional=_conv_functional,
+               call_resize=_conv_call_resize, call_elastic=depthwise_conv)
 _BASE_FIELDS.update({
     nn.modules.conv._ConvNd: {"weight", "bias"}, nn.Linear: {"weight", "bias"},
     nn.modules.batchnorm._BatchNorm: {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"},
@@ -523,5 +506,5 @@ def leaf_positions(flops: int, weight_numel: int) -> int | None:
     return None
 
 
-__all__ = ["Layer", "STOCHASTIC", "arg", "function_layer", "is_depthwise", "is_stochastic", "layer_named", "layer_of",
-           "leaf_positions", "register_layer", "resize", "shrink"]
+__all__ = ["Layer", "arg", "function_layer", "is_depthwise", "layer_named", "layer_of", "leaf_positions",
+           "register_layer", "resize", "running_stat_norms", "shrink"]

@@ -14,8 +14,9 @@ import torch.fx as fx
 from torch import nn
 
 from .derive import PrunableModel
-from .graph import full_index, graph_module, out_of_place_consumers, split_by, view_any_length
 from .layers import function_layer, resize
+from .ops import full_index
+from .rewrite import graph_module, out_of_place_consumers, split_by, view_any_length
 from .slicing import kept_slice, piece_sizes, slice_tensor
 
 

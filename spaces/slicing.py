@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import torch
 
-from .graph import ChannelGroup, Layout, TensorUse
+from .channels import ChannelGroup, Layout, TensorUse
 
 
 def kept_channels(group: ChannelGroup, width: int) -> torch.Tensor:

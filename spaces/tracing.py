@@ -1,4 +1,4 @@
-"""Tracing a model into a torch.fx graph whose leaves are the layers of the layer table.
+"""Tracing a model into a torch.fx graph whose leaves are the modules of the layer and op tables.
 
 `trace` tries plain symbolic tracing first. Where the model's Python code branches on tensor shapes
 (timm's `pad_same`, a resize done only when sizes differ), it traces again with concrete shapes: every
@@ -22,10 +22,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.fx.node import map_aggregate
 
-from .layers import arg, layer_of
+from .channels import arg, op_name
+from .layers import layer_of
+from .ops import NO_TENSOR_FLOW, op_of
 
-NO_TENSOR_FLOW = {"getattr", "size", "dim", "numel", "floordiv", "mod", "eq", "ne", "lt", "gt", "le", "ge",
-                   "_assert", "len", "not_", "and_", "or_", "is_", "is_not"}
 _ASSERTS = {"_assert", "_assert_async", "_assert_is_none"}
 _DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
              F.dropout3d: nn.Dropout3d, F.alpha_dropout: nn.AlphaDropout,
@@ -34,21 +34,15 @@ _MODULE_CALL, _MODULE_GETATTR = nn.Module.__call__, nn.Module.__getattr__  # as 
 TRACE_BATCH = 5  # the batch the concrete trace runs: an unusual size, so that it is told from other axes
 
 
-def op_name(node: fx.Node) -> str:
-    if node.op == "call_method":
-        return str(node.target)
-    return getattr(node.target, "__name__", str(node.target))
-
-
 class UntraceableModel(TypeError):
     """The model cannot be traced (shape- or data-dependent Python control flow): says where, in one line."""
 
 
 class _Tracer(fx.Tracer):
-    """Leaves: standard torch.nn modules and every layer of the layer table (timm's norm+act layers...)."""
+    """Leaves: standard torch.nn modules and every module of the layer and op tables (timm's norm+act layers...)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return layer_of(m) is not None or super().is_leaf_module(m, qualname)
+        return layer_of(m) is not None or op_of(m) is not None or super().is_leaf_module(m, qualname)
 
     def iter(self, obj: fx.Proxy):
         """Iterating the pieces of a split (`for p in x.split(sizes, 1)`, `zip`): one `getitem` per piece."""

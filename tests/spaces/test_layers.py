@@ -9,7 +9,9 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import assert_close
+from evaluators import latency
 from evaluators.cost import CostModel
+from evaluators.latency_backends import missing
 from spaces.derive import derive
 from spaces.elastic import ElasticModel
 from spaces.graph import UntraceableModel
@@ -284,3 +286,48 @@ def test_shape_dependent_code_is_traced_with_concrete_shapes_and_any_batch():
     assert len(prunable.space.keeps) == 1  # the Identity shortcut is its input
     subnet = materialize(prunable, prunable.space.smallest())
     assert subnet(torch.randn(3, 3, 8, 8)).shape == (3, 3)
+
+
+class ChannelMix(nn.Module):
+    """A user's own compute layer: a 1x1 mixing of channels written with its own weight layout."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(c_out, c_in) / c_in ** 0.5)
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight[:, :, None, None])
+
+
+class WithMix(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.mix, self.b = nn.Conv2d(3, 8, 1), ChannelMix(8, 8), nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        return self.b(F.relu(self.mix(F.relu(self.a(x)))))
+
+
+def test_a_users_compute_layer_is_timed_on_every_runtime_through_its_entry():
+    """No latency code knows the layer: its entry's `export` is what each runtime times."""
+    def mix_channels(graph, node, module):
+        name = str(node.target)
+        spec = graph.spec_at(node.args[0], 1, module.weight.shape[1], f"input of {name} not understood")
+        graph.use(f"{name}.weight", 1, spec.layout)
+        out = graph.new_group(module.weight.shape[0], producer=name)
+        graph.use(f"{name}.weight", 0, out)
+        graph.set_spec(node, 1, out)
+        graph.site(node, name, f"{name}.weight", "channel_mix", {})
+
+    def mix_export(site, in_shape, out_len, in_len, batch):
+        return ChannelMix(in_len, out_len).eval(), torch.randn(batch, in_len, *in_shape[2:])
+
+    register_layer(ChannelMix, mix_channels, name="channel_mix", flops=True, export=mix_export)
+    prunable = check_all(WithMix())
+    assert [d.name for d in prunable.space.widths] == ["a", "mix"]
+    site = next(s for s in prunable.graph.sites if s.kind == "channel_mix")
+    backends = ["torch"] + (["onnxruntime"] if missing("onnxruntime") is None else [])
+    for backend in backends:
+        call, device = latency._layer_call(prunable, site, 5, 6, 2, torch.device("cpu"), backend)
+        out = call()
+        assert tuple((out if backend == "torch" else out[0]).shape) == (2, 5, 8, 8) and device.type == "cpu"
