@@ -15,19 +15,26 @@ over) and never reaches the engine, so no evaluation is spent on it.
   (pareto.csv) is the trade-off curve to pick from after one search.
 `storage` (an RDB URL such as sqlite:///study.db, or a path ending in .log for a journal file)
 keeps the study on disk: a resumed run, or several processes, continue the same study.
+
+An agent's state (`state_dict`) is plain data that survives the next Optuna release: the study's trials
+(params, distributions, values, states, attributes) and the sampler's random states. It is restored
+into a fresh study with `create_study` + `add_trials`, never by unpickling Optuna's objects (a pickled
+study broke when Optuna 5.1 gave NSGA-II a thread lock).
 """
 from __future__ import annotations
 
 import copy
+import datetime
 import heapq
-import pickle
+import inspect
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import optuna
-from optuna.distributions import BaseDistribution, CategoricalDistribution, IntDistribution
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, IntDistribution, distribution_to_json,
+                                  json_to_distribution)
 
 from spaces.records import Result
 from spaces.space import KEEP, Candidate
@@ -77,6 +84,7 @@ class OptunaAgent(Agent):
                                          storage=_storage(storage), load_if_exists=storage is not None,
                                          study_name=study_name or (f"prunesearch-{self.name}" if storage else None))
         self._stored = storage is not None
+        self._storage_url, self._study_name = storage, self.study.study_name
         self._pending: list[tuple[Candidate, int]] = []  # asked, not told: (candidate, Optuna trial number)
         if not self.study.trials:  # a fresh study: warm starts, then feasible random draws, are its first trials
             for candidate in self.initial:
@@ -149,20 +157,120 @@ class OptunaAgent(Agent):
         return super().restore(events)
 
     def state_dict(self) -> dict[str, Any]:
-        """The study itself (pickled, sampler state included) unless it lives in a storage already."""
-        return {**super().state_dict(), "study": None if self._stored else pickle.dumps(self.study),
-                "pending": [(c.to_dict(), n) for c, n in self._pending]}
+        """Plain data (JSON-able): the study's trials and the sampler's random states, unless the study lives
+        in a storage already (then the storage is the state)."""
+        return {**super().state_dict(), "study": None if self._stored else _study_to_data(self.study),
+                "pending": [[c.to_dict(), n] for c, n in self._pending]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         if state["study"] is not None:
-            self.study = pickle.loads(state["study"])
-        self._pending = [(Candidate(c), n) for c, n in state["pending"]]
+            if not isinstance(state["study"], Mapping):
+                raise ValueError(f"{self.name}: this agent state holds a pickled Optuna study (an older prunesearch); "
+                                 "it cannot be restored safely: resume the run from its journal instead")
+            self.study = self._study_from_data(state["study"])
+        self._pending = [(Candidate(c), int(n)) for c, n in state["pending"]]
+
+    def _study_from_data(self, data: Mapping[str, Any]) -> optuna.Study:
+        study = optuna.create_study(directions=list(self.directions), sampler=self.sampler())
+        study.add_trials([_trial_from_data(t) for t in data["trials"]])
+        _load_random_states(study.sampler, data["random_states"])
+        return study
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickled (by Ray Tune's experiment state, a process pool) as plain data, never Optuna's objects."""
+        state = dict(self.__dict__)
+        study = state.pop("study")
+        state["_study_data"] = None if self._stored else _study_to_data(study)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        data = state.pop("_study_data")
+        self.__dict__.update(state)
+        self.study = (self._study_from_data(data) if data is not None else
+                      optuna.load_study(study_name=self._study_name, storage=_storage(self._storage_url),
+                                        sampler=self.sampler()))
+
+
+def _study_to_data(study: optuna.Study) -> dict[str, Any]:
+    return {"trials": [_trial_to_data(t) for t in study.get_trials(deepcopy=False)],
+            "random_states": _random_states_to_data(study.sampler)}
+
+
+def _time(moment: datetime.datetime | None) -> str | None:
+    return None if moment is None else moment.isoformat()
+
+
+def _moment(text: str | None) -> datetime.datetime | None:
+    return None if text is None else datetime.datetime.fromisoformat(text)
+
+
+def _trial_to_data(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """One trial as plain data: what `add_trials` needs to rebuild it, in any Optuna version we support."""
+    return {"state": trial.state.name, "values": None if trial.values is None else [float(v) for v in trial.values],
+            "params": dict(trial.params),
+            "distributions": {n: distribution_to_json(d) for n, d in trial.distributions.items()},
+            "user_attrs": dict(trial.user_attrs), "system_attrs": dict(trial.system_attrs),
+            "intermediate_values": {str(k): float(v) for k, v in trial.intermediate_values.items()},
+            "datetime_start": _time(trial.datetime_start), "datetime_complete": _time(trial.datetime_complete)}
+
+
+def _trial_from_data(data: Mapping[str, Any]) -> optuna.trial.FrozenTrial:
+    return optuna.trial.FrozenTrial(
+        number=0, trial_id=0, state=optuna.trial.TrialState[data["state"]], value=None, values=data["values"],
+        datetime_start=_moment(data["datetime_start"]), datetime_complete=_moment(data["datetime_complete"]),
+        params=dict(data["params"]),
+        distributions={n: json_to_distribution(d) for n, d in data["distributions"].items()},
+        user_attrs=dict(data["user_attrs"]), system_attrs=dict(data["system_attrs"]),
+        intermediate_values={int(k): float(v) for k, v in data["intermediate_values"].items()})
+
+
+def _random_states(sampler: optuna.samplers.BaseSampler) -> dict[str, np.random.RandomState]:
+    """Every NumPy random state a sampler draws from, by attribute path (`_rng`, `_random_sampler._rng`, ...).
+
+    Found by walking the sampler's attributes and those of the Optuna objects it holds (strategies, the
+    random sampler it falls back to), so a sampler that gains a random state in a new release is covered.
+    """
+    found: dict[str, np.random.RandomState] = {}
+
+    def walk(obj: Any, path: str, depth: int) -> None:
+        for name, value in sorted(vars(obj).items()):
+            where = f"{path}{name}"
+            if isinstance(value, np.random.RandomState):
+                found[where] = value
+            elif type(value).__name__ == "LazyRandomState":  # Optuna >= 3.5 seeds its RandomState lazily
+                found[where] = value.rng
+            elif (depth < 2 and not isinstance(value, type) and hasattr(value, "__dict__")
+                  and type(value).__module__.startswith("optuna")):
+                walk(value, f"{where}.", depth + 1)
+
+    walk(sampler, "", 0)
+    return found
+
+
+def _random_states_to_data(sampler: optuna.samplers.BaseSampler) -> dict[str, dict[str, Any]]:
+    out = {}
+    for where, rng in _random_states(sampler).items():
+        state = rng.get_state(legacy=False)
+        out[where] = {**state, "state": {"key": [int(k) for k in state["state"]["key"]],
+                                         "pos": int(state["state"]["pos"])}}
+    return out
+
+
+def _load_random_states(sampler: optuna.samplers.BaseSampler, data: Mapping[str, Mapping[str, Any]]) -> None:
+    states = _random_states(sampler)
+    for where, state in data.items():
+        if where in states:  # a state this sampler no longer has is left out
+            states[where].set_state({**state, "state": {"key": np.asarray(state["state"]["key"], dtype=np.uint32),
+                                                         "pos": int(state["state"]["pos"])}})
 
 
 _RUNNING = optuna.trial.TrialState.RUNNING
-#: Optuna's TPE converts trials through these two methods (Optuna >= 5); older versions convert on every ask
-_ROWS_CACHEABLE = all(hasattr(optuna.samplers.TPESampler, m) for m in ("_get_internal_repr", "_get_params"))
+#: Optuna's TPE converts trials through these two methods, given the study (Optuna >= 5); older versions
+#: convert on every ask, without it
+_REPR_TAKES_STUDY = "study" in inspect.signature(optuna.samplers.TPESampler._get_internal_repr).parameters
+_ROWS_CACHEABLE = _REPR_TAKES_STUDY and hasattr(optuna.samplers.TPESampler, "_get_params")
 #: candidates TPE draws from its model of good trials per ask, keeping the one most likely good (Optuna: 24)
 EI_CANDIDATES = 24
 #: best finished trials a bounded TPE always sees, besides the recent ones (TPE's "good" group has at most 25)
@@ -233,7 +341,7 @@ class _BoundedTPESampler(optuna.samplers.TPESampler):
     def _get_internal_repr(self, trials, search_space, study=None) -> dict[str, np.ndarray]:
         """Optuna's own conversion, with each finished trial's row remembered (the space is fixed)."""
         if not _ROWS_CACHEABLE or study is None or search_space.keys() != self._space.keys():
-            return super()._get_internal_repr(trials, search_space, study)
+            return super()._get_internal_repr(trials, search_space, *([study] if _REPR_TAKES_STUDY else []))
         rows = []
         for t in trials:
             row = self._rows.get(t.number)

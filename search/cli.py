@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from .errors import UserError
+from .versions import version_text
 
 LOGGERS = ("search", "evaluators", "agents", "spaces")
 COMMANDS = {"run": "search.run", "finetune": "search.finetune", "export": "search.export"}
@@ -98,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
     """`prunesearch run|finetune|export ...`"""
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print("usage: prunesearch {run,finetune,export} ...\n\n"
+        print("usage: prunesearch [--version] {run,finetune,export} ...\n\n"
               "  run       search a pruned architecture under a budget (python -m search.run)\n"
               "  finetune  fine-tune a run's exported subnet (python -m search.finetune)\n"
               "  export    write a run's subnet as pt2 / torchscript / onnx / state_dict (python -m search.export)\n")
         return 0 if argv else 2
+    if argv[0] == "--version":
+        print(version_text())
+        return 0
     command, rest = argv[0], argv[1:]
     if command not in COMMANDS:
         print(f"error: unknown command {command!r}; choose from {', '.join(COMMANDS)} (see prunesearch --help)",

@@ -18,7 +18,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
-import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -46,6 +45,7 @@ from .engine import Engine, Outcome, memoized
 from .errors import UserError
 from .records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, LATENCY_TABLE_FILE, RunDirectory, Trial, best_trial
 from .training import evaluate, resolve_device
+from .versions import moved, versions
 
 log = logging.getLogger(__name__)
 ZOO_MODELS = ("resnet20", "resnet56", "mobilenetv2")
@@ -111,12 +111,6 @@ def batches_of(items: Iterable, limit: int, *, labelled: bool, what: str) -> lis
     if not out:
         raise UserError(f"{what} gave no batches")
     return out
-
-
-def versions() -> dict[str, str]:
-    import torchvision
-
-    return {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__}
 
 
 def device_of(name: str) -> torch.device:
@@ -440,8 +434,13 @@ class Pipeline:
         evaluator = self.evaluator(prunable)
         base_score = evaluator.score(prunable.space.full())
         evaluator.restore()
+        now, started_with = versions(), run_dir.read().get("versions")
+        since = moved(started_with, now)  # run.json keeps the versions the run started with; a resume adds its own
+        if since:
+            log.warning("resuming with other versions than the run started with: %s", ", ".join(since))
         run_dir.update_run(args=c.to_json(), status="running", started=time.strftime("%Y-%m-%d %H:%M:%S"),
-                           versions=versions(), device=str(self.device), space=prunable.space.to_json(),
+                           **({"resumed_versions": now} if started_with else {"versions": now}),
+                           device=str(self.device), space=prunable.space.to_json(),
                            base={**base, "held_out_top1": base_score, "test_top1": inputs.base_test},
                            budget={"limits": [str(lim) for lim in self.budget.limits], "caps": self.budget.caps},
                            scoring={"calibration_samples": evaluator.samples[0],
@@ -471,7 +470,12 @@ class Pipeline:
                             progress=self.progress, base_flops=base["flops"], top_k=self.racing_top_k)
             previous = run_dir.journal.read()
             if previous:
-                engine.replay(previous)
+                try:
+                    engine.replay(previous)
+                except UserError as error:
+                    if not since:
+                        raise
+                    raise UserError(f"{first_line(error)}; since the run started: {', '.join(since)}") from None
                 run_dir.journal.truncate(previous)
                 log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
             try:

@@ -18,12 +18,15 @@ from .cli import ArgumentParser, configure_logging, given_options, guarded
 from .config import BLOCK_ENCODINGS, DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, FINALIST_RANKINGS, SCORERS, SearchConfig
 from .engine import Outcome
 from .pipeline import Pipeline, PruneResult
+from .versions import VersionAction
 
 RUNTIME = ("resume", "no_progress", "quiet", "explain")  # how this process runs, not what the run is
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--version", action=VersionAction,
+                   help="print the versions of prunesearch, torch, optuna, ray and timm, and exit")
     what = p.add_argument_group("what to search")
     what.add_argument("--agent", required=False, help=f"search agent: {', '.join(list_agents())}")
     what.add_argument("--budget", action="append", default=None, metavar="LIMIT",

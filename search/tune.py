@@ -14,11 +14,11 @@ score, is told as FAILED, as Ray Tune's own searchers map a missing result to fa
 from __future__ import annotations
 
 import math
-import pickle
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from ray import tune
 from ray.tune.search import Searcher
 
@@ -26,6 +26,7 @@ from agents.base import Agent
 from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, build_evaluator
 from evaluators.executors import Scored, score_safely
 from spaces.budget import Budget
+from spaces.files import atomic_write
 from spaces.records import Result
 from spaces.space import Candidate
 
@@ -74,14 +75,18 @@ class AgentSearcher(Searcher):
         self.trials.append(Trial(number, candidate, result, self.asked))
 
     def save(self, checkpoint_path: str) -> None:
-        state = {"agent": self.agent.state_dict(), "asked": self.asked, "outstanding": self.outstanding,
+        """Plain data and tensors (an agent's networks), written atomically and read back with
+        `weights_only=True`: no library's objects are pickled, so a checkpoint survives their next release."""
+        state = {"agent": self.agent.state_dict(), "asked": self.asked,
+                 "outstanding": {k: [n, c.to_dict(), dict(costs)] for k, (n, c, costs) in self.outstanding.items()},
                  "trials": [t.to_json() for t in self.trials]}
-        Path(checkpoint_path).write_bytes(pickle.dumps(state))
+        atomic_write(Path(checkpoint_path), lambda f: torch.save(state, f))
 
     def restore(self, checkpoint_path: str) -> None:
-        state = pickle.loads(Path(checkpoint_path).read_bytes())
+        state = torch.load(checkpoint_path, weights_only=True)
         self.agent.load_state_dict(state["agent"])
-        self.asked, self.outstanding = state["asked"], state["outstanding"]
+        self.asked = state["asked"]
+        self.outstanding = {k: (int(n), Candidate(c), dict(costs)) for k, (n, c, costs) in state["outstanding"].items()}
         self.trials = [Trial.from_json(t) for t in state["trials"]]
 
 

@@ -1,11 +1,15 @@
 """Conformance suite: every registered agent must pass it (valid, within budget, seeded, robust)."""
 from __future__ import annotations
 
+import io
+import json
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from agents import list_agents, make_agent
 from conftest import BUDGETS, fake_score, setting
@@ -172,8 +176,21 @@ def test_proposals_with_eight_outstanding_are_distinct_and_within_budget(name):
         assert budget.feasible(price(outstanding[-1]))
 
 
+def through_a_checkpoint(state: dict) -> dict:
+    """What Ray Tune's checkpoint of a searcher does with an agent's state: torch.save, then a safe load."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+#: how a state travels: as it is, through a checkpoint (weights_only load), or the whole agent pickled (Ray does)
+TRANSPORTS = ["state_dict", "checkpoint", "pickle"]
+
+
+@pytest.mark.parametrize("how", TRANSPORTS)
 @pytest.mark.parametrize("name", list_agents())
-def test_state_dict_round_trip_mid_search_with_outstanding_candidates(name):
+def test_state_dict_round_trip_mid_search_with_outstanding_candidates(name, how):
     # past every agent's warm-up (tpe's random startup trials, amc's random episodes), 3 untold
     space, budget, price = setting("0.4flops")
     options = {"warmup": 5} if name == "amc" else {"startup_trials": 10} if name == "tpe" else {}
@@ -187,8 +204,11 @@ def test_state_dict_round_trip_mid_search_with_outstanding_candidates(name):
         if step < 30:
             c = pending.pop(0)
             a.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
-    b = make_agent(name, space, budget, price=price, seed=99, trials=60, **options)
-    b.load_state_dict(a.state_dict())
+    if how == "pickle":
+        b = pickle.loads(pickle.dumps(a))
+    else:
+        b = make_agent(name, space, budget, price=price, seed=99, trials=60, **options)
+        b.load_state_dict(a.state_dict() if how == "state_dict" else through_a_checkpoint(a.state_dict()))
 
     def go_on(agent) -> list:
         asked, out = [], list(pending)
@@ -203,6 +223,26 @@ def test_state_dict_round_trip_mid_search_with_outstanding_candidates(name):
         return asked
 
     assert go_on(a) == go_on(b)
+
+
+@pytest.mark.parametrize("name", ["tpe", "nsga2"])
+def test_optuna_agents_state_is_plain_json_data_with_no_pickled_study(name):
+    # a pickled Optuna study broke when Optuna 5.1 gave NSGA-II a thread lock; the state must outlive releases
+    space, budget, price = setting("0.4flops")
+    a = make_agent(name, space, budget, price=price, seed=5, trials=30)
+    for _ in range(25):
+        c = a.ask()
+        a.tell(c, Result(TrialState.COMPLETE if len(a.study.trials) % 4 else TrialState.FAILED,
+                         fake_score(space, c), price(c)))
+    out = a.ask()  # one outstanding
+    state = json.loads(json.dumps(a.state_dict()))
+    assert b"optuna" not in pickle.dumps(state)
+    b = make_agent(name, space, budget, price=price, seed=99, trials=30)
+    b.load_state_dict(state)
+    for agent in (a, b):
+        agent.tell(out, Result(TrialState.COMPLETE, fake_score(space, out), price(out)))
+    assert [a.ask() for _ in range(5)] == [b.ask() for _ in range(5)]
+    assert b"optuna.study" not in pickle.dumps(a)  # the agent itself pickles as plain data too
 
 
 def test_trade_fits_a_widened_candidate_by_narrowing_other_widths_a_step_at_a_time():

@@ -332,3 +332,27 @@ def test_the_search_starts_from_global_magnitude_pruning_unless_told_not_to(tmp_
     assert code == 0 and json.loads((cold / "run.json").read_text())["args"]["no_warm_start"] is True
     assert Journal(cold / "journal.jsonl").read()[0].candidate != first.candidate
     assert len(set(widths)) > 1  # not one common ratio: each group keeps what passes one threshold
+
+
+def test_version_prints_the_package_and_its_libraries(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        run_module.main(["--version"])
+    out = capsys.readouterr().out.strip()
+    assert exit_.value.code == 0 and out.startswith("prunesearch ") and "\n" not in out
+    for library in ("torch", "optuna", "ray", "timm"):
+        assert f" {library} " in out
+
+
+def test_a_resumed_run_says_which_library_moved_since_it_started(tmp_path, capsys):
+    assert search(tmp_path, "--trials", "3", out="run")[0] == 0
+    run_json = tmp_path / "run" / "run.json"
+    record = json.loads(run_json.read_text())
+    assert {"prunesearch", "torch", "optuna", "ray", "timm"} <= record["versions"].keys()
+    record["versions"]["optuna"] = "0.0.1"  # as if the run had started under another Optuna
+    run_json.write_text(json.dumps(record))
+    capsys.readouterr()
+    assert run_module.main(["--resume", str(tmp_path / "run"), "--trials", "4", "--no-progress", "--quiet"]) == 0
+    assert "resuming with other versions than the run started with: optuna 0.0.1 -> " in capsys.readouterr().err
+    after = json.loads(run_json.read_text())
+    assert after["versions"]["optuna"] == "0.0.1"  # what it started with is kept; the resume's own beside it
+    assert after["resumed_versions"]["optuna"] != "0.0.1"

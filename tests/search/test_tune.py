@@ -3,9 +3,10 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
+import torch
 from ray.tune.search import Searcher
 
-from agents import make_agent
+from agents import list_agents, make_agent
 from conftest import fake_score, setting
 from search import run as run_module
 from search.tune import AgentSearcher
@@ -35,22 +36,34 @@ def test_finished_when_the_agent_has_nothing_more_and_errors_are_failures():
     assert [t.result.state.value for t in s.trials] == ["failed"] and config["trial"] == 0
 
 
-def test_save_and_restore_continue_identically(tmp_path):
-    a, space = searcher("tpe")
-    for i in range(5):
+@pytest.mark.parametrize("name", list_agents())
+def test_save_and_restore_continue_identically_with_trials_outstanding(tmp_path, name):
+    a, space = searcher(name)
+    configs = {}
+    for i in range(7):
         c = a.suggest(f"t{i}")
-        a.on_trial_complete(f"t{i}", {"score": fake_score(space, c["candidate"])})
-    a.save(str(tmp_path / "searcher.pkl"))
-    b, _ = searcher("tpe")
-    b.restore(str(tmp_path / "searcher.pkl"))
-    assert a.suggest("next") == b.suggest("next")
+        if isinstance(c, dict):
+            configs[f"t{i}"] = c
+        if i < 5 and configs:  # the rest stay outstanding
+            tid, done = configs.popitem()
+            a.on_trial_complete(tid, {"score": fake_score(space, done["candidate"])})
+    a.save(str(tmp_path / "searcher.pt"))
+    torch.load(tmp_path / "searcher.pt", weights_only=True)  # tensors and plain data only
+    b, _ = searcher(name)
+    b.restore(str(tmp_path / "searcher.pt"))
+    assert b.outstanding == a.outstanding and b.asked == a.asked
+    for s in (a, b):
+        for tid, c in configs.items():
+            s.on_trial_complete(tid, {"score": fake_score(space, c["candidate"])})
+    assert [a.suggest(f"n{i}") for i in range(3)] == [b.suggest(f"n{i}") for i in range(3)]
 
 
 def test_the_main_job_through_ray_tune_and_its_restore(tmp_path, monkeypatch):
+    # nsga2: Tune pickles the searcher (the agent and its Optuna study) into its experiment state
     pytest.importorskip("ray")
     monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "run"
-    args = ["--agent", "random", "--budget", "0.4flops", "--backend", "tune", "--workers", "2", "--trials", "4",
+    args = ["--agent", "nsga2", "--budget", "0.4flops", "--backend", "tune", "--workers", "2", "--trials", "4",
             "--baseline-epochs", "1", "--calib-batches", "2", "--batch-size", "32", "--eval-samples", "64",
             "--no-progress", "--quiet"]
     assert run_module.main([*args, "--out", str(out)]) == 0
