@@ -100,7 +100,7 @@ def standard_setting(name: str) -> Setting:
     """`resnet20`/`resnet56` (CIFAR, 32x32 input) or a torchvision model (64x64, no weights), at 0.4 x FLOPs."""
     torch.manual_seed(0)
     if name in ("resnet20", "resnet56"):
-        from search import cifar_resnet
+        from search.models import cifar_resnet
 
         return setting_of(name, getattr(cifar_resnet, name)(), torch.randn(1, 3, 32, 32))
     import torchvision

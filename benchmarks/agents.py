@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.setting import Setting  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.engine import Engine  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.engine.loop import Engine  # noqa: E402
 
 
 def trials_to_reach(trials, fraction: float = 0.99) -> int:

@@ -8,7 +8,7 @@ Each model is set up as `search.run` sets it up (`benchmarks.setting.Setting`: t
 hard digits, the prunable model, the cost model, the scorer, the warm start unless `--no-warm-start`);
 each agent searches `--trials` trials per seed with its default options (or those given as
 `name:key=value,...`). The best candidate (by held-out score, or with `--finalists K` the best of the
-top K after `search.finalists`' short fine-tune) is exported with the base weights and fine-tuned by
+top K after `search.selection.finalists`' short fine-tune) is exported with the base weights and fine-tuned by
 `search.finetune.finetune_module` (the report's recipe: `--finetune-epochs`, lr 0.05, seed 0), then tested.
 Printed per (model, budget, agent): median [min, max] over seeds of the best held-out score and of test
 top-1 after the fine-tune, each with "above random?" (the agent's median against random's median), the
@@ -35,11 +35,11 @@ import torch  # noqa: E402
 from benchmarks.agent_scaling import parse_agent  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import recalibrate, top1  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.engine import Engine  # noqa: E402
-from search.finalists import FinalistSettings, ShuffledBatches, run_finalists  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.engine.loop import Engine  # noqa: E402
+from search.selection.finalists import FinalistSettings, ShuffledBatches, run_finalists  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
-from search.training import evaluate  # noqa: E402
+from search.finetune.step import evaluate  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]

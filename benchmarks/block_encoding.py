@@ -26,10 +26,10 @@ import torch  # noqa: E402
 from agents import make_agent  # noqa: E402
 from evaluators.accuracy import AccuracyEvaluator, stack_batches  # noqa: E402
 from evaluators.cost import CostModel  # noqa: E402
-from search.baseline import trained_baseline  # noqa: E402
-from search.budget import parse_budget  # noqa: E402
-from search.engine import Engine  # noqa: E402
-from search.zoo import load_data, load_model  # noqa: E402
+from search.models.baseline import trained_baseline  # noqa: E402
+from search.engine.budget import parse_budget  # noqa: E402
+from search.engine.loop import Engine  # noqa: E402
+from search.models.zoo import load_data, load_model  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.space import BLOCK_ENCODINGS  # noqa: E402
 from spaces.warm_start import magnitude_candidate  # noqa: E402

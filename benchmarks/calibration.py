@@ -30,7 +30,7 @@ from scipy.stats import spearmanr  # noqa: E402
 
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import AccuracyEvaluator  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
 from spaces.records import Result, TrialState  # noqa: E402
 
 COUNTS = (1, 2, 4, 8, 16, 32)

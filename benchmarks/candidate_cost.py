@@ -40,8 +40,8 @@ from benchmarks.torch_pruning_peer import params as count_params  # noqa: E402
 from benchmarks.torch_pruning_peer import require as require_torch_pruning  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import recalibrate, top1  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.pipeline import Inputs  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.engine.pipeline import Inputs  # noqa: E402
 
 NUM_CLASSES = 1000
 TP_PARTS = ("deepcopy", "pruner_init", "step", "recalibrate_top1")

@@ -46,7 +46,7 @@ from torch import nn  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from evaluators.cost import CostModel  # noqa: E402
-from search.cifar_resnet import resnet20, resnet56  # noqa: E402
+from search.models.cifar_resnet import resnet20, resnet56  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.elastic import ElasticModel  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402

@@ -3,7 +3,7 @@
     python benchmarks/engine_overhead.py [--trials 2000] [--agent random] [--workers 0,2] [--budget 0.4flops]
 
 The default model (resnet20 on digits, untrained: only time matters), built through the pipeline's
-own stages (`benchmarks/setting.py`), searched by `search.engine.Engine` exactly as `search.run`
+own stages (`benchmarks/setting.py`), searched by `search.engine.loop.Engine` exactly as `search.run`
 does: journal on disk, progress bar on (written to stderr), the pipeline's agent with its warm start.
 `--workers 0` scores in this process (`LocalExecutor`); `--workers N` on N Ray actors of a local Ray
 started for the run and stopped after it (1 CPU and 1 torch thread each). The executor is built
@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from benchmarks.setting import Setting  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.engine import Engine, Journal  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.engine.loop import Engine, Journal  # noqa: E402
 
 PARTS = ("agent", "journal", "executor", "rest")
 

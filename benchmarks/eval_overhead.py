@@ -25,7 +25,7 @@ from torch import nn  # noqa: E402
 
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import AccuracyEvaluator  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 
 

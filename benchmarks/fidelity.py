@@ -38,8 +38,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import recalibrate  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.finalists import FinalistSettings, ShuffledBatches, score_module, short_finetune  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.selection.finalists import FinalistSettings, ShuffledBatches, score_module, short_finetune  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 from spaces.space import Candidate  # noqa: E402

@@ -5,21 +5,21 @@ does `--fill` or a finer width grid give a better model after the same fine-tune
                                    [--trials 60] [--finetune-epochs 1] [--quick]
 
 Each search (agent `--agent`, default tpe, on hard digits, seeded, warm-started as `search.run` does) yields
-its top 5 distinct candidates (`search.finalists.top_distinct`), ranked by the proxy (BN-recalibrated
+its top 5 distinct candidates (`search.selection.finalists.top_distinct`), ranked by the proxy (BN-recalibrated
 held-out top-1). Every one of the 5 is materialized with the base weights, recalibrated and fine-tuned
 with one recipe (`search.finetune.finetune_module`, `--finetune-epochs`, seed 0), and its test top-1
 after that is its truth, so that any rule that picks among the 5 is judged by the same truth:
 - proxy: the search's best (what is exported with `--finalists 0`);
 - bn_ce: the lowest held-out cross-entropy with the base weights (no training);
 - steps=S lr=L [kd] / R: each finalist trained S steps on the fit split (cosine from L; kd: distilled from the
-  base model's outputs instead of the labels), then ranked by `search.finalists.rank_finalists` (R: top1 or ce,
+  base model's outputs instead of the labels), then ranked by `search.selection.finalists.rank_finalists` (R: top1 or ce,
   held-out top-1 or cross-entropy after the steps; "+ proxy": plus the proxy's rank, ties in the proxy's order).
 Printed per rule: the truth of its pick, median [min, max] over searches, and wins/ties/losses against the
 proxy's pick. Separately, "extra steps": each of `--rules`' pick fine-tuned from the weights its steps left
 (what `search.run` exports) against the same candidate fine-tuned from the base weights.
 
 Fill and grid: uniform and the agent searched with the ten-ratio grid and with a finer one (`--fine-ratios`),
-each with and without `search.pipeline.Pipeline.fill` (the best candidates widened until the budget binds,
+each with and without `search.engine.pipeline.Pipeline.fill` (the best candidates widened until the budget binds,
 scored as extra trials); the proxy's pick of each is fine-tuned the same way. Printed: FLOPs ratio used and
 test top-1 after fine-tuning, median [min, max], and wins/ties/losses against ten ratios without fill.
 Every figure is printed by this script; nothing is timed (the seconds shown are for orientation only).
@@ -43,9 +43,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import recalibrate  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.engine import Engine  # noqa: E402
-from search.finalists import (Finalist, FinalistSettings, ShuffledBatches, held_out_loss, rank_finalists,  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.engine.loop import Engine  # noqa: E402
+from search.selection.finalists import (Finalist, FinalistSettings, ShuffledBatches, held_out_loss, rank_finalists,  # noqa: E402
                               score_module, short_finetune, top_distinct)
 from search.finetune import finetune_module  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
@@ -178,7 +178,7 @@ CHOSEN_RULE = rule_of(SearchConfig.finalist_steps, SearchConfig.finalist_lr, Sea
 
 def picks(pool: Pool) -> dict[str, int]:
     """Every rule's pick (an index into the pool): proxy, bn_ce, and each training under each of
-    `search.finalists.rank_finalists`' rankings."""
+    `search.selection.finalists.rank_finalists`' rankings."""
     chosen = {"proxy": 0, "bn_ce": max(range(len(pool.trials)), key=lambda i: (pool.signals["bn_ce"][i], -i))}
     trainings = dict.fromkeys(name.split(" / ")[0] for name in pool.signals if " / " in name)
     for training in trainings:

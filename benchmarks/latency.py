@@ -15,7 +15,7 @@ calibration timed it; pred ms: the table's prediction for it):
 - ratio err: median / worst |predicted ratio - measured ratio| / measured ratio (what relative budgets read);
 - abs err: the same of milliseconds (what absolute budgets read; it moves with the machine's load);
 - false-feasible at `--budget` x the base, before: subnets the table calls feasible that measure over it;
-  after: of those the final check (search.latency_check: 15 interleaved rounds against the base, 95%
+  after: of those the final check (search.selection.latency_check: 15 interleaved rounds against the base, 95%
   confidence) passes, how many the truth measures over. `kept` is how many the check passed. Each one the
   check passed and the truth measures over is printed below its row (both ratios); with `--ablation`, the
   table refitted on the same timings with fewer terms.
@@ -43,9 +43,9 @@ from scipy.stats import spearmanr  # noqa: E402
 from evaluators.latency import (fit_hinged, fit_remainder, measure_table, spread, time_call,  # noqa: E402
                                 with_hinge)
 from evaluators.latency_backends import compile_call  # noqa: E402
-from search.cifar_resnet import resnet20  # noqa: E402
-from search.latency_check import ROUNDS, time_against_base  # noqa: E402
-from search.training import resolve_device  # noqa: E402
+from search.models.cifar_resnet import resnet20  # noqa: E402
+from search.selection.latency_check import ROUNDS, time_against_base  # noqa: E402
+from search.finetune.step import resolve_device  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 

@@ -30,8 +30,8 @@ from torch.utils.data import DataLoader, Subset  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import top1  # noqa: E402
 from evaluators.pruningnet import PruningNet, PruningNetEvaluator, train_pruningnet  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.training import TrainConfig, train  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.finetune.step import TrainConfig, train  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 from spaces.sampling import feasible_sampler  # noqa: E402
 

@@ -35,9 +35,9 @@ from torch.utils.data import TensorDataset  # noqa: E402
 from benchmarks.calibration import candidate_list  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.racing import TopK  # noqa: E402
-from search.baseline import cache_dir, cache_key, trained_baseline  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.zoo import load_data, load_model  # noqa: E402
+from search.models.baseline import cache_dir, cache_key, trained_baseline  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.models.zoo import load_data, load_model  # noqa: E402
 
 DIGITS64 = "benchmarks.racing:digits64"
 

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import EvaluatorPayload, build_evaluator  # noqa: E402
 from evaluators.executors import LocalExecutor, RayExecutor  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
 
 
 def throughput(executor, candidates) -> float:

@@ -17,11 +17,11 @@ images), per FLOPs budget and seed:
   channel divisor a user would set to reach the target). FLOPs counted by our counter on every subnet.
 - **Ours**: what `search.run` exports by default for each agent: the search (`--trials`, warm-started from
   our global-magnitude candidate), then its best `finalists` candidates each trained `finalist_steps` SGD
-  steps (`search.finalists.run_finalists`), the first by the finalists' ranking exported with its weights.
+  steps (`search.selection.finalists.run_finalists`), the first by the finalists' ranking exported with its weights.
   MetaPruning scores with its PruningNet and exports base weights through the same finalists.
 - **Equal training**: every peer's subnet, and our global-magnitude start alone ("magnitude start", one
   trial), get the same SGD steps as our exported subnet had, with the same recipe and batches
-  (`search.finalists.train_finalist`: cosine from the finalists' lr, the fit split, seeded by the seed).
+  (`search.selection.finalists.train_finalist`: cosine from the finalists' lr, the fit split, seeded by the seed).
 - Then every subnet gets the same **common fine-tune** (`search.finetune.finetune_module`, N epochs, seeded
   by the seed) and is tested. Each row says the SGD steps and wall time its method spent before it.
 - Seed s drives our agent's search, the finalists' and the peers' steps (same batches) and the fine-tune;
@@ -61,12 +61,12 @@ from benchmarks.paired_bootstrap import median_margin  # noqa: E402
 from benchmarks.report_rows import Row, Settings, key, load, save  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from benchmarks.subnet_cache import SubnetCache  # noqa: E402
-from search.config import SearchConfig  # noqa: E402
-from search.engine import Engine  # noqa: E402
-from search.finalists import FinalistSettings, ShuffledBatches, run_finalists, train_finalist  # noqa: E402
+from search.engine.config import SearchConfig  # noqa: E402
+from search.engine.loop import Engine  # noqa: E402
+from search.selection.finalists import FinalistSettings, ShuffledBatches, run_finalists, train_finalist  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
-from search.pipeline import Pipeline  # noqa: E402
-from search.training import evaluate  # noqa: E402
+from search.engine.pipeline import Pipeline  # noqa: E402
+from search.finetune.step import evaluate  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 from spaces.warm_start import magnitude_candidate  # noqa: E402
 
@@ -235,7 +235,7 @@ def method_names(agents: list[str]) -> list[str]:
 
 
 def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], rows_path: Path,
-            bases: dict, cache: SubnetCache) -> None:
+            bases: dict, bases_path: Path, cache: SubnetCache) -> None:
     """Every row of the plan that `rows` lacks, saved as it is measured."""
     studies: dict[str, Study] = {}
     for step in args.plan:
@@ -250,6 +250,7 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                         log(f"{model}: baseline and scorer")
                         studies[model] = Study(model, args, settings)
                         bases[f"{settings.text()}|{model}"] = studies[model].base_record
+                        bases_path.write_text(json.dumps(bases, indent=1))
                     study = studies[model]
                     subnet_key = key(settings, model, step.budget, method, seed, None)
                     cached = cache.get(subnet_key)
@@ -680,8 +681,7 @@ def main() -> None:
         tp_peer.require()
         fastnas_peer.require()
         started = time.perf_counter()
-        measure(args, settings, rows, rows_path, bases, SubnetCache(args.cache))
-        bases_path.write_text(json.dumps(bases, indent=1))
+        measure(args, settings, rows, rows_path, bases, bases_path, SubnetCache(args.cache))
         log(f"measured in {(time.perf_counter() - started) / 60:.1f} min")
         args.budgets, args.finetune_epochs, args.seeds = [args.plan[0].budget], args.plan[0].epochs[0], \
             list(args.plan[0].seeds)
@@ -700,7 +700,7 @@ def main() -> None:
 
 def load_test(data: str):
     """The test set of `data` (for its size, which is part of every row's key)."""
-    from search.zoo import load_data
+    from search.models.zoo import load_data
 
     return load_data(data).test
 

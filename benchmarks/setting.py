@@ -5,7 +5,7 @@
     Engine(agent, setting.price, setting.budget("0.25flops"), setting.evaluator, trials=150).run()
 
 The base model (the cached baseline of a zoo model), the prunable model, the cost model and the scorer
-are built once, exactly as `search.run` builds them (`search.pipeline.Pipeline`); a benchmark that
+are built once, exactly as `search.run` builds them (`search.engine.pipeline.Pipeline`); a benchmark that
 compares budgets gets one pipeline per budget (`at`), sharing them, so its agents are the pipeline's
 own (warm start included unless the configuration turns it off).
 """
@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 
 from evaluators.accuracy import AccuracyEvaluator
 from evaluators.cost import CostModel
-from search.config import SearchConfig
-from search.engine import Price, memoized
-from search.pipeline import Inputs, Pipeline
+from search.engine.config import SearchConfig
+from search.engine.loop import Price, memoized
+from search.engine.pipeline import Inputs, Pipeline
 from spaces.budget import Budget
 from spaces.derive import PrunableModel
 

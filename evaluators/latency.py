@@ -39,7 +39,7 @@ machine was quieter or busier does not silently mislead an absolute budget (`12m
 the fit all but meets it (its calibration anchor), so what moved there is the machine; on a subnet the fit's
 own error would be taken for the machine's drift. Relative budgets
 (`0.5latency`) do not move with `scale`; what the exported subnet measures is checked at the end of a run
-(`search.latency_check`).
+(`search.selection.latency_check`).
 """
 from __future__ import annotations
 
@@ -288,7 +288,7 @@ class LatencyTable:
 
     def to_json(self) -> dict:
         """The table as it prices now: its timings, fit and re-anchoring `scale` (a run keeps its own copy, so
-        that a resumed run prices every candidate exactly as before; see `search.pipeline`)."""
+        that a resumed run prices every candidate exactly as before; see `search.engine.pipeline`)."""
         return {"meta": self.meta, "remainder": list(self.remainder), "scale": self.scale,
                 "layers": [asdict(g) for g in self.layers]}
 

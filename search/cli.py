@@ -18,8 +18,8 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from .errors import UserError
-from .versions import version_text
+from search.errors import UserError
+from search.engine.versions import version_text
 
 LOGGERS = ("search", "evaluators", "agents", "spaces")
 COMMANDS = {"run": "search.run", "finetune": "search.finetune", "export": "search.export"}

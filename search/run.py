@@ -13,12 +13,12 @@ import argparse
 
 from agents.registry import list_agents
 
-from .budget import GRAMMAR
-from .cli import ArgumentParser, configure_logging, given_options, guarded
-from .config import BLOCK_ENCODINGS, DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, FINALIST_RANKINGS, SCORERS, SearchConfig
-from .engine import Outcome
-from .pipeline import Pipeline, PruneResult
-from .versions import VersionAction
+from search.engine.budget import GRAMMAR
+from search.cli import ArgumentParser, configure_logging, given_options, guarded
+from search.engine.config import BLOCK_ENCODINGS, DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, FINALIST_RANKINGS, SCORERS, SearchConfig
+from search.engine.loop import Outcome
+from search.engine.pipeline import Pipeline, PruneResult
+from search.engine.versions import VersionAction
 
 RUNTIME = ("resume", "no_progress", "quiet", "explain")  # how this process runs, not what the run is
 

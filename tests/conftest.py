@@ -10,8 +10,8 @@ import torchvision
 from torch import nn
 
 from evaluators.cost import CostModel
-from search.cifar_mobilenet import mobilenetv2
-from search.cifar_resnet import resnet20, resnet56
+from search.models.cifar_mobilenet import mobilenetv2
+from search.models.cifar_resnet import resnet20, resnet56
 from spaces.budget import Budget, Limit
 from spaces.derive import PrunableModel, derive
 from spaces.space import SearchSpace

@@ -57,7 +57,7 @@ def test_agent_specs_parse_options():
 def test_setting_of_prices_a_derived_space_against_its_budget():
     import torch
 
-    from search.cifar_resnet import resnet20
+    from search.models.cifar_resnet import resnet20
 
     torch.manual_seed(0)
     made = scaling.setting_of("resnet20", resnet20(), torch.randn(1, 3, 32, 32), budget=0.5)

@@ -10,7 +10,7 @@ import torch
 from evaluators import latency
 from evaluators.latency import (LayerGrid, fit_hinged, fit_remainder, measure_latencies, measure_table,
                                 reachable_lengths, spread)
-from search.cifar_resnet import resnet20
+from search.models.cifar_resnet import resnet20
 from spaces.derive import derive
 from spaces.graph import ChannelGroup, Segment, TensorUse
 from spaces.materialize import materialize

@@ -13,7 +13,7 @@ from conftest import derived, setting
 from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, build_evaluator
 from evaluators.executors import RayExecutor
 from search import run as run_module
-from search.engine import Engine, Journal
+from search.engine.loop import Engine, Journal
 
 ray = pytest.importorskip("ray")
 FAST = ["--baseline-epochs", "1", "--trials", "12", "--calib-batches", "2", "--batch-size", "32",

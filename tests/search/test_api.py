@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from search import SearchConfig, prune
-from search.cifar_resnet import resnet20
+from search.models.cifar_resnet import resnet20
 from search.errors import UserError
 
 

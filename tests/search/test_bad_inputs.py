@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from search import run as run_module
-from search.records import RunDirectory
+from search.engine.records import RunDirectory
 
 FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
         "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2"]
@@ -47,7 +47,7 @@ def files(tmp_path, monkeypatch):
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
     (tmp_path / "bad_models.py").write_text(
         "import torch\n"
-        "from search.cifar_resnet import resnet20\n"
+        "from search.models.cifar_resnet import resnet20\n"
         "def raises(num_classes):\n    raise RuntimeError('factory exploded')\n"
         "def typeerror(num_classes):\n    return len(5)\n"
         "def untraceable(num_classes):\n"
@@ -195,7 +195,7 @@ def test_suite_counts_at_least_forty_cases():
 
 def test_trusted_pickled_model_loads_only_with_the_flag(files, capsys):
     tmp, marker = files
-    from search.cifar_resnet import resnet20
+    from search.models.cifar_resnet import resnet20
 
     torch.save(resnet20(num_classes=10, in_channels=1), tmp / "whole.pt")
     code = run_module.main([*FAST, *BASE, "--model", str(tmp / "whole.pt"), "--out", str(tmp / "r")])
@@ -264,7 +264,7 @@ def _enospc(*args, **kwargs):
 
 
 def test_disk_full_on_the_journal_is_one_line_and_resumable(tmp_path, capsys, monkeypatch):
-    from search.records import Journal
+    from search.engine.records import Journal
 
     out = tmp_path / "run"
     real, calls = Journal.append, []
@@ -286,7 +286,7 @@ def test_disk_full_on_the_journal_is_one_line_and_resumable(tmp_path, capsys, mo
 
 
 def test_disk_full_on_trials_csv_keeps_the_journal_and_no_half_file(tmp_path, capsys, monkeypatch):
-    from search import records
+    from search.engine import records
 
     out = tmp_path / "run"
     real = records.atomic_write

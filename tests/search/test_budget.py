@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from search.budget import parse_budget, parse_limit
+from search.engine.budget import parse_budget, parse_limit
 from search.errors import UserError
 
 

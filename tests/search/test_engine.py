@@ -9,7 +9,7 @@ import pytest
 from agents import make_agent
 from conftest import fake_score, setting
 from evaluators.executors import Scored
-from search.engine import Engine, Journal
+from search.engine.loop import Engine, Journal
 from search.errors import UserError
 from spaces.records import TrialState
 

@@ -11,7 +11,7 @@ from conftest import one_run
 from search.errors import UserError
 from search.export import ExportError, ExportResult, export, main, rebuild
 from search.finetune import finetune
-from search.zoo import load_model
+from search.models.zoo import load_model
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
 

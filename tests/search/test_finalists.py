@@ -10,10 +10,10 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from search import prune
-from search.cifar_resnet import resnet20
-from search.finalists import FINALISTS_FILE, Finalist, rank_finalists, score_module, top_distinct
-from search.pipeline import load_subnet
-from search.records import Trial
+from search.models.cifar_resnet import resnet20
+from search.selection.finalists import FINALISTS_FILE, Finalist, rank_finalists, score_module, top_distinct
+from search.engine.pipeline import load_subnet
+from search.engine.records import Trial
 from spaces.fill import fill
 from spaces.records import Result, TrialState
 from spaces.space import Candidate, Dimension, SearchSpace

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from conftest import one_run
-from search import finetune as ft
-from search.training import Distillation, distillation_loss
+from search.finetune import command as ft
+from search.finetune.step import Distillation, distillation_loss
 
 
 FAST = ["--baseline-epochs", "1", "--trials", "4", "--calib-batches", "2", "--batch-size", "32",
@@ -254,7 +254,7 @@ def test_a_missing_run_directory(tmp_path, capsys):
 
 
 def test_amp_trains_under_bfloat16_autocast():
-    from search.training import TrainConfig, make_optimizer, train_epoch
+    from search.finetune.step import TrainConfig, make_optimizer, train_epoch
 
     def run(amp):
         torch.manual_seed(0)

@@ -14,11 +14,11 @@ import torch
 from torch import nn
 
 from evaluators import latency
-from search import latency_check
+from search.selection import latency_check
 from search import run as run_module
-from search.latency_check import Interval, check_latency, median_interval
-from search.pipeline import Pipeline
-from search.records import Trial
+from search.selection.latency_check import Interval, check_latency, median_interval
+from search.engine.pipeline import Pipeline
+from search.engine.records import Trial
 from spaces.budget import Limit
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
@@ -252,7 +252,7 @@ class Tiny(nn.Module):
 def test_a_runtime_times_the_table_and_the_exported_best_runs_on_it(backend, cache, monkeypatch, tmp_path):
     pytest.importorskip(backend)
     from evaluators.latency_backends import run_once
-    from search.pipeline import prune
+    from search.engine.pipeline import prune
 
     monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)

@@ -14,9 +14,9 @@ from agents import make_agent
 from conftest import fake_score, setting
 from evaluators.racing import Estimate, RaceRule
 from search import prune
-from search.cifar_resnet import resnet20
-from search.engine import Engine, Journal, Referee
-from search.records import Trial, best_trial, trials_frame
+from search.models.cifar_resnet import resnet20
+from search.engine.loop import Engine, Journal, Referee
+from search.engine.records import Trial, best_trial, trials_frame
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
 
@@ -158,7 +158,7 @@ def test_racing_is_off_with_a_user_score_and_the_log_says_so_once(tmp_path):
         def emit(self, record):
             self.messages.append(record.getMessage())
 
-    logger, keep = logging.getLogger("search.pipeline"), Keep()
+    logger, keep = logging.getLogger("search.engine.pipeline"), Keep()
     level = logger.level
     logger.addHandler(keep)
     logger.setLevel(logging.INFO)

@@ -13,7 +13,7 @@ from search import run as run_module
 from search.export import rebuild
 from search.finetune import finetune
 from search.finetune import main as finetune_main
-from search.zoo import load_data, load_model
+from search.models.zoo import load_data, load_model
 
 FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
         "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2"]
@@ -320,7 +320,7 @@ def test_metapruning_options_are_checked(tmp_path, capsys):
 
 
 def test_the_search_starts_from_global_magnitude_pruning_unless_told_not_to(tmp_path):
-    from search.engine import Journal
+    from search.engine.loop import Journal
 
     code, out = search(tmp_path, "--trials", "3")
     assert code == 0

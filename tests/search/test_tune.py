@@ -9,7 +9,7 @@ from ray.tune.search import Searcher
 from agents import list_agents, make_agent
 from conftest import fake_score, setting
 from search import run as run_module
-from search.tune import AgentSearcher
+from search.engine.tune import AgentSearcher
 
 
 def searcher(name, **options):

@@ -1,4 +1,4 @@
-"""search.zoo: data and model specs, weights loading, and the UserError for every mistake."""
+"""search.models.zoo: data and model specs, weights loading, and the UserError for every mistake."""
 from __future__ import annotations
 
 import pickle
@@ -11,9 +11,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from search.cifar_resnet import resnet20
+from search.models.cifar_resnet import resnet20
 from search.errors import UserError
-from search.zoo import cache_dir, list_models, load_data, load_model, model_key
+from search.models.zoo import cache_dir, list_models, load_data, load_model, model_key
 
 DIGITS = {"num_classes": 10, "input_shape": (1, 8, 8)}
 

@@ -11,7 +11,7 @@ from torchvision.ops import StochasticDepth
 from agents import list_agents, make_agent
 from conftest import assert_close, assert_exact, fake_score
 from evaluators.cost import CostModel
-from search.engine import Engine, Journal
+from search.engine.loop import Engine, Journal
 from spaces import DEPTH, KEEP, SearchSpace
 from spaces.budget import Budget, Limit
 from spaces.derive import derive
@@ -218,7 +218,7 @@ def test_a_subnet_without_some_blocks_keeps_the_stochastic_depth_of_the_others()
 
 @pytest.mark.parametrize("agent", sorted(list_agents()))
 def test_agents_search_a_depth_space_and_resume_it(agent, tmp_path):
-    from search.cifar_resnet import resnet20
+    from search.models.cifar_resnet import resnet20
 
     torch.manual_seed(0)
     prunable = derive(resnet20().eval(), torch.randn(1, 3, 32, 32), block_encoding="depth")

@@ -5,7 +5,7 @@ import torch
 
 from conftest import derived
 from evaluators.cost import CostModel
-from search.cifar_resnet import resnet20
+from search.models.cifar_resnet import resnet20
 from spaces.derive import derive
 from spaces.warm_start import magnitude_candidate
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import UserError
-from .finetune import RAY_DIR, STATE_FILE, Recipe, fit, write_outputs
-from .zoo import DataBundle
+from search.errors import UserError
+from search.finetune.command import RAY_DIR, STATE_FILE, Recipe, fit, write_outputs
+from search.models.zoo import DataBundle
 
 log = logging.getLogger("search.finetune")
 RETRIES = 2  # times a failed worker group is restarted from the last checkpoint

@@ -30,8 +30,8 @@ from spaces.files import atomic_write
 from spaces.records import Result
 from spaces.space import Candidate
 
-from .engine import Referee
-from .records import Trial
+from search.engine.loop import Referee
+from search.engine.records import Trial
 
 _EVALUATORS: dict[str, AccuracyEvaluator] = {}  # per worker process: built once, reused by its trials
 

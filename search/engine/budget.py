@@ -15,7 +15,7 @@ from collections.abc import Iterable
 
 from spaces.budget import Budget, Limit
 
-from .errors import UserError
+from search.errors import UserError
 
 GRAMMAR = ("<ratio>flops | <ratio>params | <n>mflops | <n>gflops | <n>kflops | <n>m | <n>k (params) | "
            "<n>ms | <ratio>latency   e.g. 0.4flops, 300mflops, 1.2m")

@@ -4,7 +4,7 @@ exported subnet is picked by accuracy after training, not by the proxy alone.
 A BN-recalibrated score ranks candidates by what their inherited weights do today; the user keeps the
 model after fine-tuning. After the search, the top `count` distinct scored candidates are materialized
 with the weights that will be exported (the base model's, or MetaPruning's PruningNet's), trained for
-`steps` SGD steps (cosine from `lr` to 0, the shared training step of `search.training`), recalibrated
+`steps` SGD steps (cosine from `lr` to 0, the shared training step of `search.finetune.step`), recalibrated
 on the calibration batches and scored on the held-out batches again. They are ranked (`rank`, measured in
 `benchmarks/finalists.py`) by default by the sum of two ranks: their held-out cross-entropy after the steps,
 and the proxy's order (ties keep the proxy's order); `"score"` ranks by the held-out score after the steps
@@ -38,9 +38,9 @@ from torch.utils.data import DataLoader
 from evaluators.accuracy import recalibrate, top1
 from spaces.space import Candidate
 
-from .config import FINALIST_RANKINGS as RANKINGS
-from .records import Trial
-from .training import Distillation, TrainConfig, make_optimizer, train_epoch
+from search.engine.config import FINALIST_RANKINGS as RANKINGS
+from search.engine.records import Trial
+from search.finetune.step import Distillation, TrainConfig, make_optimizer, train_epoch
 
 log = logging.getLogger(__name__)
 

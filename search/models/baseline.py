@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Subset
 
-from .records import atomic_write
-from .training import TrainConfig, evaluate, train
-from .zoo import DataBundle, cache_dir
+from search.engine.records import atomic_write
+from search.finetune.step import TrainConfig, evaluate, train
+from search.models.zoo import DataBundle, cache_dir
 
 log = logging.getLogger(__name__)
 

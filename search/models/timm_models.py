@@ -6,7 +6,7 @@ from typing import Any
 
 from torch import nn
 
-from .errors import UserError
+from search.errors import UserError
 
 FORM = "timm:NAME or timm:NAME?key=value&key=value (values are Python literals: 0.1, True, 'avg', (3, 3))"
 

@@ -24,7 +24,7 @@ from spaces.files import atomic_write  # noqa: F401 (where the run directory's w
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
 
-from .errors import UserError
+from search.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -34,13 +34,13 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from .errors import UserError
-from .records import (BEST_STATE_FILE, FINETUNE_CSV, FINETUNED_MODEL_FILE, FINETUNED_STATE_FILE,
+from search.errors import UserError
+from search.engine.records import (BEST_STATE_FILE, FINETUNE_CSV, FINETUNED_MODEL_FILE, FINETUNED_STATE_FILE,
                       RunDirectory, atomic_write)
-from .cli import ArgumentParser, configure_logging, guarded
-from .config import SearchConfig
-from .training import Distillation, TrainConfig, evaluate, make_optimizer, train_epoch
-from .zoo import DataBundle, load_data, safe_load
+from search.cli import ArgumentParser, configure_logging, guarded
+from search.engine.config import SearchConfig
+from search.finetune.step import Distillation, TrainConfig, evaluate, make_optimizer, train_epoch
+from search.models.zoo import DataBundle, load_data, safe_load
 
 log = logging.getLogger("search.finetune")
 
@@ -186,8 +186,8 @@ def finetune_module(model: nn.Module, data: DataBundle, *, epochs: int = 30, lr:
 # ---------------------------------------------------------------- loading, safely
 
 def load_subnet(run_dir: str | Path, trust_pickle: bool = False, *, num_classes: int | None = None) -> nn.Module:
-    """The run's exported subnet, without running code from the run directory (`search.pipeline.load_subnet`)."""
-    from .pipeline import load_subnet as load
+    """The run's exported subnet, without running code from the run directory (`search.engine.pipeline.load_subnet`)."""
+    from search.engine.pipeline import load_subnet as load
 
     return load(run_dir, trust_pickle=trust_pickle, num_classes=num_classes)
 
@@ -209,7 +209,7 @@ def load_teacher(args: dict, data: DataBundle, device: torch.device, trust_pickl
                  progress: bool = False) -> nn.Module | None:
     """The run's trained base model, as the search used it (zoo model + --weights, or the cached baseline),
     in eval mode without grads; None when the run searched an untrained model."""
-    from .pipeline import ZOO_MODELS, base_model
+    from search.engine.pipeline import ZOO_MODELS, base_model
 
     config = run_config(args)
     config.trust_pickle = config.trust_pickle or trust_pickle
@@ -315,7 +315,7 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
                    kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay)
     run = RunDirectory.open(str(run_dir))
     _check_writable(run.path)
-    from .pipeline import device_of
+    from search.engine.pipeline import device_of
 
     dev = device_of(device)
     info = run.read()
@@ -353,7 +353,7 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     if start is not None and start["epoch"] >= recipe.epochs:
         state = start  # nothing left to train
     elif workers or ray_address:
-        from .finetune_ray import fit_on_ray
+        from search.finetune.on_ray import fit_on_ray
 
         state = fit_on_ray(model, data, recipe, teacher=teacher, start=start, workers=max(1, workers),
                            address=ray_address, use_gpu=dev.type == "cuda", run_path=run.path, stop_after=stop_after,
@@ -458,6 +458,3 @@ def _report(args: argparse.Namespace, result: FinetuneResult) -> int:
           f"after {result.epochs} epochs {result.test_top1:.4f}{resumed}\nsaved {result.path}")
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

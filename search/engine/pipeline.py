@@ -8,8 +8,8 @@ here. Everything that can be checked is checked before the run directory is crea
 leaves nothing behind; once it exists, `run.json` holds the configuration and `--resume` continues.
 
 Two ways in:
-- from names (`Pipeline(config)`): the data and the model come from the zoo (`search.zoo`), a zoo
-  model without weights is trained once and cached (`search.baseline`), the test set reports the result;
+- from names (`Pipeline(config)`): the data and the model come from the zoo (`search.models.zoo`), a zoo
+  model without weights is trained once and cached (`search.models.baseline`), the test set reports the result;
 - from objects (`Pipeline(config, inputs=Inputs(...))`): the user's model, calibration batches,
   held-out batches and score function (`prune`), with no data set or zoo involved.
 """
@@ -38,14 +38,14 @@ from spaces.budget import Budget
 from spaces.derive import PrunableModel, derive
 from spaces.materialize import materialize
 
-from .budget import parse_budget
-from .cli import first_line
-from .config import SearchConfig
-from .engine import Engine, Outcome, memoized
-from .errors import UserError
-from .records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, LATENCY_TABLE_FILE, RunDirectory, Trial, best_trial
-from .training import evaluate, resolve_device
-from .versions import moved, versions
+from search.engine.budget import parse_budget
+from search.cli import first_line
+from search.engine.config import SearchConfig
+from search.engine.loop import Engine, Outcome, memoized
+from search.errors import UserError
+from search.engine.records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, LATENCY_TABLE_FILE, RunDirectory, Trial, best_trial
+from search.finetune.step import evaluate, resolve_device
+from search.engine.versions import moved, versions
 
 log = logging.getLogger(__name__)
 ZOO_MODELS = ("resnet20", "resnet56", "mobilenetv2")
@@ -160,8 +160,8 @@ class Pipeline:
         """The model, an example input, cached calibration and held-out batches (from the zoo's names)."""
         if self.inputs is not None:
             return self.inputs
-        from .baseline import trained_baseline
-        from .zoo import load_data, load_model
+        from search.models.baseline import trained_baseline
+        from search.models.zoo import load_data, load_model
 
         c = self.config
         data = load_data(c.data, held_out=c.held_out_size, seed=c.seed)
@@ -209,7 +209,7 @@ class Pipeline:
             from evaluators.latency import measure_table
             from evaluators.latency_backends import BackendError
 
-            from .zoo import cache_dir
+            from search.models.zoo import cache_dir
 
             shape = tuple(self.inputs.example.shape[1:])
             table = self._own_latency_table(prunable, shape)
@@ -374,7 +374,7 @@ class Pipeline:
     def _run_tune(self, agent: Agent, price, evaluator: AccuracyEvaluator) -> Outcome:
         from evaluators.executors import init_ray
 
-        from .tune import AgentSearcher, run_tune
+        from search.engine.tune import AgentSearcher, run_tune
 
         c = self.config
         try:
@@ -497,8 +497,8 @@ class Pipeline:
         not journaled (a resumed run fills again at its end)."""
         from spaces.fill import fill
 
-        from .engine import Referee
-        from .finalists import top_distinct
+        from search.engine.loop import Referee
+        from search.selection.finalists import top_distinct
 
         referee = Referee(price, self.budget)
         for trial in trials:
@@ -533,7 +533,7 @@ class Pipeline:
     def _finalist_batches(self):
         """What finalists train on: labelled batches (the zoo's fit split, or `prune(train=...)`), else the
         calibration inputs distilled from the base model when its output is a logits matrix, else None."""
-        from .finalists import ShuffledBatches, distilled_batches, loader_batches
+        from search.selection.finalists import ShuffledBatches, distilled_batches, loader_batches
 
         inputs, c = self.inputs, self.config
         if inputs.data is not None:
@@ -550,8 +550,8 @@ class Pipeline:
     def finalists(self, prunable: PrunableModel, trials: list[Trial], evaluator: AccuracyEvaluator,
                   pruningnet=None) -> list:
         """The top `--finalists` candidates, fine-tuned briefly and scored again, best first (see
-        `search.finalists`); [] when the proxy's pick stands (no finalists, or nothing they could change)."""
-        from .finalists import FinalistSettings, run_finalists
+        `search.selection.finalists`); [] when the proxy's pick stands (no finalists, or nothing they could change)."""
+        from search.selection.finalists import FinalistSettings, run_finalists
 
         c = self.config
         rescore = c.scorer_name == "pruningnet" and c.export_weights == "base"  # the proxy scored other weights
@@ -570,7 +570,7 @@ class Pipeline:
         if steps and (c.workers or c.ray_address):  # the finalists train at once, one per Ray worker
             from evaluators.executors import init_ray
 
-            from .finalists import ray_parallel
+            from search.selection.finalists import ray_parallel
 
             started = init_ray(c.ray_address, num_cpus=max(c.workers, 1) * c.cpus_per_worker)
             parallel = ray_parallel(c.cpus_per_worker, c.gpus_per_worker)
@@ -606,8 +606,8 @@ class Pipeline:
         return {t.number: ms for t, ms in zip(chosen, measured)}
 
     def _check_latency(self, prunable, ranked: list[Trial], table):
-        """The final check (search.latency_check): `ranked` (best first) timed against the base until one fits."""
-        from .latency_check import check_latency
+        """The final check (search.selection.latency_check): `ranked` (best first) timed against the base until one fits."""
+        from search.selection.latency_check import check_latency
 
         return check_latency(ranked, lambda t: materialize(prunable, t.candidate),
                              materialize(prunable, prunable.space.full()), self.budget.limits,
@@ -618,14 +618,14 @@ class Pipeline:
     def _finish(self, prunable, outcome: Outcome, evaluator: AccuracyEvaluator, base, base_score, seconds,
                 table=None, pruningnet=None) -> PruneResult:
         """Pick what is exported (finalists, then the latency check), export it and write the records."""
-        from .finalists import FINALISTS_FILE, finalists_frame, score_module
+        from search.selection.finalists import FINALISTS_FILE, finalists_frame, score_module
 
         c, run_dir, inputs = self.config, self.run_dir, self.inputs
         measured = self._measure_latencies(prunable, outcome, table) if table is not None else {}
         finalists = self.finalists(prunable, outcome.trials, evaluator, pruningnet) if outcome.best else []
         best, check = (finalists[0].trial if finalists else outcome.best), None
         if table is not None and best is not None:
-            from .latency_check import ranked_trials
+            from search.selection.latency_check import ranked_trials
 
             # the finalists in their order, then every other scored trial by score: the first that fits is exported
             first = [f.trial for f in finalists]
@@ -699,7 +699,7 @@ class Pipeline:
 
     def _summary(self, outcome, frame, base, base_score, record, measured, counts, seconds, best=None,
                  check=None) -> str:
-        from .latency_check import summary_lines
+        from search.selection.latency_check import summary_lines
 
         metric = "score" if self.inputs.score else "held-out"
         test = self.inputs.base_test
@@ -750,9 +750,9 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
     untrained one of the run's model name is enough (`model` overrides it; `num_classes`, the data's, saves
     reading the data). A run with only the pickled `best.pt` / `finetuned.pt` needs `trust_pickle=True`.
     """
-    from .export import rebuild
-    from .records import FINETUNED_MODEL_FILE, FINETUNED_STATE_FILE
-    from .zoo import load_data, load_model, safe_load
+    from search.export.command import rebuild
+    from search.engine.records import FINETUNED_MODEL_FILE, FINETUNED_STATE_FILE
+    from search.models.zoo import load_data, load_model, safe_load
 
     run = RunDirectory.open(str(run_dir))
     state_name, pickle_name = ((FINETUNED_STATE_FILE, FINETUNED_MODEL_FILE) if finetuned

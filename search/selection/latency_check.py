@@ -28,7 +28,7 @@ from torch import nn
 from evaluators.latency import measure_rounds
 from spaces.budget import Limit
 
-from .records import Trial
+from search.engine.records import Trial
 
 CONFIDENCE = 0.95     # two-sided, of each interval; a limit holds when the interval's upper end is within it
 ROUNDS = 15           # interleaved rounds per candidate (15: the 4th and 12th of 15 samples bound the median, 96.5%)

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from .errors import UserError
+from search.errors import UserError
 
 DEFAULT_TRIALS = 200
 DEFAULT_RATIOS_TEXT = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
@@ -32,14 +32,14 @@ RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "g
 SCORERS = ("base", "pruningnet")
 BACKENDS = ("actors", "tune")
 BLOCK_ENCODINGS = ("flags", "depth")
-#: how finalists are ordered after their short fine-tune (`search.finalists`; benchmarks/finalists.py measured them)
+#: how finalists are ordered after their short fine-tune (`search.selection.finalists`; benchmarks/finalists.py measured them)
 FINALIST_RANKINGS = ("ce+proxy", "score+proxy", "ce", "score")
 
 
 @dataclass
 class SearchConfig:
     agent: str = ""
-    budget: list[str] = field(default_factory=list)      # repeatable limits, all must hold (search.budget)
+    budget: list[str] = field(default_factory=list)      # repeatable limits, all must hold (search.engine.budget)
     model: str = "resnet20"
     weights: str | None = None
     data: str = "digits"

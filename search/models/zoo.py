@@ -21,7 +21,7 @@ from torchvision import transforms as T
 from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.vision import StandardTransform, VisionDataset
 
-from search import cifar_mobilenet, cifar_resnet
+from search.models import cifar_mobilenet, cifar_resnet
 from search.errors import UserError
 
 DATA_FORMS = "digits, cifar10:DIR, imagefolder:DIR[@SIZE], package.module:factory"
@@ -227,7 +227,7 @@ def _build_model(spec: str, num_classes: int, input_shape: tuple[int, int, int],
     if spec.startswith("torchvision:"):
         return _torchvision_model(spec.removeprefix("torchvision:"), num_classes, input_shape[0])
     if spec.startswith("timm:"):
-        from .timm_models import load_timm
+        from search.models.timm_models import load_timm
 
         return _must_be_module(_call(lambda: load_timm(spec.removeprefix("timm:"), num_classes, input_shape[0]),
                                      f"model {spec}"), spec)

@@ -52,8 +52,8 @@ from spaces.derive import derive
 from spaces.files import staged
 from spaces.materialize import materialize
 
-from .errors import UserError
-from .records import BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, RUN_FILE, RunDirectory
+from search.errors import UserError
+from search.engine.records import BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, RUN_FILE, RunDirectory
 
 log = logging.getLogger("search.export")
 
@@ -303,7 +303,7 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
     if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
         raise UserError(f"{run.path / BEST_FILE} has no valid input_shape (got {shape!r})")
     path = _target(run, source, format, out)
-    from .pipeline import load_subnet
+    from search.engine.pipeline import load_subnet
 
     model = load_subnet(run.path, finetuned=finetuned, trust_pickle=trust_pickle)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -386,7 +386,7 @@ def _report(result: ExportResult, best_json: Path | None = None) -> list[str]:
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    from .cli import ArgumentParser
+    from search.cli import ArgumentParser
 
     p = ArgumentParser(prog="python -m search.export", description=__doc__.split("\n\n")[0])
     p.add_argument("run_dir", help="a run directory written by python -m search.run")
@@ -433,6 +433,3 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(_report(result, Path(args.run_dir) / BEST_FILE)))
     return 0
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -32,8 +32,8 @@ from spaces.budget import Budget
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
 
-from .errors import UserError
-from .records import Journal, Trial, best_trial
+from search.errors import UserError
+from search.engine.records import Journal, Trial, best_trial
 
 __all__ = ["Engine", "Journal", "Outcome", "Referee", "Trial", "best_trial", "memoized"]
 

@@ -1,0 +1,4 @@
+"""`python -m search.finetune RUN_DIR`: see `search.finetune.command`."""
+from search.finetune.command import main
+
+raise SystemExit(main())
