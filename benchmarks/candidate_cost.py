@@ -41,7 +41,7 @@ from benchmarks.torch_pruning_peer import require as require_torch_pruning  # no
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.accuracy import recalibrate, top1  # noqa: E402
 from search.engine.config import SearchConfig  # noqa: E402
-from search.engine.pipeline import Inputs  # noqa: E402
+from search.models.inputs import Inputs  # noqa: E402
 
 NUM_CLASSES = 1000
 TP_PARTS = ("deepcopy", "pruner_init", "step", "recalibrate_top1")

@@ -17,7 +17,8 @@ from evaluators.accuracy import AccuracyEvaluator
 from evaluators.cost import CostModel
 from search.engine.config import SearchConfig
 from search.engine.loop import Price, memoized
-from search.engine.pipeline import Inputs, Pipeline
+from search.engine.pipeline import Pipeline
+from search.models.inputs import Inputs
 from spaces.budget import Budget
 from spaces.derive import PrunableModel
 

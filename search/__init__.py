@@ -11,19 +11,13 @@
 
 The names below load on first use, so `import search` stays cheap.
 """
-from importlib import import_module
+from search.lazy import lazy_getattr
 
 _LAZY = {
-    "prune": "engine.pipeline", "Pipeline": "engine.pipeline", "PruneResult": "engine.pipeline",
-    "Inputs": "engine.pipeline", "SearchConfig": "engine.config", "UserError": "errors", "rebuild": "export",
+    "prune": "engine.api", "Pipeline": "engine.pipeline", "PruneResult": "engine.pipeline",
+    "Inputs": "models.inputs", "SearchConfig": "engine.config", "UserError": "errors", "rebuild": "export",
 }
 
 __all__ = list(_LAZY)
 
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        value = getattr(import_module(f".{_LAZY[name]}", __name__), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'search' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

@@ -18,7 +18,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.engine.versions import version_text
 
 LOGGERS = ("search", "evaluators", "agents", "spaces")
@@ -74,11 +74,6 @@ def configure_logging(quiet: bool = False) -> None:
         logger.setLevel(logging.WARNING if quiet else logging.INFO)
         logger.propagate = False
     logging.getLogger("ray").setLevel(logging.ERROR if quiet else logging.WARNING)
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def guarded(run: Callable[[], int]) -> int:

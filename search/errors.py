@@ -1,5 +1,14 @@
-"""`UserError`: a mistake in what the user asked for. The CLI prints its message on one line, exits 2."""
+"""`UserError`, a mistake in what the user asked for (the CLI prints it on one line, exits 2), and `first_line`."""
 
 
 class UserError(Exception):
     """Bad flags, missing files, impossible budgets: said in one line, no traceback."""
+
+
+def first_line(error: BaseException, *, typed: bool = False) -> str:
+    """An exception's message on one line (its first), for one-line errors; `typed`: prefixed by its type."""
+    text = str(error).strip()
+    line = text.splitlines()[0] if text else ""
+    if typed:
+        return f"{type(error).__name__}: {line}".rstrip(": ")
+    return line or type(error).__name__

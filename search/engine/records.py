@@ -15,10 +15,12 @@ import re
 import shutil
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from typing import Any
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+from torch import nn
 
 from spaces.files import atomic_write  # noqa: F401 (where the run directory's writers import it from)
 from spaces.records import Result, TrialState
@@ -64,6 +66,21 @@ def best_trial(trials: Sequence[Trial]) -> Trial | None:
     done = [t for t in trials if t.result.ok]
     return max(done, key=lambda t: (not t.result.raced, t.result.score, -t.result.costs.get("flops", 0), -t.number),
                default=None)
+
+
+@dataclass
+class PruneResult:
+    """What a search gives back (`prune`, `Pipeline.run`)."""
+
+    subnet: nn.Module | None        # a real nn.Module, BN recalibrated (None if nothing was scored)
+    best: Trial | None              # the best trial: candidate, score, costs
+    trials: pd.DataFrame            # the same columns as trials.csv
+    run_dir: Path
+    base: dict[str, float]          # the base model's costs and scores
+    interrupted: bool = False
+    summary: str = ""
+    record: dict[str, Any] = field(default_factory=dict)   # best.json
+    finalists: pd.DataFrame | None = None                  # finalists.csv (None when picked by the proxy alone)
 
 
 class Journal:

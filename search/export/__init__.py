@@ -1,5 +1,12 @@
-"""Export: a run's subnet rebuilt from `best.json` on its base model, written as pt2 / TorchScript / ONNX / a
-state dict and checked against the elastic model (`python -m search.export RUN_DIR`)."""
-from search.export.command import ExportError, ExportResult, export, main, rebuild
+"""Export: a run's subnet rebuilt from `best.json` on its base model (`rebuild`), written as pt2 / TorchScript /
+ONNX / a state dict and checked against the PyTorch subnet (`command`, `python -m search.export RUN_DIR`).
 
-__all__ = ["ExportError", "ExportResult", "export", "main", "rebuild"]
+The public names load on first use (`from search.export import rebuild`)."""
+from search.lazy import lazy_getattr
+
+_LAZY = {**{name: "command" for name in ("ExportError", "ExportResult", "export", "main")},
+         **{name: "rebuild" for name in ("base_model", "load_subnet", "rebuild")}}
+
+__all__ = list(_LAZY)
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

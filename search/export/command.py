@@ -36,7 +36,6 @@ import contextlib
 import copy
 import importlib
 import inspect
-import json
 import logging
 import sys
 import warnings
@@ -48,11 +47,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from spaces.derive import derive
 from spaces.files import staged
-from spaces.materialize import materialize
 
-from search.errors import UserError
+from search.errors import UserError, first_line
+from search.export.rebuild import load_subnet
 from search.engine.records import BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, RUN_FILE, RunDirectory
 
 log = logging.getLogger("search.export")
@@ -61,27 +59,6 @@ SUFFIXES = {"pt": ".pt2", "torchscript": ".torchscript.pt", "onnx": ".onnx", "st
 FORMATS = tuple(SUFFIXES)
 ONNX_EXTRA = 'pip install "prunesearch[onnx]"'
 RTOL = 1e-4  # allowed max abs difference, relative to the largest absolute output
-
-
-def rebuild(best: str | Path | Mapping, base_model: nn.Module) -> nn.Module:
-    """The subnet of `best` (a best.json path or its contents) cut from `base_model` (reordered in place).
-
-    Its BatchNorm statistics are the base model's: recalibrate or fine-tune before use.
-    """
-    record = json.loads(Path(best).read_text()) if isinstance(best, (str, Path)) else best
-    try:
-        options, shape, candidate = record["derive"], record["input_shape"], record["candidate"]
-    except KeyError as missing:
-        raise UserError(f"not a best.json record: no {missing}") from None
-    base_model.eval()
-    prunable = derive(base_model, torch.zeros(1, *shape), ratios=tuple(options["ratios"]),
-                      round_to=options["round_to"], importance=options.get("importance", "l1"),
-                      removable_blocks=options.get("removable_blocks", True),
-                      block_encoding=options.get("block_encoding", "flags"))
-    try:
-        return materialize(prunable, candidate)
-    except ValueError as error:
-        raise UserError(f"best.json does not fit this base model: {error}") from None
 
 
 @dataclass
@@ -126,11 +103,6 @@ def _quiet() -> Iterator[None]:
         torch_log.setLevel(level)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return f"{type(error).__name__}: {text.splitlines()[0] if text else ''}".rstrip(": ")
-
-
 def _note(notes: list[str], message: str) -> None:
     notes.append(message)
     log.warning(message)
@@ -162,7 +134,7 @@ def _with_dynamic_batch(export: Callable[[Any], Any], batch: int, notes: list[st
             with _quiet():
                 return export(({0: torch.export.Dim("batch")},)), True
         except Exception as error:  # noqa: BLE001 - any exporter failure: retry with a fixed batch
-            reason = f"{what} could not make the batch axis dynamic ({_first_line(error)})"
+            reason = f"{what} could not make the batch axis dynamic ({first_line(error, typed=True)})"
     else:
         reason = "torch.export specializes a batch of 1; use --batch 2 or more for a dynamic batch axis"
     with _quiet():
@@ -190,7 +162,7 @@ def _export_torchscript(model: nn.Module, example: torch.Tensor, path: Path, not
         with _quiet():
             scripted, dynamic = torch.jit.script(model), True
     except Exception as error:  # noqa: BLE001 - TorchScript rejects much Python; tracing is the fallback
-        _note(notes, f"torch.jit.script failed ({_first_line(error)}); traced instead: control flow that "
+        _note(notes, f"torch.jit.script failed ({first_line(error, typed=True)}); traced instead: control flow that "
                      f"depends on the input is frozen to the example's path, and only batch {len(example)} "
                      f"is checked")
         with _quiet():
@@ -303,7 +275,6 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
     if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
         raise UserError(f"{run.path / BEST_FILE} has no valid input_shape (got {shape!r})")
     path = _target(run, source, format, out)
-    from search.engine.pipeline import load_subnet
 
     model = load_subnet(run.path, finetuned=finetuned, trust_pickle=trust_pickle)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
@@ -315,7 +286,7 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
         raise
     except Exception as error:  # the subnet itself does not run on the example
         raise ExportError(f"{source.name} does not run on a batch of shape {tuple(example.shape)}: "
-                          f"{_first_line(error)}") from error
+                          f"{first_line(error, typed=True)}") from error
 
     notes: list[str] = []
     try:  # written beside `path` and moved into place whole: a failed export leaves no half-written file
@@ -333,7 +304,7 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
     except (UserError, ExportError):
         raise
     except Exception as error:  # the exporter's own failure, said in one line
-        raise ExportError(f"{format} export of {source.name} failed: {_first_line(error)}") from error
+        raise ExportError(f"{format} export of {source.name} failed: {first_line(error, typed=True)}") from error
 
     result = ExportResult(path, format, None, False, None, dynamic, source, notes)
     if load is None:
@@ -355,7 +326,7 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
     except ExportError:
         raise
     except Exception as error:  # loading or running the artifact failed
-        raise ExportError(f"{path} ({format}) was written but does not load or run: {_first_line(error)}",
+        raise ExportError(f"{path} ({format}) was written but does not load or run: {first_line(error, typed=True)}",
                           result) from error
     result.max_abs_diff, result.compared, result.output_scale = diff, True, scale
     tolerance = RTOL * (scale + 1e-6)

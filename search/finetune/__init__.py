@@ -1,5 +1,12 @@
 """Training and fine-tuning: the one training step (`step`), the fine-tune of a run's subnet (`command`,
-`python -m search.finetune RUN_DIR`) and the same loop on Ray Train (`on_ray`)."""
-from search.finetune.command import FinetuneResult, Recipe, finetune, finetune_module, fit, main
+`python -m search.finetune RUN_DIR`) and the same loop on Ray Train (`on_ray`).
 
-__all__ = ["FinetuneResult", "Recipe", "finetune", "finetune_module", "fit", "main"]
+The public names load on first use (`from search.finetune import finetune`), so that importing the
+training step alone does not import the fine-tune's command line and what it needs."""
+from search.lazy import lazy_getattr
+
+_LAZY = {name: "command" for name in ("FinetuneResult", "Recipe", "finetune", "finetune_module", "fit", "main")}
+
+__all__ = list(_LAZY)
+
+__getattr__ = lazy_getattr(__name__, _LAZY, globals())

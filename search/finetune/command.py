@@ -39,8 +39,9 @@ from search.engine.records import (BEST_STATE_FILE, FINETUNE_CSV, FINETUNED_MODE
                       RunDirectory, atomic_write)
 from search.cli import ArgumentParser, configure_logging, guarded
 from search.engine.config import SearchConfig
-from search.finetune.step import Distillation, TrainConfig, evaluate, make_optimizer, train_epoch
-from search.models.zoo import DataBundle, load_data, safe_load
+from search.export.rebuild import base_model, load_subnet
+from search.finetune.step import Distillation, TrainConfig, device_of, evaluate, make_optimizer, train_epoch
+from search.models.zoo import ZOO_MODELS, DataBundle, load_data, safe_load
 
 log = logging.getLogger("search.finetune")
 
@@ -185,13 +186,6 @@ def finetune_module(model: nn.Module, data: DataBundle, *, epochs: int = 30, lr:
 
 # ---------------------------------------------------------------- loading, safely
 
-def load_subnet(run_dir: str | Path, trust_pickle: bool = False, *, num_classes: int | None = None) -> nn.Module:
-    """The run's exported subnet, without running code from the run directory (`search.engine.pipeline.load_subnet`)."""
-    from search.engine.pipeline import load_subnet as load
-
-    return load(run_dir, trust_pickle=trust_pickle, num_classes=num_classes)
-
-
 def run_config(args: dict) -> SearchConfig:
     """The run's configuration (run.json's args): its data, split, seed and model."""
     try:
@@ -209,7 +203,6 @@ def load_teacher(args: dict, data: DataBundle, device: torch.device, trust_pickl
                  progress: bool = False) -> nn.Module | None:
     """The run's trained base model, as the search used it (zoo model + --weights, or the cached baseline),
     in eval mode without grads; None when the run searched an untrained model."""
-    from search.engine.pipeline import ZOO_MODELS, base_model
 
     config = run_config(args)
     config.trust_pickle = config.trust_pickle or trust_pickle
@@ -315,13 +308,12 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
                    kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay)
     run = RunDirectory.open(str(run_dir))
     _check_writable(run.path)
-    from search.engine.pipeline import device_of
 
     dev = device_of(device)
     info = run.read()
     args = info.get("args", {})
     data = _run_data(args)
-    model = load_subnet(run.path, trust_pickle, num_classes=data.num_classes)
+    model = load_subnet(run.path, trust_pickle=trust_pickle, num_classes=data.num_classes)
     recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size or args.get("batch_size", 64),
                     seed=args.get("seed", 0) if seed is None else seed, distill=distill,
                     kd_temperature=kd_temperature, kd_alpha=kd_alpha,

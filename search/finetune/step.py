@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from search.errors import UserError, first_line
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -134,3 +136,15 @@ def train(model: nn.Module, loader: DataLoader, config: TrainConfig, *, device: 
         if on_epoch is not None:
             on_epoch(epoch + 1, record["loss"], record["train_top1"])
     return history
+
+
+def device_of(name: str) -> torch.device:
+    """The device `name` (auto, cpu, cuda, cuda:1, ...), checked usable; else a UserError."""
+    try:
+        device = resolve_device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, ValueError, AssertionError) as error:
+        raise UserError(f"cannot use --device {name}: {first_line(error)}") from None
+    if device.type not in ("cpu", "cuda", "mps", "xpu"):
+        raise UserError(f"cannot use --device {name}: the search runs on cpu or cuda")
+    return device

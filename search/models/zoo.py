@@ -22,12 +22,13 @@ from torchvision.datasets import CIFAR10, ImageFolder
 from torchvision.datasets.vision import StandardTransform, VisionDataset
 
 from search.models import cifar_mobilenet, cifar_resnet
-from search.errors import UserError
+from search.errors import UserError, first_line
 
 DATA_FORMS = "digits, cifar10:DIR, imagefolder:DIR[@SIZE], package.module:factory"
 MODEL_FORMS = "resnet20, resnet56, mobilenetv2, torchvision:NAME, package.module:factory, PATH.pt"
 ZOO: dict[str, Callable[..., nn.Module]] = {"resnet20": cifar_resnet.resnet20, "resnet56": cifar_resnet.resnet56,
                                             "mobilenetv2": cifar_mobilenet.mobilenetv2}
+ZOO_MODELS = tuple(ZOO)  # this package's own models: trained once on the data and cached when given no weights
 CHECKPOINT_KEYS = ("state_dict", "model", "model_state_dict")
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -132,7 +133,7 @@ def _cifar10(root: Path) -> _Source:
         train = _LocalCIFAR10(str(root), train=True, transform=train_tf)
         test = _LocalCIFAR10(str(root), train=False, transform=eval_tf)
     except Exception as e:
-        raise UserError(f"cannot read CIFAR-10 from {folder}: {_first_line(e)}") from None
+        raise UserError(f"cannot read CIFAR-10 from {folder}: {first_line(e)}") from None
     return _Source("cifar10", train, _retransformed(train, eval_tf), test, len(train.classes), CIFAR_MEAN, CIFAR_STD)
 
 
@@ -153,7 +154,7 @@ def _imagefolder(rest: str) -> _Source:
         train = ImageFolder(str(root / "train"), transform=train_tf, loader=_read_image)
         test = ImageFolder(str(root / "val"), transform=eval_tf, loader=_read_image)
     except OSError as e:
-        raise UserError(f"cannot read imagefolder {root}: {_first_line(e)}") from None
+        raise UserError(f"cannot read imagefolder {root}: {first_line(e)}") from None
     if test.classes != train.classes:
         odd = sorted(set(train.classes) ^ set(test.classes))
         raise UserError(f"imagefolder {root}: val/ and train/ have different classes; "
@@ -169,7 +170,7 @@ def _read_image(path: str):
     try:
         return default_loader(path)
     except Exception as e:  # noqa: BLE001 - truncated or not an image at all
-        raise UserError(f"cannot read image {path}: {_first_line(e)} (remove or replace the file)") from None
+        raise UserError(f"cannot read image {path}: {first_line(e)} (remove or replace the file)") from None
 
 
 def _retransformed(dataset: VisionDataset, transform: Callable) -> VisionDataset:
@@ -194,7 +195,7 @@ def _data_factory(spec: str) -> _Source:
         labels = [int(train[i][1]) for i in range(len(train))]
     except Exception as e:  # noqa: BLE001 - a user's dataset: one line
         raise UserError(f"data factory {spec}: cannot read an integer label from every training sample "
-                        f"({_first_line(e)})") from None
+                        f"({first_line(e)})") from None
     if min(labels) < 0:
         raise UserError(f"data factory {spec}: labels must be class indices 0..C-1, found {min(labels)}")
     num_classes = 1 + max(labels)
@@ -305,7 +306,7 @@ def _dry_run(model: nn.Module, spec: str, num_classes: int, input_shape: tuple[i
             out = model.eval()(torch.zeros(1, *input_shape))
     except Exception as e:
         raise UserError(f"model {spec} does not accept inputs of shape {tuple(input_shape)} from the data: "
-                        f"{_first_line(e)}") from None
+                        f"{first_line(e)}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
         got = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise UserError(f"model {spec} outputs {got} for one input; the data needs (1, {num_classes}) "
@@ -336,7 +337,7 @@ def _import_factory(spec: str, forms: str) -> Callable[..., Any]:
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # noqa: BLE001 - ImportError, a SyntaxError or any error raised while importing
-        raise UserError(f"{spec!r}: cannot import module {module_name!r} ({_first_line(e)}); "
+        raise UserError(f"{spec!r}: cannot import module {module_name!r} ({first_line(e)}); "
                         f"valid forms: {forms}") from None
     factory = getattr(module, attr, None)
     if not callable(factory):
@@ -355,7 +356,7 @@ def safe_load(path: str | Path, what: str, *, weights_only: bool = True) -> Any:
         if weights_only and "weights_only" in str(e).lower().replace(" ", "_"):
             raise UserError(f"cannot load {what} {path}: it holds Python objects beyond tensors, which "
                             f"weights_only=True refuses (loading them could run code from the file)") from None
-        raise UserError(f"cannot load {what} {path}: {_first_line(e)}") from None
+        raise UserError(f"cannot load {what} {path}: {first_line(e)}") from None
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -376,12 +377,7 @@ def _call(fn: Callable[[], Any], what: str) -> Any:
     except UserError:
         raise
     except Exception as e:  # noqa: BLE001 - the user's code: its failure is theirs to read, in one line
-        raise UserError(f"{what} failed: {type(e).__name__}: {_first_line(e)}") from None
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+        raise UserError(f"{what} failed: {type(e).__name__}: {first_line(e)}") from None
 
 
 def _few(names: list[str], n: int = 3) -> str:

@@ -26,21 +26,25 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Subset
 
-from evaluators.accuracy import recalibrate, top1
+from evaluators.accuracy import AccuracyEvaluator, recalibrate, top1
+from spaces.derive import PrunableModel
 from spaces.space import Candidate
 
 from search.engine.config import FINALIST_RANKINGS as RANKINGS
 from search.engine.records import Trial
 from search.finetune.step import Distillation, TrainConfig, make_optimizer, train_epoch
+
+if TYPE_CHECKING:
+    from search.engine.pipeline import Pipeline
 
 log = logging.getLogger(__name__)
 
@@ -263,3 +267,62 @@ def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float], expor
              "seconds": round(f.seconds, 3), "exported": f.trial is exported} for i, f in enumerate(finalists)]
     return pd.DataFrame(rows, columns=["rank", "trial", "proxy_score", "finalist_score", "finalist_ce", "steps",
                                        "flops_ratio", "params_ratio", "seconds", "exported"])
+
+
+# ---------------------------------------------------------------- the stage in a run
+def finalist_batches(pipeline: Pipeline):
+    """What finalists train on: labelled batches (the zoo's fit split, or `prune(train=...)`), else the
+    calibration inputs distilled from the base model when its output is a logits matrix, else None."""
+    inputs, c = pipeline.inputs, pipeline.config
+    if inputs.data is not None:
+        return ShuffledBatches(Subset(inputs.data.train, inputs.data.fit.tolist()), c.batch_size), None
+    if inputs.train is not None:
+        return loader_batches(inputs.train), None
+    teacher = inputs.model.to(pipeline.device).eval()
+    with torch.no_grad():
+        out = teacher(inputs.calibration[0][:2])
+    if isinstance(out, torch.Tensor) and out.dim() == 2:
+        return distilled_batches(inputs.calibration, teacher), teacher
+    return None, None
+
+
+def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Trial], evaluator: AccuracyEvaluator,
+                   pruningnet=None) -> list[Finalist]:
+    """The top `--finalists` candidates, fine-tuned briefly and scored again, best first (see
+    `search.selection.finalists`); [] when the proxy's pick stands (no finalists, or nothing they could change)."""
+    c = pipeline.config
+    rescore = c.scorer_name == "pruningnet" and c.export_weights == "base"  # the proxy scored other weights
+    batches, teacher = finalist_batches(pipeline) if c.finalists and c.finalist_steps else (None, None)
+    steps = c.finalist_steps if batches is not None else 0
+    if not c.finalists or (steps == 0 and not rescore):
+        if c.finalists and c.finalist_steps:
+            log.info("finalists skipped: no labelled training batches, and the model's output is not a "
+                     "logits matrix to distil (pass prune(train=...) to fine-tune finalists)")
+        return []
+    settings = FinalistSettings(count=c.finalists, steps=steps, lr=c.finalist_lr, seed=c.seed,
+                                rank=c.finalist_rank)
+    log.info("finalists: the best %d candidates, %d fine-tuning steps each, scored again on held-out",
+             c.finalists, steps)
+    parallel, started = None, False
+    if steps and (c.workers or c.ray_address):  # the finalists train at once, one per Ray worker
+        from evaluators.executors import init_ray
+
+        started = init_ray(c.ray_address, num_cpus=max(c.workers, 1) * c.cpus_per_worker)
+        parallel = ray_parallel(c.cpus_per_worker, c.gpus_per_worker)
+        log.info("finalists: trained as Ray tasks (%g CPU, %g GPU each)", c.cpus_per_worker, c.gpus_per_worker)
+    try:
+        ranked = run_finalists(trials, settings, build=pipeline.build(prunable, pruningnet), batches=batches,
+                               calibration=evaluator.calibration, held_out=evaluator.held_out,
+                               metric=evaluator.metric, teacher=teacher, device=pipeline.device,
+                               progress=log.info, parallel=parallel)
+    finally:
+        if started:
+            import ray
+
+            ray.shutdown()
+    for finalist in ranked:
+        finalist.module.to(pipeline.device)
+    if not ranked or not np.isfinite(ranked[0].score):
+        log.warning("no finalist scored a finite value after fine-tuning: exporting the proxy's best as it is")
+        return []
+    return ranked

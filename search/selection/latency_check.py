@@ -21,14 +21,22 @@ import math
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 import torch
 from torch import nn
 
-from evaluators.latency import measure_rounds
+from evaluators.latency import measure_latencies, measure_rounds
 from spaces.budget import Limit
+from spaces.materialize import materialize
 
 from search.engine.records import Trial
+
+if TYPE_CHECKING:
+    from search.engine.loop import Outcome
+    from search.engine.pipeline import Pipeline
 
 CONFIDENCE = 0.95     # two-sided, of each interval; a limit holds when the interval's upper end is within it
 ROUNDS = 15           # interleaved rounds per candidate (15: the 4th and 12th of 15 samples bound the median, 96.5%)
@@ -205,3 +213,24 @@ def summary_lines(check: LatencyCheck, batch: int) -> list[str]:
         lines.append(f"         {len(check.skipped)} better-scored candidate(s) measured over the budget and skipped: "
                      + ", ".join(f"trial {s.trial} x{s.ratio.text()}" for s in check.skipped))
     return lines
+
+
+# ---------------------------------------------------------------- the stage in a run
+def measure_sample(pipeline: Pipeline, prunable, outcome: Outcome, table) -> dict[int, float]:
+    """Honesty: a seeded sample of 20 scored trials, measured directly (ms; the best is the final check's)."""
+    scored = [t for t in outcome.trials if t.result.ok]
+    rng = np.random.default_rng(pipeline.config.seed)
+    chosen = [scored[i] for i in rng.choice(len(scored), size=min(20, len(scored)), replace=False)] if scored else []
+    measured = measure_latencies([materialize(prunable, t.candidate) for t in chosen], table.meta["input_shape"],
+                                 batch=pipeline.config.latency_batch, device=pipeline.device,
+                                 backend=table.backend) if chosen else []
+    return {t.number: ms for t, ms in zip(chosen, measured)}
+
+
+def check_ranked(pipeline: Pipeline, prunable, ranked: list[Trial], table):
+    """The final check (search.selection.latency_check): `ranked` (best first) timed against the base until one fits."""
+    return check_latency(ranked, lambda t: materialize(prunable, t.candidate),
+                         materialize(prunable, prunable.space.full()), pipeline.budget.limits,
+                         input_shape=table.meta["input_shape"], base_predicted_ms=table.base_ms,
+                         batch=pipeline.config.latency_batch, device=pipeline.device, backend=table.backend,
+                         predict=lambda t: table.predict(t.candidate))

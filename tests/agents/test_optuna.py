@@ -100,7 +100,7 @@ def test_tpe_models_every_dimension_jointly_after_its_startup_trials():
 
 
 def test_tpe_sees_its_recent_and_best_trials_only():
-    from agents._optuna import _REPR_TAKES_STUDY, BEST_KEPT
+    from agents._optuna import BEST_KEPT
 
     agent = drive_tpe(BEST_KEPT + 30, history=20, startup_trials=10)
     study = agent.study

@@ -252,7 +252,7 @@ class Tiny(nn.Module):
 def test_a_runtime_times_the_table_and_the_exported_best_runs_on_it(backend, cache, monkeypatch, tmp_path):
     pytest.importorskip(backend)
     from evaluators.latency_backends import run_once
-    from search.engine.pipeline import prune
+    from search.engine.api import prune
 
     monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)

@@ -1,0 +1,104 @@
+"""The Python API: `prune(model, budget, calibration=..., held_out=...)`, a search on the user's own objects.
+
+It builds the same `Pipeline` from a `SearchConfig` as `python -m search.run` does; what differs is where
+the model and the batches come from (the user's iterables, checked and cached here, not the zoo's names).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from search.engine.config import SearchConfig
+from search.engine.pipeline import Pipeline, PruneResult
+from search.engine.records import RunDirectory
+from search.errors import UserError
+from search.finetune.step import device_of
+from search.models.inputs import Inputs
+
+log = logging.getLogger(__name__)
+
+
+def batches_of(items: Iterable, limit: int, *, labelled: bool, what: str) -> list:
+    """The first batches of `items` (tensors, or (x, y, ...) tuples) holding up to `limit` samples."""
+    out, seen = [], 0
+    for item in items:
+        if isinstance(item, torch.Tensor):
+            if labelled:
+                raise UserError(f"{what} must yield (inputs, labels) batches, got bare tensors")
+            x, y = item, None
+        elif isinstance(item, (tuple, list)) and item and isinstance(item[0], torch.Tensor):
+            x, y = item[0], (item[1] if len(item) > 1 else None)
+        elif isinstance(item, Mapping) and isinstance(item.get("image", item.get("x")), torch.Tensor):
+            x, y = item.get("image", item.get("x")), item.get("label", item.get("y"))
+        else:
+            raise UserError(f"{what} must yield tensors or (inputs, labels) batches, got {type(item).__name__}")
+        if x.dim() < 2:
+            raise UserError(f"{what}: a batch needs a batch axis, got shape {tuple(x.shape)}")
+        x = x[:limit - seen]
+        if labelled:
+            if not isinstance(y, torch.Tensor):
+                raise UserError(f"{what} must yield (inputs, labels) batches with tensor labels")
+            out.append((x, y[:len(x)]))
+        else:
+            out.append(x)
+        seen += len(x)
+        if seen >= limit:
+            break
+    if not out:
+        raise UserError(f"{what} gave no batches")
+    return out
+
+
+def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "random", trials: int = 200, *,
+          calibration: Iterable, held_out: Iterable | None = None, score: Callable[[nn.Module], float] | None = None,
+          train: Iterable | None = None, example_input: torch.Tensor | None = None, workers: int = 0, out: str | Path | None = None,
+          seed: int = 0, device: str = "auto", progress: bool = True, resume: bool = False,
+          **options: Any) -> PruneResult:
+    """Search a pruned architecture of `model` under `budget` with the user's own data; see the README.
+
+    `calibration`: any iterable of input batches (or (x, y) batches): BatchNorm is recalibrated on its first
+    `calib_batches` (2) batches for every candidate. `score`: f(model) -> float, higher is better, called on
+    the model already set to the candidate and recalibrated, in eval mode (errors are failed trials);
+    default: top-1 on `held_out`, an iterable of (x, y) batches (its first `eval_samples`, 1024, samples).
+    `train`: labelled (x, y) batches (e.g. the training loader) the finalists fine-tune on; without it
+    they are distilled from the model's outputs on the calibration batches (`finalists=0` turns them off).
+    `options`: any other `SearchConfig` field (e.g. `width_ratios="0.25,0.5,0.75,1"`, `food_sources=8`).
+    Returns a `PruneResult`: `.subnet` (a real module), `.best`, `.trials` (a DataFrame), `.run_dir`.
+    The user's model is not modified (the search works on a copy). `resume=True` continues the run in
+    `out` (same model, data and options; nothing scored is scored again).
+    """
+    if not isinstance(model, nn.Module):
+        raise UserError(f"prune() needs a torch.nn.Module, got {type(model).__name__}")
+    if score is None and held_out is None:
+        raise UserError("prune() needs held_out batches (scored by top-1) or a score function")
+    config = SearchConfig(agent=agent, budget=[budget] if isinstance(budget, str) else list(budget), trials=trials,
+                          workers=workers, out=None if out is None else str(out), seed=seed, device=device,
+                          model="<module>", data="<iterables>", **options).validate()
+    dev = device_of(config.device)
+    calib = [x.to(dev) for x in batches_of(calibration, config.calib_batches * config.batch_size, labelled=False,
+                                           what="calibration")]
+    held = ([(x.to(dev), y.to(dev)) for x, y in batches_of(held_out, config.eval_samples, labelled=True,
+                                                           what="held_out")] if held_out is not None else [])
+    example = (example_input if example_input is not None else calib[0][:1]).detach().cpu()
+    if example.dim() < 2 or example.shape[0] != 1:
+        example = example[:1]
+    torch.manual_seed(seed)
+    inputs = Inputs(model=copy.deepcopy(model).cpu().eval(), example=example, calibration=calib, held_out=held,
+                    score=score, name=type(model).__name__, train=train)
+    run_dir = None
+    if resume:
+        if out is None:
+            raise UserError("prune(resume=True) needs the run's out= folder")
+        run_dir = RunDirectory.open(str(out))
+        saved = run_dir.read().get("args") or {}
+        config = SearchConfig.from_json(saved).resumed(config.to_json())  # refuses what would change the run
+    pipeline = Pipeline(config, inputs=inputs, run_dir=run_dir, progress=progress)
+    result = pipeline.run()
+    log.info("%s", result.summary)
+    return result

@@ -1,0 +1,136 @@
+"""The end of a run: the finalists and the latency check pick what is exported; the export, best.json, the
+trials table and plot, run.json's status and the printed summary are written here."""
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evaluators.accuracy import AccuracyEvaluator
+
+from search.engine.loop import Outcome
+from search.engine.records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, PruneResult
+from search.errors import UserError, first_line
+from search.finetune.step import evaluate
+from search.selection.finalists import FINALISTS_FILE, finalists_frame, pick_finalists, score_module
+from search.selection.latency_check import check_ranked, measure_sample, ranked_trials, summary_lines
+
+if TYPE_CHECKING:
+    from search.engine.pipeline import Pipeline
+
+log = logging.getLogger(__name__)
+
+
+def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEvaluator, base, base_score, seconds,
+           table=None, pruningnet=None) -> PruneResult:
+    """Pick what is exported (finalists, then the latency check), export it and write the records."""
+    c, run_dir, inputs = pipeline.config, pipeline.run_dir, pipeline.inputs
+    measured = measure_sample(pipeline, prunable, outcome, table) if table is not None else {}
+    finalists = pick_finalists(pipeline, prunable, outcome.trials, evaluator, pruningnet) if outcome.best else []
+    best, check = (finalists[0].trial if finalists else outcome.best), None
+    if table is not None and best is not None:
+        # the finalists in their order, then every other scored trial by score: the first that fits is exported
+        first = [f.trial for f in finalists]
+        ranked = first + [t for t in ranked_trials(outcome.trials) if all(t is not f for f in first)]
+        check = check_ranked(pipeline, prunable, ranked, table)
+        measured.update({m.trial: m.ms.median for m in check.measurements})
+        best = check.chosen
+    frame = run_dir.write_trials(outcome.trials, base, measured)
+    chosen_frame = finalists_frame(finalists, base, best) if finalists else None
+    if chosen_frame is not None:
+        run_dir.write_table(FINALISTS_FILE, chosen_frame)
+    if check is not None:
+        run_dir.update_run(latency_check=check.to_json())
+        if check.chosen is None:
+            run_dir.update_run(status="over the latency budget", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            raise UserError(check.failure(run_dir.path))
+    exported = next((f for f in finalists if f.trial is best), None)
+    record: dict[str, Any] = {}
+    subnet = None
+    if best is not None:
+        if exported is not None:  # trained, recalibrated and scored already
+            subnet, exported_score = exported.module, exported.score
+        else:
+            subnet = evaluator.recalibrated(pipeline.build(prunable, pruningnet)(best.candidate))
+            exported_score = score_module(subnet, evaluator.held_out, evaluator.metric)
+        for f in finalists:
+            if f is not exported:
+                f.module = None
+        subnet.eval()
+        test_top1 = evaluate(subnet, inputs.test, pipeline.device) if inputs.test is not None else None
+        run_dir.save_model(BEST_STATE_FILE, {k: v.detach().cpu() for k, v in subnet.state_dict().items()})
+        try:
+            run_dir.save_model(BEST_MODEL_FILE, subnet.cpu())
+        except Exception as error:  # noqa: BLE001 - the pickle is a convenience; best.json + state dict suffice
+            log.warning("best.pt not written (the subnet does not pickle: %s); rebuild it from best.json and "
+                        "%s", first_line(error), BEST_STATE_FILE)
+        subnet.to(pipeline.device)
+        steps = exported.steps if exported is not None else 0
+        record = {
+            "model": c.model, "weights": c.weights, "data": c.data, "seed": c.seed,
+            "derive": {**c.derive_options(), "importance": "l2"},
+            "input_shape": list(inputs.example.shape[1:]),
+            "trial": best.number, "candidate": best.candidate.to_dict(),
+            "held_out_top1": exported_score, "search_score": best.result.score,
+            "selected_by": (f"finalists ({len(finalists)}, {steps} steps each)" if exported is not None
+                            else "search score") + (", then the latency check" if check is not None else ""),
+            "export_weights": c.export_weights, "finetuned_steps": steps,
+            "test_top1": test_top1, "costs": dict(best.result.costs),
+            "ratios": {k: best.result.costs[k] / base[k] for k in base},
+            "summary": prunable.describe(best.candidate), "state_dict": BEST_STATE_FILE,
+        }
+        if check is not None:
+            m = check.measurement
+            record["latency"] = {**m.to_json(), "backend": check.backend, "batch": c.latency_batch,
+                                 "budget": check.budget, "skipped": [s.to_json() for s in check.skipped]}
+        run_dir.write(BEST_FILE, record)
+    run_dir.write_pareto(frame)
+    run_dir.plot(frame, caps=pipeline.budget.caps, base=base, best=best,
+                 title=f"{inputs.name} / {c.data if inputs.data is not None else 'user data'}: {c.agent}, "
+                       f"budget {pipeline.budget}")
+    counts = frame.state.value_counts().to_dict()
+    run_dir.update_run(status="interrupted" if outcome.interrupted else "complete",
+                       finished=time.strftime("%Y-%m-%d %H:%M:%S"), search_seconds=round(seconds, 2),
+                       trials=len(outcome.trials), states=counts, best=record and {
+                           k: record[k] for k in ("trial", "held_out_top1", "search_score", "test_top1",
+                                                  "ratios")})
+    summary = summary_text(pipeline, outcome, frame, base, base_score, record, measured, counts, seconds, best, check)
+    return PruneResult(subnet, best, frame, run_dir.path, {**base, "held_out": base_score,
+                                                          "test": inputs.base_test},
+                       outcome.interrupted, summary, record, chosen_frame)
+
+
+def summary_text(pipeline: Pipeline, outcome, frame, base, base_score, record, measured, counts, seconds, best=None,
+             check=None) -> str:
+    metric = "score" if pipeline.inputs.score else "held-out"
+    test = pipeline.inputs.base_test
+    lines = [f"base : {base['flops'] / 1e6:9.3f} MFLOPs  {base['params'] / 1e6:7.4f} M params  "
+             f"{metric} {base_score:.4f}" + (f"  test {test:.4f}" if test is not None else "")]
+    if record:
+        r = record["ratios"]
+        tested = f"  test {record['test_top1']:.4f}" if record["test_top1"] is not None else ""
+        steps = record["finetuned_steps"]
+        how = (f"after {steps} fine-tuning steps; search score {best.result.score:.4f}, picked by "
+               f"{record['selected_by']}" if steps else "before fine-tuning" +
+               (f"; search score {best.result.score:.4f}" if record["selected_by"] != "search score" or
+                abs(record["held_out_top1"] - best.result.score) > 1e-9 else ""))
+        lines.append(f"best : {best.result.costs['flops'] / 1e6:9.3f} MFLOPs  {best.result.costs['params'] / 1e6:7.4f}"
+                     f" M params  {metric} {record['held_out_top1']:.4f}{tested}  (FLOPs x{r['flops']:.3f}, params "
+                     f"x{r['params']:.3f}, trial {best.number}, {how})")
+    else:
+        lines.append("best : none scored")
+    lines.append(f"trials: {len(outcome.trials)} ({', '.join(f'{v} {k}' for k, v in counts.items())}) in "
+                 f"{seconds:.1f} s{' - interrupted' if outcome.interrupted else ''}"
+                 f"{' - the agent had nothing more to propose' if outcome.finished_early else ''}")
+    if check is not None:
+        lines += summary_lines(check, pipeline.config.latency_batch)
+    if measured:
+        errors = [abs(frame.set_index("trial").latency_ms[n] - ms) / ms for n, ms in measured.items()]
+        lines.append(f"         predictor error over {len(errors)} trials measured directly: median "
+                     f"{100 * float(np.median(errors)):.1f}%, worst {100 * max(errors):.1f}%")
+    lines.append(f"run  : {pipeline.run_dir.path}")
+    if record and pipeline.inputs.data is not None:
+        lines.append(f"next : python -m search.finetune {pipeline.run_dir.path}")
+    return "\n".join(lines)

@@ -1,0 +1,105 @@
+"""A run's subnet as a module again: `rebuild` (best.json on a base model), `base_model`, `load_subnet`.
+
+`best.json` is the record that survives code and pickle changes: the base model's spec, how its space was
+derived, and the chosen candidate. Deriving again on the same base weights gives the same channel ranking,
+so the same candidate materializes the same subnet; its weights come from the state dict beside it.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from spaces.derive import derive
+from spaces.materialize import materialize
+
+from search.engine.config import SearchConfig
+from search.engine.records import (BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, FINETUNED_MODEL_FILE,
+                                   FINETUNED_STATE_FILE, RunDirectory)
+from search.errors import UserError, first_line
+from search.models.inputs import zoo_inputs
+from search.models.zoo import load_data, load_model, safe_load
+
+
+def rebuild(best: str | Path | Mapping, base_model: nn.Module) -> nn.Module:
+    """The subnet of `best` (a best.json path or its contents) cut from `base_model` (reordered in place).
+
+    Its BatchNorm statistics are the base model's: recalibrate or fine-tune before use.
+    """
+    record = json.loads(Path(best).read_text()) if isinstance(best, (str, Path)) else best
+    try:
+        options, shape, candidate = record["derive"], record["input_shape"], record["candidate"]
+    except KeyError as missing:
+        raise UserError(f"not a best.json record: no {missing}") from None
+    base_model.eval()
+    prunable = derive(base_model, torch.zeros(1, *shape), ratios=tuple(options["ratios"]),
+                      round_to=options["round_to"], importance=options.get("importance", "l1"),
+                      removable_blocks=options.get("removable_blocks", True),
+                      block_encoding=options.get("block_encoding", "flags"))
+    try:
+        return materialize(prunable, candidate)
+    except ValueError as error:
+        raise UserError(f"best.json does not fit this base model: {error}") from None
+
+
+def base_model(config: SearchConfig, *, progress: bool = False) -> nn.Module:
+    """A run's base model, rebuilt from its configuration: the zoo name and weights, or the cached baseline."""
+    if config.model == "<module>":
+        raise UserError("this run was searched from Python (search.prune) with the user's own model object: "
+                        "rebuild its subnet with search.export.rebuild(best.json, model)")
+    return zoo_inputs(config, torch.device("cpu"), progress=progress).model
+
+
+def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: bool = False,
+                num_classes: int | None = None, model: nn.Module | None = None) -> nn.Module:
+    """A run's exported subnet (or fine-tuned one), without unpickling code.
+
+    Rebuilt from `best.json` (the architecture) and the state dict beside it (`weights_only=True`; it holds
+    every weight and BatchNorm statistic of the subnet), so the base model only lends its structure: an
+    untrained one of the run's model name is enough (`model` overrides it; `num_classes`, the data's, saves
+    reading the data). A run with only the pickled `best.pt` / `finetuned.pt` needs `trust_pickle=True`.
+    """
+    run = RunDirectory.open(str(run_dir))
+    state_name, pickle_name = ((FINETUNED_STATE_FILE, FINETUNED_MODEL_FILE) if finetuned
+                               else (BEST_STATE_FILE, BEST_MODEL_FILE))
+    if (run.path / state_name).is_file() and (run.path / BEST_FILE).is_file():
+        state = safe_load(run.path / state_name, "subnet weights")
+        if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+            raise UserError(f"{run.path / state_name} is not a state dict (name -> tensor)")
+        best = run.read(BEST_FILE)
+        if model is None:
+            config = SearchConfig.from_json(run.read().get("args", {}))
+            if config.model == "<module>":
+                raise UserError("this run was searched from Python (search.prune) with the user's own model "
+                                "object: pass it as load_subnet(..., model=...)")
+            if num_classes is None:
+                num_classes = load_data(config.data, held_out=config.held_out_size, seed=config.seed).num_classes
+            torch.manual_seed(config.seed)
+            model = load_model(config.model, num_classes=num_classes, input_shape=tuple(best["input_shape"]),
+                               trust_pickle=trust_pickle)
+        subnet = rebuild(best, copy.deepcopy(model))
+        try:
+            subnet.load_state_dict(state, strict=True)
+        except RuntimeError as error:
+            raise UserError(f"{run.path / state_name} does not fit the subnet of best.json: "
+                            f"{first_line(error)}") from None
+        return subnet.eval()
+    if not (run.path / pickle_name).is_file():
+        if finetuned:
+            raise UserError(f"{run.path} has no {FINETUNED_MODEL_FILE} yet: run `python -m search.finetune "
+                            f"{run.path}` first, or leave out --finetuned")
+        raise UserError(f"{run.path} has no {BEST_MODEL_FILE} or {BEST_STATE_FILE}: the search exported no subnet "
+                        f"(none was scored)")
+    if not trust_pickle:
+        raise UserError(f"{run.path} has only {pickle_name}, a pickled module (unpickling can run code from the "
+                        f"file): pass --trust-pickle if you trust this run directory")
+    subnet = safe_load(run.path / pickle_name, "subnet", weights_only=False)
+    if not isinstance(subnet, nn.Module):
+        what = "a state dict" if isinstance(subnet, Mapping) else f"a {type(subnet).__name__}"
+        raise UserError(f"{run.path / pickle_name} holds {what}, not a module (the subnet's state dict belongs in "
+                        f"{state_name} beside best.json)")
+    return subnet.eval()
