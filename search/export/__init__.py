@@ -5,7 +5,7 @@ The public names load on first use (`from search.export import rebuild`)."""
 from search.lazy import lazy_getattr
 
 _LAZY = {**{name: "command" for name in ("ExportError", "ExportResult", "export", "main")},
-         **{name: "rebuild" for name in ("base_model", "load_subnet", "rebuild")}}
+         **{name: "subnet" for name in ("base_model", "load_subnet", "rebuild")}}
 
 __all__ = list(_LAZY)
 

@@ -50,7 +50,7 @@ from torch import nn
 from spaces.files import staged
 
 from search.errors import UserError, first_line
-from search.export.rebuild import load_subnet
+from search.export.subnet import load_subnet
 from search.engine.records import BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, RUN_FILE, RunDirectory
 
 log = logging.getLogger("search.export")

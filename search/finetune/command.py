@@ -39,7 +39,7 @@ from search.engine.records import (BEST_STATE_FILE, FINETUNE_CSV, FINETUNED_MODE
                       RunDirectory, atomic_write)
 from search.cli import ArgumentParser, configure_logging, guarded
 from search.engine.config import SearchConfig
-from search.export.rebuild import base_model, load_subnet
+from search.export.subnet import base_model, load_subnet
 from search.finetune.step import Distillation, TrainConfig, device_of, evaluate, make_optimizer, train_epoch
 from search.models.zoo import ZOO_MODELS, DataBundle, load_data, safe_load
 

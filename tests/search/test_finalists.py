@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from search import prune
 from search.models.cifar_resnet import resnet20
 from search.selection.finalists import FINALISTS_FILE, Finalist, rank_finalists, score_module, top_distinct
-from search.export.rebuild import load_subnet
+from search.export.subnet import load_subnet
 from search.engine.records import Trial
 from spaces.fill import fill
 from spaces.records import Result, TrialState
