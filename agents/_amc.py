@@ -42,8 +42,8 @@ transition of the episode gets that reward (as in AMC).
   them, 2 of 10 seeds drove every action to 0 within a few episodes and never recovered.
 - Reward: `reward="score"` (default) is the told score; `reward="error_log_flops"` is AMC's
   `-(1 - score) * log(FLOPs)`. Failed results give 0, infeasible ones -1 (the wall prevents them).
-- Several episodes may be outstanding: `ask()` never returns None, and `tell()` matches its candidate
-  to the oldest outstanding episode that produced it. Once the noise has decayed the policy proposes
+- Several episodes may be outstanding: `ask(ticket)` never returns None and keeps the episode under its
+  ticket, and `tell(ticket, result)` rewards that episode. Once the noise has decayed the policy proposes
   the same candidate again and again; an episode equal to one already proposed in this search (told
   or still outstanding) is walked again with noise at least 0.1 (up to 20 times), so N workers get N
   distinct candidates and a long search does not spend its trials on known results (at 150 trials,
@@ -196,8 +196,8 @@ class AMCAgent(Agent):
         self.told = 0        # episodes told
         #: every candidate proposed so far (a repeat would spend a trial on a known result)
         self.proposed: dict[Candidate, None] = {}  # in the order proposed
-        #: outstanding episodes, oldest first: (candidate, states, capped actions)
-        self.outstanding: list[tuple[Candidate, list[list[float]], list[float]]] = []
+        #: outstanding episodes by ticket, in the order asked: (candidate, states, capped actions)
+        self.outstanding: dict[int, tuple[Candidate, list[list[float]], list[float]]] = {}
 
     # -- pricing ---------------------------------------------------------------------------------
     def _price(self, values: tuple[int, ...]) -> dict[str, float]:
@@ -268,7 +268,7 @@ class AMCAgent(Agent):
             candidate = self.repair(candidate)
         return candidate, states, actions
 
-    def ask(self) -> Candidate:
+    def ask(self, ticket: int) -> Candidate:
         episode = self._episode(self.sigma)
         for _ in range(_REDRAWS):  # already proposed (the noise has decayed): explore more
             if episode[0] not in self.proposed:
@@ -278,7 +278,7 @@ class AMCAgent(Agent):
         if self.asked >= self.warmup:
             self.sigma *= _SIGMA_DECAY
         self.asked += 1
-        self.outstanding.append(episode)
+        self.outstanding[ticket] = episode
         return episode[0]
 
     # -- learning --------------------------------------------------------------------------------
@@ -292,11 +292,11 @@ class AMCAgent(Agent):
             return -(1.0 - result.score) * math.log(flops)
         return float(result.score)
 
-    def tell(self, candidate: Candidate, result: Result) -> None:
-        index = next((i for i, e in enumerate(self.outstanding) if e[0] == candidate), None)
-        if index is None:
+    def tell(self, ticket: int, result: Result) -> None:
+        episode = self.outstanding.pop(ticket, None)
+        if episode is None:
             return  # not one of ours (or told twice): nothing to learn from
-        _, states, actions = self.outstanding.pop(index)
+        candidate, states, actions = episode
         reward = self._reward(candidate, result)
         for t, (state, action) in enumerate(zip(states, actions)):
             last = t == len(states) - 1
@@ -351,7 +351,7 @@ class AMCAgent(Agent):
             "actor_optim": self.actor_optim.state_dict(), "critic_optim": self.critic_optim.state_dict(),
             "buffer": self.buffer, "stored": self.stored, "cursor": self.cursor, "sigma": self.sigma,
             "baseline": self.baseline, "asked": self.asked, "told": self.told, "warmup": self.warmup,
-            "outstanding": [(c.to_dict(), s, a) for c, s, a in self.outstanding],
+            "outstanding": [(t, c.to_dict(), s, a) for t, (c, s, a) in self.outstanding.items()],
             "proposed": [c.to_dict() for c in self.proposed]})
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -364,5 +364,5 @@ class AMCAgent(Agent):
         self.stored, self.cursor, self.sigma = state["stored"], state["cursor"], state["sigma"]
         self.baseline, self.asked, self.told = state["baseline"], state["asked"], state["told"]
         self.warmup = state["warmup"]
-        self.outstanding = [(Candidate(c), s, a) for c, s, a in state["outstanding"]]
+        self.outstanding = {int(t): (Candidate(c), s, a) for t, c, s, a in state["outstanding"]}
         self.proposed = dict.fromkeys(Candidate(c) for c in state.get("proposed", []))

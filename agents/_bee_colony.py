@@ -45,7 +45,7 @@ class BeeColonyAgent(Agent):
         self.counters: list[int] = []
         self.phase = "start"
         self.queue: list[tuple[int, list[int]]] = []    # (source index, genes) still to ask
-        self.asked: list[tuple[int, list[int]]] = []    # asked, result not yet told
+        self.asked: dict[int, tuple[int, list[int]]] = {}  # ticket -> (source index, genes): result not yet told
         self.done: list[tuple[int, list[int], float]] = []  # told this phase
 
     # -- genes <-> candidates ------------------------------------------------------------------
@@ -132,31 +132,34 @@ class BeeColonyAgent(Agent):
                 return
         self.phase, self.queue = "employed", self._moves(list(range(len(self.sources))))
 
-    def ask(self) -> Candidate | None:
+    def ask(self, ticket: int) -> Candidate | None:
         if self.phase == "start":
             self._next_phase()
         if not self.queue:
             return None  # the phase waits for its results
         entry = self.queue.pop(0)
-        self.asked.append(entry)
+        self.asked[ticket] = entry
         return self._candidate(entry[1])
 
-    def tell(self, candidate: Candidate, result: Result) -> None:
-        genes = self._genes(candidate)
-        index = next(n for n, (_, g) in enumerate(self.asked) if g == genes)
-        i, _ = self.asked.pop(index)
+    def tell(self, ticket: int, result: Result) -> None:
+        entry = self.asked.pop(ticket, None)
+        if entry is None:
+            return  # not one of ours (or told twice)
+        i, genes = entry
         self.done.append((i, genes, result.score if result.ok else float("-inf")))
         if not self.queue and not self.asked:  # the phase is complete: select, then plan the next one
             self._next_phase()
 
     def state_dict(self) -> dict[str, Any]:
+        asked = [[t, i, g] for t, (i, g) in self.asked.items()]
         return copy.deepcopy({**super().state_dict(), "sources": self.sources, "scores": self.scores,
                               "counters": self.counters, "phase": self.phase, "queue": self.queue,
-                              "asked": self.asked, "done": self.done})  # never shares its lists with the agent
+                              "asked": asked, "done": self.done})  # never shares its lists with the agent
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         state = copy.deepcopy(dict(state))
         self.sources, self.scores, self.counters = state["sources"], state["scores"], state["counters"]
         self.phase = state["phase"]
-        self.queue, self.asked, self.done = ([tuple(e) for e in state[k]] for k in ("queue", "asked", "done"))
+        self.queue, self.done = ([tuple(e) for e in state[k]] for k in ("queue", "done"))
+        self.asked = {int(t): (i, g) for t, i, g in state["asked"]}

@@ -75,7 +75,7 @@ class EvolutionAgent(Agent):
         self.mutation_prob = float(mutation_prob)
         self.generation = -1                      # the generation being asked/scored (-1: none yet)
         self.queue: list[list[int]] = []          # planned, not asked yet
-        self.outstanding: list[list[int]] = []    # asked, result not told yet
+        self.outstanding: dict[int, list[int]] = {}  # ticket -> genes: asked, result not told yet
         self.history: list[list] = []            # [genes, score or None (failed)], in the order told
         self.proposed: list[list[int]] = []       # every candidate planned in this search, in order
         self._seen: set[tuple[int, ...]] = set()
@@ -154,33 +154,33 @@ class EvolutionAgent(Agent):
             if not self._settle(self._random, TRIES if self.queue else 10 * TRIES):
                 break
 
-    def ask(self) -> Candidate | None:
+    def ask(self, ticket: int) -> Candidate | None:
         if not self.queue and not self.outstanding:
             self._plan()
         if not self.queue:
             return None  # the generation waits for its results (or there is nothing new left)
         genes = self.queue.pop(0)
-        self.outstanding.append(genes)
+        self.outstanding[ticket] = genes
         return self.space.decode(genes)
 
-    def tell(self, candidate: Candidate, result: Result) -> None:
-        genes = self._genes(candidate)
-        if genes in self.outstanding:
-            self.outstanding.remove(genes)
+    def tell(self, ticket: int, result: Result) -> None:
+        genes = self.outstanding.pop(ticket, None)
+        if genes is None:
+            return  # not one of ours (or told twice)
         score = result.score if result.ok and result.score is not None and math.isfinite(result.score) else None
         self.history.append([genes, None if score is None else float(score)])
 
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generation": self.generation, "queue": [list(g) for g in self.queue],
-                "outstanding": [list(g) for g in self.outstanding],
+                "outstanding": [[t, list(g)] for t, g in self.outstanding.items()],
                 "history": [[list(g), s] for g, s in self.history], "proposed": [list(g) for g in self.proposed]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
         self.generation = int(state["generation"])
         self.queue = [[int(x) for x in g] for g in state["queue"]]
-        self.outstanding = [[int(x) for x in g] for g in state["outstanding"]]
+        self.outstanding = {int(t): [int(x) for x in g] for t, g in state["outstanding"]}
         self.history = [[[int(x) for x in g], None if s is None else float(s)] for g, s in state["history"]]
         self.proposed = [[int(x) for x in g] for g in state["proposed"]]
         self._seen = {tuple(g) for g in self.proposed}

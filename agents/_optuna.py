@@ -85,7 +85,7 @@ class OptunaAgent(Agent):
                                          study_name=study_name or (f"prunesearch-{self.name}" if storage else None))
         self._stored = storage is not None
         self._storage_url, self._study_name = storage, self.study.study_name
-        self._pending: list[tuple[Candidate, int]] = []  # asked, not told: (candidate, Optuna trial number)
+        self._running: dict[int, int] = {}  # ticket -> Optuna trial number: asked, not told
         if not self.study.trials:  # a fresh study: warm starts, then feasible random draws, are its first trials
             for candidate in self.initial:
                 self._enqueue(candidate)
@@ -125,42 +125,46 @@ class OptunaAgent(Agent):
         violations = self.budget.violations(costs)
         _set_constraints(trial, violations)
         if all(v <= 1e-12 for v in violations):
-            self._pending.append((candidate, trial.number))
             return candidate
         self.study.tell(trial, self._values(0.0, costs))  # infeasible: known without an evaluation
         self._last_infeasible = candidate
         return None
 
-    def ask(self) -> Candidate:
+    def ask(self, ticket: int) -> Candidate:
         for _ in range(_MAX_INFEASIBLE_ASKS):
-            candidate = self._propose(self.study.ask())
+            trial = self.study.ask()
+            candidate = self._propose(trial)
             if candidate is not None:
-                return candidate
-        repaired = self.repair(self._last_infeasible)  # Optuna keeps missing: hand it a repaired candidate
-        self._enqueue(repaired)
-        candidate = self._propose(self.study.ask())
-        assert candidate is not None, "a repaired candidate is within budget"
+                break
+        else:
+            repaired = self.repair(self._last_infeasible)  # Optuna keeps missing: hand it a repaired candidate
+            self._enqueue(repaired)
+            trial = self.study.ask()
+            candidate = self._propose(trial)
+            assert candidate is not None, "a repaired candidate is within budget"
+        self._running[ticket] = trial.number
         return candidate
 
-    def tell(self, candidate: Candidate, result: Result) -> None:
-        index = next(i for i, (c, _) in enumerate(self._pending) if c == candidate)
-        _, trial = self._pending.pop(index)
+    def tell(self, ticket: int, result: Result) -> None:
+        trial = self._running.pop(ticket, None)
+        if trial is None:
+            return  # not one of ours (or told twice)
         if result.ok:
             self.study.tell(trial, self._values(result.score, result.costs))
         else:
             self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
-    def restore(self, events) -> list[Candidate]:
+    def restore(self, events) -> dict[int, Candidate]:
         """With a stored study, Optuna already holds the history: nothing to replay."""
         if self._stored and len(self.study.trials) > 0:
-            return []
+            return {}
         return super().restore(events)
 
     def state_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able): the study's trials and the sampler's random states, unless the study lives
         in a storage already (then the storage is the state)."""
         return {**super().state_dict(), "study": None if self._stored else _study_to_data(self.study),
-                "pending": [[c.to_dict(), n] for c, n in self._pending]}
+                "running": [[ticket, n] for ticket, n in self._running.items()]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         super().load_state_dict(state)
@@ -169,7 +173,7 @@ class OptunaAgent(Agent):
                 raise ValueError(f"{self.name}: this agent state holds a pickled Optuna study (an older prunesearch); "
                                  "it cannot be restored safely: resume the run from its journal instead")
             self.study = self._study_from_data(state["study"])
-        self._pending = [(Candidate(c), int(n)) for c, n in state["pending"]]
+        self._running = {int(ticket): int(n) for ticket, n in state["running"]}
 
     def _study_from_data(self, data: Mapping[str, Any]) -> optuna.Study:
         study = optuna.create_study(directions=list(self.directions), sampler=self.sampler())

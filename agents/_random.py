@@ -18,7 +18,7 @@ class RandomAgent(Agent):
         super().__init__(*args, **kwargs)
         self.asked = 0
 
-    def ask(self) -> Candidate:
+    def ask(self, ticket: int) -> Candidate:
         self.asked += 1
         if self.asked <= len(self.initial):
             return self.initial[self.asked - 1]

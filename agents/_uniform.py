@@ -30,7 +30,7 @@ class UniformAgent(Agent):
                 return candidate
         return self.repair(self.space.smallest())
 
-    def ask(self) -> Candidate | None:
+    def ask(self, ticket: int) -> Candidate | None:
         if self._proposed:
             return None
         self._proposed = True

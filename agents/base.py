@@ -1,13 +1,23 @@
-"""The agent interface: `ask` for a candidate, `tell` it the result. Seeded, budget-aware, resumable.
+"""The agent interface: `ask(ticket)` for a candidate, `tell(ticket, result)` its result. Seeded, budget-aware,
+resumable.
+
+Tickets, as Ray Tune's `Searcher.suggest(trial_id)` / `on_trial_complete(trial_id, result)`: the engine
+names every ask with a ticket (its trial number, an int) and tells the result back under that ticket, so
+an agent never matches a result to a candidate by equality. An agent that must remember something per
+candidate in flight (its genes, Optuna's trial number, an AMC episode) keeps it in a dict keyed by ticket.
 
 Conventions every agent follows (the conformance suite checks them):
-- `ask()` returns a candidate of the space, or None. None while candidates are outstanding means
+- `ask(ticket)` returns a candidate of the space, or None. None while candidates are outstanding means
   "wait for their results" (a generation barrier); None with nothing outstanding means the agent has
-  nothing more to propose, and the search ends.
+  nothing more to propose, and the search ends. A ticket answered with None is not used: the engine
+  passes it again with its next ask.
+- `tell(ticket, result)` gives the result of the candidate asked under `ticket`; a ticket the agent does
+  not hold (never asked, or told already) is ignored.
 - Proposals respect the budget: agents price candidates with the injected `price` callable
   (microseconds, no forward pass) and never spend an evaluation on an infeasible one.
 - All randomness comes from `self.rng`, seeded by `seed`: the same seed gives the same run.
 - Failed and infeasible results are told like any other; an agent never raises on them.
+- `state_dict()` is plain data (lists, dicts, numbers, tensors), outstanding tickets included.
 - `initial` candidates (a warm start, e.g. what magnitude pruning picks: `spaces.warm_start`) are
   repaired into the budget and proposed among an agent's first candidates: random asks them first,
   abc makes them food sources, evolution puts them in its first population, tpe/nsga2 enqueue them
@@ -16,18 +26,15 @@ Conventions every agent follows (the conformance suite checks them):
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from typing import Any, ClassVar
 
 import numpy as np
 
-from spaces.budget import Budget
+from spaces.budget import Budget, Price
 from spaces.records import Result
 from spaces.sampling import sample_feasible
 from spaces.space import KEEP, WIDTH, Candidate, SearchSpace
-
-#: candidate -> its costs ({"flops": ..., "params": ...}); cheap, no forward pass.
-Price = Callable[[Candidate], Mapping[str, float]]
 
 
 class Agent(abc.ABC):
@@ -45,31 +52,32 @@ class Agent(abc.ABC):
         self.initial: list[Candidate] = list(dict.fromkeys(self.repair(Candidate(c)) for c in initial))
 
     @abc.abstractmethod
-    def ask(self) -> Candidate | None:
-        """The next candidate to evaluate, or None (see the module docstring)."""
+    def ask(self, ticket: int) -> Candidate | None:
+        """The candidate to evaluate under `ticket`, or None (see the module docstring)."""
 
-    def tell(self, candidate: Candidate, result: Result) -> None:
-        """Learn from a finished candidate. Default: nothing to learn."""
+    def tell(self, ticket: int, result: Result) -> None:
+        """Learn from the result of the candidate asked under `ticket`. Default: nothing to learn."""
 
-    def restore(self, events: Sequence[tuple]) -> list[Candidate]:
+    def restore(self, events: Sequence[tuple]) -> dict[int, Candidate]:
         """Bring this fresh agent (same space, budget, seed and options) to its state after `events`.
 
-        `events` are `("ask", expected candidate or None)` and `("tell", candidate, result)` in the
-        order they happened. Default: replay them; each `ask()` must give back the expected candidate
-        (a mismatch, from other options or another version, is a ValueError). Returns the candidates
-        asked but never told (in flight when the run stopped), in the order they were asked.
+        `events` are `("ask", ticket, expected candidate or None)` and `("tell", ticket, result)` in the
+        order they happened. Default: replay them; each `ask(ticket)` must give back the expected
+        candidate (a mismatch, from other options or another version, is a ValueError). Returns the
+        candidates asked but never told (in flight when the run stopped) by ticket, in the order asked.
         """
-        outstanding: list[Candidate] = []
+        outstanding: dict[int, Candidate] = {}
         for number, event in enumerate(events):
             if event[0] == "ask":
-                asked = self.ask()
-                if asked is None or (event[1] is not None and asked != event[1]):
+                _, ticket, expected = event
+                asked = self.ask(ticket)
+                if asked is None or (expected is not None and asked != expected):
                     raise ValueError(f"event {number} of the history differs from what the agent proposes now")
-                outstanding.append(asked)
+                outstanding[ticket] = asked
             else:
-                _, candidate, result = event
-                outstanding.remove(candidate)
-                self.tell(candidate, result)
+                _, ticket, result = event
+                outstanding.pop(ticket, None)
+                self.tell(ticket, result)
         return outstanding
 
     def state_dict(self) -> dict[str, Any]:

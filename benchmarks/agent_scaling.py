@@ -139,29 +139,29 @@ def measure(name: str, setting: Setting, *, trials: int, seed: int = 0, outstand
     clock = time.process_time  # one torch thread: the process's CPU time is the agent's
     seconds: list[float] = []
     best: list[float] = []
-    pending: deque[Candidate] = deque()
+    pending: deque[tuple[int, Candidate]] = deque()  # (ticket, candidate) in flight
     seen: set[Candidate] = set()
     distinct, repeats = True, 0
     asked, spent, top = 0, 0.0, float("-inf")
     while len(seconds) < trials:
         while len(pending) < outstanding and asked < trials:
             start = clock()
-            candidate = agent.ask()
+            candidate = agent.ask(asked)
             spent += clock() - start
             if candidate is None:
                 break
-            distinct &= candidate not in pending
+            distinct &= all(candidate != c for _, c in pending)
             repeats += candidate in seen
             seen.add(candidate)
-            pending.append(candidate)
+            pending.append((asked, candidate))
             asked += 1
         if not pending:
             break  # the agent has nothing more to propose
-        candidate = pending.popleft()
+        ticket, candidate = pending.popleft()
         value = score(space, candidate)
         result = Result(TrialState.COMPLETE, value, price(candidate))
         start = clock()
-        agent.tell(candidate, result)
+        agent.tell(ticket, result)
         spent += clock() - start
         seconds.append(spent)
         spent = 0.0

@@ -40,10 +40,10 @@ def candidate_list(setting: Setting, budget: str, n: int, seed: int = 0) -> list
     """The random agent's first `n` proposals at `budget` (warm start included), told a dummy score."""
     agent = setting.at(budget).agent(setting.prunable, setting.price, name="random", seed=seed, trials=n)
     out = []
-    for _ in range(n):
-        candidate = agent.ask()
+    for ticket in range(n):
+        candidate = agent.ask(ticket)
         out.append(candidate)
-        agent.tell(candidate, Result(TrialState.COMPLETE, 0.0))
+        agent.tell(ticket, Result(TrialState.COMPLETE, 0.0))
     return out
 
 

@@ -1,9 +1,9 @@
 """Executors: where candidates are scored. `LocalExecutor` in this process, `RayExecutor` on Ray actors.
 
 Both take `submit(ticket, candidate, bar=None)` and give back finished work from `wait()` as
-`(ticket, Scored)` pairs; `slots` is how many candidates the engine keeps in flight. `bar` is racing's
+`(ticket, Estimate)` pairs; `slots` is how many candidates the engine keeps in flight. `bar` is racing's
 bar for that candidate (`evaluators.racing`), passed to a scorer that races (one with `estimate`); it
-travels with the candidate to a Ray actor. A failure while scoring is a `Scored` with an error, never
+travels with the candidate to a Ray actor. A failure while scoring is an `Estimate` with an error, never
 an exception: the engine records it as a failed candidate.
 """
 from __future__ import annotations
@@ -12,7 +12,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 from .racing import Estimate
@@ -43,7 +43,7 @@ class Executor(Protocol):
 
     def submit(self, ticket: int, candidate: Mapping[str, int], bar: float | None = None) -> None: ...
 
-    def wait(self) -> list[tuple[int, Scored]]: ...
+    def wait(self) -> list[tuple[int, Estimate]]: ...
 
 
 def init_ray(address: str | None = None, *, num_cpus: float = 1) -> bool:
@@ -63,20 +63,7 @@ def init_ray(address: str | None = None, *, num_cpus: float = 1) -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class Scored:
-    score: float | None
-    seconds: float
-    error: str = ""
-    samples: int | None = None   # held-out samples scored (None: not counted, e.g. a user's metric)
-    raced: bool = False          # racing stopped it: `score` is its estimate on `samples`
-
-    @property
-    def ok(self) -> bool:
-        return not self.error and self.score is not None and math.isfinite(self.score)
-
-
-def score_safely(scorer: Scorer, candidate: Mapping[str, int], bar: float | None = None) -> Scored:
+def score_safely(scorer: Scorer, candidate: Mapping[str, int], bar: float | None = None) -> Estimate:
     """Score `candidate` (raced against `bar` where the scorer races), timing it; an exception is data."""
     start = time.perf_counter()
     try:
@@ -86,10 +73,10 @@ def score_safely(scorer: Scorer, candidate: Mapping[str, int], bar: float | None
             estimate = Estimate(float(scorer.score(candidate)))
     except Exception as error:  # noqa: BLE001 - one candidate's failure is data
         log.debug("candidate failed", exc_info=True)
-        return Scored(None, time.perf_counter() - start, f"{type(error).__name__}: {error}".splitlines()[0][:300])
+        return Estimate(None, seconds=time.perf_counter() - start,
+                        error=f"{type(error).__name__}: {error}".splitlines()[0][:300])
     seconds, score = time.perf_counter() - start, float(estimate.score)
-    return Scored(score, seconds, "" if math.isfinite(score) else "score is not finite", estimate.samples,
-                  estimate.raced)
+    return replace(estimate, score=score, seconds=seconds, error="" if math.isfinite(score) else "score is not finite")
 
 
 class LocalExecutor:
@@ -99,12 +86,12 @@ class LocalExecutor:
 
     def __init__(self, scorer: Scorer):
         self.scorer = scorer
-        self._done: list[tuple[int, Scored]] = []
+        self._done: list[tuple[int, Estimate]] = []
 
     def submit(self, ticket: int, candidate: Mapping[str, int], bar: float | None = None) -> None:
         self._done.append((ticket, score_safely(self.scorer, candidate, bar)))
 
-    def wait(self) -> list[tuple[int, Scored]]:
+    def wait(self) -> list[tuple[int, Estimate]]:
         done, self._done = self._done, []
         return done
 
@@ -121,7 +108,7 @@ class _Worker:
         torch.set_num_threads(max(1, threads))
         self.scorer = build(payload)
 
-    def score(self, candidate: dict[str, int], bar: float | None = None) -> Scored:
+    def score(self, candidate: dict[str, int], bar: float | None = None) -> Estimate:
         return score_safely(self.scorer, candidate, bar)
 
     def ready(self) -> bool:
@@ -169,8 +156,8 @@ class RayExecutor:
             actor = self._idle.pop(0)
             self._running[actor.score.remote(candidate, bar)] = (ticket, candidate, bar, actor, tries)
 
-    def wait(self) -> list[tuple[int, Scored]]:
-        done: list[tuple[int, Scored]] = []
+    def wait(self) -> list[tuple[int, Estimate]]:
+        done: list[tuple[int, Estimate]] = []
         while not done and self._running:
             ready, _ = self.ray.wait(list(self._running), num_returns=1)
             for ref in ready:
@@ -181,7 +168,7 @@ class RayExecutor:
                 except self.ray.exceptions.RayActorError as error:
                     self._replace(actor)
                     if tries + 1 > self.retries:
-                        done.append((ticket, Scored(None, 0.0, f"worker died {tries + 1} times: {error}"[:300])))
+                        done.append((ticket, Estimate(None, error=f"worker died {tries + 1} times: {error}"[:300])))
                     else:
                         log.warning("a worker died; candidate %d goes to another (try %d)", ticket, tries + 2)
                         self._queue.insert(0, (ticket, candidate, bar, tries + 1))

@@ -27,11 +27,22 @@ import torch
 
 @dataclass(frozen=True)
 class Estimate:
-    """A candidate's score and what it rests on."""
+    """What scoring a candidate gave: its score, what the score rests on, what it cost, or why it failed.
 
-    score: float
+    A scorer's `estimate` fills in the score, `samples` and `raced`; `executors.score_safely` adds the
+    time taken and, for a scorer that raised or gave a non-finite score, the error (a failed candidate is
+    data). The engine turns it into the `Result` the agent is told (`search.engine.loop.Referee`).
+    """
+
+    score: float | None
     samples: int | None = None   # held-out samples scored (None: a user's metric, not counted)
     raced: bool = False          # stopped early: `score` is the estimate on `samples` of the held-out set
+    seconds: float = 0.0         # wall time of the scoring (set by `executors.score_safely`)
+    error: str = ""              # why scoring failed ("" when it did not)
+
+    @property
+    def ok(self) -> bool:
+        return not self.error and self.score is not None and math.isfinite(self.score)
 
 
 def binomial_upper(correct: int, seen: int, alpha: float) -> float:

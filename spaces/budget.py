@@ -3,14 +3,20 @@
 A `Limit` is on one cost (`flops`, `params`, later `latency`), either absolute or relative to the base
 model (`0.4flops`: at most 0.4 x the base model's FLOPs). `Budget.resolve(base)` turns relative
 limits into absolute ones; agents then ask `feasible(costs)` or `violations(costs)` (positive =
-over budget, as Optuna's constraints expect) of the costs the injected pricing function returns.
+over budget, as Optuna's constraints expect) of the costs a `Price` function returns.
 """
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+from .space import Candidate
+
 METRICS = ("flops", "params", "latency")
+
+#: candidate -> its costs ({"flops": ..., "params": ...}); cheap, no forward pass. The engine injects one
+#: into every agent (`agents.base.Agent`) and prices every candidate with it (`search.engine.loop`).
+Price = Callable[[Candidate], Mapping[str, float]]
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,10 @@
 
 The engine keeps up to `executor.slots` candidates in flight (one for the local executor, one per
 worker on Ray), asking the agent for more while slots are free; over-budget and repeated candidates
-are settled at once without scoring. Each journal line records a finished trial and how many
-candidates had been asked when it was told, so the exact interleaving of asks and tells is known.
+are settled at once without scoring. Every ask carries the trial number as its ticket, and the result
+is told back under it (`agents.base`); the executor works under the same number. Each journal line
+records a finished trial and how many candidates had been asked when it was told, so the exact
+interleaving of asks and tells is known.
 
 Racing (`top_k`): the referee keeps the k best full scores; each submitted candidate goes with the
 k-th of them, the bar, and a scorer that races stops it once it cannot reach the bar
@@ -11,7 +13,7 @@ k-th of them, the bar, and a scorer that races stops it once it cannot reach the
 samples it saw (what the agent is told: the share it got right so far, below the bar), and `best_trial` ranks
 every fully scored candidate above it. The journal keeps what racing decided; a replay re-races nothing.
 
-Resuming replays that interleaving into a fresh agent built with the same seed: each replayed `ask()`
+Resuming replays that interleaving into a fresh agent built with the same seed: each replayed `ask(number)`
 must give back the journaled candidate, which is told its journaled result without being scored
 again. Candidates that were in flight when the run stopped are asked again and scored; nothing
 finished is scored twice, and the run continues as if never interrupted.
@@ -20,25 +22,24 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
 
 from agents.base import Agent
-from evaluators.executors import Executor, LocalExecutor, Scored, Scorer
-from evaluators.racing import TopK
-from spaces.budget import Budget
+from evaluators.executors import Executor, LocalExecutor, Scorer
+from evaluators.racing import Estimate, TopK
+from spaces.budget import Budget, Price
 from spaces.records import Result, TrialState
 from spaces.space import Candidate
 
 from search.errors import UserError
 from search.engine.records import Journal, Trial, best_trial
 
-__all__ = ["Engine", "Journal", "Outcome", "Referee", "Trial", "best_trial", "memoized"]
+__all__ = ["Engine", "Journal", "Outcome", "Price", "Referee", "Trial", "best_trial", "memoized"]
 
 log = logging.getLogger(__name__)
-Price = Callable[[Candidate], Mapping[str, float]]
 
 
 def memoized(price: Price, size: int = 4096) -> Price:
@@ -65,7 +66,7 @@ class Referee:
 
     `settle(candidate)` prices it once: an over-budget candidate, or a repeat of one already scored, is
     settled at once (a `Result`, never scored); otherwise it returns None with the costs, and the
-    candidate must be scored. `result(costs, scored)` turns a score into the `Result` to tell.
+    candidate must be scored. `result(costs, estimate)` turns a score into the `Result` to tell.
     `bar` is racing's bar (the `top_k`-th best full score remembered; None without racing).
     """
 
@@ -89,12 +90,12 @@ class Referee:
         return costs, None
 
     @staticmethod
-    def result(costs: Mapping[str, float], scored: Scored) -> Result:
-        if scored.ok:
-            message = f"raced out after {scored.samples} held-out samples" if scored.raced else ""
-            return Result(TrialState.COMPLETE, scored.score, dict(costs), scored.seconds, message, scored.samples,
-                          scored.raced)
-        return Result(TrialState.FAILED, None, dict(costs), scored.seconds, scored.error, scored.samples)
+    def result(costs: Mapping[str, float], estimate: Estimate) -> Result:
+        if estimate.ok:
+            message = f"raced out after {estimate.samples} held-out samples" if estimate.raced else ""
+            return Result(TrialState.COMPLETE, estimate.score, dict(costs), estimate.seconds, message, estimate.samples,
+                          estimate.raced)
+        return Result(TrialState.FAILED, None, dict(costs), estimate.seconds, estimate.error, estimate.samples)
 
     def remember(self, candidate: Candidate, result: Result) -> None:
         if result.state is TrialState.INFEASIBLE or candidate in self._scored:
@@ -134,7 +135,7 @@ class Engine:
         self._best: Trial | None = None  # the outcome's best so far, kept as trials finish (not rescanned)
         self._asked = 0
         self._in_flight: dict[int, tuple[Candidate, dict[str, float]]] = {}
-        self._resubmit: list[tuple[int, Candidate]] = []
+        self._resubmit: dict[int, Candidate] = {}  # number -> candidate in flight when the run stopped
 
     def replay(self, trials: list[Trial]) -> None:
         """Bring a fresh agent to the state it had after `trials` (nothing finished is scored again)."""
@@ -144,19 +145,17 @@ class Engine:
         for trial in sorted(trials, key=lambda t: (t.asked, t.number)):
             while asked < trial.asked:
                 known = by_number.get(asked)
-                events.append(("ask", known.candidate if known else None))
+                events.append(("ask", asked, known.candidate if known else None))
                 asked += 1
-            events.append(("tell", trial.candidate, trial.result))
+            events.append(("tell", trial.number, trial.result))
         try:
-            pending = self.agent.restore(events)
+            self._resubmit = self.agent.restore(events)
         except ValueError as error:
             raise UserError(f"cannot resume: {error} (was the run started with other options or another "
                             "version?)") from None
         for trial in trials:
             self._remember(trial)
         self._asked = asked
-        told = {t.number for t in trials}
-        self._resubmit = [(n, c) for n, c in zip((n for n in range(asked) if n not in told), pending)]
 
     def _remember(self, trial: Trial) -> None:
         self.outcome.trials.append(trial)
@@ -171,7 +170,7 @@ class Engine:
         return {"best": f"{best.result.score:.4f}", "flops": f"{ratio:.3f}"}
 
     def _finish(self, number: int, candidate: Candidate, result: Result, bar) -> None:
-        self.agent.tell(candidate, result)
+        self.agent.tell(number, result)
         trial = Trial(number, candidate, result, self._asked)
         self._remember(trial)
         if self.journal is not None:
@@ -193,20 +192,20 @@ class Engine:
                 self.executor.submit(number, candidate, race_bar)
 
     def _collect(self, bar) -> None:
-        for number, scored in self.executor.wait():
+        for number, estimate in self.executor.wait():
             candidate, costs = self._in_flight.pop(number)
-            self._finish(number, candidate, self.referee.result(costs, scored), bar)
+            self._finish(number, candidate, self.referee.result(costs, estimate), bar)
 
     def run(self) -> Outcome:
         bar = tqdm(total=self.trials, initial=len(self.outcome.trials), desc=f"search {self.agent.name}",
                    disable=not self.progress, dynamic_ncols=True)
         try:
-            for number, candidate in self._resubmit:
+            for number, candidate in self._resubmit.items():
                 self._start(number, candidate, bar)
-            self._resubmit = []
+            self._resubmit = {}
             while True:
                 while len(self._in_flight) < self.executor.slots and self._asked < self.trials:
-                    candidate = self.agent.ask()
+                    candidate = self.agent.ask(self._asked)  # the trial number is the ticket
                     if candidate is None:
                         break  # the agent waits for results, or has nothing more to propose
                     number, self._asked = self._asked, self._asked + 1

@@ -6,15 +6,17 @@ default actor pool (`--workers`) has lower per-candidate overhead: its actors ke
 the whole search, while every Tune trial is scheduled on its own (the trainable caches its evaluator
 per worker process, so the model is derived once per process, not per trial).
 
-The mapping: `ask()` -> `suggest()` (None while the agent waits for results, `Searcher.FINISHED` when
-it has nothing more to propose); `tell()` <- `on_trial_complete()` (an errored trial, or one without a
-score, is told as FAILED, as Ray Tune's own searchers map a missing result to failure). With racing
+The mapping: `ask(ticket)` -> `suggest(trial_id)` (None while the agent waits for results,
+`Searcher.FINISHED` when it has nothing more to propose); `tell(ticket, result)` <-
+`on_trial_complete(trial_id)` (an errored trial, or one without a score, is told as FAILED, as Ray
+Tune's own searchers map a missing result to failure). The ticket is the trial number, which the
+searcher keeps under Tune's `trial_id` while the trial runs. With racing
 (`top_k`), a suggested config carries the referee's bar and the trainable races against it.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,9 @@ from ray.tune.search import Searcher
 
 from agents.base import Agent
 from evaluators.accuracy import AccuracyEvaluator, EvaluatorPayload, build_evaluator
-from evaluators.executors import Scored, score_safely
-from spaces.budget import Budget
+from evaluators.executors import score_safely
+from evaluators.racing import Estimate
+from spaces.budget import Budget, Price
 from spaces.files import atomic_write
 from spaces.records import Result
 from spaces.space import Candidate
@@ -39,18 +42,18 @@ _EVALUATORS: dict[str, AccuracyEvaluator] = {}  # per worker process: built once
 class AgentSearcher(Searcher):
     """A prunesearch agent behind Ray Tune's Searcher interface."""
 
-    def __init__(self, agent: Agent, price: Callable[[Candidate], Mapping[str, float]], budget: Budget,
-                 top_k: int | None = None):
+    def __init__(self, agent: Agent, price: Price, budget: Budget, top_k: int | None = None):
         super().__init__(metric="score", mode="max")
         self.agent, self.price, self.budget = agent, price, budget
         self.referee = Referee(price, budget, top_k)
         self.asked = 0
+        #: Tune's trial_id -> (trial number, the agent's ticket; candidate; costs), while the trial runs
         self.outstanding: dict[str, tuple[int, Candidate, dict[str, float]]] = {}
         self.trials: list[Trial] = []
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
         while True:
-            candidate = self.agent.ask()
+            candidate = self.agent.ask(self.asked)  # the trial number is the ticket
             if candidate is None:
                 return None if self.outstanding else Searcher.FINISHED
             number, self.asked = self.asked, self.asked + 1
@@ -67,11 +70,11 @@ class AgentSearcher(Searcher):
         if trial_id not in self.outstanding:
             return
         number, candidate, costs = self.outstanding.pop(trial_id)
-        self._tell(number, candidate, self.referee.result(costs, _scored(result, error)))
+        self._tell(number, candidate, self.referee.result(costs, _estimate(result, error)))
 
     def _tell(self, number: int, candidate: Candidate, result: Result) -> None:
         self.referee.remember(candidate, result)
-        self.agent.tell(candidate, result)
+        self.agent.tell(number, result)
         self.trials.append(Trial(number, candidate, result, self.asked))
 
     def save(self, checkpoint_path: str) -> None:
@@ -90,27 +93,27 @@ class AgentSearcher(Searcher):
         self.trials = [Trial.from_json(t) for t in state["trials"]]
 
 
-def _scored(metrics: Mapping | None, error: bool = False) -> Scored:
-    """A Tune trial's reported metrics as a `Scored` (an errored trial, or one without a score, fails)."""
+def _estimate(metrics: Mapping | None, error: bool = False) -> Estimate:
+    """A Tune trial's reported metrics as an `Estimate` (an errored trial, or one without a score, fails)."""
     metrics = metrics or {}
     score = metrics.get("score")
     if error or score is None or not math.isfinite(score):
-        return Scored(None, metrics.get("seconds", 0.0),
-                      str(metrics.get("error") or "the trial errored or reported no score")[:300])
+        return Estimate(None, seconds=metrics.get("seconds", 0.0),
+                        error=str(metrics.get("error") or "the trial errored or reported no score")[:300])
     samples = metrics.get("samples")
-    return Scored(float(score), metrics.get("seconds", 0.0), samples=None if samples is None else int(samples),
-                  raced=bool(metrics.get("raced", False)))
+    return Estimate(float(score), None if samples is None else int(samples), bool(metrics.get("raced", False)),
+                    metrics.get("seconds", 0.0))
 
 
 def score_trial(config: dict, payload: EvaluatorPayload, key: str) -> None:
     """The Tune trainable: score one candidate with this process's cached evaluator, report it."""
     if key not in _EVALUATORS:
         _EVALUATORS[key] = build_evaluator(payload)
-    scored = score_safely(_EVALUATORS[key], config["candidate"], config.get("bar"))
-    report = {"score": scored.score if scored.ok else float("nan"), "seconds": scored.seconds, "error": scored.error,
-              "raced": scored.raced}
-    if scored.samples is not None:
-        report["samples"] = scored.samples
+    estimate = score_safely(_EVALUATORS[key], config["candidate"], config.get("bar"))
+    report = {"score": estimate.score if estimate.ok else float("nan"), "seconds": estimate.seconds,
+              "error": estimate.error, "raced": estimate.raced}
+    if estimate.samples is not None:
+        report["samples"] = estimate.samples
     tune.report(report)
 
 
@@ -136,6 +139,6 @@ def run_tune(searcher: AgentSearcher, payload: EvaluatorPayload, *, trials: int,
         candidate = Candidate(config["candidate"])
         if result.error is not None:
             metrics["error"] = str(result.error)
-        outcome = Referee.result(searcher.price(candidate), _scored(metrics, result.error is not None))
+        outcome = Referee.result(searcher.price(candidate), _estimate(metrics, result.error is not None))
         out.append(Trial(int(config["trial"]), candidate, outcome, int(config["trial"]) + 1))
     return sorted(out, key=lambda t: t.number)

@@ -25,9 +25,10 @@ def complete(space, price, candidate, score=None) -> Result:
 def run(agent, space, price, episodes: int, score=None) -> list:
     asked = []
     for _ in range(episodes):
-        candidate = agent.ask()
+        ticket = agent.asked  # the agent's own count of episodes: a fresh ticket
+        candidate = agent.ask(ticket)
         asked.append(candidate)
-        agent.tell(candidate, complete(space, price, candidate, None if score is None else score(candidate)))
+        agent.tell(ticket, complete(space, price, candidate, None if score is None else score(candidate)))
     return asked
 
 
@@ -49,10 +50,10 @@ def test_the_walk_covers_every_dimension_in_order():
     walked = []
     wall = agent._wall
     agent._wall = lambda t, action, decided, **kw: (walked.append((t, len(decided))), wall(t, action, decided, **kw))[1]
-    candidate = agent.ask()
+    candidate = agent.ask(0)
     n = len(space)
     assert walked == [(t, t) for t in range(n)]
-    (_, states, actions), = agent.outstanding
+    (_, states, actions), = agent.outstanding.values()
     assert len(states) == len(actions) == n
     index = [s[0] for s in states]
     assert index == sorted(index) and index[0] == 0.0 and index[-1] == 1.0
@@ -67,16 +68,16 @@ def test_the_walk_covers_every_dimension_in_order():
 def test_state_dict_round_trip_continues_identically():
     a, space, budget, price = amc(seed=1, warmup=3)
     run(a, space, price, 5)  # past warm-up: the networks have been trained
-    outstanding = a.ask()
+    outstanding = a.ask(5)
     b, *_ = amc(seed=99, warmup=50)
     b.load_state_dict(a.state_dict())
     for agent in (a, b):
-        agent.tell(outstanding, complete(space, price, outstanding))
-    nxt_a, nxt_b = [a.ask() for _ in range(3)], [b.ask() for _ in range(3)]
+        agent.tell(5, complete(space, price, outstanding))
+    nxt_a, nxt_b = [a.ask(t) for t in range(6, 9)], [b.ask(t) for t in range(6, 9)]
     assert nxt_a == nxt_b
     for agent, asked in ((a, nxt_a), (b, nxt_b)):
-        for c in asked:
-            agent.tell(c, complete(space, price, c))
+        for t, c in enumerate(asked, 6):
+            agent.tell(t, complete(space, price, c))
     assert run(a, space, price, 3) == run(b, space, price, 3)
     for key in ("actor", "critic_target"):
         for p, q in zip(a.state_dict()[key].values(), b.state_dict()[key].values()):
@@ -86,26 +87,26 @@ def test_state_dict_round_trip_continues_identically():
 def test_replaying_the_history_reproduces_the_agent():
     a, space, budget, price = amc(seed=2, warmup=3)
     events = []
-    for candidate in run(a, space, price, 5):
-        events += [("ask", candidate), ("tell", candidate, complete(space, price, candidate))]
-    in_flight = a.ask()
-    events.append(("ask", in_flight))
+    for ticket, candidate in enumerate(run(a, space, price, 5)):
+        events += [("ask", ticket, candidate), ("tell", ticket, complete(space, price, candidate))]
+    in_flight = a.ask(5)
+    events.append(("ask", 5, in_flight))
     b, *_ = amc(seed=2, warmup=3)
-    assert b.restore(events) == [in_flight]
+    assert b.restore(events) == {5: in_flight}
     for agent in (a, b):
-        agent.tell(in_flight, complete(space, price, in_flight))
+        agent.tell(5, complete(space, price, in_flight))
     assert run(a, space, price, 3) == run(b, space, price, 3)
 
 
 def test_several_episodes_may_be_outstanding():
     agent, space, budget, price = amc(warmup=2)
-    first, second, third = agent.ask(), agent.ask(), agent.ask()
+    first, second, third = agent.ask(0), agent.ask(1), agent.ask(2)
     assert len(agent.outstanding) == 3
-    agent.tell(third, complete(space, price, third, 0.3))
-    agent.tell(first, complete(space, price, first, 0.1))
-    assert [e[0] for e in agent.outstanding] == [second]
-    agent.tell(space.full(), complete(space, price, space.full()))  # not ours: ignored
-    agent.tell(second, complete(space, price, second, 0.2))
+    agent.tell(2, complete(space, price, third, 0.3))
+    agent.tell(0, complete(space, price, first, 0.1))
+    assert [e[0] for e in agent.outstanding.values()] == [second]
+    agent.tell(99, complete(space, price, space.full()))  # not ours: ignored
+    agent.tell(1, complete(space, price, second, 0.2))
     assert agent.told == 3 and not agent.outstanding
     n = len(space)
     assert agent.buffer["rewards"][:3 * n, 0].tolist() == pytest.approx([0.3] * n + [0.1] * n + [0.2] * n)
@@ -114,14 +115,14 @@ def test_several_episodes_may_be_outstanding():
 def test_rewards_error_log_flops_failed_and_infeasible():
     agent, space, budget, price = amc(warmup=10, reward="error_log_flops")
     n = len(space)
-    c = agent.ask()
-    agent.tell(c, complete(space, price, c, 0.9))
+    c = agent.ask(0)
+    agent.tell(0, complete(space, price, c, 0.9))
     expected = -(1 - 0.9) * math.log(price(c)["flops"])
     assert agent.buffer["rewards"][:n, 0].tolist() == pytest.approx([expected] * n, rel=1e-5)
-    c = agent.ask()
-    agent.tell(c, Result(TrialState.FAILED, None, price(c), message="boom"))
-    c = agent.ask()
-    agent.tell(c, Result(TrialState.INFEASIBLE, None, price(c)))
+    c = agent.ask(1)
+    agent.tell(1, Result(TrialState.FAILED, None, price(c), message="boom"))
+    c = agent.ask(2)
+    agent.tell(2, Result(TrialState.INFEASIBLE, None, price(c)))
     assert agent.buffer["rewards"][n:3 * n, 0].tolist() == [0.0] * n + [-1.0] * n
     run(agent, space, price, 12)  # learning with these rewards runs
     assert agent.told == 15
@@ -220,7 +221,7 @@ def test_outstanding_episodes_stay_distinct_once_the_noise_has_decayed():
     agent, space, budget, price = amc(seed=4, warmup=3)
     run(agent, space, price, 5)
     agent.sigma = 1e-9  # as after a few hundred episodes: the policy alone decides
-    asked = [agent.ask() for _ in range(8)]
+    asked = [agent.ask(t) for t in range(5, 13)]
     assert len(set(asked)) == 8
     assert all(budget.feasible(price(c)) for c in asked)
 
@@ -231,8 +232,8 @@ def test_no_candidate_is_proposed_twice_once_the_noise_has_decayed():
     told = run(agent, space, price, 5)
     agent.sigma = 1e-9  # as after a few hundred episodes: the policy alone decides
     asked = []
-    for _ in range(8):
-        c = agent.ask()
+    for ticket in range(5, 13):
+        c = agent.ask(ticket)
         asked.append(c)
-        agent.tell(c, complete(space, price, c))
+        agent.tell(ticket, complete(space, price, c))
     assert len(set(asked)) == 8 and not set(asked) & set(told)

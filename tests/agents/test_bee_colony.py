@@ -1,9 +1,14 @@
 """The ABC agent's own rules: generation barrier, greedy selection, scouts, budget-aware fresh sources."""
 from __future__ import annotations
 
+import itertools
+
 from agents import make_agent
 from conftest import setting
 from spaces.records import Result, TrialState
+
+
+TICKETS = itertools.count()  # fresh tickets for asks whose results are told before the next ones
 
 
 def colony(**options):
@@ -13,17 +18,17 @@ def colony(**options):
 
 def test_a_phase_waits_for_its_results():
     agent, space, budget, price = colony(food_sources=4)
-    first = [agent.ask() for _ in range(4)]
-    assert all(c is not None for c in first) and agent.ask() is None
+    first = [agent.ask(t) for t in range(4)]
+    assert all(c is not None for c in first) and agent.ask(4) is None
     for i, c in enumerate(first):
-        agent.tell(c, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
-    assert agent.ask() is not None and agent.phase == "employed"
+        agent.tell(i, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
+    assert agent.ask(4) is not None and agent.phase == "employed"
 
 
 def test_fresh_sources_use_most_of_the_budget():
     agent, space, budget, price = colony(food_sources=6)
-    for _ in range(6):
-        c = agent.ask()
+    for ticket in range(6):
+        c = agent.ask(ticket)
         assert budget.feasible(price(c))
         assert price(c)["flops"] >= 0.8 * budget.caps["flops"]  # grown until the budget binds
 
@@ -33,11 +38,11 @@ def test_greedy_selection_and_scouts():
 
     def run_phase(score):
         asked = []
-        while (c := agent.ask()) is not None:
-            asked.append(c)
-        for c in asked:
-            agent.tell(c, Result(TrialState.COMPLETE, score(c), price(c)))
-        return asked
+        while (c := agent.ask(ticket := next(TICKETS))) is not None:
+            asked.append((ticket, c))
+        for ticket, c in asked:
+            agent.tell(ticket, Result(TrialState.COMPLETE, score(c), price(c)))
+        return [c for _, c in asked]
 
     run_phase(lambda c: 0.5)                  # init: every source scores 0.5
     sources = [list(s) for s in agent.sources]
@@ -54,24 +59,24 @@ def test_greedy_selection_and_scouts():
 
 def test_failed_moves_never_replace_a_source():
     agent, space, budget, price = colony(food_sources=3)
-    init = [agent.ask() for _ in range(3)]
-    for c in init:
-        agent.tell(c, Result(TrialState.COMPLETE, 0.5, price(c)))
+    init = [agent.ask(t) for t in range(3)]
+    for t, c in enumerate(init):
+        agent.tell(t, Result(TrialState.COMPLETE, 0.5, price(c)))
     moves = []
-    while (c := agent.ask()) is not None:
-        moves.append(c)
-    for c in moves:
-        agent.tell(c, Result(TrialState.FAILED, None, price(c), message="boom"))
-    assert agent.ask() is not None
+    while (c := agent.ask(ticket := next(TICKETS))) is not None:
+        moves.append((ticket, c))
+    for ticket, c in moves:
+        agent.tell(ticket, Result(TrialState.FAILED, None, price(c), message="boom"))
+    assert agent.ask(next(TICKETS)) is not None
     assert agent.scores == [0.5, 0.5, 0.5]
 
 
 def test_moves_planned_for_one_phase_are_distinct():
     # onlookers may pick one source many times; one gene moved at a time makes repeats likely
     agent, space, budget, price = colony(food_sources=2, genes=1)
-    first = [agent.ask() for _ in range(2)]
+    first = [agent.ask(t) for t in range(2)]
     for i, c in enumerate(first):
-        agent.tell(c, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
+        agent.tell(i, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
     planned = [tuple(g) for _, g in agent._moves([0] * 12)]
     assert len(set(planned)) == len(planned)
 
@@ -84,14 +89,14 @@ def test_moves_stay_local_and_keep_using_the_budget():
     agent = make_agent("abc", space, budget, price=price, seed=0, food_sources=6)
     cap = budget.caps["flops"]
     first = []
-    while (c := agent.ask()) is not None:
+    while (c := agent.ask(len(first))) is not None:
         first.append(c)
     for i, c in enumerate(first):
-        agent.tell(c, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
+        agent.tell(i, Result(TrialState.COMPLETE, 0.1 * i, price(c)))
     moves = []
-    while (c := agent.ask()) is not None:
+    while (c := agent.ask(len(first) + len(moves))) is not None:
         moves.append(c)
-    for (i, _), c in zip(agent.asked, moves):
+    for (i, _), c in zip(agent.asked.values(), moves):
         assert budget.feasible(price(c))
         assert price(c)["flops"] >= 0.9 * cap
         source = agent.sources[i]

@@ -25,19 +25,20 @@ def drive(name: str, budget_name: str = "0.4flops", *, seed: int = 0, trials: in
     for step in range(trials * 3):
         if len(asked) >= trials:
             break
-        candidate = agent.ask()
+        ticket = len(asked)
+        candidate = agent.ask(ticket)
         if candidate is None:
             if not pending:
                 break  # nothing more to propose
-            for c in pending:  # a generation barrier: finish the outstanding ones
-                agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+            for t, c in pending:  # a generation barrier: finish the outstanding ones
+                agent.tell(t, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
             pending.clear()
             continue
         asked.append(candidate)
         if fail_every and len(asked) % fail_every == 0:
-            agent.tell(candidate, Result(TrialState.FAILED, None, price(candidate), message="boom"))
+            agent.tell(ticket, Result(TrialState.FAILED, None, price(candidate), message="boom"))
         else:
-            agent.tell(candidate, Result(TrialState.COMPLETE, fake_score(space, candidate), price(candidate)))
+            agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, candidate), price(candidate)))
     return asked
 
 
@@ -67,12 +68,12 @@ def test_survives_failed_results(name):
 def test_state_dict_round_trip_continues_identically(name):
     space, budget, price = setting("0.4flops")
     a = make_agent(name, space, budget, price=price, seed=5, trials=20)
-    first = a.ask()
+    first = a.ask(0)
     if first is not None:
-        a.tell(first, Result(TrialState.COMPLETE, 0.5, price(first)))
+        a.tell(0, Result(TrialState.COMPLETE, 0.5, price(first)))
     b = make_agent(name, space, budget, price=price, seed=99, trials=20)
     b.load_state_dict(a.state_dict())
-    assert a.ask() == b.ask()
+    assert a.ask(1) == b.ask(1)
 
 
 WARM_STARTED = ["random", "abc", "evolution", "metapruning", "tpe", "nsga2"]
@@ -109,11 +110,11 @@ def test_state_dict_round_trip_with_a_warm_start(name):
     space, budget, price = setting("0.4flops")
     start = warm_start()
     a = make_agent(name, space, budget, price=price, seed=5, trials=20, initial=[start])
-    first = a.ask()
-    a.tell(first, Result(TrialState.COMPLETE, 0.5, price(first)))
+    first = a.ask(0)
+    a.tell(0, Result(TrialState.COMPLETE, 0.5, price(first)))
     b = make_agent(name, space, budget, price=price, seed=99, trials=20, initial=[start])
     b.load_state_dict(a.state_dict())
-    assert a.ask() == b.ask()
+    assert a.ask(1) == b.ask(1)
 
 
 def test_agents_import_no_torchvision_ray_or_evaluators():
@@ -148,18 +149,19 @@ def drive_outstanding(name: str, *, outstanding: int = 8, trials: int = 40, seed
     """
     space, budget, price = setting("0.4flops")
     agent = make_agent(name, space, budget, price=price, seed=seed, trials=trials)
-    pending, snapshots, told = [], [], 0
+    pending, snapshots, told, asked = [], [], 0, 0
     while told < trials:
         while len(pending) < outstanding:
-            candidate = agent.ask()
+            candidate = agent.ask(asked)
             if candidate is None:
                 break
-            pending.append(candidate)
-            snapshots.append(list(pending))
+            pending.append((asked, candidate))
+            asked += 1
+            snapshots.append([c for _, c in pending])
         if not pending:
             break
-        candidate = pending.pop(0)
-        agent.tell(candidate, Result(TrialState.COMPLETE, fake_score(space, candidate), price(candidate)))
+        ticket, candidate = pending.pop(0)
+        agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, candidate), price(candidate)))
         told += 1
     return agent, snapshots
 
@@ -197,13 +199,13 @@ def test_state_dict_round_trip_mid_search_with_outstanding_candidates(name, how)
     a = make_agent(name, space, budget, price=price, seed=5, trials=60, **options)
     pending = []
     for step in range(33):
-        candidate = a.ask()
+        candidate = a.ask(step)
         if candidate is None:
             break
-        pending.append(candidate)
+        pending.append((step, candidate))
         if step < 30:
-            c = pending.pop(0)
-            a.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+            t, c = pending.pop(0)
+            a.tell(t, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
     if how == "pickle":
         b = pickle.loads(pickle.dumps(a))
     else:
@@ -212,14 +214,14 @@ def test_state_dict_round_trip_mid_search_with_outstanding_candidates(name, how)
 
     def go_on(agent) -> list:
         asked, out = [], list(pending)
-        for _ in range(12):
+        for ticket in range(33, 45):
             while out:
-                c = out.pop(0)
-                agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
-            c = agent.ask()
+                t, c = out.pop(0)
+                agent.tell(t, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+            c = agent.ask(ticket)
             asked.append(c)
             if c is not None:
-                out.append(c)
+                out.append((ticket, c))
         return asked
 
     assert go_on(a) == go_on(b)
@@ -230,18 +232,18 @@ def test_optuna_agents_state_is_plain_json_data_with_no_pickled_study(name):
     # a pickled Optuna study broke when Optuna 5.1 gave NSGA-II a thread lock; the state must outlive releases
     space, budget, price = setting("0.4flops")
     a = make_agent(name, space, budget, price=price, seed=5, trials=30)
-    for _ in range(25):
-        c = a.ask()
-        a.tell(c, Result(TrialState.COMPLETE if len(a.study.trials) % 4 else TrialState.FAILED,
-                         fake_score(space, c), price(c)))
-    out = a.ask()  # one outstanding
+    for ticket in range(25):
+        c = a.ask(ticket)
+        a.tell(ticket, Result(TrialState.COMPLETE if len(a.study.trials) % 4 else TrialState.FAILED,
+                              fake_score(space, c), price(c)))
+    out = a.ask(25)  # one outstanding
     state = json.loads(json.dumps(a.state_dict()))
     assert b"optuna" not in pickle.dumps(state)
     b = make_agent(name, space, budget, price=price, seed=99, trials=30)
     b.load_state_dict(state)
     for agent in (a, b):
-        agent.tell(out, Result(TrialState.COMPLETE, fake_score(space, out), price(out)))
-    assert [a.ask() for _ in range(5)] == [b.ask() for _ in range(5)]
+        agent.tell(25, Result(TrialState.COMPLETE, fake_score(space, out), price(out)))
+    assert [a.ask(t) for t in range(26, 31)] == [b.ask(t) for t in range(26, 31)]
     assert b"optuna.study" not in pickle.dumps(a)  # the agent itself pickles as plain data too
 
 

@@ -1,6 +1,7 @@
 """The evolution agent's own rules: generation barrier, no repeats, within budget, parents, resumable."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -13,6 +14,7 @@ from spaces.records import Result, TrialState
 from spaces.space import KEEP, WIDTH, Dimension, SearchSpace
 
 SMALL = dict(population=8, parents=3, mutations=3, crossovers=3)
+TICKETS = itertools.count(1000)  # fresh tickets for asks whose results are told before the next ones
 
 
 def evolution(budget_name="0.4flops", seed=0, trials=None, **options):
@@ -24,24 +26,24 @@ def evolution(budget_name="0.4flops", seed=0, trials=None, **options):
 def generation(agent, score, price):
     """Ask until the barrier, then tell every result; returns the generation's candidates."""
     asked = []
-    while (c := agent.ask()) is not None:
-        asked.append(c)
-    for c in asked:
+    while (c := agent.ask(ticket := next(TICKETS))) is not None:
+        asked.append((ticket, c))
+    for ticket, c in asked:
         s = score(c)
-        agent.tell(c, Result(TrialState.FAILED, None, price(c), message="boom") if s is None
+        agent.tell(ticket, Result(TrialState.FAILED, None, price(c), message="boom") if s is None
                    else Result(TrialState.COMPLETE, s, price(c)))
-    return asked
+    return [c for _, c in asked]
 
 
 def test_a_generation_waits_for_its_results():
     agent, space, budget, price = evolution()
-    first = [agent.ask() for _ in range(8)]
-    assert all(c is not None for c in first) and agent.ask() is None and agent.generation == 0
-    for c in first[:-1]:
-        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
-    assert agent.ask() is None  # one result still missing
-    agent.tell(first[-1], Result(TrialState.COMPLETE, fake_score(space, first[-1]), price(first[-1])))
-    assert agent.ask() is not None and agent.generation == 1
+    first = [agent.ask(t) for t in range(8)]
+    assert all(c is not None for c in first) and agent.ask(8) is None and agent.generation == 0
+    for t, c in enumerate(first[:-1]):
+        agent.tell(t, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    assert agent.ask(8) is None  # one result still missing
+    agent.tell(7, Result(TrialState.COMPLETE, fake_score(space, first[-1]), price(first[-1])))
+    assert agent.ask(8) is not None and agent.generation == 1
 
 
 @pytest.mark.parametrize("budget_name", ["0.4flops", "0.25flops+0.5params"])
@@ -70,7 +72,7 @@ def test_exhausts_a_small_space_without_repeats_then_stops():
         if not asked:
             break
         seen += asked
-    assert agent.ask() is None  # nothing outstanding and nothing new: the search ends
+    assert agent.ask(next(TICKETS)) is None  # nothing outstanding and nothing new: the search ends
     assert len(seen) == len(set(seen)) and set(seen) == feasible
 
 
@@ -87,7 +89,7 @@ def test_parents_are_the_best_scored_and_failures_never_breed():
     assert [space.decode(g) for g in agent.top()] == best
     ranked = agent.ranked()
     assert all(s is None for _, s in ranked[-4:]) and all(s is not None for _, s in ranked[:4])
-    children = [agent.ask() for _ in range(5)]  # the crossovers come first
+    children = [agent.ask(next(TICKETS)) for _ in range(5)]  # the crossovers come first
     parents = [space.encode(c) for c in best]
     for child in children:
         genes = space.encode(child)
@@ -101,7 +103,7 @@ def test_mutations_stay_close_to_a_parent():
     generation(agent, lambda c: fake_score(space, c), price)
     parents = agent.top()
     for _ in range(6):
-        genes = space.encode(agent.ask())
+        genes = space.encode(agent.ask(next(TICKETS)))
         # a few mutated genes; widths narrowed to pay for widened ones (`trade`) are not mutations
         assert min(sum(a > b or (a != b and d.kind == KEEP) for a, b, d in zip(genes, p, space.dimensions))
                    for p in parents) <= 6
@@ -110,15 +112,15 @@ def test_mutations_stay_close_to_a_parent():
 def test_state_dict_round_trip_mid_generation():
     agent, space, budget, price = evolution(seed=4)
     generation(agent, lambda c: fake_score(space, c), price)
-    pending = [agent.ask() for _ in range(3)]
-    agent.tell(pending[0], Result(TrialState.COMPLETE, 0.7, price(pending[0])))
+    pending = [agent.ask(t) for t in range(3)]
+    agent.tell(0, Result(TrialState.COMPLETE, 0.7, price(pending[0])))
     state = json.loads(json.dumps(agent.state_dict()))
     twin, _, _, _ = evolution(seed=99)
     twin.load_state_dict(state)
     assert twin.state_dict() == agent.state_dict()
     for a in (agent, twin):
-        for c in pending[1:]:
-            a.tell(c, Result(TrialState.FAILED, None, price(c), message="boom"))
+        for t, c in enumerate(pending[1:], 1):
+            a.tell(t, Result(TrialState.FAILED, None, price(c), message="boom"))
     assert generation(agent, lambda c: fake_score(space, c), price) == \
         generation(twin, lambda c: fake_score(space, c), price)
     assert twin.state_dict() == agent.state_dict()
@@ -128,21 +130,21 @@ def test_replay_reproduces_the_state():
     agent, space, budget, price = evolution(seed=2)
     events = []
     for step in range(30):  # interleaved asks and tells, some results told late, one generation in flight
-        c = agent.ask()
+        c = agent.ask(step)
         if c is None:
             for e in [e for e in events if e[0] == "ask" and not any(t[0] == "tell" and t[1] == e[1] for t in events)]:
-                r = Result(TrialState.COMPLETE, fake_score(space, e[1]), price(e[1]))
+                r = Result(TrialState.COMPLETE, fake_score(space, e[2]), price(e[2]))
                 agent.tell(e[1], r)
                 events.append(("tell", e[1], r))
             continue
-        events.append(("ask", c))
+        events.append(("ask", step, c))
         if step % 3 == 0:
             r = Result(TrialState.COMPLETE, fake_score(space, c), price(c))
-            agent.tell(c, r)
-            events.append(("tell", c, r))
+            agent.tell(step, r)
+            events.append(("tell", step, r))
     twin, _, _, _ = evolution(seed=2)
     outstanding = twin.restore(events)
-    assert outstanding == [space.decode(g) for g in agent.outstanding]
+    assert list(outstanding.items()) == [(t, space.decode(g)) for t, g in agent.outstanding.items()]
     assert twin.state_dict() == agent.state_dict()
 
 

@@ -12,10 +12,10 @@ from spaces.records import Result, TrialState
 def test_over_budget_trials_are_told_to_optuna_not_asked_of_the_engine():
     space, budget, price = setting("0.25flops+0.5params")
     agent = make_agent("tpe", space, budget, price=price, seed=0, trials=30)
-    for _ in range(30):
-        c = agent.ask()
+    for ticket in range(30):
+        c = agent.ask(ticket)
         assert budget.feasible(price(c))
-        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+        agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
     trials = agent.study.trials
     assert len(trials) > 30  # the extra ones were infeasible and cost no evaluation
     complete = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -25,9 +25,9 @@ def test_over_budget_trials_are_told_to_optuna_not_asked_of_the_engine():
 def test_nsga2_optimizes_score_and_flops():
     space, budget, price = setting("0.4flops")
     agent = make_agent("nsga2", space, budget, price=price, seed=0, trials=20, population=6)
-    for _ in range(20):
-        c = agent.ask()
-        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    for ticket in range(20):
+        c = agent.ask(ticket)
+        agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
     assert agent.study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     assert agent.study.best_trials
 
@@ -36,20 +36,20 @@ def test_a_stored_study_continues_where_it_stopped(tmp_path):
     space, budget, price = setting("0.4flops")
     url = f"sqlite:///{tmp_path / 'study.db'}"
 
-    def run(agent, n):
+    def run(agent, n, start=0):
         out = []
-        for _ in range(n):
-            c = agent.ask()
+        for ticket in range(start, start + n):
+            c = agent.ask(ticket)
             out.append(c)
-            agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+            agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
         return out
 
     first = make_agent("tpe", space, budget, price=price, seed=0, trials=20, storage=url, study_name="s")
     history = run(first, 12)
     again = make_agent("tpe", space, budget, price=price, seed=0, trials=20, storage=url, study_name="s")
-    again.restore([("ask", c) for c in history])  # the stored study already holds them: nothing replayed
+    again.restore([("ask", t, c) for t, c in enumerate(history)])  # the stored study holds them: nothing replayed
     assert len(again.study.trials) == len(first.study.trials)
-    run(again, 3)
+    run(again, 3, start=12)
     journal = tmp_path / "study.log"
     logged = make_agent("tpe", space, budget, price=price, seed=0, storage=str(journal))
     run(logged, 2)
@@ -66,11 +66,11 @@ def test_when_optuna_keeps_missing_the_budget_a_repaired_candidate_is_enqueued(m
     real_repair = agent.repair
     agent.repair = lambda c: repaired.append(real_repair(c)) or repaired[-1]
     asked = []
-    for _ in range(12):
-        c = agent.ask()
+    for ticket in range(12):
+        c = agent.ask(ticket)
         assert budget.feasible(price(c)) and space.validate(c)
         asked.append(c)
-        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+        agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
     assert repaired, "no ask missed the budget: the fallback was not exercised"
     assert all(r in asked for r in repaired)  # Optuna evaluated exactly the repaired candidates it was handed
 
@@ -78,9 +78,9 @@ def test_when_optuna_keeps_missing_the_budget_a_repaired_candidate_is_enqueued(m
 def drive_tpe(trials: int, **options):
     space, budget, price = setting("0.4flops")
     agent = make_agent("tpe", space, budget, price=price, seed=0, trials=trials, **options)
-    for _ in range(trials):
-        c = agent.ask()
-        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    for ticket in range(trials):
+        c = agent.ask(ticket)
+        agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
     return agent
 
 
@@ -93,9 +93,9 @@ def test_tpe_models_every_dimension_jointly_after_its_startup_trials():
     independent = []
     sampler.sample_independent = lambda *a, **k: independent.append(a[2]) or 0
     space, budget, price = setting("0.4flops")
-    for _ in range(3):
-        c = agent.ask()
-        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+    for ticket in range(12, 15):
+        c = agent.ask(ticket)
+        agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
     assert independent == []  # no dimension fell back to independent (random) sampling
 
 
@@ -127,12 +127,13 @@ def test_the_bounded_view_kept_up_to_date_is_the_view_of_a_full_scan():
 
     space, budget, price = setting("0.25flops+0.5params")
     agent = make_agent("tpe", space, budget, price=price, seed=0, trials=120, history=15, startup_trials=10)
-    study, sampler, pending, checked = agent.study, agent.study.sampler, [], 0
+    study, sampler, pending, checked, asked = agent.study, agent.study.sampler, [], 0, 0
     for told in range(120):
         while len(pending) < 4:
-            pending.append(agent.ask())
-        c = pending.pop(1 if told % 3 else 0)  # not always the oldest: some older trials stay running
-        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+            pending.append((asked, agent.ask(asked)))
+            asked += 1
+        ticket, c = pending.pop(1 if told % 3 else 0)  # not always the oldest: some older trials stay running
+        agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
         bounded = sampler._view(study)
         if bounded is study:
             continue
@@ -173,29 +174,30 @@ def test_a_bounded_tpe_resumes_exactly_by_replay_and_by_state_dict():
     def fresh():
         return make_agent("tpe", space, budget, price=price, seed=0, trials=95, history=10, startup_trials=10)
 
-    def drive(agent, pending, tells, events=None):
+    def drive(agent, pending, tells, first_ticket, events=None):
         asked = []
         for _ in range(tells):
             while len(pending) < 3:
-                c = agent.ask()
-                pending.append(c)
+                ticket = first_ticket + len(asked)
+                c = agent.ask(ticket)
+                pending.append((ticket, c))
                 asked.append(c)
                 if events is not None:
-                    events.append(("ask", c))
-            c = pending.pop(0)
+                    events.append(("ask", ticket, c))
+            ticket, c = pending.pop(0)
             result = Result(TrialState.COMPLETE, fake_score(space, c), price(c))
-            agent.tell(c, result)
+            agent.tell(ticket, result)
             if events is not None:
-                events.append(("tell", c, result))
+                events.append(("tell", ticket, result))
         return asked
 
     original, pending, events = fresh(), [], []
-    drive(original, pending, 70, events)
+    asked = len(drive(original, pending, 70, 0, events))
     assert original.study.sampler._view(original.study) is not original.study  # the view is bounded by now
     replayed, loaded = fresh(), fresh()
-    assert replayed.restore(events) == pending
+    assert list(replayed.restore(events).items()) == pending
     loaded.load_state_dict(original.state_dict())
-    after = [drive(agent, list(pending), 15) for agent in (original, replayed, loaded)]
+    after = [drive(agent, list(pending), 15, asked) for agent in (original, replayed, loaded)]
     assert after[0] == after[1] == after[2] and len(after[0]) == 15
 
 
@@ -207,12 +209,12 @@ def test_startup_trials_are_feasible_random_draws_that_reach_the_engine(name, op
     warm = space.full()
     agent = make_agent(name, space, budget, price=price, seed=0, trials=30, initial=[warm], **options)
     asked = []
-    for _ in range(startup):
-        c = agent.ask()
+    for ticket in range(startup):
+        c = agent.ask(ticket)
         asked.append(c)
-        agent.tell(c, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
+        agent.tell(ticket, Result(TrialState.COMPLETE, fake_score(space, c), price(c)))
     assert len(agent.study.trials) == startup  # not one draw was wasted on an over-budget candidate
     assert asked[0] == agent.initial[0] and len(set(asked)) == startup
     assert all(budget.feasible(price(c)) for c in asked)
     again = make_agent(name, space, budget, price=price, seed=0, trials=30, initial=[warm], **options)
-    assert [again.ask() for _ in range(startup)] == asked  # seeded
+    assert [again.ask(t) for t in range(startup)] == asked  # seeded

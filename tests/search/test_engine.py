@@ -8,7 +8,7 @@ import pytest
 
 from agents import make_agent
 from conftest import fake_score, setting
-from evaluators.executors import Scored
+from evaluators.racing import Estimate
 from search.engine.loop import Engine, Journal
 from search.errors import UserError
 from spaces.records import TrialState
@@ -44,11 +44,11 @@ def test_every_trial_is_journaled_and_over_budget_is_never_scored(tmp_path):
             self.inner = make_agent("random", space, budget, price=price, seed=0)
             self.n = 0
 
-        def ask(self):
+        def ask(self, ticket):
             self.n += 1
-            return over if self.n % 3 == 0 else self.inner.ask()
+            return over if self.n % 3 == 0 else self.inner.ask(ticket)
 
-        def tell(self, c, r):
+        def tell(self, ticket, r):
             pass
 
     scorer = CountingScorer(space)
@@ -112,15 +112,15 @@ def test_uniform_finishes_early_after_its_one_candidate(tmp_path):
 
 def test_repeated_candidates_are_not_scored_twice(tmp_path):
     space, budget, price = setting("0.4flops")
-    candidate = make_agent("uniform", space, budget, price=price).ask()
+    candidate = make_agent("uniform", space, budget, price=price).ask(0)
 
     class Repeater:
         name = "repeat"
 
-        def ask(self):
+        def ask(self, ticket):
             return candidate
 
-        def tell(self, c, r):
+        def tell(self, ticket, r):
             pass
 
     scorer = CountingScorer(space)
@@ -145,7 +145,7 @@ class OutOfOrderExecutor:
         if self.waits == self.kill_at:
             raise KeyboardInterrupt
         ticket, candidate = self.queue.pop()
-        return [(ticket, Scored(self.scorer.score(candidate), 0.0))]
+        return [(ticket, Estimate(self.scorer.score(candidate)))]
 
 
 @pytest.mark.parametrize("agent", ["random", "abc", "tpe"])

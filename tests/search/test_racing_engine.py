@@ -106,7 +106,7 @@ def test_best_trial_never_picks_a_raced_out_candidate_over_a_fully_scored_one():
 def test_a_repeat_of_a_raced_candidate_is_told_the_same_partial_result():
     space, budget, price = setting("0.4flops")
     referee = Referee(price, budget, top_k=1)
-    candidate = make_agent("random", space, budget, price=price, seed=0).ask()
+    candidate = make_agent("random", space, budget, price=price, seed=0).ask(0)
     referee.remember(candidate, Result(TrialState.COMPLETE, 0.4, {}, samples=64, raced=True))
     assert referee.bar is None   # a raced score never sets the bar
     _, repeat = referee.settle(candidate)
