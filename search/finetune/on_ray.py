@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from search.errors import UserError
-from search.finetune.command import RAY_DIR, STATE_FILE, Recipe, fit, write_outputs
+from search.finetune.loop import RAY_DIR, STATE_FILE, Recipe, fit, write_outputs
 from search.models.zoo import DataBundle
 
 log = logging.getLogger("search.finetune")

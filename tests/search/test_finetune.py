@@ -12,7 +12,9 @@ import pytest
 import torch
 
 from conftest import one_run
+from search.engine import records
 from search.finetune import command as ft
+from search.finetune import loop
 from search.finetune.step import Distillation, distillation_loss
 
 
@@ -41,7 +43,7 @@ def states_equal(a, b) -> bool:
 
 
 def saved_state(run):
-    return torch.load(run / ft.FINETUNED_STATE_FILE, weights_only=True)
+    return torch.load(run / records.FINETUNED_STATE_FILE, weights_only=True)
 
 
 # ---------------------------------------------------------------- distillation
@@ -72,13 +74,13 @@ def test_resume_continues_from_the_last_epoch_and_matches_an_uninterrupted_run(m
     straight, split = (shutil.copytree(made / "run", tmp_path / name) for name in ("straight", "split"))
     whole = tune(straight, epochs=2)
     first = tune(split, epochs=2, stop_after=1)
-    assert first.epochs == 1 and len(pd.read_csv(split / ft.FINETUNE_CSV)) == 1
-    assert torch.load(split / ft.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    assert first.epochs == 1 and len(pd.read_csv(split / records.FINETUNE_CSV)) == 1
+    assert torch.load(split / loop.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
     rest = tune(split, epochs=2, resume=True)
     assert rest.resumed_from == 1 and [r["epoch"] for r in rest.history] == [1, 2]
     assert rest.history[0] == first.history[0]  # epoch 1 was not trained again
     assert [r["loss"] for r in rest.history] == [r["loss"] for r in whole.history]
-    assert states_equal(saved_state(split), saved_state(straight)) and (split / ft.FINETUNE_PLOT).is_file()
+    assert states_equal(saved_state(split), saved_state(straight)) and (split / loop.FINETUNE_PLOT).is_file()
 
 
 def test_an_unfinished_fine_tune_is_never_overwritten_and_resumes_only_its_recipe(run_dir, capsys):
@@ -113,30 +115,30 @@ def test_one_ray_worker_gives_the_plain_loop_s_result(made, tmp_path, local_ray)
 
 
 def ray_checkpoints(run):
-    return sorted(p for p in (run / ft.RAY_DIR).glob("checkpoint_*") if p.is_dir())
+    return sorted(p for p in (run / loop.RAY_DIR).glob("checkpoint_*") if p.is_dir())
 
 
 def test_two_ray_workers_checkpoint_every_epoch_and_resume(run_dir, local_ray):
     first = tune(run_dir, epochs=2, stop_after=1, workers=2)
     checkpoints = ray_checkpoints(run_dir)
-    assert first.epochs == 1 and len(checkpoints) == 1 and len(pd.read_csv(run_dir / ft.FINETUNE_CSV)) == 1
-    assert torch.load(checkpoints[0] / ft.STATE_FILE, weights_only=True)["epoch"] == 1
+    assert first.epochs == 1 and len(checkpoints) == 1 and len(pd.read_csv(run_dir / records.FINETUNE_CSV)) == 1
+    assert torch.load(checkpoints[0] / loop.STATE_FILE, weights_only=True)["epoch"] == 1
     rest = tune(run_dir, epochs=2, resume=True, workers=2)
     assert rest.resumed_from == 1 and [r["epoch"] for r in rest.history] == [1, 2]
     assert rest.history[0] == first.history[0]  # continued from epoch 1, not restarted
     assert len(ray_checkpoints(run_dir)) == 2
-    assert len(pd.read_csv(run_dir / ft.FINETUNE_CSV)) == 2 and 0 <= rest.test_top1 <= 1
+    assert len(pd.read_csv(run_dir / records.FINETUNE_CSV)) == 2 and 0 <= rest.test_top1 <= 1
 
 
 # ---------------------------------------------------------------- safety and user errors
 
 def test_epoch_order_splits_each_global_batch_over_the_workers():
-    whole = ft.epoch_order(100, 8, seed=3, epoch=2)
-    parts = [ft.epoch_order(100, 8, seed=3, epoch=2, rank=r, world=2) for r in range(2)]
+    whole = loop.epoch_order(100, 8, seed=3, epoch=2)
+    parts = [loop.epoch_order(100, 8, seed=3, epoch=2, rank=r, world=2) for r in range(2)]
     assert len(whole) == 96 and sorted(whole) == sorted(parts[0] + parts[1])
     for k in range(12):  # global batch k of one worker = the union of batch k of each of two
         assert set(whole[8 * k:8 * k + 8]) == set(parts[0][4 * k:4 * k + 4]) | set(parts[1][4 * k:4 * k + 4])
-    assert ft.epoch_order(100, 8, seed=3, epoch=3) != whole
+    assert loop.epoch_order(100, 8, seed=3, epoch=3) != whole
 
 
 class _Hostile:
@@ -156,13 +158,13 @@ def _plant(path, marker):
 
 @pytest.mark.parametrize("planted, extra, message", [
     ("best.pt", [], "pass --trust-pickle"),
-    (ft.SUBNET_STATE_FILE, [], "weights_only"),
-    (ft.CHECKPOINT_FILE, ["--resume"], "weights_only"),
+    (loop.SUBNET_STATE_FILE, [], "weights_only"),
+    (loop.CHECKPOINT_FILE, ["--resume"], "weights_only"),
 ])
 def test_a_hostile_pickle_never_runs(run_dir, tmp_path, capsys, planted, extra, message):
     marker = tmp_path / "pwned"
     if planted == "best.pt":
-        (run_dir / ft.SUBNET_STATE_FILE).unlink()
+        (run_dir / loop.SUBNET_STATE_FILE).unlink()
     _plant(run_dir / planted, marker)
     code = ft.main([str(run_dir), "--epochs", "1", "--no-progress", *extra])
     err = capsys.readouterr().err.strip()
@@ -194,7 +196,7 @@ def test_a_full_disk_mid_fine_tune_keeps_the_last_epoch(run_dir, capsys, monkeyp
     real, writes = torch.save, []
 
     def full_disk(obj, f, *args, **kw):
-        if Path(getattr(f, "name", f)).name.startswith(f".{ft.CHECKPOINT_FILE}."):  # the temporary file
+        if Path(getattr(f, "name", f)).name.startswith(f".{loop.CHECKPOINT_FILE}."):  # the temporary file
             writes.append(obj["epoch"])
             if obj["epoch"] == 2:
                 raise OSError(28, "No space left on device")
@@ -204,19 +206,19 @@ def test_a_full_disk_mid_fine_tune_keeps_the_last_epoch(run_dir, capsys, monkeyp
     code = ft.main([str(run_dir), "--epochs", "3", "--no-progress", "--batch-size", "128", "--no-distill"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "No space left on device" in err and writes == [1, 2], err
-    assert torch.load(run_dir / ft.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
-    assert not list(run_dir.glob(f".{ft.CHECKPOINT_FILE}.*"))  # no temporary file left
+    assert torch.load(run_dir / loop.CHECKPOINT_FILE, weights_only=True)["epoch"] == 1
+    assert not list(run_dir.glob(f".{loop.CHECKPOINT_FILE}.*"))  # no temporary file left
     monkeypatch.setattr(torch, "save", real)
     assert tune(run_dir, epochs=3, resume=True, batch_size=128).resumed_from == 1
 
 
 def _garbage_best(run):
-    (run / ft.SUBNET_STATE_FILE).unlink()
+    (run / loop.SUBNET_STATE_FILE).unlink()
     (run / "best.pt").write_bytes(b"not a pickle at all")
 
 
 def _state_dict_best(run):
-    (run / ft.SUBNET_STATE_FILE).replace(run / "best.pt")
+    (run / loop.SUBNET_STATE_FILE).replace(run / "best.pt")
 
 
 @pytest.mark.parametrize("args, prepare, message", [
