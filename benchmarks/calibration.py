@@ -29,7 +29,7 @@ import torch  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from benchmarks.setting import Setting  # noqa: E402
-from evaluators.accuracy import AccuracyEvaluator  # noqa: E402
+from evaluators.accuracy import AccuracyEvaluator, hits  # noqa: E402
 from search.engine.config import SearchConfig  # noqa: E402
 from spaces.records import Result, TrialState  # noqa: E402
 
@@ -71,7 +71,7 @@ def scores_by_count(evaluator: AccuracyEvaluator, candidate, counts=COUNTS) -> t
             bn.eval()
         correct = total = 0
         for xb, yb in evaluator.held_out:
-            correct += int((elastic(xb).argmax(1) == yb).sum())
+            correct += int(hits(elastic(xb), yb))
             total += len(yb)
         scores.append(correct / total)
     return scores, moves

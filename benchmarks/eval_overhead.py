@@ -24,7 +24,7 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 from benchmarks.setting import Setting  # noqa: E402
-from evaluators.accuracy import AccuracyEvaluator  # noqa: E402
+from evaluators.accuracy import AccuracyEvaluator, hits  # noqa: E402
 from search.engine.config import SearchConfig  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 
@@ -40,7 +40,7 @@ def bare_forwards(subnet: nn.Module, evaluator: AccuracyEvaluator) -> None:
     for bn in bns:
         bn.eval()
     for x, y in evaluator.held_out:
-        (subnet(x).argmax(1) == y).sum().item()
+        hits(subnet(x), y).item()
 
 
 def measure(model_spec: str = "resnet20", data_spec: str = "digits", *, candidates: int = 40,

@@ -40,7 +40,7 @@ class Setting:
         pipeline = Pipeline(config, inputs=inputs, progress=progress)
         inputs = pipeline.load_inputs()
         prunable = pipeline.derive()
-        cost = pipeline.cost_model(prunable)
+        cost, pipeline.budget = pipeline.cost_model(prunable)
         setting = cls(pipeline, inputs, prunable, cost, pipeline.evaluator(prunable),
                       memoized(lambda c: cost.price(c).as_dict()))
         if len(config.budget) == 1:
@@ -56,7 +56,7 @@ class Setting:
         if budget not in self._budgets:
             pipeline = Pipeline(replace(self.pipeline.config, budget=[budget]), inputs=self.inputs,
                                 progress=self.pipeline.progress)
-            pipeline.cost_model(self.prunable)
+            _, pipeline.budget = pipeline.cost_model(self.prunable)
             self._budgets[budget] = pipeline
         return self._budgets[budget]
 

@@ -63,11 +63,19 @@ def recalibrate(module: nn.Module, batches: Iterable[torch.Tensor]) -> None:
             bn.eval()
 
 
+def hits(output: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Top-1 hits: how many rows of `output` (logits) have their largest value at the label; a tensor on the
+    output's device (summing them there costs one host read at the end, not one per batch). The one
+    definition of top-1 that the scorer, the training step and the reports use."""
+    return (output.argmax(1) == labels).sum()
+
+
 @torch.no_grad()
 def top1(module: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Top-1 accuracy of `module` as it is (train or eval mode is the caller's) over (x, y) batches."""
     correct, total = 0, 0
     for x, y in batches:
-        correct = correct + (module(x).argmax(1) == y).sum()   # stays on the device: one host read at the end
+        correct = correct + hits(module(x), y)
         total += y.numel()
     return int(correct) / max(1, total)
 
@@ -134,7 +142,7 @@ class AccuracyEvaluator:
             for step, (x, y) in enumerate(self.held_out):
                 out = self.elastic(x)
                 finite &= torch.isfinite(out).all()
-                correct += (out.argmax(1) == y).sum()
+                correct += hits(out, y)
                 seen += len(y)
                 if bar is not None and step < looks:
                     if not finite.item():

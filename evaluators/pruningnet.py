@@ -65,7 +65,7 @@ from spaces.sampling import feasible_sampler  # noqa: F401 - re-exported: its ol
 from spaces.slicing import kept_length
 from spaces.space import Candidate
 
-from .accuracy import AccuracyEvaluator
+from .accuracy import AccuracyEvaluator, hits
 
 FORMAT = "prunesearch-pruningnet-1"
 #: the encoding's length: (output axis kept fraction, input axis kept fraction)
@@ -263,7 +263,7 @@ def train_pruningnet(pruningnet: PruningNet, loader: Iterable, *, epochs: int, l
                     optimizer.step()
                     scheduler.step()
                     loss_sum += loss.item() * y.numel()
-                    correct += (out.argmax(1) == y).sum().item()
+                    correct += hits(out, y).item()
                     seen += y.numel()
                     bar.update(1)
                     bar.set_postfix(loss=f"{loss_sum / seen:.3f}", refresh=False)

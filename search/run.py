@@ -10,17 +10,26 @@ bundled handwritten digits (trained once, then cached).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from agents.registry import list_agents
 
 from search.engine.budget import GRAMMAR
 from search.cli import ArgumentParser, configure_logging, given_options, guarded
-from search.engine.config import BLOCK_ENCODINGS, DEFAULT_RATIOS_TEXT, DEFAULT_TRIALS, FINALIST_RANKINGS, SCORERS, SearchConfig
+from search.engine.config import BLOCK_ENCODINGS, FINALIST_RANKINGS, SCORERS, SearchConfig
 from search.engine.loop import Outcome
 from search.engine.pipeline import Pipeline, PruneResult
 from search.engine.versions import VersionAction
 
 RUNTIME = ("resume", "no_progress", "quiet", "explain")  # how this process runs, not what the run is
+
+
+def config_defaults(parser: argparse.ArgumentParser) -> dict[str, object]:
+    """Every option's default, read from `SearchConfig` (written there once, with the reason for it). `--agent`
+    and `--budget` stay unset, so that a resumed run can tell what was given from what was not."""
+    fields = {f.name: f for f in dataclasses.fields(SearchConfig)}
+    return {a.dest: fields[a.dest].default for a in parser._actions
+            if a.dest in fields and a.dest not in ("agent", "budget") and fields[a.dest].default is not dataclasses.MISSING}
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -31,74 +40,74 @@ def get_args_parser() -> argparse.ArgumentParser:
     what.add_argument("--agent", required=False, help=f"search agent: {', '.join(list_agents())}")
     what.add_argument("--budget", action="append", default=None, metavar="LIMIT",
                       help=f"repeatable; every limit must hold. {GRAMMAR}")
-    what.add_argument("--model", default="resnet20",
+    what.add_argument("--model",
                       help="resnet20 | resnet56 | mobilenetv2 | torchvision:NAME | timm:NAME[?key=value&...] | package.module:factory | "
                            "PATH.pt (a whole pickled model, with --trust-pickle)")
-    what.add_argument("--weights", default=None, help="state dict or checkpoint ({'state_dict': ...}, {'model': ...}), "
+    what.add_argument("--weights", help="state dict or checkpoint ({'state_dict': ...}, {'model': ...}), "
                                                       "loaded with weights_only=True (tensors only, no code runs)")
     what.add_argument("--trust-pickle", action="store_true",
                       help="allow --model PATH.pt, a whole pickled module: unpickling runs code from the file")
-    what.add_argument("--data", default="digits",
+    what.add_argument("--data",
                       help="digits | cifar10:DIR | imagefolder:DIR[@SIZE] | package.module:factory")
     search = p.add_argument_group("search")
-    search.add_argument("--trials", type=int, default=DEFAULT_TRIALS, help="candidates to try")
-    search.add_argument("--seed", type=int, default=0, help="seeds the data split, the baseline and the agent")
-    search.add_argument("--width-ratios", default=DEFAULT_RATIOS_TEXT,
+    search.add_argument("--trials", type=int, help="candidates to try")
+    search.add_argument("--seed", type=int, help="seeds the data split, the baseline and the agent")
+    search.add_argument("--width-ratios",
                         help="allowed width ratios of every channel group, comma-separated")
-    search.add_argument("--round-to", type=int, default=1, help="round every width to a multiple of this")
+    search.add_argument("--round-to", type=int, help="round every width to a multiple of this")
     search.add_argument("--no-block-removal", action="store_true", help="never remove residual blocks")
-    search.add_argument("--block-encoding", choices=BLOCK_ENCODINGS, default="flags",
+    search.add_argument("--block-encoding", choices=BLOCK_ENCODINGS,
                         help="flags: one keep flag per removable residual block; depth: one depth per stage (a run "
                              "of consecutive removable blocks keeps its first d), as MetaPruning/AutoSlim/OFA")
     search.add_argument("--no-warm-start", action="store_true",
                         help="do not propose global magnitude pruning's candidate at the budget among the first "
                              "(abc, evolution, metapruning, random, tpe, nsga2 use it; uniform and amc never do)")
     scoring = p.add_argument_group("scoring (BN-recalibrated held-out top-1)")
-    scoring.add_argument("--scorer", choices=SCORERS, default=None,
+    scoring.add_argument("--scorer", choices=SCORERS,
                          help="whose weights score a candidate: base (the model's own) or pruningnet (MetaPruning's "
                               "generated weights; the default of --agent metapruning, which is evolution + pruningnet)")
-    scoring.add_argument("--calib-batches", type=int, default=2, help="batches to recalibrate BatchNorm on")
-    scoring.add_argument("--batch-size", type=int, default=64, help="calibration (and training) batch size")
-    scoring.add_argument("--eval-samples", type=int, default=1024, help="held-out samples scored per candidate")
+    scoring.add_argument("--calib-batches", type=int, help="batches to recalibrate BatchNorm on")
+    scoring.add_argument("--batch-size", type=int, help="calibration (and training) batch size")
+    scoring.add_argument("--eval-samples", type=int, help="held-out samples scored per candidate")
     scoring.add_argument("--no-racing", action="store_true",
                          help="score every candidate on every held-out sample (racing stops one early once it "
                               "cannot enter the best --racing-top-k; off anyway with a user score function)")
-    scoring.add_argument("--racing-top-k", type=int, default=10, help="racing keeps every candidate that may enter "
+    scoring.add_argument("--racing-top-k", type=int, help="racing keeps every candidate that may enter "
                          "the k best scores so far")
-    scoring.add_argument("--racing-confidence", type=float, default=0.99,
+    scoring.add_argument("--racing-confidence", type=float,
                          help="racing's confidence, per candidate, that it stops none that would enter the top k")
-    scoring.add_argument("--racing-chunk", type=int, default=64, help="held-out samples per racing step")
-    scoring.add_argument("--held-out", type=float, default=0.2,
+    scoring.add_argument("--racing-chunk", type=int, help="held-out samples per racing step")
+    scoring.add_argument("--held-out", type=float,
                          help="share (or count, if >= 1) of the training set held out for scoring")
-    scoring.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    scoring.add_argument("--device", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     scoring.add_argument("--latency", action="store_true",
                          help="measure a latency table and report latency even without a latency budget")
-    scoring.add_argument("--latency-batch", type=int, default=1, help="batch size latency is measured at")
-    scoring.add_argument("--latency-backend", default="torch", metavar="{torch,onnxruntime,openvino}",
+    scoring.add_argument("--latency-batch", type=int, help="batch size latency is measured at")
+    scoring.add_argument("--latency-backend", metavar="{torch,onnxruntime,openvino}",
                          help="the runtime latency is timed on (the table and the final check): torch (eager), "
                               "onnxruntime or openvino (the model exported to ONNX, with the runtime's fusions)")
-    scoring.add_argument("--baseline-epochs", type=int, default=30,
+    scoring.add_argument("--baseline-epochs", type=int,
                          help="epochs to train a zoo model given without --weights (cached)")
     final = p.add_argument_group("after the search: filling the budget, finalists (picking by a short fine-tune)")
     final.add_argument("--fill", action="store_true",
                        help="widen the best candidates (narrowest group first) until the budget binds; the widened "
                             "ones are scored as extra trials and compete with the rest")
-    final.add_argument("--finalists", type=int, default=5,
+    final.add_argument("--finalists", type=int,
                        help="the best K distinct candidates are fine-tuned briefly, scored again on held-out, and the "
                             "best exported; 0: export the proxy's best as it is")
-    final.add_argument("--finalist-steps", type=int, default=50,
+    final.add_argument("--finalist-steps", type=int,
                        help="SGD steps per finalist on the fit split (0: only scored again with the exported weights)")
-    final.add_argument("--finalist-lr", type=float, default=0.05, help="finalists' peak learning rate (cosine to 0)")
-    final.add_argument("--finalist-rank", choices=FINALIST_RANKINGS, default="ce+proxy",
+    final.add_argument("--finalist-lr", type=float, help="finalists' peak learning rate (cosine to 0)")
+    final.add_argument("--finalist-rank", choices=FINALIST_RANKINGS,
                        help="how finalists are ordered after their steps: held-out cross-entropy (ce) or score, alone "
                             "or plus the proxy's rank (+proxy; ties keep the proxy's order)")
     ray = p.add_argument_group("distribution (Ray)")
-    ray.add_argument("--workers", type=int, default=0,
+    ray.add_argument("--workers", type=int,
                      help="score on N Ray actors (a local Ray is started unless --ray-address); 0: in this process")
     ray.add_argument("--ray-address", help="join an existing Ray cluster: auto, or HOST:PORT")
-    ray.add_argument("--cpus-per-worker", type=float, default=1, help="CPUs per actor (its torch threads)")
-    ray.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per actor (fractions allowed)")
-    ray.add_argument("--backend", choices=("actors", "tune"), default="actors",
+    ray.add_argument("--cpus-per-worker", type=float, help="CPUs per actor (its torch threads)")
+    ray.add_argument("--gpus-per-worker", type=float, help="GPUs per actor (fractions allowed)")
+    ray.add_argument("--backend", choices=("actors", "tune"),
                      help="actors: this engine's own pool (lowest overhead); tune: Ray Tune's Tuner (its experiment "
                           "management, FailureConfig retries, Tuner.restore on --resume)")
     agent = p.add_argument_group("agent options (each applies to the agents named)")
@@ -120,16 +129,17 @@ def get_args_parser() -> argparse.ArgumentParser:
     meta = p.add_argument_group("MetaPruning (--agent metapruning)")
     meta.add_argument("--pruningnet", metavar="PATH", help="a trained PruningNet (pruningnet.pt of an earlier run) "
                                                           "instead of training one")
-    meta.add_argument("--pruningnet-epochs", type=int, default=30, help="epochs to train the PruningNet")
-    meta.add_argument("--export-weights", choices=("base", "pruningnet"), default="base",
+    meta.add_argument("--pruningnet-epochs", type=int, help="epochs to train the PruningNet")
+    meta.add_argument("--export-weights", choices=("base", "pruningnet"),
                       help="weights of the exported subnet: the base model's, or the PruningNet's")
     out = p.add_argument_group("output")
-    out.add_argument("--out", default=None, help="run directory (default runs/<time>-<model>-<agent>-<budget>)")
+    out.add_argument("--out", help="run directory (default runs/<time>-<model>-<agent>-<budget>)")
     out.add_argument("--resume", default=None, metavar="DIR", help="continue an interrupted run")
     out.add_argument("--no-progress", action="store_true", help="no progress bars")
     out.add_argument("--quiet", action="store_true", help="warnings and the summary only")
     out.add_argument("--explain", action="store_true",
                      help="print the search space derived from the model (groups, frozen groups and why) and stop")
+    p.set_defaults(**config_defaults(p))
     return p
 
 

@@ -103,7 +103,9 @@ class Pipeline:
             raise UserError(f"no prunable channel group or removable block was found in {inputs.name}")
         return prunable
 
-    def cost_model(self, prunable: PrunableModel) -> CostModel:
+    def cost_model(self, prunable: PrunableModel) -> tuple[CostModel, Budget]:
+        """The cost model (FLOPs, params; latency when a budget or `--latency` asks for it) and the budget
+        resolved against the base model's costs; an unreachable budget is a UserError."""
         table = None
         budget = parse_budget(self.config.budget)
         if self.config.latency or any(lim.metric == "latency" for lim in budget.limits):
@@ -131,12 +133,12 @@ class Pipeline:
                             multiple)
         cost = CostModel(prunable, latency=table)
         base = cost.base.as_dict()
-        self.budget = budget.resolve(base)
+        resolved = budget.resolve(base)
         smallest = cost.price(prunable.space.smallest()).as_dict()
-        if not self.budget.feasible(smallest):
+        if not resolved.feasible(smallest):
             reachable = " and ".join(f"{smallest[k] / base[k]:.3f} x its {k}" for k in base)
-            raise UserError(f"budget {self.budget} cannot be met: the smallest subnet of this space has {reachable}")
-        return cost
+            raise UserError(f"budget {resolved} cannot be met: the smallest subnet of this space has {reachable}")
+        return cost, resolved
 
     def _own_latency_table(self, prunable: PrunableModel, input_shape: tuple[int, ...]):
         """On resume, the latency table the run priced its trials with (`LATENCY_TABLE_FILE`, re-anchoring
@@ -309,7 +311,7 @@ class Pipeline:
         c = self.config
         inputs = self.load_inputs()
         prunable = self.derive()
-        cost = self.cost_model(prunable)
+        cost, self.budget = self.cost_model(prunable)
         base = cost.base.as_dict()
         price = memoized(cost.costs)
         # agents that plan around the trial count (tpe's startup, evolution's population) keep the first run's

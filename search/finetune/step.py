@@ -11,6 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from evaluators.accuracy import hits, top1
+
 from search.errors import UserError, first_line
 
 
@@ -43,14 +45,7 @@ def resolve_device(device: str = "auto") -> torch.device:
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device | str = "cpu") -> float:
     """Top-1 accuracy of `model` (in eval mode) over `loader`."""
-    model.eval()
-    correct = torch.zeros((), dtype=torch.long, device=device)
-    total = 0
-    for x, y in loader:
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        correct += (model(x).argmax(1) == y).sum()
-        total += y.numel()
-    return correct.item() / max(1, total)
+    return top1(model.eval(), ((x.to(device, non_blocking=True), y.to(device, non_blocking=True)) for x, y in loader))
 
 
 def make_optimizer(model: nn.Module, config: TrainConfig, steps: int):
@@ -110,7 +105,7 @@ def train_epoch(model: nn.Module, batches: Iterable, optimizer: torch.optim.Opti
         optimizer.step()
         scheduler.step()
         loss_sum += loss.detach() * y.numel()
-        correct += (out.detach().argmax(1) == y).sum()
+        correct += hits(out.detach(), y)
         seen += y.numel()
     return {"loss": loss_sum.item() / max(1, seen), "train_top1": correct.item() / max(1, seen), "samples": seen}
 

@@ -191,22 +191,22 @@ def test_a_resumed_run_prices_with_its_own_table_even_on_another_machine(cache, 
     monkeypatch.setattr(latency, "measure_table", lambda *a, **k: measured.append(a) or real(*a, **k))
     capsys.readouterr()
     pipeline = Pipeline.resume(out, progress=False)
-    assert pipeline.cost_model(pipeline.derive()).latency.to_json() == saved and not measured  # its own
+    assert pipeline.cost_model(pipeline.derive())[0].latency.to_json() == saved and not measured  # its own
     assert "another machine" not in capsys.readouterr().err
     saved["meta"]["key"], saved["meta"]["threads"] = "another machine", 64
     (out / "latency_table.json").write_text(json.dumps(saved))
     pipeline = Pipeline.resume(out, progress=False)
-    assert pipeline.cost_model(pipeline.derive()).latency.to_json() == saved and not measured  # still its own
+    assert pipeline.cost_model(pipeline.derive())[0].latency.to_json() == saved and not measured  # still its own
     err = capsys.readouterr().err  # the run's logging (set up by `search`) writes warnings to stderr
     assert "measured on another machine, thread count or version (cpu, 64 thread(s)" in err
     saved["meta"]["structure"] = "another model"
     (out / "latency_table.json").write_text(json.dumps(saved))
     pipeline = Pipeline.resume(out, progress=False)
-    assert pipeline.cost_model(pipeline.derive()).latency.to_json() != saved and measured
+    assert pipeline.cost_model(pipeline.derive())[0].latency.to_json() != saved and measured
     assert "is for another model structure or runtime; measuring one here" in capsys.readouterr().err
     (out / "latency_table.json").write_text(json.dumps({"meta": {}}))  # edited: no layers
     pipeline = Pipeline.resume(out, progress=False)
-    assert pipeline.cost_model(pipeline.derive()).latency is not None
+    assert pipeline.cost_model(pipeline.derive())[0].latency is not None
     assert "cannot be used (KeyError: 'layers'); measuring one here" in capsys.readouterr().err
 
 

@@ -356,3 +356,16 @@ def test_a_resumed_run_says_which_library_moved_since_it_started(tmp_path, capsy
     after = json.loads(run_json.read_text())
     assert after["versions"]["optuna"] == "0.0.1"  # what it started with is kept; the resume's own beside it
     assert after["resumed_versions"]["optuna"] != "0.0.1"
+
+
+def test_every_option_default_is_the_config_s_own():
+    # each default is written once, in SearchConfig; the command line reads it from there
+    import dataclasses
+
+    from search.engine.config import SearchConfig
+
+    fields = {f.name: f.default for f in dataclasses.fields(SearchConfig)}
+    parser = run_module.get_args_parser()
+    options = [a for a in parser._actions if a.dest in fields and a.dest not in ("agent", "budget")]
+    assert len(options) > 40
+    assert all(a.default == fields[a.dest] for a in options), [a.dest for a in options if a.default != fields[a.dest]]
