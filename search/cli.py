@@ -51,6 +51,7 @@ def given_options(make_parser: Callable[[], argparse.ArgumentParser], argv: Sequ
     parser = make_parser()
     for action in parser._actions:
         action.default = argparse.SUPPRESS
+    parser._defaults.clear()  # those of set_defaults (search.run reads its defaults from SearchConfig)
     return vars(parser.parse_args(list(sys.argv[1:] if argv is None else argv)))
 
 
