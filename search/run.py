@@ -32,6 +32,15 @@ def config_defaults(parser: argparse.ArgumentParser) -> dict[str, object]:
             if a.dest in fields and a.dest not in ("agent", "budget") and fields[a.dest].default is not dataclasses.MISSING}
 
 
+def steps_or_rungs(text: str) -> int | list[int]:
+    """`--finalist-steps`: one number of steps (50), or rising ones separated by commas (rungs: 20,80,320)."""
+    try:
+        steps = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected steps such as 50 or rungs such as 20,80,320, got {text!r}") from None
+    return steps[0] if len(steps) == 1 else steps
+
+
 def get_args_parser() -> argparse.ArgumentParser:
     p = ArgumentParser(prog="python -m search.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--version", action=VersionAction,
@@ -95,8 +104,13 @@ def get_args_parser() -> argparse.ArgumentParser:
     final.add_argument("--finalists", type=int,
                        help="the best K distinct candidates are fine-tuned briefly, scored again on held-out, and the "
                             "best exported; 0: export the proxy's best as it is")
-    final.add_argument("--finalist-steps", type=int,
-                       help="SGD steps per finalist on the fit split (0: only scored again with the exported weights)")
+    final.add_argument("--finalist-steps", type=steps_or_rungs, metavar="STEPS[,STEPS...]",
+                       help="SGD steps per finalist on the fit split (0: only scored again with the exported weights); "
+                            "rising steps such as 20,80,320 make rungs: all finalists train to the first, the best "
+                            "third of each rung trains on to the next (successive halving)")
+    final.add_argument("--no-one-shot", action="store_true",
+                       help="do not score global magnitude and uniform pruning at the budget and add them to the "
+                            "finalists (by default they always compete there)")
     final.add_argument("--finalist-lr", type=float, help="finalists' peak learning rate (cosine to 0)")
     final.add_argument("--finalist-rank", choices=FINALIST_RANKINGS,
                        help="how finalists are ordered after their steps: held-out cross-entropy (ce) or score, alone "

@@ -28,7 +28,7 @@ AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "history", 
 #: fields a resumed run may change (see the module docstring)
 RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage",
                        "study_name", "fill", "finalists", "finalist_steps", "finalist_lr",
-                       "finalist_rank"})
+                       "finalist_rank", "no_one_shot"})
 SCORERS = ("base", "pruningnet")
 BACKENDS = ("actors", "tune")
 BLOCK_ENCODINGS = ("flags", "depth")
@@ -85,7 +85,11 @@ class SearchConfig:
     export_weights: str = "base"
     fill: bool = False                 # widen the best candidates until the budget binds; scored as extra trials
     finalists: int = 5                 # top candidates fine-tuned briefly and scored again; the best is exported
-    finalist_steps: int = 50           # SGD steps per finalist (0: scored again with the exported weights only)
+    finalist_steps: int | list[int] = 50  # SGD steps per finalist (0: scored again with the exported weights only);
+    #   a rising list (20,80,320) runs rungs: every finalist trains to the first, the best third of each rung
+    #   trains on to the next (successive halving), and the last rung's best is exported
+    no_one_shot: bool = False          # else global magnitude and uniform pruning at the budget are scored (extra
+    #   trials) and always among the finalists, so the export is never one the finalists rank below one-shot pruning
     finalist_lr: float = 0.05          # 0.01 picked worse than the proxy alone (benchmarks/finalists.py)
     finalist_rank: str = "ce+proxy"    # one of FINALIST_RANKINGS: held-out cross-entropy rank + the proxy's rank
     trust_pickle: bool = False         # allow unpickling a whole model file (--model PATH.pt): runs its code
@@ -101,6 +105,12 @@ class SearchConfig:
         if not ratios or not all(0 < r <= 1 for r in ratios):
             raise UserError(f"--width-ratios must lie in (0, 1], got {self.width_ratios!r}")
         return ratios
+
+    @property
+    def finalist_rungs(self) -> tuple[int, ...]:
+        """The finalists' steps as rungs: (50,) for one short fine-tune, (20, 80, 320) for successive halving."""
+        steps = self.finalist_steps
+        return tuple(steps) if isinstance(steps, (list, tuple)) else (steps,)
 
     @property
     def scorer_name(self) -> str:
@@ -141,10 +151,14 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and not (_finite(value) and value > 0):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed", "finalists", "finalist_steps"):
+        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed", "finalists"):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        rungs = self.finalist_rungs
+        if not rungs or not all(isinstance(r, int) and r >= 0 for r in rungs) or list(rungs) != sorted(set(rungs)):
+            raise UserError(f"--finalist-steps must be a whole number of steps >= 0, or rising ones separated by "
+                            f"commas (rungs, e.g. 20,80,320), got {self.finalist_steps!r}")
         if not (_finite(self.finalist_lr) and self.finalist_lr > 0):
             raise UserError(f"--finalist-lr must be positive, got {self.finalist_lr}")
         if self.finalist_rank not in FINALIST_RANKINGS:

@@ -74,8 +74,9 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
             "input_shape": list(inputs.example.shape[1:]),
             "trial": best.number, "candidate": best.candidate.to_dict(),
             "held_out_top1": exported_score, "search_score": best.result.score,
-            "selected_by": (f"finalists ({len(finalists)}, {steps} steps each)" if exported is not None
-                            else "search score") + (", then the latency check" if check is not None else ""),
+            "selected_by": _selected_by(finalists, exported, c.finalist_rungs) +
+                           (", then the latency check" if check is not None else ""),
+            "origin": best.result.message or "search",  # where the candidate came from: the search, a fill, one-shot
             "export_weights": c.export_weights, "finetuned_steps": steps,
             "test_top1": test_top1, "costs": dict(best.result.costs),
             "ratios": {k: best.result.costs[k] / base[k] for k in base},
@@ -134,3 +135,13 @@ def summary_text(pipeline: Pipeline, outcome, frame, base, base_score, record, m
     if record and pipeline.inputs.data is not None:
         lines.append(f"next : python -m search.finetune {pipeline.run_dir.path}")
     return "\n".join(lines)
+
+
+def _selected_by(finalists: list, exported, rungs: tuple[int, ...]) -> str:
+    """Which stage picked the export, in words (best.json's `selected_by`)."""
+    if exported is None:
+        return "search score"
+    if len(rungs) > 1 and exported.steps:
+        return (f"finalists ({len(finalists)}, successive halving over rungs of {', '.join(map(str, rungs))} steps; "
+                f"rung {exported.rung + 1} picked it)")
+    return f"finalists ({len(finalists)}, {exported.steps} steps each)"

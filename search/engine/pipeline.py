@@ -39,8 +39,9 @@ from search.engine.config import SearchConfig
 from search.engine.loop import Engine, Outcome, memoized
 from search.errors import UserError
 from search.engine.finish import finish
-from search.engine.records import LATENCY_TABLE_FILE, PruneResult, RunDirectory
+from search.engine.records import LATENCY_TABLE_FILE, PruneResult, RunDirectory, Trial
 from search.selection.fill import fill_trials
+from search.selection.one_shot import one_shot_trials
 from search.finetune.step import device_of, evaluate
 from search.models.inputs import Inputs, zoo_inputs
 from search.models.zoo import ZOO_MODELS
@@ -61,6 +62,7 @@ class Pipeline:
         self.device = device_of(config.device)
         self.budget: Budget | None = None
         self._resuming = run_dir is not None
+        self.one_shot: list[Trial] = []  # trials of the one-shot candidates, always among the finalists
 
     @classmethod
     def resume(cls, path: str | Path, changes: Mapping[str, Any] | None = None, *, progress: bool = True) -> Pipeline:
@@ -387,6 +389,9 @@ class Pipeline:
                 executor.close()
         if c.fill and outcome.best is not None and not outcome.interrupted:
             outcome.trials.extend(fill_trials(self, prunable, outcome.trials, scorer, price))
+        if c.finalists and not c.no_one_shot and outcome.best is not None and not outcome.interrupted:
+            extra, self.one_shot = one_shot_trials(self, prunable, outcome.trials, scorer, price)
+            outcome.trials.extend(extra)
         if scorer is not evaluator:
             scorer.restore()
         evaluator.restore()

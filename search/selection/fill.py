@@ -6,16 +6,14 @@ search's and not journaled (a resumed run fills again at its end).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from typing import TYPE_CHECKING
 
-from evaluators.executors import score_safely
 from spaces.derive import PrunableModel
 from spaces.fill import fill
 
-from search.engine.loop import Referee
 from search.engine.records import Trial
+from search.selection.extra import ExtraTrials
 from search.selection.finalists import top_distinct
 
 if TYPE_CHECKING:
@@ -28,23 +26,13 @@ def fill_trials(pipeline: Pipeline, prunable: PrunableModel, trials: list[Trial]
     """The best `max(1, --finalists)` distinct candidates, each widened until the budget binds
     (`spaces.fill`), scored by the search's scorer: extra trials, numbered after the search's and
     not journaled (a resumed run fills again at its end)."""
-    referee = Referee(price, pipeline.budget)
-    for trial in trials:
-        referee.remember(trial.candidate, trial.result)
-    number = max(t.number for t in trials) + 1
+    extras = ExtraTrials(trials, scorer, price, pipeline.budget)
     extra = []
     for trial in top_distinct(trials, max(1, pipeline.config.finalists)):
         wider = fill(prunable.space, trial.candidate, lambda c: pipeline.budget.feasible(price(c)))
-        costs, settled = referee.settle(wider)
-        if settled is not None:
-            continue  # nothing to widen, or already scored
-        scored = score_safely(scorer, wider)
-        result = referee.result(costs, scored)
-        result = dataclasses.replace(result, message=f"fill of trial {trial.number}" +
-                                     (f": {scored.error}" if scored.error else ""))
-        referee.remember(wider, result)
-        extra.append(Trial(number, wider, result, number + 1))
-        number += 1
+        scored = extras.score(wider, f"fill of trial {trial.number}")  # None: nothing to widen, or scored already
+        if scored is not None:
+            extra.append(scored)
     if extra:
         log.info("fill: %d widened candidates scored (%s)", len(extra), ", ".join(
             f"{t.result.message} -> {t.result.score:.4f}" for t in extra if t.result.ok))

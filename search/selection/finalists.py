@@ -20,6 +20,7 @@ which is what makes MetaPruning's result honest (its proxy scores PruningNet wei
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import logging
 import math
@@ -60,6 +61,12 @@ class FinalistSettings:
     weight_decay: float = 5e-4
     seed: int = 0
     rank: str = "ce+proxy"  # one of RANKINGS: how the finalists are ordered (see the module docstring)
+    rungs: tuple[int, ...] = ()  # rising total steps (successive halving); () is one rung of `steps`
+    halving: int = 3        # each rung keeps its best 1/halving for the next (at least one)
+
+    def schedule(self) -> tuple[int, ...]:
+        """The total steps a finalist has after each rung."""
+        return tuple(self.rungs) or (self.steps,)
 
 
 @dataclass
@@ -70,6 +77,7 @@ class Finalist:
     steps: int = 0                   # fine-tuning steps it had
     module: nn.Module | None = None  # trained and recalibrated; dropped once the winner is known
     loss: float = math.nan           # held-out cross-entropy after the short fine-tune (NaN with a user metric)
+    rung: int = 0                    # the last rung it trained in (successive halving; 0 with one rung)
 
     @property
     def proxy(self) -> float:
@@ -183,22 +191,48 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
                   held_out: Sequence[tuple[torch.Tensor, torch.Tensor]],
                   metric: Callable[[nn.Module], float] | None = None, teacher: nn.Module | None = None,
                   device: torch.device | str, progress: Callable[[str], None] | None = None,
-                  parallel: Callable[[Callable, list[tuple]], list] | None = None) -> list[Finalist]:
-    """Fine-tune and score again the top `settings.count` distinct trials; best first (by the new score, then
-    the proxy's order). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn,
-    jobs)` runs `fn(*job)` for every job (e.g. as Ray tasks) and returns the results in order; default: one
-    after the other, here."""
+                  parallel: Callable[[Callable, list[tuple]], list] | None = None,
+                  forced: Sequence[Trial] = ()) -> list[Finalist]:
+    """Fine-tune and score again the top `settings.count` distinct trials, and the `forced` ones (the one-shot
+    candidates) after them; best first (by `settings.rank`), then those a rung left behind.
+
+    With one rung (`settings.schedule()` is `(steps,)`) every finalist trains `steps` steps. With several
+    (successive halving), every finalist trains to the first, is scored and ranked, and the best
+    `1 / settings.halving` of each rung (at least one) trains on, from where it is, to the next. Synchronous
+    rungs: each is decided on the scores of all its finalists, so the order they finish in never matters (the
+    asynchronous ASHA of Optuna's and Ray Tune's schedulers promotes the first finalists of a rung whatever
+    comes after). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn, jobs)` runs
+    `fn(*job)` for every job (e.g. as Ray tasks) and returns the results in order; default: one after the other.
+    """
     chosen = top_distinct(trials, settings.count)
-    jobs = [(build(trial.candidate), rank, settings, batches, calibration, held_out, metric, teacher, device)
-            for rank, trial in enumerate(chosen)]
-    results = parallel(train_finalist, jobs) if parallel is not None else [train_finalist(*job) for job in jobs]
-    finalists = []
-    for rank, (trial, (module, score, steps, seconds, loss)) in enumerate(zip(chosen, results)):
-        finalists.append(Finalist(trial, score, seconds, steps, module, loss))
-        if progress is not None:
-            progress(f"finalist {rank + 1}/{len(chosen)}: trial {trial.number}, proxy {trial.result.score:.4f} -> "
-                     f"{score:.4f} after {steps} steps" + (f" (cross-entropy {loss:.4f})" if math.isfinite(loss) else ""))
-    return rank_finalists(finalists, settings.rank)
+    chosen += [t for t in forced if all(t.candidate != c.candidate for c in chosen)]
+    alive = [Finalist(trial, math.nan, 0.0, 0, build(trial.candidate)) for trial in chosen]  # in the proxy's order
+    behind: list[Finalist] = []
+    done, schedule = 0, settings.schedule()
+    for rung, total in enumerate(schedule):
+        step = dataclasses.replace(settings, steps=total - done, seed=settings.seed + rung)
+        jobs = [(f.module, chosen.index(f.trial), step, batches, calibration, held_out, metric, teacher, device)
+                for f in alive]
+        results = parallel(train_finalist, jobs) if parallel is not None else [train_finalist(*job) for job in jobs]
+        for f, (module, score, steps, seconds, loss) in zip(alive, results):
+            f.module, f.score, f.loss, f.seconds, f.steps = module, score, loss, f.seconds + seconds, f.steps + steps
+            f.rung = rung
+            if progress is not None:
+                progress(f"finalist {chosen.index(f.trial) + 1}/{len(chosen)}"
+                         + (f", rung {rung + 1}/{len(schedule)}" if len(schedule) > 1 else "")
+                         + f": trial {f.trial.number}{' (' + f.trial.result.message + ')' if f.trial.result.message else ''}"
+                         f", proxy {f.proxy:.4f} -> {score:.4f} after {f.steps} steps"
+                         + (f" (cross-entropy {loss:.4f})" if math.isfinite(loss) else ""))
+        ranked = rank_finalists(alive, settings.rank)
+        if rung == len(schedule) - 1:
+            return ranked + behind
+        keep = max(1, math.ceil(len(ranked) / settings.halving))
+        for f in ranked[keep:]:
+            f.module = None  # left behind at this rung: not exported
+        behind = ranked[keep:] + behind
+        alive = sorted(ranked[:keep], key=lambda f: chosen.index(f.trial))  # the proxy's order, as rank_finalists wants
+        done = total
+    return behind
 
 
 def rank_finalists(finalists: Sequence[Finalist], rank: str = "ce+proxy") -> list[Finalist]:
@@ -262,10 +296,10 @@ def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float], expor
     """finalists.csv: one row per finalist, in the order they were ranked; `exported` marks the one exported
     (the first, unless the latency check skipped it; none if it skipped them all)."""
     rows = [{"rank": i + 1, "trial": f.trial.number, "proxy_score": f.proxy, "finalist_score": f.score,
-             "finalist_ce": f.loss, "steps": f.steps, "flops_ratio": f.trial.result.costs.get("flops", math.nan) / base["flops"],
+             "finalist_ce": f.loss, "steps": f.steps, "rung": f.rung + 1, "origin": f.trial.result.message or "search", "flops_ratio": f.trial.result.costs.get("flops", math.nan) / base["flops"],
              "params_ratio": f.trial.result.costs.get("params", math.nan) / base["params"],
              "seconds": round(f.seconds, 3), "exported": f.trial is exported} for i, f in enumerate(finalists)]
-    return pd.DataFrame(rows, columns=["rank", "trial", "proxy_score", "finalist_score", "finalist_ce", "steps",
+    return pd.DataFrame(rows, columns=["rank", "trial", "origin", "proxy_score", "finalist_score", "finalist_ce", "steps", "rung",
                                        "flops_ratio", "params_ratio", "seconds", "exported"])
 
 
@@ -292,17 +326,23 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
     `search.selection.finalists`); [] when the proxy's pick stands (no finalists, or nothing they could change)."""
     c = pipeline.config
     rescore = c.scorer_name == "pruningnet" and c.export_weights == "base"  # the proxy scored other weights
-    batches, teacher = finalist_batches(pipeline) if c.finalists and c.finalist_steps else (None, None)
-    steps = c.finalist_steps if batches is not None else 0
+    rungs = c.finalist_rungs
+    batches, teacher = finalist_batches(pipeline) if c.finalists and rungs[-1] else (None, None)
+    if batches is None:
+        rungs = (0,)
+    steps = rungs[-1]
     if not c.finalists or (steps == 0 and not rescore):
-        if c.finalists and c.finalist_steps:
+        if c.finalists and c.finalist_rungs[-1]:
             log.info("finalists skipped: no labelled training batches, and the model's output is not a "
                      "logits matrix to distil (pass prune(train=...) to fine-tune finalists)")
         return []
     settings = FinalistSettings(count=c.finalists, steps=steps, lr=c.finalist_lr, seed=c.seed,
-                                rank=c.finalist_rank)
-    log.info("finalists: the best %d candidates, %d fine-tuning steps each, scored again on held-out",
-             c.finalists, steps)
+                                rank=c.finalist_rank, rungs=rungs if len(rungs) > 1 else ())
+    forced = list(pipeline.one_shot)
+    log.info("finalists: the best %d candidates%s, %s, scored again on held-out", c.finalists,
+             f" and the one-shot ones ({', '.join(f'trial {t.number}' for t in forced)})" if forced else "",
+             f"{steps} fine-tuning steps each" if len(rungs) == 1 else
+             f"rungs of {', '.join(map(str, rungs))} steps, the best third of each going on")
     parallel, started = None, False
     if steps and (c.workers or c.ray_address):  # the finalists train at once, one per Ray worker
         from evaluators.executors import init_ray
@@ -314,14 +354,15 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
         ranked = run_finalists(trials, settings, build=pipeline.build(prunable, pruningnet), batches=batches,
                                calibration=evaluator.calibration, held_out=evaluator.held_out,
                                metric=evaluator.metric, teacher=teacher, device=pipeline.device,
-                               progress=log.info, parallel=parallel)
+                               progress=log.info, parallel=parallel, forced=forced)
     finally:
         if started:
             import ray
 
             ray.shutdown()
     for finalist in ranked:
-        finalist.module.to(pipeline.device)
+        if finalist.module is not None:
+            finalist.module.to(pipeline.device)
     if not ranked or not np.isfinite(ranked[0].score):
         log.warning("no finalist scored a finite value after fine-tuning: exporting the proxy's best as it is")
         return []

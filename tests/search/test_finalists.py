@@ -134,3 +134,35 @@ def test_fill_adds_widened_trials_that_stay_within_budget(model, tmp_path):
     filled = trials[trials.message.fillna("").str.startswith("fill of trial 0")]
     assert len(trials) == 2 and len(filled) == 1
     assert trials.flops_ratio[0] < filled.flops_ratio.iloc[0] <= 0.3 + 1e-9
+
+
+def test_successive_halving_keeps_the_best_third_of_each_rung_and_one_shot_ones_always_compete():
+    from torch import nn
+
+    from search.selection.finalists import FinalistSettings, run_finalists
+
+    trials = [_trial(i, 1.0 - i / 100, {"a": i}) for i in range(12)]
+    one_shot = _trial(99, 0.1, {"a": 99})  # far below the top 9 by the proxy: forced in all the same
+    quality = {i: (i * 7) % 10 / 10 for i in range(12)} | {99: 0.95}  # what training reveals, unlike the proxy
+    deltas = []
+
+    def train(module, rank, settings, *rest):  # a stand-in for train_finalist: (module, score, steps, s, ce)
+        deltas.append(settings.steps)
+        module.trained += settings.steps
+        return module, quality[module.a] + module.trained / 1000, settings.steps, 0.0, math.nan
+
+    def build(candidate):
+        module = nn.Identity()
+        module.a, module.trained = candidate["a"], 0
+        return module
+
+    settings = FinalistSettings(count=9, steps=160, rank="score", rungs=(10, 40, 160))
+    ranked = run_finalists(trials, settings, build=build, batches=None, calibration=[], held_out=[], device="cpu",
+                           parallel=lambda fn, jobs: [train(*job) for job in jobs], forced=[one_shot])
+    assert len(ranked) == 10 and deltas == [10] * 10 + [30] * 4 + [120] * 2  # 10 -> ceil(10/3) = 4 -> 2
+    assert [f.trial.number for f in ranked[:2]] == [99, 7]    # the best two of rung 2, by their final score
+    assert [f.steps for f in ranked] == [160, 160, 40, 40] + [10] * 6 and [f.rung for f in ranked[:4]] == [2, 2, 1, 1]
+    rung1 = sorted((n for n in list(range(9)) + [99]), key=lambda n: -quality[n])[:4]
+    assert {f.trial.number for f in ranked[:4]} == set(rung1)  # those that went on were rung 1's best third
+    assert all(f.module is None for f in ranked[2:]) and ranked[0].module is not None
+    assert FinalistSettings(steps=50).schedule() == (50,)

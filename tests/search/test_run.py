@@ -369,3 +369,21 @@ def test_every_option_default_is_the_config_s_own():
     options = [a for a in parser._actions if a.dest in fields and a.dest not in ("agent", "budget")]
     assert len(options) > 40
     assert all(a.default == fields[a.dest] for a in options), [a.dest for a in options if a.default != fields[a.dest]]
+
+
+def test_rungs_of_finalists_with_one_shot_candidates_and_best_json_says_who_picked(tmp_path):
+    code, out = search(tmp_path, "--finalists", "4", "--finalist-steps", "2,6", budget=("0.25flops",))
+    assert code == 0
+    best = json.loads((out / "best.json").read_text())
+    assert "successive halving over rungs of 2, 6 steps" in best["selected_by"] and best["finetuned_steps"] == 6
+    assert best["origin"] in ("search", "one-shot: global magnitude", "one-shot: uniform")
+    finalists = pd.read_csv(out / "finalists.csv")
+    assert sorted(finalists.steps)[-1] == 6 and set(finalists.rung) == {1, 2}
+    trials = pd.read_csv(out / "trials.csv")
+    one_shot = set(trials.trial[trials.message.fillna("").str.startswith("one-shot")])
+    assert one_shot <= set(finalists.trial)  # scored as extra trials, and always among the finalists
+
+
+def test_finalist_steps_that_do_not_rise_are_refused_in_one_line(tmp_path, capsys):
+    code, _ = search(tmp_path, "--finalist-steps", "8,4")
+    assert code == 2 and "--finalist-steps must be" in capsys.readouterr().err
