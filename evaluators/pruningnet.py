@@ -223,33 +223,24 @@ def train_pruningnet(pruningnet: PruningNet, loader: Iterable, *, epochs: int, l
     if epochs < 0 or lr <= 0:
         raise ValueError("train_pruningnet needs epochs >= 0 and lr > 0")
     prunable = pruningnet.prunable
-    model = prunable.model
-    device = next(iter(model.parameters()), torch.empty(0)).device
-    pruningnet.to(device).train()
     space = prunable.space
     sample = sample or space.sample
     rng = np.random.default_rng(seed)
     elastic = ElasticModel(prunable)
     snapshot = elastic.bn_snapshot()
-    was_training = model.training
-    grads = [(p, p.requires_grad) for p in model.parameters()]
     steps = max(1, epochs * len(loader))  # type: ignore[arg-type]
-    try:  # the fused kernel is ~10x faster on the generators' millions of parameters
-        optimizer = torch.optim.Adam(pruningnet.generators.parameters(), lr=lr, fused=True)
-    except (RuntimeError, TypeError, ValueError):
-        optimizer = torch.optim.Adam(pruningnet.generators.parameters(), lr=lr)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
     history: list[dict[str, float]] = []
-    devices = [device.index or 0] if device.type == "cuda" else []
     bar = tqdm(total=epochs * len(loader), desc="training the PruningNet", disable=not progress, leave=False)  # type: ignore[arg-type]
     try:
-        with torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for p, _ in grads:
-                p.requires_grad_(False)
-            elastic.train()
+        with elastic.trainable(seed, freeze_base=True) as device:
+            pruningnet.to(device).train()
+            try:  # the fused kernel is ~10x faster on the generators' millions of parameters
+                optimizer = torch.optim.Adam(pruningnet.generators.parameters(), lr=lr, fused=True)
+            except (RuntimeError, TypeError, ValueError):
+                optimizer = torch.optim.Adam(pruningnet.generators.parameters(), lr=lr)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                          lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)))
             pruningnet.install(elastic)
-            elastic.state.volatile = True
             for epoch in range(epochs):
                 started = time.perf_counter()
                 loss_sum = correct = seen = 0.0
@@ -274,9 +265,6 @@ def train_pruningnet(pruningnet: PruningNet, loader: Iterable, *, epochs: int, l
         bar.close()
         PruningNet.uninstall(elastic)
         elastic.restore_bn(snapshot)
-        for p, flag in grads:
-            p.requires_grad_(flag)
-        model.train(was_training)
         pruningnet.eval()
     return history
 

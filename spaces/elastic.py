@@ -10,11 +10,13 @@ tensors once, at its first forward after an `apply`, and reuses them until the n
 BatchNorm running statistics are views of the base model's buffers, so recalibrating the elastic
 model in train mode updates the base model's statistics for the kept channels: take a
 `bn_snapshot()` first and `restore_bn()` after, as the evaluators do. By default the cut weights carry
-no gradient (scoring); `state.override` and `state.volatile` let a weight generator train through it.
+no gradient (scoring); `state.override` and `state.volatile` let a weight generator train through it, and
+`trainable()` is the block both trainers run in (a PruningNet's generators, a supernet's shared weights).
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
 
 import torch
 import torch.fx as fx
@@ -265,6 +267,35 @@ class ElasticModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @contextlib.contextmanager
+    def trainable(self, seed: int, *, freeze_base: bool) -> Iterator[torch.device]:
+        """Train through the elastic model within the block; yields the base model's device.
+
+        Inside: train mode, `state.volatile` (every forward cuts again, gradients flowing into what it cuts),
+        torch's RNG forked and seeded with `seed` (dropout, a shuffling loader; the caller's RNG state is
+        untouched), and with `freeze_base` the base parameters get no gradient (a weight generator trains
+        alone). After: the base model's mode and `requires_grad` flags as they were, the full widths in force.
+        """
+        model = self.prunable.model
+        device = next(iter(model.parameters()), torch.empty(0)).device
+        was_training = model.training
+        grads = [(p, p.requires_grad) for p in model.parameters()]
+        try:
+            with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                if freeze_base:
+                    for p, _ in grads:
+                        p.requires_grad_(False)
+                self.train()
+                self.state.volatile = True
+                yield device
+        finally:
+            self.state.volatile = False
+            for p, flag in grads:
+                p.requires_grad_(flag)
+            model.train(was_training)
+            self.reset()
 
     # -- BatchNorm statistics --------------------------------------------------------------------
     def batchnorms(self) -> list[nn.Module]:
