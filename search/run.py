@@ -97,6 +97,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                               "onnxruntime or openvino (the model exported to ONNX, with the runtime's fusions)")
     scoring.add_argument("--baseline-epochs", type=int,
                          help="epochs to train a zoo model given without --weights (cached)")
+    search.add_argument("--supernet-epochs", type=float,
+                        help="train the shared weights as a supernet for N epochs before the search (each step: the "
+                             "full width on labels, the smallest and 2 random candidates within the budget distilled "
+                             "from it); candidates are scored, and the export inherits, those weights. 0: off")
     final = p.add_argument_group("after the search: filling the budget, finalists (picking by a short fine-tune)")
     final.add_argument("--fill", action="store_true",
                        help="widen the best candidates (narrowest group first) until the budget binds; the widened "

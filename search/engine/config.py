@@ -83,6 +83,8 @@ class SearchConfig:
     pruningnet: str | None = None
     pruningnet_epochs: int = 30
     export_weights: str = "base"
+    supernet_epochs: float = 0         # epochs training the shared weights as a supernet before the search (sandwich
+    #   rule, in-place distillation: search.finetune.supernet); the search scores and exports those weights
     fill: bool = False                 # widen the best candidates until the budget binds; scored as extra trials
     finalists: int = 5                 # top candidates fine-tuned briefly and scored again; the best is exported
     finalist_steps: int | list[int] = 50  # SGD steps per finalist (0: scored again with the exported weights only);
@@ -151,7 +153,7 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and not (_finite(value) and value > 0):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
-        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed", "finalists"):
+        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed", "finalists", "supernet_epochs"):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")

@@ -43,6 +43,7 @@ from search.engine.records import LATENCY_TABLE_FILE, PruneResult, RunDirectory,
 from search.selection.fill import fill_trials
 from search.selection.one_shot import one_shot_trials
 from search.finetune.step import device_of, evaluate
+from search.finetune.supernet import supernet_stage
 from search.models.inputs import Inputs, zoo_inputs
 from search.models.zoo import ZOO_MODELS
 from search.engine.versions import moved, versions
@@ -355,6 +356,9 @@ class Pipeline:
                                         "top_k": c.racing_top_k, "confidence": c.racing_confidence,
                                         "chunk": c.racing_chunk}},
                            export_weights=c.export_weights, scorer=c.scorer_name)
+        if c.supernet_epochs:  # the base model's own score is above; the search scores the supernet's weights
+            supernet_stage(self, prunable, price)
+            evaluator = self.evaluator(prunable)  # its BatchNorm snapshot: the supernet's, not the base model's
         scorer = evaluator
         if c.scorer_name == "pruningnet":
             from evaluators.pruningnet import PruningNetEvaluator

@@ -35,6 +35,7 @@ BEST_FILE, BEST_MODEL_FILE, PLOT_FILE, PARETO_FILE = "best.json", "best.pt", "pa
 BEST_STATE_FILE = "best.state_dict.pt"   # the subnet's state dict: rebuild(best.json, base).load_state_dict(...)
 FINETUNED_MODEL_FILE, FINETUNE_CSV = "finetuned.pt", "finetune.csv"
 FINETUNED_STATE_FILE = "finetuned.state_dict.pt"
+SUPERNET_FILE = "supernet.state_dict.pt"  # the base weights trained as a supernet (--supernet-epochs), for resume
 LATENCY_TABLE_FILE = "latency_table.json"  # the table the run priced latency with (a resume reuses it)
 
 

@@ -387,3 +387,17 @@ def test_rungs_of_finalists_with_one_shot_candidates_and_best_json_says_who_pick
 def test_finalist_steps_that_do_not_rise_are_refused_in_one_line(tmp_path, capsys):
     code, _ = search(tmp_path, "--finalist-steps", "8,4")
     assert code == 2 and "--finalist-steps must be" in capsys.readouterr().err
+
+
+def test_supernet_weights_are_searched_saved_and_reused_on_resume(tmp_path):
+    code, out = search(tmp_path, "--supernet-epochs", "0.5", "--trials", "3", out="part")
+    assert code == 0 and (out / "supernet.state_dict.pt").is_file()
+    record = json.loads((out / "run.json").read_text())
+    assert record["supernet"]["steps"] > 0 and record["base"]["held_out_top1"] > 0.5  # the base: the model's own
+    before = (out / "supernet.state_dict.pt").stat().st_mtime_ns
+    assert run_module.main(["--resume", str(out), "--trials", "6", "--no-progress", "--quiet"]) == 0
+    assert (out / "supernet.state_dict.pt").stat().st_mtime_ns == before  # loaded, not trained again
+    assert search(tmp_path, "--supernet-epochs", "0.5", "--trials", "6", out="whole")[0] == 0
+    columns = ["trial", "state", "score", "architecture"]
+    whole, part = (pd.read_csv(tmp_path / d / "trials.csv") for d in ("whole", "part"))
+    pd.testing.assert_frame_equal(whole[columns], part[columns])
