@@ -28,7 +28,7 @@ def model():
 def test_prune_with_loaders_gives_a_real_subnet_within_budget(model, tmp_path):
     train, val = _data()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    result = prune(model, budget="0.5flops", agent="random", trials=5, calibration=train, held_out=val,
+    result = prune(model, budget="0.5flops", agent="random", trials=5, no_one_shot=True, calibration=train, held_out=val,
                    out=tmp_path / "r", progress=False, calib_batches=2)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # the user's model untouched
     assert isinstance(result.trials, pd.DataFrame) and len(result.trials) == 5
@@ -50,7 +50,7 @@ def test_a_user_score_is_called_on_the_recalibrated_candidate_and_its_errors_are
         with torch.no_grad():
             return float(m(torch.ones(2, 3, 16, 16)).std())
 
-    result = prune(model, budget="0.6flops", agent="random", trials=6, calibration=train, score=score,
+    result = prune(model, budget="0.6flops", agent="random", trials=6, no_one_shot=True, calibration=train, score=score,
                    out=tmp_path / "r", progress=False, calib_batches=2, no_warm_start=True)
     assert calls and not any(calls)  # eval mode, every time
     states = result.trials.state.tolist()
@@ -60,7 +60,8 @@ def test_a_user_score_is_called_on_the_recalibrated_candidate_and_its_errors_are
 
 def test_same_seed_same_search_and_resume_from_python(model, tmp_path):
     train, val = _data()
-    kw = dict(budget="0.5flops", agent="random", calibration=train, held_out=val, progress=False, calib_batches=2)
+    kw = dict(budget="0.5flops", agent="random", calibration=train, held_out=val, progress=False, calib_batches=2,
+              no_one_shot=True)
     whole = prune(model, trials=8, out=tmp_path / "a", **kw)
     part = prune(model, trials=4, out=tmp_path / "b", **kw)
     assert len(part.trials) == 4

@@ -19,7 +19,8 @@ from search import run as run_module
 from search.engine.records import RunDirectory
 
 FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
-        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2"]
+        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2",
+        "--no-one-shot"]  # one-shot finalists add trials: test_run has their own tests
 BASE = ["--agent", "random", "--budget", "0.4flops"]
 
 

@@ -89,7 +89,7 @@ def model():
 
 def test_finalists_pick_and_report_the_score_of_what_is_exported(model, tmp_path):
     train, held = _data()
-    kw = dict(budget="0.5flops", agent="random", trials=6, calibration=train, held_out=held, train=train,
+    kw = dict(budget="0.5flops", agent="random", trials=6, no_one_shot=True, calibration=train, held_out=held, train=train,
               progress=False, calib_batches=2, finalists=3, finalist_steps=4, finalist_lr=0.05)
     result = prune(model, out=tmp_path / "a", **kw)
     finalists = pd.read_csv(tmp_path / "a" / FINALISTS_FILE)
@@ -112,7 +112,7 @@ def test_finalists_pick_and_report_the_score_of_what_is_exported(model, tmp_path
 
 def test_without_labels_finalists_distil_and_zero_turns_them_off(model, tmp_path):
     train, held = _data()
-    kw = dict(budget="0.5flops", agent="random", trials=4, calibration=train, held_out=held, progress=False,
+    kw = dict(budget="0.5flops", agent="random", trials=4, no_one_shot=True, calibration=train, held_out=held, progress=False,
               calib_batches=2, finalist_steps=3, no_warm_start=True)
     result = prune(model, out=tmp_path / "kd", finalists=2, **kw)
     assert (pd.read_csv(tmp_path / "kd" / FINALISTS_FILE).steps == 3).all()  # distilled from the model's outputs

@@ -24,7 +24,7 @@ from spaces.records import Result, TrialState
 from spaces.space import Candidate
 
 FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
-        "--eval-samples", "64", "--no-progress", "--quiet"]
+        "--eval-samples", "64", "--no-progress", "--quiet", "--no-one-shot"]
 
 
 @pytest.fixture(scope="module")

@@ -140,7 +140,7 @@ def test_no_racing_scores_every_candidate_on_every_held_out_sample(tmp_path):
     torch.manual_seed(0)
     model = resnet20(num_classes=4, in_channels=3).eval()
     train, val = _data()
-    result = prune(model, budget="0.5flops", agent="random", trials=6, calibration=train, held_out=val,
+    result = prune(model, budget="0.5flops", agent="random", trials=6, no_one_shot=True, calibration=train, held_out=val,
                    out=tmp_path / "r", progress=False, calib_batches=2, no_racing=True, racing_top_k=1)
     assert result.trials.samples_scored.tolist() == [32] * 6 and not result.trials.raced.any()
     assert json.loads((tmp_path / "r" / "run.json").read_text())["scoring"]["racing"] is None
@@ -163,7 +163,7 @@ def test_racing_is_off_with_a_user_score_and_the_log_says_so_once(tmp_path):
     logger.addHandler(keep)
     logger.setLevel(logging.INFO)
     try:
-        result = prune(model, budget="0.6flops", agent="random", trials=4, calibration=train, out=tmp_path / "r",
+        result = prune(model, budget="0.6flops", agent="random", trials=4, no_one_shot=True, calibration=train, out=tmp_path / "r",
                        score=lambda m: 0.5, progress=False, calib_batches=2, racing_top_k=1)
     finally:
         logger.removeHandler(keep)

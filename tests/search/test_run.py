@@ -16,7 +16,8 @@ from search.finetune import main as finetune_main
 from search.models.zoo import load_data, load_model
 
 FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
-        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2"]
+        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2",
+        "--no-one-shot"]  # one-shot finalists add trials: test_run has their own tests
 
 
 @pytest.fixture(autouse=True)

@@ -65,7 +65,7 @@ def test_the_main_job_through_ray_tune_and_its_restore(tmp_path, monkeypatch):
     out = tmp_path / "run"
     args = ["--agent", "nsga2", "--budget", "0.4flops", "--backend", "tune", "--workers", "2", "--trials", "4",
             "--baseline-epochs", "1", "--calib-batches", "2", "--batch-size", "32", "--eval-samples", "64",
-            "--no-progress", "--quiet"]
+            "--no-progress", "--quiet", "--no-one-shot"]
     assert run_module.main([*args, "--out", str(out)]) == 0
     trials = pd.read_csv(out / "trials.csv")
     assert len(trials) == 4 and (trials.state == "complete").all() and (trials.flops_ratio <= 0.4).all()
