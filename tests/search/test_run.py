@@ -373,7 +373,10 @@ def test_every_option_default_is_the_config_s_own():
 
 
 def test_rungs_of_finalists_with_one_shot_candidates_and_best_json_says_who_picked(tmp_path):
-    code, out = search(tmp_path, "--finalists", "4", "--finalist-steps", "2,6", budget=("0.25flops",))
+    out = tmp_path / "rungs"
+    args = [a for a in FAST if a != "--no-one-shot"]  # one-shot candidates on, as by default
+    code = run_module.main(["--agent", "random", "--budget", "0.25flops", "--out", str(out), *args,
+                            "--finalists", "4", "--finalist-steps", "2,6"])
     assert code == 0
     best = json.loads((out / "best.json").read_text())
     assert "successive halving over rungs of 2, 6 steps" in best["selected_by"] and best["finetuned_steps"] == 6
@@ -382,7 +385,8 @@ def test_rungs_of_finalists_with_one_shot_candidates_and_best_json_says_who_pick
     assert sorted(finalists.steps)[-1] == 6 and set(finalists.rung) == {1, 2}
     trials = pd.read_csv(out / "trials.csv")
     one_shot = set(trials.trial[trials.message.fillna("").str.startswith("one-shot")])
-    assert one_shot <= set(finalists.trial)  # scored as extra trials, and always among the finalists
+    assert one_shot and one_shot <= set(finalists.trial)  # scored as extra trials, always among the finalists
+    assert len(trials) == 6 + len(one_shot)
 
 
 def test_finalist_steps_that_do_not_rise_are_refused_in_one_line(tmp_path, capsys):
