@@ -135,7 +135,9 @@ def run_tune(searcher: AgentSearcher, payload: EvaluatorPayload, *, trials: int,
     grid = tuner.fit()
     out = []
     for result in grid:
-        config, metrics = result.config, dict(result.metrics or {})
+        config, metrics = result.config or {}, dict(result.metrics or {})
+        if "candidate" not in config:  # stopped (Ctrl-C) before it started: Tuner.restore runs it on --resume
+            continue
         candidate = Candidate(config["candidate"])
         if result.error is not None:
             metrics["error"] = str(result.error)
