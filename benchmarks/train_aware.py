@@ -47,17 +47,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, Subset  # noqa: E402
+import torch
+from torch.utils.data import DataLoader, Subset
 
-from benchmarks import fastnas_peer  # noqa: E402
-from benchmarks import torch_pruning_peer as tp_peer  # noqa: E402
-from benchmarks.paired_bootstrap import median_margin  # noqa: E402
-from search.engine.config import SearchConfig  # noqa: E402
-from search.engine.pipeline import Pipeline  # noqa: E402
-from search.finetune import finetune_module  # noqa: E402
-from search.finetune.step import evaluate  # noqa: E402
-from search.selection.finalists import FinalistSettings, ShuffledBatches, train_finalist  # noqa: E402
+from benchmarks import fastnas_peer
+from benchmarks import torch_pruning_peer as tp_peer
+from benchmarks.paired_bootstrap import median_margin
+from search.engine.config import SearchConfig
+from search.engine.pipeline import Pipeline
+from search.finetune import finetune_module
+from search.finetune.step import evaluate
+from search.selection.finalists import FinalistSettings, ShuffledBatches, train_finalist
 
 ROOT = Path(__file__).resolve().parents[1]
 HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
@@ -65,11 +65,11 @@ ROWS = ROOT / "docs" / "benchmarks" / "train_aware_rows.json"
 OUT = ROOT / "docs" / "benchmarks" / "train_aware.md"
 #: the variants: name -> SearchConfig fields beyond the common ones
 VARIANTS = {
-    "A": ("old default (5 x 50, no one-shot)", dict(finalists=5, finalist_steps=50, no_one_shot=True)),
-    "B": ("new default (one-shot + 5 x 50)", dict(finalists=5, finalist_steps=50, no_one_shot=False)),
-    "C": ("one-shot + rungs 16 x 20,80,320", dict(finalists=16, finalist_steps=[20, 80, 320], no_one_shot=False)),
-    "D": ("C + supernet 2 epochs", dict(finalists=16, finalist_steps=[20, 80, 320], no_one_shot=False,
-                                        supernet_epochs=2)),
+    "A": ("old default (5 x 50, no one-shot)", {"finalists": 5, "finalist_steps": 50, "no_one_shot": True}),
+    "B": ("new default (one-shot + 5 x 50)", {"finalists": 5, "finalist_steps": 50, "no_one_shot": False}),
+    "C": ("one-shot + rungs 16 x 20,80,320", {"finalists": 16, "finalist_steps": [20, 80, 320], "no_one_shot": False}),
+    "D": ("C + supernet 2 epochs", {"finalists": 16, "finalist_steps": [20, 80, 320], "no_one_shot": False,
+                                        "supernet_epochs": 2}),
 }
 PEERS = ("TP global magnitude", "TP uniform L1", "FastNAS")
 TP_METHOD = {"TP global magnitude": "global", "TP uniform L1": "uniform"}
@@ -195,21 +195,21 @@ def run_variant(args: argparse.Namespace, model: str, seed: int, variant: str) -
 
 
 def measure(args: argparse.Namespace, rows: dict[str, dict]) -> None:
+    states: dict[tuple[str, int], Seed] = {}
+
+    def seed_state(model: str, seed: int) -> Seed:
+        if (model, seed) not in states:
+            states.clear()  # one seed's base model and data at a time
+            log(f"{model} seed {seed}: base model and data")
+            states[model, seed] = Seed(args, model, seed)
+        return states[model, seed]
+
     for model in args.models:
         for seed in args.seeds:
-            state: Seed | None = None
-
-            def seed_state() -> Seed:
-                nonlocal state
-                if state is None:
-                    log(f"{model} seed {seed}: base model and data")
-                    state = Seed(args, model, seed)
-                return state
-
             for variant in args.variants:
                 key = row_key(args, model, f"{variant}", seed)
                 if key not in rows:
-                    s = seed_state()
+                    s = seed_state(model, seed)
                     log(f"{model} seed {seed}: variant {variant} ({VARIANTS[variant][0]})")
                     out = run_variant(args, model, seed, variant)
                     before, after, ft_s = s.finetuned(out["subnet"])
@@ -227,7 +227,7 @@ def measure(args: argparse.Namespace, rows: dict[str, dict]) -> None:
                     pkey = row_key(args, model, f"{peer} @ {row['schedule']}", seed)
                     if pkey in rows:
                         continue
-                    s = seed_state()
+                    s = seed_state(model, seed)
                     module, info = s.prune(peer)
                     module, held, steps, train_s = s.equal_training(module, phases)
                     before, after, ft_s = s.finetuned(module)
@@ -257,10 +257,10 @@ def table(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
     for model in dict.fromkeys(r["model"] for r in mine):
         here = [r for r in mine if r["model"] == model]
         lines += [f"### {model}", "",
-                  "| variant | seeds | test top-1 after FT, median [min, max] | best equal-training peer (median) | "
-                  "margin, median [95% paired bootstrap] | steps on export / spent in all (supernet) | run s "
-                  "(median) | export: origin / selected by (seeds) |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  ("| variant | seeds | test top-1 after FT, median [min, max] | best equal-training peer (median) | "
+                   "margin, median [95% paired bootstrap] | steps on export / spent in all (supernet) | run s "
+                   "(median) | FLOPs x (median) | export: origin / selected by (seeds) |"),
+                  "|---|---|---|---|---|---|---|---|---|"]
         peer_lines = []
         for variant in VARIANTS:
             ours = {r["seed"]: r for r in here if r["kind"] == "ours" and r["method"] == variant}
@@ -293,6 +293,7 @@ def table(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
                          f"{med([r['test_after'] for r in ours.values()])} | {best_text} | {margin_text} | "
                          f"{steps:.0f} / {spent:.0f} ({supernet:.0f}) | "
                          f"{statistics.median(r['run_s'] for r in ours.values()):.0f} | "
+                         f"{statistics.median(r['flops'] for r in ours.values()):.3f} | "
                          + "; ".join(f"{k} ({v})" for k, v in origins.items()) + " |")
             for peer in PEERS:
                 if peer in peers:
@@ -301,10 +302,22 @@ def table(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
                                       f"{','.join(map(str, sorted(v)))} | {med([r['test_after'] for r in v.values()])} "
                                       f"| {statistics.median(r['steps'] for r in v.values()):.0f} | "
                                       f"{statistics.median(r['run_s'] for r in v.values()):.1f} | "
-                                      f"{sorted({r['note'] for r in v.values()})[0]} |")
+                                      f"{statistics.median(r['flops'] for r in v.values()):.3f} | "
+                                      f"{', '.join(sorted({r['note'] for r in v.values()}))} |")
+        pairs = []
+        for a, b in (("B", "A"), ("C", "B"), ("D", "C")):
+            mine_a = {r["seed"]: r["test_after"] for r in here if r["kind"] == "ours" and r["method"] == a}
+            mine_b = {r["seed"]: r["test_after"] for r in here if r["kind"] == "ours" and r["method"] == b}
+            if set(mine_a) & set(mine_b):
+                m, (lo, hi) = median_margin(mine_a, mine_b)
+                pairs.append(f"{a} - {b}: {m:+.4f} [{lo:+.4f}, {hi:+.4f}] ({len(set(mine_a) & set(mine_b))} seeds)")
+        if pairs:
+            lines += ["", "Variant against variant (test top-1 after the fine-tune, median of per-seed differences "
+                      "[95% paired bootstrap]): " + "; ".join(pairs) + "."]
         lines += ["", "Peers at equal training (the variant's schedule, step for step):", "",
-                  "| peer | schedule (steps per phase) | seeds | test top-1 after FT, median [min, max] | steps | "
-                  "prune + train s (median) | note |", "|---|---|---|---|---|---|---|", *peer_lines, ""]
+                  ("| peer | schedule (steps per phase) | seeds | test top-1 after FT, median [min, max] | steps | "
+                   "prune + train s (median) | FLOPs x (median) | note (per seed) |"), "|---|---|---|---|---|---|---|---|",
+                  *peer_lines, ""]
     return lines
 
 
@@ -321,7 +334,8 @@ def environment() -> str:
     except (OSError, StopIteration):
         pass
     return (f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `{args_text()}` at "
-            f"commit {commit}, on {cpu} ({os.cpu_count()} cores, torch {torch.__version__} using "
+            f"commit {commit} (rows measured by `OMP_NUM_THREADS=1 PRUNESEARCH_CACHE=/tmp/prunesearch-cache python "
+            f"benchmarks/train_aware.py --models MODEL --seeds 0,1,2,3,4`, resumable, one model per run), on {cpu} ({os.cpu_count()} cores, torch {torch.__version__} using "
             f"{torch.get_num_threads()} thread(s), {'CUDA' if torch.cuda.is_available() else 'no GPU'}; the cores "
             f"were shared with other benchmarks, so seconds are indicative).")
 
@@ -332,7 +346,7 @@ def args_text() -> str:
 
 def render(args: argparse.Namespace, rows: dict[str, dict]) -> None:
     lines = ["# Train-aware stages at the fair report's headline setting", "", environment(), "",
-             f"Setting: hard digits (`benchmarks/hard_digits.py`, 10080 test images), {args.budget}, agent "
+             (f"Setting: hard digits (`benchmarks/hard_digits.py`, 10080 test images), {args.budget}, agent "
              f"{args.agent} with {args.trials} trials, baselines trained {args.baseline_epochs} epochs (cached, one "
              f"per seed: the seed is the run's `--seed`, so it also draws the held-out split), then one common "
              f"{args.epochs}-epoch fine-tune (`search.finetune.finetune_module`, seeded) for every subnet. Each "
@@ -344,7 +358,7 @@ def render(args: argparse.Namespace, rows: dict[str, dict]) -> None:
              "top-1), median of per-seed differences [95% paired bootstrap over seeds]. Steps: SGD steps on the "
              "exported subnet before the fine-tune (finalist steps + supernet steps) / spent in all (every "
              "finalist's steps + supernet steps; one supernet step = 4 forward/backward passes). Run s: wall time "
-             "of `Pipeline.run()` (search, one-shot, supernet, finalists, export), baseline training excluded.", "",
+             "of `Pipeline.run()` (search, one-shot, supernet, finalists, export), baseline training excluded."), "",
              *table(args, rows),
              "Script: `benchmarks/train_aware.py`; rows: `docs/benchmarks/train_aware_rows.json`.", ""]
     args.out.write_text("\n".join(lines))
