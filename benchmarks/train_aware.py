@@ -250,6 +250,11 @@ def med(values: list[float], digits: int = 4) -> str:
     return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
+def notes_text(notes: list[str]) -> str:
+    """The peers' notes over seeds: one, two, or the first and last (e.g. TP's channel ratio per seed)."""
+    return ", ".join(notes) if len(notes) <= 2 else f"{notes[0]} ... {notes[-1].split()[-1]} (per seed)"
+
+
 def table(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
     prefix = settings_text(args) + "|"
     mine = [r for r in rows.values() if r["key"].startswith(prefix)]
@@ -303,7 +308,7 @@ def table(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
                                       f"| {statistics.median(r['steps'] for r in v.values()):.0f} | "
                                       f"{statistics.median(r['run_s'] for r in v.values()):.1f} | "
                                       f"{statistics.median(r['flops'] for r in v.values()):.3f} | "
-                                      f"{', '.join(sorted({r['note'] for r in v.values()}))} |")
+                                      f"{notes_text(sorted({r['note'] for r in v.values()}))} |")
         pairs = []
         for a, b in (("B", "A"), ("C", "B"), ("D", "C")):
             mine_a = {r["seed"]: r["test_after"] for r in here if r["kind"] == "ours" and r["method"] == a}
@@ -316,7 +321,7 @@ def table(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
                       "[95% paired bootstrap]): " + "; ".join(pairs) + "."]
         lines += ["", "Peers at equal training (the variant's schedule, step for step):", "",
                   ("| peer | schedule (steps per phase) | seeds | test top-1 after FT, median [min, max] | steps | "
-                   "prune + train s (median) | FLOPs x (median) | note (per seed) |"), "|---|---|---|---|---|---|---|---|",
+                   "prune + train s (median) | FLOPs x (median) | note |"), "|---|---|---|---|---|---|---|---|",
                   *peer_lines, ""]
     return lines
 
