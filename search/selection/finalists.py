@@ -205,7 +205,9 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
     `fn(*job)` for every job (e.g. as Ray tasks) and returns the results in order; default: one after the other.
     """
     chosen = top_distinct(trials, settings.count)
-    chosen += [t for t in forced if all(t.candidate != c.candidate for c in chosen)]
+    extra = [t for t in forced if all(t.candidate != c.candidate for c in chosen)]
+    # one proxy order for all (the "+proxy" rankings read it): a forced one takes the place its own score gives it
+    chosen = top_distinct([*chosen, *extra], len(chosen) + len(extra))
     alive = [Finalist(trial, math.nan, 0.0, 0, build(trial.candidate)) for trial in chosen]  # in the proxy's order
     behind: list[Finalist] = []
     done, schedule = 0, settings.schedule()

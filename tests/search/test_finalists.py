@@ -166,3 +166,28 @@ def test_successive_halving_keeps_the_best_third_of_each_rung_and_one_shot_ones_
     assert {f.trial.number for f in ranked[:4]} == set(rung1)  # those that went on were rung 1's best third
     assert all(f.module is None for f in ranked[2:]) and ranked[0].module is not None
     assert FinalistSettings(steps=50).schedule() == (50,)
+
+
+def test_a_forced_one_shot_finalist_takes_its_place_in_the_proxy_order():
+    # appended after the top k, it would always hold the worst proxy rank whatever its score ("+proxy" rankings)
+    from torch import nn
+
+    from search.selection.finalists import FinalistSettings, run_finalists
+
+    trials = [_trial(i, 0.9 - i / 100, {"a": i}) for i in range(5)]
+    one_shot = _trial(9, 0.95, {"a": 9})  # not among the search's trials, but the best proxy score of all
+    order = []
+
+    def train(module, rank, settings, *rest):
+        order.append(module.a)
+        return module, 0.5, settings.steps, 0.0, 1.0  # every finalist alike after its steps: the proxy decides
+
+    def build(candidate):
+        module = nn.Identity()
+        module.a = candidate["a"]
+        return module
+
+    ranked = run_finalists(trials, FinalistSettings(count=3, steps=1, rank="ce+proxy"), build=build, batches=None,
+                           calibration=[], held_out=[], device="cpu",
+                           parallel=lambda fn, jobs: [train(*job) for job in jobs], forced=[one_shot])
+    assert order == [9, 0, 1, 2] and ranked[0].trial.number == 9
