@@ -18,13 +18,19 @@ class ExtraTrials:
 
     def __init__(self, trials: Sequence[Trial], scorer, price: Price, budget: Budget):
         self.scorer, self.referee = scorer, Referee(price, budget)
+        self._trials: dict[Candidate, Trial] = {}  # each candidate's first trial
         for trial in trials:
             self.referee.remember(trial.candidate, trial.result)
+            self._trials.setdefault(trial.candidate, trial)
         self.number = max((t.number for t in trials), default=-1) + 1
+
+    def known(self, candidate: Candidate) -> Trial | None:
+        """The trial that scored `candidate` already (the search's, or one scored here), else None."""
+        return self._trials.get(candidate)
 
     def score(self, candidate: Candidate, message: str) -> Trial | None:
         """The candidate scored as a new trial whose message says where it came from; None when it is over the
-        budget or was scored already (`known` finds that trial)."""
+        budget or was scored already (`known` gives that trial)."""
         costs, settled = self.referee.settle(candidate)
         if settled is not None:
             return None
@@ -33,5 +39,6 @@ class ExtraTrials:
                                      message=message + (f": {scored.error}" if scored.error else ""))
         self.referee.remember(candidate, result)
         trial = Trial(self.number, candidate, result, self.number + 1)
+        self._trials[candidate] = trial
         self.number += 1
         return trial

@@ -227,14 +227,14 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
                          + (f" (cross-entropy {loss:.4f})" if math.isfinite(loss) else ""))
         ranked = rank_finalists(alive, settings.rank)
         if rung == len(schedule) - 1:
-            return ranked + behind
+            break
         keep = max(1, math.ceil(len(ranked) / settings.halving))
         for f in ranked[keep:]:
             f.module = None  # left behind at this rung: not exported
         behind = ranked[keep:] + behind
         alive = sorted(ranked[:keep], key=lambda f: chosen.index(f.trial))  # the proxy's order, as rank_finalists wants
         done = total
-    return behind
+    return ranked + behind
 
 
 def rank_finalists(finalists: Sequence[Finalist], rank: str = "ce+proxy") -> list[Finalist]:

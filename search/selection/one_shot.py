@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from agents.registry import make_agent
 from spaces.derive import PrunableModel
+from spaces.space import Candidate
 from spaces.warm_start import magnitude_candidate
 
 from search.engine.records import Trial
@@ -27,7 +28,7 @@ log = logging.getLogger(__name__)
 ONE_SHOT = "one-shot"
 
 
-def one_shot_candidates(prunable: PrunableModel, pipeline: Pipeline, price) -> dict[str, object]:
+def one_shot_candidates(prunable: PrunableModel, pipeline: Pipeline, price) -> dict[str, Candidate]:
     """{name: candidate} of global magnitude and uniform pruning at the pipeline's budget (a name is left out
     when its method finds nothing that fits)."""
     feasible = lambda c: pipeline.budget.feasible(price(c))  # noqa: E731
@@ -41,17 +42,13 @@ def one_shot_trials(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tr
     """(the extra trials scored here, every trial holding a one-shot candidate: one the search scored itself is
     not scored again)."""
     extras = ExtraTrials(trials, scorer, price, pipeline.budget)
-    known: dict = {}
-    for trial in trials:
-        known.setdefault(trial.candidate, trial)
     new, chosen = [], []
     for name, candidate in one_shot_candidates(prunable, pipeline, price).items():
-        trial = known.get(candidate)
+        trial = extras.known(candidate)
         if trial is None:
             trial = extras.score(candidate, f"{ONE_SHOT}: {name}")
-            if trial is None:
+            if trial is None:  # over the budget
                 continue
-            known[candidate] = trial
             new.append(trial)
         if trial.result.ok and trial not in chosen:
             chosen.append(trial)
