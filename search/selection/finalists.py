@@ -197,8 +197,10 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
     candidates) after them; best first (by `settings.rank`), then those a rung left behind.
 
     With one rung (`settings.schedule()` is `(steps,)`) every finalist trains `steps` steps. With several
-    (successive halving), every finalist trains to the first, is scored and ranked, and the best
-    `1 / settings.halving` of each rung (at least one) trains on, from where it is, to the next. Synchronous
+    (successive halving), every finalist trains to the first, is scored and ranked (by `settings.rank`), and the
+    best `1 / settings.halving` of each rung (at least one) trains on, from where it is, to the next, where it is
+    ranked by that rung's own score or cross-entropy (the `+proxy` part of a ranking counts only in the first
+    rung: the proxy already chose who went on, and with two left a rank sum ties whenever they disagree). Synchronous
     rungs: each is decided on the scores of all its finalists, so the order they finish in never matters (the
     asynchronous ASHA of Optuna's and Ray Tune's schedulers promotes the first finalists of a rung whatever
     comes after). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn, jobs)` runs
@@ -225,14 +227,16 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
                          + f": trial {f.trial.number}{' (' + f.trial.result.message + ')' if f.trial.result.message else ''}"
                          f", proxy {f.proxy:.4f} -> {score:.4f} after {f.steps} steps"
                          + (f" (cross-entropy {loss:.4f})" if math.isfinite(loss) else ""))
-        ranked = rank_finalists(alive, settings.rank)
+        # the first rung by `settings.rank`; a later one by its own signal alone, ties kept in the previous rung's
+        # order: the proxy already chose who got this far, and with two finalists left a rank sum always ties
+        ranked = rank_finalists(alive, settings.rank if rung == 0 else settings.rank.removesuffix("+proxy"))
         if rung == len(schedule) - 1:
             break
         keep = max(1, math.ceil(len(ranked) / settings.halving))
         for f in ranked[keep:]:
             f.module = None  # left behind at this rung: not exported
         behind = ranked[keep:] + behind
-        alive = sorted(ranked[:keep], key=lambda f: chosen.index(f.trial))  # the proxy's order, as rank_finalists wants
+        alive = ranked[:keep]  # in this rung's order: the next rung's ties follow it
         done = total
     return ranked + behind
 

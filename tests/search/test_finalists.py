@@ -191,3 +191,29 @@ def test_a_forced_one_shot_finalist_takes_its_place_in_the_proxy_order():
                            calibration=[], held_out=[], device="cpu",
                            parallel=lambda fn, jobs: [train(*job) for job in jobs], forced=[one_shot])
     assert order == [9, 0, 1, 2] and ranked[0].trial.number == 9
+
+
+def test_a_later_rung_is_ranked_by_its_own_signal_not_the_proxy():
+    # with "ce+proxy", two finalists that disagree tie on the rank sum and the proxy's order would always win:
+    # past the first rung, the rung's cross-entropy decides (ties in the previous rung's order)
+    from torch import nn
+
+    from search.selection.finalists import FinalistSettings, run_finalists
+
+    trials = [_trial(i, 0.9 - i / 100, {"a": i}) for i in range(4)]
+    loss = {0: [1.0, 0.9], 1: [1.1, 0.5], 2: [2.0, 2.0], 3: [3.0, 3.0]}  # trial 1 overtakes trial 0 in rung 2
+
+    def train(module, rank, settings, *rest):
+        ce = loss[module.a][module.rung]
+        module.rung += 1
+        return module, 1 - ce / 10, settings.steps, 0.0, ce
+
+    def build(candidate):
+        module = nn.Identity()
+        module.a, module.rung = candidate["a"], 0
+        return module
+
+    settings = FinalistSettings(count=4, steps=8, rank="ce+proxy", rungs=(2, 8), halving=2)
+    ranked = run_finalists(trials, settings, build=build, batches=None, calibration=[], held_out=[], device="cpu",
+                           parallel=lambda fn, jobs: [train(*job) for job in jobs])
+    assert [f.trial.number for f in ranked] == [1, 0, 2, 3] and [f.rung for f in ranked] == [1, 1, 0, 0]
