@@ -43,7 +43,7 @@ from search.engine.records import LATENCY_TABLE_FILE, PruneResult, RunDirectory,
 from search.selection.fill import fill_trials
 from search.selection.one_shot import one_shot_trials
 from search.finetune.step import device_of, evaluate
-from search.finetune.supernet import supernet_stage
+from search.finetune.supernet_stage import supernet_stage
 from search.models.inputs import Inputs, zoo_inputs
 from search.models.zoo import ZOO_MODELS
 from search.engine.versions import moved, versions

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -57,14 +59,11 @@ def _worker(config: dict) -> None:
         prepare_loader=lambda loader: ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False))
 
 
-def fit_on_ray(model: nn.Module, data: DataBundle, recipe: Recipe, *, teacher: nn.Module | None, start: dict | None,
-               workers: int, address: str | None, use_gpu: bool, run_path: Path, stop_after: int | None = None,
-               extra: dict | None = None) -> dict:
-    """Run `fit` on `workers` Ray Train workers (starting a local Ray unless one is running or `address` is
-    given); the last checkpoint's state."""
+@contextmanager
+def ray_session(workers: int, address: str | None, use_gpu: bool) -> Iterator[None]:
+    """Ray for a Ray Train run: the running one, the cluster at `address`, or a local one of `workers` CPUs (and
+    GPUs) started here and shut down afterwards."""
     import ray
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
 
     started = not ray.is_initialized()
     if started:
@@ -77,6 +76,21 @@ def fit_on_ray(model: nn.Module, data: DataBundle, recipe: Recipe, *, teacher: n
         except ConnectionError as error:
             raise UserError(f"cannot join the Ray cluster at {address}: {error}") from None
     try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def fit_on_ray(model: nn.Module, data: DataBundle, recipe: Recipe, *, teacher: nn.Module | None, start: dict | None,
+               workers: int, address: str | None, use_gpu: bool, run_path: Path, stop_after: int | None = None,
+               extra: dict | None = None) -> dict:
+    """Run `fit` on `workers` Ray Train workers (starting a local Ray unless one is running or `address` is
+    given); the last checkpoint's state."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    with ray_session(workers, address, use_gpu):
         trainer = TorchTrainer(
             _worker,
             train_loop_config={"model": model.cpu(), "teacher": None if teacher is None else teacher.cpu(),
@@ -92,6 +106,3 @@ def fit_on_ray(model: nn.Module, data: DataBundle, recipe: Recipe, *, teacher: n
             raise RuntimeError("Ray Train finished without a checkpoint")
         with result.checkpoint.as_directory() as folder:
             return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-    finally:
-        if started:
-            ray.shutdown()

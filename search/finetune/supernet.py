@@ -16,12 +16,10 @@ candidates and batches and gives the same weights; the caller's RNG state is unt
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -31,19 +29,11 @@ from tqdm.auto import tqdm
 from evaluators.accuracy import recalibrate
 from spaces.derive import PrunableModel
 from spaces.elastic import ElasticModel
-from spaces.sampling import feasible_sampler
 from spaces.space import Candidate
 
-from search.engine.records import SUPERNET_FILE
-from search.errors import UserError
 from search.finetune.step import Distillation, TrainConfig, distillation_loss, make_optimizer
-from search.models.zoo import safe_load
-from search.selection.finalists import Batches, ShuffledBatches, finalist_batches
+from search.selection.finalists import Batches
 
-if TYPE_CHECKING:
-    from search.engine.pipeline import Pipeline
-
-log = logging.getLogger(__name__)
 
 
 #: in-place distillation (BigNAS, AutoSlim): the subnets learn from the full width's soft targets alone
@@ -87,7 +77,8 @@ class SupernetStats:
 def train_supernet(prunable: PrunableModel, batches: Batches, *, sample: Callable[[np.random.Generator], Candidate],
                    settings: SupernetSettings = SupernetSettings(), smallest: Candidate | None = None,
                    calibration: Sequence[torch.Tensor] | None = None, device: torch.device | str | None = None,
-                   progress: bool = False) -> SupernetStats:
+                   progress: bool = False, shard: tuple[int, int] = (0, 1),
+                   reduce: Callable[[torch.nn.Module], None] | None = None) -> SupernetStats:
     """Train `prunable`'s base weights in place as a supernet; see the module docstring.
 
     `batches(seed)` gives endless (x, y) training batches (`search.selection.finalists.Batches`); `sample(rng)`
@@ -96,6 +87,10 @@ def train_supernet(prunable: PrunableModel, batches: Batches, *, sample: Callabl
     BatchNorms are recalibrated on `calibration` (inputs), else on the next `settings.calibration_batches`
     training batches. `device`: where the base model is moved first (default: where it is). With no steps
     nothing changes.
+
+    Data parallel (`search.finetune.supernet_on_ray`): worker `rank` of `world` (`shard`) trains on its stride of
+    every batch, draws the same candidates as every other worker (one seed), and `reduce(model)` averages the
+    gradients of all workers before each optimizer step, so every worker keeps the same weights.
     """
     s = settings
     if s.steps == 0:
@@ -114,9 +109,13 @@ def train_supernet(prunable: PrunableModel, batches: Batches, *, sample: Callabl
             optimizer, scheduler = make_optimizer(model, TrainConfig(lr=s.lr, momentum=s.momentum,
                                                                      weight_decay=s.weight_decay), s.steps)
             optimizer.zero_grad(set_to_none=True)
+            rank, world = shard
             for x, y in itertools.islice(stream, s.steps):
-                x, y = x.to(where, non_blocking=True), torch.as_tensor(y).to(where, non_blocking=True)
+                x, y = x[rank::world], torch.as_tensor(y)[rank::world]
+                x, y = x.to(where, non_blocking=True), y.to(where, non_blocking=True)
                 losses.append(sandwich_step(elastic, x, y, smallest, [sample(rng) for _ in range(s.random)], s.kd))
+                if reduce is not None:
+                    reduce(model)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
@@ -155,34 +154,3 @@ def sandwich_step(elastic: ElasticModel, x: torch.Tensor, y: torch.Tensor, small
 
 
 __all__ = ["IN_PLACE", "SupernetSettings", "SupernetStats", "sandwich_step", "train_supernet"]
-
-
-# ---------------------------------------------------------------- the stage in a run
-def supernet_stage(pipeline: Pipeline, prunable: PrunableModel, price) -> SupernetStats | None:
-    """`--supernet-epochs N`: the base weights trained as a supernet before the search, on the run's training
-    batches (the finalists' own: the zoo's fit split or `prune(train=...)`), candidates drawn within the budget.
-    The weights are saved in the run directory, so a resumed run searches the same ones without training again.
-    """
-    c, inputs, run_dir = pipeline.config, pipeline.inputs, pipeline.run_dir
-    if not c.supernet_epochs:
-        return None
-    saved = run_dir.path / SUPERNET_FILE
-    if saved.is_file():
-        prunable.model.load_state_dict(safe_load(saved, "supernet weights"))
-        log.info("supernet: the run's own trained weights (%s)", saved)
-        return None
-    if inputs.data is None and inputs.train is None:
-        raise UserError("--supernet-epochs needs labelled training batches: the zoo's data, or prune(train=...)")
-    batches, _ = finalist_batches(pipeline)
-    per_epoch = (len(batches.dataset) // c.batch_size if isinstance(batches, ShuffledBatches)
-                 else len(inputs.train) if hasattr(inputs.train, "__len__") else len(inputs.calibration))
-    settings = SupernetSettings.for_epochs(c.supernet_epochs, max(1, per_epoch), seed=c.seed)
-    stats = train_supernet(prunable, batches, settings=settings, calibration=inputs.calibration,
-                           sample=feasible_sampler(prunable.space, lambda x: pipeline.budget.feasible(price(x))),
-                           device=pipeline.device, progress=pipeline.progress)
-    run_dir.save_model(SUPERNET_FILE, {k: v.detach().cpu() for k, v in prunable.model.state_dict().items()})
-    run_dir.update_run(supernet={"epochs": c.supernet_epochs, "steps": stats.steps, "seconds": round(stats.seconds, 1),
-                                 "full_loss": stats.full_loss, "smallest_loss": stats.smallest_loss})
-    log.info("supernet: %d sandwich steps in %.1f s (full width loss %.3f, smallest %.3f)", stats.steps,
-             stats.seconds, stats.full_loss, stats.smallest_loss)
-    return stats
