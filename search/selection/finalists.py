@@ -203,7 +203,9 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
     rung: the proxy already chose who went on, and with two left a rank sum ties whenever they disagree). Synchronous
     rungs: each is decided on the scores of all its finalists, so the order they finish in never matters (the
     asynchronous ASHA of Optuna's and Ray Tune's schedulers promotes the first finalists of a rung whatever
-    comes after). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn, jobs)` runs
+    comes after). Nor can those schedulers (Optuna's `SuccessiveHalvingPruner`, Ray Tune's `ASHAScheduler` and
+    `HyperBandScheduler`) express rungs like 20, 80, 320 with a third going on: one reduction factor sets both
+    the rungs' spacing (r, r * eta, r * eta^2) and the fraction promoted (1 / eta). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn, jobs)` runs
     `fn(*job)` for every job (e.g. as Ray tasks) and returns the results in order; default: one after the other.
     """
     chosen = top_distinct(trials, settings.count)
