@@ -1,29 +1,51 @@
-"""Proxy fidelity: how well each cheap score of a candidate ranks candidates by their test top-1 after the
-standard fine-tune, the model the user keeps; and what picking among the top few by a short fine-tune
-(the finalists) gains over picking by the proxy alone.
+"""Proxy fidelity: how well each signal that ranks candidates (the search's proxy, the finalists' short
+fine-tunes, each rung of successive halving, a supernet's weights) ranks them by their test top-1 after the
+common fine-tune, the model the user keeps; and what picking among the top few by a short fine-tune gains.
 
-    python benchmarks/fidelity.py [--model resnet20] [--budget 0.15flops] [--candidates 30]
-                                  [--finetune-epochs 2] [--steps 50] [--pruningnet-epochs 10] [--quick]
+    OMP_NUM_THREADS=1 PRUNESEARCH_CACHE=/tmp/prunesearch-cache python benchmarks/fidelity.py   # the 0.1 x study
+    python benchmarks/fidelity.py --render-only      # docs/benchmarks/fidelity.md from its rows
+    python benchmarks/fidelity.py --quick            # 8 candidates, short everything (a smoke run)
 
-Candidates: `--candidates` distinct candidates drawn uniformly from the part of the space whose FLOPs lie
-between 0.7 x and 1 x the budget (a search's final candidates are near the budget, so that is where the
-proxy must rank well), seeded. Each is scored by every proxy, then materialized with the base weights,
-BN-recalibrated and fine-tuned with one recipe (`search.finetune.finetune_module`: the same epochs, lr and
-seed for all), and its test top-1 after that is the truth. Proxies (higher is better for all):
-- bn_top1: held-out top-1 after BN recalibration (EagleEye's adaptive BN; today's default score);
-- bn_neg_ce: minus the held-out cross-entropy after BN recalibration;
-- bn_neg_kl: minus KL(base model's outputs || candidate's) on the held-out batches (no labels used);
-- pruningnet: held-out top-1 with MetaPruning's generated weights (a PruningNet trained on the budget);
-- steps_N: held-out top-1 after N SGD steps on the fit split (what `--finalists` does).
-Printed: Spearman and Kendall rank correlation of each proxy with the truth, the overlap of its top-5 with
-the truth's top-5, and the truth of its pick. Then the selection study: over 2000 random subsets of 20
-of the candidates (a search's scored pool), the truth of the candidate picked by bn_top1 alone and of the
-one picked by finalists (bn_top1's top-5, re-ranked by steps_N), and how often each pick is the subset's
-best. Every figure is printed by this script; nothing is timed.
+Setting (the fair report's headline, `benchmarks/report.py`): ResNet-20 on hard digits (`benchmarks/hard_digits.py`),
+its zoo baseline trained 10 epochs (cached), 0.1 x FLOPs, truth = test top-1 (10080 images) after one common
+1-epoch fine-tune (`search.finetune.finetune_module`, seeded) from the base weights, BN-recalibrated first.
+
+Candidates (`--pool`): `search` (default) takes a search's own pool, the candidates that matter: `--agent`
+(tpe) runs `--trials` (100) trials at the budget, and of its distinct scored candidates between `--low` (0.7)
+x and 1 x the budget, `--candidates` (30) are taken evenly spaced over the proxy's order, its best included;
+`uniform` draws them uniformly from that FLOPs range (rejection sampling; slow at 0.1 x).
+
+Signals (higher is better for all; `_neg_ce` is minus the held-out cross-entropy):
+- bn_top1, bn_neg_ce, bn_neg_kl: held-out top-1 / cross-entropy / minus KL to the base model's outputs, after
+  BN recalibration (the search's proxy is bn_top1);
+- pruningnet: held-out top-1 with MetaPruning's generated weights (`--pruningnet-epochs` > 0);
+- steps_S_top1, steps_S_neg_ce: after S (`--steps`, 50) SGD steps from the base weights, BN recalibrated, as one
+  finalist (`search.selection.finalists.train_finalist`, the finalists' own recipe and seeds);
+- default_pick: minus the sum of the ranks of steps_S_neg_ce and bn_top1 (the default `--finalist-rank ce+proxy`),
+  the signal that picks the default pipeline's export among its finalists;
+- rung_T_top1, rung_T_neg_ce: the same after each rung of `--rungs` (20,80,320), trained on from the previous rung
+  exactly as `run_finalists` trains a finalist that goes on (every candidate goes through every rung here);
+- truth_other_seed: the truth's own fine-tune with the next seed: the noise ceiling (no signal can rank the truth
+  much better than the truth ranks itself);
+- rung_truth (not a signal): the truth fine-tuned from the weights the last rung left (what the rungs export),
+  against which the rung signals are ranked in a table of their own;
+- supernet_top1: held-out top-1 after BN recalibration on the weights of a supernet trained `--supernet-epochs`
+  (2) epochs by `search.finetune.supernet.train_supernet` (sandwich rule, within the budget, as `--supernet-epochs`
+  trains it); with `--supernet-truth`, also the truth of each candidate fine-tuned from those weights
+  (what the supernet pipeline exports), as supernet_truth.
+Printed: Spearman and Kendall rank correlation of each signal with the truth, the overlap of its top-5 with
+the truth's top-5, and the truth of its pick. Then the selection study: over 2000 random subsets of 20 of the
+candidates, the truth of the candidate picked by bn_top1 alone and by the finalists' rules. Rows are kept in
+`docs/benchmarks/fidelity_rows.json` (one per candidate, every signal), so a run resumes where it stopped.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import datetime
+import json
+import os
+import platform
 import sys
 import time
 from pathlib import Path
@@ -37,14 +59,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.setting import Setting  # noqa: E402
-from evaluators.accuracy import recalibrate  # noqa: E402
 from search.engine.config import SearchConfig  # noqa: E402
-from search.selection.finalists import FinalistSettings, ShuffledBatches, score_module, short_finetune  # noqa: E402
+from search.engine.loop import Engine  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
+from search.finetune.supernet import SupernetSettings, train_supernet  # noqa: E402
+from search.selection.finalists import FinalistSettings, ShuffledBatches, train_finalist  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
+from spaces.sampling import feasible_sampler  # noqa: E402
 from spaces.space import Candidate  # noqa: E402
 
-
+HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
+ROWS = ROOT / "docs" / "benchmarks" / "fidelity_rows.json"
+OUT = ROOT / "docs" / "benchmarks" / "fidelity.md"
 def near_budget(setting: Setting, budget: str, count: int, seed: int, low: float = 0.7) -> list[Candidate]:
     """`count` distinct candidates drawn uniformly among those with low x cap <= FLOPs <= cap."""
     pipeline = setting.at(budget)
@@ -64,6 +90,32 @@ def near_budget(setting: Setting, budget: str, count: int, seed: int, low: float
     return list(found)
 
 
+def search_pool(setting: Setting, budget: str, count: int, seed: int, agent: str, trials: int,
+                low: float = 0.7) -> list[Candidate]:
+    """`count` of a search's distinct scored candidates between low x cap and cap, evenly spaced over the proxy's
+    order (its best first)."""
+    pipeline = setting.at(budget)
+    cap = pipeline.budget.caps["flops"]
+    searcher = pipeline.agent(setting.prunable, setting.price, name=agent, seed=seed, trials=trials)
+    outcome = Engine(searcher, setting.price, setting.budget(budget), setting.evaluator, trials=trials,
+                     progress=False).run()
+    setting.evaluator.restore()
+    scored: dict[Candidate, float] = {}
+    for trial in outcome.trials:
+        r = trial.result
+        if r.ok and r.score is not None and low * cap <= r.costs.get("flops", 0) <= cap:
+            scored.setdefault(trial.candidate, r.score)
+    ranked = sorted(scored, key=lambda c: -scored[c])
+    if len(ranked) < count:
+        raise SystemExit(f"the search scored only {len(ranked)} distinct candidates between {low} x and 1 x the "
+                         f"budget; ask for fewer (--candidates) or more trials (--trials)")
+    return [ranked[i] for i in sorted({round(float(i)) for i in np.linspace(0, len(ranked) - 1, count)})]
+
+
+def key_of(candidate: Candidate) -> str:
+    return json.dumps(dict(sorted(candidate.items())))
+
+
 @torch.no_grad()
 def bn_proxies(setting: Setting, candidate: Candidate, base_logp: list[torch.Tensor]) -> dict[str, float]:
     """bn_top1, bn_neg_ce and bn_neg_kl of one candidate (one recalibration, one held-out pass)."""
@@ -79,71 +131,181 @@ def bn_proxies(setting: Setting, candidate: Candidate, base_logp: list[torch.Ten
     return {"bn_top1": top1, "bn_neg_ce": -ce / total, "bn_neg_kl": -kl / total}
 
 
-def fidelity(model: str = "resnet20", budget: str = "0.15flops", candidates: int = 30, finetune_epochs: int = 2,
-             steps: int = 50, pruningnet_epochs: int = 10, seed: int = 0, lr: float = SearchConfig.finalist_lr,
-             progress: bool = True, data: str = "digits", baseline_epochs: int = 30) -> dict:
-    """Every proxy and the truth for `candidates` candidates; see the module docstring."""
+def trained_signals(setting: Setting, candidate: Candidate, batches: ShuffledBatches, settings: FinalistSettings,
+                    schedule: tuple[int, ...], prefix: str) -> tuple[dict[str, float], torch.nn.Module]:
+    """`{prefix}_T_top1` and `{prefix}_T_neg_ce` after each total T of `schedule`, trained from the base weights
+    exactly as `run_finalists` trains a finalist through its rungs (rung r: seed + r, the steps since the last);
+    and the module as the last rung left it (recalibrated)."""
+    evaluator = setting.evaluator
+    module = materialize(setting.prunable, candidate)
+    out, done = {}, 0
+    for rung, total in enumerate(schedule):
+        step = dataclasses.replace(settings, steps=total - done, seed=settings.seed + rung)
+        module, score, _, _, loss = train_finalist(module, 0, step, batches, evaluator.calibration,
+                                                   evaluator.held_out, None, None, evaluator.device)
+        out[f"{prefix}_{total}_top1"], out[f"{prefix}_{total}_neg_ce"] = score, -loss
+        done = total
+    return out, module
+
+
+def truth_of(setting: Setting, candidate: Candidate, epochs: int, seed: int,
+             module: torch.nn.Module | None = None) -> float:
+    """Test top-1 of `candidate` after the common fine-tune from the prunable model's current weights (or from
+    `module`, its subnet as something else left it)."""
+    if module is None:
+        module = setting.evaluator.recalibrated(materialize(setting.prunable, candidate))
+    _, history = finetune_module(module, setting.inputs.data, epochs=epochs, seed=seed, device=setting.evaluator.device)
+    return history[-1]["test_top1"]
+
+
+def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int = 30, finetune_epochs: int = 1,
+             steps: int = 50, pruningnet_epochs: int = 0, seed: int = 0, lr: float = SearchConfig.finalist_lr,
+             progress: bool = True, data: str = HARD_DIGITS, baseline_epochs: int = 10, *,
+             rungs: tuple[int, ...] = (20, 80, 320), supernet_epochs: float = 2, supernet_truth: bool = False,
+             pool: str = "search", agent: str = "tpe", trials: int = 100, low: float = 0.7,
+             rows_path: Path | None = None) -> dict:
+    """Every signal and the truth for `candidates` candidates; see the module docstring. With `rows_path`,
+    what is already there is kept and only what is missing is measured (saved after each candidate)."""
+    def say(text: str) -> None:
+        if progress:
+            print(f"[{datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}] {text}", flush=True)
+
     config = SearchConfig(agent="random", budget=[budget], model=model, data=data, seed=seed, no_warm_start=True,
-                          pruningnet_epochs=max(1, pruningnet_epochs), baseline_epochs=baseline_epochs)
+                          pruningnet_epochs=max(1, pruningnet_epochs), baseline_epochs=baseline_epochs, device="cpu")
+    setting_key = (f"{model}|{data}|baseline={baseline_epochs}|{budget}|seed={seed}|pool={pool}:{agent}x{trials}"
+                   f"|low={low}|n={candidates}|ft={finetune_epochs}|lr={lr}")
+    stored = json.loads(rows_path.read_text()) if rows_path is not None and rows_path.is_file() else {}
+    rows_by_key: dict[str, dict] = stored.get(setting_key, {}).get("rows", {})
+    meta = {"model": model, "data": data, "budget": budget, "finetune_epochs": finetune_epochs, "steps": steps,
+            "rungs": list(rungs), "pool": pool, "agent": agent, "trials": trials, "low": low,
+            "supernet_epochs": supernet_epochs, "pruningnet_epochs": pruningnet_epochs}
+
+    def save() -> None:
+        if rows_path is not None:
+            stored[setting_key] = {"meta": meta, "rows": rows_by_key}
+            rows_path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = rows_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(stored, indent=1))
+            tmp.replace(rows_path)
+
+    started = time.perf_counter()
     setting = Setting.of(config)
     bundle = setting.inputs.data
     evaluator = setting.evaluator
-    device = evaluator.device
-    pool = near_budget(setting, budget, candidates, seed)
+    if rows_by_key and len(rows_by_key) == candidates:
+        pool_ = [Candidate(json.loads(k)) for k in rows_by_key]
+    else:
+        say(f"{model} at {budget}: the candidate pool ({pool})")
+        pool_ = (search_pool(setting, budget, candidates, seed, agent, trials, low) if pool == "search"
+                 else near_budget(setting, budget, candidates, seed, low))
+    rows = [rows_by_key.setdefault(key_of(c), {}) for c in pool_]
+    meta.update(base_test=setting.inputs.base_test, held_out=evaluator.samples[1])
     with torch.no_grad():
         evaluator.restore()
         base_logp = [F.log_softmax(evaluator.elastic(x), dim=1) for x, _ in evaluator.held_out]
-    rows = [bn_proxies(setting, c, base_logp) for c in pool]
-    evaluator.restore()
-    for row, c in zip(rows, pool):
+    for row, c in zip(rows, pool_):
+        if "bn_top1" not in row:
+            row.update(bn_proxies(setting, c, base_logp))
         row["flops_ratio"] = setting.price(c)["flops"] / setting.base["flops"]
+    evaluator.restore()
+    save()
 
-    if pruningnet_epochs > 0:
+    if pruningnet_epochs > 0 and any("pruningnet" not in r for r in rows):
         from evaluators.pruningnet import PruningNetEvaluator
 
-        started = time.perf_counter()
         net = setting.at(budget).train_pruningnet(setting.prunable, setting.price)
         scorer = PruningNetEvaluator.of(evaluator, net)
-        for row, c in zip(rows, pool):
+        for row, c in zip(rows, pool_):
             row["pruningnet"] = scorer.score(c)
         scorer.restore()
         evaluator.restore()
-        if progress:
-            print(f"  PruningNet: {pruningnet_epochs} epochs, {time.perf_counter() - started:.0f} s", flush=True)
+        save()
 
-    fit = torch.utils.data.Subset(bundle.train, bundle.fit.tolist())
+    batches = ShuffledBatches(torch.utils.data.Subset(bundle.train, bundle.fit.tolist()), config.batch_size)
     short = FinalistSettings(count=1, steps=steps, lr=lr, seed=seed)
-    for i, (row, c) in enumerate(zip(rows, pool)):
-        module = materialize(setting.prunable, c).to(device)
-        torch.manual_seed(seed)
-        short_finetune(module.train(), ShuffledBatches(fit, config.batch_size)(seed), short, device=device)
-        recalibrate(module, evaluator.calibration)
-        row[f"steps_{steps}"] = score_module(module, evaluator.held_out)
+    for i, (row, c) in enumerate(zip(rows, pool_)):
+        if f"steps_{steps}_top1" not in row:
+            row.update(trained_signals(setting, c, batches, short, (steps,), "steps")[0])
+        if rungs and (f"rung_{rungs[-1]}_top1" not in row or "rung_truth" not in row):
+            signals, module = trained_signals(setting, c, batches, short, tuple(rungs), "rung")
+            row.update(signals)
+            row["rung_truth"] = truth_of(setting, c, finetune_epochs, seed, module)
+        if "truth" not in row:
+            row["truth"] = truth_of(setting, c, finetune_epochs, seed)
+        if "truth_other_seed" not in row:  # the noise ceiling: the same fine-tune, another seed
+            row["truth_other_seed"] = truth_of(setting, c, finetune_epochs, seed + 1)
+        save()
+        say(f"candidate {i + 1:2d}/{len(pool_)}: FLOPs x{row['flops_ratio']:.3f}  truth {row['truth']:.4f}  "
+            + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("flops_ratio", "truth")))
 
-        module = evaluator.recalibrated(materialize(setting.prunable, c))  # the base weights, as exported
-        _, history = finetune_module(module, bundle, epochs=finetune_epochs, seed=0, device=device)
-        row["truth"] = history[-1]["test_top1"]
-        if progress:
-            print(f"  candidate {i + 1:2d}/{len(pool)}: FLOPs x{row['flops_ratio']:.3f}  "
-                  + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k != "flops_ratio"), flush=True)
-    return {"rows": rows, "model": model, "data": data, "base_test": setting.inputs.base_test, "budget": budget,
-            "finetune_epochs": finetune_epochs, "steps": steps,
-            "pruningnet_epochs": pruningnet_epochs, "held_out": evaluator.samples[1]}
+    wanted = ["supernet_top1"] + (["supernet_truth"] if supernet_truth else [])
+    if supernet_epochs > 0 and any(k not in r for r in rows for k in wanted):
+        pipeline = setting.at(budget)
+        base_state = {k: v.detach().clone() for k, v in setting.prunable.model.state_dict().items()}
+        per_epoch = max(1, len(batches.dataset) // config.batch_size)
+        settings = SupernetSettings.for_epochs(supernet_epochs, per_epoch, seed=seed)
+        stats_ = train_supernet(setting.prunable, batches, settings=settings, calibration=setting.inputs.calibration,
+                                sample=feasible_sampler(setting.prunable.space,
+                                                        lambda x: pipeline.budget.feasible(setting.price(x))),
+                                device=evaluator.device)
+        say(f"supernet: {stats_.steps} sandwich steps in {stats_.seconds:.0f} s")
+        trained = pipeline.evaluator(setting.prunable)  # the supernet's BatchNorm snapshot, as the pipeline does
+        try:
+            for i, (row, c) in enumerate(zip(rows, pool_)):
+                row["supernet_top1"] = trained.score(c)
+                trained.restore()
+                if supernet_truth and "supernet_truth" not in row:
+                    module = trained.recalibrated(materialize(setting.prunable, c))
+                    _, history = finetune_module(module, bundle, epochs=finetune_epochs, seed=seed,
+                                                 device=evaluator.device)
+                    row["supernet_truth"] = history[-1]["test_top1"]
+                save()
+        finally:
+            setting.prunable.model.load_state_dict(base_state)
+    save()
+    return {**meta, "rows": rows, "seconds": time.perf_counter() - started}
 
 
-def proxy_table(result: dict) -> list[str]:
-    rows = result["rows"]
-    truth = np.array([r["truth"] for r in rows])
+def stored_results(rows_path: Path) -> list[dict]:
+    """Every setting kept in `rows_path`, as `fidelity` returns it (nothing measured; `seconds` unknown)."""
+    return [{**entry["meta"], "rows": list(entry["rows"].values()), "seconds": float("nan")}
+            for entry in json.loads(rows_path.read_text()).values()]
+
+
+def with_default_pick(rows: list[dict], steps: int) -> list[dict]:
+    """`rows` with `default_pick`: minus the rank sum of steps_S_neg_ce and bn_top1 (ties by bn_top1), the
+    default `--finalist-rank ce+proxy`."""
+    ce, proxy = f"steps_{steps}_neg_ce", "bn_top1"
+    if not rows or any(ce not in r or proxy not in r for r in rows):
+        return rows
+    rank = {name: stats.rankdata([-r[name] for r in rows], method="ordinal") for name in (ce, proxy)}
+    rows = [r | {"default_pick": -(rank[ce][i] + rank[proxy][i]) + 1e-6 * r[proxy]} for i, r in enumerate(rows)]
+    return [r | {"truth_mean": (r["truth"] + r["truth_other_seed"]) / 2} if "truth_other_seed" in r else r
+            for r in rows]
+
+
+def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | None = None) -> list[str]:
+    rows = [r for r in with_default_pick(result["rows"], result["steps"]) if truth_key in r]
+    truth = np.array([r[truth_key] for r in rows])
     best5 = set(np.argsort(-truth, kind="stable")[:5])
-    proxies = [k for k in rows[0] if k not in ("truth", "flops_ratio")]
+    skip = {"truth", "supernet_truth", "rung_truth", "truth_mean", "flops_ratio"}
+    if truth_key == "truth_mean":
+        skip.add("truth_other_seed")
+    signals = signals or [k for k in rows[0] if k not in skip]
     base_test = result['base_test'] if result['base_test'] is not None else float('nan')
+    flops = np.array([r["flops_ratio"] for r in rows])
+    what = {"truth": "the base weights", "rung_truth": f"the weights the last rung ({result['rungs'][-1]} steps) left",
+            "supernet_truth": f"the supernet's weights ({result['supernet_epochs']} epochs)",
+            "truth_mean": "the base weights, the mean of two fine-tune seeds"}[truth_key]
     lines = [f"{result['model']} on {result['data']} (base test {base_test:.4f}) at {result['budget']}: "
-             f"{len(rows)} candidates, truth = test top-1 after "
-             f"{result['finetune_epochs']} fine-tuning epochs (truth range {truth.min():.4f}-{truth.max():.4f}, "
-             f"best {truth.max():.4f})",
-             "| proxy | Spearman | Kendall | top-5 overlap | truth of its pick |", "|---|---|---|---|---|"]
-    for name in proxies:
-        values = np.array([r[name] for r in rows])
+             f"{len(rows)} candidates (FLOPs x{flops.min():.3f}-x{flops.max():.3f}), truth = test top-1 after "
+             f"{result['finetune_epochs']} fine-tuning epoch(s) from {what} (truth range {truth.min():.4f}-"
+             f"{truth.max():.4f})",
+             "", "| signal | Spearman | Kendall | top-5 overlap | truth of its pick |", "|---|---|---|---|---|"]
+    for name in signals:
+        values = np.array([r.get(name, np.nan) for r in rows])
+        if not np.isfinite(values).all():
+            continue
         rho = stats.spearmanr(values, truth).statistic
         tau = stats.kendalltau(values, truth).statistic
         top5 = set(np.argsort(-values, kind="stable")[:5])
@@ -152,62 +314,132 @@ def proxy_table(result: dict) -> list[str]:
     return lines
 
 
+def _rank_sum(first: np.ndarray, second: np.ndarray) -> np.ndarray:
+    """Indices ordered by the sum of their ranks in `first` and `second` (higher is better), ties by position."""
+    place = lambda v: np.argsort(np.argsort(-v, kind="stable"), kind="stable")  # noqa: E731
+    return np.lexsort((np.arange(len(first)), place(first) + place(second)))
+
+
 def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists: int = 5, seed: int = 0) -> list[str]:
-    """Picking by the proxy alone vs. by finalists, over random subsets of the candidates."""
-    rows = result["rows"]
+    """Picking by the proxy alone vs. by the finalists' rules, over random subsets of the candidates: the default
+    (top `finalists` by the proxy, then ce after S steps + the proxy's rank) and, with rungs, successive halving
+    (the top 16 by the proxy; the first rung ranked by ce + proxy, later ones by their own ce; the best third on)."""
+    rows, steps, rungs = result["rows"], result["steps"], result.get("rungs", ())
     truth = np.array([r["truth"] for r in rows])
     proxy = np.array([r["bn_top1"] for r in rows])
-    short = np.array([r[f"steps_{result['steps']}"] for r in rows])
+    ce = np.array([r[f"steps_{steps}_neg_ce"] for r in rows])
+    rung_ce = [np.array([r[f"rung_{t}_neg_ce"] for r in rows]) for t in rungs]
     rng = np.random.default_rng(seed)
-    picks = {"proxy alone (bn_top1)": [], f"finalists (top-{finalists} by bn_top1, then steps_{result['steps']})": []}
-    wins = {k: 0 for k in picks}
+    rules = {"proxy alone (bn_top1)": None,
+             f"default finalists (top {finalists} by bn_top1, then ce after {steps} steps + proxy)": "default"}
+    if rungs:
+        rules[f"rungs (top 16 by bn_top1, rungs of {','.join(map(str, rungs))} steps, best third on)"] = "rungs"
+    picks = {k: [] for k in rules}
+    wins = dict.fromkeys(rules, 0)
     size = min(size, len(rows))
     for _ in range(subsets):
         subset = rng.choice(len(rows), size=size, replace=False)
         order = subset[np.lexsort((subset, -proxy[subset]))]         # by proxy, ties by index
-        by_proxy = order[0]
-        top = order[:finalists]
-        by_finalists = top[np.lexsort((np.arange(len(top)), -short[top]))][0]
         best = truth[subset].max()
-        for key, pick in zip(picks, (by_proxy, by_finalists)):
+        for key, rule in rules.items():
+            if rule is None:
+                pick = order[0]
+            elif rule == "default":
+                top = order[:finalists]
+                pick = top[_rank_sum(ce[top], proxy[top])[0]]
+            else:
+                alive = order[:16]
+                for r, values in enumerate(rung_ce):
+                    ranked = (alive[_rank_sum(values[alive], proxy[alive])] if r == 0
+                              else alive[np.lexsort((np.arange(len(alive)), -values[alive]))])
+                    alive = ranked[:max(1, -(-len(ranked) // 3))]
+                pick = ranked[0]
             picks[key].append(truth[pick])
             wins[key] += truth[pick] >= best
-    lines = [f"selection over {subsets} random subsets of {size} candidates (a search's pool): truth of the pick",
-             "| picked by | mean | median | picks the subset's best |", "|---|---|---|---|"]
+    lines = [f"Selection over {subsets} random subsets of {size} candidates (a search's pool): truth of the pick",
+             "", "| picked by | mean | median | picks the subset's best |", "|---|---|---|---|"]
     for key, values in picks.items():
         lines.append(f"| {key} | {np.mean(values):.4f} | {np.median(values):.4f} | {wins[key] / subsets:.0%} |")
     return lines
 
 
+def render(result: dict, out: Path | None, command: str) -> list[str]:
+    """The report: both tables (and the supernet-truth table when measured); written to `out` when given."""
+    spent = (f"{result['seconds'] / 60:.0f} min for what this run measured" if np.isfinite(result["seconds"])
+             else "re-rendered from its rows")
+    pool = result["pool"] + (f" ({result['agent']}, {result['trials']} trials, distinct candidates between "
+                             f"{result['low']} x and 1 x the budget, evenly spaced over the proxy's order)"
+                             if result["pool"] == "search" else "")
+    lines = ["# Proxy fidelity at the fair report's headline setting", "",
+             f"Generated {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC by `{command}` "
+             f"({platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, one thread; {spent}). "
+             f"See `benchmarks/fidelity.py` for every signal. Pool: {pool}.",
+             "", *proxy_table(result), "", *selection_table(result), ""]
+    if any("truth_other_seed" in r for r in result["rows"]):
+        lines += ["Against the mean of both fine-tune seeds (less of the fine-tune's own noise):", "",
+                  *proxy_table(result, "truth_mean"), ""]
+    if any("rung_truth" in r for r in result["rows"]):
+        lines += ["With the last rung's weights as the starting point (what the rungs export):", "",
+                  *proxy_table(result, "rung_truth", ["bn_top1", "bn_neg_ce", *[f"rung_{t}_{m}" for t in
+                                                                            result["rungs"] for m in ("top1", "neg_ce")]]),
+                  ""]
+    if any("supernet_truth" in r for r in result["rows"]):
+        lines += ["With the supernet's weights as the starting point (what `--supernet-epochs` exports):", "",
+                  *proxy_table(result, "supernet_truth", ["bn_top1", "supernet_top1"]), ""]
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(".tmp")
+        tmp.write_text("\n".join(lines) + "\n")
+        tmp.replace(out)
+    return lines
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", action="append", help="repeatable; default resnet20")
-    parser.add_argument("--budget", default="0.15flops")
-    parser.add_argument("--data", default="digits", help="e.g. benchmarks.hard_digits:hard_digits (harder, larger)")
-    parser.add_argument("--baseline-epochs", type=int, default=30, help="epochs of the cached zoo baseline")
+    parser.add_argument("--model", default="resnet20")
+    parser.add_argument("--budget", default="0.1flops")
+    parser.add_argument("--data", default=HARD_DIGITS)
+    parser.add_argument("--baseline-epochs", type=int, default=10, help="epochs of the cached zoo baseline")
     parser.add_argument("--candidates", type=int, default=30)
-    parser.add_argument("--finetune-epochs", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--pool", choices=("search", "uniform"), default="search")
+    parser.add_argument("--agent", default="tpe", help="the search whose pool is measured (--pool search)")
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--low", type=float, default=0.7, help="candidates' FLOPs from low x the budget")
+    parser.add_argument("--finetune-epochs", type=int, default=1)
+    parser.add_argument("--steps", type=int, default=50, help="the default finalists' steps")
+    parser.add_argument("--rungs", default="20,80,320", help="successive halving's rungs ('' for none)")
+    parser.add_argument("--supernet-epochs", type=float, default=2, help="0: no supernet proxy")
+    parser.add_argument("--supernet-truth", action="store_true",
+                        help="also fine-tune every candidate from the supernet's weights")
     parser.add_argument("--lr", type=float, default=SearchConfig.finalist_lr,
                         help="the short fine-tune's peak learning rate (default: search.run's --finalist-lr)")
-    parser.add_argument("--pruningnet-epochs", type=int, default=10, help="0: no PruningNet proxy")
+    parser.add_argument("--pruningnet-epochs", type=int, default=0, help="> 0: the PruningNet proxy too")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--quick", action="store_true", help="8 candidates, 1 epoch, 10 steps, no PruningNet")
+    parser.add_argument("--rows", type=Path, default=ROWS)
+    parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--render-only", action="store_true", help="render --out from --rows, measure nothing")
+    parser.add_argument("--quick", action="store_true",
+                        help="a smoke run: 8 candidates, 30 trials, 10 steps, rungs 4,8, 0.25 supernet epochs, "
+                             "on the bundled digits, rows and report in /tmp")
     args = parser.parse_args()
     if args.quick:
-        args.candidates, args.finetune_epochs, args.steps, args.pruningnet_epochs = 8, 1, 10, 0
-    torch.set_num_threads(1)
-    for model in args.model or ["resnet20"]:
-        started = time.perf_counter()
-        result = fidelity(model, args.budget, args.candidates, args.finetune_epochs, args.steps,
-                          args.pruningnet_epochs, args.seed, args.lr, data=args.data,
-                          baseline_epochs=args.baseline_epochs)
-        print()
-        print("\n".join(proxy_table(result)))
-        print()
-        print("\n".join(selection_table(result)))
-        print(f"({time.perf_counter() - started:.0f} s, held-out {result['held_out']} samples, seed {args.seed})\n",
-              flush=True)
+        args.candidates, args.trials, args.steps, args.rungs, args.supernet_epochs = 8, 30, 10, "4,8", 0.25
+        args.data, args.baseline_epochs, args.budget = "digits", 3, "0.25flops"
+        args.rows, args.out = Path("/tmp/fidelity_quick_rows.json"), Path("/tmp/fidelity_quick.md")
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
+    command = "python benchmarks/fidelity.py " + " ".join(sys.argv[1:])
+    if args.render_only:
+        if not args.rows.is_file():
+            raise SystemExit(f"{args.rows}: no rows to render; run without --render-only first")
+        print("\n".join(render(stored_results(args.rows)[-1], args.out, command.strip())), flush=True)
+        return
+    result = fidelity(args.model, args.budget, args.candidates, args.finetune_epochs, args.steps,
+                      args.pruningnet_epochs, args.seed, args.lr, data=args.data, baseline_epochs=args.baseline_epochs,
+                      rungs=tuple(int(t) for t in args.rungs.split(",") if t), supernet_epochs=args.supernet_epochs,
+                      supernet_truth=args.supernet_truth, pool=args.pool, agent=args.agent, trials=args.trials,
+                      low=args.low, rows_path=args.rows)
+    print("\n".join(render(result, args.out, command.strip())), flush=True)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

@@ -438,9 +438,10 @@ def fidelity_section(args: argparse.Namespace) -> list[str]:
                                args.pruningnet_epochs, 0, data=args.data, baseline_epochs=args.baseline_epochs,
                                progress=False)
     return ["## Proxy fidelity and finalists", "",
-            f"`benchmarks/fidelity.py`: {args.fidelity_candidates} candidates drawn uniformly between 0.7 x and 1 x "
-            "the budget; truth = test top-1 after the common fine-tune; each proxy's rank correlation with it. "
-            "steps_50 is the finalists' score (50 SGD steps, then held-out top-1).", "",
+            f"`benchmarks/fidelity.py`: {args.fidelity_candidates} candidates of a tpe search's pool between 0.7 x "
+            "and 1 x the budget; truth = test top-1 after the common fine-tune; each signal's rank correlation with "
+            "it (steps_50: the finalists' score after 50 SGD steps; rung_T: after each rung; supernet_top1: on a "
+            "supernet's weights). The headline study is `docs/benchmarks/fidelity.md`.", "",
             *fidelity.proxy_table(result), "", *fidelity.selection_table(result), ""]
 
 

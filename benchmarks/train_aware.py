@@ -12,7 +12,8 @@ so the data split, the cached baseline, the agent, the finalists' batches and th
 - A, the old default: `--finalists 5 --finalist-steps 50 --no-one-shot`;
 - B, the new default: the same with the one-shot candidates (global magnitude, uniform) among the finalists;
 - C, B with rungs: `--finalists 16 --finalist-steps 20,80,320` (synchronous successive halving);
-- D, C with `--supernet-epochs 2` (sandwich rule, in-place distillation, before the search).
+- D, C with `--supernet-epochs 2` (sandwich rule, in-place distillation, before the search);
+- E, the proxy's pick: `--finalists 0` (no training before the fine-tune; its peers get none either).
 The exported subnet (`PruneResult.subnet`) is fine-tuned as it is; its steps before the fine-tune are
 `best.json`'s `finetuned_steps` plus `run.json`'s `supernet.steps` (the supernet's sandwich steps, each 4
 forward/backward passes on one batch).
@@ -24,6 +25,7 @@ SGD, cosine from lr 0.05, the fit split's shuffled batches, BN recalibrated afte
 - A, B: 50 steps (seed s);
 - C: the rungs as the export had them: 20 steps (seed s), then 60 (seed s+1), then 240 (seed s+2): 320;
 - D: first as many steps as the supernet had (seed s, one cosine), then C's rungs.
+- E: none (the peers are fine-tuned as pruned).
 A peer is computed once per seed and schedule. Margin = the variant minus the best peer at its schedule (the peer
 with the best median test top-1), median of per-seed differences with a 95 % paired bootstrap interval
 (`benchmarks/paired_bootstrap.py`). Rows are kept in `docs/benchmarks/train_aware_rows.json`; a run measures only
@@ -70,6 +72,7 @@ VARIANTS = {
     "C": ("one-shot + rungs 16 x 20,80,320", {"finalists": 16, "finalist_steps": [20, 80, 320], "no_one_shot": False}),
     "D": ("C + supernet 2 epochs", {"finalists": 16, "finalist_steps": [20, 80, 320], "no_one_shot": False,
                                         "supernet_epochs": 2}),
+    "E": ("the proxy's pick (--finalists 0)", {"finalists": 0}),
 }
 PEERS = ("TP global magnitude", "TP uniform L1", "FastNAS")
 TP_METHOD = {"TP global magnitude": "global", "TP uniform L1": "uniform"}
@@ -165,7 +168,7 @@ def peer_schedule(rungs: list[int], supernet_steps: int) -> list[tuple[int, int]
 
 
 def schedule_text(schedule: list[tuple[int, int]]) -> str:
-    return "+".join(str(s) for s, _ in schedule)
+    return "+".join(str(s) for s, _ in schedule) or "0"
 
 
 def run_variant(args: argparse.Namespace, model: str, seed: int, variant: str) -> dict:
@@ -182,7 +185,7 @@ def run_variant(args: argparse.Namespace, model: str, seed: int, variant: str) -
     supernet = info.get("supernet") or {}
     supernet_steps = int(supernet.get("steps", 0))
     finalist_steps = int(finalists["steps"].sum()) if finalists is not None else 0
-    rungs = list(pipeline.config.finalist_rungs)
+    rungs = list(pipeline.config.finalist_rungs) if finalist_steps else []  # --finalists 0: no training at all
     return {"subnet": subnet, "row": {
         "run_s": run_s, "search_s": info.get("search_seconds"), "supernet_steps": supernet_steps,
         "supernet_s": supernet.get("seconds", 0.0), "finetuned_steps": int(record["finetuned_steps"]),
