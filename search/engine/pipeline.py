@@ -16,6 +16,7 @@ Two ways in:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -309,6 +310,22 @@ class Pipeline:
         """The search space this configuration derives: what it searches, what it leaves alone and why."""
         return f"{self.load_inputs().name}: {self.derive().explain()}"
 
+    def base_score(self, evaluator: AccuracyEvaluator, prunable: PrunableModel) -> float:
+        """The base model's score, before the run directory exists: one the scorer cannot compute (it raises,
+        or gives no finite number) stops the run in one line, since no candidate could be compared to it."""
+        what = "score(model)" if self.inputs.score is not None else "top-1 on the held-out batches"
+        try:
+            score = float(evaluator.score(prunable.space.full()))
+        except Exception as error:  # noqa: BLE001 - the user's function or data: one line
+            raise UserError(f"the base model's {what} cannot be computed: {first_line(error, typed=True)}"[:400]
+                            ) from None
+        finally:
+            evaluator.restore()
+        if not math.isfinite(score):
+            raise UserError(f"the base model's {what} is {score}: a search needs a finite score to compare "
+                            "candidates with")
+        return score
+
     # ------------------------------------------------------------------ the whole run
     def run(self) -> PruneResult:
         c = self.config
@@ -322,11 +339,18 @@ class Pipeline:
         planned = self.run_dir.read().get("planned_trials") if self.run_dir is not None else None
         agent = self.agent(prunable, price, trials=planned or c.trials)
         pruningnet = self._pruningnet_file(prunable) if c.scorer_name == "pruningnet" else None
+        inputs.model.to(self.device)
+        evaluator = self.evaluator(prunable)
+        base_score = self.base_score(evaluator, prunable)
         if self.run_dir is None:  # everything is checked: only now does the run leave a trace
             self.run_dir = RunDirectory.create(c.out, model=inputs.name, agent=c.agent, budget=str(self.budget))
             self.run_dir.update_run(args=c.to_json(), status="running", api=c.model == "<module>",
                                     planned_trials=c.trials)
+        else:
+            self.run_dir.lock()  # one process per run directory (a new one is locked by `create`)
         run_dir = self.run_dir
+        if inputs.base_test is None and inputs.test is not None:
+            inputs.base_test = evaluate(inputs.model, inputs.test, self.device)
         if cost.latency is not None:  # what a resumed run prices with (`_own_latency_table`)
             run_dir.write(LATENCY_TABLE_FILE, cost.latency.to_json())
         log.info("%s: %s; base %.2f MFLOPs, %.3f M params; run directory %s", inputs.name, prunable.space,
@@ -334,12 +358,6 @@ class Pipeline:
         if inputs.data is not None and c.weights is None and not (c.model in ZOO_MODELS and c.baseline_epochs > 0):
             log.warning("no --weights: searching an untrained %s (scores will be near chance)", c.model)
 
-        inputs.model.to(self.device)
-        if inputs.base_test is None and inputs.test is not None:
-            inputs.base_test = evaluate(inputs.model, inputs.test, self.device)
-        evaluator = self.evaluator(prunable)
-        base_score = evaluator.score(prunable.space.full())
-        evaluator.restore()
         now, started_with = versions(), run_dir.read().get("versions")
         since = moved(started_with, now)  # run.json keeps the versions the run started with; a resume adds its own
         if since:
