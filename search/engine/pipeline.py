@@ -397,12 +397,10 @@ class Pipeline:
                             progress=self.progress, base_flops=base["flops"], top_k=self.racing_top_k)
             previous = run_dir.journal.read()
             if previous:
-                try:
-                    engine.replay(previous)
-                except UserError as error:
-                    if not since:
-                        raise
-                    raise UserError(f"{first_line(error)}; since the run started: {', '.join(since)}") from None
+                damaged = run_dir.journal.skipped
+                why = ", ".join(([f"journal line(s) {', '.join(map(str, damaged[:5]))} unreadable"] if damaged else [])
+                                + ([f"since the run started: {', '.join(since)}"] if since else []))
+                engine.replay(previous, lambda: self.agent(prunable, price, trials=planned or c.trials), why=why)
                 run_dir.journal.truncate(previous)
                 log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
             try:
