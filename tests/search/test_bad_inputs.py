@@ -334,3 +334,77 @@ def test_a_malicious_best_pt_never_runs_in_export_or_finetune(files, capsys):
     assert export_main([str(out)]) == 2 and "--trust-pickle" in capsys.readouterr().err
     assert finetune_main([str(out), "--epochs", "1", "--no-progress"]) == 2
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("agent", ["random", "tpe", "nsga2", "abc", "evolution", "amc", "uniform"])
+def test_a_journal_damaged_in_the_middle_resumes_keeping_every_readable_trial(tmp_path, capsys, agent):
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, "--agent", agent, "--budget", "0.4flops", "--trials", "10", "--out", str(out)]) == 0
+    whole = pd.read_csv(out / "trials.csv").set_index("trial")
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    middle = len(lines) // 2
+    lost = json.loads(lines[middle])["trial"]
+    lines[middle] = "{garbage"
+    (out / "journal.jsonl").write_text("\n".join(lines) + "\n")
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    resumed = pd.read_csv(out / "trials.csv").set_index("trial")
+    kept = whole.drop(index=lost)
+    columns = ["state", "score", "flops", "architecture"]
+    pd.testing.assert_frame_equal(resumed.loc[kept.index, columns], kept[columns])
+    assert len(resumed) == len(whole)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_second_process_on_a_run_directory_is_refused_in_one_line(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, *BASE, "--out", str(out)]) == 0
+    assert not (out / "run.lock").exists(), "a finished run releases its lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                  "since": "2026-01-01 00:00:00"}))
+        before = (out / "journal.jsonl").read_text()
+        capsys.readouterr()
+        assert run_module.main(["--resume", str(out), "--trials", "8", "--no-progress", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"in use by process {holder.pid}" in err and socket.gethostname() in err, err
+        assert (out / "journal.jsonl").read_text() == before, "the refused process wrote nothing"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_from_a_dead_process_is_taken_over_with_a_warning(tmp_path, capsys):
+    import socket
+
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, *BASE, "--out", str(out)]) == 0
+    pid = _dead_pid()
+    (out / "run.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "?"}))
+    capsys.readouterr()
+    assert run_module.main(["--resume", str(out), "--trials", "8", "--no-progress", "--quiet"]) == 0
+    assert f"taking over the lock of process {pid}" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "trials.csv")) == 8
+    assert not (out / "run.lock").exists()
+
+
+def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
+    from search.errors import UserError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "?"}))
+    with pytest.raises(UserError, match="in use by process 1 on host elsewhere"):
+        RunDirectory(out).lock()

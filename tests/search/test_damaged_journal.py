@@ -16,7 +16,7 @@ AGENTS = [a for a in list_agents() if a != "metapruning"]  # metapruning is evol
 
 def _engine(path, agent, trials, scorer=None):
     space, budget, price = setting("0.4flops")
-    make = lambda: make_agent(agent, space, budget, price=price, seed=0, trials=trials)  # noqa: E731
+    make = lambda: make_agent(agent, space, budget, price=price, seed=0, trials=trials)
     scorer = scorer or CountingScorer(space)
     return Engine(make(), price, budget, scorer, trials=trials, journal=Journal(path), progress=False), scorer, make
 
