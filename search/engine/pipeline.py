@@ -34,7 +34,7 @@ from spaces.budget import Budget
 from spaces.derive import PrunableModel, derive
 from spaces.materialize import materialize
 
-from search.engine.budget import parse_budget
+from search.engine.budget import parse_budget, unmet
 from search.errors import first_line
 from search.engine.config import SearchConfig
 from search.engine.loop import Engine, Outcome, memoized
@@ -112,7 +112,13 @@ class Pipeline:
         resolved against the base model's costs; an unreachable budget is a UserError."""
         table = None
         budget = parse_budget(self.config.budget)
-        if self.config.latency or any(lim.metric == "latency" for lim in budget.limits):
+        priced = self.config.latency or any(lim.metric == "latency" for lim in budget.limits)
+        unused = [f"--{name.replace('_', '-')}" for name in ("latency_backend", "latency_batch")
+                  if getattr(self.config, name) != SearchConfig.__dataclass_fields__[name].default]
+        if unused and not priced:
+            log.warning("%s has no effect without a latency budget (e.g. --budget 2ms or 0.5latency) or --latency",
+                        " and ".join(unused))
+        if priced:
             from evaluators.latency import measure_table
             from evaluators.latency_backends import BackendError
 
@@ -140,8 +146,7 @@ class Pipeline:
         resolved = budget.resolve(base)
         smallest = cost.price(prunable.space.smallest()).as_dict()
         if not resolved.feasible(smallest):
-            reachable = " and ".join(f"{smallest[k] / base[k]:.3f} x its {k}" for k in base)
-            raise UserError(f"budget {resolved} cannot be met: the smallest subnet of this space has {reachable}")
+            raise UserError(unmet(resolved, smallest, base))
         return cost, resolved
 
     def _own_latency_table(self, prunable: PrunableModel, input_shape: tuple[int, ...]):
@@ -224,8 +229,13 @@ class Pipeline:
             return None
         try:
             net = PruningNet.load(path, prunable)
-        except Exception as error:  # noqa: BLE001 - garbage or another model's file: one line
+        except (ValueError, KeyError, TypeError) as error:  # a readable file of another kind or another model
             raise UserError(f"cannot use PruningNet {path}: {first_line(error)}") from None
+        except Exception as error:  # noqa: BLE001 - not a file torch.load reads with tensors only: one line
+            from search.models.zoo import unreadable
+
+            raise UserError(f"cannot use PruningNet: {unreadable(path, error, 'PruningNet')}".replace(
+                "cannot use PruningNet: cannot load PruningNet", "cannot use PruningNet")) from None
         log.info("PruningNet loaded from %s", path)
         return net.to(self.device)
 

@@ -50,8 +50,8 @@ from torch import nn
 from spaces.files import staged
 
 from search.errors import UserError, first_line
-from search.engine.records import (BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, FINETUNED_MODEL_FILE,
-                                   FINETUNED_STATE_FILE, JOURNAL_FILE, RUN_FILE, RunDirectory)
+from search.engine.records import (BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, JOURNAL_FILE, RUN_FILE,
+                                   TRIALS_FILE, RunDirectory)
 from search.export.subnet import load_subnet, no_subnet_message
 
 log = logging.getLogger("search.export")
@@ -248,7 +248,7 @@ def _target(run: RunDirectory, source: Path, format: str, out: str | Path | None
     if path.is_dir():
         path = path / name
     protected = {(run.path / f).resolve() for f in (RUN_FILE, BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE,
-                                                   BEST_STATE_FILE, FINETUNED_STATE_FILE, JOURNAL_FILE)}
+                                                   JOURNAL_FILE, TRIALS_FILE)}
     if path.resolve() in protected:
         raise UserError(f"--out {path} would overwrite one of the run's own files; pick another path")
     try:
