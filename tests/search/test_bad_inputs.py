@@ -45,6 +45,9 @@ def files(tmp_path, monkeypatch):
     marker = tmp_path / "MARKER"
     torch.save(Evil(marker), tmp_path / "evil.pt")
     (tmp_path / "garbage.pt").write_bytes(b"this is not a torch file at all")
+    (tmp_path / "text.pt").write_text("hello, these are my weights\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "random.pt").write_bytes(bytes(range(7, 256)) * 3)
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
     (tmp_path / "bad_models.py").write_text(
         "import torch\n"
@@ -146,6 +149,15 @@ CASES = {
     "malicious weights": ([*BASE, "--weights", "{tmp}/evil.pt"], r"cannot load weights file"),
     "garbage weights": ([*BASE, "--weights", "{tmp}/garbage.pt"], r"cannot load weights file"),
     "missing weights": ([*BASE, "--weights", "{tmp}/none.pt"], r"not found"),
+    "text file as weights": ([*BASE, "--weights", "{tmp}/text.pt"], r"text.pt: it is a text file"),
+    "empty weights": ([*BASE, "--weights", "{tmp}/empty.pt"], r"empty.pt: the file is empty"),
+    "random bytes as weights": ([*BASE, "--weights", "{tmp}/random.pt"], r"random.pt: it is not a file torch.save"),
+    "pickled pruningnet is not unpickled": (["--agent", "metapruning", "--budget", "0.4flops", "--pruningnet",
+                                             "{tmp}/evil.pt"], r"objects beyond tensors"),
+    "timm keyword that is not a literal": ([*BASE, "--model", "timm:resnet18?drop_rate=abc", "--baseline-epochs",
+                                            "0"], r"drop_rate='abc' were read as text"),
+    "absolute budget unreachable": ([*BASE[:2], "--budget", "0.01k"],
+                                    r"0.01k: the smallest subnet of this space has .* M parameters"),
     "weights that do not fit": ([*BASE, "--weights", "{tmp}/wrong.pt"], r"do not fit"),
     "model factory raises": ([*BASE, "--model", "bad_models:raises"], r"factory exploded"),
     "model factory TypeError inside": ([*BASE, "--model", "bad_models:typeerror"], r"TypeError"),
@@ -186,6 +198,7 @@ def test_bad_input_is_one_line_exit_2(name, files, capsys):
     assert code == 2, (name, err)
     assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 0, err
     assert re.search(message, err), err
+    assert "weights_only=False" not in err, "never the advice to unpickle"
     assert not marker.exists(), "a pickle ran code"
     assert not (out / "run.json").exists(), "a failed start must leave no run behind"
 
@@ -408,3 +421,15 @@ def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
     (out / "run.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "?"}))
     with pytest.raises(UserError, match="in use by process 1 on host elsewhere"):
         RunDirectory(out).lock()
+
+
+def test_options_without_effect_and_budgets_given_twice_are_warned_about(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, "--agent", "random", "--budget", "0.5flops", "--budget", "0.4FLOPS",
+                            "--latency-batch", "4", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "--budget limits flops twice (0.5flops, 0.4FLOPS)" in err
+    assert "--latency-batch has no effect without a latency budget" in err
+    caps = json.loads((out / "run.json").read_text())["budget"]["caps"]
+    base = json.loads((out / "run.json").read_text())["base"]["flops"]
+    assert caps["flops"] == pytest.approx(0.4 * base)   # 0.4FLOPS is 0.4flops: units are case-insensitive

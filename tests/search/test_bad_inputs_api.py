@@ -213,5 +213,17 @@ def test_finetune_and_export_refuse_in_one_line_and_write_nothing(name, run_copy
     assert {p: p.stat().st_mtime_ns for p in _files(run_copy)} == before, "nothing written"
 
 
+def test_an_absolute_latency_budget_below_the_smallest_subnet_is_refused_in_milliseconds():
+    from search.engine.budget import parse_budget, unmet
+
+    base = {"flops": 4e6, "params": 2e5, "latency": 1.56}
+    smallest = {"flops": 1e6, "params": 5e4, "latency": 1.12}
+    budget = parse_budget(["1ms", "0.5flops"]).resolve(base)
+    assert not budget.feasible(smallest)
+    text = unmet(budget, smallest, base)
+    assert text == ("budget 1ms+0.5flops cannot be met (1ms: the smallest subnet of this space is predicted to take "
+                    "1.12 ms (the base model 1.56 ms)); loosen it or widen the space (--width-ratios)")
+
+
 def test_the_suite_counts_at_least_thirty_cases():
     assert len(PRUNE) + len(LIBRARY) >= 30
