@@ -96,9 +96,10 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
     example = (example_input if example_input is not None else calib[0][:1]).detach().cpu()
     if example.dim() < 2 or example.shape[0] != 1:
         example = example[:1]
-    _check_batches(model, calib, held, dev)
+    own = copy.deepcopy(model).eval()   # the search's copy: the user's model is never modified
+    _check_batches(own.to(dev), calib, held)
     torch.manual_seed(seed)
-    inputs = Inputs(model=copy.deepcopy(model).cpu().eval(), example=example, calibration=calib, held_out=held,
+    inputs = Inputs(model=own.cpu(), example=example, calibration=calib, held_out=held,
                     score=None if score is None else UserScore(score), name=type(model).__name__, train=train)
     run_dir = None
     if resume:
@@ -173,16 +174,15 @@ def _config(*, options: Mapping[str, Any], **given: Any) -> SearchConfig:
         raise UserError(f"prune(): an option has a value of the wrong type ({first_line(error)})") from None
 
 
-def _check_batches(model: nn.Module, calibration: list, held_out: list, device: torch.device) -> None:
-    """Run (a copy of) the model on one calibration batch and one held-out batch: data that does not fit is
-    refused here, in one line, before anything is written."""
-    probe = copy.deepcopy(model).to(device).eval()
+def _check_batches(model: nn.Module, calibration: list, held_out: list) -> None:
+    """Run the model (in eval mode, no gradients: nothing in it changes) on one calibration batch and one held-out
+    batch: data that does not fit is refused here, in one line, before anything is written."""
     for what, x in (("calibration", calibration[0]), ("held_out", held_out[0][0] if held_out else None)):
         if x is None:
             continue
         try:
             with torch.no_grad():
-                probe(x[:2])
+                model(x[:2])
         except Exception as error:  # noqa: BLE001 - the user's data against the user's model: one line
             raise UserError(f"{what} batches of shape {tuple(x.shape)} do not fit the model: "
                             f"{first_line(error, typed=True)}"[:400]) from None

@@ -67,19 +67,19 @@ _UNIT = {"flops": (1e6, "MFLOPs"), "params": (1e6, "M parameters"), "latency": (
 
 
 def unmet(budget: Budget, smallest: dict[str, float], base: dict[str, float]) -> str:
-    """Why a resolved `budget` cannot be met: for each limit the smallest subnet breaks, its cap against what
-    that subnet costs, in the units the limit was given in (milliseconds for `1ms`, ratios for `0.4flops`)."""
+    """Why a resolved `budget` cannot be met: what the smallest subnet costs for each limit it breaks, in the
+    units the limit was given in (milliseconds for `1ms`, a ratio for `0.4flops`)."""
     broken = []
-    for lim, cap in zip(budget.limits, (lim.absolute(base) for lim in budget.limits)):
-        cost = smallest.get(lim.metric)
+    for lim in budget.limits:
+        cost, cap = smallest.get(lim.metric), lim.absolute(base)
         if cost is None or cost <= cap * (1 + 1e-12):
             continue
         if lim.relative:
-            broken.append(f"{lim.text or lim}: the smallest subnet of this space has {cost / base[lim.metric]:.3f} x "
-                          f"the base model's {lim.metric}")
+            broken.append(f"{cost / base[lim.metric]:.3f} x its {lim.metric} (budget {lim})")
         else:
             scale, unit = _UNIT.get(lim.metric, (1.0, lim.metric))
-            what = "is predicted to take" if lim.metric == "latency" else "has"
-            broken.append(f"{lim.text or lim}: the smallest subnet of this space {what} {cost / scale:.3g} {unit} "
-                          f"(the base model {base[lim.metric] / scale:.3g} {unit})")
-    return f"budget {budget} cannot be met ({'; '.join(broken)}); loosen it or widen the space (--width-ratios)"
+            what = "a predicted latency of " if lim.metric == "latency" else ""
+            broken.append(f"{what}{cost / scale:.3g} {unit} (budget {lim}; the base model {base[lim.metric] / scale:.3g}"
+                          f" {unit})")
+    return (f"budget {budget} cannot be met: the smallest subnet of this space has {' and '.join(broken)}; loosen "
+            f"it or widen the space (--width-ratios)")

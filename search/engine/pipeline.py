@@ -339,6 +339,8 @@ class Pipeline:
     # ------------------------------------------------------------------ the whole run
     def run(self) -> PruneResult:
         c = self.config
+        if self.run_dir is not None:
+            self.run_dir.lock()  # one process per run directory, before any work (a new one is locked by `create`)
         inputs = self.load_inputs()
         prunable = self.derive()
         cost, self.budget = self.cost_model(prunable)
@@ -356,8 +358,6 @@ class Pipeline:
             self.run_dir = RunDirectory.create(c.out, model=inputs.name, agent=c.agent, budget=str(self.budget))
             self.run_dir.update_run(args=c.to_json(), status="running", api=c.model == "<module>",
                                     planned_trials=c.trials)
-        else:
-            self.run_dir.lock()  # one process per run directory (a new one is locked by `create`)
         run_dir = self.run_dir
         if inputs.base_test is None and inputs.test is not None:
             inputs.base_test = evaluate(inputs.model, inputs.test, self.device)

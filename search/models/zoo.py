@@ -410,7 +410,8 @@ def unreadable(path: str | Path, error: BaseException, what: str) -> str:
         return f"cannot load {what} {path}: the file is empty (0 bytes); save it again with torch.save"
     if torch_file and "weights_only" in str(error).lower().replace(" ", "_"):
         return (f"cannot load {what} {path}: it holds Python objects beyond tensors, and prunesearch loads tensors "
-                f"only (unpickling could run code from the file); save a state dict (model.state_dict()) instead")
+                f"only (weights_only=True: unpickling could run code from the file); save a state dict "
+                f"(model.state_dict()) instead")
     if torch_file:
         return f"cannot load {what} {path}: the file is damaged or truncated ({first_line(error, typed=True)})"
     try:

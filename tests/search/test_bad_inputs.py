@@ -157,7 +157,7 @@ CASES = {
     "timm keyword that is not a literal": ([*BASE, "--model", "timm:resnet18?drop_rate=abc", "--baseline-epochs",
                                             "0"], r"drop_rate='abc' were read as text"),
     "absolute budget unreachable": ([*BASE[:2], "--budget", "0.01k"],
-                                    r"0.01k: the smallest subnet of this space has .* M parameters"),
+                                    r"the smallest subnet of this space has .* M parameters \(budget 0.01k"),
     "weights that do not fit": ([*BASE, "--weights", "{tmp}/wrong.pt"], r"do not fit"),
     "model factory raises": ([*BASE, "--model", "bad_models:raises"], r"factory exploded"),
     "model factory TypeError inside": ([*BASE, "--model", "bad_models:typeerror"], r"TypeError"),

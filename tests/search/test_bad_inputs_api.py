@@ -221,8 +221,8 @@ def test_an_absolute_latency_budget_below_the_smallest_subnet_is_refused_in_mill
     budget = parse_budget(["1ms", "0.5flops"]).resolve(base)
     assert not budget.feasible(smallest)
     text = unmet(budget, smallest, base)
-    assert text == ("budget 1ms+0.5flops cannot be met (1ms: the smallest subnet of this space is predicted to take "
-                    "1.12 ms (the base model 1.56 ms)); loosen it or widen the space (--width-ratios)")
+    assert text == ("budget 1ms+0.5flops cannot be met: the smallest subnet of this space has a predicted latency "
+                    "of 1.12 ms (budget 1ms; the base model 1.56 ms); loosen it or widen the space (--width-ratios)")
 
 
 def test_the_suite_counts_at_least_thirty_cases():
