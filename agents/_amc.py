@@ -281,6 +281,15 @@ class AMCAgent(Agent):
         self.outstanding[ticket] = episode
         return episode[0]
 
+    def learn(self, known) -> None:
+        """Known candidates count as proposed episodes (the noise decays as if they had been asked, and they are
+        not proposed again); the policy learns from its own episodes only (their states and actions)."""
+        for candidate, _ in known:
+            self.proposed[candidate] = None
+            if self.asked >= self.warmup:
+                self.sigma *= _SIGMA_DECAY
+            self.asked += 1
+
     # -- learning --------------------------------------------------------------------------------
     def _reward(self, candidate: Candidate, result: Result) -> float:
         if result.state is TrialState.INFEASIBLE:

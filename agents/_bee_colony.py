@@ -150,6 +150,13 @@ class BeeColonyAgent(Agent):
         if not self.queue and not self.asked:  # the phase is complete: select, then plan the next one
             self._next_phase()
 
+    def learn(self, known) -> None:
+        """The best known candidates become the first food sources (their known results settle them: none is
+        scored again)."""
+        scored = sorted((r.score, i, c) for i, (c, r) in enumerate(known) if r.ok and r.score is not None)
+        best = [c for _, _, c in sorted(scored, key=lambda e: (-e[0], e[1]))]
+        self.initial = list(dict.fromkeys(best + self.initial))
+
     def state_dict(self) -> dict[str, Any]:
         asked = [[t, i, g] for t, (i, g) in self.asked.items()]
         return copy.deepcopy({**super().state_dict(), "sources": self.sources, "scores": self.scores,

@@ -170,6 +170,19 @@ class EvolutionAgent(Agent):
         score = result.score if result.ok and result.score is not None and math.isfinite(result.score) else None
         self.history.append([genes, None if score is None else float(score)])
 
+    def learn(self, known) -> None:
+        """Known results join the history (the parents are drawn from it) and are never proposed again."""
+        for candidate, result in known:
+            genes = self._genes(candidate)
+            score = result.score if result.ok and result.score is not None and math.isfinite(result.score) else None
+            if result.state.value != "infeasible":
+                self.history.append([genes, None if score is None else float(score)])
+            if tuple(genes) not in self._seen:
+                self.proposed.append(genes)
+                self._seen.add(tuple(genes))
+        if self.history and self.generation < 0:
+            self.generation = 0  # the next generation is bred from the known ones
+
     # -- state -----------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "generation": self.generation, "queue": [list(g) for g in self.queue],

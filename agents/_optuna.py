@@ -160,6 +160,26 @@ class OptunaAgent(Agent):
             return {}
         return super().restore(events)
 
+    def learn(self, known) -> None:
+        """Known results become completed (or failed) trials of the study, as Optuna's `add_trial` does; the
+        enqueued startup draws stay queued."""
+        distributions = {d.name: CategoricalDistribution([0, 1]) if d.kind == KEEP else
+                         IntDistribution(0, len(d.choices) - 1) for d in self.space.dimensions}
+        for candidate, result in known:
+            params = {d.name: candidate[d.name] if d.kind == KEEP else d.index(candidate[d.name])
+                      for d in self.space.dimensions}
+            violations = [float(v) for v in self.budget.violations(result.costs or self.price(candidate))]
+            attrs = ({"user_attrs": {}, "system_attrs": {f"constraints:budget{i}": v for i, v in enumerate(violations)}}
+                     if _PER_TRIAL_CONSTRAINTS else {"user_attrs": {"constraints": violations}, "system_attrs": {}})
+            if result.ok and result.score is not None:
+                state, values = optuna.trial.TrialState.COMPLETE, self._values(result.score, result.costs)
+            elif result.state.value == "infeasible":
+                state, values = optuna.trial.TrialState.COMPLETE, self._values(0.0, result.costs)
+            else:
+                state, values = optuna.trial.TrialState.FAIL, None
+            self.study.add_trial(optuna.trial.create_trial(state=state, values=values, params=params,
+                                                           distributions=distributions, **attrs))
+
     def state_dict(self) -> dict[str, Any]:
         """Plain data (JSON-able): the study's trials and the sampler's random states, unless the study lives
         in a storage already (then the storage is the state)."""

@@ -80,6 +80,14 @@ class Agent(abc.ABC):
                 self.tell(ticket, result)
         return outstanding
 
+    def learn(self, known: Sequence[tuple[Candidate, Result]]) -> None:
+        """Take in results of candidates this fresh agent did not ask for, as data (Optuna's `add_trial`).
+
+        A resume uses it where `restore` cannot replay the history exactly (a journal damaged in the middle,
+        or the agent's code changed): the readable trials become what the agent knows, and it goes on from
+        there. They are never scored again (a candidate proposed again is settled from its known result).
+        Default: nothing to learn (an agent whose proposals do not depend on results)."""
+
     def state_dict(self) -> dict[str, Any]:
         """A snapshot of the agent's state (the engine resumes by `restore`; this is for checkpoints)."""
         return {"rng": self.rng.bit_generator.state}

@@ -183,7 +183,11 @@ def _run(args: argparse.Namespace, given: dict | None = None) -> PruneResult:
     if args.explain:
         print(pipeline.explain())
         return PruneResult(None, None, None, None, {})
-    result = pipeline.run()
+    try:
+        result = pipeline.run()
+    finally:
+        if pipeline.run_dir is not None:
+            pipeline.run_dir.unlock()
     print(result.summary)
     return result
 

@@ -6,7 +6,10 @@ the model and the batches come from (the user's iterables, checked and cached he
 from __future__ import annotations
 
 import copy
+import dataclasses
+import difflib
 import logging
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from torch import nn
 from search.engine.config import SearchConfig
 from search.engine.pipeline import Pipeline, PruneResult
 from search.engine.records import RunDirectory
-from search.errors import UserError
+from search.errors import UserError, first_line
 from search.finetune.step import device_of
 from search.models.inputs import Inputs
 
@@ -77,9 +80,14 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
         raise UserError(f"prune() needs a torch.nn.Module, got {type(model).__name__}")
     if score is None and held_out is None:
         raise UserError("prune() needs held_out batches (scored by top-1) or a score function")
-    config = SearchConfig(agent=agent, budget=[budget] if isinstance(budget, str) else list(budget), trials=trials,
-                          workers=workers, out=None if out is None else str(out), seed=seed, device=device,
-                          model="<module>", data="<iterables>", **options).validate()
+    if score is not None and not callable(score):
+        raise UserError(f"prune(score=...) must be a function f(model) -> float, got {type(score).__name__}")
+    if resume and out is None:
+        raise UserError("prune(resume=True) needs the run's out= folder")
+    config = _config(agent=agent, budget=_budgets(budget), trials=trials, workers=workers,
+                     out=None if out is None else str(out), seed=seed, device=device, options=options)
+    if config.supernet_epochs and train is None:
+        raise UserError("prune(supernet_epochs=...) needs labelled training batches: pass train=(x, y) batches")
     dev = device_of(config.device)
     calib = [x.to(dev) for x in batches_of(calibration, config.calib_batches * config.batch_size, labelled=False,
                                            what="calibration")]
@@ -88,17 +96,93 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
     example = (example_input if example_input is not None else calib[0][:1]).detach().cpu()
     if example.dim() < 2 or example.shape[0] != 1:
         example = example[:1]
+    own = copy.deepcopy(model).eval()   # the search's copy: the user's model is never modified
+    _check_batches(own.to(dev), calib, held)
     torch.manual_seed(seed)
-    inputs = Inputs(model=copy.deepcopy(model).cpu().eval(), example=example, calibration=calib, held_out=held,
-                    score=score, name=type(model).__name__, train=train)
+    inputs = Inputs(model=own.cpu(), example=example, calibration=calib, held_out=held,
+                    score=None if score is None else UserScore(score), name=type(model).__name__, train=train)
     run_dir = None
     if resume:
-        if out is None:
-            raise UserError("prune(resume=True) needs the run's out= folder")
         run_dir = RunDirectory.open(str(out))
         saved = run_dir.read().get("args") or {}
-        config = SearchConfig.from_json(saved).resumed(config.to_json())  # refuses what would change the run
+        try:
+            config = SearchConfig.from_json(saved).resumed(config.to_json())  # refuses what would change the run
+        except TypeError as error:
+            raise UserError(f"cannot resume {run_dir.path}: its run.json is not readable ({error})") from None
     pipeline = Pipeline(config, inputs=inputs, run_dir=run_dir, progress=progress)
-    result = pipeline.run()
+    try:
+        result = pipeline.run()
+    finally:
+        if pipeline.run_dir is not None:
+            pipeline.run_dir.unlock()
     log.info("%s", result.summary)
+    if result.best is None and not result.interrupted:
+        raise UserError(no_trial_succeeded(result.trials, result.run_dir))
     return result
+
+
+def no_trial_succeeded(trials, run_dir: Path) -> str:
+    """The one line for a search in which no candidate was scored: how many failed, and the commonest reason."""
+    states = Counter(trials.state) if len(trials) else Counter()
+    reasons = Counter(str(m) for m, st in zip(trials.message, trials.state) if st == "failed" and m)
+    if not len(trials):
+        return f"no candidate was scored; see {run_dir}"
+    if reasons:
+        reason, count = reasons.most_common(1)[0]
+        return (f"no trial succeeded: {states.get('failed', 0)} of {len(trials)} failed, {count} of them with "
+                f"\"{reason}\" (every trial is in {Path(run_dir) / 'trials.csv'})")
+    return (f"no trial succeeded: {states.get('infeasible', 0)} of {len(trials)} were over the budget "
+            f"(every trial is in {Path(run_dir) / 'trials.csv'})")
+
+
+class UserScore:
+    """A user's `score(model)`, its answer checked: something that is not one number is an error naming it (the
+    candidate fails with that reason in trials.csv). A class, not a closure: it travels to Ray actors."""
+
+    def __init__(self, function: Callable[[nn.Module], float]):
+        self.function = function
+
+    def __call__(self, module: nn.Module) -> float:
+        value = self.function(module)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if isinstance(value, bool) or not isinstance(value, (int, float)) and not hasattr(value, "__float__"):
+            raise TypeError(f"score returned {type(value).__name__} {str(value)[:40]!r}, not a number")
+        return float(value)
+
+
+def _budgets(budget: Any) -> list[str]:
+    texts = [budget] if isinstance(budget, str) else budget
+    if not isinstance(texts, (list, tuple)) or not all(isinstance(t, str) for t in texts):
+        raise UserError(f"prune(budget=...) takes a string like '0.5flops' or a list of them, got {budget!r}"[:200])
+    return list(texts)
+
+
+def _config(*, options: Mapping[str, Any], **given: Any) -> SearchConfig:
+    """The SearchConfig of a prune() call; an unknown option or a value of the wrong type is one UserError."""
+    names = {f.name for f in dataclasses.fields(SearchConfig)} - {"model", "data"}
+    for name in options:
+        if name not in names:
+            near = difflib.get_close_matches(name, sorted(names), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else "; it takes the SearchConfig fields (see the README)"
+            raise UserError(f"prune() got an unknown option {name!r}{hint}")
+    try:
+        return SearchConfig(model="<module>", data="<iterables>", **given, **options).validate()
+    except UserError:
+        raise
+    except (TypeError, ValueError, AttributeError) as error:
+        raise UserError(f"prune(): an option has a value of the wrong type ({first_line(error)})") from None
+
+
+def _check_batches(model: nn.Module, calibration: list, held_out: list) -> None:
+    """Run the model (in eval mode, no gradients: nothing in it changes) on one calibration batch and one held-out
+    batch: data that does not fit is refused here, in one line, before anything is written."""
+    for what, x in (("calibration", calibration[0]), ("held_out", held_out[0][0] if held_out else None)):
+        if x is None:
+            continue
+        try:
+            with torch.no_grad():
+                model(x[:2])
+        except Exception as error:  # noqa: BLE001 - the user's data against the user's model: one line
+            raise UserError(f"{what} batches of shape {tuple(x.shape)} do not fit the model: "
+                            f"{first_line(error, typed=True)}"[:400]) from None

@@ -6,9 +6,13 @@ Grammar (case-insensitive, one limit per string, `--budget` repeatable, all limi
   <n>mflops | <n>gflops | <n>kflops   absolute FLOPs per sample (FlopCounterMode's count)
   <n>m | <n>k       absolute parameter count (e.g. 1.2m, 300k)
   <n>ms             latency in milliseconds;  <ratio>latency   relative latency
+Units are read case-insensitively (`0.4FLOPS` is `0.4flops`, as `2GFLOPs` is `2gflops`): the unit's letters
+name one thing whatever their case, so refusing them would only stand in the user's way. Two limits on one
+metric both hold (the tighter decides) and are warned about: one of them is probably a slip.
 """
 from __future__ import annotations
 
+import logging
 import math
 import re
 from collections.abc import Iterable
@@ -16,6 +20,8 @@ from collections.abc import Iterable
 from spaces.budget import Budget, Limit
 
 from search.errors import UserError
+
+log = logging.getLogger(__name__)
 
 GRAMMAR = ("<ratio>flops | <ratio>params | <n>mflops | <n>gflops | <n>kflops | <n>m | <n>k (params) | "
            "<n>ms | <ratio>latency   e.g. 0.4flops, 300mflops, 1.2m")
@@ -49,4 +55,31 @@ def parse_budget(texts: Iterable[str]) -> Budget:
     limits = [parse_limit(t) for t in texts]
     if not limits:
         raise UserError(f"give at least one --budget ({GRAMMAR})")
+    for metric in dict.fromkeys(lim.metric for lim in limits):
+        same = [lim.text for lim in limits if lim.metric == metric]
+        if len(same) > 1:
+            log.warning("--budget limits %s twice (%s): both must hold, so the tighter one decides; give one "
+                        "--budget per metric if that was a slip", metric, ", ".join(same))
     return Budget(limits)
+
+
+_UNIT = {"flops": (1e6, "MFLOPs"), "params": (1e6, "M parameters"), "latency": (1.0, "ms")}
+
+
+def unmet(budget: Budget, smallest: dict[str, float], base: dict[str, float]) -> str:
+    """Why a resolved `budget` cannot be met: what the smallest subnet costs for each limit it breaks, in the
+    units the limit was given in (milliseconds for `1ms`, a ratio for `0.4flops`)."""
+    broken = []
+    for lim in budget.limits:
+        cost, cap = smallest.get(lim.metric), lim.absolute(base)
+        if cost is None or cost <= cap * (1 + 1e-12):
+            continue
+        if lim.relative:
+            broken.append(f"{cost / base[lim.metric]:.3f} x its {lim.metric} (budget {lim})")
+        else:
+            scale, unit = _UNIT.get(lim.metric, (1.0, lim.metric))
+            what = "a predicted latency of " if lim.metric == "latency" else ""
+            broken.append(f"{what}{cost / scale:.3g} {unit} (budget {lim}; the base model {base[lim.metric] / scale:.3g}"
+                          f" {unit})")
+    return (f"budget {budget} cannot be met: the smallest subnet of this space has {' and '.join(broken)}; loosen "
+            f"it or widen the space (--width-ratios)")

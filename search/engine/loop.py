@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from tqdm.auto import tqdm
@@ -137,8 +137,13 @@ class Engine:
         self._in_flight: dict[int, tuple[Candidate, dict[str, float]]] = {}
         self._resubmit: dict[int, Candidate] = {}  # number -> candidate in flight when the run stopped
 
-    def replay(self, trials: list[Trial]) -> None:
-        """Bring a fresh agent to the state it had after `trials` (nothing finished is scored again)."""
+    def replay(self, trials: list[Trial], fresh: Callable[[], Agent] | None = None, *, why: str = "") -> bool:
+        """Bring a fresh agent to the state it had after `trials` (nothing finished is scored again).
+
+        Exactly, where the agent proposes again what the journal holds. Where it cannot (a journal damaged in
+        the middle, the agent's code changed: `why` says what is known of it), and `fresh` builds a new agent,
+        that one continues from the readable trials as known results (`Agent.learn`), with a warning; without
+        `fresh` it is a UserError. Returns whether the replay was exact."""
         by_number = {t.number: t for t in trials}
         events: list[tuple] = []
         asked = 0
@@ -148,14 +153,27 @@ class Engine:
                 events.append(("ask", asked, known.candidate if known else None))
                 asked += 1
             events.append(("tell", trial.number, trial.result))
+        exact = True
         try:
             self._resubmit = self.agent.restore(events)
         except ValueError as error:
-            raise UserError(f"cannot resume: {error} (was the run started with other options or another "
-                            "version?)") from None
+            if fresh is None:
+                raise UserError(f"cannot resume: {error} (was the run started with other options or another "
+                                f"version?{' ' + why if why else ''})") from None
+            log.warning("the journal cannot be replayed exactly (%s%s); the agent continues from the %d readable "
+                        "trials as known results, none scored again: from here the search differs from an "
+                        "uninterrupted run", error, f"; {why}" if why else "", len(trials))
+            self.agent = fresh()
+            ordered = sorted(trials, key=lambda t: t.number)
+            self.agent.learn([(t.candidate, t.result) for t in ordered])
+            self._resubmit = {}
+            top = max((t.number for t in trials), default=-1) + 1
+            self.trials += top - len(trials)  # trial numbers lost with the damaged lines are asked again
+            asked, exact = max(asked, top), False
         for trial in trials:
             self._remember(trial)
         self._asked = asked
+        return exact
 
     def _remember(self, trial: Trial) -> None:
         self.outcome.trials.append(trial)

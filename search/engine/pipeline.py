@@ -16,6 +16,7 @@ Two ways in:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -33,7 +34,7 @@ from spaces.budget import Budget
 from spaces.derive import PrunableModel, derive
 from spaces.materialize import materialize
 
-from search.engine.budget import parse_budget
+from search.engine.budget import parse_budget, unmet
 from search.errors import first_line
 from search.engine.config import SearchConfig
 from search.engine.loop import Engine, Outcome, memoized
@@ -111,7 +112,13 @@ class Pipeline:
         resolved against the base model's costs; an unreachable budget is a UserError."""
         table = None
         budget = parse_budget(self.config.budget)
-        if self.config.latency or any(lim.metric == "latency" for lim in budget.limits):
+        priced = self.config.latency or any(lim.metric == "latency" for lim in budget.limits)
+        unused = [f"--{name.replace('_', '-')}" for name in ("latency_backend", "latency_batch")
+                  if getattr(self.config, name) != SearchConfig.__dataclass_fields__[name].default]
+        if unused and not priced:
+            log.warning("%s has no effect without a latency budget (e.g. --budget 2ms or 0.5latency) or --latency",
+                        " and ".join(unused))
+        if priced:
             from evaluators.latency import measure_table
             from evaluators.latency_backends import BackendError
 
@@ -139,8 +146,7 @@ class Pipeline:
         resolved = budget.resolve(base)
         smallest = cost.price(prunable.space.smallest()).as_dict()
         if not resolved.feasible(smallest):
-            reachable = " and ".join(f"{smallest[k] / base[k]:.3f} x its {k}" for k in base)
-            raise UserError(f"budget {resolved} cannot be met: the smallest subnet of this space has {reachable}")
+            raise UserError(unmet(resolved, smallest, base))
         return cost, resolved
 
     def _own_latency_table(self, prunable: PrunableModel, input_shape: tuple[int, ...]):
@@ -223,8 +229,13 @@ class Pipeline:
             return None
         try:
             net = PruningNet.load(path, prunable)
-        except Exception as error:  # noqa: BLE001 - garbage or another model's file: one line
+        except (ValueError, KeyError, TypeError) as error:  # a readable file of another kind or another model
             raise UserError(f"cannot use PruningNet {path}: {first_line(error)}") from None
+        except Exception as error:  # noqa: BLE001 - not a file torch.load reads with tensors only: one line
+            from search.models.zoo import unreadable
+
+            raise UserError(f"cannot use PruningNet: {unreadable(path, error, 'PruningNet')}".replace(
+                "cannot use PruningNet: cannot load PruningNet", "cannot use PruningNet")) from None
         log.info("PruningNet loaded from %s", path)
         return net.to(self.device)
 
@@ -309,9 +320,27 @@ class Pipeline:
         """The search space this configuration derives: what it searches, what it leaves alone and why."""
         return f"{self.load_inputs().name}: {self.derive().explain()}"
 
+    def base_score(self, evaluator: AccuracyEvaluator, prunable: PrunableModel) -> float:
+        """The base model's score, before the run directory exists: one the scorer cannot compute (it raises,
+        or gives no finite number) stops the run in one line, since no candidate could be compared to it."""
+        what = "score(model)" if self.inputs.score is not None else "top-1 on the held-out batches"
+        try:
+            score = float(evaluator.score(prunable.space.full()))
+        except Exception as error:  # noqa: BLE001 - the user's function or data: one line
+            raise UserError(f"the base model's {what} cannot be computed: {first_line(error, typed=True)}"[:400]
+                            ) from None
+        finally:
+            evaluator.restore()
+        if not math.isfinite(score):
+            raise UserError(f"the base model's {what} is {score}: a search needs a finite score to compare "
+                            "candidates with")
+        return score
+
     # ------------------------------------------------------------------ the whole run
     def run(self) -> PruneResult:
         c = self.config
+        if self.run_dir is not None:
+            self.run_dir.lock()  # one process per run directory, before any work (a new one is locked by `create`)
         inputs = self.load_inputs()
         prunable = self.derive()
         cost, self.budget = self.cost_model(prunable)
@@ -322,11 +351,16 @@ class Pipeline:
         planned = self.run_dir.read().get("planned_trials") if self.run_dir is not None else None
         agent = self.agent(prunable, price, trials=planned or c.trials)
         pruningnet = self._pruningnet_file(prunable) if c.scorer_name == "pruningnet" else None
+        inputs.model.to(self.device)
+        evaluator = self.evaluator(prunable)
+        base_score = self.base_score(evaluator, prunable)
         if self.run_dir is None:  # everything is checked: only now does the run leave a trace
             self.run_dir = RunDirectory.create(c.out, model=inputs.name, agent=c.agent, budget=str(self.budget))
             self.run_dir.update_run(args=c.to_json(), status="running", api=c.model == "<module>",
                                     planned_trials=c.trials)
         run_dir = self.run_dir
+        if inputs.base_test is None and inputs.test is not None:
+            inputs.base_test = evaluate(inputs.model, inputs.test, self.device)
         if cost.latency is not None:  # what a resumed run prices with (`_own_latency_table`)
             run_dir.write(LATENCY_TABLE_FILE, cost.latency.to_json())
         log.info("%s: %s; base %.2f MFLOPs, %.3f M params; run directory %s", inputs.name, prunable.space,
@@ -334,12 +368,6 @@ class Pipeline:
         if inputs.data is not None and c.weights is None and not (c.model in ZOO_MODELS and c.baseline_epochs > 0):
             log.warning("no --weights: searching an untrained %s (scores will be near chance)", c.model)
 
-        inputs.model.to(self.device)
-        if inputs.base_test is None and inputs.test is not None:
-            inputs.base_test = evaluate(inputs.model, inputs.test, self.device)
-        evaluator = self.evaluator(prunable)
-        base_score = evaluator.score(prunable.space.full())
-        evaluator.restore()
         now, started_with = versions(), run_dir.read().get("versions")
         since = moved(started_with, now)  # run.json keeps the versions the run started with; a resume adds its own
         if since:
@@ -379,12 +407,10 @@ class Pipeline:
                             progress=self.progress, base_flops=base["flops"], top_k=self.racing_top_k)
             previous = run_dir.journal.read()
             if previous:
-                try:
-                    engine.replay(previous)
-                except UserError as error:
-                    if not since:
-                        raise
-                    raise UserError(f"{first_line(error)}; since the run started: {', '.join(since)}") from None
+                damaged = run_dir.journal.skipped
+                why = ", ".join(([f"journal line(s) {', '.join(map(str, damaged[:5]))} unreadable"] if damaged else [])
+                                + ([f"since the run started: {', '.join(since)}"] if since else []))
+                engine.replay(previous, lambda: self.agent(prunable, price, trials=planned or c.trials), why=why)
                 run_dir.journal.truncate(previous)
                 log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
             try:

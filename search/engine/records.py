@@ -8,11 +8,13 @@ and the journal is never rewritten without keeping the original beside it.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
 import re
 import shutil
+import socket
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -37,6 +39,7 @@ FINETUNED_MODEL_FILE, FINETUNE_CSV = "finetuned.pt", "finetune.csv"
 FINETUNED_STATE_FILE = "finetuned.state_dict.pt"
 SUPERNET_FILE = "supernet.state_dict.pt"  # the base weights trained as a supernet (--supernet-epochs), for resume
 LATENCY_TABLE_FILE = "latency_table.json"  # the table the run priced latency with (a resume reuses it)
+LOCK_FILE = "run.lock"  # the process that runs the search in this directory: {"pid", "host", "since"}
 
 
 @dataclass(frozen=True)
@@ -172,10 +175,92 @@ def trials_frame(trials: Sequence[Trial], base: Mapping[str, float],
     return frame
 
 
+def _alive(pid: int) -> bool:
+    """Whether a process `pid` runs on this host (one we may not signal is alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except (OSError, OverflowError, ValueError):
+        return False
+    return True
+
+
 class RunDirectory:
+    """A run's folder (see the module docstring). One process at a time searches in it: `lock`."""
+
     def __init__(self, path: Path):
         self.path = Path(path)
         self.journal = Journal(self.path / JOURNAL_FILE)
+        self._locked = False
+
+    def lock(self) -> None:
+        """Take `run.lock` (PID and host) for this process, or refuse in one line naming the process that holds it.
+
+        A lock left by a process that is gone (a dead PID on this host) is taken over with a warning; one held
+        by this very process is kept (a resume in the same Python session). Released by `unlock`, or at exit."""
+        path = self.path / LOCK_FILE
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        for _ in range(3):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder(path)
+                if holder is None:
+                    continue  # removed between the two calls, or unreadable and removed: try again
+                pid, host = holder.get("pid"), holder.get("host")
+                if host == me["host"] and pid == me["pid"]:
+                    break
+                if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+                    log.warning("%s: taking over the lock of process %d on %s, which is gone (the run was killed)",
+                                self.path, pid, host)
+                    path.unlink(missing_ok=True)
+                    continue
+                raise UserError(f"{self.path} is in use by process {pid} on host {host} (since "
+                                f"{holder.get('since', '?')}); wait for it to end, or stop it, then resume "
+                                f"(remove {path} only if that process is gone)")
+            except OSError as error:
+                raise UserError(f"cannot lock {self.path}: {error.strerror or error}") from None
+            else:
+                with os.fdopen(fd, "w") as f:
+                    f.write(json.dumps(me) + "\n")
+                break
+        else:
+            raise UserError(f"cannot lock {self.path}: {path} keeps changing; is another process starting this run?")
+        if not self._locked:
+            self._locked = True
+            atexit.register(self.unlock)
+
+    def _holder(self, path: Path) -> dict | None:
+        """The lock's content; an unreadable lock (a crash while writing it) is removed (None)."""
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict) and "pid" in data:
+                return data
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            pass
+        if time.time() - path.stat().st_mtime < 5:  # being written right now by its owner
+            return {"pid": "?", "host": "?", "since": "just now"}
+        log.warning("%s: removing an unreadable lock file", self.path)
+        path.unlink(missing_ok=True)
+        return None
+
+    def unlock(self) -> None:
+        """Release this process's lock (a lock another process holds is left alone)."""
+        if not self._locked:
+            return
+        self._locked = False
+        path = self.path / LOCK_FILE
+        try:
+            data = json.loads(path.read_text())
+            if data.get("pid") == os.getpid() and data.get("host") == socket.gethostname():
+                path.unlink()
+        except (OSError, ValueError, AttributeError):
+            pass
 
     @classmethod
     def create(cls, out: str | None, *, model: str, agent: str, budget: str) -> RunDirectory:
@@ -195,7 +280,9 @@ class RunDirectory:
             probe.unlink()
         except OSError as error:
             raise UserError(f"cannot write to output folder {path}: {error.strerror or error}") from None
-        return cls(path)
+        run = cls(path)
+        run.lock()
+        return run
 
     @classmethod
     def open(cls, path: str) -> RunDirectory:

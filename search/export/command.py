@@ -50,8 +50,9 @@ from torch import nn
 from spaces.files import staged
 
 from search.errors import UserError, first_line
-from search.export.subnet import load_subnet
-from search.engine.records import BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, RUN_FILE, RunDirectory
+from search.engine.records import (BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, JOURNAL_FILE, RUN_FILE,
+                                   TRIALS_FILE, RunDirectory)
+from search.export.subnet import load_subnet, no_subnet_message
 
 log = logging.getLogger("search.export")
 
@@ -246,7 +247,8 @@ def _target(run: RunDirectory, source: Path, format: str, out: str | Path | None
     path = run.path / name if out is None else Path(out)
     if path.is_dir():
         path = path / name
-    protected = {(run.path / f).resolve() for f in (RUN_FILE, BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE)}
+    protected = {(run.path / f).resolve() for f in (RUN_FILE, BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE,
+                                                   JOURNAL_FILE, TRIALS_FILE)}
     if path.resolve() in protected:
         raise UserError(f"--out {path} would overwrite one of the run's own files; pick another path")
     try:
@@ -271,6 +273,8 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
     _check_exporter(format)
     run = RunDirectory.open(str(run_dir))
     source = _source(run, finetuned)
+    if not (run.path / BEST_FILE).is_file():
+        raise UserError(no_subnet_message(run))
     shape = run.read(BEST_FILE).get("input_shape")
     if not isinstance(shape, list) or not all(isinstance(s, int) and s > 0 for s in shape):
         raise UserError(f"{run.path / BEST_FILE} has no valid input_shape (got {shape!r})")

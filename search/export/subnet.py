@@ -46,6 +46,17 @@ def rebuild(best: str | Path | Mapping, base_model: nn.Module) -> nn.Module:
         raise UserError(f"best.json does not fit this base model: {error}") from None
 
 
+def no_subnet_message(run: RunDirectory) -> str:
+    """Why a run has no subnet to load, and what to do: a search that did not finish is resumed."""
+    scored = sum(1 for t in run.journal.read() if t.result.ok)
+    status = run.read().get("status")
+    if status != "complete" and not (run.path / BEST_FILE).is_file():
+        return (f"{run.path} has no exported subnet yet: its search did not finish ({scored} trial(s) scored in its "
+                f"journal); continue it with `python -m search.run --resume {run.path}` (or prune(..., resume=True))")
+    return (f"{run.path} has no {BEST_MODEL_FILE} or {BEST_STATE_FILE}: the search exported no subnet ("
+            f"{'no trial was scored' if not scored else f'{scored} trial(s) scored, none exported'})")
+
+
 def base_model(config: SearchConfig, *, progress: bool = False) -> nn.Module:
     """A run's base model, rebuilt from its configuration: the zoo name and weights, or the cached baseline."""
     if config.model == "<module>":
@@ -92,8 +103,7 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
         if finetuned:
             raise UserError(f"{run.path} has no {FINETUNED_MODEL_FILE} yet: run `python -m search.finetune "
                             f"{run.path}` first, or leave out --finetuned")
-        raise UserError(f"{run.path} has no {BEST_MODEL_FILE} or {BEST_STATE_FILE}: the search exported no subnet "
-                        f"(none was scored)")
+        raise UserError(no_subnet_message(run))
     if not trust_pickle:
         raise UserError(f"{run.path} has only {pickle_name}, a pickled module (unpickling can run code from the "
                         f"file): pass --trust-pickle if you trust this run directory")

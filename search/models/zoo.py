@@ -155,12 +155,32 @@ def _imagefolder(rest: str) -> _Source:
         test = ImageFolder(str(root / "val"), transform=eval_tf, loader=_read_image)
     except OSError as e:
         raise UserError(f"cannot read imagefolder {root}: {first_line(e)}") from None
+    _check_images(root, [path for path, _ in train.samples + test.samples])
     if test.classes != train.classes:
         odd = sorted(set(train.classes) ^ set(test.classes))
         raise UserError(f"imagefolder {root}: val/ and train/ have different classes; "
                         f"in only one of them: {_few(odd)}")
     return _Source("imagefolder", train, _retransformed(train, eval_tf), test, len(train.classes),
                    IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _check_images(root: Path, paths: list[str]) -> None:
+    """Open every image's header now (PIL reads no pixels), so that a file that is not an image is refused when
+    the data is loaded, not minutes later in training; `_read_image` still names any file that fails later."""
+    from PIL import Image, UnidentifiedImageError
+
+    bad = []
+    for path in paths:
+        try:
+            with Image.open(path) as image:
+                image.size  # noqa: B018 - the header is parsed on open; the size proves it
+        except (OSError, UnidentifiedImageError, ValueError) as e:
+            bad.append((path, e))
+    if bad:
+        path, e = bad[0]
+        more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+        raise UserError(f"cannot read image {path}{more} in imagefolder {root}: {first_line(e)} (remove or "
+                        f"replace the file)")
 
 
 def _read_image(path: str):
@@ -299,12 +319,33 @@ def _check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], w
             raise UserError(f"{what}: {key} has shape {got} in the file but {tuple(tensor.shape)} in the model")
 
 
+def _timm_text_options(spec: str) -> list[str]:
+    """`key=text` for each keyword of a timm spec whose value is not a Python literal (it is passed as text)."""
+    import ast
+
+    if not spec.startswith("timm:"):
+        return []
+    out = []
+    for item in filter(None, spec.partition("?")[2].split("&")):
+        key, _, text = item.partition("=")
+        try:
+            ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            out.append(f"{key}={text!r}")
+    return out
+
+
 def _dry_run(model: nn.Module, spec: str, num_classes: int, input_shape: tuple[int, int, int]) -> None:
     """UserError unless one zero input of `input_shape` gives (1, num_classes) logits."""
     try:
         with torch.no_grad():
             out = model.eval()(torch.zeros(1, *input_shape))
     except Exception as e:
+        texts = _timm_text_options(spec)
+        if texts:
+            raise UserError(f"model {spec} fails on one input ({first_line(e, typed=True)}); its timm option(s) "
+                            f"{', '.join(texts)} were read as text, not Python literals: check their values"
+                            ) from None
         raise UserError(f"model {spec} does not accept inputs of shape {tuple(input_shape)} from the data: "
                         f"{first_line(e)}") from None
     if not isinstance(out, torch.Tensor) or tuple(out.shape) != (1, num_classes):
@@ -353,10 +394,33 @@ def safe_load(path: str | Path, what: str, *, weights_only: bool = True) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except Exception as e:  # noqa: BLE001 - garbage, truncated, or a pickle holding code
-        if weights_only and "weights_only" in str(e).lower().replace(" ", "_"):
-            raise UserError(f"cannot load {what} {path}: it holds Python objects beyond tensors, which "
-                            f"weights_only=True refuses (loading them could run code from the file)") from None
-        raise UserError(f"cannot load {what} {path}: {first_line(e)}") from None
+        raise UserError(unreadable(path, e, what)) from None
+
+
+def unreadable(path: str | Path, error: BaseException, what: str) -> str:
+    """Why `torch.load` could not read `path`, as a person would say it (never PyTorch's advice to load with
+    weights_only=False, which would run any code the file holds)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(256)
+    except OSError as e:
+        return f"cannot read {what} {path}: {e.strerror or e}"
+    torch_file = head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"   # torch.save's zip, or a legacy pickle
+    if not head:
+        return f"cannot load {what} {path}: the file is empty (0 bytes); save it again with torch.save"
+    if torch_file and "weights_only" in str(error).lower().replace(" ", "_"):
+        return (f"cannot load {what} {path}: it holds Python objects beyond tensors, and prunesearch loads tensors "
+                f"only (weights_only=True: unpickling could run code from the file); save a state dict "
+                f"(model.state_dict()) instead")
+    if torch_file:
+        return f"cannot load {what} {path}: the file is damaged or truncated ({first_line(error, typed=True)})"
+    try:
+        text = head.decode("utf-8")
+        is_text = all(c.isprintable() or c.isspace() for c in text)
+    except UnicodeDecodeError:
+        is_text = False
+    kind = "a text file" if is_text else "not a file torch.save wrote (nor a pickle)"
+    return f"cannot load {what} {path}: it is {kind}; give a file saved with torch.save(model.state_dict(), path)"
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:

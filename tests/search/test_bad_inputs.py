@@ -45,6 +45,9 @@ def files(tmp_path, monkeypatch):
     marker = tmp_path / "MARKER"
     torch.save(Evil(marker), tmp_path / "evil.pt")
     (tmp_path / "garbage.pt").write_bytes(b"this is not a torch file at all")
+    (tmp_path / "text.pt").write_text("hello, these are my weights\n")
+    (tmp_path / "empty.pt").write_bytes(b"")
+    (tmp_path / "random.pt").write_bytes(bytes(range(7, 256)) * 3)
     torch.save({"conv1.weight": torch.zeros(3)}, tmp_path / "wrong.pt")
     (tmp_path / "bad_models.py").write_text(
         "import torch\n"
@@ -146,6 +149,15 @@ CASES = {
     "malicious weights": ([*BASE, "--weights", "{tmp}/evil.pt"], r"cannot load weights file"),
     "garbage weights": ([*BASE, "--weights", "{tmp}/garbage.pt"], r"cannot load weights file"),
     "missing weights": ([*BASE, "--weights", "{tmp}/none.pt"], r"not found"),
+    "text file as weights": ([*BASE, "--weights", "{tmp}/text.pt"], r"text.pt: it is a text file"),
+    "empty weights": ([*BASE, "--weights", "{tmp}/empty.pt"], r"empty.pt: the file is empty"),
+    "random bytes as weights": ([*BASE, "--weights", "{tmp}/random.pt"], r"random.pt: it is not a file torch.save"),
+    "pickled pruningnet is not unpickled": (["--agent", "metapruning", "--budget", "0.4flops", "--pruningnet",
+                                             "{tmp}/evil.pt"], r"objects beyond tensors"),
+    "timm keyword that is not a literal": ([*BASE, "--model", "timm:resnet18?drop_rate=abc", "--baseline-epochs",
+                                            "0"], r"drop_rate='abc' were read as text"),
+    "absolute budget unreachable": ([*BASE[:2], "--budget", "0.01k"],
+                                    r"the smallest subnet of this space has .* M parameters \(budget 0.01k"),
     "weights that do not fit": ([*BASE, "--weights", "{tmp}/wrong.pt"], r"do not fit"),
     "model factory raises": ([*BASE, "--model", "bad_models:raises"], r"factory exploded"),
     "model factory TypeError inside": ([*BASE, "--model", "bad_models:typeerror"], r"TypeError"),
@@ -186,6 +198,7 @@ def test_bad_input_is_one_line_exit_2(name, files, capsys):
     assert code == 2, (name, err)
     assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 0, err
     assert re.search(message, err), err
+    assert "weights_only=False" not in err, "never the advice to unpickle"
     assert not marker.exists(), "a pickle ran code"
     assert not (out / "run.json").exists(), "a failed start must leave no run behind"
 
@@ -334,3 +347,89 @@ def test_a_malicious_best_pt_never_runs_in_export_or_finetune(files, capsys):
     assert export_main([str(out)]) == 2 and "--trust-pickle" in capsys.readouterr().err
     assert finetune_main([str(out), "--epochs", "1", "--no-progress"]) == 2
     assert not marker.exists()
+
+
+@pytest.mark.parametrize("agent", ["random", "tpe", "nsga2", "abc", "evolution", "amc", "uniform"])
+def test_a_journal_damaged_in_the_middle_resumes_keeping_every_readable_trial(tmp_path, capsys, agent):
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, "--agent", agent, "--budget", "0.4flops", "--trials", "10", "--out", str(out)]) == 0
+    whole = pd.read_csv(out / "trials.csv").set_index("trial")
+    lines = (out / "journal.jsonl").read_text().splitlines()
+    middle = len(lines) // 2
+    lost = json.loads(lines[middle])["trial"]
+    lines[middle] = "{garbage"
+    (out / "journal.jsonl").write_text("\n".join(lines) + "\n")
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    resumed = pd.read_csv(out / "trials.csv").set_index("trial")
+    kept = whole.drop(index=lost)
+    columns = ["state", "score", "flops", "architecture"]
+    pd.testing.assert_frame_equal(resumed.loc[kept.index, columns], kept[columns])
+    assert len(resumed) == len(whole)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid
+
+
+def test_a_second_process_on_a_run_directory_is_refused_in_one_line(tmp_path, capsys):
+    import socket
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, *BASE, "--out", str(out)]) == 0
+    assert not (out / "run.lock").exists(), "a finished run releases its lock"
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / "run.lock").write_text(json.dumps({"pid": holder.pid, "host": socket.gethostname(),
+                                                  "since": "2026-01-01 00:00:00"}))
+        before = (out / "journal.jsonl").read_text()
+        capsys.readouterr()
+        assert run_module.main(["--resume", str(out), "--trials", "8", "--no-progress", "--quiet"]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and f"in use by process {holder.pid}" in err and socket.gethostname() in err, err
+        assert (out / "journal.jsonl").read_text() == before, "the refused process wrote nothing"
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_a_stale_lock_from_a_dead_process_is_taken_over_with_a_warning(tmp_path, capsys):
+    import socket
+
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, *BASE, "--out", str(out)]) == 0
+    pid = _dead_pid()
+    (out / "run.lock").write_text(json.dumps({"pid": pid, "host": socket.gethostname(), "since": "?"}))
+    capsys.readouterr()
+    assert run_module.main(["--resume", str(out), "--trials", "8", "--no-progress", "--quiet"]) == 0
+    assert f"taking over the lock of process {pid}" in capsys.readouterr().err
+    assert len(pd.read_csv(out / "trials.csv")) == 8
+    assert not (out / "run.lock").exists()
+
+
+def test_a_lock_from_another_host_is_never_taken_over(tmp_path):
+    from search.errors import UserError
+
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "run.lock").write_text(json.dumps({"pid": 1, "host": "elsewhere", "since": "?"}))
+    with pytest.raises(UserError, match="in use by process 1 on host elsewhere"):
+        RunDirectory(out).lock()
+
+
+def test_options_without_effect_and_budgets_given_twice_are_warned_about(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, "--agent", "random", "--budget", "0.5flops", "--budget", "0.4FLOPS",
+                            "--latency-batch", "4", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "--budget limits flops twice (0.5flops, 0.4FLOPS)" in err
+    assert "--latency-batch has no effect without a latency budget" in err
+    caps = json.loads((out / "run.json").read_text())["budget"]["caps"]
+    base = json.loads((out / "run.json").read_text())["base"]["flops"]
+    assert caps["flops"] == pytest.approx(0.4 * base)   # 0.4FLOPS is 0.4flops: units are case-insensitive

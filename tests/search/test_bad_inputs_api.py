@@ -1,0 +1,229 @@
+"""Bad arguments and bad data through the library (`prune`, `search.finetune.finetune`, `search.export.export`).
+
+Every case asserts what the CLI suite (test_bad_inputs.py) asserts of the command line: one `UserError`, its
+message on one line, and nothing left on disk (no run directory, no file added to an existing run).
+"""
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from search import prune
+from search import run as run_module
+from search.errors import UserError
+from search.export import export
+from search.finetune import finetune
+from search.models.cifar_resnet import resnet20
+
+
+def _loaders(channels=3, n=64, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, channels, 16, 16, generator=g), torch.randint(0, 4, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=16)
+
+
+def _model():
+    torch.manual_seed(0)
+    return resnet20(num_classes=4, in_channels=3).eval()
+
+
+def _nan_model():
+    model = _model()
+    with torch.no_grad():
+        next(model.parameters()).fill_(math.nan)
+    return model
+
+
+def _prune(tmp, **changes):
+    kw = {"budget": "0.5flops", "agent": "random", "trials": 3, "calibration": _loaders(), "held_out": _loaders(seed=1),
+              "out": tmp / "run", "progress": False, "calib_batches": 1, "no_one_shot": True, "finalists": 0}
+    kw.update(changes)
+    model = kw.pop("model", None) or _model()
+    return prune(model, **kw)
+
+
+def _score_returns(value):
+    return lambda m: value
+
+
+def _raises(m):
+    raise RuntimeError("metric backend down")
+
+
+PRUNE = {
+    "model not a module": ({"model": "resnet20"}, r"needs a torch.nn.Module"),
+    "no held_out and no score": ({"held_out": None}, r"held_out batches .* or a score function"),
+    "score not callable": ({"score": 3}, r"score=.*must be a function"),
+    "budget an int": ({"budget": 7}, r"budget=.*takes a string"),
+    "budget list with an int": ({"budget": ["0.5flops", 7]}, r"budget=.*takes a string"),
+    "budget typo": ({"budget": "0.5flop"}, r"cannot read budget"),
+    "budget above 1": ({"budget": "1.5flops"}, r"ratio in \(0, 1\]"),
+    "budget unreachable": ({"budget": "0.0001flops"}, r"cannot be met"),
+    "unknown option": ({"no_such_option": 1}, r"unknown option 'no_such_option'"),
+    "option typo": ({"trails": 5}, r"unknown option 'trails'; did you mean 'trials'"),
+    "trials not a number": ({"trials": "abc"}, r"trials|wrong type"),
+    "trials zero": ({"trials": 0}, r"--trials must be positive"),
+    "unknown agent": ({"agent": "nope"}, r"unknown agent 'nope'"),
+    "option of another agent": ({"agent": "tpe", "food_sources": 4}, r"food-sources does not apply to agent tpe"),
+    "seed negative": ({"seed": -1}, r"seed must be 0 or more"),
+    "device unknown": ({"device": "tpu"}, r"device"),
+    "resume without out": ({"resume": True, "out": None}, r"needs the run's out= folder"),
+    "resume of a non-run": ({"resume": True, "out": "{tmp}/empty"}, r"is not a run directory"),
+    "out is a file": ({"out": "{tmp}/afile"}, r"cannot write to output folder"),
+    "held_out of the wrong shape": ({"held_out": _loaders(channels=1)}, r"held_out batches of shape .* do not fit"),
+    "calibration of the wrong shape": ({"calibration": _loaders(channels=1)},
+                                       r"calibration batches of shape .* do not fit"),
+    "calibration of ints": ({"calibration": [1, 2, 3]}, r"calibration must yield tensors"),
+    "calibration empty": ({"calibration": []}, r"calibration gave no batches"),
+    "calibration without a batch axis": ({"calibration": [torch.zeros(5)]}, r"needs a batch axis"),
+    "held_out without labels": ({"held_out": [torch.zeros(4, 3, 16, 16)]}, r"held_out must yield \(inputs, labels\)"),
+    "score returns a string": ({"score": _score_returns("high"), "held_out": None}, r"base model's score.*not a number"),
+    "score returns None": ({"score": _score_returns(None), "held_out": None}, r"base model's score.*not a number"),
+    "score raises": ({"score": _raises, "held_out": None}, r"base model's score.*metric backend down"),
+    "score NaN": ({"score": _score_returns(math.nan), "held_out": None}, r"base model's score\(model\) is nan"),
+    "nan weights": ({"model": "nan"}, r"non-finite"),
+    "supernet without train": ({"supernet_epochs": 1}, r"supernet_epochs=.*needs labelled training batches"),
+}
+
+
+def _files(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("name", list(PRUNE))
+def test_prune_refuses_in_one_line_and_writes_nothing(name, tmp_path):
+    changes, message = PRUNE[name]
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "afile").write_text("")
+    changes = {k: (v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v) for k, v in changes.items()}
+    if changes.get("model") == "nan":
+        changes["model"] = _nan_model()
+    before = _files(tmp_path)
+    with pytest.raises(UserError) as caught:
+        _prune(tmp_path, **changes)
+    text = str(caught.value)
+    assert "\n" not in text and re.search(message, text), text
+    assert _files(tmp_path) == before, "a refused prune() leaves nothing behind"
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_is_not_overwritten(tmp_path):
+    result = _prune(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in _files(tmp_path)}
+    with pytest.raises(UserError, match="already holds a run"):
+        _prune(tmp_path)
+    assert {p: p.stat().st_mtime_ns for p in _files(tmp_path)} == before
+    assert result.best is not None
+
+
+def test_a_score_that_fails_after_the_base_model_fails_those_candidates(tmp_path):
+    calls = []
+
+    def score(m):
+        calls.append(1)
+        return 0.5 if len(calls) == 1 else ("bad" if len(calls) % 2 else 0.25)
+
+    result = _prune(tmp_path, score=score, held_out=None, trials=4, no_warm_start=True)
+    failed = result.trials[result.trials.state == "failed"]
+    assert len(failed) >= 1 and failed.message.str.contains("score returned str 'bad', not a number").all()
+    csv = (tmp_path / "run" / "trials.csv").read_text()
+    assert "not a number" in csv   # the reason is in trials.csv
+
+
+def test_no_trial_succeeding_is_one_user_error_naming_the_commonest_reason(tmp_path):
+    calls = []
+
+    def score(m):
+        calls.append(1)
+        if len(calls) > 1:
+            raise RuntimeError("GPU fell off the bus")
+        return 0.5
+
+    with pytest.raises(UserError) as caught:
+        _prune(tmp_path, score=score, held_out=None, trials=3, no_warm_start=True)
+    text = str(caught.value)
+    assert "\n" not in text and "no trial succeeded: 3 of 3 failed" in text and "GPU fell off the bus" in text
+    assert (tmp_path / "run" / "trials.csv").is_file(), "what was computed is kept"
+
+
+# ---------------------------------------------------------------- finetune and export of a run directory
+
+@pytest.fixture(scope="module")
+def a_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    out = root / "run"
+    assert run_module.main(["--agent", "random", "--budget", "0.5flops", "--baseline-epochs", "1", "--trials", "3",
+                            "--calib-batches", "1", "--batch-size", "32", "--eval-samples", "32", "--no-progress",
+                            "--quiet", "--finalists", "0", "--no-one-shot", "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture
+def run_copy(a_run, tmp_path, monkeypatch):
+    monkeypatch.setenv("PRUNESEARCH_CACHE", str(a_run.parent / "cache"))
+    out = tmp_path / "run"
+    shutil.copytree(a_run, out)
+    return out
+
+
+def _killed(run: Path) -> None:
+    for name in ("best.json", "best.pt", "best.state_dict.pt"):
+        (run / name).unlink(missing_ok=True)
+    info = json.loads((run / "run.json").read_text())
+    info["status"] = "running"
+    (run / "run.json").write_text(json.dumps(info))
+
+
+LIBRARY = {
+    "finetune epochs zero": (lambda r: finetune(r, epochs=0, progress=False), r"--epochs must be positive"),
+    "finetune lr negative": (lambda r: finetune(r, lr=-1, progress=False), r"--lr must be positive"),
+    "finetune kd_alpha above 1": (lambda r: finetune(r, kd_alpha=2, progress=False), r"--kd-alpha must be in"),
+    "finetune batch size zero": (lambda r: finetune(r, batch_size=0, progress=False), r"--batch-size must be positive"),
+    "finetune of a non-run": (lambda r: finetune(r / "nothing", progress=False), r"is not a run directory"),
+    "finetune of a killed run": (lambda r: finetune(r, progress=False),
+                                 r"did not finish \(3 trial\(s\) scored.*--resume"),
+    "export unknown format": (lambda r: export(r, "tflite"), r"unknown format 'tflite'"),
+    "export batch zero": (lambda r: export(r, "pt", batch=0), r"--batch must be positive"),
+    "export batch a string": (lambda r: export(r, "pt", batch="2"), r"--batch must be positive"),
+    "export of a non-run": (lambda r: export(r / "nothing"), r"is not a run directory"),
+    "export over the run's own file": (lambda r: export(r, "pt", out=r / "journal.jsonl"),
+                                       r"would overwrite one of the run's own files"),
+    "export finetuned before fine-tuning": (lambda r: export(r, "pt", finetuned=True), r"no finetuned.pt yet"),
+    "export of a killed run": (lambda r: export(r, "pt"), r"did not finish.*--resume"),
+}
+
+
+@pytest.mark.parametrize("name", list(LIBRARY))
+def test_finetune_and_export_refuse_in_one_line_and_write_nothing(name, run_copy):
+    call, message = LIBRARY[name]
+    if "killed" in name:
+        _killed(run_copy)
+    before = {p: p.stat().st_mtime_ns for p in _files(run_copy)}
+    with pytest.raises(UserError) as caught:
+        call(run_copy)
+    text = str(caught.value)
+    assert "\n" not in text and re.search(message, text), text
+    assert {p: p.stat().st_mtime_ns for p in _files(run_copy)} == before, "nothing written"
+
+
+def test_an_absolute_latency_budget_below_the_smallest_subnet_is_refused_in_milliseconds():
+    from search.engine.budget import parse_budget, unmet
+
+    base = {"flops": 4e6, "params": 2e5, "latency": 1.56}
+    smallest = {"flops": 1e6, "params": 5e4, "latency": 1.12}
+    budget = parse_budget(["1ms", "0.5flops"]).resolve(base)
+    assert not budget.feasible(smallest)
+    text = unmet(budget, smallest, base)
+    assert text == ("budget 1ms+0.5flops cannot be met: the smallest subnet of this space has a predicted latency "
+                    "of 1.12 ms (budget 1ms; the base model 1.56 ms); loosen it or widen the space (--width-ratios)")
+
+
+def test_the_suite_counts_at_least_thirty_cases():
+    assert len(PRUNE) + len(LIBRARY) >= 30
