@@ -21,10 +21,12 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.node import map_aggregate
+from torch.utils import _pytree as pytree
 
 from .channels import arg, op_name
 from .layers import layer_of
 from .ops import NO_TENSOR_FLOW, op_of
+from .structure import Example, bound_arguments, concrete_args, graph_inputs, placeholder_values
 
 _ASSERTS = {"_assert", "_assert_async", "_assert_is_none"}
 _DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
@@ -107,34 +109,71 @@ def _dropout_modules(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(node)
 
 
-def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.GraphModule:
+def _plain(model: nn.Module, example_input: Example | None) -> bool:
+    """Whether `model(x)` traces with one plain placeholder: a tensor example and a one-argument forward."""
+    if example_input is None:
+        return True
+    if not isinstance(example_input, torch.Tensor):
+        return False
+    try:
+        names = list(bound_arguments(model, example_input))
+    except TypeError:
+        return True  # reported by the trace itself, as before
+    return len(names) == 1 and not names[0].startswith("*")
+
+
+def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphModule:
     """Trace `model` in eval mode (see the module docstring); asserts dropped, dropout kept.
 
-    Raises `UntraceableModel` (a TypeError) naming the source line where tracing failed.
+    `example_input` may be structured (`spaces.structure`): the traced module then takes and returns the
+    model's own structures. Raises `UntraceableModel` (a TypeError) naming the source line where tracing failed.
     """
     was_training = model.training
     model.eval()
     tracer: fx.Tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
-    except Exception as error:  # noqa: BLE001 - shape-dependent code: trace again with concrete shapes
-        if example_input is None:
-            raise UntraceableModel(_where(error, model)) from error
-        tracer = _ConcreteTracer(example_input)
+        concrete = None
+        if not _plain(model, example_input):
+            try:
+                concrete = concrete_args(model, example_input)
+            except TypeError as error:
+                raise UntraceableModel(f"cannot trace {type(model).__name__}: {error}") from None
         try:
-            with torch.no_grad():
-                graph = tracer.trace(model)
-        except Exception as concrete_error:  # noqa: BLE001 - reported in one line, with where it happened
-            raise UntraceableModel(_where(concrete_error, model)) from concrete_error
+            graph = tracer.trace(model, concrete_args=concrete)
+        except Exception as error:  # noqa: BLE001 - shape-dependent code: trace again with concrete shapes
+            if example_input is None:
+                raise UntraceableModel(_where(error, model)) from error
+            tracer = _ConcreteTracer(example_input, placeholder_values(model, example_input))
+            try:
+                with torch.no_grad():
+                    graph = tracer.trace(model, concrete_args=concrete)
+            except Exception as concrete_error:  # noqa: BLE001 - reported in one line, with where it happened
+                raise UntraceableModel(_where(concrete_error, model)) from concrete_error
     finally:
         model.train(was_training)
+    if concrete is not None:
+        _drop_var_args(graph, model, example_input)
     _strip_asserts(graph)
-    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)  # keeps a structured codegen
     _dropout_modules(gm)
     _skip_identities(gm)
     gm.graph.lint()
     gm.recompile()
     return gm
+
+
+def _drop_var_args(graph: fx.Graph, model: nn.Module, example_input: Example) -> None:
+    """The traced module takes the named arguments only: a fixed `*args` / `**kwargs` leaves its signature.
+
+    (torch.fx keeps them in the flattening spec of a structured input, which the generated code cannot match.)
+    """
+    codegen = graph._codegen
+    info = getattr(codegen, "pytree_info", None)
+    if info is None:
+        return
+    names = [n for n in bound_arguments(model, example_input) if not n.startswith("*")]
+    spec = pytree.tree_structure((model, *graph_inputs(model, example_input)))
+    codegen.pytree_info = info._replace(orig_args=["self", *names], in_spec=spec)
 
 
 def _where(error: Exception, model: nn.Module) -> str:
@@ -191,13 +230,24 @@ class _ConcreteProxy(fx.Proxy):
 class _ConcreteTracer(_Tracer):
     """Records each op and runs it on the example input (repeated to `TRACE_BATCH`) at the same time."""
 
-    def __init__(self, example_input: torch.Tensor):
+    def __init__(self, example_input: Example, placeholders: list[object]):
         super().__init__()
-        self.example = example_input[:1].expand(TRACE_BATCH, *example_input.shape[1:]).contiguous()
+        if isinstance(example_input, torch.Tensor):  # the batch axis is told apart by its unusual size
+            placeholders = [example_input[:1].expand(TRACE_BATCH, *example_input.shape[1:]).contiguous()
+                            if p is example_input else p for p in placeholders]
+        self.placeholders = iter(placeholders)  # a structured example runs as it is (one sample)
         self.values: dict[fx.Node, object] = {}
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """A branch on sizes (plain ints, as in `if self.shape != x.shape`) takes the traced path; a branch
+        on tensor values is refused as before."""
+        value = self.values.get(obj.node)
+        if isinstance(value, (bool, int)):
+            return bool(value)
+        return super().to_bool(obj)
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
@@ -210,7 +260,7 @@ class _ConcreteTracer(_Tracer):
 
     def _run(self, kind: str, target, args_, kwargs_) -> object:
         if kind == "placeholder":
-            value = self.example
+            value = next(self.placeholders, None)
         elif kind == "get_attr":
             value = self.root
             for part in str(target).split("."):
