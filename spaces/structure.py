@@ -4,8 +4,9 @@
 `model(*example)`; a dict is keyword arguments, `model(**example)`; a list (of images, say) is one argument,
 `model(example)`. Inside each argument, lists, tuples and dicts nest freely. Tracing binds the example to the
 model's `forward` signature: every tensor in it becomes a graph input (`torch.fx.PH`), every other value (an
-int, None, a parameter left at its default, an empty `*args`) is fixed as traced, and the traced module takes
-the same structure and returns the model's own (lists of dicts included: torch.fx flattens and rebuilds it).
+int, None, a parameter left at its default, an empty `*args`) is fixed as traced (and leaves the traced module's
+signature), and the traced module takes the same structures and returns the model's own (lists of dicts
+included: torch.fx flattens and rebuilds them).
 """
 from __future__ import annotations
 
@@ -76,8 +77,9 @@ def placeholder_values(model: nn.Module, example: Example) -> list[Any]:
 
 
 def graph_inputs(model: nn.Module, example: Example) -> tuple:
-    """The positional arguments the traced module (and a torch.fx Interpreter on it) takes for `example`."""
-    return tuple(value for name, value in bound_arguments(model, example).items() if not name.startswith("*"))
+    """The positional arguments the traced module (and a torch.fx Interpreter on it) takes for `example`:
+    those that hold tensors (the others were fixed by the trace)."""
+    return tuple(value for value in bound_arguments(model, example).values() if tensors_of(value))
 
 
 def first_sample(example: Example) -> Example:

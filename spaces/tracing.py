@@ -26,7 +26,7 @@ from torch.utils import _pytree as pytree
 from .channels import arg, op_name
 from .layers import layer_of
 from .ops import NO_TENSOR_FLOW, op_of
-from .structure import Example, bound_arguments, concrete_args, graph_inputs, placeholder_values
+from .structure import Example, bound_arguments, concrete_args, graph_inputs, placeholder_values, tensors_of
 
 _ASSERTS = {"_assert", "_assert_async", "_assert_is_none"}
 _DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
@@ -151,9 +151,9 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
                 raise UntraceableModel(_where(concrete_error, model)) from concrete_error
     finally:
         model.train(was_training)
-    if concrete is not None:
-        _drop_var_args(graph, model, example_input)
     _strip_asserts(graph)
+    if concrete is not None:
+        _drop_fixed_arguments(graph, model, example_input)
     gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)  # keeps a structured codegen
     _dropout_modules(gm)
     _skip_identities(gm)
@@ -162,18 +162,24 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
     return gm
 
 
-def _drop_var_args(graph: fx.Graph, model: nn.Module, example_input: Example) -> None:
-    """The traced module takes the named arguments only: a fixed `*args` / `**kwargs` leaves its signature.
+def _drop_fixed_arguments(graph: fx.Graph, model: nn.Module, example_input: Example) -> None:
+    """The traced module takes the arguments that hold tensors; the others (None, an int, `*args`) are fixed.
 
-    (torch.fx keeps them in the flattening spec of a structured input, which the generated code cannot match.)
+    Their placeholders only fed the asserts torch.fx adds for fixed values (dropped by now); torch.fx also
+    keeps them in the flattening spec of a structured input, which the generated code cannot match.
     """
-    codegen = graph._codegen
-    info = getattr(codegen, "pytree_info", None)
-    if info is None:
-        return
-    names = [n for n in bound_arguments(model, example_input) if not n.startswith("*")]
-    spec = pytree.tree_structure((model, *graph_inputs(model, example_input)))
-    codegen.pytree_info = info._replace(orig_args=["self", *names], in_spec=spec)
+    bound = bound_arguments(model, example_input)
+    placeholders = iter([n for n in graph.nodes if n.op == "placeholder"])
+    for name, value in bound.items():
+        for _ in pytree.tree_leaves(value):
+            node = next(placeholders)
+            if not tensors_of(value) and not node.users:
+                graph.erase_node(node)
+    info = getattr(graph._codegen, "pytree_info", None)
+    if info is not None:
+        kept = [n for n, v in bound.items() if tensors_of(v)]
+        spec = pytree.tree_structure((model, *graph_inputs(model, example_input)))
+        graph._codegen.pytree_info = info._replace(orig_args=["self", *kept], in_spec=spec)
 
 
 def _where(error: Exception, model: nn.Module) -> str:
@@ -184,7 +190,11 @@ def _where(error: Exception, model: nn.Module) -> str:
               if "/torch/" not in f.filename and "/spaces/tracing.py" not in f.filename]
     where = f"{frames[-1].filename}:{frames[-1].lineno} `{(frames[-1].line or '').strip()}`" if frames else "?"
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"cannot trace {type(model).__name__} at {where}: {message}"
+    hint = ""
+    if isinstance(getattr(model, "backbone", None), nn.Module) and hasattr(model, "transform"):
+        hint = ("; its pre- and post-processing (resize, anchors, NMS) cannot be traced: search its .backbone "
+                "(a batch tensor in, its feature maps out) instead")
+    return f"cannot trace {type(model).__name__} at {where}: {message}{hint}"
 
 
 
