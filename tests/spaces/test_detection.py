@@ -64,7 +64,7 @@ def test_yolov8_is_searched_through_its_layer_routing_with_exact_costs(yolo):
 
 
 def test_yolov8_head_outputs_are_never_cut_with_reasons_and_nms_runs_on_the_subnet(yolo):
-    model, x, reference, prunable = yolo
+    _, x, reference, prunable = yolo
     frozen = prunable.frozen_groups
     for i in range(3):
         assert "4 x 16 box distribution bins" in frozen[f"model.22.cv2.{i}.2"]
