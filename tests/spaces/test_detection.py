@@ -100,3 +100,23 @@ def test_a_torchvision_detector_is_refused_in_one_line_and_its_backbone_fpn_is_s
     assert all(reason == "model output" for name, reason in prunable.frozen_groups.items() if name.startswith("fpn."))
     out = _same_structure_and_exact(prunable, x, reference, [prunable.space.smallest()])
     assert list(out) == list(reference)
+
+
+def test_the_yolov8_subnet_exports_and_trains_with_ultralytics_loss(yolo):
+    model, x, reference, prunable = yolo
+    subnet = materialize(prunable, prunable.space.smallest()).eval()
+    program = torch.export.export(subnet, (x[:1],))
+    with torch.no_grad():
+        for a, b in zip(pytree.tree_leaves(program.module()(x[:1])), pytree.tree_leaves(subnet(x[:1]))):
+            assert torch.allclose(a, b, atol=1e-5)
+    # in train mode the graph keeps Detect's inference structure, which Ultralytics' loss reads as well
+    from ultralytics.cfg import get_cfg
+    from ultralytics.utils.loss import v8DetectionLoss
+
+    model.args = get_cfg()
+    batch = {"img": x, "batch_idx": torch.tensor([0.0, 1.0]), "cls": torch.tensor([[0.0], [2.0]]),
+             "bboxes": torch.tensor([[0.5, 0.5, 0.3, 0.3], [0.3, 0.6, 0.2, 0.4]])}
+    loss, _ = v8DetectionLoss(model)(subnet.train()(x), batch)
+    loss.sum().backward()
+    assert all(p.grad is not None for p in subnet.parameters() if p.requires_grad)
+    assert pytree.tree_structure(subnet(x)) == pytree.tree_structure(reference)
