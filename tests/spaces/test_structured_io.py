@@ -151,3 +151,12 @@ def test_a_branch_on_tensor_values_is_refused_in_one_line_naming_it():
 def test_an_example_that_does_not_fit_the_signature_is_refused_in_one_line():
     with pytest.raises(UntraceableModel, match=r"^cannot trace TwoInputs: example_input does not fit"):
         derive(TwoInputs(), {"nope": torch.randn(1, 3, 8, 8)})
+
+
+def test_prune_refuses_a_structured_example_in_one_user_error():
+    from search import prune
+    from search.errors import UserError
+
+    with pytest.raises(UserError, match=r"^prune\(\) takes a tensor example_input .* got list; .*spaces\.derive"):
+        prune(Detector(), calibration=[torch.randn(2, 3, 8, 8)], score=lambda m: 0.0, trials=1,
+              example_input=[torch.randn(3, 8, 8)], progress=False)
