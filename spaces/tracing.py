@@ -26,7 +26,8 @@ from torch.utils import _pytree as pytree
 from .channels import arg, op_name
 from .layers import layer_of
 from .ops import NO_TENSOR_FLOW, op_of
-from .structure import Example, bound_arguments, concrete_args, graph_inputs, placeholder_values, tensors_of
+from .structure import (Example, bound_arguments, call, concrete_args, first_sample, graph_inputs, placeholder_values,
+                        tensors_of)
 
 _ASSERTS = {"_assert", "_assert_async", "_assert_is_none"}
 _DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
@@ -159,7 +160,27 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
     _skip_identities(gm)
     gm.graph.lint()
     gm.recompile()
+    if getattr(tracer, "batch_branches", 0):
+        _check_batch_branches(gm, model, example_input)
     return gm
+
+
+def _check_batch_branches(gm: fx.GraphModule, model: nn.Module, example_input: Example) -> None:
+    """The graph, traced with branches on the batch size taken at `TRACE_BATCH`, must equal the model at batch 1."""
+    one = first_sample(example_input)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected, got = call(model, one), gm(*graph_inputs(model, one))
+    finally:
+        model.train(was_training)
+    same = pytree.tree_structure(expected) == pytree.tree_structure(got) and all(
+        not isinstance(a, torch.Tensor) or (a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+        for a, b in zip(pytree.tree_leaves(expected), pytree.tree_leaves(got)))
+    if not same:
+        raise UntraceableModel(f"cannot trace {type(model).__name__}: it branches on the batch size, and the "
+                               f"graph traced at batch {TRACE_BATCH} differs from the model at batch 1")
 
 
 def _drop_fixed_arguments(graph: fx.Graph, model: nn.Module, example_input: Example) -> None:
@@ -247,17 +268,35 @@ class _ConcreteTracer(_Tracer):
                             if p is example_input else p for p in placeholders]
         self.placeholders = iter(placeholders)  # a structured example runs as it is (one sample)
         self.values: dict[fx.Node, object] = {}
+        self.batch_branches = 0  # branches on the batch size, taken as at TRACE_BATCH
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
 
     def to_bool(self, obj: fx.Proxy) -> bool:
-        """A branch on sizes (plain ints, as in `if self.shape != x.shape`) takes the traced path; a branch
-        on tensor values is refused as before."""
+        """A branch on the batch size (the one size that stays symbolic, as in `if self.shape != x.shape`)
+        takes the path the traced batch takes (`trace` then checks the graph against the model at batch 1);
+        a branch on tensor values (`x.sum() > 0`, `.item()`) is refused as before."""
         value = self.values.get(obj.node)
-        if isinstance(value, (bool, int)):
+        if isinstance(value, (bool, int)) and self._from_sizes(obj.node):
+            self.batch_branches += 1
             return bool(value)
         return super().to_bool(obj)
+
+    def _from_sizes(self, node: fx.Node) -> bool:
+        """Whether `node` is computed from tensor sizes only (never from a tensor's values)."""
+        todo, seen = [node], set()
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "call_method" and n.target == "size":
+                continue  # a size read: its tensor's values do not matter
+            if isinstance(self.values.get(n), torch.Tensor) or n.op in ("placeholder", "get_attr"):
+                return False
+            todo.extend(n.all_input_nodes)
+        return True
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)

@@ -160,3 +160,40 @@ def test_prune_refuses_a_structured_example_in_one_user_error():
     with pytest.raises(UserError, match=r"^prune\(\) takes a tensor example_input .* got list; .*spaces\.derive"):
         prune(Detector(), calibration=[torch.randn(2, 3, 8, 8)], score=lambda m: 0.0, trials=1,
               example_input=[torch.randn(3, 8, 8)], progress=False)
+
+
+class BatchBranch(nn.Module):
+    """Branches on the batch size the way a cached-shape check does (`if self.shape != x.shape`), or not."""
+
+    def __init__(self, differs: bool):
+        super().__init__()
+        self.body, self.differs, self.shape = nn.Sequential(block(3, 8), block(8, 8)), differs, (2, 3, 8, 8)
+
+    def forward(self, x, *args):
+        f = self.body(x)
+        if self.differs and x.shape[0] == 1:  # batch 1 computes something else: no single graph
+            return f * 2
+        if self.shape != tuple(x.shape):  # a cache refreshed when the shape changes: the same result
+            f = f + 0
+        return f.mean((2, 3))
+
+
+class ItemBranch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = block(3, 8)
+
+    def forward(self, x, *args):
+        f = self.body(x)
+        return f * 2 if f.sum().item() > 0 else f
+
+
+def test_a_branch_on_the_batch_size_is_traced_when_the_graph_agrees_with_the_model_at_batch_one():
+    _check(BatchBranch(differs=False), torch.randn(1, 3, 8, 8))
+    with pytest.raises(UntraceableModel, match="branches on the batch size"):
+        derive(BatchBranch(differs=True), torch.randn(1, 3, 8, 8))
+
+
+def test_a_branch_on_an_item_is_refused_naming_its_line():
+    with pytest.raises(UntraceableModel, match=r"test_structured_io.py:\d+ `return f \* 2 if f.sum\(\).item\(\) > 0"):
+        derive(ItemBranch(), torch.randn(1, 3, 8, 8))
