@@ -13,6 +13,7 @@ from .graph import ChannelGraph, tensor_shape
 from .heads import head_outputs
 from .importance import Criterion, channel_importance, reorder
 from .space import BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Dimension, SearchSpace, width_choices
+from .structure import Example
 
 
 @dataclass
@@ -94,10 +95,13 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[float] = DEFAULT_RATIOS,
+def derive(model: nn.Module, example_input: Example, *, ratios: Sequence[float] = DEFAULT_RATIOS,
            round_to: int = 1, importance: str | Criterion | None = "l2",
            removable_blocks: bool = True, block_encoding: str = "flags") -> PrunableModel:
     """Derive the search space of `model` for inputs shaped like `example_input`.
+
+    `example_input` is a tensor (one sample is enough), or a tuple of positional arguments, a dict of
+    keyword arguments or a list, nesting freely (`spaces.structure`); outputs may be any such structure.
 
     The model's weights are permuted in place so each group's most important channels come first
     (`importance=None` skips it); the model's function does not change. Widths are the `ratios` of
