@@ -7,6 +7,11 @@ ints (the batch size stays symbolic) and the graph is specialised to the example
 search space is derived for anyway. Where neither works (a branch on tensor *values*), it raises
 `UntraceableModel` naming the module's source line.
 
+A structured example (a tuple, dict or list: `spaces.structure`), or a `forward` with more arguments than
+one tensor, is bound to `forward`'s signature and traced through torch.fx's `concrete_args`: its tensors
+are the graph's inputs, everything else is fixed, and the graph returns the model's own structure. In
+the concrete trace a branch on the batch size takes the traced path, checked against the model at batch 1.
+
 After tracing: `_assert` calls and the shape checks only they read are dropped (they would pin nodes
 inside residual blocks), and functional dropout, traced in eval mode as a constant no-op, becomes a
 dropout module again so that the subnet keeps its train-mode behaviour.
