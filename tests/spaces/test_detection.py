@@ -120,3 +120,17 @@ def test_the_yolov8_subnet_exports_and_trains_with_ultralytics_loss(yolo):
     loss.sum().backward()
     assert all(p.grad is not None for p in subnet.parameters() if p.requires_grad)
     assert pytree.tree_structure(subnet(x)) == pytree.tree_structure(reference)
+
+
+def test_a_pruned_torchvision_backbone_plugs_back_into_its_detector_for_inference_and_training():
+    model = _tv_detector("fasterrcnn_mobilenet_v3_large_fpn")
+    model.transform.min_size, model.transform.max_size = (64,), 64
+    prunable = derive(model.backbone, torch.rand(1, 3, 64, 64))
+    model.backbone = materialize(prunable, prunable.space.smallest())
+    with torch.no_grad():
+        detections = model([torch.rand(3, 64, 64), torch.rand(3, 48, 64)])
+    assert len(detections) == 2 and all(set(d) == {"boxes", "labels", "scores"} for d in detections)
+    losses = model.train()([torch.rand(3, 64, 64)], [{"boxes": torch.tensor([[4.0, 4.0, 40.0, 30.0]]),
+                                                      "labels": torch.tensor([1])}])
+    sum(losses.values()).backward()
+    assert {"loss_classifier", "loss_box_reg", "loss_objectness", "loss_rpn_box_reg"} == set(losses)
