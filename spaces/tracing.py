@@ -137,6 +137,7 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
     was_training = model.training
     model.eval()
     tracer: fx.Tracer = _Tracer()
+    saved = [(m, dict(m.__dict__)) for m in model.modules()]  # what forward caches on itself while traced
     try:
         concrete = None
         if not _plain(model, example_input):
@@ -156,6 +157,7 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
             except Exception as concrete_error:  # noqa: BLE001 - reported in one line, with where it happened
                 raise UntraceableModel(_where(concrete_error, model)) from concrete_error
     finally:
+        _restore(saved)
         model.train(was_training)
     _strip_asserts(graph)
     if concrete is not None:
@@ -168,6 +170,18 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
     if getattr(tracer, "batch_branches", 0):
         _check_batch_branches(gm, model, example_input)
     return gm
+
+
+def _restore(saved: list[tuple[nn.Module, dict]]) -> None:
+    """Each module's attributes as before the trace: a forward that caches on itself (YOLO's anchors and
+    last shape) cached proxies. What the tracer added (its `_tensor_constant`s) stays unless it holds one."""
+    for m, before in saved:
+        for key, value in list(m.__dict__.items()):
+            if key in before:
+                if value is not before[key]:
+                    m.__dict__[key] = before[key]
+            elif any(isinstance(leaf, fx.Proxy) for leaf in pytree.tree_leaves(value)):
+                del m.__dict__[key]
 
 
 def _check_batch_branches(gm: fx.GraphModule, model: nn.Module, example_input: Example) -> None:

@@ -197,3 +197,23 @@ def test_a_branch_on_the_batch_size_is_traced_when_the_graph_agrees_with_the_mod
 def test_a_branch_on_an_item_is_refused_naming_its_line():
     with pytest.raises(UntraceableModel, match=r"test_structured_io.py:\d+ `return f \* 2 if f.sum\(\).item\(\) > 0"):
         derive(ItemBranch(), torch.randn(1, 3, 8, 8))
+
+
+class Caching(nn.Module):
+    """Caches a value computed from its input's shape on itself, as YOLO's Detect caches its anchors."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.shape, self.grid = nn.Sequential(block(3, 8), block(8, 8)), None, None
+
+    def forward(self, x):
+        if self.shape != x.shape:
+            self.shape, self.grid = x.shape, torch.arange(x.shape[-1], dtype=x.dtype)
+        return (self.body(x) * self.grid).mean((2, 3))
+
+
+def test_tracing_leaves_no_proxy_cached_on_the_model():
+    model = Caching()
+    _check(model, torch.randn(1, 3, 8, 8))
+    assert all(not isinstance(v, torch.fx.Proxy) for m in model.modules() for v in vars(m).values())
+    model.to(torch.float64)  # moving it touches what it cached
