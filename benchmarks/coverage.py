@@ -4,6 +4,7 @@
     python benchmarks/coverage.py --quick          # a representative handful
     python benchmarks/coverage.py --models resnet18,timm:efficientnet_b0 [--size 64]
     python benchmarks/coverage.py --rows coverage.jsonl [--jobs 2]   # each model in its own process, resumable
+    python benchmarks/coverage.py --family detection   # Ultralytics YOLO + torchvision detectors' backbones/FPNs
 
 Per model: channel groups, width dimensions, keep flags, frozen groups (their reasons below the table),
 the smallest candidate's FLOPs ratio (the lowest reachable budget), and five checks on the smallest
@@ -67,6 +68,12 @@ fastvit_t8 maxvit_tiny_rw_224 coat_lite_tiny crossvit_tiny_240 tnt_s_patch16_224
 QUICK = ["resnet20", "mobilenet_v3_small", "vit_b_16", "timm:mobilenetv2_100", "timm:efficientnet_b0",
          "timm:tf_efficientnet_lite0", "timm:nf_resnet26", "timm:ghostnet_100", "timm:vit_tiny_patch16_224"]
 TIMEOUT = 600  # seconds per model (a model over it is a failed row)
+#: the detection family: Ultralytics models built from their configs (whole models: tensor in, their own
+#: (boxes, {"boxes", "scores", "feats"}) structure out), and torchvision detectors' `.backbone` (tensor in, an
+#: OrderedDict of FPN levels out; the whole detector's resize/anchors/NMS cannot be traced and is refused)
+DETECTION = ["ultralytics:yolov8n", "ultralytics:yolov8s", "ultralytics:yolo11n", "ultralytics:yolov8n-seg",
+             "tvdet:fasterrcnn_mobilenet_v3_large_fpn", "tvdet:retinanet_resnet50_fpn", "tvdet:fcos_resnet50_fpn",
+             "tvdet:ssd300_vgg16"]
 
 
 def torchvision_names() -> list[str]:
@@ -79,6 +86,8 @@ def all_names() -> list[str]:
 
 
 def family(name: str) -> str:
+    if name in DETECTION or name.startswith(("ultralytics:", "tvdet:")):
+        return "detection"
     if not name.startswith("timm:"):
         return "torchvision"
     return "timm-transformer" if name[5:] in TIMM_TRANSFORMERS else "timm-cnn"
@@ -98,6 +107,8 @@ def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     if name in ("resnet20", "resnet56"):
         return {"resnet20": resnet20, "resnet56": resnet56}[name]().eval(), torch.randn(2, 3, 32, 32)
+    if family(name) == "detection":
+        return _detector(name, size)
     if name.startswith("timm:"):
         import timm
 
@@ -121,6 +132,32 @@ def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
         except Exception as e:  # noqa: BLE001 - try the next size
             error = e
     raise RuntimeError(f"cannot build at any size: {error}")
+
+
+def _detector(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
+    """An Ultralytics model from its config (`ultralytics:yolov8n` -> yolov8n.yaml), or a torchvision
+    detector's backbone + FPN (`tvdet:NAME`; SSD at its 300 px), with random weights."""
+    kind, base = name.split(":", 1)
+    torch.manual_seed(0)
+    if kind == "ultralytics":
+        from ultralytics.nn.tasks import DetectionModel, SegmentationModel
+
+        model = (SegmentationModel if base.endswith("-seg") else DetectionModel)(f"{base}.yaml", verbose=False)
+        side = max(64, size // 32 * 32)
+    else:
+        detector = torchvision.models.get_model(base, weights=None, weights_backbone=None, num_classes=5)
+        model, side = detector.backbone, 300 if base.startswith("ssd300") else max(size, 128)
+    return model.eval(), torch.rand(2, 3, side, side)
+
+
+def _train_reference(model: nn.Module) -> nn.Module:
+    """The model in train mode, where its traced graph (made in eval mode) follows it: an Ultralytics head
+    keeps its inference branch (decoded boxes; its loss reads that output too), its layers train."""
+    model.train()
+    for module in model.modules():
+        if hasattr(module, "nc") and hasattr(module, "reg_max"):
+            module.training = False  # this module's own branch only; its convolutions and BN stay in train mode
+    return model
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -208,7 +245,7 @@ def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> R
         row.flops_err = max(row.flops_err, abs(price.flops - counted) / max(counted, 1))
         row.params_err = max(row.params_err, abs(price.params - params) / max(params, 1))
     # train mode: the full-width subnet draws its dropout/drop-path like the model
-    reference = copy.deepcopy(prunable.model).train()
+    reference = _train_reference(copy.deepcopy(prunable.model))
     subnet = materialize(prunable, space.full()).train()
     with torch.no_grad():
         torch.manual_seed(1)
@@ -292,7 +329,7 @@ HEADER = ["model", "input", "groups", "widths", "keeps", "frozen", "min FLOPs", 
 
 def totals(rows: list[Row]) -> list[str]:
     lines = []
-    for fam in ("torchvision", "timm-cnn", "timm-transformer"):
+    for fam in ("torchvision", "timm-cnn", "timm-transformer", "detection"):
         part = [r for r in rows if r.family == fam]
         if not part:
             continue
@@ -313,14 +350,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a representative handful")
     parser.add_argument("--size", type=int, default=64, help="input side (the model's minimum if it fails)")
     parser.add_argument("--samples", type=int, default=3, help="random candidates per model (besides full, smallest)")
-    parser.add_argument("--family", choices=["torchvision", "timm"], help="only this zoo")
+    parser.add_argument("--family", choices=["torchvision", "timm", "detection"], help="only this zoo")
     parser.add_argument("--rows", type=Path, help="JSON-lines file of rows: each model in its own process, "
                         "rows appended as they finish, models already there skipped")
     parser.add_argument("--jobs", type=int, default=1, help="models checked at once (with --rows)")
     parser.add_argument("--emit", type=Path, help=argparse.SUPPRESS)  # a child writes its one row here
     args = parser.parse_args(argv)
     names = args.models.split(",") if args.models else QUICK if args.quick else all_names()
-    if args.family:
+    if args.family == "detection":
+        names = args.models.split(",") if args.models else DETECTION
+    elif args.family:
         names = [n for n in names if (n.startswith("timm:")) == (args.family == "timm")]
     torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides work from FlopCounterMode
     if args.emit:

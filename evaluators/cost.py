@@ -5,7 +5,8 @@ Conventions, stated once:
   MultiheadAttention fast path off, which hides work from it): convolutions and matrix products
   (Linear, attention matmuls, scaled-dot-product attention) only, one multiply-add = 2 FLOPs;
   normalization, activations, pooling and additions count 0. Per sample (batch 1), at the input size
-  the space was derived for. A conv/linear costs 2 x positions x (its kept weight elements); every
+  the space was derived for; for a structured example (a list of images, a tuple of inputs: see
+  `spaces.structure`), per call on the example as it was given. A conv/linear costs 2 x positions x (its kept weight elements); every
   other op FlopCounterMode counts was measured when the space was derived, its channel groups frozen,
   and costs that constant (while the residual block around it, if any, is kept).
 - Params are the elements of the materialized subnet's parameters (buffers such as BN running

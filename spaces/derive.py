@@ -10,8 +10,10 @@ from torch import nn
 
 from .blocks import analyze, run_name
 from .graph import ChannelGraph, tensor_shape
+from .heads import head_outputs
 from .importance import Criterion, channel_importance, reorder
 from .space import BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Dimension, SearchSpace, width_choices
+from .structure import Example
 
 
 @dataclass
@@ -93,10 +95,13 @@ def _unique(name: str, taken: set[str]) -> str:
     return out
 
 
-def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[float] = DEFAULT_RATIOS,
+def derive(model: nn.Module, example_input: Example, *, ratios: Sequence[float] = DEFAULT_RATIOS,
            round_to: int = 1, importance: str | Criterion | None = "l2",
            removable_blocks: bool = True, block_encoding: str = "flags") -> PrunableModel:
     """Derive the search space of `model` for inputs shaped like `example_input`.
+
+    `example_input` is a tensor (one sample is enough), or a tuple of positional arguments, a dict of
+    keyword arguments or a list, nesting freely (`spaces.structure`); outputs may be any such structure.
 
     The model's weights are permuted in place so each group's most important channels come first
     (`importance=None` skips it); the model's function does not change. Widths are the `ratios` of
@@ -124,8 +129,13 @@ def derive(model: nn.Module, example_input: torch.Tensor, *, ratios: Sequence[fl
     entries: list[tuple[int, Dimension, str, int | tuple[int, ...]]] = []
     taken: set[str] = set()
     frozen = {g.producers[0]: g.fixed or "a single channel" for g in graph.groups if g.producers and not g.prunable}
+    heads = head_outputs(model)  # a detection head's outputs are never cut, whatever the graph allows
+    frozen.update({p: heads[p] for p in frozen if p in heads})
     for group in graph.prunable_groups:
         producer = group.producers[0]
+        if producer in heads:
+            frozen[producer] = heads[producer]
+            continue
         site = next((s for s in graph.sites if s.module == producer), None)
         module = graph.modules.get(producer, nn.Identity())  # a functional layer's owner may be anything
         touching = [f for s, f in zip(graph.sites, site_flops)

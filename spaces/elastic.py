@@ -26,7 +26,7 @@ from .channels import Layout
 from .derive import PrunableModel
 from .layers import function_layer, running_stat_norms, shrink
 from .ops import full_index
-from .rewrite import graph_module, out_of_place_consumers, view_any_length
+from .rewrite import empty_like, graph_module, out_of_place_consumers, view_any_length
 from .slicing import axis_index, is_prefix, kept_slice, piece_sizes, slice_tensor
 
 
@@ -182,7 +182,7 @@ class ElasticModel(nn.Module):
         self.prunable = prunable
         self.state = ElasticState(prunable)
         graph = prunable.graph
-        new_graph = fx.Graph()
+        new_graph = empty_like(graph.gm.graph)
         val_map: dict[fx.Node, fx.Node] = {}
         new_graph.output(new_graph.graph_copy(graph.gm.graph, val_map))
         new_of = {old.name: new for old, new in val_map.items()}
@@ -265,8 +265,9 @@ class ElasticModel(nn.Module):
         """Back to the full model."""
         self.apply(self.prunable.space.full())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    def forward(self, *args, **kwargs):
+        """The model's own call: a tensor, or the structured arguments it was derived for (`spaces.structure`)."""
+        return self.net(*args, **kwargs)
 
     @contextlib.contextmanager
     def trainable(self, seed: int, *, freeze_base: bool) -> Iterator[torch.device]:

@@ -35,6 +35,7 @@ from .channels import (ChannelGroup, ComputeSite, Layout, ResidualBlock, Segment
                        op_name, tensor_shape)
 from .layers import Layer, NotAParameter, arg, function_layer, layer_of, leaf_positions
 from .ops import Op, op_named, op_of
+from .structure import describe, first_sample, graph_inputs
 from .tracing import UntraceableModel, trace
 
 
@@ -62,8 +63,10 @@ class _Probe(ShapeProp):
         return out
 
 
-def measure_nodes(gm: fx.GraphModule, example_input: torch.Tensor) -> dict[str, int]:
-    """Shapes into each node's meta; FLOPs per node and per sample (eval mode, MHA fast path off)."""
+def measure_nodes(gm: fx.GraphModule, example_input: torch.Tensor, model: nn.Module | None = None) -> dict[str, int]:
+    """Shapes into each node's meta; FLOPs per node and per sample (eval mode, MHA fast path off).
+
+    A structured example (`spaces.structure`) is bound to `model`'s signature and run as one sample."""
     was_training = gm.training
     fastpath = torch.backends.mha.get_fastpath_enabled()
     gm.eval()
@@ -71,7 +74,7 @@ def measure_nodes(gm: fx.GraphModule, example_input: torch.Tensor) -> dict[str, 
     try:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
             probe = _Probe(gm, counter)
-            probe.propagate(example_input[:1])
+            probe.propagate(*graph_inputs(model or gm, first_sample(example_input)))
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
         gm.train(was_training)
@@ -96,12 +99,12 @@ class ChannelGraph:
         self.model = model
         self.gm = trace(model, example_input)
         try:
-            self.node_flops = measure_nodes(self.gm, example_input)
+            self.node_flops = measure_nodes(self.gm, example_input, model)
         except RuntimeError as error:  # a graph specialised to concrete shapes that folded the batch size in
             raise UntraceableModel(f"cannot trace {type(model).__name__}: its code branches on tensor shapes and "
                                    f"the shape-specialised graph does not run on other batch sizes "
                                    f"({str(error).splitlines()[0][:120]})") from error
-        self.input_shape = tuple(example_input.shape)
+        self.input_shape = describe(example_input)  # a tensor's shape, or the structure's shapes
         self.modules = dict(self.gm.named_modules())
         self.tensors: dict[str, torch.Tensor] = {}
         self._parent: list[int] = []

@@ -16,7 +16,7 @@ from torch import nn
 from .derive import PrunableModel
 from .layers import function_layer, resize
 from .ops import full_index
-from .rewrite import graph_module, out_of_place_consumers, split_by, view_any_length
+from .rewrite import empty_like, graph_module, out_of_place_consumers, split_by, view_any_length
 from .slicing import kept_slice, piece_sizes, slice_tensor
 
 
@@ -49,7 +49,7 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
     widths = prunable.widths(candidate)
     keeps = prunable.keeps(candidate)
 
-    new_graph = fx.Graph()
+    new_graph = empty_like(graph.gm.graph)
     val_map: dict[fx.Node, fx.Node] = {}
     new_graph.output(new_graph.graph_copy(graph.gm.graph, val_map))
     new_nodes = {old.name: new for old, new in val_map.items()}

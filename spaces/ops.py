@@ -137,6 +137,16 @@ def pass_through(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
         graph.opaque(node, f"{_what(node, module)} changed the tensor's rank")
 
 
+def _type_as(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`x.type_as(other)`: `x`'s channels; `other` only lends its dtype (its channels are not read)."""
+    if graph.spec(input_node(node)) is not None:
+        pass_through(graph, node, module)
+
+
+def _new_tensor(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`x.new_full(size, v)` and the like: a fresh tensor of its own size; `x` lends only its dtype and device."""
+
+
 def _stochastic_depth(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     if module is None:
         graph.opaque(node, "functional stochastic_depth (trace StochasticDepth modules instead)")
@@ -529,6 +539,8 @@ register_op(
              nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
              nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
              nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d))
+register_op("type_as", _type_as, names=("type_as",))
+register_op("new tensor", _new_tensor, names=("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor"))
 register_op("stochastic depth", _stochastic_depth, names=("stochastic_depth",), match=is_stochastic)
 register_op("pad", _pad, names=("pad",),
             modules=(nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d))

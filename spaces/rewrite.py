@@ -26,6 +26,13 @@ def graph_module(root: dict[str, object], graph: fx.Graph, class_name: str) -> f
     return module
 
 
+def empty_like(graph: fx.Graph) -> fx.Graph:
+    """An empty graph that takes and returns what `graph` does (a structured input/output's flattening kept)."""
+    new = fx.Graph()
+    new._codegen = copy.deepcopy(graph._codegen)
+    return new
+
+
 def out_of_place_consumers(node: fx.Node, root: dict[str, object]) -> None:
     """Make every consumer of `node` work out of place (`root`: the graph's qualified name -> module).
 
@@ -58,4 +65,4 @@ def view_any_length(node: fx.Node, axis: int) -> tuple:
     return (node.args[0], tuple(sizes))
 
 
-__all__ = ["graph_module", "out_of_place_consumers", "split_by", "view_any_length"]
+__all__ = ["empty_like", "graph_module", "out_of_place_consumers", "split_by", "view_any_length"]

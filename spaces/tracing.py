@@ -7,6 +7,11 @@ ints (the batch size stays symbolic) and the graph is specialised to the example
 search space is derived for anyway. Where neither works (a branch on tensor *values*), it raises
 `UntraceableModel` naming the module's source line.
 
+A structured example (a tuple, dict or list: `spaces.structure`), or a `forward` with more arguments than
+one tensor, is bound to `forward`'s signature and traced through torch.fx's `concrete_args`: its tensors
+are the graph's inputs, everything else is fixed, and the graph returns the model's own structure. In
+the concrete trace a branch on the batch size takes the traced path, checked against the model at batch 1.
+
 After tracing: `_assert` calls and the shape checks only they read are dropped (they would pin nodes
 inside residual blocks), and functional dropout, traced in eval mode as a constant no-op, becomes a
 dropout module again so that the subnet keeps its train-mode behaviour.
@@ -21,10 +26,13 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 from torch.fx.node import map_aggregate
+from torch.utils import _pytree as pytree
 
 from .channels import arg, op_name
 from .layers import layer_of
 from .ops import NO_TENSOR_FLOW, op_of
+from .structure import (Example, bound_arguments, call, concrete_args, first_sample, graph_inputs, placeholder_values,
+                        tensors_of)
 
 _ASSERTS = {"_assert", "_assert_async", "_assert_is_none"}
 _DROPOUTS = {F.dropout: nn.Dropout, F.dropout1d: nn.Dropout1d, F.dropout2d: nn.Dropout2d,
@@ -107,34 +115,111 @@ def _dropout_modules(gm: fx.GraphModule) -> None:
         gm.graph.erase_node(node)
 
 
-def trace(model: nn.Module, example_input: torch.Tensor | None = None) -> fx.GraphModule:
+def _plain(model: nn.Module, example_input: Example | None) -> bool:
+    """Whether `model(x)` traces with one plain placeholder: a tensor example and a one-argument forward."""
+    if example_input is None:
+        return True
+    if not isinstance(example_input, torch.Tensor):
+        return False
+    try:
+        names = list(bound_arguments(model, example_input))
+    except TypeError:
+        return True  # reported by the trace itself, as before
+    return len(names) == 1 and not names[0].startswith("*")
+
+
+def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphModule:
     """Trace `model` in eval mode (see the module docstring); asserts dropped, dropout kept.
 
-    Raises `UntraceableModel` (a TypeError) naming the source line where tracing failed.
+    `example_input` may be structured (`spaces.structure`): the traced module then takes and returns the
+    model's own structures. Raises `UntraceableModel` (a TypeError) naming the source line where tracing failed.
     """
     was_training = model.training
     model.eval()
     tracer: fx.Tracer = _Tracer()
+    saved = [(m, dict(m.__dict__)) for m in model.modules()]  # what forward caches on itself while traced
     try:
-        graph = tracer.trace(model)
-    except Exception as error:  # noqa: BLE001 - shape-dependent code: trace again with concrete shapes
-        if example_input is None:
-            raise UntraceableModel(_where(error, model)) from error
-        tracer = _ConcreteTracer(example_input)
+        concrete = None
+        if not _plain(model, example_input):
+            try:
+                concrete = concrete_args(model, example_input)
+            except TypeError as error:
+                raise UntraceableModel(f"cannot trace {type(model).__name__}: {error}") from None
         try:
-            with torch.no_grad():
-                graph = tracer.trace(model)
-        except Exception as concrete_error:  # noqa: BLE001 - reported in one line, with where it happened
-            raise UntraceableModel(_where(concrete_error, model)) from concrete_error
+            graph = tracer.trace(model, concrete_args=concrete)
+        except Exception as error:  # noqa: BLE001 - shape-dependent code: trace again with concrete shapes
+            if example_input is None:
+                raise UntraceableModel(_where(error, model)) from error
+            tracer = _ConcreteTracer(example_input, placeholder_values(model, example_input))
+            try:
+                with torch.no_grad():
+                    graph = tracer.trace(model, concrete_args=concrete)
+            except Exception as concrete_error:  # noqa: BLE001 - reported in one line, with where it happened
+                raise UntraceableModel(_where(concrete_error, model)) from concrete_error
     finally:
+        _restore(saved)
         model.train(was_training)
     _strip_asserts(graph)
-    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)
+    if concrete is not None:
+        _drop_fixed_arguments(graph, model, example_input)
+    gm = fx.GraphModule(tracer.root, graph, class_name=type(model).__name__)  # keeps a structured codegen
     _dropout_modules(gm)
     _skip_identities(gm)
     gm.graph.lint()
     gm.recompile()
+    if getattr(tracer, "batch_branches", 0):
+        _check_batch_branches(gm, model, example_input)
     return gm
+
+
+def _restore(saved: list[tuple[nn.Module, dict]]) -> None:
+    """Each module's attributes as before the trace: a forward that caches on itself (YOLO's anchors and
+    last shape) cached proxies. What the tracer added (its `_tensor_constant`s) stays unless it holds one."""
+    for m, before in saved:
+        for key, value in list(m.__dict__.items()):
+            if key in before:
+                if value is not before[key]:
+                    m.__dict__[key] = before[key]
+            elif any(isinstance(leaf, fx.Proxy) for leaf in pytree.tree_leaves(value)):
+                del m.__dict__[key]
+
+
+def _check_batch_branches(gm: fx.GraphModule, model: nn.Module, example_input: Example) -> None:
+    """The graph, traced with branches on the batch size taken at `TRACE_BATCH`, must equal the model at batch 1."""
+    one = first_sample(example_input)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected, got = call(model, one), gm(*graph_inputs(model, one))
+    finally:
+        model.train(was_training)
+    same = pytree.tree_structure(expected) == pytree.tree_structure(got) and all(
+        not isinstance(a, torch.Tensor) or (a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5))
+        for a, b in zip(pytree.tree_leaves(expected), pytree.tree_leaves(got)))
+    if not same:
+        raise UntraceableModel(f"cannot trace {type(model).__name__}: it branches on the batch size, and the "
+                               f"graph traced at batch {TRACE_BATCH} differs from the model at batch 1")
+
+
+def _drop_fixed_arguments(graph: fx.Graph, model: nn.Module, example_input: Example) -> None:
+    """The traced module takes the arguments that hold tensors; the others (None, an int, `*args`) are fixed.
+
+    Their placeholders only fed the asserts torch.fx adds for fixed values (dropped by now); torch.fx also
+    keeps them in the flattening spec of a structured input, which the generated code cannot match.
+    """
+    bound = bound_arguments(model, example_input)
+    placeholders = iter([n for n in graph.nodes if n.op == "placeholder"])
+    for name, value in bound.items():
+        for _ in pytree.tree_leaves(value):
+            node = next(placeholders)
+            if not tensors_of(value) and not node.users:
+                graph.erase_node(node)
+    info = getattr(graph._codegen, "pytree_info", None)
+    if info is not None:
+        kept = [n for n, v in bound.items() if tensors_of(v)]
+        spec = pytree.tree_structure((model, *graph_inputs(model, example_input)))
+        graph._codegen.pytree_info = info._replace(orig_args=["self", *kept], in_spec=spec)
 
 
 def _where(error: Exception, model: nn.Module) -> str:
@@ -145,7 +230,11 @@ def _where(error: Exception, model: nn.Module) -> str:
               if "/torch/" not in f.filename and "/spaces/tracing.py" not in f.filename]
     where = f"{frames[-1].filename}:{frames[-1].lineno} `{(frames[-1].line or '').strip()}`" if frames else "?"
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    return f"cannot trace {type(model).__name__} at {where}: {message}"
+    hint = ""
+    if isinstance(getattr(model, "backbone", None), nn.Module) and hasattr(model, "transform"):
+        hint = ("; its pre- and post-processing (resize, anchors, NMS) cannot be traced: search its .backbone "
+                "(a batch tensor in, its feature maps out) instead")
+    return f"cannot trace {type(model).__name__} at {where}: {message}{hint}"
 
 
 
@@ -191,13 +280,42 @@ class _ConcreteProxy(fx.Proxy):
 class _ConcreteTracer(_Tracer):
     """Records each op and runs it on the example input (repeated to `TRACE_BATCH`) at the same time."""
 
-    def __init__(self, example_input: torch.Tensor):
+    def __init__(self, example_input: Example, placeholders: list[object]):
         super().__init__()
-        self.example = example_input[:1].expand(TRACE_BATCH, *example_input.shape[1:]).contiguous()
+        if isinstance(example_input, torch.Tensor):  # the batch axis is told apart by its unusual size
+            placeholders = [example_input[:1].expand(TRACE_BATCH, *example_input.shape[1:]).contiguous()
+                            if p is example_input else p for p in placeholders]
+        self.placeholders = iter(placeholders)  # a structured example runs as it is (one sample)
         self.values: dict[fx.Node, object] = {}
+        self.batch_branches = 0  # branches on the batch size, taken as at TRACE_BATCH
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        """A branch on the batch size (the one size that stays symbolic, as in `if self.shape != x.shape`)
+        takes the path the traced batch takes (`trace` then checks the graph against the model at batch 1);
+        a branch on tensor values (`x.sum() > 0`, `.item()`) is refused as before."""
+        value = self.values.get(obj.node)
+        if isinstance(value, (bool, int)) and self._from_sizes(obj.node):
+            self.batch_branches += 1
+            return bool(value)
+        return super().to_bool(obj)
+
+    def _from_sizes(self, node: fx.Node) -> bool:
+        """Whether `node` is computed from tensor sizes only (never from a tensor's values)."""
+        todo, seen = [node], set()
+        while todo:
+            n = todo.pop()
+            if n in seen:
+                continue
+            seen.add(n)
+            if n.op == "call_method" and n.target == "size":
+                continue  # a size read: its tensor's values do not matter
+            if isinstance(self.values.get(n), torch.Tensor) or n.op in ("placeholder", "get_attr"):
+                return False
+            todo.extend(n.all_input_nodes)
+        return True
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
@@ -210,7 +328,7 @@ class _ConcreteTracer(_Tracer):
 
     def _run(self, kind: str, target, args_, kwargs_) -> object:
         if kind == "placeholder":
-            value = self.example
+            value = next(self.placeholders, None)
         elif kind == "get_attr":
             value = self.root
             for part in str(target).split("."):

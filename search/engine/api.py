@@ -93,6 +93,10 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
                                            what="calibration")]
     held = ([(x.to(dev), y.to(dev)) for x, y in batches_of(held_out, config.eval_samples, labelled=True,
                                                            what="held_out")] if held_out is not None else [])
+    if example_input is not None and not isinstance(example_input, torch.Tensor):
+        raise UserError(f"prune() takes a tensor example_input (its calibration and scoring feed tensor batches), got "
+                        f"{type(example_input).__name__}; a model called on tuples, lists or dicts is searched with "
+                        f"spaces.derive, evaluators.CostModel, spaces.ElasticModel and spaces.materialize")
     example = (example_input if example_input is not None else calib[0][:1]).detach().cpu()
     if example.dim() < 2 or example.shape[0] != 1:
         example = example[:1]
