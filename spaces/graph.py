@@ -450,7 +450,9 @@ class ChannelGraph:
         if flops <= 0:
             return False
         self.constant_flops.append((node.name, flops))
-        self.opaque(node, f"'{op_name(node)}' computes on channels (frozen, its FLOPs priced as measured)")
+        what = (f"{type(self.modules[node.target]).__name__} '{node.target}'" if node.op == "call_module"
+                else f"'{op_name(node)}'")  # nn.MultiheadAttention, torchvision's shifted_window_attention
+        self.opaque(node, f"{what} computes on channels (frozen, its FLOPs priced as measured)")
         return True
 
     def _visit_layer(self, node: fx.Node, layer: Layer, m: nn.Module | None) -> None:

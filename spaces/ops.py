@@ -211,6 +211,9 @@ def _reshape(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
         graph.set_spec(node, intact, spec.layout)  # only the axes around the channels are reshaped
         if isinstance(sizes[intact], fx.Node):
             graph.rebuilds[node] = sizes[intact]
+    elif intact is not None and len(sizes) == len(out_shape) and -1 not in sizes:
+        graph.set_spec(node, intact, spec.layout)  # the channel count written out (torchvision's ViT patches)
+        graph.param_views[node.name] = intact  # it follows the widths
     elif len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1 and (
             sizes[a] == -1 or isinstance(sizes[a], int)):
         flatten(graph, node, x, a, -1)  # heads merged back (`x.reshape(B, N, heads * head_dim)`)
