@@ -152,7 +152,9 @@ def _pad(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     x, out_shape = input_node(node), graph.shape(node)
     spec = graph.spec(x)
     pads = module.padding if module is not None else arg(node, 1, "pad", ())
-    if spec is not None and len(pads) // 2 < len(out_shape) - spec.axis:
+    at = 2 * (len(out_shape) - 1 - spec.axis) if spec is not None else 0  # the channel axis' pair, if padded
+    if spec is not None and (len(pads) // 2 < len(out_shape) - spec.axis
+                             or tuple(pads[at:at + 2]) == (0, 0)):  # channels-last padding (timm's Swin)
         graph.set_spec(node, spec.axis, spec.layout)
     else:
         graph.opaque(node, "padding of the channel axis")
@@ -236,16 +238,29 @@ def _into_heads(graph: Walk, node: fx.Node, x: fx.Node, spec: Spec, sizes: tuple
             or math.prod(out_shape[a:a + k]) != shape[a] or len(sizes) != len(out_shape)):
         return False
     at = a + k - 2
-    if not isinstance(sizes[at], int) or any(s == -1 for i, s in enumerate(sizes) if i != at):
+    inferred = [i for i, s in enumerate(sizes) if s == -1 and i != at]  # timm's Swin: `reshape(.., heads, -1)`
+    if not isinstance(sizes[at], int) or any(i < a for i in inferred):
         return False
     heads, head_dim, pieces = out_shape[at], out_shape[at + 1], math.prod(out_shape[a:at])
     layout = graph.regrain(spec.layout, heads, head_dim, pieces)
     if layout is None:
         return False
+    for i in inferred:  # head_dim (or the pieces) written out: they never change, and the heads axis takes -1
+        _write_size(node, i, out_shape[i])
     graph.set_spec(node, at, (Segment(layout[0].group, heads),))
     if sizes[at] != -1:
         graph.param_views[node.name] = at
     return True
+
+
+def _write_size(node: fx.Node, axis: int, value: int) -> None:
+    """Set the size a view/reshape node gives axis `axis` (`x.view(a, b)` or `x.view((a, b))`)."""
+    if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):
+        sizes = list(node.args[1])
+        sizes[axis] = value
+        node.args = (node.args[0], type(node.args[1])(sizes))
+    else:
+        node.args = (*node.args[:axis + 1], value, *node.args[axis + 2:])
 
 
 def _expand(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
@@ -298,6 +313,20 @@ def _unbind(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
         graph.opaque(node, "'unbind' of the channel axis")
         return
     graph.split_pieces[node] = (spec.axis - (dim < spec.axis), [spec.layout] * len(metas))
+
+
+def _roll(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`torch.roll` along other axes than the channels (Swin's shifted windows)."""
+    x = input_node(node)
+    spec = graph.spec(x)
+    dims = arg(node, 2, "dims")
+    if spec is None:
+        return
+    dims = dims if isinstance(dims, (list, tuple)) else [dims]
+    if any(not isinstance(d, int) for d in dims) or spec.axis in [_normalize_dim(d, len(graph.shape(x))) for d in dims]:
+        graph.opaque(node, "'roll' along the channel axis")
+    else:
+        graph.set_spec(node, spec.axis, spec.layout)
 
 
 def _softmax(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
@@ -634,6 +663,7 @@ register_op("expand", _expand, names=("expand",))
 register_op("permute", _permute, names=("permute",))
 register_op("transpose", _transpose, names=("transpose",))
 register_op("unbind", _unbind, names=("unbind",))
+register_op("roll", _roll, names=("roll",))
 register_op("softmax", _softmax, names=("softmax", "log_softmax"), modules=(nn.Softmax, nn.LogSoftmax))
 register_op("attention", _attention, names=("scaled_dot_product_attention",), priced=True)
 register_op("matmul", _matmul, names=("matmul", "bmm"), tensor_input=False, priced=True)

@@ -5,7 +5,9 @@ import functools
 
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.models.vision_transformer import VisionTransformer
+from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from conftest import assert_close
@@ -135,3 +137,44 @@ def test_subnet_with_fewer_heads_exports_to_onnx(tmp_path):
     (out,) = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
     with torch.no_grad():
         assert_close(torch.from_numpy(out), subnet(x[:1]))
+
+
+class InferredHeadDim(nn.Module):
+    """timm Swin's forms: head_dim inferred (`reshape(B, N, 3, heads, -1)`), a roll and a channels-last pad of
+    the tokens; the heads are searched, and the subnet writes head_dim out so that its heads axis is -1."""
+
+    def __init__(self, dim: int = 24, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.embed, self.norm = nn.Linear(8, dim), nn.LayerNorm(dim)
+        self.qkv, self.proj, self.head = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, N, C = x.shape
+        y = F.pad(torch.roll(self.norm(x), shifts=1, dims=1), (0, 0, 0, 1))[:, :N]
+        q, k, v = self.qkv(y).reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1))
+        return self.head(x.mean(1))
+
+
+def test_inferred_head_dim_roll_and_channels_last_pad(rng):
+    torch.manual_seed(0)
+    model = InferredHeadDim().eval()
+    x = torch.randn(3, 6, 8)
+    prunable = derive(model, x[:1])
+    assert heads(prunable) == ["qkv.heads"] and prunable.space["qkv.heads"].full == 4
+    assert "embed" in {d.name for d in prunable.space.widths}  # the residual stream, through roll and pad
+    elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
+    for candidate in candidates(prunable, rng):
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        price = cost.price(candidate)
+        assert price.flops == counter.get_total_flops()
+        assert price.params == sum(p.numel() for p in subnet.parameters())
+        qkv = dict(subnet.named_modules()).get("qkv")  # absent when the block is removed
+        assert qkv is None or qkv.weight.shape[0] == 3 * 6 * candidate["qkv.heads"]
