@@ -421,11 +421,11 @@ class ChannelGraph:
             module = self.modules[node.target]
             self._module_tensors(node, module)
             layer = layer_of(module)
+            op = op_of(module) if layer is None else None
             if layer is not None:
                 self._visit_layer(node, layer, module)
-            elif not self._priced_opaque(node):
-                self._visit_op(node, op_of(module), module,
-                               f"unsupported module {type(module).__name__} ({node.target})")
+            elif (op is not None and op.priced) or not self._priced_opaque(node):
+                self._visit_op(node, op, module, f"unsupported module {type(module).__name__} ({node.target})")
         else:
             layer = function_layer(node.target) if node.op == "call_function" else None
             if layer is not None and layer.functional is not None:

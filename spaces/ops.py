@@ -377,6 +377,15 @@ def _matmul(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     _over_heads(graph, node, list(node.args[:2]), f"'{op_name(node)}'")
 
 
+def _frozen_attention(reason: str) -> Flow:
+    """An attention op whose heads cannot be cut: it freezes what flows into it, for `reason`, and is priced
+    at its measured FLOPs."""
+    def flow(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+        graph.opaque(node, reason)
+        graph.scale_flops(node, None)
+    return flow
+
+
 def _reduce(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     """A reduction over other axes than the channels (a global pool written as `mean`)."""
     x, out_shape = input_node(node), graph.shape(node)
@@ -667,6 +676,12 @@ register_op("roll", _roll, names=("roll",))
 register_op("softmax", _softmax, names=("softmax", "log_softmax"), modules=(nn.Softmax, nn.LogSoftmax))
 register_op("attention", _attention, names=("scaled_dot_product_attention",), priced=True)
 register_op("matmul", _matmul, names=("matmul", "bmm"), tensor_input=False, priced=True)
+register_op("multihead attention", _frozen_attention(
+    "nn.MultiheadAttention ties its heads to its embedding (num_heads x head_dim = embed_dim): heads and "
+    "embedding frozen, its FLOPs priced as measured"), modules=(nn.MultiheadAttention,), priced=True)
+register_op("shifted window attention", _frozen_attention(
+    "torchvision's shifted_window_attention takes its weights as arguments: heads and channels frozen, its FLOPs "
+    "priced as measured"), names=("shifted_window_attention",), priced=True, tensor_input=False)
 #: timm's attention-mask helpers: a mask over tokens built from the scores' shape, added to the scores
 register_op("attention mask", None, names=("resolve_self_attn_mask",), tensor_input=False)
 register_op("masked scores", _elementwise, names=("maybe_add_mask",), tensor_input=False)

@@ -6,6 +6,7 @@ import functools
 import pytest
 import torch
 import torch.nn.functional as F
+import torchvision
 from timm.models.vision_transformer import VisionTransformer
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -178,3 +179,23 @@ def test_inferred_head_dim_roll_and_channels_last_pad(rng):
         assert price.params == sum(p.numel() for p in subnet.parameters())
         qkv = dict(subnet.named_modules()).get("qkv")  # absent when the block is removed
         assert qkv is None or qkv.weight.shape[0] == 3 * 6 * candidate["qkv.heads"]
+
+
+def test_multihead_attention_is_frozen_with_its_reason_and_priced_exactly():
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=3,
+                                                 hidden_dim=48, mlp_dim=96, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides work from FlopCounterMode
+    try:
+        prunable = derive(model, x)
+        reasons = prunable.graph.fixed_reasons()
+        assert any(r.startswith("nn.MultiheadAttention ties its heads to its embedding") for r in reasons)
+        assert {f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)} <= {d.name for d in prunable.space.widths}
+        candidate = prunable.space.smallest()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            materialize(prunable, candidate).eval()(x)
+        assert CostModel(prunable).price(candidate).flops == counter.get_total_flops()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
