@@ -67,6 +67,10 @@ convit_tiny mobilevit_xxs mobilevitv2_050 efficientvit_b0 edgenext_xx_small gmlp
 fastvit_t8 maxvit_tiny_rw_224 coat_lite_tiny crossvit_tiny_240 tnt_s_patch16_224""".split()
 QUICK = ["resnet20", "mobilenet_v3_small", "vit_b_16", "timm:mobilenetv2_100", "timm:efficientnet_b0",
          "timm:tf_efficientnet_lite0", "timm:nf_resnet26", "timm:ghostnet_100", "timm:vit_tiny_patch16_224"]
+#: the attention family: heads, MLP widths and blocks searched (`--family attention`); `hf:` names are
+#: `transformers` vision models built from a small config (nothing downloaded), skipped without transformers
+ATTENTION = ["timm:vit_tiny_patch16_224", "timm:deit_tiny_patch16_224", "timm:swin_tiny_patch4_window7_224",
+             "timm:efficientformer_l1", "vit_b_16", "swin_t", "hf:vit", "hf:deit", "hf:swin"]
 TIMEOUT = 600  # seconds per model (a model over it is a failed row)
 #: the detection family: Ultralytics models built from their configs (whole models: tensor in, their own
 #: (boxes, {"boxes", "scores", "feats"}) structure out), and torchvision detectors' `.backbone` (tensor in, an
@@ -88,6 +92,8 @@ def all_names() -> list[str]:
 def family(name: str) -> str:
     if name in DETECTION or name.startswith(("ultralytics:", "tvdet:")):
         return "detection"
+    if name in ATTENTION:
+        return "attention"
     if not name.startswith("timm:"):
         return "torchvision"
     return "timm-transformer" if name[5:] in TIMM_TRANSFORMERS else "timm-cnn"
@@ -102,9 +108,26 @@ def _timm(name: str, **kwargs) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
 
 
+def _transformers(name: str, size: int) -> nn.Module:
+    """A `transformers` vision model from a small config (random weights: nothing is downloaded)."""
+    import transformers as hf
+
+    small = {"image_size": size, "num_labels": 10}
+    if name == "swin":
+        config = hf.SwinConfig(**small, patch_size=4, embed_dim=24, depths=[1, 1], num_heads=[2, 4], window_size=4)
+        return hf.SwinForImageClassification(config)
+    vit = {**small, "patch_size": 8, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 3,
+           "intermediate_size": 96}
+    if name == "deit":
+        return hf.DeiTForImageClassification(hf.DeiTConfig(**vit))
+    return hf.ViTForImageClassification(hf.ViTConfig(**vit))
+
+
 def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
     """The model (eval mode, seeded) and a 2-sample input it runs on: `size` or its smallest working size."""
     torch.manual_seed(0)
+    if name.startswith("hf:"):
+        return _transformers(name[3:], size).eval(), torch.randn(2, 3, size, size)
     if name in ("resnet20", "resnet56"):
         return {"resnet20": resnet20, "resnet56": resnet56}[name]().eval(), torch.randn(2, 3, 32, 32)
     if family(name) == "detection":
@@ -192,6 +215,8 @@ class Row:
     flops_err: float = 0.0
     params_err: float = 0.0
     train: float = 0.0
+    heads: int = 0       # attention family: head-count dimensions
+    export: str = ""     # attention family: "ok" when the smallest subnet runs in torch.export and ONNX, else why
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -202,7 +227,7 @@ class Row:
     @property
     def passed(self) -> bool:
         return (self.ok and self.reorder <= 1e-4 and self.elastic <= 1e-4 and self.cost_exact
-                and self.train <= 1e-4)
+                and self.train <= 1e-4 and self.export in ("", "ok"))
 
     @property
     def usable(self) -> bool:
@@ -252,9 +277,36 @@ def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> R
         expected = first_tensor(reference(x))
         torch.manual_seed(1)
         row.train = rel_diff(first_tensor(subnet(x)), expected)
+    if row.family == "attention":
+        row.heads = sum(d.name.endswith(".heads") for d in space.widths)
+        row.export = exported(materialize(prunable, space.smallest()).eval(), x)
     row.ok = True
     row.seconds = time.perf_counter() - start
     return row
+
+
+def exported(subnet: nn.Module, x: torch.Tensor) -> str:
+    """"ok" when `subnet` runs the same under torch.export and (with onnxruntime) ONNX, else the first failure."""
+    try:
+        with torch.no_grad():
+            expected = first_tensor(subnet(x[:1]))
+            program = torch.export.export(subnet, (x[:1],))
+            if rel_diff(first_tensor(program.module()(x[:1])), expected) > 1e-4:
+                return "torch.export: other outputs"
+        with tempfile.TemporaryDirectory() as tmp:
+            path = str(Path(tmp) / "subnet.onnx")
+            torch.onnx.export(subnet, (x[:1],), path, dynamo=True, verbose=False)
+            try:
+                import onnxruntime
+            except ImportError:
+                return "ok"
+            session = onnxruntime.InferenceSession(path)
+            out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
+            if rel_diff(torch.from_numpy(out), expected) > 1e-4:
+                return "onnx: other outputs"
+        return "ok"
+    except Exception as e:  # noqa: BLE001 - a failed export is this row's finding
+        return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
 
 
 class _Timeout(Exception):
@@ -329,7 +381,7 @@ HEADER = ["model", "input", "groups", "widths", "keeps", "frozen", "min FLOPs", 
 
 def totals(rows: list[Row]) -> list[str]:
     lines = []
-    for fam in ("torchvision", "timm-cnn", "timm-transformer", "detection"):
+    for fam in ("torchvision", "timm-cnn", "timm-transformer", "detection", "attention"):
         part = [r for r in rows if r.family == fam]
         if not part:
             continue
@@ -350,7 +402,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a representative handful")
     parser.add_argument("--size", type=int, default=64, help="input side (the model's minimum if it fails)")
     parser.add_argument("--samples", type=int, default=3, help="random candidates per model (besides full, smallest)")
-    parser.add_argument("--family", choices=["torchvision", "timm", "detection"], help="only this zoo")
+    parser.add_argument("--family", choices=["torchvision", "timm", "detection", "attention"],
+                        help="only this zoo (attention: the ATTENTION models, heads searched, exports checked)")
     parser.add_argument("--rows", type=Path, help="JSON-lines file of rows: each model in its own process, "
                         "rows appended as they finish, models already there skipped")
     parser.add_argument("--jobs", type=int, default=1, help="models checked at once (with --rows)")
@@ -359,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     names = args.models.split(",") if args.models else QUICK if args.quick else all_names()
     if args.family == "detection":
         names = args.models.split(",") if args.models else DETECTION
+    elif args.family == "attention":
+        names = args.models.split(",") if args.models else ATTENTION
     elif args.family:
         names = [n for n in names if (n.startswith("timm:")) == (args.family == "timm")]
     torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides work from FlopCounterMode
@@ -390,11 +445,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:  # the most frequent reasons per model
         for reason, n in sorted(r.reasons.items(), key=lambda kv: -kv[1])[:4]:
             print(f"frozen: {r.name}: {reason} ({n} groups)")
+    for r in rows:
+        if r.family == "attention" and r.ok:
+            print(f"attention: {r.name}: {r.heads} head-count dimensions; export: {r.export}")
     print()
     for r in rows:
         if not r.passed:
             why = r.error or ", ".join(k for k, bad in (("reorder", r.reorder > 1e-4), ("elastic", r.elastic > 1e-4),
-                                                       ("cost", not r.cost_exact), ("train", r.train > 1e-4)) if bad)
+                                                       ("cost", not r.cost_exact), ("train", r.train > 1e-4),
+                                                       (f"export ({r.export})", r.export not in ("", "ok"))) if bad)
             print(f"fails: {r.name}: {why}")
     print()
     for line in totals(rows):

@@ -6,7 +6,10 @@ Conventions, stated once:
   (Linear, attention matmuls, scaled-dot-product attention) only, one multiply-add = 2 FLOPs;
   normalization, activations, pooling and additions count 0. Per sample (batch 1), at the input size
   the space was derived for; for a structured example (a list of images, a tuple of inputs: see
-  `spaces.structure`), per call on the example as it was given. A conv/linear costs 2 x positions x (its kept weight elements); every
+  `spaces.structure`), per call on the example as it was given. A conv/linear costs 2 x positions x (its
+  kept weight elements); attention over heads (`scaled_dot_product_attention`, q @ k^T, attn @ v) costs its
+  measured FLOPs per kept head (FlopCounterMode counts no FLOPs for CPU's fused attention kernel in torch
+  2.14, so neither do we there); every
   other op FlopCounterMode counts was measured when the space was derived, its channel groups frozen,
   and costs that constant (while the residual block around it, if any, is kept).
 - Params are the elements of the materialized subnet's parameters (buffers such as BN running
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING
 
 from torch import nn
 
+from spaces.channels import TensorUse
 from spaces.derive import PrunableModel
 from spaces.slicing import kept_length
 
@@ -83,6 +87,8 @@ class CostModel:
         self._flop_terms = [(2 * s.positions, axes(s.weight), [node_blocks.get(s.node, ())])
                             for s in graph.sites]
         self._flop_terms += [(flops, [], [node_blocks.get(node, ())]) for node, flops in graph.constant_flops]
+        self._flop_terms += [(flops, [TensorUse(node, 0, layout)], [node_blocks.get(node, ())])
+                             for node, flops, layout in graph.scaled_flops]  # attention: per kept head
         self.base = self.price(prunable.space.full())
 
     def _sum(self, terms, widths: list[int], keeps: list[bool]) -> int:

@@ -156,7 +156,9 @@ class Walk(Protocol):
     count_reads: dict[fx.Node, Layout]
     #: a reshape/expand -> the node giving the size of its channel axis
     rebuilds: dict[fx.Node, fx.Node]
-    #: scale.view(C, 1, 1) -> (scale's get_attr, the axis of C); those used per channel: name -> axis
+    #: scale.view(C, 1, 1) -> (scale's get_attr, the axis of C); a view/reshape whose size at an axis follows
+    #: the widths (a per-channel parameter's view, a reshape into or out of attention heads): name -> axis,
+    #: written `-1` in the subnet
     vector_views: dict[fx.Node, tuple[fx.Node, int]]
     param_views: dict[str, int]
 
@@ -189,6 +191,15 @@ class Walk(Protocol):
 
     def site(self, node: fx.Node, producer: str, weight: str, kind: str, options: dict) -> None:
         """A conv/linear call (its FLOPs were checked to be 2 x positions x weight elements)."""
+
+    def scale_flops(self, node: fx.Node, layout: Layout | None) -> None:
+        """The node's measured FLOPs are proportional to the kept length of `layout` (attention over heads:
+        each head costs the same); None, or FLOPs that do not divide evenly: priced as measured, frozen."""
+
+    def regrain(self, layout: Layout, heads: int, head_dim: int, pieces: int) -> Layout | None:
+        """The channels of `layout` (one group) are `pieces` x `heads` x `head_dim` elements: from now on
+        the group is `heads` channels of `head_dim` elements each, laid `pieces` times along the axis (fused
+        q, k, v rows); returns that layout (one segment per piece), or None if the group cannot be regrained."""
 
     def set_blocks(self, layout: Layout, blocks: int) -> bool:
         """Split the single group of `layout` into `blocks` conv-groups; False if it cannot be."""

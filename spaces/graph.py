@@ -86,8 +86,9 @@ class ChannelGraph:
 
     `gm` is the traced graph module (it shares parameters with `model`); `tensors` maps every
     parameter and buffer name used by the graph to its tensor. `sites` are the conv/linear calls
-    (FLOPs scale with their kept weights); `constant_flops` are the other ops FlopCounterMode counts
-    (attention matmuls, an opaque module): each is frozen and priced at its measured FLOPs.
+    (FLOPs scale with their kept weights); `scaled_flops` are attention ops over heads (their FLOPs scale
+    with the kept heads); `constant_flops` are the other ops FlopCounterMode counts (an opaque module):
+    each is frozen and priced at its measured FLOPs.
 
     `blocks` are its removable residual blocks, found by `derive` (`spaces.blocks`).
 
@@ -124,6 +125,8 @@ class ChannelGraph:
         self._attr_uses: dict[fx.Node, int] = {}  # get_attr node -> how many users accounted for it
         self.sites: list[ComputeSite] = []
         self.constant_flops: list[tuple[str, int]] = []  # (node, FLOPs per sample) of frozen ops
+        self._scaled: list[tuple[str, int, Layout]] = []  # (node, FLOPs per kept element, layout): attention
+        self._retired: set[int] = set()  # groups regrained into heads (see `regrain`): no longer used
         self.resized_calls: list[str] = []  # functional calls whose size arguments follow the widths
         self.split_calls: list[str] = []  # splits along channels: their piece sizes follow the widths
         self.producer_nodes: dict[str, str] = {}  # producer name -> the first node that produces
@@ -272,6 +275,52 @@ class ChannelGraph:
         for seg in layout:
             self._fix_group(seg.group, reason)
 
+    def regrain(self, layout: Layout, heads: int, head_dim: int, pieces: int) -> Layout | None:
+        leaves = self._leaves(layout)
+        if (len(leaves) == pieces and len({s.group for s in leaves}) == 1
+                and all(s.size == heads and s.inner == head_dim for s in leaves)):
+            return leaves  # already heads of this size
+        if len(leaves) != 1 or leaves[0].inner != 1 or leaves[0].size != pieces * heads * head_dim:
+            return None
+        root = self._find(leaves[0].group)
+        group = self._groups[root]
+        if group.blocks != 1:
+            return None
+        names = [f"{p}.heads" for p in group.producers]
+        new = self.new_group(heads, fixed=group.fixed)[0]
+        self._groups[new.group].producers = names
+        for p, name in zip(group.producers, names):
+            if p in self.producer_nodes:
+                self.producer_nodes.setdefault(name, self.producer_nodes[p])
+
+        def swap(old: Layout) -> Layout:
+            if all(self._find(s.group) != root for s in old):
+                return old
+            return tuple(t for s in old for t in ((Segment(new.group, heads, head_dim * s.inner),) * pieces
+                                                   if self._find(s.group) == root else (s,)))
+
+        self._uses = [TensorUse(u.tensor, u.axis, swap(u.layout), u.local) for u in self._uses]
+        self._specs = {n: Spec(s.axis, swap(s.layout)) for n, s in self._specs.items()}
+        for notes in (self.split_pieces, self.slice_pieces):
+            for n, (axis, parts) in notes.items():
+                notes[n] = (axis, [swap(p) for p in parts])
+        self.shape_reads = {n: Spec(s.axis, swap(s.layout)) for n, s in self.shape_reads.items()}
+        self.count_reads = {n: swap(lay) for n, lay in self.count_reads.items()}
+        self._retired.add(root)
+        return swap(leaves)
+
+    def scale_flops(self, node: fx.Node, layout: Layout | None) -> None:
+        flops = self.node_flops.get(node.name, 0)
+        if flops <= 0:
+            return
+        length = sum(s.length for s in layout) if layout else 0
+        if not length or flops % length:
+            self.constant_flops.append((node.name, flops))
+            if layout:
+                self.fix(layout, f"'{op_name(node)}' FLOPs not proportional to its heads")
+            return
+        self._scaled.append((node.name, flops // length, layout))
+
     def set_blocks(self, layout: Layout, blocks: int) -> bool:
         if len(layout) != 1 or layout[0].inner != 1 or self._find(layout[0].group) in self._children:
             return False
@@ -375,17 +424,19 @@ class ChannelGraph:
             module = self.modules[node.target]
             self._module_tensors(node, module)
             layer = layer_of(module)
+            op = op_of(module) if layer is None else None
             if layer is not None:
                 self._visit_layer(node, layer, module)
-            elif not self._priced_opaque(node):
-                self._visit_op(node, op_of(module), module,
-                               f"unsupported module {type(module).__name__} ({node.target})")
+            elif (op is not None and op.priced) or not self._priced_opaque(node):
+                self._visit_op(node, op, module, f"unsupported module {type(module).__name__} ({node.target})")
         else:
             layer = function_layer(node.target) if node.op == "call_function" else None
             if layer is not None and layer.functional is not None:
                 self._visit_layer(node, layer, None)
-            elif not self._priced_opaque(node):
-                self._visit_op(node, op_named(op_name(node)), None, f"unsupported op '{op_name(node)}'")
+            else:
+                op = op_named(op_name(node))
+                if (op is not None and op.priced) or not self._priced_opaque(node):
+                    self._visit_op(node, op, None, f"unsupported op '{op_name(node)}'")
 
     def _visit_op(self, node: fx.Node, op: Op | None, module: nn.Module | None, unsupported: str) -> None:
         """An op of the table (a module, or a function or method when `module` is None)."""
@@ -402,7 +453,9 @@ class ChannelGraph:
         if flops <= 0:
             return False
         self.constant_flops.append((node.name, flops))
-        self.opaque(node, f"'{op_name(node)}' computes on channels (frozen, its FLOPs priced as measured)")
+        what = (f"{type(self.modules[node.target]).__name__} '{node.target}'" if node.op == "call_module"
+                else f"'{op_name(node)}'")  # nn.MultiheadAttention, torchvision's shifted_window_attention
+        self.opaque(node, f"{what} computes on channels (frozen, its FLOPs priced as measured)")
         return True
 
     def _visit_layer(self, node: fx.Node, layer: Layer, m: nn.Module | None) -> None:
@@ -488,7 +541,7 @@ class ChannelGraph:
         for use in self._uses:  # a grouped conv's per-group input holds one block of one group
             if use.local and len(self._leaves(use.layout)) > 1:
                 self.fix(use.layout, "grouped convolution over a split group")
-        roots = sorted({self._find(g) for g in range(len(self._parent))} - set(self._children))
+        roots = sorted({self._find(g) for g in range(len(self._parent))} - set(self._children) - self._retired)
         renumber = {r: i for i, r in enumerate(roots)}
         self.groups: list[ChannelGroup] = []
         for r in roots:
@@ -509,6 +562,8 @@ class ChannelGraph:
         self.uses: dict[str, list[TensorUse]] = {}
         for u in uses.values():
             self.uses.setdefault(u.tensor, []).append(u)
+        #: ops whose FLOPs are proportional to kept heads (attention): (node, FLOPs per kept element, layout)
+        self.scaled_flops: list[tuple[str, int, Layout]] = [(n, f, canon(lay)) for n, f, lay in self._scaled]
         self.specs: dict[str, Spec] = {n.name: Spec(s.axis, canon(s.layout)) for n, s in self._specs.items()}
         #: a split along channels -> (its axis, each piece's layout): piece sizes follow the widths
         self.splits: dict[str, tuple[int, list[Layout]]] = {
@@ -517,7 +572,7 @@ class ChannelGraph:
         #: a slice of the channel axis -> (its axis, the layouts before, in and after it)
         self.slices: dict[str, tuple[int, list[Layout]]] = {
             n.name: (axis, [canon(p) for p in pieces]) for n, (axis, pieces) in self.slice_pieces.items()}
-        del self._specs, self._uses, self._groups, self._parent, self._children, self.split_pieces, self.slice_pieces
+        del self._scaled, self._specs, self._uses, self._groups, self._parent, self._children, self.split_pieces, self.slice_pieces
         del self.shape_reads, self.count_reads, self.rebuilds, self._constants
 
     # -- queries -------------------------------------------------------------------------------

@@ -7,6 +7,10 @@ digits ResNets, "l2" ranks better across groups (the global-magnitude warm start
 ResNet-56 scored 0.83 held-out with it against 0.60 with "l1"). `reorder` permutes the model's
 weights in place so the most important channels of each group come first; the model computes
 exactly the same function afterwards.
+
+An attention head is one channel of `head_dim` elements (`Segment.inner`, see `ops._into_heads`): its
+importance is the sum over its q, k and v rows (and biases) and its output projection's columns, so with
+"l2" a head is ranked by the squared L2 norm of all its weights, and heads are reordered whole.
 """
 from __future__ import annotations
 

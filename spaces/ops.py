@@ -32,6 +32,8 @@ class Op:
     `tensor_input`: the op works on the tensor in its first argument; a function call without one is
     not understood (frozen), a module call without one is left alone. `match`: a predicate on a module,
     besides `modules`; `subclasses`: a subclass of one of `modules` holding no tensors is that op too.
+    `priced`: the flow prices the FLOPs FlopCounterMode counts for the op itself (`Walk.scale_flops`,
+    attention over heads); any other op that FlopCounterMode counts is frozen and priced as measured.
     """
 
     name: str
@@ -41,6 +43,7 @@ class Op:
     match: Callable[[nn.Module], bool] | None = None
     subclasses: bool = True
     tensor_input: bool = True
+    priced: bool = False
 
     def matches(self, module: nn.Module) -> bool:
         if type(module) in self.modules or (self.match is not None and self.match(module)):
@@ -54,7 +57,7 @@ _NAMED: dict[str, Op] = {}
 
 def register_op(name: str, flow: Flow | None, *, names: Iterable[str] = (), modules: Iterable[type[nn.Module]] = (),
                 match: Callable[[nn.Module], bool] | None = None, subclasses: bool = True,
-                tensor_input: bool = True) -> Op:
+                tensor_input: bool = True, priced: bool = False) -> Op:
     """Teach the engine an op: its function/method `names`, its `modules`, and how channels flow through it.
 
     An activation of a user's own, say, in both forms:
@@ -63,7 +66,7 @@ def register_op(name: str, flow: Flow | None, *, names: Iterable[str] = (), modu
 
     where `pass_through(graph, node, module)` is this module's own pass-through flow (`ops.pass_through`).
     """
-    op = Op(name, flow, tuple(names), tuple(modules), match, subclasses, tensor_input)
+    op = Op(name, flow, tuple(names), tuple(modules), match, subclasses, tensor_input, priced)
     if op.modules or op.match is not None:
         _MODULE_OPS.insert(0, op)
     for n in op.names:
@@ -159,7 +162,9 @@ def _pad(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     x, out_shape = input_node(node), graph.shape(node)
     spec = graph.spec(x)
     pads = module.padding if module is not None else arg(node, 1, "pad", ())
-    if spec is not None and len(pads) // 2 < len(out_shape) - spec.axis:
+    at = 2 * (len(out_shape) - 1 - spec.axis) if spec is not None else 0  # the channel axis' pair, if padded
+    if spec is not None and (len(pads) // 2 < len(out_shape) - spec.axis
+                             or tuple(pads[at:at + 2]) == (0, 0)):  # channels-last padding (timm's Swin)
         graph.set_spec(node, spec.axis, spec.layout)
     else:
         graph.opaque(node, "padding of the channel axis")
@@ -218,10 +223,54 @@ def _reshape(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
         graph.set_spec(node, intact, spec.layout)  # only the axes around the channels are reshaped
         if isinstance(sizes[intact], fx.Node):
             graph.rebuilds[node] = sizes[intact]
-    elif len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1 and sizes[a] == -1:
-        flatten(graph, node, x, a, -1)
+    elif intact is not None and len(sizes) == len(out_shape) and -1 not in sizes:
+        graph.set_spec(node, intact, spec.layout)  # the channel count written out (torchvision's ViT patches)
+        graph.param_views[node.name] = intact  # it follows the widths
+    elif len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1 and (
+            sizes[a] == -1 or isinstance(sizes[a], int)):
+        flatten(graph, node, x, a, -1)  # heads merged back (`x.reshape(B, N, heads * head_dim)`)
+        if sizes[a] != -1 and graph.known_spec(node) is not None:
+            graph.param_views[node.name] = a  # the written length follows the widths
+    elif not _into_heads(graph, node, x, spec, sizes):
+        graph.opaque(node, f"'{op_name(node)}' splits or merges the channel axis other than into attention heads "
+                           f"(a channel shuffle, heads of computed sizes)")
+
+
+def _into_heads(graph: Walk, node: fx.Node, x: fx.Node, spec: Spec, sizes: tuple) -> bool:
+    """The last axis, holding the channels, split into (pieces..., heads, head_dim): timm's
+    `qkv(x).reshape(B, N, 3, heads, head_dim)`, a query's `view(B, N, heads, head_dim)`. Its group becomes
+    one of `heads` channels of `head_dim` elements (`Walk.regrain`; q, k and v rows of a fused projection
+    are cut together, head by head), the heads axis holds it, and the written head count follows the width."""
+    shape, out_shape, a = graph.shape(x), graph.shape(node), spec.axis
+    after = len(shape) - a - 1
+    k = len(out_shape) - a - after
+    if (after or k < 2 or out_shape[:a] != shape[:a] or tuple(out_shape[a + k:]) != tuple(shape[a + 1:])
+            or math.prod(out_shape[a:a + k]) != shape[a] or len(sizes) != len(out_shape)):
+        return False
+    at = a + k - 2
+    inferred = [i for i, s in enumerate(sizes) if s == -1 and i != at]  # timm's Swin: `reshape(.., heads, -1)`
+    if not isinstance(sizes[at], int) or any(i < a for i in inferred):
+        return False
+    heads, head_dim, pieces = out_shape[at], out_shape[at + 1], math.prod(out_shape[a:at])
+    layout = graph.regrain(spec.layout, heads, head_dim, pieces)
+    if layout is None:
+        return False
+    for i in inferred:  # head_dim (or the pieces) written out: they never change, and the heads axis takes -1
+        _write_size(node, i, out_shape[i])
+    graph.set_spec(node, at, (Segment(layout[0].group, heads),))
+    if sizes[at] != -1:
+        graph.param_views[node.name] = at
+    return True
+
+
+def _write_size(node: fx.Node, axis: int, value: int) -> None:
+    """Set the size a view/reshape node gives axis `axis` (`x.view(a, b)` or `x.view((a, b))`)."""
+    if len(node.args) == 2 and isinstance(node.args[1], (list, tuple)):
+        sizes = list(node.args[1])
+        sizes[axis] = value
+        node.args = (node.args[0], type(node.args[1])(sizes))
     else:
-        graph.opaque(node, f"'{op_name(node)}' splits or merges the channel axis (attention heads, a channel shuffle)")
+        node.args = (*node.args[:axis + 1], value, *node.args[axis + 2:])
 
 
 def _expand(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
@@ -260,6 +309,91 @@ def _transpose(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
         ndim = len(graph.shape(x))
         d0, d1 = (_normalize_dim(int(d), ndim) for d in node.args[1:3])
         graph.set_spec(node, {d0: d1, d1: d0}.get(spec.axis, spec.axis), spec.layout)
+
+
+def _unbind(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`x.unbind(d)` along another axis than the channels (q, k, v of a fused projection): each piece
+    holds the channels, on an axis one lower if `d` was before it."""
+    x = input_node(node)
+    spec, metas = graph.spec(x), node.meta.get("tensor_meta")
+    if spec is None:
+        return
+    dim = _normalize_dim(arg(node, 1, "dim", 0), len(graph.shape(x)))
+    if dim == spec.axis or not isinstance(metas, (tuple, list)) or not metas:
+        graph.opaque(node, "'unbind' of the channel axis")
+        return
+    graph.split_pieces[node] = (spec.axis - (dim < spec.axis), [spec.layout] * len(metas))
+
+
+def _roll(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`torch.roll` along other axes than the channels (Swin's shifted windows)."""
+    x = input_node(node)
+    spec = graph.spec(x)
+    dims = arg(node, 2, "dims")
+    if spec is None:
+        return
+    dims = dims if isinstance(dims, (list, tuple)) else [dims]
+    if any(not isinstance(d, int) for d in dims) or spec.axis in [_normalize_dim(d, len(graph.shape(x))) for d in dims]:
+        graph.opaque(node, "'roll' along the channel axis")
+    else:
+        graph.set_spec(node, spec.axis, spec.layout)
+
+
+def _softmax(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """A softmax over another axis than the channels (attention weights over keys)."""
+    x = input_node(node)
+    spec = graph.spec(x)
+    dim = module.dim if module is not None else arg(node, 1, "dim")
+    if spec is None:
+        return
+    if not isinstance(dim, int) or _normalize_dim(dim, len(graph.shape(x))) == spec.axis:
+        graph.opaque(node, "softmax over the channel axis")
+    else:
+        graph.set_spec(node, spec.axis, spec.layout)
+
+
+def _over_heads(graph: Walk, node: fx.Node, operands: list[object], what: str) -> None:
+    """Operands with the heads on one batch axis (not the last two): their heads are one group, the output
+    has them on that axis, and the op's FLOPs are priced per kept head."""
+    out_shape = graph.shape(node)
+    specs = [graph.spec(t) if isinstance(t, fx.Node) and graph.shape(t) is not None else None for t in operands]
+    if (out_shape is None or any(s is None for s in specs) or len({s.axis for s in specs}) != 1
+            or specs[0].axis >= len(out_shape) - 2 or any(len(graph.shape(t)) != len(out_shape) for t in operands)):
+        graph.opaque(node, f"{what} whose operands do not hold the heads on one batch axis")
+        graph.scale_flops(node, None)
+        return
+    for s in specs[1:]:
+        graph.unify(specs[0].layout, s.layout, f"{what} over mismatched heads")
+    graph.scale_flops(node, specs[0].layout)
+    graph.set_spec(node, specs[0].axis, specs[0].layout)
+
+
+def _attention(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`F.scaled_dot_product_attention(q, k, v)`: one head of q, k and v makes one head of the output;
+    a mask must be broadcast over the heads."""
+    operands = [arg(node, i, n) for i, n in enumerate(("query", "key", "value"))]
+    mask = arg(node, 3, "attn_mask")
+    spec = graph.spec(operands[0]) if isinstance(operands[0], fx.Node) else None
+    if isinstance(mask, fx.Node) and graph.shape(mask) is not None and spec is not None:
+        mshape, ndim = graph.shape(mask), len(graph.shape(operands[0]))
+        at = spec.axis - (ndim - len(mshape))
+        if 0 <= at < len(mshape) and mshape[at] != 1:
+            graph.fix(spec.layout, "an attention mask per head")
+    _over_heads(graph, node, operands, "attention")
+
+
+def _matmul(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`a @ b` batched over heads (`q @ k.transpose(-2, -1)`, `attn @ v`)."""
+    _over_heads(graph, node, list(node.args[:2]), f"'{op_name(node)}'")
+
+
+def _frozen_attention(reason: str) -> Flow:
+    """An attention op whose heads cannot be cut: it freezes what flows into it, for `reason`, and is priced
+    at its measured FLOPs."""
+    def flow(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+        graph.opaque(node, reason)
+        graph.scale_flops(node, None)
+    return flow
 
 
 def _reduce(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
@@ -549,6 +683,20 @@ register_op("reshape", _reshape, names=("view", "reshape"))
 register_op("expand", _expand, names=("expand",))
 register_op("permute", _permute, names=("permute",))
 register_op("transpose", _transpose, names=("transpose",))
+register_op("unbind", _unbind, names=("unbind",))
+register_op("roll", _roll, names=("roll",))
+register_op("softmax", _softmax, names=("softmax", "log_softmax"), modules=(nn.Softmax, nn.LogSoftmax))
+register_op("attention", _attention, names=("scaled_dot_product_attention",), priced=True)
+register_op("matmul", _matmul, names=("matmul", "bmm"), tensor_input=False, priced=True)
+register_op("multihead attention", _frozen_attention(
+    "nn.MultiheadAttention ties its heads to its embedding (num_heads x head_dim = embed_dim): heads and "
+    "embedding frozen, its FLOPs priced as measured"), modules=(nn.MultiheadAttention,), priced=True)
+register_op("shifted window attention", _frozen_attention(
+    "torchvision's shifted_window_attention takes its weights as arguments: heads and channels frozen, its FLOPs "
+    "priced as measured"), names=("shifted_window_attention",), priced=True, tensor_input=False)
+#: timm's attention-mask helpers: a mask over tokens built from the scores' shape, added to the scores
+register_op("attention mask", None, names=("resolve_self_attn_mask",), tensor_input=False)
+register_op("masked scores", _elementwise, names=("maybe_add_mask",), tensor_input=False)
 register_op("reduce", _reduce, names=("mean", "sum", "amax", "amin"))
 #: a residual add is one of these (see `spaces.blocks`)
 ADD = register_op("add", _elementwise, names=("add", "iadd", "add_"), tensor_input=False)

@@ -62,7 +62,7 @@ class Roll(nn.Module):
 def test_unknown_op_freezes_groups_flowing_into_it():
     prunable = check_equivalence(Roll())
     group = next(g for g in prunable.graph.groups if g.producers == ["a"])
-    assert group.fixed == "unsupported op 'roll'"
+    assert group.fixed == "'roll' along the channel axis"  # a roll of the channels: frozen, with why
     assert len(prunable.space) == 0
 
 

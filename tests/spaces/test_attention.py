@@ -1,0 +1,201 @@
+"""Attention heads as dimensions: a tiny timm ViT's heads, MLP widths and blocks searched, exactly priced."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from timm.models.vision_transformer import VisionTransformer
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from conftest import assert_close
+from evaluators.cost import CostModel
+from spaces.derive import derive
+from spaces.elastic import ElasticModel
+from spaces.materialize import materialize
+
+HEADS, HEAD_DIM, DEPTH = 3, 16, 2
+
+
+def tiny_vit(fused: bool = True) -> VisionTransformer:
+    torch.manual_seed(0)
+    model = VisionTransformer(img_size=32, patch_size=8, embed_dim=HEADS * HEAD_DIM, depth=DEPTH, num_heads=HEADS,
+                              num_classes=10, qkv_bias=True).eval()
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused  # False: q @ k^T and attn @ v, which FlopCounterMode counts on CPU
+    return model
+
+
+@functools.cache
+def derived(fused: bool):
+    model = tiny_vit(fused)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x)
+    return derive(model, x[:1]), x, before
+
+
+def heads(prunable) -> list[str]:
+    return [d.name for d in prunable.space.widths if d.name.endswith(".heads")]
+
+
+def candidates(prunable, rng, n=4):
+    return [prunable.space.smallest(), *(prunable.space.sample(rng) for _ in range(n))]
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_heads_mlp_widths_and_blocks_are_dimensions(fused):
+    prunable, x, before = derived(fused)
+    names = heads(prunable)
+    assert names == [f"blocks.{i}.attn.qkv.heads" for i in range(DEPTH)]
+    for name in names:
+        dim = prunable.space[name]
+        assert dim.full == HEADS and dim.choices[0] >= 1 and dim.choices[-1] == HEADS
+    widths = {d.name for d in prunable.space.widths}
+    assert {f"blocks.{i}.mlp.fc1" for i in range(DEPTH)} <= widths
+    assert "patch_embed.proj" in widths  # the residual stream stays one searchable group
+    assert [d.name for d in prunable.space.keeps] == [f"keep:blocks.{i}" for i in range(DEPTH)]
+    assert not any("reshape" in reason for reason in prunable.frozen_groups.values())
+    with torch.no_grad():
+        assert_close(prunable.model(x), before)  # heads reordered by importance: same function
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_elastic_equals_materialized_and_prices_are_exact(fused, rng):
+    prunable, x, before = derived(fused)
+    elastic = ElasticModel(prunable).eval()
+    cost = CostModel(prunable)
+    for candidate in [prunable.space.full(), *candidates(prunable, rng)]:
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        price = cost.price(candidate)
+        assert price.flops == counter.get_total_flops()
+        assert price.params == sum(p.numel() for p in subnet.parameters())
+    elastic.reset()
+    with torch.no_grad():
+        assert_close(elastic(x), before)
+
+
+def test_attention_matmuls_are_priced_per_kept_head():
+    prunable, _, _ = derived(False)
+    graph, cost = prunable.graph, CostModel(prunable)
+    assert len(graph.scaled_flops) == 2 * DEPTH and not graph.constant_flops
+    one = {**prunable.space.full(), heads(prunable)[0]: 1}
+    per_head = sum(f for node, f, _ in graph.scaled_flops[:2])
+    tokens, width = 17, HEADS * HEAD_DIM  # 16 patches and the class token; the residual stream
+    linear = 2 * tokens * 4 * HEAD_DIM * width  # per head: 3 x head_dim rows of qkv, head_dim columns of proj
+    assert cost.base.flops - cost.price(one).flops == (HEADS - 1) * (per_head + linear)
+
+
+def test_exported_subnet_has_fewer_heads_and_keeps_train_mode():
+    prunable, x, _ = derived(True)
+    name = heads(prunable)[1]
+    candidate = {**prunable.space.full(), name: 1}
+    subnet = materialize(prunable, candidate)
+    qkv, proj = subnet.get_submodule("blocks.1.attn.qkv"), subnet.get_submodule("blocks.1.attn.proj")
+    assert qkv.weight.shape == (3 * HEAD_DIM, HEADS * HEAD_DIM) and qkv.bias.shape == (3 * HEAD_DIM,)
+    assert proj.weight.shape == (HEADS * HEAD_DIM, HEAD_DIM)
+    with torch.no_grad():
+        assert subnet.eval()(x).shape == (3, 10)  # another batch size than the one derived at
+    prunable.model.train()
+    try:
+        assert materialize(prunable, candidate).training
+    finally:
+        prunable.model.eval()
+
+
+def test_heads_are_ranked_by_their_weights_norm():
+    model = tiny_vit()
+    with torch.no_grad():  # head 2 of block 0 made by far the largest: it must come first
+        qkv, proj = model.blocks[0].attn.qkv, model.blocks[0].attn.proj
+        rows = torch.arange(3 * HEADS * HEAD_DIM).view(3, HEADS, HEAD_DIM)[:, 2].flatten()
+        qkv.weight[rows] *= 10
+        proj.weight[:, 2 * HEAD_DIM:] *= 10
+        strong = qkv.weight[rows].norm(dim=1)  # row norms: the residual stream's columns are reordered too
+    prunable = derive(model, torch.randn(1, 3, 32, 32))
+    first = torch.arange(3 * HEADS * HEAD_DIM).view(3, HEADS, HEAD_DIM)[:, 0].flatten()
+    assert torch.allclose(model.blocks[0].attn.qkv.weight[first].norm(dim=1), strong)
+    scores = prunable.channel_scores["blocks.0.attn.qkv.heads"]
+    assert len(scores) == HEADS and scores[0] > 5 * scores[1]
+
+
+def test_subnet_with_fewer_heads_exports_to_onnx(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    prunable, x, _ = derived(True)
+    candidate = {**prunable.space.full(), **{n: 1 for n in heads(prunable)}}
+    subnet = materialize(prunable, candidate).eval()
+    path = tmp_path / "vit.onnx"
+    torch.onnx.export(subnet, (x[:1],), str(path), dynamo=True, verbose=False)
+    session = ort.InferenceSession(str(path))
+    (out,) = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
+    with torch.no_grad():
+        assert_close(torch.from_numpy(out), subnet(x[:1]))
+
+
+class InferredHeadDim(nn.Module):
+    """timm Swin's forms: head_dim inferred (`reshape(B, N, 3, heads, -1)`), a roll and a channels-last pad of
+    the tokens; the heads are searched, and the subnet writes head_dim out so that its heads axis is -1."""
+
+    def __init__(self, dim: int = 24, heads: int = 4):
+        super().__init__()
+        self.heads = heads
+        self.embed, self.norm = nn.Linear(8, dim), nn.LayerNorm(dim)
+        self.qkv, self.proj, self.head = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim), nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, N, C = x.shape
+        y = F.pad(torch.roll(self.norm(x), shifts=1, dims=1), (0, 0, 0, 1))[:, :N]
+        q, k, v = self.qkv(y).reshape(B, N, 3, self.heads, -1).permute(2, 0, 3, 1, 4).unbind(0)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, -1))
+        return self.head(x.mean(1))
+
+
+def test_inferred_head_dim_roll_and_channels_last_pad(rng):
+    torch.manual_seed(0)
+    model = InferredHeadDim().eval()
+    x = torch.randn(3, 6, 8)
+    prunable = derive(model, x[:1])
+    assert heads(prunable) == ["qkv.heads"] and prunable.space["qkv.heads"].full == 4
+    assert "embed" in {d.name for d in prunable.space.widths}  # the residual stream, through roll and pad
+    elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
+    for candidate in candidates(prunable, rng):
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        price = cost.price(candidate)
+        assert price.flops == counter.get_total_flops()
+        assert price.params == sum(p.numel() for p in subnet.parameters())
+        qkv = dict(subnet.named_modules()).get("qkv")  # absent when the block is removed
+        assert qkv is None or qkv.weight.shape[0] == 3 * 6 * candidate["qkv.heads"]
+
+
+def test_multihead_attention_is_frozen_with_its_reason_and_priced_exactly():
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=3,
+                                                 hidden_dim=48, mlp_dim=96, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides work from FlopCounterMode
+    try:
+        prunable = derive(model, x)
+        reasons = prunable.graph.fixed_reasons()
+        assert any(r.startswith("nn.MultiheadAttention ties its heads to its embedding") for r in reasons)
+        assert {f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)} <= {d.name for d in prunable.space.widths}
+        candidate = prunable.space.smallest()
+        with FlopCounterMode(display=False) as counter, torch.no_grad():
+            materialize(prunable, candidate).eval()(x)
+        assert CostModel(prunable).price(candidate).flops == counter.get_total_flops()
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
