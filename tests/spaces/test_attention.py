@@ -58,7 +58,10 @@ def test_heads_mlp_widths_and_blocks_are_dimensions(fused):
     widths = {d.name for d in prunable.space.widths}
     assert {f"blocks.{i}.mlp.fc1" for i in range(DEPTH)} <= widths
     assert "patch_embed.proj" in widths  # the residual stream stays one searchable group
-    assert [d.name for d in prunable.space.keeps] == [f"keep:blocks.{i}" for i in range(DEPTH)]
+    # both residual branches of every block are removable: the attention's and the MLP's
+    assert [d.name for d in prunable.space.keeps] == [n for i in range(DEPTH) for n in (f"keep:blocks.{i}",
+                                                                                         f"keep:blocks.{i}#2")]
+    assert not prunable.block_reasons
     assert not any("reshape" in reason for reason in prunable.frozen_groups.values())
     with torch.no_grad():
         assert_close(prunable.model(x), before)  # heads reordered by importance: same function
