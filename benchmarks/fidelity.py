@@ -255,10 +255,8 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
                 row["supernet_top1"] = trained.score(c)
                 trained.restore()
                 if supernet_truth and "supernet_truth" not in row:
-                    module = trained.recalibrated(materialize(setting.prunable, c))
-                    _, history = finetune_module(module, bundle, epochs=finetune_epochs, seed=seed,
-                                                 device=evaluator.device)
-                    row["supernet_truth"] = history[-1]["test_top1"]
+                    row["supernet_truth"] = truth_of(setting, c, finetune_epochs, seed,
+                                                     trained.recalibrated(materialize(setting.prunable, c)))
                 save()
         finally:
             setting.prunable.model.load_state_dict(base_state)
