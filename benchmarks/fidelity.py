@@ -26,7 +26,9 @@ Signals (higher is better for all; `_neg_ce` is minus the held-out cross-entropy
 - rung_T_top1, rung_T_neg_ce: the same after each rung of `--rungs` (20,80,320), trained on from the previous rung
   exactly as `run_finalists` trains a finalist that goes on (every candidate goes through every rung here);
 - truth_other_seed: the truth's own fine-tune with the next seed: the noise ceiling (no signal can rank the truth
-  much better than the truth ranks itself);
+  much better than the truth ranks itself); with `--truth-seeds N` > 2, truth_seed_2 .. truth_seed_{N-1} too, and
+  every signal is also ranked against the mean of the N truths (truth_mean), whose own ceiling is the split-half
+  Spearman (the mean of the even seeds against the mean of the odd ones);
 - rung_truth (not a signal): the truth fine-tuned from the weights the last rung left (what the rungs export),
   against which the rung signals are ranked in a table of their own;
 - supernet_top1: held-out top-1 after BN recalibration on the weights of a supernet trained `--supernet-epochs`
@@ -163,7 +165,7 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
              progress: bool = True, data: str = HARD_DIGITS, baseline_epochs: int = 10, *,
              rungs: tuple[int, ...] = (20, 80, 320), supernet_epochs: float = 2, supernet_truth: bool = False,
              pool: str = "search", agent: str = "tpe", trials: int = 100, low: float = 0.7,
-             rows_path: Path | None = None) -> dict:
+             truth_seeds: int = 2, rows_path: Path | None = None) -> dict:
     """Every signal and the truth for `candidates` candidates; see the module docstring. With `rows_path`,
     what is already there is kept and only what is missing is measured (saved after each candidate)."""
     def say(text: str) -> None:
@@ -234,6 +236,9 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
             row["truth"] = truth_of(setting, c, finetune_epochs, seed)
         if "truth_other_seed" not in row:  # the noise ceiling: the same fine-tune, another seed
             row["truth_other_seed"] = truth_of(setting, c, finetune_epochs, seed + 1)
+        for k in range(2, truth_seeds):
+            if f"truth_seed_{k}" not in row:
+                row[f"truth_seed_{k}"] = truth_of(setting, c, finetune_epochs, seed + k)
         save()
         say(f"candidate {i + 1:2d}/{len(pool_)}: FLOPs x{row['flops_ratio']:.3f}  truth {row['truth']:.4f}  "
             + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("flops_ratio", "truth")))
@@ -278,8 +283,32 @@ def with_default_pick(rows: list[dict], steps: int) -> list[dict]:
         return rows
     rank = {name: stats.rankdata([-r[name] for r in rows], method="ordinal") for name in (ce, proxy)}
     rows = [r | {"default_pick": -(rank[ce][i] + rank[proxy][i]) + 1e-6 * r[proxy]} for i, r in enumerate(rows)]
-    return [r | {"truth_mean": (r["truth"] + r["truth_other_seed"]) / 2} if "truth_other_seed" in r else r
-            for r in rows]
+    return [r | {"truth_mean": float(np.mean(truths(r)))} if "truth_other_seed" in r else r for r in rows]
+
+
+def truths(row: dict) -> list[float]:
+    """The row's truths in seed order: truth (seed), truth_other_seed (seed + 1), truth_seed_k (seed + k)."""
+    out = [row["truth"]] + ([row["truth_other_seed"]] if "truth_other_seed" in row else [])
+    k = 2
+    while f"truth_seed_{k}" in row:
+        out.append(row[f"truth_seed_{k}"])
+        k += 1
+    return out
+
+
+def seed_count(rows: list[dict]) -> int:
+    """How many fine-tune seeds every row has a truth for."""
+    return min(len(truths(r)) for r in rows) if rows else 0
+
+
+def split_half(rows: list[dict]) -> float:
+    """Spearman of the mean truth over the even seeds against the mean over the odd ones (the noise ceiling of a
+    mean of half the seeds; nan with fewer than 4)."""
+    n = seed_count(rows)
+    if n < 4:
+        return float("nan")
+    t = np.array([truths(r)[:n] for r in rows])
+    return float(stats.spearmanr(t[:, 0::2].mean(1), t[:, 1::2].mean(1)).statistic)
 
 
 def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | None = None) -> list[str]:
@@ -289,12 +318,12 @@ def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | Non
     skip = {"truth", "supernet_truth", "rung_truth", "truth_mean", "flops_ratio"}
     if truth_key == "truth_mean":
         skip.add("truth_other_seed")
-    signals = signals or [k for k in rows[0] if k not in skip]
+    signals = signals or [k for k in rows[0] if k not in skip and not k.startswith("truth_seed_")]
     base_test = result['base_test'] if result['base_test'] is not None else float('nan')
     flops = np.array([r["flops_ratio"] for r in rows])
     what = {"truth": "the base weights", "rung_truth": f"the weights the last rung ({result['rungs'][-1]} steps) left",
             "supernet_truth": f"the supernet's weights ({result['supernet_epochs']} epochs)",
-            "truth_mean": "the base weights, the mean of two fine-tune seeds"}[truth_key]
+            "truth_mean": f"the base weights, the mean of {seed_count(rows)} fine-tune seeds"}[truth_key]
     lines = [f"{result['model']} on {result['data']} (base test {base_test:.4f}) at {result['budget']}: "
              f"{len(rows)} candidates (FLOPs x{flops.min():.3f}-x{flops.max():.3f}), truth = test top-1 after "
              f"{result['finetune_epochs']} fine-tuning epoch(s) from {what} (truth range {truth.min():.4f}-"
@@ -318,17 +347,21 @@ def _rank_sum(first: np.ndarray, second: np.ndarray) -> np.ndarray:
     return np.lexsort((np.arange(len(first)), place(first) + place(second)))
 
 
-def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists: int = 5, seed: int = 0) -> list[str]:
+def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists: int = 5, seed: int = 0,
+                    truth_key: str = "truth") -> list[str]:
     """Picking by the proxy alone vs. by the finalists' rules, over random subsets of the candidates: the default
     (top `finalists` by the proxy, then ce after S steps + the proxy's rank) and, with rungs, successive halving
     (the top 16 by the proxy; the first rung ranked by ce + proxy, later ones by their own ce; the best third on)."""
-    rows, steps, rungs = result["rows"], result["steps"], result.get("rungs", ())
-    truth = np.array([r["truth"] for r in rows])
+    rows, steps, rungs = with_default_pick(result["rows"], result["steps"]), result["steps"], result.get("rungs", ())
+    truth = np.array([r[truth_key] for r in rows])
     proxy = np.array([r["bn_top1"] for r in rows])
     ce = np.array([r[f"steps_{steps}_neg_ce"] for r in rows])
     rung_ce = [np.array([r[f"rung_{t}_neg_ce"] for r in rows]) for t in rungs]
     rng = np.random.default_rng(seed)
-    rules = {"proxy alone (bn_top1)": None,
+    ce_bn = np.array([r["bn_neg_ce"] for r in rows])
+    rules = {"proxy alone (bn_top1)": None, "BN cross-entropy alone (bn_neg_ce)": "bn_ce",
+             **{f"top {k} by bn_top1, then bn_neg_ce (`--finalists {k} --finalist-steps 0 --finalist-rank ce`)":
+                k for k in (5, 10)},
              f"default finalists (top {finalists} by bn_top1, then ce after {steps} steps + proxy)": "default"}
     if rungs:
         rules[f"rungs (top 16 by bn_top1, rungs of {','.join(map(str, rungs))} steps, best third on)"] = "rungs"
@@ -342,6 +375,11 @@ def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists
         for key, rule in rules.items():
             if rule is None:
                 pick = order[0]
+            elif rule == "bn_ce":
+                pick = subset[np.lexsort((subset, -ce_bn[subset]))][0]
+            elif isinstance(rule, int):
+                top = order[:rule]
+                pick = top[np.lexsort((np.arange(len(top)), -ce_bn[top]))][0]
             elif rule == "default":
                 top = order[:finalists]
                 pick = top[_rank_sum(ce[top], proxy[top])[0]]
@@ -354,7 +392,8 @@ def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists
                 pick = ranked[0]
             picks[key].append(truth[pick])
             wins[key] += truth[pick] >= best
-    lines = [f"Selection over {subsets} random subsets of {size} candidates (a search's pool): truth of the pick",
+    lines = [f"Selection over {subsets} random subsets of {size} candidates (a search's pool): "
+             + ("truth of the pick" if truth_key == "truth" else "the mean truth of the pick"),
              "", "| picked by | mean | median | picks the subset's best |", "|---|---|---|---|"]
     for key, values in picks.items():
         lines.append(f"| {key} | {np.mean(values):.4f} | {np.median(values):.4f} | {wins[key] / subsets:.0%} |")
@@ -374,8 +413,13 @@ def render(result: dict, out: Path | None, command: str) -> list[str]:
              f"See `benchmarks/fidelity.py` for every signal. Pool: {pool}.",
              "", *proxy_table(result), "", *selection_table(result), ""]
     if any("truth_other_seed" in r for r in result["rows"]):
-        lines += ["Against the mean of both fine-tune seeds (less of the fine-tune's own noise):", "",
+        n = seed_count(result["rows"])
+        lines += [f"Against the mean of {n} fine-tune seeds (less of the fine-tune's own noise):", "",
                   *proxy_table(result, "truth_mean"), ""]
+        if n >= 4:
+            lines += [f"The noise ceiling of a mean of {n // 2} seeds: the mean over the even seeds ranks the mean over "
+                      f"the odd ones at Spearman {split_half(result['rows']):.3f}.", "",
+                      *selection_table(result, truth_key="truth_mean"), ""]
     if any("rung_truth" in r for r in result["rows"]):
         lines += ["With the last rung's weights as the starting point (what the rungs export):", "",
                   *proxy_table(result, "rung_truth", ["bn_top1", "bn_neg_ce", *[f"rung_{t}_{m}" for t in
@@ -412,6 +456,8 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=SearchConfig.finalist_lr,
                         help="the short fine-tune's peak learning rate (default: search.run's --finalist-lr)")
     parser.add_argument("--pruningnet-epochs", type=int, default=0, help="> 0: the PruningNet proxy too")
+    parser.add_argument("--truth-seeds", type=int, default=2,
+                        help="fine-tune seeds of the truth (>= 2; the second is the noise ceiling)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", type=Path, default=ROWS)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -435,7 +481,7 @@ def main() -> None:
                       args.pruningnet_epochs, args.seed, args.lr, data=args.data, baseline_epochs=args.baseline_epochs,
                       rungs=tuple(int(t) for t in args.rungs.split(",") if t), supernet_epochs=args.supernet_epochs,
                       supernet_truth=args.supernet_truth, pool=args.pool, agent=args.agent, trials=args.trials,
-                      low=args.low, rows_path=args.rows)
+                      low=args.low, truth_seeds=args.truth_seeds, rows_path=args.rows)
     print("\n".join(render(result, args.out, command.strip())), flush=True)
     print(f"wrote {args.out}")
 

@@ -7,13 +7,18 @@ Setting (the headline of `benchmarks/report.py`): hard digits (`benchmarks/hard_
 the report's 100 trials, zoo baselines trained 10 epochs (cached), then one common 1-epoch fine-tune
 (`search.finetune.finetune_module`, seeded by the seed) for every subnet, tested on the 10080 test images.
 
-Ours: four variants, each run end to end by the library (`Pipeline(SearchConfig(...)).run()`, seed = the seed,
+Ours: the variants, each run end to end by the library (`Pipeline(SearchConfig(...)).run()`, seed = the seed,
 so the data split, the cached baseline, the agent, the finalists' batches and the supernet follow it):
 - A, the old default: `--finalists 5 --finalist-steps 50 --no-one-shot`;
 - B, the new default: the same with the one-shot candidates (global magnitude, uniform) among the finalists;
 - C, B with rungs: `--finalists 16 --finalist-steps 20,80,320` (synchronous successive halving);
 - D, C with `--supernet-epochs 2` (sandwich rule, in-place distillation, before the search);
-- E, the proxy's pick: `--finalists 0` (no training before the fine-tune; its peers get none either).
+- E, the proxy's pick: `--finalists 0` (no training before the fine-tune; its peers get none either);
+- F, the proxy's top 10 and the one-shot candidates, re-ranked by their held-out cross-entropy after BN
+  recalibration, untrained: `--finalists 10 --finalist-steps 0 --finalist-rank ce` (the signal that ranked the
+  fine-tuned truth best in `benchmarks/fidelity.py`; no training, so its peers get none either);
+- G, F with `--no-block-removal` (widths only: the fidelity pool's truth rose with the blocks kept);
+- H, F with `--block-encoding depth` (a depth per stage, as MetaPruning/AutoSlim/OFA, instead of a flag per block).
 The exported subnet (`PruneResult.subnet`) is fine-tuned as it is; its steps before the fine-tune are
 `best.json`'s `finetuned_steps` plus `run.json`'s `supernet.steps` (the supernet's sandwich steps, each 4
 forward/backward passes on one batch).
@@ -25,7 +30,7 @@ SGD, cosine from lr 0.05, the fit split's shuffled batches, BN recalibrated afte
 - A, B: 50 steps (seed s);
 - C: the rungs as the export had them: 20 steps (seed s), then 60 (seed s+1), then 240 (seed s+2): 320;
 - D: first as many steps as the supernet had (seed s, one cosine), then C's rungs.
-- E: none (the peers are fine-tuned as pruned).
+- E, F, G, H: none (the peers are fine-tuned as pruned).
 A peer is computed once per seed and schedule. Margin = the variant minus the best peer at its schedule (the peer
 with the best median test top-1), median of per-seed differences with a 95 % paired bootstrap interval
 (`benchmarks/paired_bootstrap.py`). Rows are kept in `docs/benchmarks/train_aware_rows.json`; a run measures only
@@ -73,6 +78,14 @@ VARIANTS = {
     "D": ("C + supernet 2 epochs", {"finalists": 16, "finalist_steps": [20, 80, 320], "no_one_shot": False,
                                         "supernet_epochs": 2}),
     "E": ("the proxy's pick (--finalists 0)", {"finalists": 0}),
+    "F": ("one-shot + the proxy's top 10 by BN cross-entropy (10 x 0)",
+          {"finalists": 10, "finalist_steps": 0, "finalist_rank": "ce", "no_one_shot": False}),
+    "G": ("F without block removal (widths only)",
+          {"finalists": 10, "finalist_steps": 0, "finalist_rank": "ce", "no_one_shot": False,
+           "no_block_removal": True}),
+    "H": ("F with a depth per stage (--block-encoding depth)",
+          {"finalists": 10, "finalist_steps": 0, "finalist_rank": "ce", "no_one_shot": False,
+           "block_encoding": "depth"}),
 }
 PEERS = ("TP global magnitude", "TP uniform L1", "FastNAS")
 TP_METHOD = {"TP global magnitude": "global", "TP uniform L1": "uniform"}
@@ -313,7 +326,7 @@ def table(args: argparse.Namespace, rows: dict[str, dict]) -> list[str]:
                                       f"{statistics.median(r['flops'] for r in v.values()):.3f} | "
                                       f"{notes_text(sorted({r['note'] for r in v.values()}))} |")
         pairs = []
-        for a, b in (("B", "A"), ("C", "B"), ("D", "C")):
+        for a, b in (("B", "A"), ("C", "B"), ("D", "C"), ("E", "B"), ("F", "E"), ("F", "B"), ("G", "F"), ("H", "F")):
             mine_a = {r["seed"]: r["test_after"] for r in here if r["kind"] == "ours" and r["method"] == a}
             mine_b = {r["seed"]: r["test_after"] for r in here if r["kind"] == "ours" and r["method"] == b}
             if set(mine_a) & set(mine_b):

@@ -116,7 +116,8 @@ def summary_text(pipeline: Pipeline, outcome, frame, base, base_score, record, m
         how = (f"after {steps} fine-tuning steps; search score {best.result.score:.4f}, picked by "
                f"{record['selected_by']}" if steps else "before fine-tuning" +
                (f"; search score {best.result.score:.4f}" if record["selected_by"] != "search score" or
-                abs(record["held_out_top1"] - best.result.score) > 1e-9 else ""))
+                abs(record["held_out_top1"] - best.result.score) > 1e-9 else "") +
+               (f", picked by {record['selected_by']}" if record["selected_by"] != "search score" else ""))
         lines.append(f"best : {best.result.costs['flops'] / 1e6:9.3f} MFLOPs  {best.result.costs['params'] / 1e6:7.4f}"
                      f" M params  {metric} {record['held_out_top1']:.4f}{tested}  (FLOPs x{r['flops']:.3f}, params "
                      f"x{r['params']:.3f}, trial {best.number}, {how})")
@@ -144,4 +145,6 @@ def _selected_by(finalists: list, exported, rungs: tuple[int, ...]) -> str:
     if len(rungs) > 1 and exported.steps:
         return (f"finalists ({len(finalists)}, successive halving over rungs of {', '.join(map(str, rungs))} steps; "
                 f"rung {exported.rung + 1} picked it)")
+    if not exported.steps:
+        return f"finalists ({len(finalists)}, untrained, re-ranked on held-out)"
     return f"finalists ({len(finalists)}, {exported.steps} steps each)"

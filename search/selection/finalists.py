@@ -15,7 +15,10 @@ it was trained to, and its held-out score, the score of what is exported, is the
 What they train on: labelled training batches when the data has them (the zoo's fit split, never the
 held-out part); otherwise the calibration inputs, distilled from the base model's outputs (no labels
 needed). With `steps=0` nothing trains: the finalists are only scored again with the exported weights,
-which is what makes MetaPruning's result honest (its proxy scores PruningNet weights).
+which is what makes MetaPruning's result honest (its proxy scores PruningNet weights), and, ranked by `"ce"`,
+re-ranked by their held-out cross-entropy after BN recalibration (`--finalists 10 --finalist-steps 0
+--finalist-rank ce`: in `benchmarks/fidelity.py` that cross-entropy ranked the candidates' accuracy after the
+common fine-tune better than the top-1 the search ranks by, and better than any short fine-tune).
 """
 from __future__ import annotations
 
@@ -334,6 +337,7 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
     `search.selection.finalists`); [] when the proxy's pick stands (no finalists, or nothing they could change)."""
     c = pipeline.config
     rescore = c.scorer_name == "pruningnet" and c.export_weights == "base"  # the proxy scored other weights
+    rescore = rescore or c.finalist_rank.startswith("ce")  # untrained, the cross-entropy still re-ranks them
     rungs = c.finalist_rungs
     batches, teacher = finalist_batches(pipeline) if c.finalists and rungs[-1] else (None, None)
     if batches is None:

@@ -125,6 +125,24 @@ def test_without_labels_finalists_distil_and_zero_turns_them_off(model, tmp_path
     assert off.record["held_out_top1"] == pytest.approx(off.best.result.score)
 
 
+def test_untrained_finalists_are_re_ranked_by_held_out_cross_entropy(model, tmp_path):
+    """`--finalist-steps 0 --finalist-rank ce`: nothing trains; the proxy's top K are re-ranked by the held-out
+    cross-entropy of the exported weights, and the lowest is exported as it is."""
+    train, held = _data()
+    result = prune(model, out=tmp_path / "ce", budget="0.5flops", agent="random", trials=6, no_one_shot=True,
+                   calibration=train, held_out=held, train=train, progress=False, calib_batches=2, finalists=4,
+                   finalist_steps=0, finalist_rank="ce", no_warm_start=True)
+    finalists = pd.read_csv(tmp_path / "ce" / FINALISTS_FILE)
+    assert len(finalists) == 4 and (finalists.steps == 0).all()
+    assert finalists.finalist_ce.is_monotonic_increasing and finalists.exported.tolist() == [True] + [False] * 3
+    assert (finalists.finalist_score == finalists.proxy_score).all()  # untrained: the same weights, the same score
+    best = result.record
+    assert best["trial"] == finalists.trial[0] and best["finetuned_steps"] == 0
+    assert best["selected_by"] == "finalists (4, untrained, re-ranked on held-out)"
+    subnet = load_subnet(tmp_path / "ce", model=model)
+    assert score_module(subnet, held) == pytest.approx(best["held_out_top1"])
+
+
 def test_fill_adds_widened_trials_that_stay_within_budget(model, tmp_path):
     train, held = _data()
     result = prune(model, budget="0.3flops", agent="uniform", trials=1, calibration=train, held_out=held,
