@@ -171,12 +171,14 @@ def _pad(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
 
 
 #: layers that are random in train mode and the identity in eval mode (torchvision's StochasticDepth, timm's
-#: DropPath and DropBlock2d): kept as leaves so that the subnet keeps its train-mode behaviour.
+#: DropPath and DropBlock2d, transformers' `SwinDropPath` and its kin): kept as leaves so that the subnet keeps
+#: its train-mode behaviour.
 STOCHASTIC = ("StochasticDepth", "DropPath", "DropBlock2d")
 
 
 def is_stochastic(module: nn.Module) -> bool:
-    return type(module).__name__ in STOCHASTIC and not any(True for _ in module.parameters())
+    name = type(module).__name__
+    return (name in STOCHASTIC or name.endswith("DropPath")) and not any(True for _ in module.parameters())
 
 
 # ---- axes moved, merged or reduced --------------------------------------------------------------
@@ -226,6 +228,9 @@ def _reshape(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     elif intact is not None and len(sizes) == len(out_shape) and -1 not in sizes:
         graph.set_spec(node, intact, spec.layout)  # the channel count written out (torchvision's ViT patches)
         graph.param_views[node.name] = intact  # it follows the widths
+    elif intact is not None and len(sizes) == len(out_shape) and sizes[intact] == shape[a]:
+        _count_read(graph, node, x, a, intact)  # the count written beside a -1 (Swin's `view(-1, ws, ws, C)`)
+        graph.set_spec(node, intact, spec.layout)
     elif len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1 and (
             sizes[a] == -1 or isinstance(sizes[a], int)):
         flatten(graph, node, x, a, -1)  # heads merged back (`x.reshape(B, N, heads * head_dim)`)
@@ -234,6 +239,16 @@ def _reshape(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     elif not _into_heads(graph, node, x, spec, sizes):
         graph.opaque(node, f"'{op_name(node)}' splits or merges the channel axis other than into attention heads "
                            f"(a channel shuffle, heads of computed sizes)")
+
+
+def _count_read(graph: Walk, node: fx.Node, x: fx.Node, axis: int, at: int) -> None:
+    """A reshape's channel count, written out beside an inferred axis (-1), is read from its input instead
+    (`x.size(axis)`, inserted before it): it then follows the widths while the other axis stays inferred."""
+    with node.graph.inserting_before(node):
+        count = node.graph.call_method("size", (x, axis))
+    _write_size(node, at, count)
+    graph.count_reads[count] = graph.spec(x).layout
+    graph.rebuilds[node] = count
 
 
 def _into_heads(graph: Walk, node: fx.Node, x: fx.Node, spec: Spec, sizes: tuple) -> bool:
@@ -309,6 +324,18 @@ def _transpose(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
         ndim = len(graph.shape(x))
         d0, d1 = (_normalize_dim(int(d), ndim) for d in node.args[1:3])
         graph.set_spec(node, {d0: d1, d1: d0}.get(spec.axis, spec.axis), spec.layout)
+
+
+def _unsqueeze(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`x.unsqueeze(d)`: a new axis of size 1; the channels move one axis up if it is put at or before them."""
+    x = input_node(node)
+    spec, out_shape, dim = graph.spec(x), graph.shape(node), arg(node, 1, "dim")
+    if spec is None or out_shape is None:
+        return
+    if not isinstance(dim, int):
+        graph.opaque(node, "'unsqueeze' at a computed axis")
+        return
+    graph.set_spec(node, spec.axis + (_normalize_dim(dim, len(out_shape)) <= spec.axis), spec.layout)
 
 
 def _unbind(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
@@ -684,6 +711,7 @@ register_op("expand", _expand, names=("expand",))
 register_op("permute", _permute, names=("permute",))
 register_op("transpose", _transpose, names=("transpose",))
 register_op("unbind", _unbind, names=("unbind",))
+register_op("unsqueeze", _unsqueeze, names=("unsqueeze",))
 register_op("roll", _roll, names=("roll",))
 register_op("softmax", _softmax, names=("softmax", "log_softmax"), modules=(nn.Softmax, nn.LogSoftmax))
 register_op("attention", _attention, names=("scaled_dot_product_attention",), priced=True)

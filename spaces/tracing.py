@@ -19,6 +19,7 @@ dropout module again so that the subnet keeps its train-mode behaviour.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import traceback
 
 import torch
@@ -58,6 +59,63 @@ class _Tracer(fx.Tracer):
         if count is None:
             return super().iter(obj)
         return iter([obj[i] for i in range(count)])
+
+    def _proxy_placeholder(self, name, concrete_args, sig, fn_for_analysis):
+        """`*args` / `**kwargs` given values (`return_dict=False` for a forward's `**kwargs`): torch.fx looks
+        them up among the named parameters and fails. One placeholder per leaf, as for a named argument;
+        a tensor's stands for it, any other value stays fixed."""
+        if not (name.startswith("*") and concrete_args is not None and name in concrete_args):
+            return super()._proxy_placeholder(name, concrete_args, sig, fn_for_analysis)
+        count = iter(range(1, 1 << 30))
+
+        def leaf(value):
+            proxy = self.create_proxy("placeholder", f"{name.lstrip('*')}_{next(count)}", (), {})
+            return proxy if value is fx.PH else value
+        return pytree.tree_map(leaf, concrete_args[name])
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        """A decorated forward (`functools.wraps`: transformers' `can_return_tuple`, `check_model_inputs`):
+        torch.fx makes the placeholders from the function inside, then would call the decorator's
+        `wrapper(self, *args, **kwargs)` with them as its own positional arguments; call it the way a user
+        does instead, so the decorator runs (and pops its keywords) as it would."""
+        inner = inspect.unwrap(root_fn)
+        if inner is root_fn:
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        _, args = super().create_args_for_root(inner, is_module, concrete_args)
+        info = getattr(self.graph._codegen, "pytree_info", None)
+        call = _caller(root_fn, inner)
+        if info is None:
+            return call, args
+
+        def flat(*leaves):
+            out, out_spec = pytree.tree_flatten(call(*pytree.tree_unflatten(list(leaves), info.in_spec)))
+            self.graph._codegen.pytree_info = self.graph._codegen.pytree_info._replace(out_spec=out_spec)
+            return out
+        return flat, args
+
+
+def _caller(decorated, inner):
+    """A function taking `inner`'s arguments as torch.fx lays them out (its named ones, then `*args` as a
+    tuple and `**kwargs` as a dict) that calls `decorated` with them, positionally and by keyword."""
+    code = inner.__code__
+    named = code.co_argcount + code.co_kwonlyargcount
+    names = list(code.co_varnames[:named])
+    names += ["*"] if code.co_flags & inspect.CO_VARARGS else []
+    names += ["**"] if code.co_flags & inspect.CO_VARKEYWORDS else []
+
+    def call(*values):
+        positional, keywords = [], {}
+        for i, (name, value) in enumerate(zip(names, values)):
+            if name == "*":
+                positional.extend(value)
+            elif name == "**":
+                keywords.update(value)
+            elif i < code.co_argcount:
+                positional.append(value)
+            else:
+                keywords[name] = value
+        return decorated(*positional, **keywords)
+    return call
 
 
 def _known_length(proxy: fx.Proxy) -> int | None:
@@ -217,6 +275,9 @@ def _drop_fixed_arguments(graph: fx.Graph, model: nn.Module, example_input: Exam
                 graph.erase_node(node)
     info = getattr(graph._codegen, "pytree_info", None)
     if info is not None:
+        for node in graph.nodes:  # a default (`pixel_values=None`) has no place in the flattening line
+            if node.op == "placeholder":
+                node.args = ()
         kept = [n for n, v in bound.items() if tensors_of(v)]
         spec = pytree.tree_structure((model, *graph_inputs(model, example_input)))
         graph._codegen.pytree_info = info._replace(orig_args=["self", *kept], in_spec=spec)
@@ -249,10 +310,19 @@ class _ConcreteProxy(fx.Proxy):
         value = self._value()
         if not isinstance(value, torch.Tensor):
             return fx.Proxy.__getattr__(self, "size")(*dims)
+        batched = self._batched(value)
         if dims and dims[0] is not None:
             d = dims[0] + value.dim() if dims[0] < 0 else dims[0]
-            return self._batch() if d == 0 and value.shape[0] == TRACE_BATCH else int(value.shape[d])
-        return tuple(self._batch() if i == 0 and n == TRACE_BATCH else int(n) for i, n in enumerate(value.shape))
+            return self._batch() if d == 0 and batched else int(value.shape[d])
+        return tuple(self._batch() if i == 0 and batched else int(n) for i, n in enumerate(value.shape))
+
+    def _batched(self, value: torch.Tensor) -> bool:
+        """Whether the first axis scales with the batch: the traced batch, or a multiple of it in a tensor
+        computed from the inputs (Swin's windows: batch x windows rows, as `B_, N, C = x.shape` reads them)."""
+        if not value.dim():
+            return False
+        n = int(value.shape[0])
+        return n == TRACE_BATCH or (n % TRACE_BATCH == 0 and self.node in self.tracer.batched)
 
     def _batch(self) -> fx.Proxy:
         return self.tracer.create_proxy("call_method", "size", (self, 0), {})
@@ -288,6 +358,7 @@ class _ConcreteTracer(_Tracer):
         self.placeholders = iter(placeholders)  # a structured example runs as it is (one sample)
         self.values: dict[fx.Node, object] = {}
         self.batch_branches = 0  # branches on the batch size, taken as at TRACE_BATCH
+        self.batched: set[fx.Node] = set()  # nodes computed from the inputs (placeholders)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
@@ -324,6 +395,8 @@ class _ConcreteTracer(_Tracer):
         with _unpatched():
             value = self._run(kind, target, args_, kwargs_)
         self.values[proxy.node] = value
+        if kind == "placeholder" or any(n in self.batched for n in proxy.node.all_input_nodes):
+            self.batched.add(proxy.node)
         return proxy
 
     def _run(self, kind: str, target, args_, kwargs_) -> object:
