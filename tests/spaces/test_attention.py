@@ -67,6 +67,15 @@ def test_heads_mlp_widths_and_blocks_are_dimensions(fused):
         assert_close(prunable.model(x), before)  # heads reordered by importance: same function
 
 
+def test_round_to_rounds_channels_never_head_counts():
+    model = tiny_vit()
+    prunable = derive(model, torch.randn(1, 3, 32, 32), round_to=8)
+    assert heads(prunable) == [f"blocks.{i}.attn.qkv.heads" for i in range(DEPTH)]
+    assert all(prunable.space[n].choices == (1, 2, 3) for n in heads(prunable))  # 3 heads: not frozen at 8
+    mlp = prunable.space["blocks.0.mlp.fc1"]
+    assert all(w % 8 == 0 for w in mlp.choices)  # channels are rounded
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_elastic_equals_materialized_and_prices_are_exact(fused, rng):
     prunable, x, before = derived(fused)
