@@ -717,8 +717,9 @@ register_op("softmax", _softmax, names=("softmax", "log_softmax"), modules=(nn.S
 register_op("attention", _attention, names=("scaled_dot_product_attention",), priced=True)
 register_op("matmul", _matmul, names=("matmul", "bmm"), tensor_input=False, priced=True)
 register_op("multihead attention", _frozen_attention(
-    "nn.MultiheadAttention ties its heads to its embedding (num_heads x head_dim = embed_dim): heads and "
-    "embedding frozen, its FLOPs priced as measured"), modules=(nn.MultiheadAttention,), priced=True)
+    "nn.MultiheadAttention other than a self-attention without attention weights, masks, attention dropout or "
+    "bias_k/v (`spaces.mha` traces that one through): heads and embedding frozen, its FLOPs priced as measured"),
+    modules=(nn.MultiheadAttention,), priced=True)
 register_op("shifted window attention", _frozen_attention(
     "torchvision's shifted_window_attention takes its weights as arguments: heads and channels frozen, its FLOPs "
     "priced as measured"), names=("shifted_window_attention",), priced=True, tensor_input=False)

@@ -30,6 +30,7 @@ from torch.fx.node import map_aggregate
 from torch.utils import _pytree as pytree
 
 from .channels import arg, op_name
+from . import mha
 from .layers import layer_of
 from .ops import NO_TENSOR_FLOW, op_of
 from .structure import (Example, bound_arguments, call, concrete_args, first_sample, graph_inputs, placeholder_values,
@@ -51,7 +52,19 @@ class _Tracer(fx.Tracer):
     """Leaves: standard torch.nn modules and every module of the layer and op tables (timm's norm+act layers...)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if m is getattr(self, "_through", None):
+            return False
         return layer_of(m) is not None or op_of(m) is not None or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        """A self-attention `nn.MultiheadAttention` is traced as the ops it computes (`spaces.mha`)."""
+        if not mha.traceable(m, args, kwargs):
+            return super().call_module(m, forward, args, kwargs)
+        self._through = m
+        try:
+            return super().call_module(m, lambda *a, **k: mha.forward(m, *a, **k), args, kwargs)
+        finally:
+            self._through = None
 
     def iter(self, obj: fx.Proxy):
         """Iterating the pieces of a split (`for p in x.split(sizes, 1)`, `zip`): one `getitem` per piece."""
