@@ -404,8 +404,12 @@ def _attention(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     if isinstance(mask, fx.Node) and graph.shape(mask) is not None and spec is not None:
         mshape, ndim = graph.shape(mask), len(graph.shape(operands[0]))
         at = spec.axis - (ndim - len(mshape))
-        if 0 <= at < len(mshape) and mshape[at] != 1:
-            graph.fix(spec.layout, "an attention mask per head")
+        mspec = graph.spec(mask)
+        if mspec is not None and mspec.axis == at:  # a bias per head (Swin's, gathered from its table): cut with them
+            graph.unify(spec.layout, mspec.layout, "an attention mask over mismatched heads")
+        elif 0 <= at < len(mshape) and mshape[at] != 1:
+            graph.fix(spec.layout, "an attention mask per head whose heads are not known (built in forward, "
+                                   "or written out: Swin's shifted-window mask)")
     _over_heads(graph, node, operands, "attention")
 
 
@@ -659,8 +663,23 @@ def _getitem(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
             held = not plain or spec.axis in range(ndim)[index]
         if held:
             graph.count_reads[node] = spec.layout
+    elif x is not None and x.op == "get_attr" and isinstance(node.args[1], fx.Node):
+        _gather_rows(graph, node, x)
     elif x is not None and graph.shape(x) is not None:
         _index(graph, node, x, node.args[1])
+
+
+def _gather_rows(graph: Walk, node: fx.Node, table: fx.Node) -> None:
+    """`table[index]`: rows of a 2-D parameter gathered by a tensor of indices (Swin's relative position bias,
+    `table[index.view(-1)]`, one column per head). The columns stay the last axis: they become a group of
+    their own, cut with whatever channels they meet (the heads, when the bias is added to the scores)."""
+    tensor, out_shape = graph.tensors[table.target], graph.shape(node)
+    if tensor.dim() != 2 or out_shape is None or len(out_shape) != 2 or out_shape[-1] != tensor.shape[1]:
+        return  # left to the get_attr check: frozen where it is read
+    layout = graph.new_group(tensor.shape[1])
+    graph.use(table.target, 1, layout)
+    graph.account(table)
+    graph.set_spec(node, 1, layout)
 
 
 def _shape_read(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:

@@ -266,3 +266,34 @@ def test_multihead_attention_asked_for_its_weights_stays_frozen_with_its_reason(
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         materialize(prunable, candidate).eval()(x)
     assert CostModel(prunable).price(candidate).flops == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_swin_heads_cut_with_their_relative_position_bias_columns(fused, rng):
+    """timm's Swin: the bias table (one column per head, gathered by an index) is cut with the heads. With the
+    fused attention the shifted block's heads freeze (its window mask is expanded to the written head count
+    and added to the bias); unfused, the scores are viewed per window and both blocks' heads are searched."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(img_size=16, patch_size=4, window_size=2, embed_dim=8, depths=(2,), num_heads=(2,),
+                            num_classes=5).eval()
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
+    x = torch.randn(3, 3, 16, 16)
+    prunable = derive(model, x[:1])
+    expected = ["layers.0.blocks.0.attn.qkv.heads"] + ([] if fused else ["layers.0.blocks.1.attn.qkv.heads"])
+    assert heads(prunable) == expected
+    elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
+    for candidate in [*candidates(prunable, rng, n=1), {**prunable.space.full(), **{n: 1 for n in expected}}]:
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        assert cost.price(candidate).flops == counter.get_total_flops()
+        assert cost.price(candidate).params == sum(p.numel() for p in subnet.parameters())
+    table = subnet.get_submodule("layers.0.blocks.0.attn").relative_position_bias_table
+    assert table.shape == (9, 1)

@@ -121,10 +121,10 @@ def test_a_decorated_forward_traces_and_its_decorator_runs():
         assert_close(trace(model, {"x": x, "scale": 3.0})(x), model(x, scale=3.0))
 
 
-def test_swin_streams_and_mlps_searched_heads_frozen_with_their_reason(rng):
+def test_swin_heads_with_their_bias_table_columns_streams_and_mlps_searched(rng):
     """transformers' Swin: windows of `batch x windows` rows (`B_, N, C = x.shape`) traced symbolically, the
-    channel count written beside a -1 (`view(-1, ws, ws, C)`) follows the widths; the heads freeze (a
-    relative position bias per head); drop path kept in train mode."""
+    channel count written beside a -1 (`view(-1, ws, ws, C)`) follows the widths, the relative position bias
+    table (one column per head, gathered by an index) is cut with the heads; drop path kept in train mode."""
     hf = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = hf.SwinConfig(image_size=16, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=2,
@@ -132,12 +132,12 @@ def test_swin_streams_and_mlps_searched_heads_frozen_with_their_reason(rng):
     model = hf.SwinForImageClassification(config).eval()
     x = torch.randn(3, 3, 16, 16)
     prunable = derive(model, x[:1])
-    widths = {d.name for d in prunable.space.widths}
+    names = [f"swin.encoder.layers.{i}.blocks.0.attention.q_proj.heads" for i in range(2)]
+    assert heads(prunable) == names and all(prunable.space[n].choices == (1, 2) for n in names)
     assert {"swin.embeddings.patch_embeddings.projection", "swin.encoder.layers.0.downsample.reduction",
-            "swin.encoder.layers.0.blocks.0.mlp.fc1", "swin.encoder.layers.1.blocks.0.mlp.fc1"} <= widths
-    assert not any(n.endswith(".heads") for n in widths) and len(prunable.space.keeps) == 4
-    frozen = {n: why for n, why in prunable.frozen_groups.items() if n.endswith("attention.q_proj.heads")}
-    assert len(frozen) == 2 and all("getitem" in why for why in frozen.values())  # the bias table, gathered
+            "swin.encoder.layers.0.blocks.0.mlp.fc1", "swin.encoder.layers.1.blocks.0.mlp.fc1"} <= {
+                d.name for d in prunable.space.widths}
+    assert len(prunable.space.keeps) == 4 and not prunable.graph.fixed_reasons()
     elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
     for candidate in [prunable.space.smallest(), prunable.space.sample(rng)]:
         subnet = materialize(prunable, candidate).eval()
@@ -148,6 +148,9 @@ def test_swin_streams_and_mlps_searched_heads_frozen_with_their_reason(rng):
                 subnet(x[:1])
         assert cost.price(candidate).flops == counter.get_total_flops()
         assert cost.price(candidate).params == sum(p.numel() for p in subnet.parameters())
+    one = {**prunable.space.full(), names[0]: 1}
+    table = materialize(prunable, one).get_submodule("swin.encoder.layers.0.blocks.0.attention.relative_position_bias")
+    assert table.relative_position_bias_table.shape == (9, 1)  # (2 x 2 - 1)^2 offsets, the kept head's column
     model.train()
     subnet = materialize(prunable, prunable.space.full()).train()
     with torch.no_grad():
