@@ -663,23 +663,35 @@ def _getitem(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
             held = not plain or spec.axis in range(ndim)[index]
         if held:
             graph.count_reads[node] = spec.layout
-    elif x is not None and x.op == "get_attr" and isinstance(node.args[1], fx.Node):
-        _gather_rows(graph, node, x)
+    elif x is not None and x.op == "get_attr" and _gathers(node.args[1]):
+        _gather(graph, node, x, node.args[1])
     elif x is not None and graph.shape(x) is not None:
         _index(graph, node, x, node.args[1])
 
 
-def _gather_rows(graph: Walk, node: fx.Node, table: fx.Node) -> None:
-    """`table[index]`: rows of a 2-D parameter gathered by a tensor of indices (Swin's relative position bias,
-    `table[index.view(-1)]`, one column per head). The columns stay the last axis: they become a group of
-    their own, cut with whatever channels they meet (the heads, when the bias is added to the scores)."""
+def _gathers(index: object) -> bool:
+    """`[tensor]`, `[tensor,]` or `[:, tensor]`: one axis gathered by a tensor of indices, the other whole."""
+    if isinstance(index, fx.Node):
+        return True
+    return isinstance(index, tuple) and (
+        (len(index) == 1 and isinstance(index[0], fx.Node))
+        or (len(index) == 2 and index[0] == slice(None) and isinstance(index[1], fx.Node)))
+
+
+def _gather(graph: Walk, node: fx.Node, table: fx.Node, index: object) -> None:
+    """`table[index]` or `table[:, index]`: a 2-D parameter gathered along one axis by a tensor of indices (Swin's
+    relative position bias, `table[index.view(-1)]`, one column per head; EfficientFormer's attention biases,
+    `biases[:, index]`, one row per head). The other axis is kept whole: it becomes a group of its own, cut with
+    whatever channels it meets (the heads, when the bias is added to the scores)."""
     tensor, out_shape = graph.tensors[table.target], graph.shape(node)
-    if tensor.dim() != 2 or out_shape is None or len(out_shape) != 2 or out_shape[-1] != tensor.shape[1]:
+    kept = 1 if isinstance(index, fx.Node) or (isinstance(index, tuple) and len(index) == 1) else 0
+    out_axis = len(out_shape) - 1 if kept == 1 and out_shape is not None else 0
+    if tensor.dim() != 2 or out_shape is None or out_shape[out_axis] != tensor.shape[kept]:
         return  # left to the get_attr check: frozen where it is read
-    layout = graph.new_group(tensor.shape[1])
-    graph.use(table.target, 1, layout)
+    layout = graph.new_group(tensor.shape[kept])
+    graph.use(table.target, kept, layout)
     graph.account(table)
-    graph.set_spec(node, 1, layout)
+    graph.set_spec(node, out_axis, layout)
 
 
 def _shape_read(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
