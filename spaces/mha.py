@@ -23,6 +23,22 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def traced_through(target: object, args: tuple, kwargs: dict[str, Any]) -> bool:
+    """Whether a call of a function a library wrapped as a leaf for torch.fx (`torch.fx.wrap`) is traced through:
+    torchvision Swin's `shifted_window_attention` (weights passed as arguments; not V2's cosine attention, whose
+    `logit_scale` zeroes a slice of a bias clone in place), its `_get_relative_position_bias` (the bias table
+    gathered per head) and `_patch_merging_pad` (four slices concatenated along the channels). Traced as the ops
+    they compute, their heads and channels are searched like any other."""
+    name = getattr(target, "__name__", None)
+    if getattr(target, "__module__", None) != "torchvision.models.swin_transformer":
+        return False
+    if name == "shifted_window_attention":
+        names = ("input", "qkv_weight", "proj_weight", "relative_position_bias", "window_size", "num_heads",
+                 "shift_size", "attention_dropout", "dropout", "qkv_bias", "proj_bias", "logit_scale", "training")
+        return {**dict(zip(names, args)), **kwargs}.get("logit_scale") is None
+    return name in ("_get_relative_position_bias", "_patch_merging_pad")
+
+
 def traceable(module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> bool:
     """Whether a call of `module` is a self-attention that `forward` computes exactly (see the docstring)."""
     if type(module) is not nn.MultiheadAttention or not module._qkv_same_embed_dim:
@@ -52,4 +68,4 @@ def forward(module: nn.MultiheadAttention, query: torch.Tensor, key: torch.Tenso
     return (out if module.batch_first else out.transpose(0, 1)), None
 
 
-__all__ = ["forward", "traceable"]
+__all__ = ["forward", "traceable", "traced_through"]

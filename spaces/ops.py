@@ -732,7 +732,9 @@ register_op(
              nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
              nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d))
 register_op("type_as", _type_as, names=("type_as",))
-register_op("new tensor", _new_tensor, names=("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor"))
+#: ops that make a tensor of their own (its argument lends a dtype and device only)
+FRESH = ("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor")
+register_op("new tensor", _new_tensor, names=FRESH)
 register_op("stochastic depth", _stochastic_depth, names=("stochastic_depth",), match=is_stochastic)
 register_op("pad", _pad, names=("pad",),
             modules=(nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d))
@@ -773,5 +775,5 @@ NO_TENSOR = register_op("no tensor", None, names=("dim", "floordiv", "mod", "eq"
 #: calls that make no tensor: the tracer drops those nothing reads
 NO_TENSOR_FLOW = frozenset(SHAPE_READ.names + NO_TENSOR.names)
 
-__all__ = ["ADD", "NO_TENSOR_FLOW", "Op", "STOCHASTIC", "flatten", "full_index",
+__all__ = ["ADD", "FRESH", "NO_TENSOR_FLOW", "Op", "STOCHASTIC", "flatten", "full_index",
            "is_stochastic", "op_named", "op_of", "pass_through", "register_op"]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import operator
 import traceback
 
 import torch
@@ -85,6 +86,26 @@ class _Tracer(fx.Tracer):
             proxy = self.create_proxy("placeholder", f"{name.lstrip('*')}_{next(count)}", (), {})
             return proxy if value is fx.PH else value
         return pytree.tree_map(leaf, concrete_args[name])
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        """A library's function wrapped as a leaf that `spaces.mha` traces through: the ops it computes."""
+        if kind == "call_function" and mha.traced_through(target, args, kwargs):
+            return self.through(target, args, kwargs)
+        return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+
+    def through(self, target, args, kwargs):
+        """`target` called on the proxies: its own ops are recorded. torch.fx then marks the last of them as the
+        wrapped call (`is_wrapped`), which would make the generated code wrap that op (`torch.cat`, say) for
+        every later trace: the mark is taken off again (`unmark_wrapped`)."""
+        out = target(*args, **kwargs)
+        for leaf in pytree.tree_leaves(out):
+            if isinstance(leaf, fx.Proxy) and "is_wrapped" not in leaf.node.meta:
+                self.marked = [*getattr(self, "marked", []), leaf.node]
+        return out
+
+    def unmark_wrapped(self) -> None:
+        for node in getattr(self, "marked", []):
+            node.meta.pop("is_wrapped", None)
 
     def create_args_for_root(self, root_fn, is_module, concrete_args=None):
         """A decorated forward (`functools.wraps`: transformers' `can_return_tuple`, `check_model_inputs`):
@@ -230,6 +251,7 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
     finally:
         _restore(saved)
         model.train(was_training)
+    tracer.unmark_wrapped()
     _strip_asserts(graph)
     if concrete is not None:
         _drop_fixed_arguments(graph, model, example_input)
@@ -353,6 +375,11 @@ class _ConcreteProxy(fx.Proxy):
                 return getattr(value, name)
         return super().__getattr__(name)
 
+    def __setitem__(self, key, value) -> None:
+        """`mask[a:b, c:d] = n` on a tensor made in forward (torchvision Swin's shift mask): recorded, and done
+        on the traced value."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
+
     def __len__(self) -> int:
         value = self._value()
         if isinstance(value, (torch.Tensor, tuple, list)):
@@ -402,6 +429,8 @@ class _ConcreteTracer(_Tracer):
         return True
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        if kind == "call_function" and mha.traced_through(target, args, kwargs):
+            return self.through(target, args, kwargs)  # its ops are recorded (and run) one by one
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         real = lambda a: self.values[a.node] if isinstance(a, fx.Proxy) else a  # noqa: E731
         args_, kwargs_ = map_aggregate(args, real), map_aggregate(kwargs, real)

@@ -297,3 +297,33 @@ def test_swin_heads_cut_with_their_relative_position_bias_columns(fused, rng):
         assert cost.price(candidate).params == sum(p.numel() for p in subnet.parameters())
     table = subnet.get_submodule("layers.0.blocks.0.attn").relative_position_bias_table
     assert table.shape == (9, 1)
+
+
+def test_torchvision_swin_shifted_window_attention_traced_through(no_mha_fastpath, rng):
+    """torchvision's Swin: `shifted_window_attention` (weights as arguments), its relative position bias and
+    patch merging are traced as the ops they compute; the shift mask, made in forward (`new_zeros`, filled by
+    slices), holds no channels: every block's heads are searched, and the stream through patch merging."""
+    torch.manual_seed(0)
+    model = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 1], num_heads=[2, 2],
+                                               window_size=[2, 2], num_classes=5).eval()
+    x = torch.randn(3, 3, 16, 16)
+    prunable = derive(model, x[:1])
+    names = heads(prunable)
+    assert names == [f"features.{s}.{b}.attn.qkv.heads" for s, b in ((1, 0), (1, 1), (3, 0))]
+    assert not prunable.graph.fixed_reasons() and len(prunable.space.keeps) == 6
+    assert {"features.0.0", "features.2.reduction"} <= {d.name for d in prunable.space.widths}
+    elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
+    for candidate in [*candidates(prunable, rng, n=1), {**prunable.space.full(), **{n: 1 for n in names}}]:
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        assert cost.price(candidate).flops == counter.get_total_flops()
+        assert cost.price(candidate).params == sum(p.numel() for p in subnet.parameters())
+    attention = subnet.get_submodule("features.1.1.attn")
+    assert attention.qkv.weight.shape[0] == 3 * 4 and attention.relative_position_bias_table.shape == (9, 1)
+    with torch.no_grad():
+        program = torch.export.export(subnet, (x[:1],))  # no op of the traced-through functions left marked
+        assert_close(program.module()(x[:1]), subnet(x[:1]))
