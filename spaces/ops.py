@@ -195,6 +195,8 @@ def flatten(graph: Walk, node: fx.Node, x: fx.Node, start: int, end: int) -> Non
     elif spec.axis == start:
         inner = math.prod(shape[start + 1:end + 1])
         graph.set_spec(node, start, tuple(Segment(s.group, s.size, s.inner * inner) for s in spec.layout))
+    elif spec.axis == end:  # the channels last of the merged axes (timm Swin's patch merging): one copy per position
+        graph.set_spec(node, start, tuple(spec.layout) * math.prod(shape[start:end]))
     else:
         graph.opaque(node, "flatten that interleaves channels")
 

@@ -276,15 +276,18 @@ def test_swin_heads_cut_with_their_relative_position_bias_columns(fused, rng):
     from timm.models.swin_transformer import SwinTransformer
 
     torch.manual_seed(0)
-    model = SwinTransformer(img_size=16, patch_size=4, window_size=2, embed_dim=8, depths=(2,), num_heads=(2,),
+    model = SwinTransformer(img_size=16, patch_size=4, window_size=2, embed_dim=8, depths=(2, 1), num_heads=(2, 2),
                             num_classes=5).eval()
     for m in model.modules():
         if hasattr(m, "fused_attn"):
             m.fused_attn = fused
     x = torch.randn(3, 3, 16, 16)
     prunable = derive(model, x[:1])
-    expected = ["layers.0.blocks.0.attn.qkv.heads"] + ([] if fused else ["layers.0.blocks.1.attn.qkv.heads"])
+    expected = ["layers.0.blocks.0.attn.qkv.heads", *([] if fused else ["layers.0.blocks.1.attn.qkv.heads"]),
+                "layers.1.blocks.0.attn.qkv.heads"]
     assert heads(prunable) == expected
+    # patch merging (`reshape(..., 2, 2, C).flatten(3)`: the channels four times) keeps both streams searched
+    assert {"patch_embed.proj", "layers.1.downsample.reduction"} <= {d.name for d in prunable.space.widths}
     elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
     for candidate in [*candidates(prunable, rng, n=1), {**prunable.space.full(), **{n: 1 for n in expected}}]:
         subnet = materialize(prunable, candidate).eval()
