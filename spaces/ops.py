@@ -734,9 +734,10 @@ register_op(
              nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
              nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d))
 register_op("type_as", _type_as, names=("type_as",))
-#: ops that make a tensor of their own (its argument lends a dtype and device only)
-FRESH = ("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor")
-register_op("new tensor", _new_tensor, names=FRESH)
+#: ops that make a tensor of their own (an argument tensor lends a dtype and device only)
+FRESH = ("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor", "arange", "zeros", "ones", "full", "empty")
+register_op("new tensor", _new_tensor, names=FRESH[:5])
+register_op("factory", _new_tensor, names=FRESH[5:], tensor_input=False)
 register_op("stochastic depth", _stochastic_depth, names=("stochastic_depth",), match=is_stochastic)
 register_op("pad", _pad, names=("pad",),
             modules=(nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d))

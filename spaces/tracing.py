@@ -247,7 +247,12 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
                 with torch.no_grad():
                     graph = tracer.trace(model, concrete_args=concrete)
             except Exception as concrete_error:  # noqa: BLE001 - reported in one line, with where it happened
-                raise UntraceableModel(_where(concrete_error, model)) from concrete_error
+                tracer = _ConcreteTracer(example_input, placeholder_values(model, example_input))
+                try:  # once more, with the tensors the forward makes recorded (`_recorded_factories`)
+                    with torch.no_grad(), _recorded_factories(tracer):
+                        graph = tracer.trace(model, concrete_args=concrete)
+                except Exception:  # noqa: BLE001 - the first failure is the one reported
+                    raise UntraceableModel(_where(concrete_error, model)) from concrete_error
     finally:
         _restore(saved)
         model.train(was_training)
@@ -457,6 +462,29 @@ class _ConcreteTracer(_Tracer):
         else:
             value = None
         return value
+
+
+#: torch's factories that make a tensor of the sizes given (see `_recorded_factories`)
+FACTORIES = ("arange", "zeros", "ones", "full", "empty")
+
+
+@contextlib.contextmanager
+def _recorded_factories(tracer: _ConcreteTracer):
+    """`torch.arange(n)` and the like recorded as graph nodes (their values computed too) rather than made as
+    constants. Only where the trace failed without it: a constant made in forward and then sized from the
+    input (transformers' Swin: its shift mask, `mask.expand(batch_size, ...)` with the batch symbolic) cannot
+    take a traced size as an argument."""
+    originals = {name: getattr(torch, name) for name in FACTORIES}
+
+    def recorded(original):
+        return lambda *args, **kwargs: tracer.create_proxy("call_function", original, args, kwargs)
+    for name, original in originals.items():
+        setattr(torch, name, recorded(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch, name, original)
 
 
 @contextlib.contextmanager

@@ -124,20 +124,22 @@ def test_a_decorated_forward_traces_and_its_decorator_runs():
 def test_swin_heads_with_their_bias_table_columns_streams_and_mlps_searched(rng):
     """transformers' Swin: windows of `batch x windows` rows (`B_, N, C = x.shape`) traced symbolically, the
     channel count written beside a -1 (`view(-1, ws, ws, C)`) follows the widths, the relative position bias
-    table (one column per head, gathered by an index) is cut with the heads; drop path kept in train mode."""
+    table (one column per head, gathered by an index) is cut with the heads; drop path kept in train mode. The
+    shift mask, made in forward and expanded to the batch of windows, is traced as graph ops (`torch.arange`
+    recorded) and holds no channels: the shifted block's heads are searched too."""
     hf = pytest.importorskip("transformers")
     torch.manual_seed(0)
-    config = hf.SwinConfig(image_size=16, patch_size=4, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=2,
-                           num_labels=5, drop_path_rate=0.5, attn_implementation="eager")
+    config = hf.SwinConfig(image_size=16, patch_size=4, embed_dim=8, depths=[2, 1], num_heads=[2, 2], window_size=2,
+                           num_labels=5, drop_path_rate=0.5, attn_implementation="eager")  # block 1: shifted
     model = hf.SwinForImageClassification(config).eval()
     x = torch.randn(3, 3, 16, 16)
     prunable = derive(model, x[:1])
-    names = [f"swin.encoder.layers.{i}.blocks.0.attention.q_proj.heads" for i in range(2)]
+    names = [f"swin.encoder.layers.{i}.blocks.{b}.attention.q_proj.heads" for i, b in ((0, 0), (0, 1), (1, 0))]
     assert heads(prunable) == names and all(prunable.space[n].choices == (1, 2) for n in names)
     assert {"swin.embeddings.patch_embeddings.projection", "swin.encoder.layers.0.downsample.reduction",
             "swin.encoder.layers.0.blocks.0.mlp.fc1", "swin.encoder.layers.1.blocks.0.mlp.fc1"} <= {
                 d.name for d in prunable.space.widths}
-    assert len(prunable.space.keeps) == 4 and not prunable.graph.fixed_reasons()
+    assert len(prunable.space.keeps) == 6 and not prunable.graph.fixed_reasons()
     elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
     for candidate in [prunable.space.smallest(), prunable.space.sample(rng)]:
         subnet = materialize(prunable, candidate).eval()
