@@ -12,6 +12,12 @@ one tensor, is bound to `forward`'s signature and traced through torch.fx's `con
 are the graph's inputs, everything else is fixed, and the graph returns the model's own structure. In
 the concrete trace a branch on the batch size takes the traced path, checked against the model at batch 1.
 
+A decorated `forward` (transformers' `can_return_tuple`) is called as a user calls it; `nn.MultiheadAttention`
+and torchvision Swin's fx-wrapped attention are traced as the ops they compute (`spaces.mha`). In the concrete
+trace, a first axis that is a multiple of the traced batch in a tensor computed from the inputs (Swin's
+`batch x windows`) stays symbolic too, and where the trace still fails it is retried with `torch.arange` and
+the other factories recorded (a mask made in forward, then sized from the input).
+
 After tracing: `_assert` calls and the shape checks only they read are dropped (they would pin nodes
 inside residual blocks), and functional dropout, traced in eval mode as a constant no-op, becomes a
 dropout module again so that the subnet keeps its train-mode behaviour.
