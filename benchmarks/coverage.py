@@ -114,7 +114,7 @@ def _transformers(name: str, size: int) -> nn.Module:
 
     small = {"image_size": size, "num_labels": 10}
     if name == "swin":
-        config = hf.SwinConfig(**small, patch_size=4, embed_dim=24, depths=[1, 1], num_heads=[2, 4], window_size=4)
+        config = hf.SwinConfig(**small, patch_size=4, embed_dim=24, depths=[2, 2], num_heads=[2, 4], window_size=4)
         return hf.SwinForImageClassification(config)
     vit = {**small, "patch_size": 8, "hidden_size": 48, "num_hidden_layers": 2, "num_attention_heads": 3,
            "intermediate_size": 96}

@@ -105,7 +105,8 @@ def derive(model: nn.Module, example_input: Example, *, ratios: Sequence[float] 
 
     The model's weights are permuted in place so each group's most important channels come first
     (`importance=None` skips it); the model's function does not change. Widths are the `ratios` of
-    each group's full width, rounded to a multiple of `round_to` (and of its conv-group count).
+    each group's full width, rounded to a multiple of `round_to` (and of its conv-group count); attention
+    head counts are never rounded.
     Removable blocks (`removable_blocks`) are searched as one keep flag per block
     (`block_encoding="flags"`) or one depth per run of consecutive blocks (`"depth"`).
     """
@@ -149,7 +150,8 @@ def derive(model: nn.Module, example_input: Example, *, ratios: Sequence[float] 
             "conv_groups": float(group.blocks),
             "flops_share": sum(touching) / total_flops,
         }
-        multiple = math.lcm(round_to, group.blocks)
+        # a head count is never rounded: each head is head_dim channels already (a 3-head layer stays searched)
+        multiple = 1 if producer.endswith(".heads") else math.lcm(round_to, group.blocks)
         if group.size < multiple or group.size % group.blocks:
             frozen[producer] = f"{group.size} channels, not a multiple of {multiple}"
             continue

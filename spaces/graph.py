@@ -34,7 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .channels import (ChannelGroup, ComputeSite, Layout, ResidualBlock, Segment, Spec, TensorUse, input_node,
                        op_name, tensor_shape)
 from .layers import Layer, NotAParameter, arg, function_layer, layer_of, leaf_positions
-from .ops import Op, op_named, op_of
+from .ops import FRESH, Op, op_named, op_of
 from .structure import describe, first_sample, graph_inputs
 from .tracing import UntraceableModel, trace
 
@@ -120,6 +120,7 @@ class ChannelGraph:
         self.vector_views: dict[fx.Node, tuple[fx.Node, int]] = {}
         self.param_views: dict[str, int] = {}
         self._constants: set[str] = set()  # get_attr targets the trace made (tensors built in forward)
+        self._fresh: set[fx.Node] = set()  # tensors made in forward from sizes alone (`_note_fresh`)
         self._specs: dict[fx.Node, Spec] = {}
         self._uses: list[TensorUse] = []
         self._attr_uses: dict[fx.Node, int] = {}  # get_attr node -> how many users accounted for it
@@ -348,6 +349,8 @@ class ChannelGraph:
     def spec(self, node: fx.Node) -> Spec | None:
         if node in self._specs:
             return self._specs[node]
+        if node in self._fresh:
+            return None
         shape = tensor_shape(node)
         if shape is None or len(shape) < 2:
             return None
@@ -403,8 +406,19 @@ class ChannelGraph:
                 self.tensors[name] = t
                 self._read(node, name)
 
+    def _note_fresh(self, node: fx.Node) -> None:
+        """A tensor the forward makes from sizes and constants alone (`x.new_zeros(...)`, filled, viewed and
+        compared: torchvision Swin's shift mask) holds no channels of the model: `spec` invents none for it."""
+        if node.op not in ("call_function", "call_method"):
+            return
+        inputs = node.all_input_nodes
+        if op_name(node) in FRESH or (any(n in self._fresh for n in inputs) and all(
+                n in self._fresh or tensor_shape(n) is None and n.op != "placeholder" for n in inputs)):
+            self._fresh.add(node)
+
     # -- visiting ------------------------------------------------------------------------------
     def _visit(self, node: fx.Node) -> None:
+        self._note_fresh(node)
         if node.op == "placeholder":
             shape = tensor_shape(node)
             if shape is not None and len(shape) >= 2:

@@ -171,12 +171,14 @@ def _pad(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
 
 
 #: layers that are random in train mode and the identity in eval mode (torchvision's StochasticDepth, timm's
-#: DropPath and DropBlock2d): kept as leaves so that the subnet keeps its train-mode behaviour.
+#: DropPath and DropBlock2d, transformers' `SwinDropPath` and its kin): kept as leaves so that the subnet keeps
+#: its train-mode behaviour.
 STOCHASTIC = ("StochasticDepth", "DropPath", "DropBlock2d")
 
 
 def is_stochastic(module: nn.Module) -> bool:
-    return type(module).__name__ in STOCHASTIC and not any(True for _ in module.parameters())
+    name = type(module).__name__
+    return (name in STOCHASTIC or name.endswith("DropPath")) and not any(True for _ in module.parameters())
 
 
 # ---- axes moved, merged or reduced --------------------------------------------------------------
@@ -193,6 +195,8 @@ def flatten(graph: Walk, node: fx.Node, x: fx.Node, start: int, end: int) -> Non
     elif spec.axis == start:
         inner = math.prod(shape[start + 1:end + 1])
         graph.set_spec(node, start, tuple(Segment(s.group, s.size, s.inner * inner) for s in spec.layout))
+    elif spec.axis == end:  # the channels last of the merged axes (timm Swin's patch merging): one copy per position
+        graph.set_spec(node, start, tuple(spec.layout) * math.prod(shape[start:end]))
     else:
         graph.opaque(node, "flatten that interleaves channels")
 
@@ -226,6 +230,9 @@ def _reshape(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     elif intact is not None and len(sizes) == len(out_shape) and -1 not in sizes:
         graph.set_spec(node, intact, spec.layout)  # the channel count written out (torchvision's ViT patches)
         graph.param_views[node.name] = intact  # it follows the widths
+    elif intact is not None and len(sizes) == len(out_shape) and sizes[intact] == shape[a]:
+        _count_read(graph, node, x, a, intact)  # the count written beside a -1 (Swin's `view(-1, ws, ws, C)`)
+        graph.set_spec(node, intact, spec.layout)
     elif len(out_shape) == a + 1 and out_shape[:a] == shape[:a] and len(sizes) == a + 1 and (
             sizes[a] == -1 or isinstance(sizes[a], int)):
         flatten(graph, node, x, a, -1)  # heads merged back (`x.reshape(B, N, heads * head_dim)`)
@@ -234,6 +241,16 @@ def _reshape(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     elif not _into_heads(graph, node, x, spec, sizes):
         graph.opaque(node, f"'{op_name(node)}' splits or merges the channel axis other than into attention heads "
                            f"(a channel shuffle, heads of computed sizes)")
+
+
+def _count_read(graph: Walk, node: fx.Node, x: fx.Node, axis: int, at: int) -> None:
+    """A reshape's channel count, written out beside an inferred axis (-1), is read from its input instead
+    (`x.size(axis)`, inserted before it): it then follows the widths while the other axis stays inferred."""
+    with node.graph.inserting_before(node):
+        count = node.graph.call_method("size", (x, axis))
+    _write_size(node, at, count)
+    graph.count_reads[count] = graph.spec(x).layout
+    graph.rebuilds[node] = count
 
 
 def _into_heads(graph: Walk, node: fx.Node, x: fx.Node, spec: Spec, sizes: tuple) -> bool:
@@ -311,6 +328,18 @@ def _transpose(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
         graph.set_spec(node, {d0: d1, d1: d0}.get(spec.axis, spec.axis), spec.layout)
 
 
+def _unsqueeze(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
+    """`x.unsqueeze(d)`: a new axis of size 1; the channels move one axis up if it is put at or before them."""
+    x = input_node(node)
+    spec, out_shape, dim = graph.spec(x), graph.shape(node), arg(node, 1, "dim")
+    if spec is None or out_shape is None:
+        return
+    if not isinstance(dim, int):
+        graph.opaque(node, "'unsqueeze' at a computed axis")
+        return
+    graph.set_spec(node, spec.axis + (_normalize_dim(dim, len(out_shape)) <= spec.axis), spec.layout)
+
+
 def _unbind(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     """`x.unbind(d)` along another axis than the channels (q, k, v of a fused projection): each piece
     holds the channels, on an axis one lower if `d` was before it."""
@@ -377,8 +406,12 @@ def _attention(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
     if isinstance(mask, fx.Node) and graph.shape(mask) is not None and spec is not None:
         mshape, ndim = graph.shape(mask), len(graph.shape(operands[0]))
         at = spec.axis - (ndim - len(mshape))
-        if 0 <= at < len(mshape) and mshape[at] != 1:
-            graph.fix(spec.layout, "an attention mask per head")
+        mspec = graph.spec(mask)
+        if mspec is not None and mspec.axis == at:  # a bias per head (Swin's, gathered from its table): cut with them
+            graph.unify(spec.layout, mspec.layout, "an attention mask over mismatched heads")
+        elif 0 <= at < len(mshape) and mshape[at] != 1:
+            graph.fix(spec.layout, "an attention mask per head whose heads are not known (built in forward, "
+                                   "or written out: Swin's shifted-window mask)")
     _over_heads(graph, node, operands, "attention")
 
 
@@ -632,8 +665,35 @@ def _getitem(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
             held = not plain or spec.axis in range(ndim)[index]
         if held:
             graph.count_reads[node] = spec.layout
+    elif x is not None and x.op == "get_attr" and _gathers(node.args[1]):
+        _gather(graph, node, x, node.args[1])
     elif x is not None and graph.shape(x) is not None:
         _index(graph, node, x, node.args[1])
+
+
+def _gathers(index: object) -> bool:
+    """`[tensor]`, `[tensor,]` or `[:, tensor]`: one axis gathered by a tensor of indices, the other whole."""
+    if isinstance(index, fx.Node):
+        return True
+    return isinstance(index, tuple) and (
+        (len(index) == 1 and isinstance(index[0], fx.Node))
+        or (len(index) == 2 and index[0] == slice(None) and isinstance(index[1], fx.Node)))
+
+
+def _gather(graph: Walk, node: fx.Node, table: fx.Node, index: object) -> None:
+    """`table[index]` or `table[:, index]`: a 2-D parameter gathered along one axis by a tensor of indices (Swin's
+    relative position bias, `table[index.view(-1)]`, one column per head; EfficientFormer's attention biases,
+    `biases[:, index]`, one row per head). The other axis is kept whole: it becomes a group of its own, cut with
+    whatever channels it meets (the heads, when the bias is added to the scores)."""
+    tensor, out_shape = graph.tensors[table.target], graph.shape(node)
+    kept = 1 if isinstance(index, fx.Node) or (isinstance(index, tuple) and len(index) == 1) else 0
+    out_axis = len(out_shape) - 1 if kept == 1 and out_shape is not None else 0
+    if tensor.dim() != 2 or out_shape is None or out_shape[out_axis] != tensor.shape[kept]:
+        return  # left to the get_attr check: frozen where it is read
+    layout = graph.new_group(tensor.shape[kept])
+    graph.use(table.target, kept, layout)
+    graph.account(table)
+    graph.set_spec(node, out_axis, layout)
 
 
 def _shape_read(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
@@ -674,7 +734,10 @@ register_op(
              nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d, nn.Upsample,
              nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d))
 register_op("type_as", _type_as, names=("type_as",))
-register_op("new tensor", _new_tensor, names=("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor"))
+#: ops that make a tensor of their own (an argument tensor lends a dtype and device only)
+FRESH = ("new_full", "new_zeros", "new_ones", "new_empty", "new_tensor", "arange", "zeros", "ones", "full", "empty")
+register_op("new tensor", _new_tensor, names=FRESH[:5])
+register_op("factory", _new_tensor, names=FRESH[5:], tensor_input=False)
 register_op("stochastic depth", _stochastic_depth, names=("stochastic_depth",), match=is_stochastic)
 register_op("pad", _pad, names=("pad",),
             modules=(nn.ZeroPad2d, nn.ConstantPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d))
@@ -684,13 +747,15 @@ register_op("expand", _expand, names=("expand",))
 register_op("permute", _permute, names=("permute",))
 register_op("transpose", _transpose, names=("transpose",))
 register_op("unbind", _unbind, names=("unbind",))
+register_op("unsqueeze", _unsqueeze, names=("unsqueeze",))
 register_op("roll", _roll, names=("roll",))
 register_op("softmax", _softmax, names=("softmax", "log_softmax"), modules=(nn.Softmax, nn.LogSoftmax))
 register_op("attention", _attention, names=("scaled_dot_product_attention",), priced=True)
 register_op("matmul", _matmul, names=("matmul", "bmm"), tensor_input=False, priced=True)
 register_op("multihead attention", _frozen_attention(
-    "nn.MultiheadAttention ties its heads to its embedding (num_heads x head_dim = embed_dim): heads and "
-    "embedding frozen, its FLOPs priced as measured"), modules=(nn.MultiheadAttention,), priced=True)
+    "nn.MultiheadAttention other than a self-attention without attention weights, masks, attention dropout or "
+    "bias_k/v (`spaces.mha` traces that one through): heads and embedding frozen, its FLOPs priced as measured"),
+    modules=(nn.MultiheadAttention,), priced=True)
 register_op("shifted window attention", _frozen_attention(
     "torchvision's shifted_window_attention takes its weights as arguments: heads and channels frozen, its FLOPs "
     "priced as measured"), names=("shifted_window_attention",), priced=True, tensor_input=False)
@@ -713,5 +778,5 @@ NO_TENSOR = register_op("no tensor", None, names=("dim", "floordiv", "mod", "eq"
 #: calls that make no tensor: the tracer drops those nothing reads
 NO_TENSOR_FLOW = frozenset(SHAPE_READ.names + NO_TENSOR.names)
 
-__all__ = ["ADD", "NO_TENSOR_FLOW", "Op", "STOCHASTIC", "flatten", "full_index",
+__all__ = ["ADD", "FRESH", "NO_TENSOR_FLOW", "Op", "STOCHASTIC", "flatten", "full_index",
            "is_stochastic", "op_named", "op_of", "pass_through", "register_op"]

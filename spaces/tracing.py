@@ -12,6 +12,12 @@ one tensor, is bound to `forward`'s signature and traced through torch.fx's `con
 are the graph's inputs, everything else is fixed, and the graph returns the model's own structure. In
 the concrete trace a branch on the batch size takes the traced path, checked against the model at batch 1.
 
+A decorated `forward` (transformers' `can_return_tuple`) is called as a user calls it; `nn.MultiheadAttention`
+and torchvision Swin's fx-wrapped attention are traced as the ops they compute (`spaces.mha`). In the concrete
+trace, a first axis that is a multiple of the traced batch in a tensor computed from the inputs (Swin's
+`batch x windows`) stays symbolic too, and where the trace still fails it is retried with `torch.arange` and
+the other factories recorded (a mask made in forward, then sized from the input).
+
 After tracing: `_assert` calls and the shape checks only they read are dropped (they would pin nodes
 inside residual blocks), and functional dropout, traced in eval mode as a constant no-op, becomes a
 dropout module again so that the subnet keeps its train-mode behaviour.
@@ -19,6 +25,8 @@ dropout module again so that the subnet keeps its train-mode behaviour.
 from __future__ import annotations
 
 import contextlib
+import inspect
+import operator
 import traceback
 
 import torch
@@ -29,6 +37,7 @@ from torch.fx.node import map_aggregate
 from torch.utils import _pytree as pytree
 
 from .channels import arg, op_name
+from . import mha
 from .layers import layer_of
 from .ops import NO_TENSOR_FLOW, op_of
 from .structure import (Example, bound_arguments, call, concrete_args, first_sample, graph_inputs, placeholder_values,
@@ -50,7 +59,19 @@ class _Tracer(fx.Tracer):
     """Leaves: standard torch.nn modules and every module of the layer and op tables (timm's norm+act layers...)."""
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if m is getattr(self, "_through", None):
+            return False
         return layer_of(m) is not None or op_of(m) is not None or super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward, args, kwargs):
+        """A self-attention `nn.MultiheadAttention` is traced as the ops it computes (`spaces.mha`)."""
+        if not mha.traceable(m, args, kwargs):
+            return super().call_module(m, forward, args, kwargs)
+        self._through = m
+        try:
+            return super().call_module(m, lambda *a, **k: mha.forward(m, *a, **k), args, kwargs)
+        finally:
+            self._through = None
 
     def iter(self, obj: fx.Proxy):
         """Iterating the pieces of a split (`for p in x.split(sizes, 1)`, `zip`): one `getitem` per piece."""
@@ -58,6 +79,83 @@ class _Tracer(fx.Tracer):
         if count is None:
             return super().iter(obj)
         return iter([obj[i] for i in range(count)])
+
+    def _proxy_placeholder(self, name, concrete_args, sig, fn_for_analysis):
+        """`*args` / `**kwargs` given values (`return_dict=False` for a forward's `**kwargs`): torch.fx looks
+        them up among the named parameters and fails. One placeholder per leaf, as for a named argument;
+        a tensor's stands for it, any other value stays fixed."""
+        if not (name.startswith("*") and concrete_args is not None and name in concrete_args):
+            return super()._proxy_placeholder(name, concrete_args, sig, fn_for_analysis)
+        count = iter(range(1, 1 << 30))
+
+        def leaf(value):
+            proxy = self.create_proxy("placeholder", f"{name.lstrip('*')}_{next(count)}", (), {})
+            return proxy if value is fx.PH else value
+        return pytree.tree_map(leaf, concrete_args[name])
+
+    def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        """A library's function wrapped as a leaf that `spaces.mha` traces through: the ops it computes."""
+        if kind == "call_function" and mha.traced_through(target, args, kwargs):
+            return self.through(target, args, kwargs)
+        return super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
+
+    def through(self, target, args, kwargs):
+        """`target` called on the proxies: its own ops are recorded. torch.fx then marks the last of them as the
+        wrapped call (`is_wrapped`), which would make the generated code wrap that op (`torch.cat`, say) for
+        every later trace: the mark is taken off again (`unmark_wrapped`)."""
+        out = target(*args, **kwargs)
+        for leaf in pytree.tree_leaves(out):
+            if isinstance(leaf, fx.Proxy) and "is_wrapped" not in leaf.node.meta:
+                self.marked = [*getattr(self, "marked", []), leaf.node]
+        return out
+
+    def unmark_wrapped(self) -> None:
+        for node in getattr(self, "marked", []):
+            node.meta.pop("is_wrapped", None)
+
+    def create_args_for_root(self, root_fn, is_module, concrete_args=None):
+        """A decorated forward (`functools.wraps`: transformers' `can_return_tuple`, `check_model_inputs`):
+        torch.fx makes the placeholders from the function inside, then would call the decorator's
+        `wrapper(self, *args, **kwargs)` with them as its own positional arguments; call it the way a user
+        does instead, so the decorator runs (and pops its keywords) as it would."""
+        inner = inspect.unwrap(root_fn)
+        if inner is root_fn:
+            return super().create_args_for_root(root_fn, is_module, concrete_args)
+        _, args = super().create_args_for_root(inner, is_module, concrete_args)
+        info = getattr(self.graph._codegen, "pytree_info", None)
+        call = _caller(root_fn, inner)
+        if info is None:
+            return call, args
+
+        def flat(*leaves):
+            out, out_spec = pytree.tree_flatten(call(*pytree.tree_unflatten(list(leaves), info.in_spec)))
+            self.graph._codegen.pytree_info = self.graph._codegen.pytree_info._replace(out_spec=out_spec)
+            return out
+        return flat, args
+
+
+def _caller(decorated, inner):
+    """A function taking `inner`'s arguments as torch.fx lays them out (its named ones, then `*args` as a
+    tuple and `**kwargs` as a dict) that calls `decorated` with them, positionally and by keyword."""
+    code = inner.__code__
+    named = code.co_argcount + code.co_kwonlyargcount
+    names = list(code.co_varnames[:named])
+    names += ["*"] if code.co_flags & inspect.CO_VARARGS else []
+    names += ["**"] if code.co_flags & inspect.CO_VARKEYWORDS else []
+
+    def call(*values):
+        positional, keywords = [], {}
+        for i, (name, value) in enumerate(zip(names, values)):
+            if name == "*":
+                positional.extend(value)
+            elif name == "**":
+                keywords.update(value)
+            elif i < code.co_argcount:
+                positional.append(value)
+            else:
+                keywords[name] = value
+        return decorated(*positional, **keywords)
+    return call
 
 
 def _known_length(proxy: fx.Proxy) -> int | None:
@@ -155,10 +253,16 @@ def trace(model: nn.Module, example_input: Example | None = None) -> fx.GraphMod
                 with torch.no_grad():
                     graph = tracer.trace(model, concrete_args=concrete)
             except Exception as concrete_error:  # noqa: BLE001 - reported in one line, with where it happened
-                raise UntraceableModel(_where(concrete_error, model)) from concrete_error
+                tracer = _ConcreteTracer(example_input, placeholder_values(model, example_input))
+                try:  # once more, with the tensors the forward makes recorded (`_recorded_factories`)
+                    with torch.no_grad(), _recorded_factories(tracer):
+                        graph = tracer.trace(model, concrete_args=concrete)
+                except Exception:  # noqa: BLE001 - the first failure is the one reported
+                    raise UntraceableModel(_where(concrete_error, model)) from concrete_error
     finally:
         _restore(saved)
         model.train(was_training)
+    tracer.unmark_wrapped()
     _strip_asserts(graph)
     if concrete is not None:
         _drop_fixed_arguments(graph, model, example_input)
@@ -217,6 +321,9 @@ def _drop_fixed_arguments(graph: fx.Graph, model: nn.Module, example_input: Exam
                 graph.erase_node(node)
     info = getattr(graph._codegen, "pytree_info", None)
     if info is not None:
+        for node in graph.nodes:  # a default (`pixel_values=None`) has no place in the flattening line
+            if node.op == "placeholder":
+                node.args = ()
         kept = [n for n, v in bound.items() if tensors_of(v)]
         spec = pytree.tree_structure((model, *graph_inputs(model, example_input)))
         graph._codegen.pytree_info = info._replace(orig_args=["self", *kept], in_spec=spec)
@@ -249,10 +356,19 @@ class _ConcreteProxy(fx.Proxy):
         value = self._value()
         if not isinstance(value, torch.Tensor):
             return fx.Proxy.__getattr__(self, "size")(*dims)
+        batched = self._batched(value)
         if dims and dims[0] is not None:
             d = dims[0] + value.dim() if dims[0] < 0 else dims[0]
-            return self._batch() if d == 0 and value.shape[0] == TRACE_BATCH else int(value.shape[d])
-        return tuple(self._batch() if i == 0 and n == TRACE_BATCH else int(n) for i, n in enumerate(value.shape))
+            return self._batch() if d == 0 and batched else int(value.shape[d])
+        return tuple(self._batch() if i == 0 and batched else int(n) for i, n in enumerate(value.shape))
+
+    def _batched(self, value: torch.Tensor) -> bool:
+        """Whether the first axis scales with the batch: the traced batch, or a multiple of it in a tensor
+        computed from the inputs (Swin's windows: batch x windows rows, as `B_, N, C = x.shape` reads them)."""
+        if not value.dim():
+            return False
+        n = int(value.shape[0])
+        return n == TRACE_BATCH or (n % TRACE_BATCH == 0 and self.node in self.tracer.batched)
 
     def _batch(self) -> fx.Proxy:
         return self.tracer.create_proxy("call_method", "size", (self, 0), {})
@@ -269,6 +385,11 @@ class _ConcreteProxy(fx.Proxy):
             if name in ("dtype", "device", "is_cuda"):
                 return getattr(value, name)
         return super().__getattr__(name)
+
+    def __setitem__(self, key, value) -> None:
+        """`mask[a:b, c:d] = n` on a tensor made in forward (torchvision Swin's shift mask): recorded, and done
+        on the traced value."""
+        self.tracer.create_proxy("call_function", operator.setitem, (self, key, value), {})
 
     def __len__(self) -> int:
         value = self._value()
@@ -288,6 +409,7 @@ class _ConcreteTracer(_Tracer):
         self.placeholders = iter(placeholders)  # a structured example runs as it is (one sample)
         self.values: dict[fx.Node, object] = {}
         self.batch_branches = 0  # branches on the batch size, taken as at TRACE_BATCH
+        self.batched: set[fx.Node] = set()  # nodes computed from the inputs (placeholders)
 
     def proxy(self, node: fx.Node) -> fx.Proxy:
         return _ConcreteProxy(node, self)
@@ -318,12 +440,16 @@ class _ConcreteTracer(_Tracer):
         return True
 
     def create_proxy(self, kind, target, args, kwargs, name=None, type_expr=None, proxy_factory_fn=None):
+        if kind == "call_function" and mha.traced_through(target, args, kwargs):
+            return self.through(target, args, kwargs)  # its ops are recorded (and run) one by one
         proxy = super().create_proxy(kind, target, args, kwargs, name, type_expr, proxy_factory_fn)
         real = lambda a: self.values[a.node] if isinstance(a, fx.Proxy) else a  # noqa: E731
         args_, kwargs_ = map_aggregate(args, real), map_aggregate(kwargs, real)
         with _unpatched():
             value = self._run(kind, target, args_, kwargs_)
         self.values[proxy.node] = value
+        if kind == "placeholder" or any(n in self.batched for n in proxy.node.all_input_nodes):
+            self.batched.add(proxy.node)
         return proxy
 
     def _run(self, kind: str, target, args_, kwargs_) -> object:
@@ -342,6 +468,29 @@ class _ConcreteTracer(_Tracer):
         else:
             value = None
         return value
+
+
+#: torch's factories that make a tensor of the sizes given (see `_recorded_factories`)
+FACTORIES = ("arange", "zeros", "ones", "full", "empty")
+
+
+@contextlib.contextmanager
+def _recorded_factories(tracer: _ConcreteTracer):
+    """`torch.arange(n)` and the like recorded as graph nodes (their values computed too) rather than made as
+    constants. Only where the trace failed without it: a constant made in forward and then sized from the
+    input (transformers' Swin: its shift mask, `mask.expand(batch_size, ...)` with the batch symbolic) cannot
+    take a traced size as an argument."""
+    originals = {name: getattr(torch, name) for name in FACTORIES}
+
+    def recorded(original):
+        return lambda *args, **kwargs: tracer.create_proxy("call_function", original, args, kwargs)
+    for name, original in originals.items():
+        setattr(torch, name, recorded(original))
+    try:
+        yield
+    finally:
+        for name, original in originals.items():
+            setattr(torch, name, original)
 
 
 @contextlib.contextmanager

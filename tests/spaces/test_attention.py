@@ -67,6 +67,15 @@ def test_heads_mlp_widths_and_blocks_are_dimensions(fused):
         assert_close(prunable.model(x), before)  # heads reordered by importance: same function
 
 
+def test_round_to_rounds_channels_never_head_counts():
+    model = tiny_vit()
+    prunable = derive(model, torch.randn(1, 3, 32, 32), round_to=8)
+    assert heads(prunable) == [f"blocks.{i}.attn.qkv.heads" for i in range(DEPTH)]
+    assert all(prunable.space[n].choices == (1, 2, 3) for n in heads(prunable))  # 3 heads: not frozen at 8
+    mlp = prunable.space["blocks.0.mlp.fc1"]
+    assert all(w % 8 == 0 for w in mlp.choices)  # channels are rounded
+
+
 @pytest.mark.parametrize("fused", [True, False])
 def test_elastic_equals_materialized_and_prices_are_exact(fused, rng):
     prunable, x, before = derived(fused)
@@ -184,21 +193,140 @@ def test_inferred_head_dim_roll_and_channels_last_pad(rng):
         assert qkv is None or qkv.weight.shape[0] == 3 * 6 * candidate["qkv.heads"]
 
 
-def test_multihead_attention_is_frozen_with_its_reason_and_priced_exactly():
+@functools.cache
+def torchvision_vit():
     torch.manual_seed(0)
     model = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=3,
                                                  hidden_dim=48, mlp_dim=96, num_classes=10).eval()
-    x = torch.randn(1, 3, 32, 32)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(x)
+    return derive(model, x[:1]), x, before
+
+
+@pytest.fixture
+def no_mha_fastpath():
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)  # its fused kernel hides work from FlopCounterMode
-    try:
-        prunable = derive(model, x)
-        reasons = prunable.graph.fixed_reasons()
-        assert any(r.startswith("nn.MultiheadAttention ties its heads to its embedding") for r in reasons)
-        assert {f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)} <= {d.name for d in prunable.space.widths}
-        candidate = prunable.space.smallest()
-        with FlopCounterMode(display=False) as counter, torch.no_grad():
-            materialize(prunable, candidate).eval()(x)
-        assert CostModel(prunable).price(candidate).flops == counter.get_total_flops()
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
+    yield
+    torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def test_multihead_attention_heads_and_residual_stream_are_searched_and_exact(no_mha_fastpath, rng):
+    """torchvision's ViT: `nn.MultiheadAttention` traced as the ops it computes (`spaces.mha`)."""
+    prunable, x, before = torchvision_vit()
+    names = heads(prunable)
+    assert names == [f"encoder.layers.encoder_layer_{i}.self_attention.heads" for i in range(2)]
+    assert all(prunable.space[n].choices == (1, 2, 3) for n in names)
+    widths = {d.name for d in prunable.space.widths}
+    assert "conv_proj" in widths  # the residual stream: patches, class token, in_proj columns, out_proj rows
+    assert {f"encoder.layers.encoder_layer_{i}.mlp.0" for i in range(2)} <= widths
+    assert len(prunable.space.keeps) == 4 and not prunable.graph.fixed_reasons()
+    with torch.no_grad():
+        assert_close(prunable.model(x), before)
+    torch.manual_seed(0)
+    fresh = torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=3,
+                                                 hidden_dim=48, mlp_dim=96, num_classes=10).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        fresh(x[:1])  # the module itself, untraced: the same FLOPs as the ops it is traced as
+    assert CostModel(prunable).base.flops == counter.get_total_flops()
+    elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
+    for candidate in candidates(prunable, rng, n=2):
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        assert cost.price(candidate).flops == counter.get_total_flops()
+        assert cost.price(candidate).params == sum(p.numel() for p in subnet.parameters())
+    one = {**prunable.space.full(), names[0]: 1}
+    attention = materialize(prunable, one).get_submodule("encoder.layers.encoder_layer_0.self_attention")
+    assert attention.in_proj_weight.shape == (3 * 16, 48) and attention.out_proj.weight.shape == (48, 16)
+
+
+def test_multihead_attention_asked_for_its_weights_stays_frozen_with_its_reason(no_mha_fastpath):
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.attn, self.head = nn.Linear(8, 12), nn.MultiheadAttention(12, 3, batch_first=True), \
+                nn.Linear(12, 5)
+
+        def forward(self, x):
+            x = self.embed(x)
+            y, weights = self.attn(x, x, x)  # need_weights=True: the weights are an output of its own
+            return self.head(x + y) + weights.sum()
+
+    torch.manual_seed(0)
+    model = Block().eval()
+    x = torch.randn(1, 6, 8)
+    prunable = derive(model, x)
+    assert any(r.startswith("nn.MultiheadAttention other than a self-attention") for r in prunable.graph.fixed_reasons())
+    candidate = prunable.space.smallest()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        materialize(prunable, candidate).eval()(x)
+    assert CostModel(prunable).price(candidate).flops == counter.get_total_flops()
+
+
+@pytest.mark.parametrize("fused", [True, False])
+def test_swin_heads_cut_with_their_relative_position_bias_columns(fused, rng):
+    """timm's Swin: the bias table (one column per head, gathered by an index) is cut with the heads. With the
+    fused attention the shifted block's heads freeze (its window mask is expanded to the written head count
+    and added to the bias); unfused, the scores are viewed per window and both blocks' heads are searched."""
+    from timm.models.swin_transformer import SwinTransformer
+
+    torch.manual_seed(0)
+    model = SwinTransformer(img_size=16, patch_size=4, window_size=2, embed_dim=8, depths=(2, 1), num_heads=(2, 2),
+                            num_classes=5).eval()
+    for m in model.modules():
+        if hasattr(m, "fused_attn"):
+            m.fused_attn = fused
+    x = torch.randn(3, 3, 16, 16)
+    prunable = derive(model, x[:1])
+    expected = ["layers.0.blocks.0.attn.qkv.heads", *([] if fused else ["layers.0.blocks.1.attn.qkv.heads"]),
+                "layers.1.blocks.0.attn.qkv.heads"]
+    assert heads(prunable) == expected
+    # patch merging (`reshape(..., 2, 2, C).flatten(3)`: the channels four times) keeps both streams searched
+    assert {"patch_embed.proj", "layers.1.downsample.reduction"} <= {d.name for d in prunable.space.widths}
+    elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
+    for candidate in [*candidates(prunable, rng, n=1), {**prunable.space.full(), **{n: 1 for n in expected}}]:
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        assert cost.price(candidate).flops == counter.get_total_flops()
+        assert cost.price(candidate).params == sum(p.numel() for p in subnet.parameters())
+    table = subnet.get_submodule("layers.0.blocks.0.attn").relative_position_bias_table
+    assert table.shape == (9, 1)
+
+
+def test_torchvision_swin_shifted_window_attention_traced_through(no_mha_fastpath, rng):
+    """torchvision's Swin: `shifted_window_attention` (weights as arguments), its relative position bias and
+    patch merging are traced as the ops they compute; the shift mask, made in forward (`new_zeros`, filled by
+    slices), holds no channels: every block's heads are searched, and the stream through patch merging."""
+    torch.manual_seed(0)
+    model = torchvision.models.SwinTransformer(patch_size=[4, 4], embed_dim=8, depths=[2, 1], num_heads=[2, 2],
+                                               window_size=[2, 2], num_classes=5).eval()
+    x = torch.randn(3, 3, 16, 16)
+    prunable = derive(model, x[:1])
+    names = heads(prunable)
+    assert names == [f"features.{s}.{b}.attn.qkv.heads" for s, b in ((1, 0), (1, 1), (3, 0))]
+    assert not prunable.graph.fixed_reasons() and len(prunable.space.keeps) == 6
+    assert {"features.0.0", "features.2.reduction"} <= {d.name for d in prunable.space.widths}
+    elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
+    for candidate in [*candidates(prunable, rng, n=1), {**prunable.space.full(), **{n: 1 for n in names}}]:
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        assert cost.price(candidate).flops == counter.get_total_flops()
+        assert cost.price(candidate).params == sum(p.numel() for p in subnet.parameters())
+    attention = subnet.get_submodule("features.1.1.attn")
+    assert attention.qkv.weight.shape[0] == 3 * 4 and attention.relative_position_bias_table.shape == (9, 1)
+    with torch.no_grad():
+        program = torch.export.export(subnet, (x[:1],))  # no op of the traced-through functions left marked
+        assert_close(program.module()(x[:1]), subnet(x[:1]))

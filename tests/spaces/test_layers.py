@@ -148,7 +148,8 @@ def test_a_layer_its_entry_freezes_is_still_priced():
 
 
 class Attention(nn.Module):
-    """Matmuls outside any layer (and a MultiheadAttention): frozen, and still priced exactly."""
+    """Matmuls over channels outside any layer: frozen, and still priced exactly (the self-attention
+    MultiheadAttention is traced as its ops: its heads are searched, `spaces.mha`)."""
 
     def __init__(self):
         super().__init__()
@@ -166,9 +167,9 @@ class Attention(nn.Module):
 def test_attention_and_matmuls_are_priced_and_their_channels_frozen():
     prunable = check_all(Attention())
     graph = prunable.graph
-    assert graph.constant_flops  # the matmuls and the attention module
+    assert graph.constant_flops  # the matmuls over channels
     assert any("mha" in name for name in graph.tensors if name.endswith("out_proj.weight"))
-    assert [d.name for d in prunable.space.widths] == ["fc1"]  # the MLP's hidden width only
+    assert [d.name for d in prunable.space.widths] == ["mha.heads", "fc1"]  # the heads and the MLP's hidden width
     assert all(reason for g in graph.groups if not g.prunable for reason in [g.fixed] if g.size > 1)
 
 
