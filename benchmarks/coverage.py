@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils import _pytree as pytree  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from evaluators.cost import CostModel  # noqa: E402
@@ -216,7 +217,8 @@ class Row:
     params_err: float = 0.0
     train: float = 0.0
     heads: int = 0       # attention family: head-count dimensions
-    export: str = ""     # attention family: "ok" when the smallest subnet runs in torch.export and ONNX, else why
+    export: str = ""     # attention, detection families: "ok" when the smallest subnet (detection: and a random
+    #                      one) runs in torch.export and ONNX (ONNX Runtime's outputs equal torch's), else why
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -280,18 +282,28 @@ def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> R
     if row.family == "attention":
         row.heads = sum(d.name.endswith(".heads") for d in space.widths)
         row.export = exported(materialize(prunable, space.smallest()).eval(), x)
+    elif row.family == "detection":  # the smallest subnet and a random one
+        for label, candidate in (("smallest", space.smallest()), ("random", space.sample(rng))):
+            result = exported(materialize(prunable, candidate).eval(), x)
+            if result != "ok":
+                row.export = f"{label}: {result}"
+                break
+        else:
+            row.export = "ok"
     row.ok = True
     row.seconds = time.perf_counter() - start
     return row
 
 
 def exported(subnet: nn.Module, x: torch.Tensor) -> str:
-    """"ok" when `subnet` runs the same under torch.export and (with onnxruntime) ONNX, else the first failure."""
+    """"ok" when `subnet` runs the same under torch.export and (with onnxruntime) ONNX, else the first failure.
+
+    Every output tensor is compared (a structured output flattened in pytree order, as ONNX lists its outputs)."""
     try:
         with torch.no_grad():
-            expected = first_tensor(subnet(x[:1]))
+            expected = pytree.tree_leaves(subnet(x[:1]))
             program = torch.export.export(subnet, (x[:1],))
-            if rel_diff(first_tensor(program.module()(x[:1])), expected) > 1e-4:
+            if max_diff(pytree.tree_leaves(program.module()(x[:1])), expected) > 1e-4:
                 return "torch.export: other outputs"
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "subnet.onnx")
@@ -301,12 +313,19 @@ def exported(subnet: nn.Module, x: torch.Tensor) -> str:
             except ImportError:
                 return "ok"
             session = onnxruntime.InferenceSession(path)
-            out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
-            if rel_diff(torch.from_numpy(out), expected) > 1e-4:
+            out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
+            if max_diff([torch.from_numpy(o) for o in out], expected) > 1e-4:
                 return "onnx: other outputs"
         return "ok"
     except Exception as e:  # noqa: BLE001 - a failed export is this row's finding
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
+
+
+def max_diff(outputs: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The worst relative difference of two flat lists of outputs (infinite when their counts or shapes differ)."""
+    if len(outputs) != len(expected) or any(a.shape != b.shape for a, b in zip(outputs, expected)):
+        return float("inf")
+    return max((rel_diff(a.float(), b.float()) for a, b in zip(outputs, expected)), default=0.0)
 
 
 class _Timeout(Exception):
@@ -448,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.family == "attention" and r.ok:
             print(f"attention: {r.name}: {r.heads} head-count dimensions; export: {r.export}")
+        elif r.family == "detection" and r.ok:
+            print(f"detection: {r.name}: export (smallest and a random subnet): {r.export}")
     print()
     for r in rows:
         if not r.passed:
