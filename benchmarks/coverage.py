@@ -52,6 +52,7 @@ from search.models.cifar_resnet import resnet20, resnet56  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.elastic import ElasticModel  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
+from spaces.submodule import detector_parts  # noqa: E402
 
 TIMM_CNNS = """resnet18 resnet26d resnet50 resnext26ts seresnet18 seresnext26d_32x4d ecaresnet26t ecaresnet50d skresnet18
 resnet34d efficientnet_b0 efficientnet_lite0 efficientnet_es tf_efficientnet_b0 tf_efficientnet_lite0
@@ -163,7 +164,7 @@ def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
 def _detector(name: str, size: int) -> tuple[nn.Module, torch.Tensor | list[torch.Tensor]]:
     """An Ultralytics model from its config (`ultralytics:yolov8n` -> yolov8n.yaml), a torchvision detector's
     backbone + FPN (`tvdet:NAME`; SSD at its 300 px), or a whole torchvision detector (`tvwhole:NAME`, resizing
-    to 128 px, SSD to its own size; two images of different sizes; R-CNN keeping at most 20 proposals per image),
+    to 160 px, SSD to its own size; two images of different sizes; R-CNN keeping at most 20 proposals per image),
     with random weights."""
     kind, base = name.split(":", 1)
     torch.manual_seed(0)
@@ -178,6 +179,7 @@ def _detector(name: str, size: int) -> tuple[nn.Module, torch.Tensor | list[torc
         detector = torchvision.models.get_model(base, weights=None, weights_backbone=None, num_classes=5, **fewer)
         model, side = detector.backbone, 300 if base.startswith("ssd300") else max(size, 128)
         if kind == "tvwhole":
+            side = side if base.startswith("ssd300") else max(size, 160)  # FCOS's P7 2 x 2: GroupNorm over >1 value
             if not base.startswith("ssd"):
                 detector.transform.min_size, detector.transform.max_size = (side,), side
             return detector.eval(), [torch.rand(3, side, side), torch.rand(3, side * 3 // 4, side)]
@@ -195,16 +197,34 @@ def targets(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
              "labels": torch.tensor([1 + i % 4])} for i, img in enumerate(images)]
 
 
-def searched_input(model: nn.Module, path: str, x: list[torch.Tensor]) -> torch.Tensor:
-    """What a whole detector gives its submodule at `path` (its transform's batch) on the first image of `x`."""
-    seen: list[torch.Tensor] = []
-    hook = model.get_submodule(path).register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+def searched_outputs(model: nn.Module, x: torch.Tensor | list[torch.Tensor]) -> object:
+    """The model's output on `x`; a whole detector's: what its searched parts return (reordering their channels
+    keeps those, up to rounding, which may still move a box across its detector's score threshold or NMS)."""
+    paths = detector_parts(model, x) if isinstance(x, list) else ()
+    seen: list[object] = []
+    hooks = [model.get_submodule(p).register_forward_hook(lambda m, args, out: seen.append(out)) for p in paths]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen if paths else out
+
+
+def searched_calls(model: nn.Module, paths: tuple[str, ...], x: list[torch.Tensor]) -> dict[str, tuple]:
+    """What a whole detector calls each searched submodule with (its transform's batch, the feature maps) on the
+    first image of `x`."""
+    seen: dict[str, tuple] = {}
+    hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: seen.setdefault(p, args))
+             for p in paths]
     try:
         with torch.no_grad():
             model(x[:1])
     finally:
-        hook.remove()
-    return seen[0]
+        for hook in hooks:
+            hook.remove()
+    return seen
 
 
 def _train_reference(model: nn.Module) -> nn.Module:
@@ -289,11 +309,9 @@ def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> R
     start = time.perf_counter()
     model, x = build(name, size)
     row.size = (x[0] if isinstance(x, list) else x).shape[-1]
-    with torch.no_grad():
-        before = model(x)
+    before = searched_outputs(model, x)
     prunable = derive(model, x[:1])
-    with torch.no_grad():
-        row.reorder = out_diff(name, model(x), before)
+    row.reorder = out_diff(name, searched_outputs(model, x), before)
     graph, space = prunable.graph, prunable.space
     cost = CostModel(prunable)
     row.groups, row.widths, row.keeps = len(graph.groups), len(space.widths), len(space.keeps)
@@ -328,41 +346,45 @@ def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> R
     elif row.family == "detection":  # the smallest subnet and a random one (a whole detector's: its searched part)
         for label, candidate in (("smallest", space.smallest()), ("random", space.sample(rng))):
             subnet = materialize(prunable, candidate).eval()
-            if prunable.outside is not None:
-                path = prunable.outside.path
-                subnet, label = subnet.get_submodule(path), f"{label} .{path}"
-                result = exported(subnet, searched_input(model, path, x))
+            if prunable.outside is not None:  # each searched part, on what the pruned detector gives it
+                calls = searched_calls(subnet, prunable.outside.paths, x)
+                result = next((f".{p}: {r}" for p in prunable.outside.paths
+                               if (r := exported(subnet.get_submodule(p), x, calls[p])) != "ok"), "ok")
             else:
                 result = exported(subnet, x)
             if result != "ok":
                 row.export = f"{label}: {result}"
                 break
         else:
-            row.export = "ok" if prunable.outside is None else f"ok (.{prunable.outside.path})"
+            paths = prunable.outside.paths if prunable.outside is not None else ()
+            row.export = f"ok ({', '.join('.' + p for p in paths)})" if paths else "ok"
     row.ok = True
     row.seconds = time.perf_counter() - start
     return row
 
 
-def exported(subnet: nn.Module, x: torch.Tensor) -> str:
+def exported(subnet: nn.Module, x: torch.Tensor, args: tuple | None = None) -> str:
     """"ok" when `subnet` runs the same under torch.export and (with onnxruntime) ONNX, else the first failure.
 
-    Every output tensor is compared (a structured output flattened in pytree order, as ONNX lists its outputs)."""
+    It is called on `x[:1]`, or on `args`. Every output tensor is compared (structured inputs and outputs
+    flattened in pytree order, as ONNX lists them)."""
+    args = (x[:1],) if args is None else args
     try:
         with torch.no_grad():
-            expected = pytree.tree_leaves(subnet(x[:1]))
-            program = torch.export.export(subnet, (x[:1],))
-            if max_diff(pytree.tree_leaves(program.module()(x[:1])), expected) > 1e-4:
+            expected = pytree.tree_leaves(subnet(*args))
+            program = torch.export.export(subnet, args)
+            if max_diff(pytree.tree_leaves(program.module()(*args)), expected) > 1e-4:
                 return "torch.export: other outputs"
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "subnet.onnx")
-            torch.onnx.export(subnet, (x[:1],), path, dynamo=True, verbose=False)
+            torch.onnx.export(subnet, args, path, dynamo=True, verbose=False)
             try:
                 import onnxruntime
             except ImportError:
                 return "ok"
             session = onnxruntime.InferenceSession(path)
-            out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})
+            feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), pytree.tree_leaves(args))}
+            out = session.run(None, feeds)
             if max_diff([torch.from_numpy(o) for o in out], expected) > 1e-4:
                 return "onnx: other outputs"
         return "ok"

@@ -14,7 +14,7 @@ from .heads import head_outputs
 from .importance import Criterion, channel_importance, reorder
 from .space import BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Dimension, SearchSpace, width_choices
 from .structure import Example
-from .submodule import Outside, capture, check_outside, detector_submodule
+from .submodule import Outside, capture, check_outside, detector_parts
 
 
 @dataclass
@@ -104,7 +104,7 @@ def _unique(name: str, taken: set[str]) -> str:
 def derive(model: nn.Module, example_input: Example, *, ratios: Sequence[float] = DEFAULT_RATIOS,
            round_to: int = 1, importance: str | Criterion | None = "l2",
            removable_blocks: bool = True, block_encoding: str = "flags",
-           submodule: str | None = None) -> PrunableModel:
+           submodule: str | Sequence[str] | None = None) -> PrunableModel:
     """Derive the search space of `model` for inputs shaped like `example_input`.
 
     `example_input` is a tensor (one sample is enough), or a tuple of positional arguments, a dict of
@@ -116,14 +116,16 @@ def derive(model: nn.Module, example_input: Example, *, ratios: Sequence[float] 
     Removable blocks (`removable_blocks`) are searched as one keep flag per block
     (`block_encoding="flags"`) or one depth per run of consecutive blocks (`"depth"`).
 
-    `submodule` (a dotted path) searches only that part of a model that cannot be traced whole, inside the
-    whole model (`spaces.submodule`): a torchvision detector called on a list of images searches its
-    `.backbone` without being told (`submodule=""` traces the whole model all the same). `model` stays the
-    whole model, which elastic and materialized subnets are too; the rest of it is priced as a constant.
+    `submodule` (a dotted path, or several traced side by side) searches only those parts of a model that
+    cannot be traced whole, inside the whole model (`spaces.submodule`): a torchvision detector called on a
+    list of images searches its `.backbone` and its heads' inner convolutions (`.head` of RetinaNet and FCOS,
+    `.rpn.head` of R-CNN) without being told (`submodule=""` traces the whole model all the same). `model`
+    stays the whole model, which elastic and materialized subnets are too; the rest is priced as a constant.
     """
-    path = submodule if submodule is not None else detector_submodule(model, example_input)
-    if path:
-        inner, inner_example, outside = capture(model, example_input, path)
+    paths = ((submodule,) if isinstance(submodule, str) else tuple(submodule)) if submodule is not None else \
+        detector_parts(model, example_input)
+    if any(paths):
+        inner, inner_example, outside = capture(model, example_input, paths)
         check_outside(model, example_input, outside)
         prunable = derive(inner, inner_example, ratios=ratios, round_to=round_to, importance=importance,
                           removable_blocks=removable_blocks, block_encoding=block_encoding)

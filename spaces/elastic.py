@@ -28,7 +28,7 @@ from .layers import function_layer, running_stat_norms, shrink
 from .ops import full_index
 from .rewrite import empty_like, graph_module, out_of_place_consumers, view_any_length
 from .slicing import axis_index, is_prefix, kept_slice, piece_sizes, slice_tensor
-from .submodule import swapped
+from .submodule import placed
 
 
 class ElasticState:
@@ -234,7 +234,8 @@ class ElasticModel(nn.Module):
         new_graph.lint()
         self.net = graph_module(root, new_graph, f"Elastic{type(graph.model).__name__}")
         #: a submodule's space (`prunable.outside`): the whole model, sharing everything but that submodule
-        self.whole = None if prunable.outside is None else swapped(prunable.model, prunable.outside.path, self.net)
+        self.whole = None if prunable.outside is None else placed(prunable.model, prunable.outside, self.net,
+                                                                  copied=False)
 
     def _extract(self, graph: fx.Graph, block, new_of: dict[str, fx.Node], root: dict[str, object]) -> None:
         add, x, y = new_of[block.add], new_of[block.input], new_of[block.output]

@@ -18,7 +18,7 @@ from .layers import function_layer, resize
 from .ops import full_index
 from .rewrite import empty_like, graph_module, out_of_place_consumers, split_by, view_any_length
 from .slicing import kept_slice, piece_sizes, slice_tensor
-from .submodule import within
+from .submodule import placed
 
 
 def _cut(t: torch.Tensor, uses, prunable: PrunableModel, widths: list[int]) -> torch.Tensor:
@@ -103,5 +103,5 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> nn.Mod
     subnet = graph_module(root, new_graph, f"Pruned{type(prunable.graph.model).__name__}")
     subnet.train(prunable.model.training)
     if prunable.outside is not None:
-        return within(prunable.model, prunable.outside.path, subnet)
+        return placed(prunable.model, prunable.outside, subnet, copied=True)
     return subnet

@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import copy
 import inspect
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.fx as fx
 from torch import nn
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
@@ -38,33 +40,42 @@ from .structure import Example, call
 
 
 class UnpricedModel(ValueError):
-    """The cost of what runs outside the searched submodule cannot be priced from widths: says why, in one line."""
+    """The cost of what runs outside the searched submodules cannot be priced from widths: says why, in one line."""
 
 
 @dataclass(frozen=True)
 class Outside:
-    """What a model computes outside its searched submodule, priced as constants added to every candidate.
+    """What a model computes outside its searched submodules, priced as constants added to every candidate.
 
     `flops` and `params` are per call on the example as given (FLOPs counted as FlopCounterMode counts
     them); `upper_bound` says why `flops` is a bound rather than exact (empty when it is exact).
     """
 
-    path: str          # the searched submodule, a dotted path inside the model
+    paths: tuple[str, ...]  # the searched submodules, dotted paths inside the model (traced together if several)
     flops: int
     params: int
     upper_bound: str = ""
     per_proposal: int = 0  # R-CNN: the RoI box head's FLOPs per proposal (its cost at the most proposals)
+    inputs: tuple[int, ...] = ()  # several submodules: the tensors each is called with, in the joint graph's order
 
     def describe(self) -> str:
         how = f"an upper bound: {self.upper_bound}" if self.upper_bound else "exact, measured once"
-        return (f"searched: .{self.path} inside the whole model; the rest costs {self.flops} FLOPs and "
+        where = ", ".join(f".{p}" for p in self.paths)
+        return (f"searched: {where} inside the whole model; the rest costs {self.flops} FLOPs and "
                 f"{self.params} params per call on the example ({how})")
 
 
-def detector_submodule(model: nn.Module, example: Example) -> str | None:
-    """`"backbone"` for a torchvision detector called on a list of images, else None."""
-    detector = isinstance(getattr(model, "backbone", None), nn.Module) and hasattr(model, "transform")
-    return "backbone" if detector and isinstance(example, list) else None
+def detector_parts(model: nn.Module, example: Example) -> tuple[str, ...]:
+    """A torchvision detector called on a list of images: its backbone and the heads whose inner convolutions
+    can be searched (RetinaNet's and FCOS's towers, the RPN's conv); otherwise nothing."""
+    if not (isinstance(getattr(model, "backbone", None), nn.Module) and hasattr(model, "transform")
+            and isinstance(example, list)):
+        return ()
+    head = getattr(model, "head", None)
+    # RetinaNet's and FCOS's heads hold conv towers (`conv`); SSD's heads map each feature map to its outputs at once
+    towers = ("head",) if hasattr(getattr(head, "classification_head", None), "conv") else ()
+    rpn = ("rpn.head",) if isinstance(getattr(getattr(model, "rpn", None), "head", None), nn.Module) else ()
+    return ("backbone", *towers, *rpn)
 
 
 def _key(model: nn.Module, path: str) -> str:
@@ -74,27 +85,21 @@ def _key(model: nn.Module, path: str) -> str:
 
 @dataclass
 class _Run:
-    """One forward of the whole model: total FLOPs, the submodule's, and what the submodule was called with."""
+    """One forward of the whole model: total FLOPs, the submodules', and what each was called with."""
 
     total: int
     inside: int
-    args: tuple
-    kwargs: dict[str, Any]
-    calls: int
+    calls: dict[str, list[tuple[tuple, dict]]]
     proposals: int | None  # R-CNN: the proposals the RoI heads got (all images)
     per_proposal: int      # R-CNN: the FLOPs of the RoI box head per proposal
     most: int = 0          # R-CNN: the most proposals its RPN keeps in eval (post_nms_top_n per image)
 
 
-def _forward(model: nn.Module, example: Example, path: str) -> _Run:
-    inner = model.get_submodule(path)
-    seen: list[tuple[tuple, dict]] = []
+def _forward(model: nn.Module, example: Example, paths: Sequence[str]) -> _Run:
+    calls: dict[str, list[tuple[tuple, dict]]] = {path: [] for path in paths}
     proposals: list[int] = []
-
-    def grab(module, args, kwargs):
-        seen.append((args, kwargs))
-
-    hooks = [inner.register_forward_pre_hook(grab, with_kwargs=True)]
+    hooks = [model.get_submodule(path).register_forward_pre_hook(
+        lambda m, args, kwargs, seen=calls[path]: seen.append((args, kwargs)), with_kwargs=True) for path in paths]
     roi = getattr(model, "roi_heads", None) if hasattr(model, "rpn") else None
     if roi is not None:
         hooks.append(roi.register_forward_pre_hook(lambda m, args: proposals.append(sum(len(p) for p in args[1]))))
@@ -114,9 +119,8 @@ def _forward(model: nn.Module, example: Example, path: str) -> _Run:
     if proposals and proposals[0]:
         box = sum(counts.get(_key(model, f"roi_heads.{part}"), 0) for part in ("box_head", "box_predictor"))
         per_proposal = box // proposals[0]
-    args, kwargs = seen[0] if seen else ((), {})
-    return _Run(counter.get_total_flops(), counts.get(_key(model, path), 0), args, kwargs, len(seen),
-                proposals[0] if proposals else None, per_proposal, most)
+    inside = sum(counts.get(_key(model, path), 0) for path in paths)
+    return _Run(counter.get_total_flops(), inside, calls, proposals[0] if proposals else None, per_proposal, most)
 
 
 def _rest(run: _Run, per_proposal: int) -> tuple[int, str]:
@@ -129,44 +133,81 @@ def _rest(run: _Run, per_proposal: int) -> tuple[int, str]:
     return rest + (run.most - run.proposals) * per_proposal, bound
 
 
-def capture(model: nn.Module, example: Example, path: str) -> tuple[nn.Module, Example, Outside]:
-    """The submodule at `path`, the example it is called with inside `model(example)`, and the rest's costs.
+class Parts(nn.Module):
+    """Several submodules side by side, to be traced as one graph: each runs on its own inputs.
+
+    Children are named by their paths with dots as underscores (`rpn.head` -> `rpn_head`)."""
+
+    def __init__(self, modules: dict[str, nn.Module]):
+        super().__init__()
+        for path, module in modules.items():
+            self.add_module(path.replace(".", "_"), module)
+
+    def forward(self, inputs: tuple) -> tuple:
+        return tuple(module(*args) for module, args in zip(self.children(), inputs))
+
+
+def _positional(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """A call's arguments as positional ones (keyword-only ones refused)."""
+    if not kwargs:
+        return args
+    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    if bound.kwargs:
+        raise UnpricedModel(f"{type(module).__name__} is called with keyword-only arguments: search it alone")
+    return bound.args
+
+
+def capture(model: nn.Module, example: Example, paths: Sequence[str]) -> tuple[nn.Module, Example, Outside]:
+    """What to trace (the submodule at `paths[0]`, or several side by side as `Parts`), the example it is
+    called with inside `model(example)`, and the rest's costs.
 
     Raises `UnpricedModel` where the rest's cost cannot be priced (see the module docstring)."""
-    try:
-        inner = model.get_submodule(path)
-    except AttributeError:
-        raise UnpricedModel(f"{type(model).__name__} has no submodule {path!r}") from None
+    modules: dict[str, nn.Module] = {}
+    for path in paths:
+        try:
+            modules[path] = model.get_submodule(path)
+        except AttributeError:
+            raise UnpricedModel(f"{type(model).__name__} has no submodule {path!r}") from None
+    nested = [(a, b) for a in paths for b in paths if a != b and b.startswith(f"{a}.")]
+    if nested:
+        raise UnpricedModel(f"searched submodules may not hold each other: .{nested[0][0]} holds .{nested[0][1]}")
     roi = getattr(model, "roi_heads", None)
     if roi is not None and (getattr(roi, "mask_roi_pool", None) is not None
                             or getattr(roi, "keypoint_roi_pool", None) is not None):
         raise UnpricedModel(f"{type(model).__name__}'s mask/keypoint head runs on the detections that pass its "
-                            f"score threshold (values, not widths): its FLOPs cannot be priced; search .{path} alone")
-    run = _forward(model, example, path)
-    if run.calls != 1:
-        raise UnpricedModel(f"{type(model).__name__}.{path} runs {run.calls} times in one forward of the model "
-                            f"(searched submodules must run exactly once)")
+                            f"score threshold (values, not widths): its FLOPs cannot be priced; search .backbone alone")
+    run = _forward(model, example, paths)
+    for path, seen in run.calls.items():
+        if len(seen) != 1:
+            raise UnpricedModel(f"{type(model).__name__}.{path} runs {len(seen)} times in one forward of the model "
+                                f"(searched submodules must run exactly once)")
     if run.proposals is not None and not run.per_proposal:
         raise UnpricedModel(f"{type(model).__name__}'s RPN kept no proposals on the example: its RoI head's cost "
                             f"per proposal cannot be measured (give a larger image)")
-    if run.kwargs:
-        bound = inspect.signature(inner.forward).bind(*run.args, **run.kwargs)
-        inner_example: Example = dict(bound.arguments)
-    elif len(run.args) == 1 and isinstance(run.args[0], torch.Tensor):
-        inner_example = (run.args[0],)  # a tuple: the batch the model made is priced as it is, per call
-    else:
-        inner_example = tuple(run.args)
     flops, upper = _rest(run, run.per_proposal)
-    inside = {id(p) for p in inner.parameters()}
+    inside = {id(p) for module in modules.values() for p in module.parameters()}
     params = sum(p.numel() for p in model.parameters() if id(p) not in inside)
-    return inner, inner_example, Outside(path, flops, params, upper, run.per_proposal)
+    calls = {path: _positional(modules[path], *run.calls[path][0]) for path in paths}
+    if len(paths) == 1:
+        args = calls[paths[0]]
+        # one tensor is taken as a tuple: the batch the model made is priced as it is, per call
+        return modules[paths[0]], tuple(args), Outside(tuple(paths), flops, params, upper, run.per_proposal)
+    for path, args in calls.items():
+        if not all(isinstance(leaf, torch.Tensor) for leaf in pytree.tree_leaves(args)):
+            raise UnpricedModel(f"{type(model).__name__}.{path} is called with values other than tensors: "
+                                f"search it alone")
+    inputs = tuple(len(pytree.tree_leaves(args)) for args in calls.values())
+    parts = Parts(modules)
+    parts.training = model.training  # in the model's mode (tracing restores it on the parts)
+    return (parts, (tuple(calls.values()),),
+            Outside(tuple(paths), flops, params, upper, run.per_proposal, inputs))
 
 
 def check_outside(model: nn.Module, example: Example, outside: Outside) -> None:
-    """Refuse (`UnpricedModel`) where the rest of `model` costs other FLOPs once its submodule's outputs change.
+    """Refuse (`UnpricedModel`) where the rest of `model` costs other FLOPs once its submodules' outputs change.
 
     A candidate never changes the shapes of those outputs (they are never cut), only their values: the model
-    runs again with other values there (seeded noise of the same shapes and scale), as a pruned submodule
+    runs again with other values there (seeded noise of the same shapes and scale), as pruned submodules
     would give it. Where the rest then counts other FLOPs, its cost depends on values."""
     generator = torch.Generator().manual_seed(0)
 
@@ -176,16 +217,80 @@ def check_outside(model: nn.Module, example: Example, outside: Outside) -> None:
         noise = torch.randn(t.shape, generator=generator).to(t)
         return noise * t.float().std().nan_to_num(1.0) + t.float().mean()
 
-    hook = model.get_submodule(outside.path).register_forward_hook(lambda m, args, out: pytree.tree_map(other, out))
+    hooks = [model.get_submodule(path).register_forward_hook(lambda m, args, out: pytree.tree_map(other, out))
+             for path in outside.paths]
     try:
-        run = _forward(model, example, outside.path)
+        run = _forward(model, example, outside.paths)
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     flops, _ = _rest(run, outside.per_proposal)
     if flops != outside.flops:
-        raise UnpricedModel(f"the rest of {type(model).__name__} (outside .{outside.path}) costs {outside.flops} "
-                            f"FLOPs on the example and {flops} once .{outside.path} gives other values: its cost "
-                            f"depends on values, so no budget can be priced")
+        where = ", ".join(f".{p}" for p in outside.paths)
+        raise UnpricedModel(f"the rest of {type(model).__name__} (outside {where}) costs {outside.flops} FLOPs on "
+                            f"the example and {flops} once {where} give other values: its cost depends on values, "
+                            f"so no budget can be priced")
+
+
+class Part(nn.Module):
+    """One submodule's share of a joint graph (`Parts` traced), as a module: its call in, its output out.
+
+    Any other attribute is the original submodule's (a detector's head computes its loss with its own
+    `compute_loss`, from the outputs and settings, not from weights)."""
+
+    def __init__(self, gm: fx.GraphModule, out_spec: pytree.TreeSpec, original: nn.Module):
+        super().__init__()
+        self.gm, self.out_spec = gm, out_spec
+        self.__dict__["_original"] = original  # not a child: its weights are the base model's
+
+    def forward(self, *args):
+        return pytree.tree_unflatten(list(self.gm(*pytree.tree_leaves(args))), self.out_spec)
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(self.__dict__["_original"], name)
+
+
+def split(gm: fx.GraphModule, outside: Outside, model: nn.Module) -> dict[str, nn.Module]:
+    """Each searched path -> its share of the joint graph `gm` (an elastic or materialized `Parts` of `model`)."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    output = next(n for n in gm.graph.nodes if n.op == "output")
+    spec = gm.graph._codegen.pytree_info.out_spec
+    flat, specs = list(output.args[0]), spec.children() if hasattr(spec, "children") else spec.children_specs
+    parts: dict[str, nn.Module] = {}
+    first_in = first_out = 0
+    for path, count, spec in zip(outside.paths, outside.inputs, specs):
+        inputs = placeholders[first_in:first_in + count]
+        outputs = flat[first_out:first_out + spec.num_leaves]
+        first_in, first_out = first_in + count, first_out + spec.num_leaves
+        needed: set[fx.Node] = set()
+        todo = [o for o in outputs if isinstance(o, fx.Node)]
+        while todo:
+            node = todo.pop()
+            if node not in needed:
+                needed.add(node)
+                todo.extend(node.all_input_nodes)
+        if any(n.op == "placeholder" and n not in inputs for n in needed):
+            raise UnpricedModel(f".{path} reads another searched submodule's inputs: they cannot be split")
+        graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for node in gm.graph.nodes:
+            if node in inputs:
+                env[node] = graph.placeholder(node.name)
+            elif node in needed:
+                env[node] = graph.node_copy(node, lambda a: env[a])
+        graph.output([env[o] if isinstance(o, fx.Node) else o for o in outputs])
+        parts[path] = Part(fx.GraphModule(gm, graph, class_name=type(gm).__name__), spec, model.get_submodule(path))
+    return parts
+
+
+def placed(model: nn.Module, outside: Outside, net: nn.Module, *, copied: bool) -> nn.Module:
+    """`model` running `net` (the traced submodule, or `Parts`, elastic or materialized) at its paths: a shallow
+    copy sharing all else (the elastic model), or a deep copy (`copied`: a materialized subnet)."""
+    parts = split(net, outside, model) if len(outside.paths) > 1 else {outside.paths[0]: net}
+    return within(model, parts) if copied else swapped(model, parts)
 
 
 def _shallow(module: nn.Module) -> nn.Module:
@@ -194,22 +299,28 @@ def _shallow(module: nn.Module) -> nn.Module:
     return out
 
 
-def swapped(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
-    """A shallow copy of `model` running `module` at `path`; every other module is `model`'s own (shared)."""
-    *parents, leaf = path.split(".")
-    top = node = _shallow(model)
-    for name in parents:
-        node._modules[name] = _shallow(node._modules[name])
-        node = node._modules[name]
-    node._modules[leaf] = module
+def swapped(model: nn.Module, parts: dict[str, nn.Module]) -> nn.Module:
+    """A shallow copy of `model` running `parts[path]` at each path; every other module is `model`'s own."""
+    top = _shallow(model)
+    copies = {"": top}
+    for path, module in parts.items():
+        *parents, leaf = path.split(".")
+        node, prefix = top, ""
+        for name in parents:
+            prefix = f"{prefix}.{name}" if prefix else name
+            if prefix not in copies:
+                node._modules[name] = copies[prefix] = _shallow(node._modules[name])
+            node = copies[prefix]
+        node._modules[leaf] = module
     return top
 
 
-def within(model: nn.Module, path: str, module: nn.Module) -> nn.Module:
-    """A deep copy of `model` holding `module` (not copied) at `path`: the whole model with a pruned submodule."""
-    out = copy.deepcopy(model, {id(model.get_submodule(path)): module})
+def within(model: nn.Module, parts: dict[str, nn.Module]) -> nn.Module:
+    """A deep copy of `model` holding `parts[path]` (not copied) at each path: the whole model, pruned."""
+    out = copy.deepcopy(model, {id(model.get_submodule(path)): module for path, module in parts.items()})
     out.train(model.training)
     return out
 
 
-__all__ = ["Outside", "UnpricedModel", "capture", "check_outside", "detector_submodule", "swapped", "within"]
+__all__ = ["Outside", "Part", "Parts", "UnpricedModel", "capture", "check_outside", "detector_parts", "placed",
+           "split", "swapped", "within"]

@@ -1,5 +1,5 @@
-"""Whole torchvision detectors (a list of images in, a list of dicts out): their backbone + FPN searched inside
-the whole model, the rest priced as a constant (R-CNN's RoI head at its most proposals), exact FLOPs of the whole
+"""Whole torchvision detectors (a list of images in, a list of dicts out): their backbone + FPN and their heads'
+inner convolutions searched inside the whole model, the rest priced as a constant (R-CNN's RoI head at its most proposals), exact FLOPs of the whole
 detector, the pruned detector detecting and training, a budget respected by a search; models whose rest costs
 depend on values refused in one line."""
 from __future__ import annotations
@@ -63,13 +63,24 @@ def test_a_whole_dense_detector_is_searched_with_exact_costs(name):
     model = _detector(name)
     with torch.no_grad():
         reference = model(IMAGES)
-    prunable = derive(model, IMAGES)  # found on its own: the backbone, fed by the detector's transform
-    assert prunable.model is model and prunable.outside.path == "backbone" and not prunable.outside.upper_bound
+    prunable = derive(model, IMAGES)  # found on its own: the backbone, fed by the detector's transform, and towers
+    assert prunable.model is model and not prunable.outside.upper_bound
+    assert not any(m.training for m in model.modules())  # still in eval mode, all of it
     assert len(prunable.space.widths) >= 25
-    assert "searched: .backbone inside the whole model" in prunable.explain()
+    if name.startswith("ssd"):  # its head's convolutions read the backbone's outputs and emit its own
+        assert prunable.outside.paths == ("backbone",)
+    else:  # RetinaNet's and FCOS's 4-conv towers are searched; their class and box outputs are not, with reasons
+        assert prunable.outside.paths == ("backbone", "head")
+        assert sum(d.name.startswith("head.classification_head.conv") for d in prunable.space.widths) == 4
+        assert "class scores" in prunable.frozen_groups["head.classification_head.cls_logits"]
+        assert "box regression" in prunable.frozen_groups["head.regression_head.bbox_reg"]
+    assert "inside the whole model" in prunable.explain()
     assert CostModel(prunable).base.flops == _counted(model)
     rng = np.random.default_rng(0)
-    _check(prunable, [prunable.space.smallest(), prunable.space.sample(rng)], reference)
+    pruned = _check(prunable, [prunable.space.smallest(), prunable.space.sample(rng)], reference)
+    losses = pruned.train()(IMAGES, TARGETS)  # trains: its head's own loss reads the pruned head's outputs
+    sum(losses.values()).backward()
+    assert all(p.grad is not None for p in pruned.backbone.parameters() if p.requires_grad)
 
 
 def test_faster_rcnn_prices_its_roi_head_at_the_most_proposals_and_the_pruned_detector_trains():
@@ -78,6 +89,8 @@ def test_faster_rcnn_prices_its_roi_head_at_the_most_proposals_and_the_pruned_de
         reference = model(IMAGES)
     prunable = derive(model, IMAGES)
     assert "upper bound" in prunable.explain() and "20 proposals" in prunable.outside.upper_bound
+    assert prunable.outside.paths == ("backbone", "rpn.head") and "rpn_head.conv.0.0" in prunable.dimension_groups
+    assert "objectness" in prunable.frozen_groups["rpn_head.cls_logits"]
     rng = np.random.default_rng(0)
     candidates = [prunable.space.smallest(), prunable.space.sample(rng)]
     pruned = _check(prunable, candidates, reference)  # the RPN keeps its 10 per image: the price is exact
