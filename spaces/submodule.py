@@ -1,26 +1,31 @@
-"""Search a traceable submodule inside a model that cannot be traced whole (a torchvision detector's backbone).
+"""Search traceable submodules inside a model that cannot be traced whole (a torchvision detector's backbone).
 
 A torchvision detector takes a list of images, resizes each in its transform and decodes boxes with anchors
 and NMS: Python that branches on values, which no trace follows. Its backbone + FPN is a plain graph (a batch
-tensor in, an `OrderedDict` of feature maps out). `derive(detector, [image, ...])` therefore searches the
-submodule at `path` (`.backbone` for torchvision detectors, found by `detector_submodule`; any module for
-`derive(model, example, submodule="path")`):
+tensor in, an `OrderedDict` of feature maps out), and so are its heads. `derive(detector, [image, ...])`
+therefore searches the submodules at some paths (`detector_parts`: `.backbone`, and `.head` of RetinaNet and
+FCOS or `.rpn.head` of R-CNN, whose inner convolutions are searched; any modules for
+`derive(model, example, submodule="path" or ["path", ...])`):
 
-- its example input is what the whole model passes it: captured by a hook during one forward of the whole
-  model on the user's example (in eval mode), so the model's own transform decides its size and batch;
-- the elastic submodule replaces it inside a shallow copy of the model (`swapped`), so a score sees the
-  whole model; `materialize` returns a copy of the whole model holding the pruned submodule (`within`);
-- costs: the submodule's FLOPs are priced per candidate; the rest of the model (`Outside`) costs what
-  FlopCounterMode counts for the whole model minus what it counts inside the submodule, measured once. That
-  is exact when the rest's cost depends neither on the submodule's widths (its outputs are never cut) nor on
-  values (dense heads: convolutions over every feature position; box decoding and NMS count no FLOPs).
-  `check_outside` measures it again with other values out of the submodule (what a pruned one changes)
-  and refuses the model (`UnpricedModel`) where the two differ.
+- each one's example input is what the whole model passes it: captured by a hook during one forward of the
+  whole model on the user's example (in eval mode), so the model's own transform decides its size and batch;
+- several submodules are traced side by side as one graph (`Parts`): their channel groups never meet (each
+  one's inputs and outputs are the graph's, never cut), and one candidate prices and cuts them all; the
+  elastic or materialized graph is split back into one module per path (`split`, `Part`);
+- the elastic submodules replace them inside a shallow copy of the model (`swapped`), so a score sees the
+  whole model; `materialize` returns a copy of the whole model holding the pruned submodules (`within`);
+- costs: the submodules' FLOPs are priced per candidate; the rest of the model (`Outside`) costs what
+  FlopCounterMode counts for the whole model minus what it counts inside them, measured once. That is exact
+  when the rest's cost depends neither on the submodules' widths (their outputs are never cut) nor on values
+  (dense heads: convolutions over every feature position; box decoding and NMS count no FLOPs).
+  `check_outside` measures it again with other values out of the submodules (what pruned ones change) and
+  refuses the model (`UnpricedModel`) where the two differ.
 - two-stage R-CNN detectors run their RoI box head once per proposal, and how many proposals survive the
   RPN's NMS depends on values: that head is priced at the most proposals the RPN keeps in eval
   (`post_nms_top_n` per image), an upper bound that FlopCounterMode meets whenever the RPN keeps that many
-  (at common image sizes it does). Mask and keypoint heads run on the detections that pass a score
-  threshold, which no width decides: those models are refused (`UnpricedModel`).
+  (at their own sizes it does: with random weights fasterrcnn_resnet50_fpn and _mobilenet_v3_large_fpn keep
+  1000 of a 800 px image, _mobilenet_v3_large_320_fpn its 150). Mask and keypoint heads run on the
+  detections that pass a score threshold, which no width decides: those models are refused (`UnpricedModel`).
 """
 from __future__ import annotations
 
@@ -31,8 +36,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.fx as fx
-from torch import nn
+from torch import fx, nn
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -280,7 +284,7 @@ def split(gm: fx.GraphModule, outside: Outside, model: nn.Module) -> dict[str, n
             if node in inputs:
                 env[node] = graph.placeholder(node.name)
             elif node in needed:
-                env[node] = graph.node_copy(node, lambda a: env[a])
+                env[node] = graph.node_copy(node, env.__getitem__)
         graph.output([env[o] if isinstance(o, fx.Node) else o for o in outputs])
         parts[path] = Part(fx.GraphModule(gm, graph, class_name=type(gm).__name__), spec, model.get_submodule(path))
     return parts
