@@ -240,12 +240,12 @@ class Part(nn.Module):
     """One submodule's share of a joint graph (`Parts` traced), as a module: its call in, its output out.
 
     Any other attribute is the original submodule's (a detector's head computes its loss with its own
-    `compute_loss`, from the outputs and settings, not from weights)."""
+    `compute_loss`, from the outputs and settings, not from weights), read from a copy without its tensors."""
 
     def __init__(self, gm: fx.GraphModule, out_spec: pytree.TreeSpec, original: nn.Module):
         super().__init__()
         self.gm, self.out_spec = gm, out_spec
-        self.__dict__["_original"] = original  # not a child: its weights are the base model's
+        self.__dict__["_original"] = _skeleton(original)  # not a child, and holding no weights
 
     def forward(self, *args):
         return pytree.tree_unflatten(list(self.gm(*pytree.tree_leaves(args))), self.out_spec)
@@ -255,6 +255,14 @@ class Part(nn.Module):
             return super().__getattr__(name)
         except AttributeError:
             return getattr(self.__dict__["_original"], name)
+
+
+def _skeleton(module: nn.Module) -> nn.Module:
+    """A shallow copy of `module` and its children without parameters or buffers: its settings and methods."""
+    out = copy.copy(module)
+    out._parameters, out._buffers = {}, {}
+    out._modules = {name: _skeleton(child) for name, child in module._modules.items() if child is not None}
+    return out
 
 
 def split(gm: fx.GraphModule, outside: Outside, model: nn.Module) -> dict[str, nn.Module]:

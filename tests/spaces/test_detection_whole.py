@@ -80,7 +80,8 @@ def test_a_whole_dense_detector_is_searched_with_exact_costs(name):
     pruned = _check(prunable, [prunable.space.smallest(), prunable.space.sample(rng)], reference)
     losses = pruned.train()(IMAGES, TARGETS)  # trains: its head's own loss reads the pruned head's outputs
     sum(losses.values()).backward()
-    assert all(p.grad is not None for p in pruned.backbone.parameters() if p.requires_grad)
+    assert all(p.grad is not None for p in pruned.parameters() if p.requires_grad)
+    assert sum(p.numel() for p in pruned.parameters()) < sum(p.numel() for p in model.parameters())
 
 
 def test_faster_rcnn_prices_its_roi_head_at_the_most_proposals_and_the_pruned_detector_trains():
