@@ -254,13 +254,16 @@ class Part(nn.Module):
         try:
             return super().__getattr__(name)
         except AttributeError:
-            return getattr(self.__dict__["_original"], name)
+            original = self.__dict__.get("_original")
+            if original is None:  # while being copied or unpickled
+                raise
+            return getattr(original, name)
 
 
 def _skeleton(module: nn.Module) -> nn.Module:
-    """A shallow copy of `module` and its children without parameters or buffers: its settings and methods."""
+    """A shallow copy of `module` and its children, its parameters and buffers None: its settings and methods."""
     out = copy.copy(module)
-    out._parameters, out._buffers = {}, {}
+    out._parameters, out._buffers = dict.fromkeys(module._parameters), dict.fromkeys(module._buffers)
     out._modules = {name: _skeleton(child) for name, child in module._modules.items() if child is not None}
     return out
 
