@@ -40,6 +40,7 @@ from torch import fx, nn
 from torch.utils import _pytree as pytree
 from torch.utils.flop_counter import FlopCounterMode
 
+from .rewrite import graph_module
 from .structure import Example, call
 
 
@@ -291,14 +292,27 @@ def split(gm: fx.GraphModule, outside: Outside, model: nn.Module) -> dict[str, n
             raise UnpricedModel(f".{path} reads another searched submodule's inputs: they cannot be split")
         graph = fx.Graph()
         env: dict[fx.Node, fx.Node] = {}
+        root: dict[str, object] = {}
+        prefix = f"{path.replace('.', '_')}."  # the part's own modules lose the `Parts` child name they had
         for node in gm.graph.nodes:
             if node in inputs:
                 env[node] = graph.placeholder(node.name)
             elif node in needed:
-                env[node] = graph.node_copy(node, env.__getitem__)
+                env[node] = new = graph.node_copy(node, env.__getitem__)
+                if node.op in ("call_module", "get_attr"):
+                    new.target = node.target.removeprefix(prefix)
+                    root[new.target] = _attr(gm, node.target)
         graph.output([env[o] if isinstance(o, fx.Node) else o for o in outputs])
-        parts[path] = Part(fx.GraphModule(gm, graph, class_name=type(gm).__name__), spec, model.get_submodule(path))
+        parts[path] = Part(graph_module(root, graph, type(gm).__name__), spec, model.get_submodule(path))
     return parts
+
+
+def _attr(module: nn.Module, target: str) -> object:
+    """The module, parameter or tensor at dotted path `target`."""
+    for name in target.split("."):
+        module = getattr(module, name)
+    return module
+
 
 
 def placed(model: nn.Module, outside: Outside, net: nn.Module, *, copied: bool) -> nn.Module:
