@@ -4,7 +4,7 @@
     python benchmarks/coverage.py --quick          # a representative handful
     python benchmarks/coverage.py --models resnet18,timm:efficientnet_b0 [--size 64]
     python benchmarks/coverage.py --rows coverage.jsonl [--jobs 2]   # each model in its own process, resumable
-    python benchmarks/coverage.py --family detection   # Ultralytics YOLO + torchvision detectors' backbones/FPNs
+    python benchmarks/coverage.py --family detection   # Ultralytics YOLO + torchvision detectors (whole, backbones)
 
 Per model: channel groups, width dimensions, keep flags, frozen groups (their reasons below the table),
 the smallest candidate's FLOPs ratio (the lowest reachable budget), and five checks on the smallest
@@ -44,6 +44,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torchvision  # noqa: E402
 from torch import nn  # noqa: E402
+from torch.utils import _pytree as pytree  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from evaluators.cost import CostModel  # noqa: E402
@@ -51,6 +52,7 @@ from search.models.cifar_resnet import resnet20, resnet56  # noqa: E402
 from spaces.derive import derive  # noqa: E402
 from spaces.elastic import ElasticModel  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
+from spaces.submodule import detector_parts  # noqa: E402
 
 TIMM_CNNS = """resnet18 resnet26d resnet50 resnext26ts seresnet18 seresnext26d_32x4d ecaresnet26t ecaresnet50d skresnet18
 resnet34d efficientnet_b0 efficientnet_lite0 efficientnet_es tf_efficientnet_b0 tf_efficientnet_lite0
@@ -73,11 +75,13 @@ ATTENTION = ["timm:vit_tiny_patch16_224", "timm:deit_tiny_patch16_224", "timm:sw
              "timm:efficientformer_l1", "vit_b_16", "swin_t", "hf:vit", "hf:deit", "hf:swin"]
 TIMEOUT = 600  # seconds per model (a model over it is a failed row)
 #: the detection family: Ultralytics models built from their configs (whole models: tensor in, their own
-#: (boxes, {"boxes", "scores", "feats"}) structure out), and torchvision detectors' `.backbone` (tensor in, an
-#: OrderedDict of FPN levels out; the whole detector's resize/anchors/NMS cannot be traced and is refused)
+#: (boxes, {"boxes", "scores", "feats"}) structure out), torchvision detectors' `.backbone` alone (`tvdet:`, tensor
+#: in, an OrderedDict of FPN levels out) and whole torchvision detectors (`tvwhole:`, a list of images in, a list of
+#: dicts out; the backbone searched inside the whole detector, the rest priced as a constant: `spaces.submodule`)
 DETECTION = ["ultralytics:yolov8n", "ultralytics:yolov8s", "ultralytics:yolo11n", "ultralytics:yolov8n-seg",
              "tvdet:fasterrcnn_mobilenet_v3_large_fpn", "tvdet:retinanet_resnet50_fpn", "tvdet:fcos_resnet50_fpn",
-             "tvdet:ssd300_vgg16"]
+             "tvdet:ssd300_vgg16", "tvwhole:fasterrcnn_mobilenet_v3_large_fpn", "tvwhole:retinanet_resnet50_fpn",
+             "tvwhole:fcos_resnet50_fpn", "tvwhole:ssd300_vgg16", "tvwhole:ssdlite320_mobilenet_v3_large"]
 
 
 def torchvision_names() -> list[str]:
@@ -90,7 +94,7 @@ def all_names() -> list[str]:
 
 
 def family(name: str) -> str:
-    if name in DETECTION or name.startswith(("ultralytics:", "tvdet:")):
+    if name in DETECTION or name.startswith(("ultralytics:", "tvdet:", "tvwhole:")):
         return "detection"
     if name in ATTENTION:
         return "attention"
@@ -157,9 +161,11 @@ def build(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
     raise RuntimeError(f"cannot build at any size: {error}")
 
 
-def _detector(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
-    """An Ultralytics model from its config (`ultralytics:yolov8n` -> yolov8n.yaml), or a torchvision
-    detector's backbone + FPN (`tvdet:NAME`; SSD at its 300 px), with random weights."""
+def _detector(name: str, size: int) -> tuple[nn.Module, torch.Tensor | list[torch.Tensor]]:
+    """An Ultralytics model from its config (`ultralytics:yolov8n` -> yolov8n.yaml), a torchvision detector's
+    backbone + FPN (`tvdet:NAME`; SSD at its 300 px), or a whole torchvision detector (`tvwhole:NAME`, resizing
+    to 160 px, SSD to its own size; two images of different sizes; R-CNN keeping at most 20 proposals per image),
+    with random weights."""
     kind, base = name.split(":", 1)
     torch.manual_seed(0)
     if kind == "ultralytics":
@@ -168,9 +174,57 @@ def _detector(name: str, size: int) -> tuple[nn.Module, torch.Tensor]:
         model = (SegmentationModel if base.endswith("-seg") else DetectionModel)(f"{base}.yaml", verbose=False)
         side = max(64, size // 32 * 32)
     else:
-        detector = torchvision.models.get_model(base, weights=None, weights_backbone=None, num_classes=5)
+        # R-CNN's RoI head is priced at the most proposals its RPN keeps: few enough that it keeps them all here
+        fewer = {"rpn_post_nms_top_n_test": 20} if kind == "tvwhole" and "rcnn" in base else {}
+        detector = torchvision.models.get_model(base, weights=None, weights_backbone=None, num_classes=5, **fewer)
         model, side = detector.backbone, 300 if base.startswith("ssd300") else max(size, 128)
+        if kind == "tvwhole":
+            side = side if base.startswith("ssd300") else max(size, 160)  # FCOS's P7 2 x 2: GroupNorm over >1 value
+            if not base.startswith("ssd"):
+                detector.transform.min_size, detector.transform.max_size = (side,), side
+            return detector.eval(), [torch.rand(3, side, side), torch.rand(3, side * 3 // 4, side)]
     return model.eval(), torch.rand(2, 3, side, side)
+
+
+def whole(name: str) -> bool:
+    """A whole torchvision detector: a list of images in, a list of dicts out, trained with targets."""
+    return name.startswith("tvwhole:")
+
+
+def targets(images: list[torch.Tensor]) -> list[dict[str, torch.Tensor]]:
+    """One box per image, for a whole detector's losses in train mode."""
+    return [{"boxes": torch.tensor([[2.0, 3.0, img.shape[-1] * 0.6, img.shape[-2] * 0.7]]),
+             "labels": torch.tensor([1 + i % 4])} for i, img in enumerate(images)]
+
+
+def searched_outputs(model: nn.Module, x: torch.Tensor | list[torch.Tensor]) -> object:
+    """The model's output on `x`; a whole detector's: what its searched parts return (reordering their channels
+    keeps those, up to rounding, which may still move a box across its detector's score threshold or NMS)."""
+    paths = detector_parts(model, x) if isinstance(x, list) else ()
+    seen: list[object] = []
+    hooks = [model.get_submodule(p).register_forward_hook(lambda m, args, out: seen.append(out)) for p in paths]
+    try:
+        with torch.no_grad():
+            out = model(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen if paths else out
+
+
+def searched_calls(model: nn.Module, paths: tuple[str, ...], x: list[torch.Tensor]) -> dict[str, tuple]:
+    """What a whole detector calls each searched submodule with (its transform's batch, the feature maps) on the
+    first image of `x`."""
+    seen: dict[str, tuple] = {}
+    hooks = [model.get_submodule(p).register_forward_pre_hook(lambda m, args, p=p: seen.setdefault(p, args))
+             for p in paths]
+    try:
+        with torch.no_grad():
+            model(x[:1])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
 
 
 def _train_reference(model: nn.Module) -> nn.Module:
@@ -184,7 +238,16 @@ def _train_reference(model: nn.Module) -> nn.Module:
 
 
 def rel_diff(a: torch.Tensor, b: torch.Tensor) -> float:
+    if not b.numel():
+        return 0.0 if a.shape == b.shape else float("inf")
     return (a - b).abs().max().item() / (b.abs().max().item() + 1e-6)
+
+
+def out_diff(name: str, a: object, b: object) -> float:
+    """How far two outputs are: every tensor of a whole detector's (lists of dicts), else the first tensor."""
+    if whole(name):
+        return max_diff(pytree.tree_leaves(a), pytree.tree_leaves(b))
+    return rel_diff(first_tensor(a), first_tensor(b))
 
 
 def first_tensor(out: object) -> torch.Tensor:
@@ -216,7 +279,8 @@ class Row:
     params_err: float = 0.0
     train: float = 0.0
     heads: int = 0       # attention family: head-count dimensions
-    export: str = ""     # attention family: "ok" when the smallest subnet runs in torch.export and ONNX, else why
+    export: str = ""     # attention, detection families: "ok" when the smallest subnet (detection: and a random
+    #                      one) runs in torch.export and ONNX (ONNX Runtime's outputs equal torch's), else why
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
 
@@ -227,7 +291,7 @@ class Row:
     @property
     def passed(self) -> bool:
         return (self.ok and self.reorder <= 1e-4 and self.elastic <= 1e-4 and self.cost_exact
-                and self.train <= 1e-4 and self.export in ("", "ok"))
+                and self.train <= 1e-4 and self.export.split(" ")[0] in ("", "ok"))
 
     @property
     def usable(self) -> bool:
@@ -244,12 +308,10 @@ def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> R
     row = Row(name, family(name))
     start = time.perf_counter()
     model, x = build(name, size)
-    row.size = x.shape[-1]
-    with torch.no_grad():
-        before = first_tensor(model(x))
+    row.size = (x[0] if isinstance(x, list) else x).shape[-1]
+    before = searched_outputs(model, x)
     prunable = derive(model, x[:1])
-    with torch.no_grad():
-        row.reorder = rel_diff(first_tensor(model(x)), before)
+    row.reorder = out_diff(name, searched_outputs(model, x), before)
     graph, space = prunable.graph, prunable.space
     cost = CostModel(prunable)
     row.groups, row.widths, row.keeps = len(graph.groups), len(space.widths), len(space.keeps)
@@ -263,7 +325,7 @@ def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> R
         if i:
             elastic.apply(candidate)
             with torch.no_grad():
-                row.elastic = max(row.elastic, rel_diff(first_tensor(elastic(x)), first_tensor(subnet(x))))
+                row.elastic = max(row.elastic, out_diff(name, elastic(x), subnet(x)))
         price = cost.price(candidate)
         counted = count(subnet, x[:1])
         params = sum(p.numel() for p in subnet.parameters())
@@ -272,41 +334,69 @@ def check(name: str, size: int, rng: np.random.Generator, samples: int = 3) -> R
     # train mode: the full-width subnet draws its dropout/drop-path like the model
     reference = _train_reference(copy.deepcopy(prunable.model))
     subnet = materialize(prunable, space.full()).train()
+    args = (x, targets(x)) if whole(name) else (x,)  # a whole detector: its losses, from targets
     with torch.no_grad():
         torch.manual_seed(1)
-        expected = first_tensor(reference(x))
+        expected = reference(*args)
         torch.manual_seed(1)
-        row.train = rel_diff(first_tensor(subnet(x)), expected)
+        row.train = out_diff(name, subnet(*args), expected)
     if row.family == "attention":
         row.heads = sum(d.name.endswith(".heads") for d in space.widths)
         row.export = exported(materialize(prunable, space.smallest()).eval(), x)
+    elif row.family == "detection":  # the smallest subnet and a random one (a whole detector's: its searched part)
+        for label, candidate in (("smallest", space.smallest()), ("random", space.sample(rng))):
+            subnet = materialize(prunable, candidate).eval()
+            if prunable.outside is not None:  # each searched part, on what the pruned detector gives it
+                calls = searched_calls(subnet, prunable.outside.paths, x)
+                result = next((f".{p}: {r}" for p in prunable.outside.paths
+                               if (r := exported(subnet.get_submodule(p), x, calls[p])) != "ok"), "ok")
+            else:
+                result = exported(subnet, x)
+            if result != "ok":
+                row.export = f"{label}: {result}"
+                break
+        else:
+            paths = prunable.outside.paths if prunable.outside is not None else ()
+            row.export = f"ok ({', '.join('.' + p for p in paths)})" if paths else "ok"
     row.ok = True
     row.seconds = time.perf_counter() - start
     return row
 
 
-def exported(subnet: nn.Module, x: torch.Tensor) -> str:
-    """"ok" when `subnet` runs the same under torch.export and (with onnxruntime) ONNX, else the first failure."""
+def exported(subnet: nn.Module, x: torch.Tensor, args: tuple | None = None) -> str:
+    """"ok" when `subnet` runs the same under torch.export and (with onnxruntime) ONNX, else the first failure.
+
+    It is called on `x[:1]`, or on `args`. Every output tensor is compared (structured inputs and outputs
+    flattened in pytree order, as ONNX lists them)."""
+    args = (x[:1],) if args is None else args
     try:
         with torch.no_grad():
-            expected = first_tensor(subnet(x[:1]))
-            program = torch.export.export(subnet, (x[:1],))
-            if rel_diff(first_tensor(program.module()(x[:1])), expected) > 1e-4:
+            expected = pytree.tree_leaves(subnet(*args))
+            program = torch.export.export(subnet, args)
+            if max_diff(pytree.tree_leaves(program.module()(*args)), expected) > 1e-4:
                 return "torch.export: other outputs"
         with tempfile.TemporaryDirectory() as tmp:
             path = str(Path(tmp) / "subnet.onnx")
-            torch.onnx.export(subnet, (x[:1],), path, dynamo=True, verbose=False)
+            torch.onnx.export(subnet, args, path, dynamo=True, verbose=False)
             try:
                 import onnxruntime
             except ImportError:
                 return "ok"
             session = onnxruntime.InferenceSession(path)
-            out = session.run(None, {session.get_inputs()[0].name: x[:1].numpy()})[0]
-            if rel_diff(torch.from_numpy(out), expected) > 1e-4:
+            feeds = {i.name: t.numpy() for i, t in zip(session.get_inputs(), pytree.tree_leaves(args))}
+            out = session.run(None, feeds)
+            if max_diff([torch.from_numpy(o) for o in out], expected) > 1e-4:
                 return "onnx: other outputs"
         return "ok"
     except Exception as e:  # noqa: BLE001 - a failed export is this row's finding
         return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:120]}"
+
+
+def max_diff(outputs: list[torch.Tensor], expected: list[torch.Tensor]) -> float:
+    """The worst relative difference of two flat lists of outputs (infinite when their counts or shapes differ)."""
+    if len(outputs) != len(expected) or any(a.shape != b.shape for a, b in zip(outputs, expected)):
+        return float("inf")
+    return max((rel_diff(a.float(), b.float()) for a, b in zip(outputs, expected)), default=0.0)
 
 
 class _Timeout(Exception):
@@ -448,12 +538,15 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         if r.family == "attention" and r.ok:
             print(f"attention: {r.name}: {r.heads} head-count dimensions; export: {r.export}")
+        elif r.family == "detection" and r.ok:
+            print(f"detection: {r.name}: export (smallest and a random subnet): {r.export}")
     print()
     for r in rows:
         if not r.passed:
             why = r.error or ", ".join(k for k, bad in (("reorder", r.reorder > 1e-4), ("elastic", r.elastic > 1e-4),
                                                        ("cost", not r.cost_exact), ("train", r.train > 1e-4),
-                                                       (f"export ({r.export})", r.export not in ("", "ok"))) if bad)
+                                                       (f"export ({r.export})", r.export.split(" ")[0] not in ("", "ok")))
+                            if bad)
             print(f"fails: {r.name}: {why}")
     print()
     for line in totals(rows):

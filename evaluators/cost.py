@@ -14,6 +14,10 @@ Conventions, stated once:
   and costs that constant (while the residual block around it, if any, is kept).
 - Params are the elements of the materialized subnet's parameters (buffers such as BN running
   statistics are not parameters).
+- A space searched inside a larger model (`prunable.outside`: a torchvision detector's backbone, see
+  `spaces.submodule`) adds the rest of the model as constants: its FLOPs as FlopCounterMode counted them
+  once (whole model minus the submodule; R-CNN's RoI box head at its most proposals, an upper bound said
+  in `explain()`) and its params.
 - Latency, when a measured `LatencyTable` is given, is predicted milliseconds (see `latency`).
 - A budget such as `0.4flops` means: the subnet's FLOPs are at most 0.4 x the FLOPs of the full model,
   both counted this way.
@@ -107,8 +111,9 @@ class CostModel:
     def price(self, candidate: Mapping[str, int]) -> Costs:
         widths = self.prunable.widths(candidate)
         keeps = self.prunable.keeps(candidate)
-        return Costs(flops=self._sum(self._flop_terms, widths, keeps),
-                     params=self._sum(self._param_terms, widths, keeps),
+        outside = self.prunable.outside  # a submodule's space: the rest of the model, a constant
+        return Costs(flops=self._sum(self._flop_terms, widths, keeps) + (outside.flops if outside else 0),
+                     params=self._sum(self._param_terms, widths, keeps) + (outside.params if outside else 0),
                      latency=self.latency.predict(candidate) if self.latency is not None else None)
 
     def costs(self, candidate: Mapping[str, int]) -> dict[str, float]:

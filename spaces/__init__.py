@@ -16,7 +16,7 @@ _LAZY = {
     "ChannelGraph": "graph", "ChannelGroup": "graph",
     "ElasticModel": "elastic", "materialize": "materialize",
     "reorder": "importance", "channel_importance": "importance",
-    "register_layer": "layers", "register_op": "ops", "UntraceableModel": "tracing",
+    "register_layer": "layers", "register_op": "ops", "UntraceableModel": "tracing", "UnpricedModel": "submodule",
 }
 
 __all__ = ["BLOCK_ENCODINGS", "DEFAULT_RATIOS", "DEPTH", "KEEP", "WIDTH", "Candidate", "Dimension", "Result",

@@ -14,6 +14,7 @@ from .heads import head_outputs
 from .importance import Criterion, channel_importance, reorder
 from .space import BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Dimension, SearchSpace, width_choices
 from .structure import Example
+from .submodule import Outside, capture, check_outside, detector_parts
 
 
 @dataclass
@@ -38,6 +39,9 @@ class PrunableModel:
     block_reasons: dict[str, str] = field(default_factory=dict)
     #: producer of a channel group that is not searched -> why
     frozen_groups: dict[str, str] = field(default_factory=dict)
+    #: when the graph is a submodule of `model` (a detector's backbone): where, and what the rest costs
+    #: (`spaces.submodule`); None when the graph is the whole model
+    outside: Outside | None = None
 
     def widths(self, candidate: Mapping[str, int]) -> list[int]:
         """The width of every channel group (fixed groups at full width), indexed by group id."""
@@ -74,6 +78,8 @@ class PrunableModel:
         """What the space searches and what it leaves alone, with a reason for each thing left alone."""
         space = self.space
         lines = [f"{space!r}"]
+        if self.outside is not None:
+            lines.append(self.outside.describe())
         if self.dimension_runs:
             lines.append(f"stage depths ({len(self.dimension_runs)}): each keeps the first d blocks of its stage")
             for name, run in self.dimension_runs.items():
@@ -97,7 +103,8 @@ def _unique(name: str, taken: set[str]) -> str:
 
 def derive(model: nn.Module, example_input: Example, *, ratios: Sequence[float] = DEFAULT_RATIOS,
            round_to: int = 1, importance: str | Criterion | None = "l2",
-           removable_blocks: bool = True, block_encoding: str = "flags") -> PrunableModel:
+           removable_blocks: bool = True, block_encoding: str = "flags",
+           submodule: str | Sequence[str] | None = None) -> PrunableModel:
     """Derive the search space of `model` for inputs shaped like `example_input`.
 
     `example_input` is a tensor (one sample is enough), or a tuple of positional arguments, a dict of
@@ -109,7 +116,22 @@ def derive(model: nn.Module, example_input: Example, *, ratios: Sequence[float] 
     head counts are never rounded.
     Removable blocks (`removable_blocks`) are searched as one keep flag per block
     (`block_encoding="flags"`) or one depth per run of consecutive blocks (`"depth"`).
+
+    `submodule` (a dotted path, or several traced side by side) searches only those parts of a model that
+    cannot be traced whole, inside the whole model (`spaces.submodule`): a torchvision detector called on a
+    list of images searches its `.backbone` and its heads' inner convolutions (`.head` of RetinaNet and FCOS,
+    `.rpn.head` of R-CNN) without being told (`submodule=""` traces the whole model all the same). `model`
+    stays the whole model, which elastic and materialized subnets are too; the rest is priced as a constant.
     """
+    paths = ((submodule,) if isinstance(submodule, str) else tuple(submodule)) if submodule is not None else \
+        detector_parts(model, example_input)
+    if any(paths):
+        inner, inner_example, outside = capture(model, example_input, paths)
+        check_outside(model, example_input, outside)
+        prunable = derive(inner, inner_example, ratios=ratios, round_to=round_to, importance=importance,
+                          removable_blocks=removable_blocks, block_encoding=block_encoding)
+        prunable.model, prunable.outside = model, outside
+        return prunable
     if round_to < 1:
         raise ValueError("round_to must be at least 1")
     if block_encoding not in BLOCK_ENCODINGS:

@@ -28,6 +28,7 @@ from .layers import function_layer, running_stat_norms, shrink
 from .ops import full_index
 from .rewrite import empty_like, graph_module, out_of_place_consumers, view_any_length
 from .slicing import axis_index, is_prefix, kept_slice, piece_sizes, slice_tensor
+from .submodule import placed
 
 
 class ElasticState:
@@ -231,7 +232,10 @@ class ElasticModel(nn.Module):
         for block in graph.blocks:  # in graph order: a block's input may be the previous block's add
             self._extract(new_graph, block, new_of, root)
         new_graph.lint()
-        self.net = graph_module(root, new_graph, f"Elastic{type(prunable.model).__name__}")
+        self.net = graph_module(root, new_graph, f"Elastic{type(graph.model).__name__}")
+        #: a submodule's space (`prunable.outside`): the whole model, sharing everything but that submodule
+        self.whole = None if prunable.outside is None else placed(prunable.model, prunable.outside, self.net,
+                                                                  copied=False)
 
     def _extract(self, graph: fx.Graph, block, new_of: dict[str, fx.Node], root: dict[str, object]) -> None:
         add, x, y = new_of[block.add], new_of[block.input], new_of[block.output]
@@ -266,8 +270,9 @@ class ElasticModel(nn.Module):
         self.apply(self.prunable.space.full())
 
     def forward(self, *args, **kwargs):
-        """The model's own call: a tensor, or the structured arguments it was derived for (`spaces.structure`)."""
-        return self.net(*args, **kwargs)
+        """The model's own call: a tensor, or the structured arguments it was derived for (`spaces.structure`);
+        for a submodule's space, the whole model's call (a detector's list of images, and targets in train mode)."""
+        return (self.net if self.whole is None else self.whole)(*args, **kwargs)
 
     @contextlib.contextmanager
     def trainable(self, seed: int, *, freeze_base: bool) -> Iterator[torch.device]:

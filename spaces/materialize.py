@@ -18,6 +18,7 @@ from .layers import function_layer, resize
 from .ops import full_index
 from .rewrite import empty_like, graph_module, out_of_place_consumers, split_by, view_any_length
 from .slicing import kept_slice, piece_sizes, slice_tensor
+from .submodule import placed
 
 
 def _cut(t: torch.Tensor, uses, prunable: PrunableModel, widths: list[int]) -> torch.Tensor:
@@ -42,8 +43,11 @@ def pruned_module(module: nn.Module, target: str, prunable: PrunableModel, width
     return new
 
 
-def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.GraphModule:
-    """The subnet of `candidate` as a standalone module (in the base model's train/eval mode)."""
+def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> nn.Module:
+    """The subnet of `candidate` as a standalone module (in the base model's train/eval mode).
+
+    When the space is a submodule's (`prunable.outside`: a detector's backbone), the whole model comes back,
+    copied, with the pruned submodule in its place."""
     candidate = prunable.space.validate(candidate)
     graph = prunable.graph
     widths = prunable.widths(candidate)
@@ -96,6 +100,8 @@ def materialize(prunable: PrunableModel, candidate: Mapping[str, int]) -> fx.Gra
         if not keep:  # the add made a fresh tensor; its stand-in is saved for backward elsewhere
             out_of_place_consumers(new_nodes[block.add], root)
     new_graph.lint()
-    subnet = graph_module(root, new_graph, f"Pruned{type(prunable.model).__name__}")
+    subnet = graph_module(root, new_graph, f"Pruned{type(prunable.graph.model).__name__}")
     subnet.train(prunable.model.training)
+    if prunable.outside is not None:
+        return placed(prunable.model, prunable.outside, subnet, copied=True)
     return subnet

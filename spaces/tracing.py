@@ -339,8 +339,8 @@ def _where(error: Exception, model: nn.Module) -> str:
     message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     hint = ""
     if isinstance(getattr(model, "backbone", None), nn.Module) and hasattr(model, "transform"):
-        hint = ("; its pre- and post-processing (resize, anchors, NMS) cannot be traced: search its .backbone "
-                "(a batch tensor in, its feature maps out) instead")
+        hint = ("; its pre- and post-processing (resize, anchors, NMS) cannot be traced: give it a list of images "
+                "(its .backbone is then searched inside it) or search its .backbone alone")
     return f"cannot trace {type(model).__name__} at {where}: {message}{hint}"
 
 

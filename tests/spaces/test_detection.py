@@ -1,5 +1,6 @@
 """Detectors: Ultralytics YOLOv8 searched through its layer routing with exact costs and its head's outputs
-kept; torchvision detectors' backbones + FPNs searched (dict outputs), the whole detector refused in one line."""
+kept; torchvision detectors' backbones + FPNs searched (dict outputs), the whole detector traced whole refused
+in one line (searched around its backbone: test_detection_whole.py)."""
 from __future__ import annotations
 
 import numpy as np
@@ -87,10 +88,10 @@ def _tv_detector(name: str):
     return getattr(detection, name)(weights=None, weights_backbone=None, num_classes=3).eval()
 
 
-def test_a_torchvision_detector_is_refused_in_one_line_and_its_backbone_fpn_is_searched():
+def test_a_torchvision_detector_traced_whole_is_refused_in_one_line_and_its_backbone_fpn_is_searched():
     model = _tv_detector("fasterrcnn_mobilenet_v3_large_fpn")
-    with pytest.raises(UntraceableModel) as info:
-        derive(model, [torch.rand(3, 64, 64)])  # a list of images, as the detector takes them
+    with pytest.raises(UntraceableModel) as info:  # traced whole (its backbone alone: test_detection_whole.py)
+        derive(model, [torch.rand(3, 64, 64)], submodule="")
     message = str(info.value)
     assert "\n" not in message and message.startswith("cannot trace FasterRCNN at ") and ".backbone" in message
     x = torch.rand(2, 3, 64, 64)
