@@ -64,9 +64,11 @@ from benchmarks.subnet_cache import SubnetCache  # noqa: E402
 from search.engine.config import SearchConfig  # noqa: E402
 from search.engine.loop import Engine  # noqa: E402
 from search.selection.finalists import FinalistSettings, ShuffledBatches, run_finalists, train_finalist  # noqa: E402
+from search.selection.one_shot import one_shot_trials  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
 from search.engine.pipeline import Pipeline  # noqa: E402
 from search.finetune.step import evaluate  # noqa: E402
+from spaces.files import atomic_write  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 from spaces.warm_start import magnitude_candidate  # noqa: E402
 
@@ -135,7 +137,7 @@ class Study:
         defaults = SearchConfig()
         return FinalistSettings(count=defaults.finalists if count is None else count,
                                 steps=defaults.finalist_steps if steps is None else steps, lr=defaults.finalist_lr,
-                                seed=seed, rank=defaults.finalist_rank)
+                                seed=seed, rank=self.settings.finalist_rank)
 
     def equal_training(self, module: nn.Module, seed: int) -> tuple[nn.Module, float, int, float]:
         """The exported subnet's training, given to another subnet: (module, held-out, steps, seconds)."""
@@ -200,6 +202,9 @@ class Study:
         start = time.perf_counter()
         outcome = Engine(searcher, self.price, pipeline.budget, scorer, trials=self.settings.trials,
                          progress=False).run()
+        forced = []
+        if self.settings.one_shot:  # as search.run does: the one-shot candidates scored and among the finalists
+            _, forced = one_shot_trials(pipeline, self.prunable, outcome.trials, scorer, self.price)
         search_s = time.perf_counter() - start + extra_s
         if scorer is not self.evaluator:
             scorer.restore()
@@ -208,7 +213,7 @@ class Study:
                                                                       self.settings.finalists),
                                build=lambda c: materialize(self.prunable, c), batches=self.batches,
                                calibration=self.evaluator.calibration, held_out=self.evaluator.held_out,
-                               device=torch.device("cpu"))
+                               device=torch.device("cpu"), forced=forced)
         best = ranked[0]
         costs = self.price(best.trial.candidate)
         return Subnet(best.module, self._record(
@@ -250,7 +255,8 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                         log(f"{model}: baseline and scorer")
                         studies[model] = Study(model, args, settings)
                         bases[f"{settings.text()}|{model}"] = studies[model].base_record
-                        bases_path.write_text(json.dumps(bases, indent=1))
+                        bases_path.parent.mkdir(parents=True, exist_ok=True)
+                        atomic_write(bases_path, json.dumps(bases, indent=1))
                     study = studies[model]
                     subnet_key = key(settings, model, step.budget, method, seed, None)
                     cached = cache.get(subnet_key)
@@ -573,6 +579,23 @@ def verdict(rows: list[Row], headline_step: Step) -> str:
             + "; ".join(parts) + ".")
 
 
+def finalists_text(settings: Settings, lr: float) -> str:
+    """How the report's searches picked their export, and what the peers got for it, in words."""
+    extra = (" and the one-shot candidates (global magnitude, uniform) among them" if settings.one_shot else "") + \
+        (f", ranked by {settings.finalist_rank}" if settings.finalist_rank != "ce+proxy" else "") + \
+        (f"; blocks searched as a depth per stage" if settings.block_encoding == "depth" else "")
+    if settings.finalist_steps == 0:
+        return (f"search.run's default finalists: its best {settings.finalists} candidates{extra}, untrained, re-ranked "
+                "on held-out; the exported subnet had no SGD step before the common fine-tune, and neither had any "
+                "peer (Torch-Pruning global magnitude, Torch-Pruning uniform L1, ModelOpt FastNAS) nor our magnitude "
+                "start (1 trial).")
+    return (f"search.run's default finalists ({settings.finalists} x {settings.finalist_steps} SGD steps, cosine from "
+            f"lr {lr}{extra}); the exported subnet had {settings.finalist_steps} steps. Every peer "
+            f"(Torch-Pruning global magnitude, Torch-Pruning uniform L1, ModelOpt FastNAS) and our magnitude start "
+            f"(1 trial) got the same {settings.finalist_steps} steps with the same recipe and batches on its own "
+            "subnet.")
+
+
 def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Settings, out: Path) -> None:
     previous = sections(out)
     plots = out.parent / "benchmarks"
@@ -584,11 +607,7 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
              "## Headline: our search against one-shot pruning at equal training", "",
              f"Data: {data}, {settings.test_images} test images (one image is {1 / settings.test_images:.5f}). "
              f"Each search: {settings.trials} trials, warm-started from our global-magnitude candidate, then "
-             f"search.run's default finalists ({settings.finalists} x {settings.finalist_steps} SGD steps, cosine from "
-             f"lr {defaults.finalist_lr}); the exported subnet had {settings.finalist_steps} steps. Every peer "
-             f"(Torch-Pruning global magnitude, Torch-Pruning uniform L1, ModelOpt FastNAS) and our magnitude start "
-             f"(1 trial) got the same {settings.finalist_steps} steps with the same recipe and batches on its own "
-             "subnet. Then one common fine-tune (SGD, cosine from lr 0.05, seeded by the seed) for all. Cells: test "
+             + finalists_text(settings, defaults.finalist_lr) + " Then one common fine-tune (SGD, cosine from lr 0.05, seeded by the seed) for all. Cells: test "
              "top-1 after it, median [min, max] over seeds. Ours = the agent whose exported subnets have the best "
              "median held-out score (no test data); the best peer = the peer with the best median test top-1; the "
              "margin is paired by seed (same seed: same batches for the steps and the fine-tune). FastNAS's default "
@@ -677,7 +696,8 @@ def main() -> None:
     defaults = SearchConfig()
     test_images = len(load_test(args.data))
     settings = Settings(args.data, test_images, args.trials, defaults.finalists, defaults.finalist_steps,
-                        args.pruningnet_epochs, args.baseline_epochs)
+                        args.pruningnet_epochs, args.baseline_epochs, defaults.finalist_rank, not defaults.no_one_shot,
+                        defaults.block_encoding)
     rows_path, bases_path = args.out.parent / "benchmarks" / "rows.json", args.out.parent / "benchmarks" / "bases.json"
     rows, bases = load(rows_path), load_bases(bases_path)
     args.new_sections = []

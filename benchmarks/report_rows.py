@@ -26,10 +26,17 @@ class Settings:
     finalist_steps: int
     pruningnet_epochs: int
     baseline_epochs: int
+    finalist_rank: str = "ce+proxy"  # how the finalists are ranked (`--finalist-rank`)
+    one_shot: bool = False           # the one-shot candidates (global magnitude, uniform) among the finalists
+    block_encoding: str = "flags"    # `--block-encoding`
 
     def text(self) -> str:
+        # what older rows were measured with (ce+proxy, no one-shot candidates, flags) leaves their keys as they were
         return (f"{self.data}|test={self.test_images}|trials={self.trials}|finalists={self.finalists}x"
-                f"{self.finalist_steps}|pruningnet={self.pruningnet_epochs}|baseline={self.baseline_epochs}")
+                f"{self.finalist_steps}|pruningnet={self.pruningnet_epochs}|baseline={self.baseline_epochs}"
+                + (f"|rank={self.finalist_rank}" if self.finalist_rank != "ce+proxy" else "")
+                + ("|one-shot" if self.one_shot else "")
+                + (f"|blocks={self.block_encoding}" if self.block_encoding != "flags" else ""))
 
 
 def key(settings: Settings, model: str, budget: str, method: str, seed: int, finetune_epochs: int | None) -> str:
