@@ -360,6 +360,31 @@ def headline(rows: list[Row]) -> list[str]:
     return lines
 
 
+def agents_table(rows: list[Row]) -> list[str]:
+    """Each learned agent against random after the common fine-tune, per setting: the median of the paired
+    differences (agent - random, same seed) and its bootstrap interval; the issue's goal is >= 0."""
+    agents = [m for m in dict.fromkeys(r.method for r in rows) if m.endswith(SUFFIX) and not m.startswith("random")]
+    random_method = f"random{SUFFIX}"
+    if not agents or not any(r.method == random_method for r in rows):
+        return []
+    lines = ["| model | budget | FT epochs | " + " | ".join(a.removesuffix(SUFFIX) for a in agents) + " |",
+             "|---|---|---|" + "---|" * len(agents)]
+    for model, budget, epochs in settings_of(rows):
+        grouped = by_method([r for r in rows if (r.model, r.budget, r.finetune_epochs) == (model, budget, epochs)])
+        if random_method not in grouped:
+            continue
+        theirs = {s: r.test_after for s, r in grouped[random_method].items()}
+        cells = []
+        for agent in agents:
+            if agent not in grouped:
+                cells.append("-")
+                continue
+            median, (low, high) = median_margin({s: r.test_after for s, r in grouped[agent].items()}, theirs)
+            cells.append(f"{median:+.4f} [{low:+.4f}, {high:+.4f}]")
+        lines.append(f"| {model} | {budget} | {epochs} | {' | '.join(cells)} |")
+    return lines
+
+
 def setting_table(rows: list[Row]) -> list[str]:
     grouped = by_method(rows)
     ours = ours_best(grouped)
@@ -617,6 +642,12 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
              f"{settings.pruningnet_epochs} epochs once per model and budget (seed 0); its wall time is in every "
              "metapruning row's search time.", "",
              verdict(rows, args.plan[0]), "", *headline(rows), ""]
+    against_random = agents_table(rows)
+    if against_random:
+        lines += ["### Learned agents against random", "",
+                  "Test top-1 after the common fine-tune, each agent minus random with the same seed (same "
+                  "finalists' rule, same fine-tune), median over seeds [95% paired bootstrap]; the goal is >= 0.", "",
+                  *against_random, ""]
     missing = [f"{s.budget} {e}-epoch seeds {seeds_text(list(s.seeds))}" for s in args.plan for e in s.epochs
                if any(key(settings, m, s.budget, meth, seed, e) not in {r.key for r in rows}
                       for m in args.models for seed in s.seeds for meth in method_names(args.agents))]

@@ -25,3 +25,33 @@ def test_interval_holds_the_median_and_is_seeded():
 def test_no_pairs_gives_nan():
     margin, (low, high) = median_margin({0: 1.0}, {1: 1.0})
     assert math.isnan(margin) and math.isnan(low) and math.isnan(high)
+
+
+def _row(method: str, seed: int, test_after: float):
+    from benchmarks.report_rows import Row
+
+    return Row(f"k|{method}|{seed}", "resnet20", "0.1flops", method, seed, 1, 0.1, 0.1, 0.5, 0.5, test_after,
+               1.0, 0.0, 0, 0, 10, 1.0)
+
+
+def test_row_keys_of_the_first_report_stay_and_new_finalist_rules_get_their_own():
+    from benchmarks.report_rows import Settings
+
+    first = Settings("hard", 10080, 100, 5, 50, 5, 10)
+    assert first.text() == "hard|test=10080|trials=100|finalists=5x50|pruningnet=5|baseline=10"
+    today = Settings("hard", 10080, 100, 10, 0, 5, 10, "ce", True, "flags")
+    assert today.text() == first.text().replace("5x50", "10x0") + "|rank=ce|one-shot"
+    assert Settings("hard", 10080, 100, 10, 0, 5, 10, "ce", True, "depth").text().endswith("|one-shot|blocks=depth")
+
+
+def test_agents_against_random_are_paired_by_seed():
+    from benchmarks.report import agents_table
+
+    rows = [_row("random + finalists", s, 0.80 + 0.01 * s) for s in range(3)]
+    rows += [_row("tpe + finalists", s, 0.81 + 0.01 * s) for s in range(3)]        # +0.01 on every seed
+    rows += [_row("abc + finalists", s, 0.79 + 0.01 * s) for s in range(2)]        # -0.01, two seeds only
+    rows += [_row("TP global magnitude", s, 0.9) for s in range(3)]                # a peer: not an agent
+    table = agents_table(rows)
+    assert table[0] == "| model | budget | FT epochs | tpe | abc |"
+    assert table[2] == "| resnet20 | 0.1flops | 1 | +0.0100 [+0.0100, +0.0100] | -0.0100 [-0.0100, -0.0100] |"
+    assert agents_table([r for r in rows if not r.method.startswith("random")]) == []
