@@ -608,7 +608,7 @@ def finalists_text(settings: Settings, lr: float) -> str:
     """How the report's searches picked their export, and what the peers got for it, in words."""
     extra = (" and the one-shot candidates (global magnitude, uniform) among them" if settings.one_shot else "") + \
         (f", ranked by {settings.finalist_rank}" if settings.finalist_rank != "ce+proxy" else "") + \
-        (f"; blocks searched as a depth per stage" if settings.block_encoding == "depth" else "")
+        ("; blocks searched as a depth per stage" if settings.block_encoding == "depth" else "")
     if settings.finalist_steps == 0:
         return (f"search.run's default finalists: its best {settings.finalists} candidates{extra}, untrained, re-ranked "
                 "on held-out; the exported subnet had no SGD step before the common fine-tune, and neither had any "
