@@ -294,11 +294,12 @@ class ChannelGraph:
             if p in self.producer_nodes:
                 self.producer_nodes.setdefault(name, self.producer_nodes[p])
 
-        def swap(old: Layout) -> Layout:
-            if all(self._find(s.group) != root for s in old):
+        def swap(old: Layout) -> Layout:  # on leaves: a layout may hold the group inside its parent (q of qkv)
+            leaves = self._leaves(old)
+            if all(s.group != root for s in leaves):
                 return old
-            return tuple(t for s in old for t in ((Segment(new.group, heads, head_dim * s.inner),) * pieces
-                                                   if self._find(s.group) == root else (s,)))
+            return tuple(t for s in leaves for t in ((Segment(new.group, heads, head_dim * s.inner),) * pieces
+                                                      if s.group == root else (s,)))
 
         self._uses = [TensorUse(u.tensor, u.axis, swap(u.layout), u.local) for u in self._uses]
         self._specs = {n: Spec(s.axis, swap(s.layout)) for n, s in self._specs.items()}

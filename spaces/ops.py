@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import torch
 import torch.fx as fx
 from torch import nn
 
@@ -237,10 +238,20 @@ def _reshape(graph: Walk, node: fx.Node, module: nn.Module | None) -> None:
             sizes[a] == -1 or isinstance(sizes[a], int)):
         flatten(graph, node, x, a, -1)  # heads merged back (`x.reshape(B, N, heads * head_dim)`)
         if sizes[a] != -1 and graph.known_spec(node) is not None:
-            graph.param_views[node.name] = a  # the written length follows the widths
+            if -1 in sizes:  # LeViT's `reshape(B, -1, C)`: a second -1 cannot be written, so it flattens
+                _as_flatten(node, x, a)
+            else:
+                graph.param_views[node.name] = a  # the written length follows the widths
     elif not _into_heads(graph, node, x, spec, sizes):
         graph.opaque(node, f"'{op_name(node)}' splits or merges the channel axis other than into attention heads "
                            f"(a channel shuffle, heads of computed sizes)")
+
+
+def _as_flatten(node: fx.Node, x: fx.Node, start: int) -> None:
+    """A view/reshape that merges every axis from `start` on, rewritten as `x.flatten(start)`: the merged
+    length then follows the widths without being written."""
+    node.target = "flatten" if node.op == "call_method" else torch.flatten
+    node.args, node.kwargs = (x, start), {}
 
 
 def _count_read(graph: Walk, node: fx.Node, x: fx.Node, axis: int, at: int) -> None:

@@ -330,3 +330,46 @@ def test_torchvision_swin_shifted_window_attention_traced_through(no_mha_fastpat
     with torch.no_grad():
         program = torch.export.export(subnet, (x[:1],))  # no op of the traced-through functions left marked
         assert_close(program.module()(x[:1]), subnet(x[:1]))
+
+
+class ChunkedQkvWrittenWidth(nn.Module):
+    """torchvision MaxViT's and timm LeViT's forms: the fused qkv chunked into q, k and v before each is split
+    into heads (the heads regrained inside the chunked group), and heads merged back by `reshape(B, -1, C)`
+    with the width written beside an inferred token axis (the subnet cannot write a second -1)."""
+
+    def __init__(self, dim: int = 24, heads: int = 4):
+        super().__init__()
+        self.heads, self.dim = heads, dim
+        self.embed, self.qkv = nn.Linear(8, dim), nn.Linear(dim, 3 * dim)
+        self.proj, self.head = nn.Linear(dim, dim), nn.Linear(dim, 5)
+
+    def forward(self, x):
+        x = self.embed(x)
+        B, N, _ = x.shape
+        q, k, v = (t.reshape(B, N, self.heads, self.dim // self.heads).transpose(1, 2)
+                   for t in torch.chunk(self.qkv(x), 3, dim=-1))
+        attn = (q @ k.transpose(-2, -1)).softmax(-1)
+        x = x + self.proj((attn @ v).transpose(1, 2).reshape(B, -1, self.dim))
+        return self.head(x.mean(1))
+
+
+def test_chunked_qkv_heads_and_width_written_beside_inferred_tokens(rng):
+    torch.manual_seed(0)
+    model = ChunkedQkvWrittenWidth().eval()
+    x = torch.randn(3, 6, 8)
+    with torch.no_grad():
+        before = model(x)
+    prunable = derive(model, x[:1])
+    with torch.no_grad():
+        assert_close(prunable.model(x), before)
+    elastic, cost = ElasticModel(prunable).eval(), CostModel(prunable)
+    for candidate in [prunable.space.full(), *candidates(prunable, rng)]:
+        subnet = materialize(prunable, candidate).eval()
+        with torch.no_grad():
+            elastic.apply(candidate)
+            assert_close(elastic(x), subnet(x))
+            with FlopCounterMode(display=False) as counter:
+                subnet(x[:1])
+        price = cost.price(candidate)
+        assert price.flops == counter.get_total_flops()
+        assert price.params == sum(p.numel() for p in subnet.parameters())
