@@ -117,7 +117,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                             "finalists (by default they always compete there)")
     final.add_argument("--finalist-lr", type=float, help="finalists' peak learning rate (cosine to 0)")
     final.add_argument("--finalist-rank", choices=FINALIST_RANKINGS,
-                       help="how finalists are ordered after their steps: held-out cross-entropy (ce) or score, alone "
+                       help="how finalists are ordered after their steps: held-out cross-entropy at the temperature "
+                            "that minimizes it (tce, the default), at the logits' own scale (ce), or the score; alone "
                             "or plus the proxy's rank (+proxy; ties keep the proxy's order)")
     ray = p.add_argument_group("distribution (Ray)")
     ray.add_argument("--workers", type=int,

@@ -33,7 +33,7 @@ SCORERS = ("base", "pruningnet")
 BACKENDS = ("actors", "tune")
 BLOCK_ENCODINGS = ("flags", "depth")
 #: how finalists are ordered after their short fine-tune (`search.selection.finalists`; benchmarks/finalists.py measured them)
-FINALIST_RANKINGS = ("ce+proxy", "score+proxy", "ce", "score")
+FINALIST_RANKINGS = ("tce", "tce+proxy", "ce", "ce+proxy", "score", "score+proxy")
 
 
 @dataclass
@@ -95,8 +95,9 @@ class SearchConfig:
     no_one_shot: bool = False          # else global magnitude and uniform pruning at the budget are scored (extra
     #   trials) and always among the finalists, so the export is never one the finalists rank below one-shot pruning
     finalist_lr: float = 0.05          # 0.01 picked worse than the proxy alone (benchmarks/finalists.py)
-    finalist_rank: str = "ce"          # one of FINALIST_RANKINGS: held-out cross-entropy after BN recalibration (the
-    #   best-ranking signal in docs/benchmarks/fidelity.md); ce+proxy adds the proxy's rank
+    finalist_rank: str = "tce"         # one of FINALIST_RANKINGS: held-out cross-entropy after BN recalibration, at the
+    #   temperature that minimizes it (tce; ce: at the logits' own scale, which a near-chance subnet with flat
+    #   logits wins: docs/benchmarks.md); +proxy adds the proxy's rank
     trust_pickle: bool = False         # allow unpickling a whole model file (--model PATH.pt): runs its code
     out: str | None = None
 

@@ -5,20 +5,22 @@ A BN-recalibrated score ranks candidates by what their inherited weights do toda
 model after fine-tuning. After the search, the top `count` distinct scored candidates are materialized
 with the weights that will be exported (the base model's, or MetaPruning's PruningNet's), trained for
 `steps` SGD steps (cosine from `lr` to 0, the shared training step of `search.finetune.step`), recalibrated
-on the calibration batches and scored on the held-out batches again. They are ranked (`rank`, measured in
-`benchmarks/finalists.py`) by default by the sum of two ranks: their held-out cross-entropy after the steps,
-and the proxy's order (ties keep the proxy's order); `"score"` ranks by the held-out score after the steps
-alone, `"ce"` by the cross-entropy alone, `"score+proxy"` by the score's rank plus the proxy's. With the
-user's own metric there is no cross-entropy: its score stands in. The first is exported with the weights
-it was trained to, and its held-out score, the score of what is exported, is the one reported.
+on the calibration batches and scored on the held-out batches again. They are ranked (`rank`) by one of:
+`"tce"` their held-out cross-entropy at the temperature that minimizes it (`tempered_ce`), `"ce"` the
+cross-entropy at the logits' own scale, `"score"` the held-out score; each alone, or `"...+proxy"`: that
+figure's rank plus the proxy's (ties keep the proxy's order). With the user's own metric there is no
+cross-entropy: its score stands in. The first is exported with the weights it was trained to, and its
+held-out score, the score of what is exported, is the one reported.
 
 What they train on: labelled training batches when the data has them (the zoo's fit split, never the
 held-out part); otherwise the calibration inputs, distilled from the base model's outputs (no labels
 needed). With `steps=0` nothing trains: the finalists are only scored again with the exported weights,
-which is what makes MetaPruning's result honest (its proxy scores PruningNet weights), and, ranked by `"ce"`,
-re-ranked by their held-out cross-entropy after BN recalibration (`--finalists 10 --finalist-steps 0
---finalist-rank ce`: in `benchmarks/fidelity.py` that cross-entropy ranked the candidates' accuracy after the
-common fine-tune better than the top-1 the search ranks by, and better than any short fine-tune).
+which is what makes MetaPruning's result honest (its proxy scores PruningNet weights), and re-ranked by
+their held-out cross-entropy after BN recalibration (search.run's default, `--finalists 10 --finalist-steps 0
+--finalist-rank tce`: in `benchmarks/fidelity.py` that cross-entropy ranked the candidates' accuracy after the
+common fine-tune better than the top-1 the search ranks by, and better than any short fine-tune; tempered, it
+no longer prefers a near-chance subnet whose logits are merely flat, which on MobileNetV2 at 0.1 x FLOPs
+exported the one-shot magnitude candidate: docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -79,7 +81,8 @@ class Finalist:
     seconds: float
     steps: int = 0                   # fine-tuning steps it had
     module: nn.Module | None = None  # trained and recalibrated; dropped once the winner is known
-    loss: float = math.nan           # held-out cross-entropy after the short fine-tune (NaN with a user metric)
+    loss: float = math.nan           # held-out cross-entropy after the short fine-tune, tempered when ranked by
+                                     # tce (NaN with a user metric)
     rung: int = 0                    # the last rung it trained in (successive halving; 0 with one rung)
 
     @property
@@ -185,7 +188,8 @@ def train_finalist(module: nn.Module, rank: int, settings: FinalistSettings, bat
     except Exception as error:  # noqa: BLE001 - a finalist the user's score rejects is not exported
         log.warning("finalist %d: scoring failed (%s); skipped", rank + 1, error)
         score = math.nan
-    loss = held_out_loss(module, held_out) if metric is None and math.isfinite(score) else math.nan
+    loss = held_out_loss(module, held_out, calibrated=settings.rank.startswith("tce")) \
+        if metric is None and math.isfinite(score) else math.nan
     return module, score, steps, time.perf_counter() - started, loss
 
 
@@ -253,7 +257,7 @@ def rank_finalists(finalists: Sequence[Finalist], rank: str = "ce+proxy") -> lis
     if rank not in RANKINGS:
         raise ValueError(f"finalists' rank must be one of {', '.join(RANKINGS)}, got {rank!r}")
     scored = [f for f in finalists if math.isfinite(f.score)]
-    use_ce = rank.startswith("ce") and bool(scored) and all(math.isfinite(f.loss) for f in scored)
+    use_ce = rank.startswith(("ce", "tce")) and bool(scored) and all(math.isfinite(f.loss) for f in scored)
     signal = [(-f.loss if use_ce else f.score) if math.isfinite(f.score) else -math.inf for f in finalists]
     order = sorted(range(len(finalists)), key=lambda i: (-signal[i], i))
     place = {i: r for r, i in enumerate(order)}
@@ -288,19 +292,54 @@ def score_module(module: nn.Module, held_out: Sequence[tuple[torch.Tensor, torch
         return float(metric(module)) if metric is not None else top1(module, held_out)
 
 
-def held_out_loss(module: nn.Module, held_out: Sequence[tuple[torch.Tensor, torch.Tensor]]) -> float:
+def held_out_loss(module: nn.Module, held_out: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                  calibrated: bool = False) -> float:
     """Mean held-out cross-entropy of a recalibrated classifier, in eval mode (NaN if its output is not a logits
-    matrix or the loss is not finite)."""
+    matrix or the loss is not finite). `calibrated`: at the temperature that minimizes it (`tempered_ce`)."""
     module.eval()
-    total, count = 0.0, 0
+    logits, labels = [], []
     with torch.no_grad():
         for x, y in held_out:
             out = module(x)
             if not isinstance(out, torch.Tensor) or out.dim() != 2:
                 return math.nan
-            total += F.cross_entropy(out.float(), y, reduction="sum").item()
-            count += y.numel()
-    return total / count if count and math.isfinite(total) else math.nan
+            logits.append(out.float())
+            labels.append(y)
+    if not logits:
+        return math.nan
+    z, y = torch.cat(logits), torch.cat(labels).to(logits[0].device)
+    loss = tempered_ce(z, y) if calibrated else F.cross_entropy(z, y).item()
+    return loss if math.isfinite(loss) else math.nan
+
+
+def tempered_ce(logits: torch.Tensor, labels: torch.Tensor, iterations: int = 60) -> float:
+    """The cross-entropy of `logits` at the temperature that minimizes it (temperature scaling, Guo et al. 2017):
+    min over b >= 0 of CE(b * logits), which is convex in b (b = 0: uniform, log C). It measures what the
+    logits tell apart, not their scale: after heavy pruning, BN recalibration leaves many subnets near chance,
+    and at their own scale the one with the flattest logits has the lowest cross-entropy, whatever it knows."""
+    if not torch.isfinite(logits).all():
+        return math.nan
+
+    def ce(b: float) -> float:
+        return F.cross_entropy(logits * b, labels).item()
+
+    high = 1.0
+    while ce(2 * high) < ce(high) and high < 2 ** 20:  # bracket the minimum: convex, so it lies below 2 * high
+        high *= 2
+    low, high = 0.0, 2 * high
+    ratio = (math.sqrt(5) - 1) / 2
+    a, b = high - ratio * (high - low), low + ratio * (high - low)
+    fa, fb = ce(a), ce(b)
+    for _ in range(iterations):  # golden-section search: the bracket shrinks by 0.618 each step
+        if fa <= fb:
+            high, b, fb = b, a, fa
+            a = high - ratio * (high - low)
+            fa = ce(a)
+        else:
+            low, a, fa = a, b, fb
+            b = low + ratio * (high - low)
+            fb = ce(b)
+    return min(fa, fb, ce(0.0), ce(1.0))
 
 
 def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float], exported: Trial | None) -> pd.DataFrame:
@@ -337,7 +376,7 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
     `search.selection.finalists`); [] when the proxy's pick stands (no finalists, or nothing they could change)."""
     c = pipeline.config
     rescore = c.scorer_name == "pruningnet" and c.export_weights == "base"  # the proxy scored other weights
-    rescore = rescore or c.finalist_rank.startswith("ce")  # untrained, the cross-entropy still re-ranks them
+    rescore = rescore or c.finalist_rank.startswith(("ce", "tce"))  # untrained, the cross-entropy still re-ranks them
     rungs = c.finalist_rungs
     batches, teacher = finalist_batches(pipeline) if c.finalists and rungs[-1] else (None, None)
     if batches is None:

@@ -11,7 +11,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from search import prune
 from search.models.cifar_resnet import resnet20
-from search.selection.finalists import FINALISTS_FILE, Finalist, rank_finalists, score_module, top_distinct
+from search.engine.config import SearchConfig
+from search.selection.finalists import (FINALISTS_FILE, Finalist, held_out_loss, rank_finalists, score_module,
+                                        tempered_ce, top_distinct)
 from search.export.subnet import load_subnet
 from search.engine.records import Trial
 from spaces.fill import fill
@@ -40,7 +42,7 @@ def test_finalists_are_ranked_by_each_rule_with_unscored_ones_last():
     found = _finalists((0.5, 0.9), (0.6, 1.0), (0.4, 0.5), (math.nan, math.nan))
     order = lambda rank, items=found: [f.trial.number for f in rank_finalists(items, rank)]  # noqa: E731
     assert order("score") == [1, 0, 2, 3]
-    assert order("ce") == [2, 0, 1, 3]
+    assert order("ce") == [2, 0, 1, 3] and order("tce") == order("ce")  # the loss a finalist holds, either way
     assert order("ce+proxy") == [0, 2, 1, 3]      # cross-entropy ranks 1, 2, 0 plus proxy ranks 0, 1, 2
     assert order("score+proxy") == [0, 1, 2, 3]   # a tie (1 + 0 = 0 + 1) keeps the proxy's order
     metric = _finalists((0.5, math.nan), (0.6, math.nan), (0.4, math.nan))  # a user metric: no cross-entropy
@@ -48,6 +50,37 @@ def test_finalists_are_ranked_by_each_rule_with_unscored_ones_last():
     assert order("ce+proxy", _finalists((math.nan, math.nan), (0.1, 2.0))) == [1, 0]  # diverged: last
     with pytest.raises(ValueError, match="rank"):
         rank_finalists(found, "test")
+
+
+class _Lookup(torch.nn.Module):
+    """Logits read off the input: `scale` times a one-hot of column 0 (its guess), plus `noise` times columns 1.."""
+
+    def __init__(self, scale: float, noise: float):
+        super().__init__()
+        self.scale, self.noise = scale, noise
+
+    def forward(self, x):
+        return self.scale * torch.nn.functional.one_hot(x[:, 0].long(), 10).float() + self.noise * x[:, 1:]
+
+
+def test_tempered_cross_entropy_ignores_the_logits_scale_and_prefers_what_they_tell_apart():
+    g = torch.Generator().manual_seed(0)
+    y = torch.randint(0, 10, (400,), generator=g)
+    guess = torch.where(torch.rand(400, generator=g) < 0.4, y, torch.randint(0, 10, (400,), generator=g))
+    x = torch.cat([guess[:, None].float(), torch.randn(400, 10, generator=g)], 1)
+    held = [(x[:200], y[:200]), (x[200:], y[200:])]
+    informed, flat = _Lookup(scale=20.0, noise=0.0), _Lookup(scale=0.0, noise=0.01)  # 40% right but sure; chance
+    # at their own scale the flat, near-chance logits have the lower cross-entropy; tempered, the informed ones
+    assert held_out_loss(flat, held) < held_out_loss(informed, held)
+    assert held_out_loss(informed, held, calibrated=True) < held_out_loss(flat, held, calibrated=True)
+    assert held_out_loss(flat, held, calibrated=True) == pytest.approx(math.log(10), abs=1e-3)
+    z = torch.randn(300, 5, generator=g) + 2 * torch.nn.functional.one_hot(y[:300] % 5, 5)
+    best = min(torch.nn.functional.cross_entropy(z * math.exp(t), y[:300] % 5).item()
+               for t in torch.linspace(-5, 5, 4001).tolist())
+    for scale in (0.01, 1.0, 100.0):  # the same minimum, whatever the scale the logits come at
+        assert tempered_ce(z * scale, y[:300] % 5) == pytest.approx(best, abs=1e-4)
+    assert math.isnan(tempered_ce(torch.full((2, 3), math.inf), torch.zeros(2, dtype=torch.long)))
+    assert SearchConfig().finalist_rank == "tce"
 
 
 def _space():
