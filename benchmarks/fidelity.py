@@ -16,13 +16,14 @@ x and 1 x the budget, `--candidates` (30) are taken evenly spaced over the proxy
 `uniform` draws them uniformly from that FLOPs range (rejection sampling; slow at 0.1 x).
 
 Signals (higher is better for all; `_neg_ce` is minus the held-out cross-entropy):
-- bn_top1, bn_neg_ce, bn_neg_kl: held-out top-1 / cross-entropy / minus KL to the base model's outputs, after
-  BN recalibration (the search's proxy is bn_top1);
+- bn_top1, bn_neg_ce, bn_neg_tce, bn_neg_kl: held-out top-1 / cross-entropy / cross-entropy at its best
+  temperature (`search.selection.finalists.tempered_ce`) / minus KL to the base model's outputs, after BN
+  recalibration (the search's proxy is bn_top1; search.run's default finalists re-rank its top 10 by bn_neg_tce);
 - pruningnet: held-out top-1 with MetaPruning's generated weights (`--pruningnet-epochs` > 0);
 - steps_S_top1, steps_S_neg_ce: after S (`--steps`, 50) SGD steps from the base weights, BN recalibrated, as one
   finalist (`search.selection.finalists.train_finalist`, the finalists' own recipe and seeds);
-- default_pick: minus the sum of the ranks of steps_S_neg_ce and bn_top1 (the default `--finalist-rank ce+proxy`),
-  the signal that picks the default pipeline's export among its finalists;
+- default_pick: minus the sum of the ranks of steps_S_neg_ce and bn_top1 (`--finalist-steps S --finalist-rank
+  ce+proxy`, the default before untrained finalists), the signal that picked that pipeline's export;
 - rung_T_top1, rung_T_neg_ce: the same after each rung of `--rungs` (20,80,320), trained on from the previous rung
   exactly as `run_finalists` trains a finalist that goes on (every candidate goes through every rung here);
 - truth_other_seed: the truth's own fine-tune with the next seed: the noise ceiling (no signal can rank the truth
@@ -65,7 +66,7 @@ from search.engine.config import SearchConfig  # noqa: E402
 from search.engine.loop import Engine  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
 from search.finetune.supernet import SupernetSettings, train_supernet  # noqa: E402
-from search.selection.finalists import FinalistSettings, ShuffledBatches, train_finalist  # noqa: E402
+from search.selection.finalists import FinalistSettings, ShuffledBatches, tempered_ce, train_finalist  # noqa: E402
 from spaces.materialize import materialize  # noqa: E402
 from spaces.sampling import feasible_sampler  # noqa: E402
 from spaces.space import Candidate  # noqa: E402
@@ -120,17 +121,22 @@ def key_of(candidate: Candidate) -> str:
 
 @torch.no_grad()
 def bn_proxies(setting: Setting, candidate: Candidate, base_logp: list[torch.Tensor]) -> dict[str, float]:
-    """bn_top1, bn_neg_ce and bn_neg_kl of one candidate (one recalibration, one held-out pass)."""
+    """bn_top1, bn_neg_ce, bn_neg_tce and bn_neg_kl of one candidate (one recalibration, one held-out pass)."""
     evaluator = setting.evaluator
     top1 = evaluator.score(candidate)  # leaves the elastic model at the candidate, recalibrated, in eval mode
     ce = kl = 0.0
     total = 0
+    logits, labels = [], []
     for (x, y), teacher in zip(evaluator.held_out, base_logp):
-        logp = F.log_softmax(evaluator.elastic(x), dim=1)
+        out = evaluator.elastic(x)
+        logits.append(out.float())
+        labels.append(y)
+        logp = F.log_softmax(out, dim=1)
         ce += F.nll_loss(logp, y, reduction="sum").item()
         kl += F.kl_div(logp, teacher, reduction="sum", log_target=True).item()
         total += y.numel()
-    return {"bn_top1": top1, "bn_neg_ce": -ce / total, "bn_neg_kl": -kl / total}
+    return {"bn_top1": top1, "bn_neg_ce": -ce / total, "bn_neg_kl": -kl / total,
+            "bn_neg_tce": -tempered_ce(torch.cat(logits), torch.cat(labels))}
 
 
 def trained_signals(setting: Setting, candidate: Candidate, batches: ShuffledBatches, settings: FinalistSettings,
@@ -206,7 +212,7 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
         evaluator.restore()
         base_logp = [F.log_softmax(evaluator.elastic(x), dim=1) for x, _ in evaluator.held_out]
     for row, c in zip(rows, pool_):
-        if "bn_top1" not in row:
+        if "bn_neg_tce" not in row:  # rows from before the tempered cross-entropy gain it (the rest is unchanged)
             row.update(bn_proxies(setting, c, base_logp))
         row["flops_ratio"] = setting.price(c)["flops"] / setting.base["flops"]
     evaluator.restore()
@@ -318,7 +324,10 @@ def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | Non
     skip = {"truth", "supernet_truth", "rung_truth", "truth_mean", "flops_ratio"}
     if truth_key == "truth_mean":
         skip.add("truth_other_seed")
-    signals = signals or [k for k in rows[0] if k not in skip and not k.startswith("truth_seed_")]
+    if signals is None:  # in the rows' order, a signal added later (bn_neg_tce) beside its kin
+        signals = [k for k in rows[0] if k not in skip and not k.startswith("truth_seed_") and k != "bn_neg_tce"]
+        if "bn_neg_tce" in rows[0]:
+            signals.insert(signals.index("bn_neg_ce") + 1 if "bn_neg_ce" in signals else 0, "bn_neg_tce")
     base_test = result['base_test'] if result['base_test'] is not None else float('nan')
     flops = np.array([r["flops_ratio"] for r in rows])
     what = {"truth": "the base weights", "rung_truth": f"the weights the last rung ({result['rungs'][-1]} steps) left",
@@ -359,10 +368,13 @@ def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists
     rung_ce = [np.array([r[f"rung_{t}_neg_ce"] for r in rows]) for t in rungs]
     rng = np.random.default_rng(seed)
     ce_bn = np.array([r["bn_neg_ce"] for r in rows])
+    tce_bn = np.array([r.get("bn_neg_tce", np.nan) for r in rows])
     rules = {"proxy alone (bn_top1)": None, "BN cross-entropy alone (bn_neg_ce)": "bn_ce",
              **{f"top {k} by bn_top1, then bn_neg_ce (`--finalists {k} --finalist-steps 0 --finalist-rank ce`)":
                 k for k in (5, 10)},
-             f"default finalists (top {finalists} by bn_top1, then ce after {steps} steps + proxy)": "default"}
+             **({"top 10 by bn_top1, then bn_neg_tce (search.run's default, `--finalist-rank tce`)": "tce"}
+                if np.isfinite(tce_bn).all() else {}),
+             f"former default finalists (top {finalists} by bn_top1, then ce after {steps} steps + proxy)": "default"}
     if rungs:
         rules[f"rungs (top 16 by bn_top1, rungs of {','.join(map(str, rungs))} steps, best third on)"] = "rungs"
     picks = {k: [] for k in rules}
@@ -375,6 +387,9 @@ def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists
         for key, rule in rules.items():
             if rule is None:
                 pick = order[0]
+            elif rule == "tce":
+                top = order[:10]
+                pick = top[np.lexsort((np.arange(len(top)), -tce_bn[top]))][0]
             elif rule == "bn_ce":
                 pick = subset[np.lexsort((subset, -ce_bn[subset]))][0]
             elif isinstance(rule, int):
@@ -422,7 +437,7 @@ def render(result: dict, out: Path | None, command: str) -> list[str]:
                       *selection_table(result, truth_key="truth_mean"), ""]
     if any("rung_truth" in r for r in result["rows"]):
         lines += ["With the last rung's weights as the starting point (what the rungs export):", "",
-                  *proxy_table(result, "rung_truth", ["bn_top1", "bn_neg_ce", *[f"rung_{t}_{m}" for t in
+                  *proxy_table(result, "rung_truth", ["bn_top1", "bn_neg_ce", "bn_neg_tce", *[f"rung_{t}_{m}" for t in
                                                                             result["rungs"] for m in ("top1", "neg_ce")]]),
                   ""]
     if any("supernet_truth" in r for r in result["rows"]):
