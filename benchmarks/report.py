@@ -604,10 +604,15 @@ def verdict(rows: list[Row], headline_step: Step) -> str:
             + "; ".join(parts) + ".")
 
 
+RANK_WORDS = {"tce": "their held-out cross-entropy at its best temperature (tce)",
+              "ce": "their held-out cross-entropy (ce)"}
+
+
 def finalists_text(settings: Settings, lr: float) -> str:
     """How the report's searches picked their export, and what the peers got for it, in words."""
     extra = (" and the one-shot candidates (global magnitude, uniform) among them" if settings.one_shot else "") + \
-        (f", ranked by {settings.finalist_rank}" if settings.finalist_rank != "ce+proxy" else "") + \
+        (f", ranked by {RANK_WORDS.get(settings.finalist_rank, settings.finalist_rank)}"
+         if settings.finalist_rank != "ce+proxy" else "") + \
         ("; blocks searched as a depth per stage" if settings.block_encoding == "depth" else "")
     if settings.finalist_steps == 0:
         return (f"search.run's default finalists: its best {settings.finalists} candidates{extra}, untrained, re-ranked "
