@@ -403,6 +403,8 @@ def test_supernet_weights_are_searched_saved_and_reused_on_resume(tmp_path):
     assert run_module.main(["--resume", str(out), "--trials", "6", "--no-progress", "--quiet"]) == 0
     assert (out / "supernet.state_dict.pt").stat().st_mtime_ns == before  # loaded, not trained again
     assert search(tmp_path, "--supernet-epochs", "0.5", "--trials", "6", out="whole")[0] == 0
+    best = json.loads((tmp_path / "whole" / "best.json").read_text())
+    assert best["export_weights"] == "supernet" and best["supernet_epochs"] == 0.5  # the export inherits them
     columns = ["trial", "state", "score", "architecture"]
     whole, part = (pd.read_csv(tmp_path / d / "trials.csv") for d in ("whole", "part"))
     pd.testing.assert_frame_equal(whole[columns], part[columns])
