@@ -64,7 +64,7 @@ from benchmarks.subnet_cache import SubnetCache  # noqa: E402
 from search.engine.config import SearchConfig  # noqa: E402
 from search.engine.loop import Engine  # noqa: E402
 from search.selection.finalists import FinalistSettings, ShuffledBatches, run_finalists, train_finalist  # noqa: E402
-from search.selection.one_shot import one_shot_trials  # noqa: E402
+from search.selection.one_shot import one_shot_finalists, one_shot_trials  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
 from search.engine.pipeline import Pipeline  # noqa: E402
 from search.finetune.step import evaluate  # noqa: E402
@@ -204,7 +204,8 @@ class Study:
                          progress=False).run()
         forced = []
         if self.settings.one_shot:  # as search.run does: the one-shot candidates scored and among the finalists
-            _, forced = one_shot_trials(pipeline, self.prunable, outcome.trials, scorer, self.price)
+            _, methods = one_shot_trials(pipeline, self.prunable, outcome.trials, scorer, self.price)
+            forced = one_shot_finalists(methods)
         search_s = time.perf_counter() - start + extra_s
         if scorer is not self.evaluator:
             scorer.restore()

@@ -78,12 +78,16 @@ def configure_logging(quiet: bool = False) -> None:
 
 
 def guarded(run: Callable[[], int]) -> int:
-    """Run a command; a UserError or a failed write becomes one line on stderr and exit code 2."""
+    """Run a command; a UserError or a failed write becomes one line on stderr and exit code 2, Ctrl-C one line
+    and exit code 130."""
     try:
         return run()
     except UserError as error:
         print(f"error: {first_line(error)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as error:  # Ctrl-C where nothing could be exported (a search's own Ctrl-C exports)
+        print(f"interrupted{': ' + first_line(error) if str(error) else ''}", file=sys.stderr)
+        return 130
     except OSError as error:  # disk full, read-only folder, ... after the run started: its journal is intact
         where = f" {error.filename}" if getattr(error, "filename", None) else ""
         print(f"error: cannot write{where}: {error.strerror or first_line(error)} (the journal is kept: "

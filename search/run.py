@@ -16,7 +16,7 @@ from agents.registry import list_agents
 
 from search.engine.budget import GRAMMAR
 from search.cli import ArgumentParser, configure_logging, given_options, guarded
-from search.engine.config import BLOCK_ENCODINGS, FINALIST_RANKINGS, SCORERS, SearchConfig
+from search.engine.config import BLOCK_ENCODINGS, FINALIST_RANKINGS, SCORERS, SearchConfig, parse_steps
 from search.engine.loop import Outcome
 from search.engine.pipeline import Pipeline, PruneResult
 from search.engine.versions import VersionAction
@@ -35,10 +35,9 @@ def config_defaults(parser: argparse.ArgumentParser) -> dict[str, object]:
 def steps_or_rungs(text: str) -> int | list[int]:
     """`--finalist-steps`: one number of steps (50), or rising ones separated by commas (rungs: 20,80,320)."""
     try:
-        steps = [int(part) for part in text.split(",")]
+        return parse_steps(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected steps such as 50 or rungs such as 20,80,320, got {text!r}") from None
-    return steps[0] if len(steps) == 1 else steps
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -9,8 +9,9 @@ import copy
 import dataclasses
 import difflib
 import logging
+import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,9 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
         raise UserError("prune(resume=True) needs the run's out= folder")
     config = _config(agent=agent, budget=_budgets(budget), trials=trials, workers=workers,
                      out=None if out is None else str(out), seed=seed, device=device, options=options)
+    if train is not None and (not isinstance(train, Iterable) or isinstance(train, Iterator)):
+        raise UserError(f"prune(train=...) must be re-iterable (a DataLoader or a list of (x, y) batches): the "
+                        f"finalists and the supernet go over it again and again, a {type(train).__name__} only once")
     if config.supernet_epochs and train is None:
         raise UserError("prune(supernet_epochs=...) needs labelled training batches: pass train=(x, y) batches")
     dev = device_of(config.device)
@@ -111,6 +115,8 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
         saved = run_dir.read().get("args") or {}
         try:
             config = SearchConfig.from_json(saved).resumed(config.to_json())  # refuses what would change the run
+        except UserError as error:
+            raise UserError(f"prune(resume=True): {api_words(str(error))}") from None
         except TypeError as error:
             raise UserError(f"cannot resume {run_dir.path}: its run.json is not readable ({error})") from None
     pipeline = Pipeline(config, inputs=inputs, run_dir=run_dir, progress=progress)
@@ -172,10 +178,17 @@ def _config(*, options: Mapping[str, Any], **given: Any) -> SearchConfig:
             raise UserError(f"prune() got an unknown option {name!r}{hint}")
     try:
         return SearchConfig(model="<module>", data="<iterables>", **given, **options).validate()
-    except UserError:
-        raise
+    except UserError as error:
+        raise UserError(f"prune(): {api_words(str(error))}") from None
     except (TypeError, ValueError, AttributeError) as error:
         raise UserError(f"prune(): an option has a value of the wrong type ({first_line(error)})") from None
+
+
+def api_words(text: str) -> str:
+    """A configuration error in prune()'s words: `--finalist-steps` (the command line's) becomes `finalist_steps`."""
+    fields = {f.name for f in dataclasses.fields(SearchConfig)}
+    return re.sub(r"--([a-z][a-z0-9-]*)", lambda m: m[1].replace("-", "_") if m[1].replace("-", "_") in fields
+                  else m[0], text)
 
 
 def _check_batches(model: nn.Module, calibration: list, held_out: list) -> None:

@@ -25,10 +25,20 @@ DEFAULT_RATIOS_TEXT = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 #: agent options a user may set; each applies only to the agents whose constructor takes it
 AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "history", "ei_candidates", "updates",
                  "population", "parents", "storage", "study_name")
-#: fields a resumed run may change (see the module docstring)
-RESUMABLE = frozenset({"trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage",
-                       "study_name", "fill", "finalists", "finalist_steps", "finalist_lr",
-                       "finalist_rank", "no_one_shot"})
+#: fields a resumed run may change (see the module docstring), in the order the refusal lists them
+RESUMABLE_ORDER = ("trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage", "study_name",
+                   "fill", "finalists", "finalist_steps", "finalist_lr", "finalist_rank", "no_one_shot")
+RESUMABLE = frozenset(RESUMABLE_ORDER)
+#: counts: a fraction of one is refused (an API caller's finalists=2.5 is not rounded silently)
+WHOLE = ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "latency_batch", "racing_top_k",
+         "racing_chunk", "pruningnet_epochs", "baseline_epochs", "workers", "seed", "finalists")
+
+
+def parse_steps(text: str) -> int | list[int]:
+    """`--finalist-steps` as written: one number of steps ("50"), or rising ones separated by commas (rungs:
+    "20,80,320"); a ValueError when a part is not a whole number."""
+    steps = [int(part) for part in text.split(",")]
+    return steps[0] if len(steps) == 1 else steps
 SCORERS = ("base", "pruningnet")
 BACKENDS = ("actors", "tune")
 BLOCK_ENCODINGS = ("flags", "depth")
@@ -137,6 +147,13 @@ class SearchConfig:
                 raise UserError(f"--{name.replace('_', '-')} does not apply to agent {self.agent}")
         return options
 
+    def idle_finalist_options(self) -> list[str]:
+        """The finalists' options set away from their defaults while `--finalists 0` turns the stage off."""
+        if self.finalists:
+            return []
+        return ["--" + name.replace("_", "-") for name in ("finalist_steps", "finalist_rank", "finalist_lr", "no_one_shot")
+                if _normal(getattr(self, name)) != _normal(getattr(SearchConfig, name))]
+
     def derive_options(self) -> dict[str, Any]:
         return {"ratios": self.ratios, "round_to": self.round_to, "removable_blocks": not self.no_block_removal,
                 "block_encoding": self.block_encoding}
@@ -161,10 +178,20 @@ class SearchConfig:
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
+        for name in WHOLE:
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or value != int(value)):
+                raise UserError(f"--{name.replace('_', '-')} must be a whole number, got {value}")
+        given = self.finalist_steps
+        if isinstance(given, str):  # an API caller's "20,80,320", as on the command line
+            try:
+                self.finalist_steps = parse_steps(given)
+            except ValueError:
+                pass  # refused just below, naming what was given
         rungs = self.finalist_rungs
         if not rungs or not all(isinstance(r, int) and r >= 0 for r in rungs) or list(rungs) != sorted(set(rungs)):
             raise UserError(f"--finalist-steps must be a whole number of steps >= 0, or rising ones separated by "
-                            f"commas (rungs, e.g. 20,80,320), got {self.finalist_steps!r}")
+                            f"commas (rungs, e.g. 20,80,320), got {given!r}")
         if not (_finite(self.finalist_lr) and self.finalist_lr > 0):
             raise UserError(f"--finalist-lr must be positive, got {self.finalist_lr}")
         if self.finalist_rank not in FINALIST_RANKINGS:
@@ -222,8 +249,7 @@ class SearchConfig:
         if refused:
             flags = ", ".join("--" + k.replace("_", "-") for k in refused)
             raise UserError(f"cannot change {flags} when resuming (they decide what the run searches); "
-                            f"resumable: --trials, --workers, --ray-address, --cpus-per-worker, --gpus-per-worker, "
-                            f"--storage, --study-name")
+                            f"resumable: {', '.join('--' + k.replace('_', '-') for k in RESUMABLE_ORDER)}")
         values = self.to_json()
         values.update({k: v for k, v in changes.items() if k in RESUMABLE})
         return SearchConfig(**values)

@@ -16,6 +16,7 @@ from search.errors import UserError, first_line
 from search.finetune.step import evaluate
 from search.selection.finalists import FINALISTS_FILE, finalists_frame, pick_finalists, score_module
 from search.selection.latency_check import check_ranked, measure_sample, ranked_trials, summary_lines
+from search.selection.one_shot import origin
 
 if TYPE_CHECKING:
     from search.engine.pipeline import Pipeline
@@ -28,7 +29,13 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
     """Pick what is exported (finalists, then the latency check), export it and write the records."""
     c, run_dir, inputs = pipeline.config, pipeline.run_dir, pipeline.inputs
     measured = measure_sample(pipeline, prunable, outcome, table) if table is not None else {}
-    finalists = pick_finalists(pipeline, prunable, outcome.trials, evaluator, pruningnet) if outcome.best else []
+    finalists: list = []
+    if outcome.best is not None:
+        try:
+            finalists = pick_finalists(pipeline, prunable, outcome.trials, evaluator, pruningnet)
+        except KeyboardInterrupt:  # Ctrl-C in the finalists: the search's best is exported, --resume picks again
+            outcome.interrupted = True
+            log.warning("interrupted during the finalists: exporting the search's best (--resume runs them again)")
     best, check = (finalists[0].trial if finalists else outcome.best), None
     if table is not None and best is not None:
         # the finalists in their order, then every other scored trial by score: the first that fits is exported
@@ -38,9 +45,11 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
         measured.update({m.trial: m.ms.median for m in check.measurements})
         best = check.chosen
     frame = run_dir.write_trials(outcome.trials, base, measured)
-    chosen_frame = finalists_frame(finalists, base, best) if finalists else None
+    chosen_frame = finalists_frame(finalists, base, best, pipeline.one_shot) if finalists else None
     if chosen_frame is not None:
         run_dir.write_table(FINALISTS_FILE, chosen_frame)
+    else:  # a resumed run that skips the stage leaves no finalists.csv of an earlier pass behind
+        run_dir.remove(FINALISTS_FILE)
     if check is not None:
         run_dir.update_run(latency_check=check.to_json())
         if check.chosen is None:
@@ -76,7 +85,7 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
             "held_out_top1": exported_score, "search_score": best.result.score,
             "selected_by": _selected_by(finalists, exported, c.finalist_rungs) +
                            (", then the latency check" if check is not None else ""),
-            "origin": best.result.message or "search",  # where the candidate came from: the search, a fill, one-shot
+            "origin": origin(best, pipeline.one_shot),  # where the candidate came from: the search, a fill, one-shot
             # where the exported weights come from: the base model's, the PruningNet's, or the supernet's (the
             # base model's after --supernet-epochs of sandwich training)
             "export_weights": "supernet" if c.supernet_epochs and c.export_weights == "base" else c.export_weights,

@@ -35,7 +35,7 @@ from spaces.derive import PrunableModel, derive
 from spaces.materialize import materialize
 
 from search.engine.budget import parse_budget, unmet
-from search.errors import first_line
+from search.errors import Interrupted, first_line
 from search.engine.config import SearchConfig
 from search.engine.loop import Engine, Outcome, memoized
 from search.errors import UserError
@@ -58,13 +58,17 @@ class Pipeline:
     def __init__(self, config: SearchConfig, *, inputs: Inputs | None = None, run_dir: RunDirectory | None = None,
                  progress: bool = True):
         self.config = config.validate()
+        unused = self.config.idle_finalist_options()
+        if unused:
+            log.warning("--finalists 0: %s %s no effect (no finalists stage)", ", ".join(unused),
+                        "has" if len(unused) == 1 else "have")
         self.inputs = inputs
         self.run_dir = run_dir           # set: resuming this run
         self.progress = progress
         self.device = device_of(config.device)
         self.budget: Budget | None = None
         self._resuming = run_dir is not None
-        self.one_shot: list[Trial] = []  # trials of the one-shot candidates, always among the finalists
+        self.one_shot: dict[str, Trial] = {}  # {method: its candidate's trial}, always among the finalists
 
     @classmethod
     def resume(cls, path: str | Path, changes: Mapping[str, Any] | None = None, *, progress: bool = True) -> Pipeline:
@@ -384,16 +388,21 @@ class Pipeline:
                                         "top_k": c.racing_top_k, "confidence": c.racing_confidence,
                                         "chunk": c.racing_chunk}},
                            export_weights=c.export_weights, scorer=c.scorer_name)
-        if c.supernet_epochs:  # the base model's own score is above; the search scores the supernet's weights
-            supernet_stage(self, prunable, price)
-            evaluator = self.evaluator(prunable)  # its BatchNorm snapshot: the supernet's, not the base model's
-        scorer = evaluator
-        if c.scorer_name == "pruningnet":
-            from evaluators.pruningnet import PruningNetEvaluator
+        try:
+            if c.supernet_epochs:  # the base model's own score is above; the search scores the supernet's weights
+                supernet_stage(self, prunable, price)
+                evaluator = self.evaluator(prunable)  # its BatchNorm snapshot: the supernet's, not the base model's
+            scorer = evaluator
+            if c.scorer_name == "pruningnet":
+                from evaluators.pruningnet import PruningNetEvaluator
 
-            pruningnet = pruningnet or self.train_pruningnet(prunable, price)
-            scorer = PruningNetEvaluator.of(evaluator, pruningnet)
-            scorer.race = evaluator.race
+                pruningnet = pruningnet or self.train_pruningnet(prunable, price)
+                scorer = PruningNetEvaluator.of(evaluator, pruningnet)
+                scorer.race = evaluator.race
+        except KeyboardInterrupt:  # Ctrl-C in the supernet's or the PruningNet's training: nothing scored yet
+            run_dir.update_run(status="interrupted", finished=time.strftime("%Y-%m-%d %H:%M:%S"))
+            raise Interrupted(f"before the search began, nothing scored yet (--resume {run_dir.path} starts "
+                              f"it again)") from None
         if c.no_racing:
             log.info("racing is off (--no-racing): every candidate is scored on all held-out samples")
         elif self.racing_top_k is None:
@@ -417,11 +426,15 @@ class Pipeline:
                 outcome = engine.run()
             finally:
                 executor.close()
-        if c.fill and outcome.best is not None and not outcome.interrupted:
-            outcome.trials.extend(fill_trials(self, prunable, outcome.trials, scorer, price))
-        if c.finalists and not c.no_one_shot and outcome.best is not None and not outcome.interrupted:
-            extra, self.one_shot = one_shot_trials(self, prunable, outcome.trials, scorer, price)
-            outcome.trials.extend(extra)
+        try:
+            if c.fill and outcome.best is not None and not outcome.interrupted:
+                outcome.trials.extend(fill_trials(self, prunable, outcome.trials, scorer, price))
+            if c.finalists and not c.no_one_shot and outcome.best is not None and not outcome.interrupted:
+                extra, self.one_shot = one_shot_trials(self, prunable, outcome.trials, scorer, price)
+                outcome.trials.extend(extra)
+        except KeyboardInterrupt:  # Ctrl-C after the search: what it scored is exported, --resume does the rest
+            outcome.interrupted = True
+            log.warning("interrupted after the search: exporting its best (--resume fills and picks again)")
         if scorer is not evaluator:
             scorer.restore()
         evaluator.restore()

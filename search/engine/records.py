@@ -320,6 +320,11 @@ class RunDirectory:
         """A CSV table (e.g. finalists.csv), written atomically."""
         atomic_write(self.path / name, frame.to_csv(index=False))
 
+    def remove(self, name: str) -> None:
+        """Delete a file a previous pass of this run wrote and this one does not (e.g. a resumed run's finalists.csv
+        when its finalists stage is skipped), so that no record contradicts another."""
+        (self.path / name).unlink(missing_ok=True)
+
     def write_pareto(self, frame: pd.DataFrame) -> pd.DataFrame:
         """The scored trials no other beats on both held-out score and FLOPs, by FLOPs."""
         front = pareto_front(frame)

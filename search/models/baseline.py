@@ -50,6 +50,8 @@ def trained_baseline(model: nn.Module, model_spec: str, data_spec: str, data: Da
             model.to(device)
             log.info("baseline loaded from %s (test top-1 %.4f)", weights, top1)
             return model, top1
+    log.info("no cached baseline for this recipe (%s on %s, seed %d, %d epochs at batch size %d): training it once "
+             "(--weights gives your own)", model_spec, data_spec, seed, epochs, batch_size)
     torch.manual_seed(seed)
     loader = DataLoader(Subset(data.train, data.fit.tolist()), batch_size=batch_size, shuffle=True,
                         generator=torch.Generator().manual_seed(seed), drop_last=len(data.fit) > batch_size)

@@ -30,7 +30,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +48,7 @@ from spaces.space import Candidate
 from search.engine.config import FINALIST_RANKINGS as RANKINGS
 from search.engine.records import Trial
 from search.finetune.step import Distillation, TrainConfig, make_optimizer, train_epoch
+from search.selection.one_shot import one_shot_finalists, origin
 
 if TYPE_CHECKING:
     from search.engine.pipeline import Pipeline
@@ -107,12 +108,15 @@ def top_distinct(trials: Sequence[Trial], count: int) -> list[Trial]:
 
 
 def loader_batches(loader: Iterable, device: torch.device | str | None = None) -> Batches:
-    """Endless (x, y) batches from a labelled loader (re-iterated as often as needed; moved to `device` if given)."""
+    """Endless (x, y) batches from a labelled loader (re-iterated as often as needed; moved to `device` if given).
+    A batch of one sample (a loader's last, without `drop_last`) is skipped: BatchNorm cannot train on it."""
     def batches(seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         torch.manual_seed(seed)  # a shuffling loader's order and random augmentations follow the seed
         while True:
             empty = True
             for x, y in loader:
+                if len(x) < 2:
+                    continue
                 empty = False
                 y = torch.as_tensor(y)
                 yield (x, y) if device is None else (x.to(device), y.to(device))
@@ -153,16 +157,19 @@ def distilled_batches(inputs: Sequence[torch.Tensor], teacher: nn.Module) -> Bat
 
 
 def short_finetune(model: nn.Module, batches: Iterator[tuple[torch.Tensor, torch.Tensor]], settings: FinalistSettings,
-                   *, device: torch.device, teacher: nn.Module | None = None) -> nn.Module:
-    """`settings.steps` steps of the shared training step on `batches`, in place (distilled when `teacher`)."""
+                   *, device: torch.device, teacher: nn.Module | None = None) -> int:
+    """`settings.steps` steps of the shared training step on `batches`, in place (distilled when `teacher`); the
+    steps taken (fewer when `batches` ran out)."""
     if settings.steps <= 0:
-        return model
+        return 0
     optimizer, scheduler = make_optimizer(model, TrainConfig(epochs=1, lr=settings.lr,
                                                              weight_decay=settings.weight_decay), settings.steps)
     kd = Distillation(alpha=1.0) if teacher is not None else None
-    train_epoch(model, itertools.islice(batches, settings.steps), optimizer, scheduler, device=device,
-                teacher=teacher, kd=kd)
-    return model.eval()
+    taken = itertools.count()
+    counted = (batch for batch, _ in zip(itertools.islice(batches, settings.steps), taken))
+    train_epoch(model, counted, optimizer, scheduler, device=device, teacher=teacher, kd=kd)
+    model.eval()
+    return next(taken)
 
 
 def train_finalist(module: nn.Module, rank: int, settings: FinalistSettings, batches: Batches | None,
@@ -177,11 +184,11 @@ def train_finalist(module: nn.Module, rank: int, settings: FinalistSettings, bat
     module = module.to(device)
     calibration = [x.to(device) for x in calibration]
     held_out = [(x.to(device), y.to(device)) for x, y in held_out]
-    steps = settings.steps if batches is not None else 0
-    if steps:
+    steps = 0
+    if settings.steps and batches is not None:
         torch.manual_seed(settings.seed + rank)  # dropout and stochastic depth, reproducibly
-        short_finetune(module.train(), batches(settings.seed), settings, device=device,
-                       teacher=None if teacher is None else teacher.to(device))
+        steps = short_finetune(module.train(), batches(settings.seed), settings, device=device,
+                               teacher=None if teacher is None else teacher.to(device))
     recalibrate(module, calibration)
     try:
         score = score_module(module, held_out, metric)
@@ -342,11 +349,14 @@ def tempered_ce(logits: torch.Tensor, labels: torch.Tensor, iterations: int = 60
     return min(fa, fb, ce(0.0), ce(1.0))
 
 
-def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float], exported: Trial | None) -> pd.DataFrame:
+def finalists_frame(finalists: Sequence[Finalist], base: dict[str, float], exported: Trial | None,
+                    one_shot: Mapping[str, Trial] | None = None) -> pd.DataFrame:
     """finalists.csv: one row per finalist, in the order they were ranked; `exported` marks the one exported
-    (the first, unless the latency check skipped it; none if it skipped them all)."""
+    (the first, unless the latency check skipped it; none if it skipped them all); `one_shot` ({method: trial})
+    names the one-shot methods in `origin`."""
     rows = [{"rank": i + 1, "trial": f.trial.number, "proxy_score": f.proxy, "finalist_score": f.score,
-             "finalist_ce": f.loss, "steps": f.steps, "rung": f.rung + 1, "origin": f.trial.result.message or "search", "flops_ratio": f.trial.result.costs.get("flops", math.nan) / base["flops"],
+             "finalist_ce": f.loss, "steps": f.steps, "rung": f.rung + 1, "origin": origin(f.trial, one_shot or {}),
+             "flops_ratio": f.trial.result.costs.get("flops", math.nan) / base["flops"],
              "params_ratio": f.trial.result.costs.get("params", math.nan) / base["params"],
              "seconds": round(f.seconds, 3), "exported": f.trial is exported} for i, f in enumerate(finalists)]
     return pd.DataFrame(rows, columns=["rank", "trial", "origin", "proxy_score", "finalist_score", "finalist_ce", "steps", "rung",
@@ -389,9 +399,11 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
         return []
     settings = FinalistSettings(count=c.finalists, steps=steps, lr=c.finalist_lr, seed=c.seed,
                                 rank=c.finalist_rank, rungs=rungs if len(rungs) > 1 else ())
-    forced = list(pipeline.one_shot)
-    log.info("finalists: the best %d candidates%s, %s, scored again on held-out", c.finalists,
-             f" and the one-shot ones ({', '.join(f'trial {t.number}' for t in forced)})" if forced else "",
+    forced = one_shot_finalists(pipeline.one_shot)
+    log.info("finalists: the best %s%s, %s, scored again on held-out",
+             "candidate" if c.finalists == 1 else f"{c.finalists} candidates",
+             " and the one-shot ones (" + ", ".join(f"{name}: trial {t.number}" for name, t in pipeline.one_shot.items())
+             + ")" if forced else "",
              f"{steps} fine-tuning steps each" if len(rungs) == 1 else
              f"rungs of {', '.join(map(str, rungs))} steps, the best third of each going on")
     parallel, started = None, False
@@ -417,4 +429,8 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
     if not ranked or not np.isfinite(ranked[0].score):
         log.warning("no finalist scored a finite value after fine-tuning: exporting the proxy's best as it is")
         return []
+    first = ranked[0]
+    log.info("finalists ranked by %s: first trial %d (%s), %s %.4f%s", c.finalist_rank, first.trial.number,
+             origin(first.trial, pipeline.one_shot), "score" if evaluator.metric else "held-out top-1", first.score,
+             f", cross-entropy {first.loss:.4f}" if math.isfinite(first.loss) else "")
     return ranked

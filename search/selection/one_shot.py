@@ -9,6 +9,7 @@ that the finalists' own short fine-tune ranks below one-shot pruning at the same
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from agents.registry import make_agent
@@ -38,11 +39,11 @@ def one_shot_candidates(prunable: PrunableModel, pipeline: Pipeline, price) -> d
 
 
 def one_shot_trials(pipeline: Pipeline, prunable: PrunableModel, trials: list[Trial], scorer,
-                    price) -> tuple[list[Trial], list[Trial]]:
-    """(the extra trials scored here, every trial holding a one-shot candidate: one the search scored itself is
-    not scored again)."""
+                    price) -> tuple[list[Trial], dict[str, Trial]]:
+    """(the extra trials scored here, {method: the trial holding its candidate}: one the search scored itself,
+    e.g. its warm start, is not scored again)."""
     extras = ExtraTrials(trials, scorer, price, pipeline.budget)
-    new, chosen = [], []
+    new, chosen = [], {}
     for name, candidate in one_shot_candidates(prunable, pipeline, price).items():
         trial = extras.known(candidate)
         if trial is None:
@@ -50,9 +51,25 @@ def one_shot_trials(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tr
             if trial is None:  # over the budget
                 continue
             new.append(trial)
-        if trial.result.ok and trial not in chosen:
-            chosen.append(trial)
+        if trial.result.ok:
+            chosen[name] = trial
     if new:
         log.info("one-shot candidates scored: %s", ", ".join(
             f"{t.result.message} -> {t.result.score:.4f}" for t in new if t.result.ok))
     return new, chosen
+
+
+def origin(trial: Trial, one_shot: Mapping[str, Trial]) -> str:
+    """Where a candidate came from, in words (finalists.csv's and best.json's `origin`): the trial's own mark (a
+    fill, a one-shot method scored as an extra trial), else "search"; a search trial holding a one-shot method's
+    candidate (the warm start is global magnitude's) names the method too, so that a plain one-shot result never
+    reads as a search's."""
+    if trial.result.message:
+        return trial.result.message
+    names = [name for name, t in one_shot.items() if t is trial]
+    return f"search (also {ONE_SHOT}: {' and '.join(names)})" if names else "search"
+
+
+def one_shot_finalists(methods: Mapping[str, Trial]) -> list[Trial]:
+    """The trials of `one_shot_trials`' {method: trial}, each once (one trial may hold both methods' candidate)."""
+    return list({id(t): t for t in methods.values()}.values())

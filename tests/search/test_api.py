@@ -68,7 +68,7 @@ def test_same_seed_same_search_and_resume_from_python(model, tmp_path):
     resumed = prune(model, trials=8, out=tmp_path / "b", resume=True, **kw)
     cols = ["trial", "state", "score", "flops", "architecture"]
     pd.testing.assert_frame_equal(whole.trials[cols], resumed.trials[cols])
-    with pytest.raises(UserError, match="--agent"):
+    with pytest.raises(UserError, match=r"prune\(resume=True\): cannot change agent when resuming"):
         prune(model, trials=8, out=tmp_path / "b", resume=True, **{**kw, "agent": "abc"})
 
 

@@ -69,9 +69,9 @@ PRUNE = {
     "unknown option": ({"no_such_option": 1}, r"unknown option 'no_such_option'"),
     "option typo": ({"trails": 5}, r"unknown option 'trails'; did you mean 'trials'"),
     "trials not a number": ({"trials": "abc"}, r"trials|wrong type"),
-    "trials zero": ({"trials": 0}, r"--trials must be positive"),
+    "trials zero": ({"trials": 0}, r"prune\(\): trials must be positive"),
     "unknown agent": ({"agent": "nope"}, r"unknown agent 'nope'"),
-    "option of another agent": ({"agent": "tpe", "food_sources": 4}, r"food-sources does not apply to agent tpe"),
+    "option of another agent": ({"agent": "tpe", "food_sources": 4}, r"food_sources does not apply to agent tpe"),
     "seed negative": ({"seed": -1}, r"seed must be 0 or more"),
     "device unknown": ({"device": "tpu"}, r"device"),
     "resume without out": ({"resume": True, "out": None}, r"needs the run's out= folder"),
@@ -90,6 +90,10 @@ PRUNE = {
     "score NaN": ({"score": _score_returns(math.nan), "held_out": None}, r"base model's score\(model\) is nan"),
     "nan weights": ({"model": "nan"}, r"non-finite"),
     "supernet without train": ({"supernet_epochs": 1}, r"supernet_epochs=.*needs labelled training batches"),
+    "train a generator": ({"train": (b for b in [])}, r"train=.*must be re-iterable .* a generator only once"),
+    "finalists a fraction": ({"finalists": 2.5}, r"prune\(\): finalists must be a whole number, got 2.5"),
+    "finalist steps falling, as text": ({"finalist_steps": "40,10"},
+                                        r"prune\(\): finalist_steps must be .* rising .* got '40,10'"),
 }
 
 

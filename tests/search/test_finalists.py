@@ -12,8 +12,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from search import prune
 from search.models.cifar_resnet import resnet20
 from search.engine.config import SearchConfig
-from search.selection.finalists import (FINALISTS_FILE, Finalist, held_out_loss, rank_finalists, score_module,
-                                        tempered_ce, top_distinct)
+from search.selection.finalists import (FINALISTS_FILE, Finalist, FinalistSettings, held_out_loss, loader_batches,
+                                        rank_finalists, score_module, tempered_ce, top_distinct, train_finalist)
 from search.export.subnet import load_subnet
 from search.engine.records import Trial
 from spaces.fill import fill
@@ -268,3 +268,37 @@ def test_a_later_rung_is_ranked_by_its_own_signal_not_the_proxy():
     ranked = run_finalists(trials, settings, build=build, batches=None, calibration=[], held_out=[], device="cpu",
                            parallel=lambda fn, jobs: [train(*job) for job in jobs])
     assert [f.trial.number for f in ranked] == [1, 0, 2, 3] and [f.rung for f in ranked] == [1, 1, 0, 0]
+
+
+def test_a_loader_s_one_sample_batch_is_skipped_and_text_rungs_work_from_python(tmp_path):
+    """A user's train loader without drop_last ends in a batch of one, on which a BatchNorm1d cannot train: the
+    finalists and the supernet skip it. `finalist_steps="2,4"` is read as on the command line."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.BatchNorm2d(8), torch.nn.ReLU(),
+                              torch.nn.Conv2d(8, 16, 3, padding=1), torch.nn.BatchNorm2d(16), torch.nn.ReLU(),
+                              torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(16, 12),
+                              torch.nn.BatchNorm1d(12), torch.nn.ReLU(), torch.nn.Linear(12, 4)).eval()
+    loader, held = _data()
+    x, y = loader.dataset.tensors
+    train = DataLoader(TensorDataset(x[:33], y[:33]), batch_size=16)  # 16, 16, 1
+    result = prune(net, budget="0.6flops", agent="random", trials=3, calibration=loader, held_out=held, train=train,
+                   progress=False, calib_batches=2, finalists=2, finalist_steps="2,4", supernet_epochs=1,
+                   out=tmp_path / "r")
+    finalists = pd.read_csv(tmp_path / "r" / FINALISTS_FILE)
+    assert sorted(finalists.steps)[-1] == 4 and set(finalists.rung) == {1, 2}
+    assert result.record["finetuned_steps"] == 4 and "rungs of 2, 4 steps" in result.record["selected_by"]
+    run = json.loads((tmp_path / "r" / "run.json").read_text())
+    assert run["args"]["finalist_steps"] == [2, 4] and run["supernet"]["steps"] == 3  # 3 batches an epoch
+
+
+def test_a_finalist_reports_the_steps_it_took_not_the_steps_asked():
+    torch.manual_seed(0)
+    net = resnet20(num_classes=4, in_channels=3)
+    x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 4, (8,))
+    singles = loader_batches([(x[i:i + 1], y[i:i + 1]) for i in range(8)])  # only batches of one: none trains
+    settings = FinalistSettings(count=1, steps=5, rank="score")
+    _, _, steps, _, _ = train_finalist(net, 0, settings, singles, [x], [(x, y)], None, None, "cpu")
+    assert steps == 0
+    three = lambda seed: iter([(x[:4], y[:4])] * 3)  # noqa: E731 - a stream that ends after 3 batches
+    _, _, steps, _, _ = train_finalist(net, 0, settings, three, [x], [(x, y)], None, None, "cpu")
+    assert steps == 3

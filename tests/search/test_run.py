@@ -380,7 +380,8 @@ def test_rungs_of_finalists_with_one_shot_candidates_and_best_json_says_who_pick
     assert code == 0
     best = json.loads((out / "best.json").read_text())
     assert "successive halving over rungs of 2, 6 steps" in best["selected_by"] and best["finetuned_steps"] == 6
-    assert best["origin"] in ("search", "one-shot: global magnitude", "one-shot: uniform")
+    assert best["origin"] in ("search", "one-shot: global magnitude", "one-shot: uniform",
+                              "search (also one-shot: global magnitude)", "search (also one-shot: uniform)")
     finalists = pd.read_csv(out / "finalists.csv")
     assert sorted(finalists.steps)[-1] == 6 and set(finalists.rung) == {1, 2}
     trials = pd.read_csv(out / "trials.csv")
@@ -408,3 +409,67 @@ def test_supernet_weights_are_searched_saved_and_reused_on_resume(tmp_path):
     columns = ["trial", "state", "score", "architecture"]
     whole, part = (pd.read_csv(tmp_path / d / "trials.csv") for d in ("whole", "part"))
     pd.testing.assert_frame_equal(whole[columns], part[columns])
+
+
+def test_ctrl_c_in_the_finalists_exports_the_search_s_best_and_resume_picks_again(tmp_path, monkeypatch):
+    import search.selection.finalists as finalists_module
+
+    real = finalists_module.train_finalist
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finalists_module, "train_finalist", interrupted)
+    code, out = search(tmp_path)
+    assert code == 130
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    best = json.loads((out / "best.json").read_text())
+    assert best["selected_by"] == "search score" and (out / "best.pt").is_file() and (out / "trials.csv").is_file()
+    assert not (out / "finalists.csv").exists()
+    monkeypatch.setattr(finalists_module, "train_finalist", real)
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    assert json.loads((out / "best.json").read_text())["selected_by"].startswith("finalists")
+    assert json.loads((out / "run.json").read_text())["status"] == "complete"
+
+
+def test_ctrl_c_before_the_search_is_one_line_exit_130_and_resumable(tmp_path, monkeypatch, capsys):
+    import search.engine.pipeline as pipeline_module
+
+    real = pipeline_module.supernet_stage
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline_module, "supernet_stage", interrupted)
+    code, out = search(tmp_path, "--supernet-epochs", "0.5", "--trials", "3")
+    err = capsys.readouterr().err
+    assert code == 130 and "Traceback" not in err
+    assert f"interrupted: before the search began, nothing scored yet (--resume {out} starts it again)" in err
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
+    monkeypatch.setattr(pipeline_module, "supernet_stage", real)
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    assert (out / "supernet.state_dict.pt").is_file() and len(pd.read_csv(out / "trials.csv")) == 3
+
+
+def test_a_resumed_run_without_finalists_leaves_no_finalists_table_of_an_earlier_pass(tmp_path, capsys):
+    code, out = search(tmp_path, "--trials", "3")
+    assert code == 0 and (out / "finalists.csv").is_file()
+    assert run_module.main(["--resume", str(out), "--finalists", "0", "--finalist-steps", "4",
+                            "--no-progress"]) == 0
+    assert "--finalists 0: --finalist-steps, --no-one-shot have no effect" in capsys.readouterr().err
+    assert json.loads((out / "best.json").read_text())["selected_by"] == "search score"
+    assert not (out / "finalists.csv").exists()  # it named another export
+
+
+def test_the_warm_start_among_the_finalists_is_named_as_the_one_shot_candidate_it_is(tmp_path):
+    args = [a for a in FAST if a != "--no-one-shot"]
+    out = tmp_path / "run"
+    assert run_module.main(["--agent", "random", "--budget", "0.4flops", "--out", str(out), *args,
+                            "--trials", "3", "--finalists", "1"]) == 0
+    trials = pd.read_csv(out / "trials.csv")
+    extra = set(trials.message.dropna())
+    assert "one-shot: global magnitude" not in extra  # the search's trial 0 held it: not scored again
+    finalists = pd.read_csv(out / "finalists.csv").set_index("trial")
+    assert finalists.origin[0] == "search (also one-shot: global magnitude)"
+    best = json.loads((out / "best.json").read_text())
+    assert best["origin"] == finalists.origin[best["trial"]]
