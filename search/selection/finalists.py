@@ -206,7 +206,7 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
                   metric: Callable[[nn.Module], float] | None = None, teacher: nn.Module | None = None,
                   device: torch.device | str, progress: Callable[[str], None] | None = None,
                   parallel: Callable[[Callable, list[tuple]], list] | None = None,
-                  forced: Sequence[Trial] = ()) -> list[Finalist]:
+                  forced: Sequence[Trial] = (), origin_of: Callable[[Trial], str] | None = None) -> list[Finalist]:
     """Fine-tune and score again the top `settings.count` distinct trials, and the `forced` ones (the one-shot
     candidates) after them; best first (by `settings.rank`), then those a rung left behind.
 
@@ -221,11 +221,13 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
     `HyperBandScheduler`) express rungs like 20, 80, 320 with a third going on: one reduction factor sets both
     the rungs' spacing (r, r * eta, r * eta^2) and the fraction promoted (1 / eta). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn, jobs)` runs
     `fn(*job)` for every job (e.g. as Ray tasks) and returns the results in order; default: one after the other.
+    `origin_of(trial)` names where a finalist came from in the progress lines (default: the trial's own mark).
     """
     chosen = top_distinct(trials, settings.count)
     extra = [t for t in forced if all(t.candidate != c.candidate for c in chosen)]
     # one proxy order for all (the "+proxy" rankings read it): a forced one takes the place its own score gives it
     chosen = top_distinct([*chosen, *extra], len(chosen) + len(extra))
+    label = origin_of or (lambda trial: trial.result.message or "search")
     alive = [Finalist(trial, math.nan, 0.0, 0, build(trial.candidate)) for trial in chosen]  # in the proxy's order
     behind: list[Finalist] = []
     done, schedule = 0, settings.schedule()
@@ -240,7 +242,7 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
             if progress is not None:
                 progress(f"finalist {chosen.index(f.trial) + 1}/{len(chosen)}"
                          + (f", rung {rung + 1}/{len(schedule)}" if len(schedule) > 1 else "")
-                         + f": trial {f.trial.number}{' (' + f.trial.result.message + ')' if f.trial.result.message else ''}"
+                         + f": trial {f.trial.number}{' (' + where + ')' if (where := label(f.trial)) != 'search' else ''}"
                          f", proxy {f.proxy:.4f} -> {score:.4f} after {f.steps} steps"
                          + (f" (cross-entropy {loss:.4f})" if math.isfinite(loss) else ""))
         # the first rung by `settings.rank`; a later one by its own signal alone, ties kept in the previous rung's
@@ -417,7 +419,8 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
         ranked = run_finalists(trials, settings, build=pipeline.build(prunable, pruningnet), batches=batches,
                                calibration=evaluator.calibration, held_out=evaluator.held_out,
                                metric=evaluator.metric, teacher=teacher, device=pipeline.device,
-                               progress=log.info, parallel=parallel, forced=forced)
+                               progress=log.info, parallel=parallel, forced=forced,
+                               origin_of=lambda trial: origin(trial, pipeline.one_shot))
     finally:
         if started:
             import ray

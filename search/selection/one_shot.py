@@ -67,7 +67,7 @@ def origin(trial: Trial, one_shot: Mapping[str, Trial]) -> str:
     if trial.result.message:
         return trial.result.message
     names = [name for name, t in one_shot.items() if t is trial]
-    return f"search (also {ONE_SHOT}: {' and '.join(names)})" if names else "search"
+    return f"search, also {ONE_SHOT}: {' and '.join(names)}" if names else "search"
 
 
 def one_shot_finalists(methods: Mapping[str, Trial]) -> list[Trial]:

@@ -381,7 +381,7 @@ def test_rungs_of_finalists_with_one_shot_candidates_and_best_json_says_who_pick
     best = json.loads((out / "best.json").read_text())
     assert "successive halving over rungs of 2, 6 steps" in best["selected_by"] and best["finetuned_steps"] == 6
     assert best["origin"] in ("search", "one-shot: global magnitude", "one-shot: uniform",
-                              "search (also one-shot: global magnitude)", "search (also one-shot: uniform)")
+                              "search, also one-shot: global magnitude", "search, also one-shot: uniform")
     finalists = pd.read_csv(out / "finalists.csv")
     assert sorted(finalists.steps)[-1] == 6 and set(finalists.rung) == {1, 2}
     trials = pd.read_csv(out / "trials.csv")
@@ -470,6 +470,6 @@ def test_the_warm_start_among_the_finalists_is_named_as_the_one_shot_candidate_i
     extra = set(trials.message.dropna())
     assert "one-shot: global magnitude" not in extra  # the search's trial 0 held it: not scored again
     finalists = pd.read_csv(out / "finalists.csv").set_index("trial")
-    assert finalists.origin[0] == "search (also one-shot: global magnitude)"
+    assert finalists.origin[0] == "search, also one-shot: global magnitude"
     best = json.loads((out / "best.json").read_text())
     assert best["origin"] == finalists.origin[best["trial"]]
