@@ -3,16 +3,19 @@ trials table and plot, run.json's status and the printed summary are written her
 from __future__ import annotations
 
 import logging
+import shutil
 import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 
 from evaluators.accuracy import AccuracyEvaluator
 
 from search.engine.loop import Outcome
-from search.engine.records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, PruneResult
+from search.engine.records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, FINETUNE_CSV, RUN_FILE, PruneResult
 from search.errors import UserError, first_line
+from search.finetune.loop import CHECKPOINT_FILE, FINETUNE_PLOT, RAY_DIR
 from search.finetune.step import evaluate
 from search.selection.finalists import FINALISTS_FILE, finalists_frame, pick_finalists, score_module
 from search.selection.latency_check import check_ranked, measure_sample, ranked_trials, summary_lines
@@ -69,7 +72,9 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
                 f.module = None
         subnet.eval()
         test_top1 = evaluate(subnet, inputs.test, pipeline.device) if inputs.test is not None else None
-        run_dir.save_model(BEST_STATE_FILE, {k: v.detach().cpu() for k, v in subnet.state_dict().items()})
+        state = {k: v.detach().cpu() for k, v in subnet.state_dict().items()}
+        retire_earlier_export(run_dir, state)
+        run_dir.save_model(BEST_STATE_FILE, state)
         try:
             run_dir.save_model(BEST_MODEL_FILE, subnet.cpu())
         except Exception as error:  # noqa: BLE001 - the pickle is a convenience; best.json + state dict suffice
@@ -113,6 +118,37 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
     return PruneResult(subnet, best, frame, run_dir.path, {**base, "held_out": base_score,
                                                           "test": inputs.base_test},
                        outcome.interrupted, summary, record, chosen_frame)
+
+
+def retire_earlier_export(run_dir, state: dict) -> list[str]:
+    """A resumed run that exports another subnet (or other weights) than its earlier pass removes what was made
+    from that one: the fine-tune's outputs (`finetuned.*`, its table, plot, checkpoints and run.json entry) and
+    `search.export`'s files of the old subnet (`best.onnx`, ...), which would no longer load or would describe
+    another model. The same export keeps them. Returns the names removed."""
+    old = run_dir.path / BEST_STATE_FILE
+    if not old.is_file():
+        return []
+    try:
+        previous = torch.load(old, map_location="cpu", weights_only=True)
+        same = previous.keys() == state.keys() and all(
+            previous[k].shape == v.shape and torch.equal(previous[k], v) for k, v in state.items())
+    except Exception:  # noqa: BLE001 - an unreadable earlier export is not the same one
+        same = False
+    if same:
+        return []
+    kept = {BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE}
+    stale = [p for p in run_dir.path.iterdir()
+             if p.name.startswith(("finetuned.", "best.")) and p.name not in kept
+             or p.name in (FINETUNE_CSV, FINETUNE_PLOT, CHECKPOINT_FILE, RAY_DIR)]
+    for path in stale:
+        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+    record = run_dir.read()
+    if record.pop("finetune", None) is not None:
+        run_dir.write(RUN_FILE, record)
+    if stale:
+        log.warning("the export changed since the earlier pass: removed what was made from the old one (%s)",
+                    ", ".join(sorted(p.name for p in stale)))
+    return [p.name for p in stale]
 
 
 def summary_text(pipeline: Pipeline, outcome, frame, base, base_score, record, measured, counts, seconds, best=None,

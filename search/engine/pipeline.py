@@ -35,10 +35,9 @@ from spaces.derive import PrunableModel, derive
 from spaces.materialize import materialize
 
 from search.engine.budget import parse_budget, unmet
-from search.errors import Interrupted, first_line
+from search.errors import Interrupted, UserError, first_line
 from search.engine.config import SearchConfig
 from search.engine.loop import Engine, Outcome, memoized
-from search.errors import UserError
 from search.engine.finish import finish
 from search.engine.records import LATENCY_TABLE_FILE, PruneResult, RunDirectory, Trial
 from search.selection.fill import fill_trials
@@ -353,6 +352,10 @@ class Pipeline:
         # agents that plan around the trial count (tpe's startup, evolution's population) keep the first run's
         # plan when a resumed run is given more trials, so that replaying the journal proposes the same candidates
         planned = self.run_dir.read().get("planned_trials") if self.run_dir is not None else None
+        if c.backend == "tune" and planned and c.trials != planned:
+            raise UserError(f"--backend tune cannot change --trials on resume (Ray Tune's Tuner.restore keeps the "
+                            f"experiment's {planned} trials); resume with --trials {planned}, or search more in a "
+                            f"new run")
         agent = self.agent(prunable, price, trials=planned or c.trials)
         pruningnet = self._pruningnet_file(prunable) if c.scorer_name == "pruningnet" else None
         inputs.model.to(self.device)

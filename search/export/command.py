@@ -259,12 +259,13 @@ def _target(run: RunDirectory, source: Path, format: str, out: str | Path | None
 
 
 def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, out: str | Path | None = None,
-           batch: int = 2, trust_pickle: bool = False) -> ExportResult:
+           batch: int = 2, trust_pickle: bool = False, model: nn.Module | None = None) -> ExportResult:
     """Export a run's best (or fine-tuned) subnet in `format`, load it back and compare; see the module docstring.
 
     `out` is a file path or an existing folder (default: the run directory, `best<suffix>`). Raises
     UserError for what the user asked wrong, ExportError when the exporter fails or the artifact's
-    outputs differ from the subnet's by more than 1e-4 x the output scale (the file is kept).
+    outputs differ from the subnet's by more than 1e-4 x the output scale (the file is kept). `model`: the base
+    model the subnet is rebuilt from (a run of `search.prune` needs the user's own; see `load_subnet`).
     """
     if format not in SUFFIXES:
         raise UserError(f"unknown format {format!r}; choose from {', '.join(FORMATS)}")
@@ -280,7 +281,7 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
         raise UserError(f"{run.path / BEST_FILE} has no valid input_shape (got {shape!r})")
     path = _target(run, source, format, out)
 
-    model = load_subnet(run.path, finetuned=finetuned, trust_pickle=trust_pickle)
+    model = load_subnet(run.path, finetuned=finetuned, trust_pickle=trust_pickle, model=model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
     example = _batch(batch, shape, seed=0).to(dtype)
     try:

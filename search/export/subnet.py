@@ -77,16 +77,18 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
     run = RunDirectory.open(str(run_dir))
     state_name, pickle_name = ((FINETUNED_STATE_FILE, FINETUNED_MODEL_FILE) if finetuned
                                else (BEST_STATE_FILE, BEST_MODEL_FILE))
-    if (run.path / state_name).is_file() and (run.path / BEST_FILE).is_file():
+    from_python = SearchConfig.from_json(run.read().get("args", {})).model == "<module>"
+    if from_python and model is None and not (trust_pickle and (run.path / pickle_name).is_file()):
+        raise UserError(f"{run.path} was searched from Python (search.prune) with your own model object, which "
+                        f"it does not hold: pass it (load_subnet(RUN, model=...), export(RUN, ..., model=...)), "
+                        f"or --trust-pickle to load the pickled {pickle_name}")
+    if (run.path / state_name).is_file() and (run.path / BEST_FILE).is_file() and not (from_python and model is None):
         state = safe_load(run.path / state_name, "subnet weights")
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UserError(f"{run.path / state_name} is not a state dict (name -> tensor)")
         best = run.read(BEST_FILE)
         if model is None:
             config = SearchConfig.from_json(run.read().get("args", {}))
-            if config.model == "<module>":
-                raise UserError("this run was searched from Python (search.prune) with the user's own model "
-                                "object: pass it as load_subnet(..., model=...)")
             if num_classes is None:
                 num_classes = load_data(config.data, held_out=config.held_out_size, seed=config.seed).num_classes
             torch.manual_seed(config.seed)

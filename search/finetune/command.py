@@ -121,6 +121,15 @@ def latest_checkpoint(run_path: Path) -> dict | None:
     return max(states, key=lambda s: s["epoch"], default=None)
 
 
+def _check_fits(state: dict, model: torch.nn.Module) -> None:
+    """A checkpoint of another subnet (an export an earlier pass of the run made) cannot be continued."""
+    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
+    if mine != theirs:
+        raise UserError("the fine-tune checkpoint is of another subnet than best.json's (the run exported another "
+                        "since): fine-tune without --resume")
+
+
 def _check_resume(state: dict, recipe: Recipe) -> None:
     saved = {k: v for k, v in state.get("recipe", {}).items() if k != "epochs"}
     changed = [k for k, v in saved.items() if getattr(recipe, k, v) != v]
@@ -150,6 +159,10 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     dev = device_of(device)
     info = run.read()
     args = info.get("args", {})
+    if args.get("model") == "<module>" or args.get("data") == "<iterables>":
+        raise UserError(f"{run.path} was searched from Python (search.prune) on your own model and data, which it "
+                        f"does not hold: fine-tune result.subnet (or search.export.load_subnet(RUN, model=...)) "
+                        f"with your own training loop")
     data = _run_data(args)
     model = load_subnet(run.path, trust_pickle=trust_pickle, num_classes=data.num_classes)
     recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size or args.get("batch_size", 64),
@@ -168,6 +181,7 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
         log.warning("--resume: no fine-tune checkpoint in %s; starting from epoch 0", run.path)
     if resume and start is not None:
         _check_resume(start, recipe)
+        _check_fits(start, model)
     else:
         start = None
         _clear_checkpoints(run.path)

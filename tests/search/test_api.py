@@ -87,3 +87,25 @@ def test_config_round_trips_through_json_and_validates():
     assert SearchConfig.from_json(config.to_json()) == config
     with pytest.raises(UserError, match="--limit does not apply"):
         SearchConfig(agent="tpe", budget=["0.4flops"], limit=3).validate()
+
+
+def test_a_run_of_prune_is_exported_with_the_user_s_model_and_says_how_on_the_command_line(model, tmp_path,
+                                                                                             capsys):
+    from search.export import export, load_subnet
+    from search.export import main as export_main
+    from search.finetune import main as finetune_main
+
+    train, val = _data()
+    result = prune(model, budget="0.5flops", trials=3, calibration=train, held_out=val, out=tmp_path / "r",
+                   progress=False, calib_batches=2, no_one_shot=True)
+    with pytest.raises(UserError, match=r"searched from Python .* pass it \(load_subnet\(RUN, model=...\)"):
+        load_subnet(tmp_path / "r")
+    subnet = load_subnet(tmp_path / "r", model=model)
+    x = torch.randn(2, 3, 16, 16)
+    torch.testing.assert_close(subnet(x), result.subnet.cpu().eval()(x))
+    assert export(tmp_path / "r", "state_dict", model=model).path.is_file()
+    assert export_main([str(tmp_path / "r"), "--format", "pt"]) == 2
+    assert "--trust-pickle to load the pickled best.pt" in capsys.readouterr().err
+    assert export_main([str(tmp_path / "r"), "--format", "pt", "--trust-pickle"]) == 0
+    assert finetune_main([str(tmp_path / "r"), "--epochs", "1"]) == 2
+    assert "searched from Python (search.prune) on your own model and data" in capsys.readouterr().err

@@ -473,3 +473,31 @@ def test_the_warm_start_among_the_finalists_is_named_as_the_one_shot_candidate_i
     assert finalists.origin[0] == "search, also one-shot: global magnitude"
     best = json.loads((out / "best.json").read_text())
     assert best["origin"] == finalists.origin[best["trial"]]
+
+
+def test_a_resume_that_exports_another_subnet_removes_what_was_made_from_the_old_one(tmp_path, capsys):
+    code, out = search(tmp_path, "--trials", "3")
+    assert code == 0
+    made = ["finetuned.pt", "finetuned.state_dict.pt", "finetuned.onnx", "finetune.csv", "finetune.png",
+            "finetune_checkpoint.pt", "best.onnx"]
+    for name in made:  # what search.finetune and search.export wrote from this export
+        (out / name).write_bytes(b"x")
+    record = json.loads((out / "run.json").read_text())
+    (out / "run.json").write_text(json.dumps({**record, "finetune": {"epochs": 1}}))
+    assert run_module.main(["--resume", str(out), "--no-progress"]) == 0  # the same export: all kept
+    assert all((out / name).exists() for name in made)
+    assert run_module.main(["--resume", str(out), "--finalist-steps", "5", "--no-progress"]) == 0  # new weights
+    assert "the export changed since the earlier pass" in capsys.readouterr().err
+    assert not any((out / name).exists() for name in made)
+    assert "finetune" not in json.loads((out / "run.json").read_text())
+    assert {"best.json", "best.pt", "best.state_dict.pt"} <= {p.name for p in out.iterdir()}
+
+
+def test_a_fine_tune_checkpoint_of_another_subnet_is_refused_in_one_line():
+    from search.errors import UserError
+    from search.finetune.command import _check_fits
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    _check_fits({"model": model.state_dict()}, model)
+    with pytest.raises(UserError, match="checkpoint is of another subnet than best.json's"):
+        _check_fits({"model": torch.nn.Sequential(torch.nn.Linear(4, 5)).state_dict()}, model)

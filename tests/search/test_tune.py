@@ -1,6 +1,8 @@
 """Agents as Ray Tune searchers, and the search through tune.Tuner (with Tuner.restore on --resume)."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 import torch
@@ -58,7 +60,7 @@ def test_save_and_restore_continue_identically_with_trials_outstanding(tmp_path,
     assert [a.suggest(f"n{i}") for i in range(3)] == [b.suggest(f"n{i}") for i in range(3)]
 
 
-def test_the_main_job_through_ray_tune_and_its_restore(tmp_path, monkeypatch):
+def test_the_main_job_through_ray_tune_and_its_restore(tmp_path, monkeypatch, capsys):
     # nsga2: Tune pickles the searcher (the agent and its Optuna study) into its experiment state
     pytest.importorskip("ray")
     monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
@@ -72,3 +74,7 @@ def test_the_main_job_through_ray_tune_and_its_restore(tmp_path, monkeypatch):
     assert (out / "tune" / "search").is_dir() and (out / "best.pt").is_file()
     assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0  # Tuner.restore
     assert pd.read_csv(out / "trials.csv")[["trial", "score"]].equals(trials[["trial", "score"]])
+    # Tuner.restore keeps the experiment's sample count: more trials are refused, not silently ignored
+    assert run_module.main(["--resume", str(out), "--trials", "6", "--no-progress", "--quiet"]) == 2
+    assert "--backend tune cannot change --trials on resume" in capsys.readouterr().err
+    assert json.loads((out / "run.json").read_text())["args"]["trials"] == 4
