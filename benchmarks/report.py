@@ -80,7 +80,7 @@ FASTNAS = "FastNAS"
 PEERS = (*TP_METHODS.values(), FASTNAS)
 MAGNITUDE = "magnitude start"
 SUFFIX = " + finalists"
-PLAN = ("0.1flops/1/0,1,2,3,4,5,6,7,8,9", "0.1flops/5/0,1,2", "0.25flops/1/0,1,2", "0.25flops/5/0,1,2")
+PLAN = ("0.1flops/1/0,1,2,3,4,5,6,7,8,9", "0.1flops/5/0,1,2,3,4", "0.25flops/1/0,1,2,3,4", "0.25flops/5/0,1,2,3,4")
 HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
 
 
