@@ -94,7 +94,8 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
             # where the exported weights come from: the base model's, the PruningNet's, or the supernet's (the
             # base model's after --supernet-epochs of sandwich training)
             "export_weights": "supernet" if c.supernet_epochs and c.export_weights == "base" else c.export_weights,
-            "supernet_epochs": c.supernet_epochs, "finetuned_steps": steps,
+            "supernet_epochs": int(c.supernet_epochs) if float(c.supernet_epochs).is_integer() else c.supernet_epochs,
+            "finetuned_steps": steps,
             "test_top1": test_top1, "costs": dict(best.result.costs),
             "ratios": {k: best.result.costs[k] / base[k] for k in base},
             "summary": prunable.describe(best.candidate), "state_dict": BEST_STATE_FILE,

@@ -370,8 +370,8 @@ class Pipeline:
             inputs.base_test = evaluate(inputs.model, inputs.test, self.device)
         if cost.latency is not None:  # what a resumed run prices with (`_own_latency_table`)
             run_dir.write(LATENCY_TABLE_FILE, cost.latency.to_json())
-        log.info("%s: %s; base %.2f MFLOPs, %.3f M params; run directory %s", inputs.name, prunable.space,
-                 base["flops"] / 1e6, base["params"] / 1e6, run_dir.path)
+        log.info("%s: %s; base %.2f MFLOPs, %.3f M params; on %s; run directory %s", inputs.name, prunable.space,
+                 base["flops"] / 1e6, base["params"] / 1e6, self.device, run_dir.path)
         if inputs.data is not None and c.weights is None and not (c.model in ZOO_MODELS and c.baseline_epochs > 0):
             log.warning("no --weights: searching an untrained %s (scores will be near chance)", c.model)
 
