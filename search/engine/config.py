@@ -32,6 +32,11 @@ RESUMABLE = frozenset(RESUMABLE_ORDER)
 #: counts: a fraction of one is refused (an API caller's finalists=2.5 is not rounded silently)
 WHOLE = ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "latency_batch", "racing_top_k",
          "racing_chunk", "pruningnet_epochs", "baseline_epochs", "workers", "seed", "finalists")
+SCORERS = ("base", "pruningnet")
+BACKENDS = ("actors", "tune")
+BLOCK_ENCODINGS = ("flags", "depth")
+#: how finalists are ordered after their short fine-tune (`search.selection.finalists`; benchmarks/finalists.py measured them)
+FINALIST_RANKINGS = ("tce", "tce+proxy", "ce", "ce+proxy", "score", "score+proxy")
 
 
 def parse_steps(text: str) -> int | list[int]:
@@ -39,11 +44,6 @@ def parse_steps(text: str) -> int | list[int]:
     "20,80,320"); a ValueError when a part is not a whole number."""
     steps = [int(part) for part in text.split(",")]
     return steps[0] if len(steps) == 1 else steps
-SCORERS = ("base", "pruningnet")
-BACKENDS = ("actors", "tune")
-BLOCK_ENCODINGS = ("flags", "depth")
-#: how finalists are ordered after their short fine-tune (`search.selection.finalists`; benchmarks/finalists.py measured them)
-FINALIST_RANKINGS = ("tce", "tce+proxy", "ce", "ce+proxy", "score", "score+proxy")
 
 
 @dataclass

@@ -131,8 +131,7 @@ def retire_earlier_export(run_dir, state: dict) -> list[str]:
         return []
     try:
         previous = torch.load(old, map_location="cpu", weights_only=True)
-        same = previous.keys() == state.keys() and all(
-            previous[k].shape == v.shape and torch.equal(previous[k], v) for k, v in state.items())
+        same = previous.keys() == state.keys() and all(torch.equal(previous[k], v) for k, v in state.items())
     except Exception:  # noqa: BLE001 - an unreadable earlier export is not the same one
         same = False
     if same:
@@ -142,7 +141,7 @@ def retire_earlier_export(run_dir, state: dict) -> list[str]:
              if p.name.startswith(("finetuned.", "best.")) and p.name not in kept
              or p.name in (FINETUNE_CSV, FINETUNE_PLOT, CHECKPOINT_FILE, RAY_DIR)]
     for path in stale:
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        shutil.rmtree(path) if path.is_dir() else run_dir.remove(path.name)
     record = run_dir.read()
     if record.pop("finetune", None) is not None:
         run_dir.write(RUN_FILE, record)

@@ -37,7 +37,7 @@ from search.engine.config import SearchConfig
 from search.export.subnet import base_model, load_subnet
 from search.finetune.loop import CHECKPOINT_FILE, FINETUNED_FILE, FINETUNE_PLOT, FinetuneResult, RAY_DIR, Recipe, STATE_FILE, _atomic, fit, write_outputs
 from search.finetune.step import device_of, evaluate
-from search.models.zoo import ZOO_MODELS, DataBundle, load_data, safe_load
+from search.models.zoo import ZOO_MODELS, DataBundle, check_fit, load_data, safe_load
 
 log = logging.getLogger("search.finetune")
 
@@ -123,11 +123,8 @@ def latest_checkpoint(run_path: Path) -> dict | None:
 
 def _check_fits(state: dict, model: torch.nn.Module) -> None:
     """A checkpoint of another subnet (an export an earlier pass of the run made) cannot be continued."""
-    mine = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    theirs = {k: tuple(v.shape) for k, v in state["model"].items()}
-    if mine != theirs:
-        raise UserError("the fine-tune checkpoint is of another subnet than best.json's (the run exported another "
-                        "since): fine-tune without --resume")
+    check_fit(model.state_dict(), state["model"], "the fine-tune checkpoint is of another subnet than best.json's "
+              "(the run exported another since; fine-tune without --resume)")
 
 
 def _check_resume(state: dict, recipe: Recipe) -> None:

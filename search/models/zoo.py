@@ -301,11 +301,11 @@ def _load_weights(model: nn.Module, path: Path, spec: str) -> None:
     if not isinstance(obj, Mapping):
         raise UserError(f"weights file {path} holds a {type(obj).__name__} object, not a state dict")
     state = {str(k).removeprefix("module."): v for k, v in obj.items()}
-    _check_fit(model.state_dict(), state, f"weights {path} do not fit model {spec}")
+    check_fit(model.state_dict(), state, f"weights {path} do not fit model {spec}")
     model.load_state_dict(state, strict=True)
 
 
-def _check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], what: str) -> None:
+def check_fit(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], what: str) -> None:
     """UserError unless `state` has exactly `expected`'s keys, with the same shapes."""
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

@@ -221,13 +221,14 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
     `HyperBandScheduler`) express rungs like 20, 80, 320 with a third going on: one reduction factor sets both
     the rungs' spacing (r, r * eta, r * eta^2) and the fraction promoted (1 / eta). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn, jobs)` runs
     `fn(*job)` for every job (e.g. as Ray tasks) and returns the results in order; default: one after the other.
-    `origin_of(trial)` names where a finalist came from in the progress lines (default: the trial's own mark).
+    `origin_of(trial)` names where a finalist came from in the progress lines (default: `origin` without the
+    one-shot methods' names).
     """
     chosen = top_distinct(trials, settings.count)
     extra = [t for t in forced if all(t.candidate != c.candidate for c in chosen)]
     # one proxy order for all (the "+proxy" rankings read it): a forced one takes the place its own score gives it
     chosen = top_distinct([*chosen, *extra], len(chosen) + len(extra))
-    label = origin_of or (lambda trial: trial.result.message or "search")
+    label = origin_of or (lambda trial: origin(trial, {}))
     alive = [Finalist(trial, math.nan, 0.0, 0, build(trial.candidate)) for trial in chosen]  # in the proxy's order
     behind: list[Finalist] = []
     done, schedule = 0, settings.schedule()
