@@ -16,6 +16,13 @@ and fresh sources are random shapes scaled up until the budget binds. Every gene
 returns None while a phase waits for its results, so a whole phase can be scored in parallel; the moves
 of one phase are distinct (a move equal to one already planned in the phase is drawn again, a bounded
 number of times).
+
+Small trial budgets: unless `food_sources` is given, the colony has 10 sources, or with `trials` known
+`min(10, max(4, trials // 20))`, so a search sees at least about ten cycles (a cycle scores two moves per
+source). With 10 sources, 100 trials are four and a half cycles, mostly spent moving sources that never
+become good: at 0.1 x FLOPs on hard digits the best held-out score of 100 trials (median of 10 seeds,
+`benchmarks/agents_vs_random.py --no-finetune`) was below random's on MobileNetV2 with 10 sources and
+above it with 5 (docs/agents.md has the figures).
 """
 from __future__ import annotations
 
@@ -30,13 +37,16 @@ from spaces.space import Candidate
 from .base import Agent
 
 _REDRAWS = 20  # draws of a move that repeats one already planned in its phase
+FOOD_SOURCES = 10  # ABCPruner's colony, for searches of 200 trials and more
 
 
 class BeeColonyAgent(Agent):
     name = "abc"
 
-    def __init__(self, *args: Any, food_sources: int = 10, limit: int = 5, genes: int = 2, **kwargs: Any):
+    def __init__(self, *args: Any, food_sources: int | None = None, limit: int = 5, genes: int = 2, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if food_sources is None:
+            food_sources = FOOD_SOURCES if self.trials is None else min(FOOD_SOURCES, max(4, self.trials // 20))
         if food_sources < 2 or limit < 1 or genes < 1:
             raise ValueError("abc needs food_sources >= 2, limit >= 1 and genes >= 1")
         self.food_sources, self.limit, self.genes = food_sources, limit, min(genes, len(self.space))

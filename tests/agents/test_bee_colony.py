@@ -101,3 +101,17 @@ def test_moves_stay_local_and_keep_using_the_budget():
         assert price(c)["flops"] >= 0.9 * cap
         source = agent.sources[i]
         assert sum(a != b for a, b in zip(space.encode(c), source)) <= len(space) // 2
+
+
+def test_a_small_trial_budget_shrinks_the_colony_to_about_ten_cycles():
+    space, budget, price = setting("0.4flops")
+
+    def sources(trials, **options):
+        agent = make_agent("abc", space, budget, price=price, seed=0, trials=trials, **options)
+        first = list(itertools.takewhile(lambda c: c is not None, (agent.ask(t) for t in range(50))))
+        return agent.food_sources, len(first)
+
+    assert sources(100) == (5, 5)           # 10 sources would see 4.5 cycles of 100 trials
+    assert sources(40) == (4, 4)            # never fewer than 4
+    assert sources(200) == (10, 10) and sources(None) == (10, 10)   # enough trials: as asked
+    assert sources(100, food_sources=10) == (10, 10)                 # a colony asked for stays as asked
