@@ -150,11 +150,7 @@ def _imagefolder(rest: str) -> _Source:
     normalize = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
     eval_tf = T.Compose([T.Resize(round(size * 8 / 7)), T.CenterCrop(size), *normalize])
     train_tf = T.Compose([T.RandomResizedCrop(size), T.RandomHorizontalFlip(), *normalize])
-    try:
-        train = ImageFolder(str(root / "train"), transform=train_tf, loader=_read_image)
-        test = ImageFolder(str(root / "val"), transform=eval_tf, loader=_read_image)
-    except OSError as e:
-        raise UserError(f"cannot read imagefolder {root}: {first_line(e)}") from None
+    train, test = (_image_folder(root / part, tf) for part, tf in (("train", train_tf), ("val", eval_tf)))
     _check_images(root, [path for path, _ in train.samples + test.samples])
     if test.classes != train.classes:
         odd = sorted(set(train.classes) ^ set(test.classes))
@@ -162,6 +158,14 @@ def _imagefolder(rest: str) -> _Source:
                         f"in only one of them: {_few(odd)}")
     return _Source("imagefolder", train, _retransformed(train, eval_tf), test, len(train.classes),
                    IMAGENET_MEAN, IMAGENET_STD)
+
+
+def _image_folder(folder: Path, transform) -> ImageFolder:
+    """One part (train/ or val/) of an imagefolder; a part it cannot read (an empty class folder) named."""
+    try:
+        return ImageFolder(str(folder), transform=transform, loader=_read_image)
+    except OSError as e:
+        raise UserError(f"cannot read imagefolder {folder}/: {first_line(e)}") from None
 
 
 def _check_images(root: Path, paths: list[str]) -> None:

@@ -92,6 +92,12 @@ def files(tmp_path, monkeypatch):
             for i in range(3):
                 Image.new("RGB", (12, 12), (40 * i, 80, 120)).save(folder / part / cls / f"{i}.png")
     (folder / "train" / "a" / "broken.png").write_bytes(b"\x89PNG not really")
+    hollow = tmp_path / "hollow"  # a class folder of val/ with no image in it
+    for part in ("train", "val"):
+        for cls in ("a", "b"):
+            (hollow / part / cls).mkdir(parents=True)
+            if (part, cls) != ("val", "b"):
+                Image.new("RGB", (12, 12), (40, 80, 120)).save(hollow / part / cls / "0.png")
     monkeypatch.syspath_prepend(str(tmp_path))
     return tmp_path, marker
 
@@ -178,6 +184,8 @@ CASES = {
     "data not images": ([*BASE, "--data", "bad_data:not_images"], r"\(C, H, W\) tensor"),
     "corrupt image": ([*BASE, "--data", "imagefolder:{tmp}/images@8", "--model", "torchvision:resnet18"],
                       r"cannot read image .*broken.png"),
+    "empty class folder": ([*BASE, "--data", "imagefolder:{tmp}/hollow@8", "--model", "torchvision:resnet18"],
+                           r"cannot read imagefolder .*hollow/val/: .*\bb\b"),
     # run directories
     "resume of a non-run": (["--resume", "{tmp}"], r"is not a run directory"),
     "output folder is a file": ([*BASE, "--out", "{tmp}/evil.pt"], r"cannot write to output folder"),
