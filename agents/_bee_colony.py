@@ -56,7 +56,7 @@ class BeeColonyAgent(Agent):
         self.phase = "start"
         self.queue: list[tuple[int, list[int]]] = []    # (source index, genes) still to ask
         self.asked: dict[int, tuple[int, list[int]]] = {}  # ticket -> (source index, genes): result not yet told
-        self.done: list[tuple[int, list[int], float]] = []  # told this phase
+        self.done: list[tuple[int, int, list[int], float]] = []  # (ticket, source, genes, score) told this phase
 
     # -- genes <-> candidates ------------------------------------------------------------------
     def _candidate(self, genes: list[int]) -> Candidate:
@@ -112,7 +112,9 @@ class BeeColonyAgent(Agent):
 
     # -- phases --------------------------------------------------------------------------------
     def _next_phase(self) -> None:
-        done, self.done = self.done, []
+        # in the order asked, not told: results that come back out of order (parallel workers) select the same
+        # sources, and a resumed run, whose replay tells in ticket order, proposes what the run did
+        done, self.done = [entry[1:] for entry in sorted(self.done, key=lambda e: e[0])], []
         if self.phase == "start":
             warm = [self._genes(c) for c in self.initial[:self.food_sources]]  # warm starts first
             self.phase, self.queue = "init", [(i, warm[i] if i < len(warm) else self._fresh())
@@ -156,7 +158,7 @@ class BeeColonyAgent(Agent):
         if entry is None:
             return  # not one of ours (or told twice)
         i, genes = entry
-        self.done.append((i, genes, result.score if result.ok else float("-inf")))
+        self.done.append((ticket, i, genes, result.score if result.ok else float("-inf")))
         if not self.queue and not self.asked:  # the phase is complete: select, then plan the next one
             self._next_phase()
 
@@ -178,5 +180,7 @@ class BeeColonyAgent(Agent):
         state = copy.deepcopy(dict(state))
         self.sources, self.scores, self.counters = state["sources"], state["scores"], state["counters"]
         self.phase = state["phase"]
-        self.queue, self.done = ([tuple(e) for e in state[k]] for k in ("queue", "done"))
+        self.queue = [tuple(e) for e in state["queue"]]
+        # a checkpoint written before results carried their ticket holds them in the order to select them
+        self.done = [tuple(e) if len(e) == 4 else (n, *e) for n, e in enumerate(state["done"])]
         self.asked = {int(t): (i, g) for t, i, g in state["asked"]}

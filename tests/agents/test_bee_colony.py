@@ -115,3 +115,20 @@ def test_a_small_trial_budget_shrinks_the_colony_to_about_ten_cycles():
     assert sources(40) == (4, 4)            # never fewer than 4
     assert sources(200) == (10, 10) and sources(None) == (10, 10)   # enough trials: as asked
     assert sources(100, food_sources=10) == (10, 10)                 # a colony asked for stays as asked
+
+
+def test_results_told_out_of_order_select_as_in_order():
+    """Parallel workers finish in any order: the colony must not depend on it (it lost sources, and a resumed
+    run, whose replay tells in ticket order, proposed other moves than the run it resumed)."""
+    def colony_after(order):
+        agent, space, budget, price = colony(food_sources=4)
+        asked = {t: agent.ask(t) for t in range(4)}
+        for t in order:
+            agent.tell(t, Result(TrialState.COMPLETE, 0.1 * (t + 1), price(asked[t])))
+        return agent, [space.encode(asked[t]) for t in range(4)], [agent.ask(t) for t in range(4, 8)]
+
+    in_order, asked, moves = colony_after([0, 1, 2, 3])
+    reversed_, _, moves_reversed = colony_after([3, 1, 2, 0])
+    assert in_order.sources == reversed_.sources == asked      # every source kept, at its own index
+    assert in_order.scores == reversed_.scores == [0.1 * (t + 1) for t in range(4)]
+    assert moves == moves_reversed
