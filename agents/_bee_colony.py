@@ -13,9 +13,10 @@ over-budget move is fitted by `Agent.trade` (the moved genes kept, other widths 
 time; shrinking every width by one common ratio instead, rounded down to the grid, cost a move at the
 budget about a quarter of it), budget a move frees goes to other widths a step at a time (`_fill`),
 and fresh sources are random shapes scaled up until the budget binds. Every gene can mutate. `ask()`
-returns None while a phase waits for its results, so a whole phase can be scored in parallel; the moves
-of one phase are distinct (a move equal to one already planned in the phase is drawn again, a bounded
-number of times).
+returns None while a phase waits for its results, so a whole phase can be scored in parallel (results
+come back in any order; a phase's are selected in the order asked, so the order of completion changes
+nothing); the moves of one phase are distinct (a move equal to one already planned in the phase is
+drawn again, a bounded number of times).
 
 Small trial budgets: unless `food_sources` is given, the colony has 10 sources, or with `trials` known
 `min(10, max(4, trials // 20))`, so a search sees at least about ten cycles (a cycle scores two moves per
