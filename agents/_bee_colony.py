@@ -59,6 +59,10 @@ class BeeColonyAgent(Agent):
         self.asked: dict[int, tuple[int, list[int]]] = {}  # ticket -> (source index, genes): result not yet told
         self.done: list[tuple[int, int, list[int], float]] = []  # (ticket, source, genes, score) told this phase
 
+    @property
+    def batch(self) -> int:
+        return self.food_sources  # a phase moves each source once (onlookers: as many moves again)
+
     # -- genes <-> candidates ------------------------------------------------------------------
     def _candidate(self, genes: list[int]) -> Candidate:
         return self.space.decode(genes)

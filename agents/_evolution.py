@@ -80,6 +80,10 @@ class EvolutionAgent(Agent):
         self.proposed: list[list[int]] = []       # every candidate planned in this search, in order
         self._seen: set[tuple[int, ...]] = set()
 
+    @property
+    def batch(self) -> int:
+        return self.population  # a generation
+
     # -- genes ---------------------------------------------------------------------------------
     def _genes(self, candidate: Candidate) -> list[int]:
         return self.space.encode(candidate)

@@ -51,6 +51,16 @@ from search.engine.versions import moved, versions
 log = logging.getLogger(__name__)
 
 
+def idle_workers(agent: str, batch: int | None, workers: int) -> str | None:
+    """A warning where the agent's phase or generation (`Agent.batch`) is smaller than the workers; else None."""
+    if workers <= 1 or batch is None or batch >= workers:
+        return None
+    remedy = (f"--food-sources {workers} keeps them all busy" if agent == "abc" else
+              f"a generation of {workers} needs --population {workers} and --trials of at least {4 * workers}")
+    return (f"{agent} proposes at most {batch} candidates at a time (it waits for all of their results before "
+            f"planning the next): {workers - batch} of the {workers} workers will wait idle; {remedy}")
+
+
 class Pipeline:
     """One search run; see the module docstring. `run()` does it all; the stages are public for tests."""
 
@@ -357,6 +367,9 @@ class Pipeline:
                             f"experiment's {planned} trials); resume with --trials {planned}, or search more in a "
                             f"new run")
         agent = self.agent(prunable, price, trials=planned or c.trials)
+        idle = idle_workers(c.agent, agent.batch, c.workers)
+        if idle:
+            log.warning(idle)
         pruningnet = self._pruningnet_file(prunable) if c.scorer_name == "pruningnet" else None
         inputs.model.to(self.device)
         evaluator = self.evaluator(prunable)

@@ -10,6 +10,7 @@ from agents import make_agent
 from conftest import fake_score, setting
 from evaluators.racing import Estimate
 from search.engine.loop import Engine, Journal
+from search.engine.pipeline import idle_workers
 from search.errors import UserError
 from spaces.records import TrialState
 
@@ -172,3 +173,20 @@ def test_parallel_resume_replays_the_interleaving_exactly(tmp_path, agent):
     numbers = [t.number for t in outcome.trials]
     assert len(numbers) == len(set(numbers)) == 16  # every candidate exactly once in the journal
     assert len(Journal(tmp_path / "parts" / "j.jsonl").read()) == 16
+
+
+def test_an_agent_that_waits_for_its_phase_warns_when_workers_would_idle():
+    space, budget, price = setting("0.4flops")
+    abc = make_agent("abc", space, budget, price=price, seed=0, trials=100)
+    evolution = make_agent("evolution", space, budget, price=price, seed=0, trials=100)
+    assert (abc.batch, evolution.batch) == (5, 25)
+    assert make_agent("random", space, budget, price=price, seed=0, trials=100).batch is None
+    # abc really holds back: with 8 slots open it offers one phase, 5 candidates, then waits
+    asked = [abc.ask(t) for t in range(8)]
+    assert sum(c is not None for c in asked) == 5
+    assert idle_workers("abc", abc.batch, 8) == (
+        "abc proposes at most 5 candidates at a time (it waits for all of their results before planning the next): "
+        "3 of the 8 workers will wait idle; --food-sources 8 keeps them all busy")
+    assert "--population 32 and --trials of at least 128" in idle_workers("evolution", evolution.batch, 32)
+    assert idle_workers("abc", 5, 5) is None and idle_workers("abc", 5, 0) is None
+    assert idle_workers("random", None, 64) is None
