@@ -40,12 +40,6 @@ from spaces.space import KEEP, WIDTH, Candidate, SearchSpace
 class Agent(abc.ABC):
     name: ClassVar[str] = ""
 
-    @property
-    def batch(self) -> int | None:
-        """The most candidates this agent has outstanding at once (a phase or generation waits for all of its
-        results before the next is planned); None: no such bound. More workers than this wait idle."""
-        return None
-
     def __init__(self, space: SearchSpace, budget: Budget, *, price: Price, seed: int | None = None,
                  trials: int | None = None, initial: Sequence[Mapping[str, int]] = ()):
         self.space = space
@@ -56,6 +50,12 @@ class Agent(abc.ABC):
         self.rng = np.random.default_rng(seed)
         #: warm-start candidates, within budget, without repeats (see the module docstring)
         self.initial: list[Candidate] = list(dict.fromkeys(self.repair(Candidate(c)) for c in initial))
+
+    @property
+    def batch(self) -> int | None:
+        """The most candidates this agent has outstanding at once (a phase or generation waits for all of its
+        results before the next is planned); None: no such bound. More workers than this wait idle."""
+        return None
 
     @abc.abstractmethod
     def ask(self, ticket: int) -> Candidate | None:

@@ -130,7 +130,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                           "management, FailureConfig retries, Tuner.restore on --resume)")
     agent = p.add_argument_group("agent options (each applies to the agents named)")
     agent.add_argument("--food-sources", type=int,
-                       help="abc: food sources (candidates kept), default 10 (below 200 trials: trials // 20, at least 4)")
+                       help="abc: food sources (candidates kept), default 10 (below 200 trials: trials // 20, "
+                            "at least 4)")
     agent.add_argument("--limit", type=int, help="abc: failed moves before a source is abandoned, default 5")
     agent.add_argument("--genes", type=int, help="abc: genes moved per bee, default 2")
     agent.add_argument("--startup-trials", type=int, help="tpe: random trials before TPE models, default trials/5")
