@@ -18,10 +18,11 @@ below every scored candidate and are never parents. `ask()` returns None while t
 candidates await their results (a generation barrier: a whole generation can be scored in parallel);
 None with nothing outstanding means the space holds nothing new, and the search ends.
 
-Small trial budgets: with `trials` known, the population is shrunk to
-`min(population, max(8, trials // 4))`, so a search sees at least about four generations; `parents`,
-`mutations` and `crossovers` are scaled by the same factor (rounded; at least 2 parents where there
-are crossovers). `metapruning` is this agent, scored with a trained PruningNet's generated weights
+Small trial budgets: unless `population` is given, it is 50, or with `trials` known
+`min(50, max(8, trials // 4))`, so a search sees at least about four generations; `parents`,
+`mutations` and `crossovers` are then scaled by the same factor (rounded; at least 2 parents where there
+are crossovers). A `population` given is kept as asked, with its own `parents`, `mutations` and
+`crossovers` (as abc keeps `food_sources`). `metapruning` is this agent, scored with a trained PruningNet's generated weights
 (see `evaluators.pruningnet`) instead of the base weights.
 """
 from __future__ import annotations
@@ -34,6 +35,8 @@ from spaces.space import Candidate
 
 from .base import Agent
 
+#: MetaPruning's population, for searches of 200 trials and more
+POPULATION = 50
 #: draws per proposal before falling back (over budget or already proposed: draw again); a random
 #: draw is itself a rejection sample of up to 200 uniform draws (`sample_feasible`).
 TRIES = 20
@@ -42,9 +45,11 @@ TRIES = 20
 class EvolutionAgent(Agent):
     name = "evolution"
 
-    def __init__(self, *args: Any, population: int = 50, parents: int | None = None, mutations: int | None = None,
+    def __init__(self, *args: Any, population: int | None = None, parents: int | None = None, mutations: int | None = None,
                  crossovers: int | None = None, mutation_prob: float = 0.1, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        shrink = population is None and self.trials is not None
+        population = POPULATION if population is None else population
         # MetaPruning's 10 parents and 25 + 25 children of 50; a smaller population keeps the proportions
         if isinstance(population, int) and not isinstance(population, bool):
             parents = min(10, population) if parents is None else parents
@@ -66,7 +71,7 @@ class EvolutionAgent(Agent):
         if not (isinstance(mutation_prob, (int, float)) and 0 < mutation_prob <= 1):
             raise ValueError(f"evolution: mutation_prob must lie in (0, 1], got {mutation_prob!r}")
         self.requested = dict(ints, mutation_prob=float(mutation_prob))
-        size = population if self.trials is None else min(population, max(8, self.trials // 4))
+        size = min(population, max(8, self.trials // 4)) if shrink else population
         scale = size / population
         self.population = size
         self.parents = min(size, max(2 if crossovers else 1, round(parents * scale)))

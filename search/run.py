@@ -141,7 +141,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                                                         "improvement, default 24")
     agent.add_argument("--updates", type=int, help="amc: gradient updates per episode, default 2")
     agent.add_argument("--population", type=int, help="nsga2: population size, default 20; evolution, metapruning: "
-                                                      "default 50")
+                                                      "default 50, or trials/4 (at least 8) below 200 trials; a "
+                                                      "value given is kept")
     agent.add_argument("--parents", type=int, help="evolution, metapruning: top-k parents, default 10")
     agent.add_argument("--storage", help="tpe, nsga2: Optuna storage (sqlite:///study.db, or FILE.log for a "
                                          "journal file) to resume or share a study")

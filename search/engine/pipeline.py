@@ -56,7 +56,7 @@ def idle_workers(agent: str, batch: int | None, workers: int) -> str | None:
     if workers <= 1 or batch is None or batch >= workers:
         return None
     remedy = (f"--food-sources {workers} keeps them all busy" if agent == "abc" else
-              f"a generation of {workers} needs --population {workers} and --trials of at least {4 * workers}")
+              f"--population {workers} keeps them all busy")
     return (f"{agent} proposes at most {batch} candidates at a time (it waits for all of their results before "
             f"planning the next): {workers - batch} of the {workers} workers will wait idle; {remedy}")
 

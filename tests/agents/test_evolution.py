@@ -161,6 +161,11 @@ def test_options_are_checked_and_the_population_shrinks_for_short_searches():
     assert (short.population, short.parents, short.mutations, short.crossovers) == (10, 2, 5, 5)
     long = make_agent("evolution", space, budget, price=price, trials=1000)
     assert long.population == 50
+    # a population asked for is kept as asked, with its own proportions (as abc keeps food_sources)
+    asked = make_agent("evolution", space, budget, price=price, trials=40, population=50)
+    assert (asked.population, asked.parents, asked.mutations, asked.crossovers) == (50, 10, 25, 25)
+    asked = make_agent("evolution", space, budget, price=price, trials=40, population=30, parents=4)
+    assert (asked.population, asked.parents, asked.mutations, asked.crossovers) == (30, 4, 15, 15)
 
 
 def test_at_a_tight_budget_children_keep_using_the_budget():

@@ -187,6 +187,6 @@ def test_an_agent_that_waits_for_its_phase_warns_when_workers_would_idle():
     assert idle_workers("abc", abc.batch, 8) == (
         "abc proposes at most 5 candidates at a time (it waits for all of their results before planning the next): "
         "3 of the 8 workers will wait idle; --food-sources 8 keeps them all busy")
-    assert "--population 32 and --trials of at least 128" in idle_workers("evolution", evolution.batch, 32)
+    assert "--population 32 keeps them all busy" in idle_workers("evolution", evolution.batch, 32)
     assert idle_workers("abc", 5, 5) is None and idle_workers("abc", 5, 0) is None
     assert idle_workers("random", None, 64) is None
