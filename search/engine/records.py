@@ -40,6 +40,12 @@ FINETUNED_STATE_FILE = "finetuned.state_dict.pt"
 SUPERNET_FILE = "supernet.state_dict.pt"  # the base weights trained as a supernet (--supernet-epochs), for resume
 LATENCY_TABLE_FILE = "latency_table.json"  # the table the run priced latency with (a resume reuses it)
 LOCK_FILE = "run.lock"  # the process that runs the search in this directory: {"pid", "host", "since"}
+FINALISTS_FILE = "finalists.csv"  # the finalists' short fine-tunes, one row each
+FINETUNE_CHECKPOINT_FILE = "finetune_checkpoint.pt"  # where an interrupted fine-tune resumes from
+# what the search and the fine-tune write into a run directory: nothing else (an export's --out) may overwrite them
+RUN_OWN_FILES = (RUN_FILE, JOURNAL_FILE, TRIALS_FILE, BEST_FILE, BEST_MODEL_FILE, PLOT_FILE, PARETO_FILE,
+                 BEST_STATE_FILE, FINETUNED_MODEL_FILE, FINETUNE_CSV, FINETUNED_STATE_FILE, SUPERNET_FILE,
+                 LATENCY_TABLE_FILE, LOCK_FILE, FINALISTS_FILE, FINETUNE_CHECKPOINT_FILE)
 
 
 @dataclass(frozen=True)

@@ -50,8 +50,7 @@ from torch import nn
 from spaces.files import staged
 
 from search.errors import UserError, first_line
-from search.engine.records import (BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, JOURNAL_FILE, RUN_FILE,
-                                   TRIALS_FILE, RunDirectory)
+from search.engine.records import BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE, RUN_OWN_FILES, RunDirectory
 from search.export.subnet import load_subnet, no_subnet_message
 
 log = logging.getLogger("search.export")
@@ -247,8 +246,9 @@ def _target(run: RunDirectory, source: Path, format: str, out: str | Path | None
     path = run.path / name if out is None else Path(out)
     if path.is_dir():
         path = path / name
-    protected = {(run.path / f).resolve() for f in (RUN_FILE, BEST_FILE, BEST_MODEL_FILE, FINETUNED_MODEL_FILE,
-                                                   JOURNAL_FILE, TRIALS_FILE)}
+    # the run's own files are off limits, but for the one this very export writes by default (a state dict
+    # exported to best.state_dict.pt holds what the search wrote there)
+    protected = {(run.path / f).resolve() for f in RUN_OWN_FILES} - {(run.path / name).resolve()}
     if path.resolve() in protected:
         raise UserError(f"--out {path} would overwrite one of the run's own files; pick another path")
     try:

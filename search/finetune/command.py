@@ -20,6 +20,7 @@ are written.
 from __future__ import annotations
 
 import argparse
+import math
 import logging
 import shutil
 from dataclasses import asdict
@@ -149,7 +150,7 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     `stop_after` trains at most that many epochs in this call (continue with `resume=True`); `amp` None: bfloat16
     autocast and channels-last on a CUDA device that supports bfloat16, off elsewhere."""
     _check_numbers(epochs=epochs, lr=lr, batch_size=batch_size, workers=workers, kd_temperature=kd_temperature,
-                   kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay)
+                   kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay, seed=seed)
     run = RunDirectory.open(str(run_dir))
     _check_writable(run.path)
 
@@ -223,13 +224,16 @@ def _clear_checkpoints(run_path: Path) -> None:
 
 
 def _check_numbers(**values: float | None) -> None:
+    """Every number of the recipe, before anything is read or cleared: finite, in range, whole where it counts."""
     positive = ("epochs", "lr", "batch_size", "kd_temperature", "stop_after")
+    whole = ("epochs", "batch_size", "stop_after", "workers", "seed")
     for name, value in values.items():
         if value is None:
             continue
-        bad = (value <= 0 if name in positive else
-               not 0 <= value <= 1 if name == "kd_alpha" else value < 0)
-        if bad or (name in ("epochs", "batch_size", "stop_after", "workers") and value != int(value)):
+        bad = (not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value)
+               or (value <= 0 if name in positive else not 0 <= value <= 1 if name == "kd_alpha" else value < 0)
+               or (name in whole and value != int(value)))
+        if bad:
             need = {"kd_alpha": "in [0, 1]"}.get(name, "positive" if name in positive else "0 or more")
             raise UserError(f"--{name.replace('_', '-')} must be {need}, got {value}")
 

@@ -6,6 +6,7 @@ module (the benchmark report fine-tunes every method's subnet, ours and the peer
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 
 from spaces.files import atomic_write
 
-from search.engine.records import BEST_STATE_FILE, FINETUNE_CSV, FINETUNED_MODEL_FILE
+from search.engine.records import BEST_STATE_FILE, FINETUNE_CHECKPOINT_FILE, FINETUNE_CSV, FINETUNED_MODEL_FILE
 from search.errors import UserError
 from search.finetune.step import Distillation, TrainConfig, evaluate, make_optimizer, train_epoch
 from search.models.zoo import DataBundle
@@ -28,7 +29,7 @@ from search.models.zoo import DataBundle
 SUBNET_STATE_FILE = BEST_STATE_FILE            # the exported subnet's state dict, beside best.json
 FINETUNED_FILE = FINETUNED_MODEL_FILE
 FINETUNE_PLOT = "finetune.png"
-CHECKPOINT_FILE, RAY_DIR = "finetune_checkpoint.pt", "finetune_ray"
+CHECKPOINT_FILE, RAY_DIR = FINETUNE_CHECKPOINT_FILE, "finetune_ray"
 STATE_FILE = "finetune_state.pt"  # the file inside each Ray Train checkpoint directory
 
 
@@ -135,6 +136,9 @@ def fit(model: nn.Module, data: DataBundle, recipe: Recipe, *, device: torch.dev
                                  stats["samples"]], dtype=torch.float64, device=device)
             torch.distributed.all_reduce(sums)
             stats = {"loss": (sums[0] / sums[2]).item(), "train_top1": (sums[1] / sums[2]).item()}
+        if not math.isfinite(stats["loss"]):  # diverged: stop before a state of NaN weights is saved anywhere
+            raise UserError(f"the training loss became {stats['loss']} in epoch {epoch} (--lr {recipe.lr} too high?); "
+                            f"stopped before saving anything of this fine-tune")
         record = {"epoch": epoch, "loss": stats["loss"], "train_top1": stats["train_top1"],
                   "lr": optimizer.param_groups[0]["lr"],
                   "test_top1": evaluate(_unwrap(model), test_loader, device) if rank == 0 else float("nan"),

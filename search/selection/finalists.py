@@ -46,7 +46,7 @@ from spaces.derive import PrunableModel
 from spaces.space import Candidate
 
 from search.engine.config import FINALIST_RANKINGS as RANKINGS
-from search.engine.records import Trial
+from search.engine.records import FINALISTS_FILE, Trial
 from search.finetune.step import Distillation, TrainConfig, make_optimizer, train_epoch
 from search.selection.one_shot import one_shot_finalists, origin
 
@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINALISTS_FILE = "finalists.csv"
 Batches = Callable[[int], Iterator[tuple[torch.Tensor, torch.Tensor]]]  # seed -> endless (x, y) batches
 
 

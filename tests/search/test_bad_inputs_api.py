@@ -188,6 +188,14 @@ def _killed(run: Path) -> None:
 LIBRARY = {
     "finetune epochs zero": (lambda r: finetune(r, epochs=0, progress=False), r"--epochs must be positive"),
     "finetune lr negative": (lambda r: finetune(r, lr=-1, progress=False), r"--lr must be positive"),
+    "finetune lr nan": (lambda r: finetune(r, lr=float("nan"), progress=False), r"--lr must be positive"),
+    "finetune lr inf": (lambda r: finetune(r, lr=float("inf"), progress=False), r"--lr must be positive"),
+    "finetune weight decay nan": (lambda r: finetune(r, weight_decay=float("nan"), progress=False),
+                                  r"--weight-decay must be"),
+    "finetune kd temperature nan": (lambda r: finetune(r, kd_temperature=float("nan"), progress=False),
+                                    r"--kd-temperature must be"),
+    "finetune diverging": (lambda r: finetune(r, lr=1e30, epochs=1, progress=False), r"loss became nan in epoch 1"),
+    "finetune seed negative": (lambda r: finetune(r, seed=-5, progress=False), r"--seed must be"),
     "finetune kd_alpha above 1": (lambda r: finetune(r, kd_alpha=2, progress=False), r"--kd-alpha must be in"),
     "finetune batch size zero": (lambda r: finetune(r, batch_size=0, progress=False), r"--batch-size must be positive"),
     "finetune of a non-run": (lambda r: finetune(r / "nothing", progress=False), r"is not a run directory"),
@@ -199,6 +207,8 @@ LIBRARY = {
     "export of a non-run": (lambda r: export(r / "nothing"), r"is not a run directory"),
     "export over the run's own file": (lambda r: export(r, "pt", out=r / "journal.jsonl"),
                                        r"would overwrite one of the run's own files"),
+    "export over the run's weights": (lambda r: export(r, "pt", out=r / "best.state_dict.pt"),
+                                      r"would overwrite one of the run's own files"),
     "export finetuned before fine-tuning": (lambda r: export(r, "pt", finetuned=True), r"no finetuned.pt yet"),
     "export of a killed run": (lambda r: export(r, "pt"), r"did not finish.*--resume"),
 }
