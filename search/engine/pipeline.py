@@ -438,6 +438,8 @@ class Pipeline:
                 engine.replay(previous, lambda: self.agent(prunable, price, trials=planned or c.trials), why=why)
                 run_dir.journal.truncate(previous)
                 log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
+            elif run_dir.journal.skipped:  # nothing readable (a crash in the first write): set it aside, start clean
+                run_dir.journal.truncate([])
             try:
                 outcome = engine.run()
             finally:

@@ -375,6 +375,23 @@ def test_a_journal_damaged_in_the_middle_resumes_keeping_every_readable_trial(tm
     assert len(resumed) == len(whole)
 
 
+def test_a_journal_of_one_half_written_line_is_set_aside_before_the_resume_appends(tmp_path, capsys):
+    """A crash in the first trial's write: the resume keeps the line as a backup and starts a clean journal,
+    so its first record is not glued onto the half line (and lost at the next resume)."""
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, "--agent", "random", "--budget", "0.4flops", "--trials", "6", "--out",
+                            str(out)]) == 0
+    whole = pd.read_csv(out / "trials.csv")
+    journal = out / "journal.jsonl"
+    journal.write_text(journal.read_text().splitlines()[0][:40])  # half of the first line, no newline
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    assert len(list(out.glob("journal.jsonl.bak-*"))) == 1
+    from search.engine.records import Journal
+
+    reader = Journal(journal)
+    assert len(reader.read()) == len(whole) and reader.skipped == []
+
+
 def _dead_pid() -> int:
     import subprocess
     import sys
