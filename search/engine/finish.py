@@ -31,9 +31,12 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
            table=None, pruningnet=None) -> PruneResult:
     """Pick what is exported (finalists, then the latency check), export it and write the records."""
     c, run_dir, inputs = pipeline.config, pipeline.run_dir, pipeline.inputs
-    measured = measure_sample(pipeline, prunable, outcome, table) if table is not None else {}
+    # a Ctrl-C in the search asked to stop: no finalists, no predictor sample (--resume runs them); the latency
+    # check still runs, as what is exported must meet the budget
+    measured = measure_sample(pipeline, prunable, outcome, table) if table is not None and not outcome.interrupted \
+        else {}
     finalists: list = []
-    if outcome.best is not None:
+    if outcome.best is not None and not outcome.interrupted:
         try:
             finalists = pick_finalists(pipeline, prunable, outcome.trials, evaluator, pruningnet)
         except KeyboardInterrupt:  # Ctrl-C in the finalists: the search's best is exported, --resume picks again

@@ -21,6 +21,7 @@ finished is scored twice, and the run continues as if never interrupted.
 from __future__ import annotations
 
 import logging
+import sys
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -234,7 +235,7 @@ class Engine:
                 self._collect(bar)
         except KeyboardInterrupt:
             self.outcome.interrupted = True
-            tqdm.write("interrupted: keeping the trials so far")
+            tqdm.write("interrupted: keeping the trials so far", file=sys.stderr)
         finally:
             bar.close()
         return self.outcome

@@ -97,8 +97,9 @@ def test_resume_gives_the_uninterrupted_result(tmp_path):
         json.loads((tmp_path / "parts" / "best.json").read_text())["candidate"]
 
 
-def test_ctrl_c_leaves_a_consistent_run_that_resumes(tmp_path, monkeypatch):
+def test_ctrl_c_leaves_a_consistent_run_that_resumes(tmp_path, monkeypatch, capsys):
     from evaluators.accuracy import AccuracyEvaluator
+    from search.selection import finalists as finalists_module
 
     real, calls = AccuracyEvaluator.estimate, {"n": 0}
 
@@ -108,12 +109,20 @@ def test_ctrl_c_leaves_a_consistent_run_that_resumes(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(self, candidate, bar)
 
+    def no_finalists(*args, **kwargs):
+        raise AssertionError("a Ctrl-C in the search skips the finalists: the user asked to stop")
+
     monkeypatch.setattr(AccuracyEvaluator, "estimate", interrupted)
+    monkeypatch.setattr(finalists_module, "train_finalist", no_finalists)
     code, out = search(tmp_path)
     assert code == 130
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted"
     assert len(pd.read_csv(out / "trials.csv")) == 3 and (out / "best.pt").is_file()
+    assert json.loads((out / "best.json").read_text())["finetuned_steps"] == 0
+    printed = capsys.readouterr()
+    assert "interrupted" in printed.err and "keeping the trials" not in printed.out
     monkeypatch.setattr(AccuracyEvaluator, "estimate", real)
+    monkeypatch.undo()
     assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
     assert len(pd.read_csv(out / "trials.csv")) == 6
 
