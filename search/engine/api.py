@@ -44,10 +44,12 @@ def batches_of(items: Iterable, limit: int, *, labelled: bool, what: str) -> lis
             raise UserError(f"{what} must yield tensors or (inputs, labels) batches, got {type(item).__name__}")
         if x.dim() < 2:
             raise UserError(f"{what}: a batch needs a batch axis, got shape {tuple(x.shape)}")
-        x = x[:limit - seen]
         if labelled:
             if not isinstance(y, torch.Tensor):
                 raise UserError(f"{what} must yield (inputs, labels) batches with tensor labels")
+            _check_label_tensor(what, x, y)
+        x = x[:limit - seen]
+        if labelled:
             out.append((x, y[:len(x)]))
         else:
             out.append(x)
@@ -104,8 +106,10 @@ def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "
     example = (example_input if example_input is not None else calib[0][:1]).detach().cpu()
     if example.dim() < 2 or example.shape[0] != 1:
         example = example[:1]
+    first_train = ([(x.to(dev), y.to(dev)) for x, y in batches_of(train, 2, labelled=True, what="train")]
+                   if train is not None else [])
     own = copy.deepcopy(model).eval()   # the search's copy: the user's model is never modified
-    _check_batches(own.to(dev), calib, held)
+    _check_batches(own.to(dev), calib, held, train=first_train, example=example, labels=score is None)
     torch.manual_seed(seed)
     inputs = Inputs(model=own.cpu(), example=example, calibration=calib, held_out=held,
                     score=None if score is None else UserScore(score), name=type(model).__name__, train=train)
@@ -191,15 +195,41 @@ def api_words(text: str) -> str:
                   else m[0], text)
 
 
-def _check_batches(model: nn.Module, calibration: list, held_out: list) -> None:
-    """Run the model (in eval mode, no gradients: nothing in it changes) on one calibration batch and one held-out
-    batch: data that does not fit is refused here, in one line, before anything is written."""
-    for what, x in (("calibration", calibration[0]), ("held_out", held_out[0][0] if held_out else None)):
-        if x is None:
-            continue
-        try:
-            with torch.no_grad():
-                model(x[:2])
-        except Exception as error:  # noqa: BLE001 - the user's data against the user's model: one line
-            raise UserError(f"{what} batches of shape {tuple(x.shape)} do not fit the model: "
-                            f"{first_line(error, typed=True)}"[:400]) from None
+def _check_batches(model: nn.Module, calibration: list, held_out: list, *, train: list, example: torch.Tensor,
+                   labels: bool) -> None:
+    """Run the model (in eval mode, no gradients: nothing in it changes) on one batch of each kind the user gave:
+    data that does not fit, labels that are not class indices of its outputs (on `held_out` when scored by top-1,
+    `labels`; on `train`'s first batch) and an example_input unlike the calibration batches are refused here, in
+    one line, before anything is written."""
+    shape = tuple(calibration[0].shape[1:])
+    if tuple(example.shape[1:]) != shape:
+        raise UserError(f"example_input of shape {tuple(example.shape)} is not shaped like the calibration batches "
+                        f"{tuple(calibration[0].shape)}: the costs are priced on example_input and the scores measured "
+                        f"on the batches, so they must agree (one sample, shape (1, {', '.join(map(str, shape))}))")
+    checked = [("calibration", calibration[0], None), *[("held_out", x, y if labels else None) for x, y in held_out],
+               *[("train", x, y) for x, y in train]]
+    outputs: dict[str, int] = {}
+    for what, x, y in checked:
+        if y is not None:
+            _check_label_tensor(what, x, y)
+        if what not in outputs:  # one forward per kind: the outputs' width is what the labels index
+            try:
+                with torch.no_grad():
+                    out = model(x[:2])
+            except Exception as error:  # noqa: BLE001 - the user's data against the user's model: one line
+                raise UserError(f"{what} batches of shape {tuple(x.shape)} do not fit the model: "
+                                f"{first_line(error, typed=True)}"[:400]) from None
+            outputs[what] = out.shape[-1] if isinstance(out, torch.Tensor) and out.dim() == 2 else 0
+        if y is not None and outputs[what] and len(y) and not 0 <= int(y.min()) <= int(y.max()) < outputs[what]:
+            raise UserError(f"{what} labels run from {int(y.min())} to {int(y.max())}, but the model has "
+                            f"{outputs[what]} outputs: labels must be class indices 0..{outputs[what] - 1}")
+
+
+def _check_label_tensor(what: str, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Labels are one integer class index per input."""
+    if y.dtype.is_floating_point or y.dtype.is_complex or y.dtype == torch.bool:
+        raise UserError(f"{what} labels must be integer class indices, got {y.dtype} (e.g. y.long() for class "
+                        f"numbers)")
+    if tuple(y.shape) != (len(x),):
+        raise UserError(f"{what} labels of shape {tuple(y.shape)} for a batch of {len(x)} inputs: one class index "
+                        f"per input, shape ({len(x)},)")

@@ -29,6 +29,14 @@ def _loaders(channels=3, n=64, seed=0):
     return DataLoader(TensorDataset(x, y), batch_size=16)
 
 
+def _labelled(labels, n=32, channels=3):
+    """(x, y) batches of 16 with the labels given (a tensor of n, or a function of n)."""
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(n, channels, 16, 16, generator=g)
+    y = labels(n) if callable(labels) else labels
+    return [(x[i:i + 16], y[i:i + 16] if y.dim() else y) for i in range(0, n, 16)]
+
+
 def _model():
     torch.manual_seed(0)
     return resnet20(num_classes=4, in_channels=3).eval()
@@ -91,6 +99,26 @@ PRUNE = {
     "nan weights": ({"model": "nan"}, r"non-finite"),
     "supernet without train": ({"supernet_epochs": 1}, r"supernet_epochs=.*needs labelled training batches"),
     "train a generator": ({"train": (b for b in [])}, r"train=.*must be re-iterable .* a generator only once"),
+    "held_out labels out of range": ({"held_out": _labelled(lambda n: torch.arange(n) % 7)},
+                                     r"held_out labels run from 0 to 6, but the model has 4 outputs"),
+    "held_out labels negative": ({"held_out": _labelled(lambda n: -torch.ones(n, dtype=torch.long))},
+                                 r"held_out labels run from -1"),
+    "held_out labels float": ({"held_out": _labelled(lambda n: torch.zeros(n))},
+                              r"held_out labels must be integer class indices, got torch.float32"),
+    "held_out labels one-hot": ({"held_out": _labelled(lambda n: torch.zeros(n, 4, dtype=torch.long))},
+                                r"held_out labels of shape \(16, 4\) for a batch of 16 inputs"),
+    "held_out labels too many": ({"held_out": [(torch.randn(16, 3, 16, 16), torch.zeros(20, dtype=torch.long))]},
+                                 r"held_out labels of shape \(20,\) for a batch of 16 inputs"),
+    "train of the wrong shape": ({"train": _loaders(channels=1), "finalists": 2},
+                                 r"train batches of shape .* do not fit"),
+    "train without labels": ({"train": [torch.zeros(4, 3, 16, 16)], "finalists": 2},
+                             r"train must yield \(inputs, labels\)"),
+    "train labels out of range": ({"train": _labelled(lambda n: torch.full((n,), 9)), "finalists": 2},
+                                  r"train labels run from 9 to 9, but the model has 4 outputs"),
+    "example_input unlike the data": ({"example_input": torch.zeros(1, 3, 32, 32)},
+                                      r"example_input of shape \(1, 3, 32, 32\) is not shaped like the calibration"),
+    "example_input of one channel": ({"example_input": torch.zeros(1, 1, 16, 16)},
+                                     r"example_input of shape \(1, 1, 16, 16\) is not shaped like"),
     "finalists a fraction": ({"finalists": 2.5}, r"prune\(\): finalists must be a whole number, got 2.5"),
     "finalist steps falling, as text": ({"finalist_steps": "40,10"},
                                         r"prune\(\): finalist_steps must be .* rising .* got '40,10'"),
