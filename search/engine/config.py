@@ -206,6 +206,22 @@ class SearchConfig:
             raise UserError(f"--seed must be below 2**32, got {self.seed}")
         if not self.budget:
             raise UserError("give at least one --budget (e.g. --budget 0.4flops)")
+        from search.engine.budget import parse_limit
+
+        for text in self.budget:  # its syntax now, before a model is loaded or a baseline trained
+            parse_limit(text)
+        for name in ("out", "weights", "ray_address"):
+            value = getattr(self, name)
+            if value is not None and not str(value).strip():
+                raise UserError(f"--{name.replace('_', '-')} was given an empty value: give a path"
+                                f"{' (host:port)' if name == 'ray_address' else ''} or leave the option out")
+        if self.gpus_per_worker and not self.ray_address:
+            import torch
+
+            if not torch.cuda.is_available():
+                raise UserError(f"--gpus-per-worker {self.gpus_per_worker} asks for GPUs, but this machine has none "
+                                f"(CUDA is not available): leave it out, or join a cluster that has them "
+                                f"(--ray-address)")
         self.ratios  # noqa: B018 - validates --width-ratios
         if self.block_encoding not in BLOCK_ENCODINGS:
             raise UserError(f"--block-encoding must be one of {', '.join(BLOCK_ENCODINGS)}, got {self.block_encoding!r}")

@@ -279,6 +279,10 @@ class RunDirectory:
             raise UserError(f"cannot write to output folder {path}: it is a file")
         if (path / RUN_FILE).exists():
             raise UserError(f"{path} already holds a run; use --resume {path} to continue it or pick another --out")
+        theirs = [n for n in RUN_OWN_FILES if n != LOCK_FILE and (path / n).exists()] if path.is_dir() else []
+        if theirs:  # not a run (no run.json), yet it holds files a run writes: someone's, which must not be overwritten
+            raise UserError(f"{path} is not a run but holds {', '.join(theirs[:3])}, which a run would overwrite; "
+                            f"pick another --out (or an empty folder)")
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / ".write-test"

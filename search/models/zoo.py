@@ -66,6 +66,8 @@ def load_data(spec: str, *, held_out: int | float = 0.2, seed: int = 0) -> DataB
     if spec == "digits":
         source = _digits()
     elif spec.startswith("cifar10:"):
+        if not spec.removeprefix("cifar10:").strip():
+            raise UserError("cifar10 needs a folder: cifar10:DIR (holding cifar-10-batches-py/)")
         source = _cifar10(Path(spec.removeprefix("cifar10:")).expanduser())
     elif spec.startswith("imagefolder:"):
         source = _imagefolder(spec.removeprefix("imagefolder:"))
@@ -139,10 +141,15 @@ def _cifar10(root: Path) -> _Source:
 
 def _imagefolder(rest: str) -> _Source:
     """`DIR[@SIZE]`: DIR/train/<class>/* and DIR/val/<class>/*, cropped to SIZE (default 224) as for ImageNet."""
-    match = re.fullmatch(r"(.+?)(?:@(\d+))?", rest)
-    if match is None:
+    folder, at, size_text = rest.rpartition("@")
+    if not at or not folder or Path(rest).expanduser().is_dir():  # no @SIZE (or a folder whose name holds an @)
+        folder, size_text = rest, "224"
+    if not folder:
         raise UserError(f"imagefolder needs a folder: imagefolder:DIR[@SIZE], got imagefolder:{rest}")
-    root, size = Path(match[1]).expanduser(), int(match[2] or 224)
+    if not re.fullmatch(r"\d+", size_text) or int(size_text) == 0:
+        raise UserError(f"imagefolder:DIR@SIZE takes SIZE as a positive whole number of pixels (the square crop's "
+                        f"side, default 224), got @{size_text}")
+    root, size = Path(folder).expanduser(), int(size_text)
     for part in ("train", "val"):
         if not (root / part).is_dir():
             raise UserError(f"imagefolder {root} has no {part}/ folder; expected {root}/train/<class>/*.jpg "
@@ -392,8 +399,14 @@ def _import_factory(spec: str, forms: str) -> Callable[..., Any]:
 
 def safe_load(path: str | Path, what: str, *, weights_only: bool = True) -> Any:
     """`torch.load(path, weights_only=True)` (no code runs), any failure one UserError line naming `what`."""
+    if not str(path).strip():
+        raise UserError(f"{what}: an empty path was given")
     path = Path(path).expanduser()
-    if not path.is_file():
+    if path.is_dir():
+        raise UserError(f"{what} {path} is a folder, not a file")
+    if path.exists() and not path.is_file():
+        raise UserError(f"{what} {path} is not a regular file")
+    if not path.exists():
         raise UserError(f"{what} {path} not found")
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)

@@ -186,6 +186,16 @@ CASES = {
                       r"cannot read image .*broken.png"),
     "empty class folder": ([*BASE, "--data", "imagefolder:{tmp}/hollow@8", "--model", "torchvision:resnet18"],
                            r"cannot read imagefolder .*hollow/val/: .*\bb\b"),
+    "imagefolder size zero": ([*BASE, "--data", "imagefolder:{tmp}/images@0"], r"SIZE as a positive whole .* got @0"),
+    "imagefolder size negative": ([*BASE, "--data", "imagefolder:{tmp}/images@-3"], r"got @-3"),
+    "imagefolder size text": ([*BASE, "--data", "imagefolder:{tmp}/images@abc"], r"got @abc"),
+    "imagefolder size two sides": ([*BASE, "--data", "imagefolder:{tmp}/images@16x16"], r"got @16x16"),
+    "cifar10 without a folder": ([*BASE, "--data", "cifar10:"], r"cifar10 needs a folder"),
+    "weights a folder": ([*BASE, "--weights", "{tmp}"], r"is a folder, not a file"),
+    "weights an empty path": ([*BASE, "--weights", ""], r"--weights was given an empty value"),
+    "out an empty path": ([*BASE, "--out", ""], r"--out was given an empty value"),
+    "gpus without a GPU": ([*BASE, "--workers", "1", "--gpus-per-worker", "1"], r"asks for GPUs, but this machine"),
+    "weights a device": ([*BASE, "--weights", "/dev/null"], r"/dev/null is not a regular file"),
     # run directories
     "resume of a non-run": (["--resume", "{tmp}"], r"is not a run directory"),
     "output folder is a file": ([*BASE, "--out", "{tmp}/evil.pt"], r"cannot write to output folder"),
@@ -209,6 +219,20 @@ def test_bad_input_is_one_line_exit_2(name, files, capsys):
     assert "weights_only=False" not in err, "never the advice to unpickle"
     assert not marker.exists(), "a pickle ran code"
     assert not (out / "run.json").exists(), "a failed start must leave no run behind"
+
+
+@pytest.mark.parametrize("budget", ["0.5flop", "0.4flops+x", "0ms"])
+def test_a_budget_typo_is_refused_before_any_data_or_model_is_loaded(budget, tmp_path, capsys, monkeypatch):
+    from search.models import inputs
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded before the budget was read")
+
+    monkeypatch.setattr(inputs, "load_data", never)
+    monkeypatch.setattr(inputs, "load_model", never)
+    assert run_module.main([*FAST, "--agent", "random", "--budget", budget, "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "budget" in err, err
 
 
 def test_suite_counts_at_least_forty_cases():

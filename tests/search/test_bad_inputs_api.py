@@ -85,6 +85,8 @@ PRUNE = {
     "resume without out": ({"resume": True, "out": None}, r"needs the run's out= folder"),
     "resume of a non-run": ({"resume": True, "out": "{tmp}/empty"}, r"is not a run directory"),
     "out is a file": ({"out": "{tmp}/afile"}, r"cannot write to output folder"),
+    "out holds someone's files": ({"out": "{tmp}/theirs"}, r"theirs is not a run but holds trials.csv, which a run"),
+    "out empty text": ({"out": ""}, r"prune\(\): out was given an empty value"),
     "held_out of the wrong shape": ({"held_out": _loaders(channels=1)}, r"held_out batches of shape .* do not fit"),
     "calibration of the wrong shape": ({"calibration": _loaders(channels=1)},
                                        r"calibration batches of shape .* do not fit"),
@@ -134,6 +136,8 @@ def test_prune_refuses_in_one_line_and_writes_nothing(name, tmp_path):
     changes, message = PRUNE[name]
     (tmp_path / "empty").mkdir()
     (tmp_path / "afile").write_text("")
+    (tmp_path / "theirs").mkdir()
+    (tmp_path / "theirs" / "trials.csv").write_text("my own table\n")
     changes = {k: (v.replace("{tmp}", str(tmp_path)) if isinstance(v, str) else v) for k, v in changes.items()}
     if changes.get("model") == "nan":
         changes["model"] = _nan_model()
