@@ -10,6 +10,7 @@ import copy
 import json
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -30,11 +31,9 @@ def rebuild(best: str | Path | Mapping, base_model: nn.Module) -> nn.Module:
 
     Its BatchNorm statistics are the base model's: recalibrate or fine-tune before use.
     """
-    record = json.loads(Path(best).read_text()) if isinstance(best, (str, Path)) else best
-    try:
-        options, shape, candidate = record["derive"], record["input_shape"], record["candidate"]
-    except KeyError as missing:
-        raise UserError(f"not a best.json record: no {missing}") from None
+    record = checked_record(json.loads(Path(best).read_text()) if isinstance(best, (str, Path)) else best,
+                            str(best) if isinstance(best, (str, Path)) else "best")
+    options, shape, candidate = record["derive"], record["input_shape"], record["candidate"]
     base_model.eval()
     prunable = derive(base_model, torch.zeros(1, *shape), ratios=tuple(options["ratios"]),
                       round_to=options["round_to"], importance=options.get("importance", "l1"),
@@ -44,6 +43,23 @@ def rebuild(best: str | Path | Mapping, base_model: nn.Module) -> nn.Module:
         return materialize(prunable, candidate)
     except ValueError as error:
         raise UserError(f"best.json does not fit this base model: {error}") from None
+
+
+def checked_record(record: Any, where: str) -> Mapping:
+    """best.json's contents, with what rebuilding the subnet reads present and well formed; else one UserError."""
+    if not isinstance(record, Mapping):
+        raise UserError(f"{where} is not a best.json record (a JSON object)")
+    for key in ("derive", "input_shape", "candidate"):
+        if key not in record:
+            raise UserError(f"{where} is not a complete best.json record: no {key!r} (rerun the search, or "
+                            f"--resume it, to write it again)")
+    shape, options = record["input_shape"], record["derive"]
+    if not (isinstance(shape, list) and shape and all(isinstance(n, int) and n > 0 for n in shape)):
+        raise UserError(f"{where} has no valid input_shape (got {shape!r})")
+    if not (isinstance(options, Mapping) and "ratios" in options and "round_to" in options
+            and isinstance(record["candidate"], Mapping)):
+        raise UserError(f"{where} is not a complete best.json record: its derive or candidate is malformed")
+    return record
 
 
 def no_subnet_message(run: RunDirectory) -> str:
@@ -86,7 +102,7 @@ def load_subnet(run_dir: str | Path, *, finetuned: bool = False, trust_pickle: b
         state = safe_load(run.path / state_name, "subnet weights")
         if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
             raise UserError(f"{run.path / state_name} is not a state dict (name -> tensor)")
-        best = run.read(BEST_FILE)
+        best = checked_record(run.read(BEST_FILE), str(run.path / BEST_FILE))
         if model is None:
             config = SearchConfig.from_json(run.read().get("args", {}))
             if num_classes is None:

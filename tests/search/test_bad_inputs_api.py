@@ -259,6 +259,17 @@ def test_finetune_and_export_refuse_in_one_line_and_write_nothing(name, run_copy
     assert {p: p.stat().st_mtime_ns for p in _files(run_copy)} == before, "nothing written"
 
 
+@pytest.mark.parametrize("record", ["{}", "[]", '{"derive": {}, "input_shape": [1, 8, 8], "candidate": {}}'])
+def test_a_damaged_best_json_is_one_line_for_finetune_and_export(record, run_copy):
+    (run_copy / "best.json").write_text(record)
+    for call in (lambda: finetune(run_copy, epochs=1, progress=False), lambda: export(run_copy, "state_dict")):
+        with pytest.raises(UserError) as caught:
+            call()
+        text = str(caught.value)
+        assert "\n" not in text and "best.json" in text, text
+    assert not (run_copy / "finetuned.pt").exists()
+
+
 def test_an_absolute_latency_budget_below_the_smallest_subnet_is_refused_in_milliseconds():
     from search.engine.budget import parse_budget, unmet
 
