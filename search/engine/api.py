@@ -180,12 +180,29 @@ def _config(*, options: Mapping[str, Any], **given: Any) -> SearchConfig:
             near = difflib.get_close_matches(name, sorted(names), n=1)
             hint = f"; did you mean {near[0]!r}?" if near else "; it takes the SearchConfig fields (see the README)"
             raise UserError(f"prune() got an unknown option {name!r}{hint}")
+    values = {name: _as_field(field, {**given, **options}[name]) for field in dataclasses.fields(SearchConfig)
+              if (name := field.name) in given or name in options}
     try:
-        return SearchConfig(model="<module>", data="<iterables>", **given, **options).validate()
+        return SearchConfig(model="<module>", data="<iterables>", **values).validate()
     except UserError as error:
         raise UserError(f"prune(): {api_words(str(error))}") from None
     except (TypeError, ValueError, AttributeError) as error:
         raise UserError(f"prune(): an option has a value of the wrong type ({first_line(error)})") from None
+
+
+def _as_field(field: dataclasses.Field, value: Any) -> Any:
+    """A value as the command line would read it: "5" for a number field is 5, a list of width ratios is
+    "0.5,1"; anything else is left for validate() to refuse, naming the option."""
+    kind = str(field.type).replace(" | None", "")
+    if isinstance(value, str) and kind in ("int", "float"):
+        try:
+            number = float(value)
+            return int(number) if kind == "int" and number.is_integer() else number
+        except ValueError:
+            return value
+    if field.name == "width_ratios" and isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    return value
 
 
 def api_words(text: str) -> str:

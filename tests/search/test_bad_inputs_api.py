@@ -270,6 +270,13 @@ def test_a_damaged_best_json_is_one_line_for_finetune_and_export(record, run_cop
     assert not (run_copy / "finetuned.pt").exists()
 
 
+def test_prune_reads_numbers_and_ratios_as_the_command_line_does(tmp_path):
+    """trials="3" is 3 (as --trials 3), width_ratios=[0.5, 1.0] is "0.5,1.0"; a word is still refused."""
+    result = _prune(tmp_path, trials="3", width_ratios=[0.5, 1.0])
+    assert len(result.trials) == 3
+    assert json.loads((tmp_path / "run" / "run.json").read_text())["args"]["width_ratios"] == "0.5,1.0"
+
+
 def test_an_absolute_latency_budget_below_the_smallest_subnet_is_refused_in_milliseconds():
     from search.engine.budget import parse_budget, unmet
 
