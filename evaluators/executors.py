@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import socket
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import replace
@@ -44,6 +45,22 @@ class Executor(Protocol):
     def submit(self, ticket: int, candidate: Mapping[str, int], bar: float | None = None) -> None: ...
 
     def wait(self) -> list[tuple[int, Estimate]]: ...
+
+
+def unreachable(address: str, timeout: float = 5.0) -> str | None:
+    """Why no Ray cluster can be joined at `address` ("host:port", "ray://host:port"), or None where a TCP
+    connection opens (or the address is Ray's "auto"/"local", which Ray resolves itself). Seconds, not the
+    minutes ray.init spends retrying a dead address."""
+    if address in ("auto", "local"):
+        return None
+    host, colon, port = address.removeprefix("ray://").rpartition(":")
+    if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return f"--ray-address {address} is not host:port (e.g. 10.0.0.5:6379, ray://10.0.0.5:10001 or auto)"
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as error:
+        return f"cannot reach a Ray cluster at --ray-address {address}: {error.strerror or error}"
+    return None
 
 
 def init_ray(address: str | None = None, *, num_cpus: float = 1) -> bool:

@@ -354,6 +354,11 @@ class Pipeline:
         c = self.config
         if self.run_dir is not None:
             self.run_dir.lock()  # one process per run directory, before any work (a new one is locked by `create`)
+        if c.ray_address:  # a dead address is refused in seconds, before anything is loaded or written
+            from evaluators.executors import unreachable
+
+            if why := unreachable(c.ray_address):
+                raise UserError(why)
         inputs = self.load_inputs()
         prunable = self.derive()
         cost, self.budget = self.cost_model(prunable)

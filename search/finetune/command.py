@@ -151,6 +151,11 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     autocast and channels-last on a CUDA device that supports bfloat16, off elsewhere."""
     _check_numbers(epochs=epochs, lr=lr, batch_size=batch_size, workers=workers, kd_temperature=kd_temperature,
                    kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay, seed=seed)
+    if ray_address:  # a dead address is refused in seconds, before the checkpoint is touched
+        from evaluators.executors import unreachable
+
+        if why := unreachable(ray_address):
+            raise UserError(why)
     run = RunDirectory.open(str(run_dir))
     _check_writable(run.path)
 

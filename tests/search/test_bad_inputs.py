@@ -194,6 +194,8 @@ CASES = {
     "weights a folder": ([*BASE, "--weights", "{tmp}"], r"is a folder, not a file"),
     "weights an empty path": ([*BASE, "--weights", ""], r"--weights was given an empty value"),
     "out an empty path": ([*BASE, "--out", ""], r"--out was given an empty value"),
+    "ray address nobody listens on": ([*BASE, "--ray-address", "127.0.0.1:1"], r"cannot reach a Ray cluster at"),
+    "ray address without a port": ([*BASE, "--ray-address", "somehost"], r"is not host:port"),
     "gpus without a GPU": ([*BASE, "--workers", "1", "--gpus-per-worker", "1"], r"asks for GPUs, but this machine"),
     "weights a device": ([*BASE, "--weights", "/dev/null"], r"/dev/null is not a regular file"),
     # run directories

@@ -227,6 +227,8 @@ LIBRARY = {
     "finetune kd temperature nan": (lambda r: finetune(r, kd_temperature=float("nan"), progress=False),
                                     r"--kd-temperature must be"),
     "finetune diverging": (lambda r: finetune(r, lr=1e30, epochs=1, progress=False), r"loss became nan in epoch 1"),
+    "finetune on a dead ray address": (lambda r: finetune(r, ray_address="127.0.0.1:1", progress=False),
+                                       r"cannot reach a Ray cluster"),
     "finetune seed negative": (lambda r: finetune(r, seed=-5, progress=False), r"--seed must be"),
     "finetune kd_alpha above 1": (lambda r: finetune(r, kd_alpha=2, progress=False), r"--kd-alpha must be in"),
     "finetune batch size zero": (lambda r: finetune(r, batch_size=0, progress=False), r"--batch-size must be positive"),
