@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> int:
         print("usage: prunesearch [--version] {run,finetune,export} ...\n\n"
               "  run       search a pruned architecture under a budget (python -m search.run)\n"
               "  finetune  fine-tune a run's exported subnet (python -m search.finetune)\n"
-              "  export    write a run's subnet as pt2 / torchscript / onnx / state_dict (python -m search.export)\n")
+              "  export    write a run's subnet as pt2 / torchscript / onnx / state_dict (python -m search.export)\n",
+              file=sys.stdout if argv else sys.stderr)  # asked for: stdout; a missing command is an error: stderr
         return 0 if argv else 2
     if argv[0] == "--version":
         print(version_text())

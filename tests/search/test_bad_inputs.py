@@ -484,3 +484,12 @@ def test_options_without_effect_and_budgets_given_twice_are_warned_about(tmp_pat
     caps = json.loads((out / "run.json").read_text())["budget"]["caps"]
     base = json.loads((out / "run.json").read_text())["base"]["flops"]
     assert caps["flops"] == pytest.approx(0.4 * base)   # 0.4FLOPS is 0.4flops: units are case-insensitive
+
+
+def test_prunesearch_without_a_command_is_usage_on_stderr_exit_2(capsys):
+    from search.cli import main as cli_main
+
+    assert cli_main([]) == 2
+    printed = capsys.readouterr()
+    assert printed.out == "" and printed.err.startswith("usage: prunesearch")
+    assert cli_main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: prunesearch")
