@@ -118,6 +118,10 @@ class Pipeline:
                             f"{first_line(error)}") from None
         if len(prunable.space) == 0:
             raise UserError(f"no prunable channel group or removable block was found in {inputs.name}")
+        if not prunable.space.widths and self.config.round_to > 1:
+            log.warning("--round-to %d leaves no channel width to search in %s (every group is narrower than two "
+                        "multiples of it): only blocks are searched; a smaller --round-to searches widths too",
+                        self.config.round_to, inputs.name)
         return prunable
 
     def cost_model(self, prunable: PrunableModel) -> tuple[CostModel, Budget]:

@@ -493,3 +493,18 @@ def test_prunesearch_without_a_command_is_usage_on_stderr_exit_2(capsys):
     printed = capsys.readouterr()
     assert printed.out == "" and printed.err.startswith("usage: prunesearch")
     assert cli_main(["--help"]) == 0 and capsys.readouterr().out.startswith("usage: prunesearch")
+
+
+def test_a_round_to_wider_than_every_group_warns_that_only_blocks_are_searched(caplog, monkeypatch):
+    import logging
+
+    from search.engine.config import SearchConfig
+    from search.engine.pipeline import Pipeline
+
+    config = SearchConfig(model="resnet20", data="digits", agent="random", budget=["0.5flops"], round_to=100000,
+                          baseline_epochs=0, trials=2).validate()
+    monkeypatch.setattr(logging.getLogger("search"), "propagate", True)  # a CLI test before may have set it off
+    with caplog.at_level("WARNING", logger="search.engine.pipeline"):
+        prunable = Pipeline(config, progress=False).derive()
+    assert not prunable.space.widths and len(prunable.space) > 0
+    assert "--round-to 100000 leaves no channel width to search" in caplog.text
