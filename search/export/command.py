@@ -283,12 +283,19 @@ def export(run_dir: str | Path, format: str = "pt", *, finetuned: bool = False, 
 
     model = load_subnet(run.path, finetuned=finetuned, trust_pickle=trust_pickle, model=model)
     dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
-    example = _batch(batch, shape, seed=0).to(dtype)
     try:
+        example = _batch(batch, shape, seed=0).to(dtype)
         with torch.no_grad():
             n_outputs = len(_leaves(model(example)))
     except ExportError:
         raise
+    except (MemoryError, RuntimeError) as error:  # torch.OutOfMemoryError is a RuntimeError
+        text = str(error).lower()
+        if isinstance(error, RuntimeError) and "alloc" not in text and "out of memory" not in text:
+            raise ExportError(f"{source.name} does not run on a batch of shape ({batch}, "
+                              f"{', '.join(map(str, shape))}): {first_line(error, typed=True)}") from error
+        raise UserError(f"--batch {batch} does not fit in memory: the export needs only a small example batch "
+                        f"(default 2)") from None
     except Exception as error:  # the subnet itself does not run on the example
         raise ExportError(f"{source.name} does not run on a batch of shape {tuple(example.shape)}: "
                           f"{first_line(error, typed=True)}") from error

@@ -237,6 +237,8 @@ LIBRARY = {
                                  r"did not finish \(3 trial\(s\) scored.*--resume"),
     "export unknown format": (lambda r: export(r, "tflite"), r"unknown format 'tflite'"),
     "export batch zero": (lambda r: export(r, "pt", batch=0), r"--batch must be positive"),
+    "export batch beyond memory": (lambda r: export(r, "state_dict", batch=10**12), r"--batch 1000000000000 does "
+                                                                                       r"not fit in memory"),
     "export batch a string": (lambda r: export(r, "pt", batch="2"), r"--batch must be positive"),
     "export of a non-run": (lambda r: export(r / "nothing"), r"is not a run directory"),
     "export over the run's own file": (lambda r: export(r, "pt", out=r / "journal.jsonl"),
