@@ -37,6 +37,7 @@ import copy
 import importlib
 import inspect
 import logging
+import os
 import sys
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -243,8 +244,10 @@ def _source(run: RunDirectory, finetuned: bool) -> Path:
 
 def _target(run: RunDirectory, source: Path, format: str, out: str | Path | None) -> Path:
     name = Path(source).stem + SUFFIXES[format]
-    path = run.path / name if out is None else Path(out)
-    if path.is_dir():
+    if out is not None and not str(out).strip():
+        raise UserError("--out was given an empty value: give a file or a folder, or leave it out")
+    path = run.path / name if out is None else Path(out).expanduser()
+    if path.is_dir() or (out is not None and str(out).endswith(("/", os.sep))):  # a folder, made if it is new
         path = path / name
     # the run's own files are off limits, but for the one this very export writes by default (a state dict
     # exported to best.state_dict.pt holds what the search wrote there)

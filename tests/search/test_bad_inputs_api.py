@@ -240,6 +240,7 @@ LIBRARY = {
     "export batch beyond memory": (lambda r: export(r, "state_dict", batch=10**12), r"--batch 1000000000000 does "
                                                                                        r"not fit in memory"),
     "export batch a string": (lambda r: export(r, "pt", batch="2"), r"--batch must be positive"),
+    "export out empty": (lambda r: export(r, "pt", out=""), r"--out was given an empty value"),
     "export of a non-run": (lambda r: export(r / "nothing"), r"is not a run directory"),
     "export over the run's own file": (lambda r: export(r, "pt", out=r / "journal.jsonl"),
                                        r"would overwrite one of the run's own files"),
@@ -279,6 +280,11 @@ def test_prune_reads_numbers_and_ratios_as_the_command_line_does(tmp_path):
     result = _prune(tmp_path, trials="3", width_ratios=[0.5, 1.0])
     assert len(result.trials) == 3
     assert json.loads((tmp_path / "run" / "run.json").read_text())["args"]["width_ratios"] == "0.5,1.0"
+
+
+def test_export_to_a_new_folder_ending_in_a_slash_writes_inside_it(run_copy, tmp_path):
+    result = export(run_copy, "state_dict", out=f"{tmp_path}/new/folder/")
+    assert result.path == tmp_path / "new" / "folder" / "best.state_dict.pt" and result.path.is_file()
 
 
 def test_an_absolute_latency_budget_below_the_smallest_subnet_is_refused_in_milliseconds():
