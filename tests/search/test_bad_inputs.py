@@ -508,3 +508,12 @@ def test_a_round_to_wider_than_every_group_warns_that_only_blocks_are_searched(c
         prunable = Pipeline(config, progress=False).derive()
     assert not prunable.space.widths and len(prunable.space) > 0
     assert "--round-to 100000 leaves no channel width to search" in caplog.text
+
+
+def test_a_resume_whose_journal_is_gone_says_it_scores_again(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, "--agent", "random", "--budget", "0.4flops", "--out", str(out)]) == 0
+    (out / "journal.jsonl").unlink()
+    capsys.readouterr()
+    assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
+    assert "holds no trial, yet run.json records 6" in capsys.readouterr().err
