@@ -174,6 +174,8 @@ class SearchConfig:
             value = getattr(self, name)
             if value is not None and not (_finite(value) and value > 0):
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if self.batch_size is not None and _finite(self.batch_size) and self.batch_size == 1:
+            raise UserError("--batch-size must be at least 2: BatchNorm cannot train on batches of one sample")
         for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed", "finalists", "supernet_epochs"):
             value = getattr(self, name)
             if not (_finite(value) and value >= 0):

@@ -1,6 +1,7 @@
 """What a search scores with (`Inputs`), and how the zoo's names give them: data, model, cached batches."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,8 @@ from search.engine.config import SearchConfig
 from search.errors import UserError
 from search.models.baseline import trained_baseline
 from search.models.zoo import ZOO_MODELS, load_data, load_model
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -42,6 +45,10 @@ def zoo_inputs(config: SearchConfig, device: torch.device, *, progress: bool = F
     data = load_data(c.data, held_out=c.held_out_size, seed=c.seed)
     if data.num_classes < 2:
         raise UserError(f"data {c.data} has {data.num_classes} class: a classifier needs at least 2")
+    if len(data.fit) < 2 * c.batch_size:
+        log.warning("--held-out %s keeps %d of the %d training samples for scoring and leaves %d to train and "
+                    "calibrate on, under 2 batches of %d: the baseline, the calibration and the finalists see little",
+                    c.held_out, len(data.held_out), len(data.fit) + len(data.held_out), len(data.fit), c.batch_size)
     torch.manual_seed(c.seed)  # the model's initialization (what --weights does not overwrite) is seeded too
     model = load_model(c.model, num_classes=data.num_classes, input_shape=data.input_shape, weights=c.weights,
                        trust_pickle=c.trust_pickle)

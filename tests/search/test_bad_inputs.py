@@ -196,6 +196,7 @@ CASES = {
     "out an empty path": ([*BASE, "--out", ""], r"--out was given an empty value"),
     "ray address nobody listens on": ([*BASE, "--ray-address", "127.0.0.1:1"], r"cannot reach a Ray cluster at"),
     "ray address without a port": ([*BASE, "--ray-address", "somehost"], r"is not host:port"),
+    "batch size one": ([*BASE, "--batch-size", "1"], r"--batch-size must be at least 2"),
     "gpus without a GPU": ([*BASE, "--workers", "1", "--gpus-per-worker", "1"], r"asks for GPUs, but this machine"),
     "weights a device": ([*BASE, "--weights", "/dev/null"], r"/dev/null is not a regular file"),
     # run directories
@@ -517,3 +518,17 @@ def test_a_resume_whose_journal_is_gone_says_it_scores_again(tmp_path, capsys):
     capsys.readouterr()
     assert run_module.main(["--resume", str(out), "--no-progress", "--quiet"]) == 0
     assert "holds no trial, yet run.json records 6" in capsys.readouterr().err
+
+
+def test_a_held_out_share_that_leaves_little_to_train_on_is_warned(caplog, monkeypatch):
+    import logging
+
+    from search.engine.config import SearchConfig
+    from search.engine.pipeline import Pipeline
+
+    config = SearchConfig(model="resnet20", data="digits", agent="random", budget=["0.5flops"], held_out=0.999,
+                          baseline_epochs=0, trials=2).validate()
+    monkeypatch.setattr(logging.getLogger("search"), "propagate", True)  # a CLI test before may have set it off
+    with caplog.at_level("WARNING", logger="search.models.inputs"):
+        Pipeline(config, progress=False).load_inputs()
+    assert "--held-out 0.999 keeps" in caplog.text and "see little" in caplog.text
