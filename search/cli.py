@@ -95,6 +95,17 @@ def guarded(run: Callable[[], int]) -> int:
         return 2
 
 
+def command_main(module: str, argv: list[str] | None = None) -> int:
+    """Import a command's module and run its `main`: a Ctrl-C while torch and the rest still import (the first
+    seconds) is one line and exit code 130, as it is later, not Python's traceback."""
+    try:
+        command = importlib.import_module(module).main
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return command(argv)
+
+
 def main(argv: list[str] | None = None) -> int:
     """`prunesearch run|finetune|export ...`"""
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -113,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: unknown command {command!r}; choose from {', '.join(COMMANDS)} (see prunesearch --help)",
               file=sys.stderr)
         return 2
-    return importlib.import_module(COMMANDS[command]).main(rest)
+    return command_main(COMMANDS[command], rest)
 
 
 if __name__ == "__main__":

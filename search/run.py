@@ -9,6 +9,11 @@ bundled handwritten digits (trained once, then cached).
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # python -m search.run: this module again under its name, a Ctrl-C in its imports one line
+    from search.cli import command_main
+
+    raise SystemExit(command_main("search.run"))
+
 import argparse
 import dataclasses
 
@@ -200,7 +205,3 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(args.quiet)
     given = given_options(get_args_parser, argv) if args.resume else None
     return guarded(lambda: 130 if _run(args, given).interrupted else 0)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,4 +1,4 @@
 """`python -m search.export RUN_DIR`: see `search.export.command`."""
-from search.export.command import main
+from search.cli import command_main
 
-raise SystemExit(main())
+raise SystemExit(command_main("search.export.command"))

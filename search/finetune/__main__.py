@@ -1,4 +1,4 @@
 """`python -m search.finetune RUN_DIR`: see `search.finetune.command`."""
-from search.finetune.command import main
+from search.cli import command_main
 
-raise SystemExit(main())
+raise SystemExit(command_main("search.finetune.command"))

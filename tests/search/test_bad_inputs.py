@@ -532,3 +532,16 @@ def test_a_held_out_share_that_leaves_little_to_train_on_is_warned(caplog, monke
     with caplog.at_level("WARNING", logger="search.models.inputs"):
         Pipeline(config, progress=False).load_inputs()
     assert "--held-out 0.999 keeps" in caplog.text and "see little" in caplog.text
+
+
+def test_ctrl_c_while_a_command_still_imports_is_one_line_exit_130(monkeypatch, capsys):
+    import importlib
+
+    from search import cli
+
+    def interrupted(name):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(importlib, "import_module", interrupted)
+    assert cli.main(["run", "--agent", "random"]) == 130
+    assert capsys.readouterr().err == "interrupted\n"
