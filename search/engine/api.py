@@ -47,7 +47,9 @@ def batches_of(items: Iterable, limit: int, *, labelled: bool, what: str) -> lis
         if labelled:
             if not isinstance(y, torch.Tensor):
                 raise UserError(f"{what} must yield (inputs, labels) batches with tensor labels")
-            _check_label_tensor(what, x, y)
+            if y.dim() == 0 or len(y) != len(x):  # checked before the batch is cut to `limit`
+                raise UserError(f"{what} labels of shape {tuple(y.shape)} for a batch of {len(x)} inputs: one "
+                                f"label per input")
         x = x[:limit - seen]
         if labelled:
             out.append((x, y[:len(x)]))
