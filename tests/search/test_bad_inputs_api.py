@@ -287,6 +287,12 @@ def test_export_to_a_new_folder_ending_in_a_slash_writes_inside_it(run_copy, tmp
     assert result.path == tmp_path / "new" / "folder" / "best.state_dict.pt" and result.path.is_file()
 
 
+def test_a_user_score_takes_held_out_labels_of_any_kind(tmp_path):
+    """Labels are checked as class indices only where top-1 reads them: a score function may use float targets."""
+    result = _prune(tmp_path, score=lambda m: 0.5, held_out=_labelled(lambda n: torch.rand(n)))
+    assert len(result.trials) == 3
+
+
 def test_an_absolute_latency_budget_below_the_smallest_subnet_is_refused_in_milliseconds():
     from search.engine.budget import parse_budget, unmet
 
