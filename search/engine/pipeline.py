@@ -449,9 +449,10 @@ class Pipeline:
                 log.info("resumed: %d trials replayed from the journal, none scored again", len(previous))
             elif run_dir.journal.skipped:  # nothing readable (a crash in the first write): set it aside, start clean
                 run_dir.journal.truncate([])
-            if not previous and run_dir.read().get("trials"):  # a resume whose journal is gone or emptied
+            recorded = run_dir.read().get("trials") if not previous else None
+            if recorded:  # a resume whose journal is gone or emptied
                 log.warning("the journal %s holds no trial, yet run.json records %d: they are searched and scored "
-                            "again", run_dir.journal.path, run_dir.read()["trials"])
+                            "again", run_dir.journal.path, recorded)
             try:
                 outcome = engine.run()
             finally:
