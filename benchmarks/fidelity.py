@@ -30,6 +30,11 @@ Signals (higher is better for all; `_neg_ce` is minus the held-out cross-entropy
   much better than the truth ranks itself); with `--truth-seeds N` > 2, truth_seed_2 .. truth_seed_{N-1} too, and
   every signal is also ranked against the mean of the N truths (truth_mean), whose own ceiling is the split-half
   Spearman (the mean of the even seeds against the mean of the odd ones);
+- recon_top1, recon_neg_tce: held-out top-1 / tempered cross-entropy of the subnet as search.run builds it
+  (`--reconstruct` N, default 1024 training inputs: its layers refit to the full model's outputs,
+  `spaces.reconstruct`), BN-recalibrated; search.run's default finalists re-rank its top 10 by recon_neg_tce;
+- recon_truth, recon_truth_other_seed (not signals): the truth fine-tuned from those refit weights (what
+  search.run exports), with the fine-tune's seed and the next; the rows are ranked against it in a table of their own;
 - rung_truth (not a signal): the truth fine-tuned from the weights the last rung left (what the rungs export),
   against which the rung signals are ranked in a table of their own;
 - supernet_top1: held-out top-1 after BN recalibration on the weights of a supernet trained `--supernet-epochs`
@@ -44,6 +49,7 @@ candidates, the truth of the candidate picked by bn_top1 alone and by the finali
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import datetime
 import json
@@ -66,7 +72,9 @@ from search.engine.config import SearchConfig  # noqa: E402
 from search.engine.loop import Engine  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
 from search.finetune.supernet import SupernetSettings, train_supernet  # noqa: E402
-from search.selection.finalists import FinalistSettings, ShuffledBatches, tempered_ce, train_finalist  # noqa: E402
+from spaces.reconstruct import default_inputs  # noqa: E402
+from search.selection.finalists import (FinalistSettings, ShuffledBatches, held_out_loss, score_module,  # noqa: E402
+                                        tempered_ce, train_finalist)
 from spaces.materialize import materialize  # noqa: E402
 from spaces.sampling import feasible_sampler  # noqa: E402
 from spaces.space import Candidate  # noqa: E402
@@ -171,7 +179,7 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
              progress: bool = True, data: str = HARD_DIGITS, baseline_epochs: int = 10, *,
              rungs: tuple[int, ...] = (20, 80, 320), supernet_epochs: float = 2, supernet_truth: bool = False,
              pool: str = "search", agent: str = "tpe", trials: int = 100, low: float = 0.7,
-             truth_seeds: int = 2, rows_path: Path | None = None) -> dict:
+             truth_seeds: int = 2, rows_path: Path | None = None, reconstruct: int | None = None) -> dict:
     """Every signal and the truth for `candidates` candidates; see the module docstring. With `rows_path`,
     what is already there is kept and only what is missing is measured (saved after each candidate)."""
     def say(text: str) -> None:
@@ -179,14 +187,15 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
             print(f"[{datetime.datetime.now(datetime.timezone.utc):%H:%M:%S}] {text}", flush=True)
 
     config = SearchConfig(agent="random", budget=[budget], model=model, data=data, seed=seed, no_warm_start=True,
-                          pruningnet_epochs=max(1, pruningnet_epochs), baseline_epochs=baseline_epochs, device="cpu")
+                          pruningnet_epochs=max(1, pruningnet_epochs), baseline_epochs=baseline_epochs, device="cpu",
+                          reconstruct=reconstruct)
     setting_key = (f"{model}|{data}|baseline={baseline_epochs}|{budget}|seed={seed}|pool={pool}:{agent}x{trials}"
                    f"|low={low}|n={candidates}|ft={finetune_epochs}|lr={lr}")
     stored = json.loads(rows_path.read_text()) if rows_path is not None and rows_path.is_file() else {}
     rows_by_key: dict[str, dict] = stored.get(setting_key, {}).get("rows", {})
     meta = {"model": model, "data": data, "budget": budget, "finetune_epochs": finetune_epochs, "steps": steps,
             "rungs": list(rungs), "pool": pool, "agent": agent, "trials": trials, "low": low,
-            "supernet_epochs": supernet_epochs, "pruningnet_epochs": pruningnet_epochs}
+            "supernet_epochs": supernet_epochs, "pruningnet_epochs": pruningnet_epochs, "reconstruct": reconstruct}
 
     def save() -> None:
         if rows_path is not None:
@@ -248,6 +257,22 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
         save()
         say(f"candidate {i + 1:2d}/{len(pool_)}: FLOPs x{row['flops_ratio']:.3f}  truth {row['truth']:.4f}  "
             + "  ".join(f"{k} {v:.4f}" for k, v in row.items() if k not in ("flops_ratio", "truth")))
+
+    if reconstruct is None:
+        reconstruct = meta["reconstruct"] = default_inputs(setting.inputs.example)
+    if reconstruct > 0 and any("recon_truth_other_seed" not in r for r in rows):
+        build = setting.at(budget).build(setting.prunable)  # as search.run builds a finalist: refit to the full model
+        for i, (row, c) in enumerate(zip(rows, pool_)):
+            if "recon_truth_other_seed" in row:
+                continue
+            module = evaluator.recalibrated(build(c))
+            row["recon_top1"] = score_module(module, evaluator.held_out)
+            row["recon_neg_tce"] = -held_out_loss(module, evaluator.held_out, calibrated=True)
+            row["recon_truth"] = truth_of(setting, c, finetune_epochs, seed, copy.deepcopy(module))
+            row["recon_truth_other_seed"] = truth_of(setting, c, finetune_epochs, seed + 1, module)
+            save()
+            say(f"candidate {i + 1:2d}/{len(pool_)} refit: recon_top1 {row['recon_top1']:.4f}  recon_truth "
+                f"{row['recon_truth']:.4f} (from the copied weights {row['truth']:.4f})")
 
     wanted = ["supernet_top1"] + (["supernet_truth"] if supernet_truth else [])
     if supernet_epochs > 0 and any(k not in r for r in rows for k in wanted):
@@ -321,7 +346,9 @@ def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | Non
     rows = [r for r in with_default_pick(result["rows"], result["steps"]) if truth_key in r]
     truth = np.array([r[truth_key] for r in rows])
     best5 = set(np.argsort(-truth, kind="stable")[:5])
-    skip = {"truth", "supernet_truth", "rung_truth", "truth_mean", "flops_ratio"}
+    skip = {"truth", "supernet_truth", "rung_truth", "truth_mean", "flops_ratio", "recon_truth"}
+    if truth_key != "recon_truth":
+        skip.add("recon_truth_other_seed")
     if truth_key == "truth_mean":
         skip.add("truth_other_seed")
     if signals is None:  # in the rows' order, a signal added later (bn_neg_tce) beside its kin
@@ -332,7 +359,9 @@ def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | Non
     flops = np.array([r["flops_ratio"] for r in rows])
     what = {"truth": "the base weights", "rung_truth": f"the weights the last rung ({result['rungs'][-1]} steps) left",
             "supernet_truth": f"the supernet's weights ({result['supernet_epochs']} epochs)",
-            "truth_mean": f"the base weights, the mean of {seed_count(rows)} fine-tune seeds"}[truth_key]
+            "truth_mean": f"the base weights, the mean of {seed_count(rows)} fine-tune seeds",
+            "recon_truth": f"the weights search.run builds (refit on {result.get('reconstruct')} training inputs, "
+                           "`--reconstruct`)"}[truth_key]
     lines = [f"{result['model']} on {result['data']} (base test {base_test:.4f}) at {result['budget']}: "
              f"{len(rows)} candidates (FLOPs x{flops.min():.3f}-x{flops.max():.3f}), truth = test top-1 after "
              f"{result['finetune_epochs']} fine-tuning epoch(s) from {what} (truth range {truth.min():.4f}-"
@@ -369,11 +398,14 @@ def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists
     rng = np.random.default_rng(seed)
     ce_bn = np.array([r["bn_neg_ce"] for r in rows])
     tce_bn = np.array([r.get("bn_neg_tce", np.nan) for r in rows])
+    tce_recon = np.array([r.get("recon_neg_tce", np.nan) for r in rows])
     rules = {"proxy alone (bn_top1)": None, "BN cross-entropy alone (bn_neg_ce)": "bn_ce",
              **{f"top {k} by bn_top1, then bn_neg_ce (`--finalists {k} --finalist-steps 0 --finalist-rank ce`)":
                 k for k in (5, 10)},
-             **({"top 10 by bn_top1, then bn_neg_tce (search.run's default, `--finalist-rank tce`)": "tce"}
+             **({"top 10 by bn_top1, then bn_neg_tce (`--finalist-rank tce --reconstruct 0`)": "tce"}
                 if np.isfinite(tce_bn).all() else {}),
+             **({"top 10 by bn_top1, then recon_neg_tce (search.run's default: refit, then `--finalist-rank tce`)":
+                 "recon"} if np.isfinite(tce_recon).all() else {}),
              f"former default finalists (top {finalists} by bn_top1, then ce after {steps} steps + proxy)": "default"}
     if rungs:
         rules[f"rungs (top 16 by bn_top1, rungs of {','.join(map(str, rungs))} steps, best third on)"] = "rungs"
@@ -387,9 +419,9 @@ def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists
         for key, rule in rules.items():
             if rule is None:
                 pick = order[0]
-            elif rule == "tce":
-                top = order[:10]
-                pick = top[np.lexsort((np.arange(len(top)), -tce_bn[top]))][0]
+            elif rule in ("tce", "recon"):
+                top, signal = order[:10], tce_bn if rule == "tce" else tce_recon
+                pick = top[np.lexsort((np.arange(len(top)), -signal[top]))][0]
             elif rule == "bn_ce":
                 pick = subset[np.lexsort((subset, -ce_bn[subset]))][0]
             elif isinstance(rule, int):
@@ -440,6 +472,11 @@ def render(result: dict, out: Path | None, command: str) -> list[str]:
                   *proxy_table(result, "rung_truth", ["bn_top1", "bn_neg_ce", "bn_neg_tce", *[f"rung_{t}_{m}" for t in
                                                                             result["rungs"] for m in ("top1", "neg_ce")]]),
                   ""]
+    if any("recon_truth" in r for r in result["rows"]):
+        lines += ["With the refit weights as the starting point (what search.run exports, `--reconstruct`):", "",
+                  *proxy_table(result, "recon_truth", ["bn_top1", "bn_neg_tce", "recon_top1", "recon_neg_tce",
+                                                       "recon_truth_other_seed"]), "",
+                  *selection_table(result, truth_key="recon_truth"), ""]
     if any("supernet_truth" in r for r in result["rows"]):
         lines += ["With the supernet's weights as the starting point (what `--supernet-epochs` exports):", "",
                   *proxy_table(result, "supernet_truth", ["bn_top1", "supernet_top1"]), ""]
@@ -473,6 +510,8 @@ def main() -> None:
     parser.add_argument("--pruningnet-epochs", type=int, default=0, help="> 0: the PruningNet proxy too")
     parser.add_argument("--truth-seeds", type=int, default=2,
                         help="fine-tune seeds of the truth (>= 2; the second is the noise ceiling)")
+    parser.add_argument("--reconstruct", type=int,
+                        help="training inputs the refit signals use (search.run's --reconstruct, and its default); 0: none")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--rows", type=Path, default=ROWS)
     parser.add_argument("--out", type=Path, default=OUT)
@@ -496,7 +535,7 @@ def main() -> None:
                       args.pruningnet_epochs, args.seed, args.lr, data=args.data, baseline_epochs=args.baseline_epochs,
                       rungs=tuple(int(t) for t in args.rungs.split(",") if t), supernet_epochs=args.supernet_epochs,
                       supernet_truth=args.supernet_truth, pool=args.pool, agent=args.agent, trials=args.trials,
-                      low=args.low, truth_seeds=args.truth_seeds, rows_path=args.rows)
+                      low=args.low, truth_seeds=args.truth_seeds, rows_path=args.rows, reconstruct=args.reconstruct)
     print("\n".join(render(result, args.out, command.strip())), flush=True)
     print(f"wrote {args.out}")
 

@@ -69,7 +69,7 @@ from search.finetune import finetune_module  # noqa: E402
 from search.engine.pipeline import Pipeline  # noqa: E402
 from search.finetune.step import evaluate  # noqa: E402
 from spaces.files import atomic_write  # noqa: E402
-from spaces.materialize import materialize  # noqa: E402
+from spaces.reconstruct import default_inputs  # noqa: E402
 from spaces.warm_start import magnitude_candidate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +172,7 @@ class Study:
         limits = self.setting.budget(budget)
         start = time.perf_counter()
         candidate = magnitude_candidate(self.prunable, lambda c: limits.feasible(self.price(c)))
-        module = materialize(self.prunable, candidate)
+        module = self.setting.at(budget).build(self.prunable)(candidate)  # as search.run builds it (reconstructed)
         search_s = time.perf_counter() - start
         module, held, steps, train_s = self.equal_training(module, seed)
         costs = self.price(candidate)
@@ -212,7 +212,7 @@ class Study:
         self.evaluator.restore()
         ranked = run_finalists(outcome.trials, self.finalist_settings(seed, self.settings.finalist_steps,
                                                                       self.settings.finalists),
-                               build=lambda c: materialize(self.prunable, c), batches=self.batches,
+                               build=pipeline.build(self.prunable), batches=self.batches,
                                calibration=self.evaluator.calibration, held_out=self.evaluator.held_out,
                                device=torch.device("cpu"), forced=forced)
         best = ranked[0]
@@ -731,10 +731,12 @@ def main() -> None:
     args.models, args.agents = args.models.split(","), args.agents.split(",")
     args.plan = [Step.parse(text) for text in args.plan]
     defaults = SearchConfig()
-    test_images = len(load_test(args.data))
+    test = load_test(args.data)
+    test_images = len(test)
+    reconstruct = default_inputs(test[0][0].unsqueeze(0)) if defaults.reconstruct is None else defaults.reconstruct
     settings = Settings(args.data, test_images, args.trials, defaults.finalists, defaults.finalist_steps,
                         args.pruningnet_epochs, args.baseline_epochs, defaults.finalist_rank, not defaults.no_one_shot,
-                        defaults.block_encoding)
+                        defaults.block_encoding, reconstruct)
     rows_path, bases_path = args.out.parent / "benchmarks" / "rows.json", args.out.parent / "benchmarks" / "bases.json"
     rows, bases = load(rows_path), load_bases(bases_path)
     args.new_sections = []

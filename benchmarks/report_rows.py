@@ -3,7 +3,8 @@
 A run skips every row the file already holds under the same key, so the report can be built across
 several runs and regenerated from the file alone (`benchmarks/report.py --render-only`). The key names
 everything that changes a figure (data and its test size, model, budget, method, seed, common fine-tune
-epochs, trials, finalists, PruningNet epochs, baseline epochs), never the commit. Rows of another
+epochs, trials, finalists and their ranking, one-shot candidates, block encoding, reconstruction, PruningNet epochs,
+baseline epochs), never the commit. Rows of another
 format (an older report's) are not read; `save` keeps them out of the file.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Settings:
     finalist_rank: str = "ce+proxy"  # how the finalists are ranked (`--finalist-rank`)
     one_shot: bool = False           # the one-shot candidates (global magnitude, uniform) among the finalists
     block_encoding: str = "flags"    # `--block-encoding`
+    reconstruct: int = 0             # `--reconstruct`: training inputs the built subnets are refit on (0: off)
 
     def text(self) -> str:
         # what older rows were measured with (ce+proxy, no one-shot candidates, flags) leaves their keys as they were
@@ -36,7 +38,8 @@ class Settings:
                 f"{self.finalist_steps}|pruningnet={self.pruningnet_epochs}|baseline={self.baseline_epochs}"
                 + (f"|rank={self.finalist_rank}" if self.finalist_rank != "ce+proxy" else "")
                 + ("|one-shot" if self.one_shot else "")
-                + (f"|blocks={self.block_encoding}" if self.block_encoding != "flags" else ""))
+                + (f"|blocks={self.block_encoding}" if self.block_encoding != "flags" else "")
+                + (f"|recon={self.reconstruct}" if self.reconstruct else ""))
 
 
 def key(settings: Settings, model: str, budget: str, method: str, seed: int, finetune_epochs: int | None) -> str:

@@ -119,6 +119,11 @@ def get_args_parser() -> argparse.ArgumentParser:
     final.add_argument("--no-one-shot", action="store_true",
                        help="do not score global magnitude and uniform pruning at the budget and add them to the "
                             "finalists (by default they always compete there)")
+    final.add_argument("--reconstruct", type=int, metavar="N",
+                       help="refit the layers of every subnet built for the finalists and the export by least squares, "
+                            "so each layer's output matches the full model's on N training inputs (no labels, no SGD "
+                            "step; default 1024, fewer for large inputs: at most 2^20 pixels in all, at least 32); 0: keep the copied "
+                            "weights as they are")
     final.add_argument("--finalist-lr", type=float, help="finalists' peak learning rate (cosine to 0)")
     final.add_argument("--finalist-rank", choices=FINALIST_RANKINGS,
                        help="how finalists are ordered after their steps: held-out cross-entropy at the temperature "

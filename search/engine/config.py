@@ -6,8 +6,8 @@ the Python API (`search.prune`) and for the benchmarks. Its fields carry the CLI
 
 What may change on resume (`RESUMABLE`): how long the search goes on (`trials`), where it runs
 (`workers`, `ray_address`, `cpus_per_worker`, `gpus_per_worker`) and where an Optuna study lives
-(`storage`, `study_name`), and what happens after it (filling the budget and the finalists: `fill`,
-`finalists`, `finalist_steps`, `finalist_lr`, `finalist_rank`). Everything else decides which candidates are proposed or how they are
+(`storage`, `study_name`), and what happens after it (filling the budget, the finalists and the reconstruction
+of what is built: `fill`, `finalists`, `finalist_steps`, `finalist_lr`, `finalist_rank`, `reconstruct`). Everything else decides which candidates are proposed or how they are
 scored; changing it would make the resumed run a different run, so it is refused (`resumed`).
 """
 from __future__ import annotations
@@ -27,11 +27,12 @@ AGENT_OPTIONS = ("food_sources", "limit", "genes", "startup_trials", "history", 
                  "population", "parents", "storage", "study_name")
 #: fields a resumed run may change (see the module docstring), in the order the refusal lists them
 RESUMABLE_ORDER = ("trials", "workers", "ray_address", "cpus_per_worker", "gpus_per_worker", "storage", "study_name",
-                   "fill", "finalists", "finalist_steps", "finalist_lr", "finalist_rank", "no_one_shot")
+                   "fill", "finalists", "finalist_steps", "finalist_lr", "finalist_rank", "no_one_shot",
+                   "reconstruct")
 RESUMABLE = frozenset(RESUMABLE_ORDER)
 #: counts: a fraction of one is refused (an API caller's finalists=2.5 is not rounded silently)
 WHOLE = ("trials", "calib_batches", "batch_size", "eval_samples", "round_to", "latency_batch", "racing_top_k",
-         "racing_chunk", "pruningnet_epochs", "baseline_epochs", "workers", "seed", "finalists")
+         "racing_chunk", "pruningnet_epochs", "baseline_epochs", "workers", "seed", "finalists", "reconstruct")
 SCORERS = ("base", "pruningnet")
 BACKENDS = ("actors", "tune")
 BLOCK_ENCODINGS = ("flags", "depth")
@@ -108,6 +109,9 @@ class SearchConfig:
     finalist_rank: str = "tce"         # one of FINALIST_RANKINGS: held-out cross-entropy after BN recalibration, at the
     #   temperature that minimizes it (tce; ce: at the logits' own scale, which a near-chance subnet with flat
     #   logits wins: docs/benchmarks.md); +proxy adds the proxy's rank
+    reconstruct: int | None = None     # training inputs on which every subnet built for the finalists and the export
+    #   gets its layers refit by least squares to the full model's outputs (spaces.reconstruct); 0: off; None:
+    #   spaces.reconstruct.default_inputs (1024, fewer for large inputs)
     trust_pickle: bool = False         # allow unpickling a whole model file (--model PATH.pt): runs its code
     out: str | None = None
 
@@ -176,9 +180,10 @@ class SearchConfig:
                 raise UserError(f"--{name.replace('_', '-')} must be positive, got {value}")
         if self.batch_size is not None and _finite(self.batch_size) and self.batch_size == 1:
             raise UserError("--batch-size must be at least 2: BatchNorm cannot train on batches of one sample")
-        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed", "finalists", "supernet_epochs"):
+        for name in ("baseline_epochs", "workers", "gpus_per_worker", "seed", "finalists", "supernet_epochs",
+                     "reconstruct"):
             value = getattr(self, name)
-            if not (_finite(value) and value >= 0):
+            if not (value is None and name == "reconstruct") and not (_finite(value) and value >= 0):
                 raise UserError(f"--{name.replace('_', '-')} must be 0 or more, got {value}")
         for name in WHOLE:
             value = getattr(self, name)

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from evaluators.accuracy import AccuracyEvaluator
+from spaces.space import Candidate
 
 from search.engine.loop import Outcome
 from search.engine.records import BEST_FILE, BEST_MODEL_FILE, BEST_STATE_FILE, FINETUNE_CSV, RUN_FILE, PruneResult
@@ -99,6 +100,8 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
             "export_weights": "supernet" if c.supernet_epochs and c.export_weights == "base" else c.export_weights,
             "supernet_epochs": int(c.supernet_epochs) if float(c.supernet_epochs).is_integer() else c.supernet_epochs,
             "finetuned_steps": steps,
+            # the layer-wise least-squares refit of the exported weights (--reconstruct; None: off)
+            "reconstruction": _reconstruction(pipeline, best.candidate),
             "test_top1": test_top1, "costs": dict(best.result.costs),
             "ratios": {k: best.result.costs[k] / base[k] for k in base},
             "summary": prunable.describe(best.candidate), "state_dict": BEST_STATE_FILE,
@@ -187,6 +190,16 @@ def summary_text(pipeline: Pipeline, outcome, frame, base, base_score, record, m
     if record and pipeline.inputs.data is not None:
         lines.append(f"next : python -m search.finetune {pipeline.run_dir.path}")
     return "\n".join(lines)
+
+
+def _reconstruction(pipeline: Pipeline, candidate) -> dict | None:
+    """best.json's `reconstruction`: inputs, layers refit and left, the output's distance to the full model's."""
+    report = pipeline.reconstructions.get(Candidate(candidate))
+    if report is None:
+        return None
+    return {"inputs": sum(len(x) for x in pipeline.reconstructor_inputs), "layers": len(report.layers),
+            "skipped": report.skipped, "output_error_before": report.error_before,
+            "output_error_after": report.error_after, "kept": report.kept}
 
 
 def _selected_by(finalists: list, exported, rungs: tuple[int, ...]) -> str:

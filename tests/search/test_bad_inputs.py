@@ -126,6 +126,7 @@ CASES = {
     "width ratios not numbers": ([*BASE, "--width-ratios", "a,b"], r"--width-ratios"),
     "latency batch zero": ([*BASE, "--latency-batch", "0"], r"--latency-batch must be positive"),
     "workers negative": ([*BASE, "--workers", "-1"], r"--workers must be 0 or more"),
+    "reconstruct negative": ([*BASE, "--reconstruct", "-5"], r"--reconstruct must be 0 or more"),
     "cpus per worker zero": ([*BASE, "--cpus-per-worker", "0"], r"--cpus-per-worker must be positive"),
     "device unknown": ([*BASE, "--device", "tpu"], r"cannot use --device tpu"),
     "device meta": ([*BASE, "--device", "meta"], r"cannot use --device meta"),
