@@ -79,6 +79,9 @@ TP_METHODS = {"global": "TP global magnitude", "uniform": "TP uniform L1"}
 FASTNAS = "FastNAS"
 PEERS = (*TP_METHODS.values(), FASTNAS)
 MAGNITUDE = "magnitude start"
+#: not a peer (Torch-Pruning exports its subnets as pruned): TP global magnitude's subnet given our refit
+#: (`--reconstruct`), to tell what the refit adds from what the search does
+TP_REFIT = "TP global magnitude + our refit"
 SUFFIX = " + finalists"
 PLAN = ("0.1flops/1/0,1,2,3,4,5,6,7,8,9", "0.1flops/5/0,1,2,3,4", "0.25flops/1/0,1,2,3,4", "0.25flops/5/0,1,2,3,4")
 HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
@@ -155,7 +158,13 @@ class Study:
     def peer(self, budget: str, method: str, seed: int) -> Subnet:
         target = float(budget.removesuffix("flops"))
         start = time.perf_counter()
-        if method == FASTNAS:
+        if method == TP_REFIT:
+            pruned = tp_peer.prune_to_flops(self.base_model, self.example, "global", target)
+            inputs = self.setting.at(budget).reconstructor(self.prunable).inputs
+            done = tp_peer.refit(pruned.module, self.base_model, inputs)
+            note = (f"channel ratio {pruned.pruning_ratio:.3f}, {len(done.layers)} layers refit on "
+                    f"{sum(len(x) for x in inputs)} inputs")
+        elif method == FASTNAS:
             pruned = fastnas_peer.prune_to_flops(self.base_model, self.example, target, self.evaluator.calibration,
                                                  self.evaluator.held_out, seed=seed)
             note = f"channel divisor {pruned.divisor}"
@@ -223,7 +232,7 @@ class Study:
             len([t for t in outcome.trials if t.result.ok]), note))
 
     def subnet(self, budget: str, method: str, seed: int) -> Subnet:
-        if method in PEERS:
+        if method in (*PEERS, TP_REFIT):
             return self.peer(budget, method, seed)
         if method == MAGNITUDE:
             return self.magnitude_start(budget, seed)
@@ -237,7 +246,7 @@ class Study:
 
 
 def method_names(agents: list[str]) -> list[str]:
-    return [*PEERS, MAGNITUDE, *(f"{a}{SUFFIX}" for a in agents)]
+    return [*PEERS, TP_REFIT, MAGNITUDE, *(f"{a}{SUFFIX}" for a in agents)]
 
 
 def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], rows_path: Path,
@@ -292,7 +301,7 @@ def by_method(rows: list[Row]) -> dict[str, dict[int, Row]]:
     grouped: dict[str, dict[int, Row]] = {}
     for row in rows:
         grouped.setdefault(row.method, {})[row.seed] = row
-    order = {m: i for i, m in enumerate(PEERS + (MAGNITUDE,))}
+    order = {m: i for i, m in enumerate(PEERS + (TP_REFIT, MAGNITUDE))}
     return dict(sorted(grouped.items(), key=lambda item: order.get(item[0], len(order))))
 
 
@@ -342,8 +351,9 @@ def seeds_text(seeds: list[int]) -> str:
 
 def headline(rows: list[Row]) -> list[str]:
     lines = ["| model | budget | FT epochs | seeds | TP global magnitude | TP uniform L1 | FastNAS | magnitude start | "
-             "ours: best agent by held-out | margin over the best peer, median [95% paired bootstrap] |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "ours: best agent by held-out | margin over the best peer, median [95% paired bootstrap] | "
+             "not a peer: TP global magnitude + our refit | ours minus it |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, budget, epochs in settings_of(rows):
         grouped = by_method([r for r in rows if (r.model, r.budget, r.finetune_epochs) == (model, budget, epochs)])
         cells = [median_range([r.test_after for r in grouped[m].values()]) if m in grouped else "-"
@@ -355,9 +365,16 @@ def headline(rows: list[Row]) -> list[str]:
             ours_cell = f"{statistics.median(r.test_after for r in grouped[margin.ours].values()):.4f} ({margin.ours})"
             margin_cell = (f"{margin.median:+.4f} [{margin.low:+.4f}, {margin.high:+.4f}] over {margin.peer} "
                            f"(seeds {seeds_text(margin.seeds)})")
+        refit_cell = refit_margin_cell = "-"
+        if TP_REFIT in grouped:
+            refit_cell = median_range([r.test_after for r in grouped[TP_REFIT].values()])
+            if margin is not None:
+                median, (low, high) = median_margin({s: r.test_after for s, r in grouped[margin.ours].items()},
+                                                    {s: r.test_after for s, r in grouped[TP_REFIT].items()})
+                refit_margin_cell = f"{median:+.4f} [{low:+.4f}, {high:+.4f}]"
         seeds = sorted({s for g in grouped.values() for s in g})
         lines.append(f"| {model} | {budget} | {epochs} | {seeds_text(seeds)} | {' | '.join(cells)} | {ours_cell} | "
-                     f"{margin_cell} |")
+                     f"{margin_cell} | {refit_cell} | {refit_margin_cell} |")
     return lines
 
 
@@ -395,7 +412,7 @@ def setting_table(rows: list[Row]) -> list[str]:
         mine = list(seeds.values())
         label = f"**{method}**" if method == ours else method
         note = sorted({r.note for r in mine if r.note})
-        label += f" ({'; '.join(note)})" if note and method in PEERS else ""
+        label += f" ({'; '.join(note)})" if note and method in (*PEERS, TP_REFIT) else ""
         lines.append(
             f"| {label} | {len(mine)} | {statistics.median(r.flops for r in mine):.3f} | "
             f"{statistics.median(r.params for r in mine):.3f} | {statistics.median(r.steps for r in mine):.0f} / "
@@ -415,7 +432,8 @@ def plot_model(model: str, rows: list[Row], base_test: float | None, path: Path)
         for i, (method, seeds) in enumerate(grouped.items()):
             values = [r.test_after for r in seeds.values()]
             mid = statistics.median(values)
-            color = "tab:gray" if method in PEERS else "tab:olive" if method == MAGNITUDE else "tab:blue"
+            color = ("tab:gray" if method in PEERS else "tab:purple" if method == TP_REFIT
+                     else "tab:olive" if method == MAGNITUDE else "tab:blue")
             ax.bar(i, mid, color=color, yerr=[[mid - min(values)], [max(values) - mid]], capsize=3)
         if base_test is not None:
             ax.axhline(base_test, color="black", linestyle="--", linewidth=1, label="base model")
@@ -615,16 +633,20 @@ def finalists_text(settings: Settings, lr: float) -> str:
         (f", ranked by {RANK_WORDS.get(settings.finalist_rank, settings.finalist_rank)}"
          if settings.finalist_rank != "ce+proxy" else "") + \
         ("; blocks searched as a depth per stage" if settings.block_encoding == "depth" else "")
+    refit = (f" Every subnet our pipeline builds (each finalist, and the magnitude start) has its layers refit by "
+             f"least squares to the full model's outputs on {settings.reconstruct} training inputs (`--reconstruct`, "
+             "`spaces.reconstruct`: no labels, no SGD step); the peers export their pruned weights as they are, as "
+             "their tools do." if settings.reconstruct else "")
     if settings.finalist_steps == 0:
         return (f"search.run's default finalists: its best {settings.finalists} candidates{extra}, untrained, re-ranked "
                 "on held-out; the exported subnet had no SGD step before the common fine-tune, and neither had any "
                 "peer (Torch-Pruning global magnitude, Torch-Pruning uniform L1, ModelOpt FastNAS) nor our magnitude "
-                "start (1 trial).")
+                "start (1 trial)." + refit)
     return (f"search.run's default finalists ({settings.finalists} x {settings.finalist_steps} SGD steps, cosine from "
             f"lr {lr}{extra}); the exported subnet had {settings.finalist_steps} steps. Every peer "
             f"(Torch-Pruning global magnitude, Torch-Pruning uniform L1, ModelOpt FastNAS) and our magnitude start "
             f"(1 trial) got the same {settings.finalist_steps} steps with the same recipe and batches on its own "
-            "subnet.")
+            "subnet." + refit)
 
 
 def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Settings, out: Path) -> None:

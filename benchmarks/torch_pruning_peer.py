@@ -92,3 +92,27 @@ def prune_to_flops(model: nn.Module, example: torch.Tensor, method: str, target:
         best = (module, flops(module, example) / base_flops, high)
     module, ratio_flops, ratio = best
     return Pruned(module, method, ratio, ratio_flops, params(module) / base_params, tries)
+
+
+def kept_rows(pruned: nn.Module, base: nn.Module):
+    """`out_index` for `spaces.reconstruct.Reconstructor.refit` on a Torch-Pruning subnet of `base`: which of the
+    full layer's output channels a pruned layer kept, found by value (each kept row of its weight is a copy of a
+    full row, cut to the kept inputs: the full row holding most of its values)."""
+    layers = dict(pruned.named_modules())
+
+    def out_index(name: str, full_layer: nn.Module) -> torch.Tensor:
+        layer = layers[name]
+        full = full_layer.weight.detach().reshape(full_layer.weight.shape[0], -1)
+        rows = layer.weight.detach().reshape(layer.weight.shape[0], -1)
+        return torch.stack([torch.isin(full, row).sum(1).argmax() for row in rows])
+    return out_index
+
+
+def refit(pruned: nn.Module, base: nn.Module, inputs: list[torch.Tensor]):
+    """Our reconstruction (`spaces.reconstruct`) applied to a Torch-Pruning subnet of `base`, in place: the same
+    least-squares refit to the full model's outputs that search.run gives its own subnets. Not Torch-Pruning's
+    method (its subnets are exported as pruned); measured to tell what the refit adds from what the search does."""
+    from spaces.reconstruct import Reconstructor
+
+    base = copy.deepcopy(base).eval()
+    return Reconstructor(None, inputs, full=base).refit(pruned, kept_rows(pruned, base))

@@ -22,7 +22,7 @@ BatchNorm statistics are not touched: the caller recalibrates them as usual.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -112,10 +112,12 @@ class Reconstructor:
     statistics: give it the base model's). The full model's outputs at each layer are computed once and kept (up to
     `CACHE_BYTES`), so refitting many subnets of one search costs little more than their own forwards."""
 
-    def __init__(self, prunable: PrunableModel, inputs: Sequence[torch.Tensor], *, ridge: float = 0.1,
+    def __init__(self, prunable: PrunableModel | None, inputs: Sequence[torch.Tensor], *, ridge: float = 0.1,
                  full: nn.Module | None = None, max_rows: int = MAX_ROWS):
         if not inputs:
             raise ValueError("reconstruction needs at least one batch of inputs")
+        if prunable is None and full is None:
+            raise ValueError("reconstruction needs the full model (a prunable model, or full=)")
         self.prunable, self.inputs, self.ridge = prunable, list(inputs), ridge
         self.full = full if full is not None else prunable.graph.gm
         self.per_batch = max(1, math.ceil(max_rows / len(self.inputs)))
@@ -194,14 +196,20 @@ class Reconstructor:
             count += ours.numel()
         return total / max(count, 1)
 
-    @torch.no_grad()
     def __call__(self, module: nn.Module, candidate: Mapping[str, int]) -> Reconstruction:
-        """Refit `module` (the materialized `candidate`) in place; what was done."""
-        report = Reconstruction()
-        if self.prunable.outside is not None:  # a submodule's space: the whole model's layers are not the graph's
-            return report
+        """Refit `module` (the materialized `candidate` of the prunable model) in place; what was done."""
+        if self.prunable is None or self.prunable.outside is not None:  # a submodule's space: not the graph's layers
+            return Reconstruction()
         graph = self.prunable.graph
         widths = self.prunable.widths(self.prunable.space.validate(candidate))
+        return self.refit(module, lambda name, full_layer: kept_indices(
+            full_layer.weight, graph.uses.get(f"{name}.weight", []), widths, graph.groups, 0))
+
+    @torch.no_grad()
+    def refit(self, module: nn.Module, out_index: Callable[[str, nn.Module], torch.Tensor]) -> Reconstruction:
+        """Refit `module`, a pruned copy of the full model with its module names, in place; `out_index(name,
+        full_layer)` gives the full layer's output channels that the pruned layer keeps, in its order."""
+        report = Reconstruction()
         full_modules = dict(self.full.named_modules())
         modes = [(m, m.training) for m in (module, self.full)]
         module.eval()
@@ -217,12 +225,11 @@ class Reconstructor:
                         or not _refittable(layer)):
                     report.skipped.append(name)
                     continue
-                out_index = kept_indices(full_layer.weight, graph.uses.get(f"{name}.weight", []), widths,
-                                         graph.groups, 0)
-                if len(out_index) != layer.weight.shape[0]:
+                kept = out_index(name, full_layer)
+                if len(kept) != layer.weight.shape[0]:
                     report.skipped.append(name)
                     continue
-                self._refit(module, name, layer, full_layer, out_index)
+                self._refit(module, name, layer, full_layer, kept)
                 report.layers.append(name)
             report.error_after = self._output_error(module)
             report.kept = not (report.error_after > report.error_before) and all(
