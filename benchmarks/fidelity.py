@@ -357,7 +357,8 @@ def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | Non
             signals.insert(signals.index("bn_neg_ce") + 1 if "bn_neg_ce" in signals else 0, "bn_neg_tce")
     base_test = result['base_test'] if result['base_test'] is not None else float('nan')
     flops = np.array([r["flops_ratio"] for r in rows])
-    what = {"truth": "the base weights", "rung_truth": f"the weights the last rung ({result['rungs'][-1]} steps) left",
+    last_rung = result["rungs"][-1] if result.get("rungs") else None
+    what = {"truth": "the base weights", "rung_truth": f"the weights the last rung ({last_rung} steps) left",
             "supernet_truth": f"the supernet's weights ({result['supernet_epochs']} epochs)",
             "truth_mean": f"the base weights, the mean of {seed_count(rows)} fine-tune seeds",
             "recon_truth": f"the weights search.run builds (refit on {result.get('reconstruct')} training inputs, "
@@ -440,7 +441,7 @@ def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists
             picks[key].append(truth[pick])
             wins[key] += truth[pick] >= best
     lines = [f"Selection over {subsets} random subsets of {size} candidates (a search's pool): "
-             + ("truth of the pick" if truth_key == "truth" else "the mean truth of the pick"),
+             + ("the mean truth of the pick" if truth_key == "truth_mean" else f"{truth_key} of the pick"),
              "", "| picked by | mean | median | picks the subset's best |", "|---|---|---|---|"]
     for key, values in picks.items():
         lines.append(f"| {key} | {np.mean(values):.4f} | {np.median(values):.4f} | {wins[key] / subsets:.0%} |")

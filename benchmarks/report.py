@@ -221,13 +221,15 @@ class Study:
         self.evaluator.restore()
         ranked = run_finalists(outcome.trials, self.finalist_settings(seed, self.settings.finalist_steps,
                                                                       self.settings.finalists),
-                               build=pipeline.build(self.prunable), batches=self.batches,
+                               build=pipeline.build(self.prunable, refit=pipeline.ranks_refit(self.prunable) or None),
+                               batches=self.batches,
                                calibration=self.evaluator.calibration, held_out=self.evaluator.held_out,
                                device=torch.device("cpu"), forced=forced)
         best = ranked[0]
+        module, held = pipeline.exported(self.prunable, best, self.evaluator)  # as search.run exports it
         costs = self.price(best.trial.candidate)
-        return Subnet(best.module, self._record(
-            best.module, costs["flops"] / self.base["flops"], costs["params"] / self.base["params"], best.score,
+        return Subnet(module, self._record(
+            module, costs["flops"] / self.base["flops"], costs["params"] / self.base["params"], held,
             search_s, sum(f.seconds for f in ranked), best.steps, sum(f.steps for f in ranked),
             len([t for t in outcome.trials if t.result.ok]), note))
 
@@ -633,10 +635,12 @@ def finalists_text(settings: Settings, lr: float) -> str:
         (f", ranked by {RANK_WORDS.get(settings.finalist_rank, settings.finalist_rank)}"
          if settings.finalist_rank != "ce+proxy" else "") + \
         ("; blocks searched as a depth per stage" if settings.block_encoding == "depth" else "")
-    refit = (f" Every subnet our pipeline builds (each finalist, and the magnitude start) has its layers refit by "
-             f"least squares to the full model's outputs on {settings.reconstruct} training inputs (`--reconstruct`, "
-             "`spaces.reconstruct`: no labels, no SGD step); the peers export their pruned weights as they are, as "
-             "their tools do." if settings.reconstruct else "")
+    refit = ("" if not settings.reconstruct else
+             f" Every finalist is refit by least squares to the full model's outputs on {settings.reconstruct} training "
+             "inputs (`--reconstruct`, `spaces.reconstruct`: no labels, no SGD step) before it is scored and ranked; "
+             + ("the exported subnet is that refit copy (and so is the magnitude start); the peers export their "
+                "pruned weights as they are, as their tools do." if settings.export_weights == "refit" else
+                "the exported subnet keeps the copied weights (BN recalibrated), as every peer's does."))
     if settings.finalist_steps == 0:
         return (f"search.run's default finalists: its best {settings.finalists} candidates{extra}, untrained, re-ranked "
                 "on held-out; the exported subnet had no SGD step before the common fine-tune, and neither had any "
@@ -758,7 +762,7 @@ def main() -> None:
     reconstruct = default_inputs(test[0][0].unsqueeze(0)) if defaults.reconstruct is None else defaults.reconstruct
     settings = Settings(args.data, test_images, args.trials, defaults.finalists, defaults.finalist_steps,
                         args.pruningnet_epochs, args.baseline_epochs, defaults.finalist_rank, not defaults.no_one_shot,
-                        defaults.block_encoding, reconstruct)
+                        defaults.block_encoding, reconstruct, defaults.exported_weights)
     rows_path, bases_path = args.out.parent / "benchmarks" / "rows.json", args.out.parent / "benchmarks" / "bases.json"
     rows, bases = load(rows_path), load_bases(bases_path)
     args.new_sections = []
@@ -777,7 +781,8 @@ def main() -> None:
             args.new_sections.append((CARRIED[1], finalists_section(args)))
         if args.speed:
             args.new_sections.append(("Speed", speed_section(args)))
-    mine = [r for r in rows.values() if r.key.startswith(settings.text() + "|") and r.model in args.models]
+    mine = [r for r in rows.values() if r.model in args.models  # this key exactly: not a longer key that extends it
+            and r.key == key(settings, r.model, r.budget, r.method, r.seed, r.finetune_epochs)]
     render(args, mine, bases, settings, args.out)
     if args.out.resolve() == (ROOT / "docs" / "benchmarks.md").resolve() and sync_readme(args.out):
         log("README.md: headline updated")

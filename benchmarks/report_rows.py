@@ -30,7 +30,9 @@ class Settings:
     finalist_rank: str = "ce+proxy"  # how the finalists are ranked (`--finalist-rank`)
     one_shot: bool = False           # the one-shot candidates (global magnitude, uniform) among the finalists
     block_encoding: str = "flags"    # `--block-encoding`
-    reconstruct: int = 0             # `--reconstruct`: training inputs the built subnets are refit on (0: off)
+    reconstruct: int = 0             # `--reconstruct`: training inputs the finalists are refit on (0: off)
+    export_weights: str = "refit"    # `--export-weights`: what the rows with reconstruction exported (the first
+    #   measured exported the refit copies; search.run's default is now the copied weights, "base")
 
     def text(self) -> str:
         # what older rows were measured with (ce+proxy, no one-shot candidates, flags) leaves their keys as they were
@@ -39,7 +41,8 @@ class Settings:
                 + (f"|rank={self.finalist_rank}" if self.finalist_rank != "ce+proxy" else "")
                 + ("|one-shot" if self.one_shot else "")
                 + (f"|blocks={self.block_encoding}" if self.block_encoding != "flags" else "")
-                + (f"|recon={self.reconstruct}" if self.reconstruct else ""))
+                + (f"|recon={self.reconstruct}" if self.reconstruct else "")
+                + (f"|export={self.export_weights}" if self.reconstruct and self.export_weights != "refit" else ""))
 
 
 def key(settings: Settings, model: str, budget: str, method: str, seed: int, finetune_epochs: int | None) -> str:

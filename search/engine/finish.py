@@ -66,8 +66,12 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
     record: dict[str, Any] = {}
     subnet = None
     if best is not None:
-        if exported is not None:  # trained, recalibrated and scored already
-            subnet, exported_score = exported.module, exported.score
+        if exported is not None:  # recalibrated and scored already (unless ranked on a refit copy)
+            subnet, exported_score = pipeline.exported(prunable, exported, evaluator, pruningnet)
+            if subnet is not exported.module and not evaluator.metric:
+                log.info("exported with the copied weights (held-out top-1 %.4f; refit, it scored %.4f: "
+                         "--export-weights refit exports that, the better model to use without a fine-tune)",
+                         exported_score, exported.score)
         else:
             subnet = evaluator.recalibrated(pipeline.build(prunable, pruningnet)(best.candidate))
             exported_score = score_module(subnet, evaluator.held_out, evaluator.metric)
@@ -92,16 +96,18 @@ def finish(pipeline: Pipeline, prunable, outcome: Outcome, evaluator: AccuracyEv
             "input_shape": list(inputs.example.shape[1:]),
             "trial": best.number, "candidate": best.candidate.to_dict(),
             "held_out_top1": exported_score, "search_score": best.result.score,
-            "selected_by": _selected_by(finalists, exported, c.finalist_rungs) +
+            "selected_by": _selected_by(finalists, exported, c.finalist_rungs, pipeline.ranks_refit(prunable)) +
                            (", then the latency check" if check is not None else ""),
             "origin": origin(best, pipeline.one_shot),  # where the candidate came from: the search, a fill, one-shot
             # where the exported weights come from: the base model's, the PruningNet's, or the supernet's (the
             # base model's after --supernet-epochs of sandwich training)
-            "export_weights": "supernet" if c.supernet_epochs and c.export_weights == "base" else c.export_weights,
+            "export_weights": ("supernet" if c.exported_weights == "base" else "supernet, refit")
+                              if c.supernet_epochs and c.exported_weights != "pruningnet" else c.exported_weights,
             "supernet_epochs": int(c.supernet_epochs) if float(c.supernet_epochs).is_integer() else c.supernet_epochs,
             "finetuned_steps": steps,
-            # the layer-wise least-squares refit of the exported weights (--reconstruct; None: off)
-            "reconstruction": _reconstruction(pipeline, best.candidate),
+            # the layer-wise least-squares refit (--reconstruct) of the finalists that ranked, and of the export
+            # with --export-weights refit; None: not used
+            "reconstruction": _reconstruction(pipeline, prunable, best.candidate, exported),
             "test_top1": test_top1, "costs": dict(best.result.costs),
             "ratios": {k: best.result.costs[k] / base[k] for k in base},
             "summary": prunable.describe(best.candidate), "state_dict": BEST_STATE_FILE,
@@ -192,17 +198,24 @@ def summary_text(pipeline: Pipeline, outcome, frame, base, base_score, record, m
     return "\n".join(lines)
 
 
-def _reconstruction(pipeline: Pipeline, candidate) -> dict | None:
-    """best.json's `reconstruction`: inputs, layers refit and left, the output's distance to the full model's."""
+def _reconstruction(pipeline: Pipeline, prunable, candidate, exported=None) -> dict | None:
+    """best.json's `reconstruction`: the inputs, whether the finalists were ranked on refit copies and whether the
+    export is refit, the export's candidate's refit (layers refit and left, the output's distance to the full
+    model's before and after); None when nothing was refit."""
     report = pipeline.reconstructions.get(Candidate(candidate))
     if report is None:
         return None
-    return {"inputs": sum(len(x) for x in pipeline.reconstructor_inputs), "layers": len(report.layers),
+    ranked_refit = pipeline.ranks_refit(prunable)
+    return {"inputs": sum(len(x) for x in pipeline.reconstructor_inputs),
+            "finalists_ranked_refit": ranked_refit,
+            # the refit copy's held-out score (what --export-weights refit exports), when the finalists scored it
+            "refit_held_out_top1": exported.score if exported is not None and ranked_refit else None,
+            "export_refit": pipeline.config.exported_weights == "refit", "layers": len(report.layers),
             "skipped": report.skipped, "output_error_before": report.error_before,
             "output_error_after": report.error_after, "kept": report.kept}
 
 
-def _selected_by(finalists: list, exported, rungs: tuple[int, ...]) -> str:
+def _selected_by(finalists: list, exported, rungs: tuple[int, ...], refit: bool = False) -> str:
     """Which stage picked the export, in words (best.json's `selected_by`)."""
     if exported is None:
         return "search score"
@@ -210,5 +223,5 @@ def _selected_by(finalists: list, exported, rungs: tuple[int, ...]) -> str:
         return (f"finalists ({len(finalists)}, successive halving over rungs of {', '.join(map(str, rungs))} steps; "
                 f"rung {exported.rung + 1} picked it)")
     if not exported.steps:
-        return f"finalists ({len(finalists)}, untrained, re-ranked on held-out)"
+        return f"finalists ({len(finalists)}, untrained, {'refit and ' if refit else ''}re-ranked on held-out)"
     return f"finalists ({len(finalists)}, {exported.steps} steps each)"

@@ -387,7 +387,7 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
     """The top `--finalists` candidates, fine-tuned briefly and scored again, best first (see
     `search.selection.finalists`); [] when the proxy's pick stands (no finalists, or nothing they could change)."""
     c = pipeline.config
-    rescore = c.scorer_name == "pruningnet" and c.export_weights == "base"  # the proxy scored other weights
+    rescore = c.scorer_name == "pruningnet" and c.exported_weights != "pruningnet"  # the proxy scored other weights
     rescore = rescore or c.finalist_rank.startswith(("ce", "tce"))  # untrained, the cross-entropy still re-ranks them
     rungs = c.finalist_rungs
     batches, teacher = finalist_batches(pipeline) if c.finalists and rungs[-1] else (None, None)
@@ -416,7 +416,8 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
         parallel = ray_parallel(c.cpus_per_worker, c.gpus_per_worker)
         log.info("finalists: trained as Ray tasks (%g CPU, %g GPU each)", c.cpus_per_worker, c.gpus_per_worker)
     try:
-        ranked = run_finalists(trials, settings, build=pipeline.build(prunable, pruningnet), batches=batches,
+        refit = True if pipeline.ranks_refit(prunable) else None  # untrained: scored on refit copies (--reconstruct)
+        ranked = run_finalists(trials, settings, build=pipeline.build(prunable, pruningnet, refit=refit), batches=batches,
                                calibration=evaluator.calibration, held_out=evaluator.held_out,
                                metric=evaluator.metric, teacher=teacher, device=pipeline.device,
                                progress=log.info, parallel=parallel, forced=forced,

@@ -150,7 +150,7 @@ def test_without_labels_finalists_distil_and_zero_turns_them_off(model, tmp_path
     result = prune(model, out=tmp_path / "kd", finalists=2, **kw)
     assert (pd.read_csv(tmp_path / "kd" / FINALISTS_FILE).steps == 3).all()  # distilled from the model's outputs
     assert result.record["finetuned_steps"] == 3
-    off = prune(model, out=tmp_path / "off", finalists=0, **kw)
+    off = prune(model, out=tmp_path / "off", finalists=0, reconstruct=0, **kw)  # the proxy's pick, weights as copied
     assert not (tmp_path / "off" / FINALISTS_FILE).exists() and off.finalists is None
     assert off.record["selected_by"] == "search score" and off.record["finetuned_steps"] == 0
     assert off.best.number == max(
@@ -159,12 +159,12 @@ def test_without_labels_finalists_distil_and_zero_turns_them_off(model, tmp_path
 
 
 def test_untrained_finalists_are_re_ranked_by_held_out_cross_entropy(model, tmp_path):
-    """`--finalist-steps 0 --finalist-rank ce`: nothing trains; the proxy's top K are re-ranked by the held-out
-    cross-entropy of the exported weights, and the lowest is exported as it is."""
+    """`--finalist-steps 0 --finalist-rank ce --reconstruct 0`: nothing trains; the proxy's top K are re-ranked by
+    the held-out cross-entropy of the exported weights, and the lowest is exported as it is."""
     train, held = _data()
     result = prune(model, out=tmp_path / "ce", budget="0.5flops", agent="random", trials=6, no_one_shot=True,
                    calibration=train, held_out=held, train=train, progress=False, calib_batches=2, finalists=4,
-                   finalist_steps=0, finalist_rank="ce", no_warm_start=True)
+                   finalist_steps=0, finalist_rank="ce", no_warm_start=True, reconstruct=0)
     finalists = pd.read_csv(tmp_path / "ce" / FINALISTS_FILE)
     assert len(finalists) == 4 and (finalists.steps == 0).all()
     assert finalists.finalist_ce.is_monotonic_increasing and finalists.exported.tolist() == [True] + [False] * 3

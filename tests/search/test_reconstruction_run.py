@@ -1,16 +1,20 @@
-"""`--reconstruct` in a run: the exported subnet's layers refit to the full model, recorded in best.json, and off on 0."""
+"""`--reconstruct` in a run: untrained finalists are ranked on refit copies, the export keeps the copied weights
+(or is refit with `--export-weights refit`), best.json and finalists.csv say which, and 0 turns it off."""
 from __future__ import annotations
 
 import json
 
+import pandas as pd
 import pytest
 import torch
 
 from search import run as run_module
 from search.engine.config import RESUMABLE
+from search.export import load_subnet
+from search.selection.finalists import FINALISTS_FILE
 
 FAST = ["--agent", "random", "--budget", "0.25flops", "--baseline-epochs", "1", "--trials", "4", "--calib-batches",
-        "2", "--batch-size", "32", "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2"]
+        "2", "--batch-size", "32", "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "3"]
 
 
 @pytest.fixture(autouse=True)
@@ -26,24 +30,59 @@ def _best(path):
     return json.loads((path / "best.json").read_text())
 
 
-def test_the_export_is_refit_and_says_so(tmp_path):
-    assert run_module.main([*FAST, "--reconstruct", "96", "--out", str(tmp_path / "on")]) == 0
-    record = _best(tmp_path / "on")["reconstruction"]
+def test_finalists_rank_on_refit_copies_and_the_refit_copy_is_exported(tmp_path):
+    run = tmp_path / "on"
+    assert run_module.main([*FAST, "--reconstruct", "96", "--out", str(run)]) == 0
+    best = _best(run)
+    record = best["reconstruction"]
     assert record["inputs"] == 96 and record["layers"] > 0 and record["kept"]
+    assert record["finalists_ranked_refit"] and record["export_refit"] and best["export_weights"] == "refit"
     assert record["output_error_after"] < record["output_error_before"]
+    assert "refit and re-ranked" in best["selected_by"]
+    finalists = pd.read_csv(run / FINALISTS_FILE)
+    first = finalists[finalists.exported].iloc[0]
+    assert (finalists.finalist_score != finalists.proxy_score).any()  # refit: other scores than the proxy's
+    assert best["held_out_top1"] == pytest.approx(first.finalist_score) == pytest.approx(record["refit_held_out_top1"])
+    assert all(torch.isfinite(p).all() for p in load_subnet(run).parameters())
 
 
-def test_by_default_1024_digits_are_used(tmp_path):
+def test_export_weights_base_ranks_on_refit_copies_and_exports_the_copied_weights(tmp_path):
+    run = tmp_path / "base"
+    assert run_module.main([*FAST, "--reconstruct", "96", "--export-weights", "base", "--out", str(run)]) == 0
+    best = _best(run)
+    record = best["reconstruction"]
+    assert record["finalists_ranked_refit"] and not record["export_refit"] and best["export_weights"] == "base"
+    finalists = pd.read_csv(run / FINALISTS_FILE)
+    first = finalists[finalists.exported].iloc[0]
+    assert record["refit_held_out_top1"] == pytest.approx(first.finalist_score)  # the refit copy ranked it
+    # what is exported is the copied weights (BN recalibrated): the search's own score, not the refit copy's
+    assert best["held_out_top1"] == pytest.approx(first.proxy_score, abs=0.02)
+
+
+def test_by_default_1024_digits_are_used_and_without_finalists_the_export_is_refit(tmp_path):
     assert run_module.main([*FAST, "--finalists", "0", "--out", str(tmp_path / "default")]) == 0
-    record = _best(tmp_path / "default")["reconstruction"]
+    best = _best(tmp_path / "default")
+    record = best["reconstruction"]
     assert record["inputs"] == 1024 and record["layers"] > 0
+    assert record["export_refit"] and not record["finalists_ranked_refit"] and record["refit_held_out_top1"] is None
+    assert best["selected_by"] == "search score"
 
 
 def test_reconstruct_0_keeps_the_copied_weights(tmp_path):
     assert run_module.main([*FAST, "--reconstruct", "0", "--out", str(tmp_path / "off")]) == 0
-    assert _best(tmp_path / "off")["reconstruction"] is None
+    best = _best(tmp_path / "off")
+    assert best["reconstruction"] is None and "refit" not in best["selected_by"]
+    finalists = pd.read_csv(tmp_path / "off" / FINALISTS_FILE)
+    assert (finalists.finalist_score == finalists.proxy_score).all()  # untrained, copied: the proxy's own score
     run = json.loads((tmp_path / "off" / "run.json").read_text())
     assert run["args"]["reconstruct"] == 0
+
+
+def test_export_weights_refit_needs_reconstruction(tmp_path, capsys):
+    assert run_module.main([*FAST, "--reconstruct", "0", "--export-weights", "refit",
+                            "--out", str(tmp_path / "bad")]) == 2
+    assert "--export-weights refit" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
 
 
 def test_reconstruction_may_change_on_resume():

@@ -60,7 +60,7 @@ def test_explain_prints_the_space_with_nothing_else_given(tmp_path, capsys):
 
 
 def test_best_json_replays_onto_a_fresh_base_model(tmp_path):
-    code, out = search(tmp_path, "--model", "resnet20", "--finalists", "0")  # base weights, as exported
+    code, out = search(tmp_path, "--model", "resnet20", "--finalists", "0", "--export-weights", "base")  # copied weights
     assert code == 0
     data = load_data("digits")
     base = load_model("resnet20", num_classes=10, input_shape=data.input_shape)
@@ -414,7 +414,7 @@ def test_supernet_weights_are_searched_saved_and_reused_on_resume(tmp_path):
     assert (out / "supernet.state_dict.pt").stat().st_mtime_ns == before  # loaded, not trained again
     assert search(tmp_path, "--supernet-epochs", "0.5", "--trials", "6", out="whole")[0] == 0
     best = json.loads((tmp_path / "whole" / "best.json").read_text())
-    assert best["export_weights"] == "supernet" and best["supernet_epochs"] == 0.5  # the export inherits them
+    assert best["export_weights"] == "supernet, refit" and best["supernet_epochs"] == 0.5  # the export inherits them
     columns = ["trial", "state", "score", "architecture"]
     whole, part = (pd.read_csv(tmp_path / d / "trials.csv") for d in ("whole", "part"))
     pd.testing.assert_frame_equal(whole[columns], part[columns])
