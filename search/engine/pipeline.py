@@ -552,7 +552,7 @@ class Pipeline:
                         break
             else:
                 inputs = [x.to(self.device) for x in self.inputs.calibration]
-            self._reconstructor = Reconstructor(prunable, inputs)
+            self._reconstructor = Reconstructor(prunable, _fewer_batches(inputs))
             log.info("reconstruction: finalists are refit to the full model's outputs on %d training inputs",
                      sum(len(x) for x in inputs))
         return self._reconstructor
@@ -560,5 +560,21 @@ class Pipeline:
     @property
     def reconstructor_inputs(self) -> list:
         return self._reconstructor.inputs if self._reconstructor else []
+
+def _fewer_batches(inputs: list[torch.Tensor], positions: int = 2 ** 19) -> list[torch.Tensor]:
+    """`inputs` joined into batches of at most `positions` input values each (a batch already larger stays as it
+    is): every refit layer runs the subnet's prefix once per batch, so on small inputs the forwards' fixed cost, not
+    their FLOPs, dominates."""
+    joined: list[torch.Tensor] = []
+    group: list[torch.Tensor] = []
+    for x in inputs:
+        if group and sum(len(g) for g in group) * max(x[0].numel(), 1) + x.numel() > positions:
+            joined.append(torch.cat(group))
+            group = []
+        group.append(x)
+    if group:
+        joined.append(torch.cat(group) if len(group) > 1 else group[0])
+    return joined
+
 
 __all__ = ["Inputs", "Pipeline", "PruneResult"]

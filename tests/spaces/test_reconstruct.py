@@ -161,3 +161,13 @@ def test_default_inputs_bound_the_positions():
     assert default_inputs(torch.zeros(2, 3, 224, 224)) == 32      # ImageNet: at least 32
     assert default_inputs(torch.zeros(2, 197, 192)) == 1024  # tokens: 197 positions each
     assert default_inputs(torch.zeros(2, 20)) == 1024
+
+
+def test_reconstruction_inputs_are_joined_into_few_batches():
+    from search.engine.pipeline import _fewer_batches
+
+    small = [torch.zeros(64, 1, 8, 8) for _ in range(16)]  # 1024 digits: one batch of 1024
+    assert [len(x) for x in _fewer_batches(small)] == [1024]
+    large = [torch.zeros(8, 3, 224, 224) for _ in range(4)]  # each batch over 2^19 values already: kept apart
+    assert [len(x) for x in _fewer_batches(large)] == [8, 8, 8, 8]
+    assert torch.equal(torch.cat(_fewer_batches(small)), torch.cat(small))
