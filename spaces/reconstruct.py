@@ -17,6 +17,10 @@ refit exactly as one linear map are left as they are: other grouped convolutions
 forward, and layers the full model does not run. A subnet whose output would end up further from the full model's
 than before (on the same inputs) keeps its copied weights, so reconstruction never makes the match worse.
 
+The inputs are joined into one batch and the subnet runs once: a hook on each layer refits it from the input it is
+about to take, before it runs, so every later layer sees the refit ones' outputs (one forward for the whole subnet,
+not one prefix forward per layer). The full model's outputs at every layer come from one forward too, and are kept.
+
 BatchNorm statistics are not touched: the caller recalibrates them as usual.
 """
 from __future__ import annotations
@@ -38,16 +42,22 @@ MAX_ROWS = 32768
 CACHE_BYTES = 512 * 2 ** 20
 #: the default number of inputs, and the input positions (pixels) they may hold in all (see `default_inputs`)
 DEFAULT_INPUTS, DEFAULT_POSITIONS, FEWEST_INPUTS = 1024, 2 ** 20, 32
+#: the most input positions a caller may ask for: the inputs run as one batch (8 x the default: 256 224 x 224 images)
+MAX_POSITIONS = 2 ** 23
+
+
+def positions(example: torch.Tensor) -> int:
+    """An input's positions, for inputs shaped like `example` (a batch): an image's pixels, a sequence's tokens."""
+    shape = tuple(example.shape[1:])
+    return math.prod(shape[-2:]) if len(shape) >= 3 else math.prod(shape[:1]) if len(shape) == 2 else 1
 
 
 def default_inputs(example: torch.Tensor) -> int:
     """How many inputs reconstruction uses by default for inputs shaped like `example` (a batch): 1024, fewer for
     large inputs so that they hold at most 2^20 positions in all (an image's pixels, a sequence's tokens), at
-    least 32: 1024 on 8 x 8 digits and 32 x 32 CIFAR images, 256 at 64 x 64, 32 at 224 x 224. Every refit layer
-    runs the subnet up to itself, so the cost grows with the inputs' positions, not their count."""
-    shape = tuple(example.shape[1:])
-    positions = math.prod(shape[-2:]) if len(shape) >= 3 else math.prod(shape[:1]) if len(shape) == 2 else 1
-    return max(FEWEST_INPUTS, min(DEFAULT_INPUTS, DEFAULT_POSITIONS // max(positions, 1)))
+    least 32: 1024 on 8 x 8 digits and 32 x 32 CIFAR images, 256 at 64 x 64, 32 at 224 x 224. They run as one
+    batch, so its memory is one forward's on that many positions."""
+    return max(FEWEST_INPUTS, min(DEFAULT_INPUTS, DEFAULT_POSITIONS // max(positions(example), 1)))
 
 
 class _Stop(Exception):
@@ -88,29 +98,56 @@ def _depthwise(layer: nn.Module) -> bool:
     return isinstance(layer, nn.Conv2d) and layer.groups > 1
 
 
-def _columns(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """The layer's input as rows of features: (positions, features); depthwise: (positions, channels, k*k)."""
+def _pick(total: int, rows: int, device) -> torch.Tensor | None:
+    """Which `rows` of a layer's `total` positions (over the batch) are kept: all, or a seeded random subset (the
+    same for a layer's features and its targets, which have as many positions)."""
+    if total <= rows:
+        return None
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:rows].to(device)
+
+
+def _columns(layer: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """The layer's input as rows of features, at most `rows` of them: (positions, features); depthwise:
+    (positions, channels, k*k). A position is (input n, output pixel l), numbered n * L + l."""
     if isinstance(layer, nn.Linear):
-        return x.reshape(-1, x.shape[-1])
+        flat = x.reshape(-1, x.shape[-1])
+        keep = _pick(len(flat), rows, x.device)
+        return flat if keep is None else flat.index_select(0, keep)
     cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # N, C*k*k, L
     n, ck, length = cols.shape
+    keep = _pick(n * length, rows, x.device)
     if _depthwise(layer):
         c = layer.in_channels
-        return cols.view(n, c, ck // c, length).permute(0, 3, 1, 2).reshape(n * length, c, ck // c)
+        cols = cols.view(n, c, ck // c, length)
+        if keep is not None:
+            return cols[keep // length, :, :, keep % length]
+        return cols.permute(0, 3, 1, 2).reshape(n * length, c, ck // c)
+    if keep is not None:
+        return cols[keep // length, :, keep % length]
     return cols.transpose(1, 2).reshape(n * length, ck)
 
 
-def _rows(y: torch.Tensor, linear: bool) -> torch.Tensor:
-    """A layer's output as rows: (positions, channels)."""
-    return y.reshape(-1, y.shape[-1]) if linear else y.permute(0, 2, 3, 1).reshape(-1, y.shape[1])
+def _rows(y: torch.Tensor, rows: int) -> torch.Tensor:
+    """A layer's output (N, C, H, W, or (..., C) for a Linear's) as at most `rows` rows: (positions, channels)."""
+    if y.dim() != 4:
+        flat = y.reshape(-1, y.shape[-1])
+        keep = _pick(len(flat), rows, y.device)
+        return flat if keep is None else flat.index_select(0, keep)
+    n, c = y.shape[:2]
+    length = y.shape[2] * y.shape[3]
+    keep = _pick(n * length, rows, y.device)
+    if keep is None:
+        return y.permute(0, 2, 3, 1).reshape(-1, c)
+    return y.reshape(n, c, length)[keep // length, :, keep % length]
 
 
 class Reconstructor:
     """Refits materialized subnets of one prunable model on fixed inputs (see the module docstring).
 
-    `full` runs the full model (default: the prunable model's traced graph, with its current weights and BatchNorm
-    statistics: give it the base model's). The full model's outputs at each layer are computed once and kept (up to
-    `CACHE_BYTES`), so refitting many subnets of one search costs little more than their own forwards."""
+    `inputs` (batches) are joined into one batch. `full` runs the full model (default: the prunable model's traced
+    graph, with its current weights and BatchNorm statistics: give it the base model's). The full model's outputs
+    at each layer are computed once, in one forward, and kept (up to `CACHE_BYTES`; layers beyond it are computed
+    again when refit), so refitting many subnets of one search costs little more than their own forwards."""
 
     def __init__(self, prunable: PrunableModel | None, inputs: Sequence[torch.Tensor], *, ridge: float = 0.1,
                  full: nn.Module | None = None, max_rows: int = MAX_ROWS):
@@ -118,57 +155,64 @@ class Reconstructor:
             raise ValueError("reconstruction needs at least one batch of inputs")
         if prunable is None and full is None:
             raise ValueError("reconstruction needs the full model (a prunable model, or full=)")
-        self.prunable, self.inputs, self.ridge = prunable, list(inputs), ridge
+        self.prunable, self.ridge, self.max_rows = prunable, ridge, max_rows
+        self.inputs = list(inputs)
+        self.batch = self.inputs[0] if len(self.inputs) == 1 else torch.cat(self.inputs)
         self.full = full if full is not None else prunable.graph.gm
-        self.per_batch = max(1, math.ceil(max_rows / len(self.inputs)))
-        self._targets: dict[str, list[torch.Tensor]] = {}
-        self._cached = 0
+        self._targets: dict[str, torch.Tensor] = {}
+        self._filled = False
+        self._full_output: object = None
 
-    # ------------------------------------------------------------------ capturing activations
-    @staticmethod
-    def _capture(model: nn.Module, layer: nn.Module, x: torch.Tensor, output: bool) -> torch.Tensor:
+    # ------------------------------------------------------------------ the full model's outputs
+    def _target_rows(self, layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
+        return _rows(y, self.max_rows).float()
+
+    def _fill(self) -> None:
+        """One forward of the full model keeps every layer's output rows, in the order they run, up to
+        `CACHE_BYTES` (a layer run twice keeps its first call's)."""
+        self._filled = True
+        cached = 0
+
+        def keep(name):
+            def hook(layer, _args, out):
+                nonlocal cached
+                if name in self._targets or not isinstance(out, torch.Tensor):
+                    return
+                rows = self._target_rows(layer, out)
+                if cached + rows.numel() * 4 <= CACHE_BYTES:
+                    self._targets[name] = rows
+                    cached += rows.numel() * 4
+            return hook
+
+        handles = [m.register_forward_hook(keep(n)) for n, m in self.full.named_modules()
+                   if isinstance(m, (nn.Linear, nn.Conv2d))]
+        try:
+            self.full(self.batch)
+        finally:
+            for h in handles:
+                h.remove()
+
+    def _full_targets(self, name: str, layer: nn.Module) -> torch.Tensor:
+        if not self._filled:
+            self._fill()
+        if name in self._targets:
+            return self._targets[name]
         got: list[torch.Tensor] = []
 
-        def pre(_m, args):
-            got.append(args[0])
-            raise _Stop
-
-        def post(_m, _args, out):
+        def stop(_m, _args, out):
             got.append(out)
             raise _Stop
 
-        handle = layer.register_forward_hook(post) if output else layer.register_forward_pre_hook(pre)
+        handle = layer.register_forward_hook(stop)
         try:
-            model(x)
+            self.full(self.batch)
         except _Stop:
             pass
         finally:
             handle.remove()
         if not got:
-            raise LookupError("the layer did not run")
-        return got[0]
-
-    def _pick(self, total: int, batch: int, device) -> torch.Tensor | None:
-        """The rows kept of a batch's `total` positions (seeded by the batch, so features and targets agree)."""
-        if total <= self.per_batch:
-            return None
-        generator = torch.Generator().manual_seed(batch)
-        return torch.randperm(total, generator=generator)[:self.per_batch].to(device)
-
-    def _full_targets(self, name: str, layer: nn.Module) -> list[torch.Tensor]:
-        if name in self._targets:
-            return self._targets[name]
-        linear = isinstance(layer, nn.Linear)
-        targets = []
-        for b, x in enumerate(self.inputs):
-            rows = _rows(self._capture(self.full, layer, x, output=True), linear)
-            keep = self._pick(len(rows), b, rows.device)
-            targets.append((rows if keep is None else rows.index_select(0, keep)).float())
-        size = sum(t.numel() * 4 for t in targets)
-        if self._cached + size <= CACHE_BYTES:
-            self._targets[name] = targets
-            self._cached += size
-        return targets
+            raise LookupError(f"the full model's {name} did not run")
+        return self._target_rows(layer, got[0])
 
     # ------------------------------------------------------------------ refitting
     def _order(self, module: nn.Module) -> tuple[list[str], set[str]]:
@@ -178,7 +222,7 @@ class Reconstructor:
         handles = [m.register_forward_pre_hook(lambda m, a: calls.append(names[m])) for m in names]
         try:
             with torch.no_grad():
-                module(self.inputs[0][:2])
+                module(self.batch[:2])
         finally:
             for h in handles:
                 h.remove()
@@ -187,14 +231,12 @@ class Reconstructor:
 
     def _output_error(self, module: nn.Module) -> float:
         """Mean squared distance of the subnet's output to the full model's over the inputs (NaN: not comparable)."""
-        total, count = 0.0, 0
-        for x in self.inputs:
-            ours, theirs = module(x), self.full(x)
-            if not (isinstance(ours, torch.Tensor) and isinstance(theirs, torch.Tensor)) or ours.shape != theirs.shape:
-                return math.nan
-            total += float((ours.double() - theirs.double()).pow(2).sum())
-            count += ours.numel()
-        return total / max(count, 1)
+        if self._full_output is None:
+            self._full_output = self.full(self.batch)
+        ours, theirs = module(self.batch), self._full_output
+        if not (isinstance(ours, torch.Tensor) and isinstance(theirs, torch.Tensor)) or ours.shape != theirs.shape:
+            return math.nan
+        return float((ours.double() - theirs.double()).pow(2).sum()) / max(ours.numel(), 1)
 
     def __call__(self, module: nn.Module, candidate: Mapping[str, int]) -> Reconstruction:
         """Refit `module` (the materialized `candidate` of the prunable model) in place; what was done."""
@@ -214,6 +256,7 @@ class Reconstructor:
         modes = [(m, m.training) for m in (module, self.full)]
         module.eval()
         self.full.eval()
+        handles = []
         try:
             order, repeated = self._order(module)
             own = dict(module.named_modules())
@@ -229,39 +272,43 @@ class Reconstructor:
                 if len(kept) != layer.weight.shape[0]:
                     report.skipped.append(name)
                     continue
-                self._refit(module, name, layer, full_layer, kept)
+                handles.append(layer.register_forward_pre_hook(self._hook(name, full_layer, kept)))
                 report.layers.append(name)
+            module(self.batch)  # each hook refits its layer from the input it is about to take
+            for h in handles:
+                h.remove()
+            handles = []
             report.error_after = self._output_error(module)
             report.kept = not (report.error_after > report.error_before) and all(
                 torch.isfinite(p).all() for p in module.parameters())
             if not report.kept:
                 module.load_state_dict(copied)
         finally:
+            for h in handles:
+                h.remove()
             for m, training in modes:
                 m.train(training)
         return report
 
-    def _refit(self, module: nn.Module, name: str, layer: nn.Module, full_layer: nn.Module,
-               out_index: torch.Tensor) -> None:
-        linear, depthwise = isinstance(layer, nn.Linear), _depthwise(layer)
-        targets = self._full_targets(name, full_layer)
-        gram = cross = None
-        for b, (x, target) in enumerate(zip(self.inputs, targets)):
-            cols = _columns(layer, self._capture(module, layer, x, output=False))
-            keep = self._pick(len(cols), b, cols.device)
-            if keep is not None:
-                cols = cols.index_select(0, keep)
-            y = target.index_select(1, out_index.to(target.device)).double()
-            cols = cols.double()
-            if depthwise:  # one small problem per channel: (channels, k*k, k*k)
-                if layer.bias is not None:
-                    y = y - layer.bias.double()
-                g, c = torch.einsum("rck,rcj->ckj", cols, cols), torch.einsum("rck,rc->ck", cols, y)
-            else:
-                if layer.bias is not None:
-                    cols = torch.cat([cols, cols.new_ones(len(cols), 1)], 1)
-                g, c = cols.T @ cols, cols.T @ y
-            gram, cross = (g, c) if gram is None else (gram + g, cross + c)
+    def _hook(self, name: str, full_layer: nn.Module, kept: torch.Tensor):
+        def hook(layer, args):
+            self._refit(layer, args[0], self._full_targets(name, full_layer), kept)
+        return hook
+
+    def _refit(self, layer: nn.Module, x: torch.Tensor, target: torch.Tensor, out_index: torch.Tensor) -> None:
+        """Set `layer`'s weights (and bias) to the ridge solution mapping its input `x` to `target`'s kept rows."""
+        depthwise = _depthwise(layer)
+        cols = _columns(layer, x, self.max_rows)
+        y = target.index_select(1, out_index.to(target.device)).double()
+        cols = cols.double()
+        if depthwise:  # one small problem per channel: (channels, k*k, k*k)
+            if layer.bias is not None:
+                y = y - layer.bias.double()
+            gram, cross = torch.einsum("rck,rcj->ckj", cols, cols), torch.einsum("rck,rc->ck", cols, y)
+        else:
+            if layer.bias is not None:
+                cols = torch.cat([cols, cols.new_ones(len(cols), 1)], 1)
+            gram, cross = cols.T @ cols, cols.T @ y
         weight = layer.weight
         if depthwise:
             w0 = weight.reshape(weight.shape[0], -1).double()

@@ -367,6 +367,7 @@ class Pipeline:
             if why := unreachable(c.ray_address):
                 raise UserError(why)
         inputs = self.load_inputs()
+        self._reconstruct_inputs()  # refused before the search, not after it
         prunable = self.derive()
         cost, self.budget = self.cost_model(prunable)
         base = cost.base.as_dict()
@@ -524,11 +525,9 @@ class Pipeline:
         """The run's `spaces.reconstruct.Reconstructor` (one, so the full model's outputs are computed once), on
         `--reconstruct` training inputs (the finalists' training batches, else the calibration batches); None when
         off or when the space is a submodule's."""
-        from spaces.reconstruct import Reconstructor, default_inputs
+        from spaces.reconstruct import Reconstructor
 
-        n = self.config.reconstruct
-        if n is None:
-            n = default_inputs(self.inputs.example)
+        n = self._reconstruct_inputs()
         if not n:
             return None
         if prunable.outside is not None:
@@ -552,29 +551,28 @@ class Pipeline:
                         break
             else:
                 inputs = [x.to(self.device) for x in self.inputs.calibration]
-            self._reconstructor = Reconstructor(prunable, _fewer_batches(inputs))
+            self._reconstructor = Reconstructor(prunable, inputs)
             log.info("reconstruction: finalists are refit to the full model's outputs on %d training inputs",
                      sum(len(x) for x in inputs))
         return self._reconstructor
 
+    def _reconstruct_inputs(self) -> int:
+        """How many training inputs `--reconstruct` refits on (0: off); more than `spaces.reconstruct.MAX_POSITIONS`
+        input positions in all (they run as one batch) is a UserError."""
+        from spaces.reconstruct import MAX_POSITIONS, default_inputs, positions
+
+        n = self.config.reconstruct
+        if n is None:
+            return default_inputs(self.inputs.example)
+        each = positions(self.inputs.example)
+        if n * each > MAX_POSITIONS:
+            raise UserError(f"--reconstruct {n}: reconstruction runs its inputs as one batch, and {n} inputs of "
+                            f"{each} positions each are over its {MAX_POSITIONS} positions; use at most "
+                            f"{max(1, MAX_POSITIONS // each)}, or 0 to turn it off")
+        return n
+
     @property
     def reconstructor_inputs(self) -> list:
         return self._reconstructor.inputs if self._reconstructor else []
-
-def _fewer_batches(inputs: list[torch.Tensor], positions: int = 2 ** 19) -> list[torch.Tensor]:
-    """`inputs` joined into batches of at most `positions` input values each (a batch already larger stays as it
-    is): every refit layer runs the subnet's prefix once per batch, so on small inputs the forwards' fixed cost, not
-    their FLOPs, dominates."""
-    joined: list[torch.Tensor] = []
-    group: list[torch.Tensor] = []
-    for x in inputs:
-        if group and sum(len(g) for g in group) * max(x[0].numel(), 1) + x.numel() > positions:
-            joined.append(torch.cat(group))
-            group = []
-        group.append(x)
-    if group:
-        joined.append(torch.cat(group) if len(group) > 1 else group[0])
-    return joined
-
 
 __all__ = ["Inputs", "Pipeline", "PruneResult"]

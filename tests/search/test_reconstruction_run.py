@@ -85,5 +85,15 @@ def test_export_weights_refit_needs_reconstruction(tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
 
 
+def test_more_reconstruction_inputs_than_one_batch_holds_is_refused(tmp_path, capsys):
+    from spaces.reconstruct import MAX_POSITIONS
+
+    too_many = MAX_POSITIONS // 64 + 1  # digits are 8 x 8
+    assert run_module.main([*FAST, "--reconstruct", str(too_many), "--out", str(tmp_path / "big")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--reconstruct {too_many}" in err and "at most 131072" in err
+    assert "Traceback" not in err and not (tmp_path / "big").exists()
+
+
 def test_reconstruction_may_change_on_resume():
     assert "reconstruct" in RESUMABLE

@@ -87,7 +87,7 @@ def test_a_refit_that_matches_worse_is_undone(monkeypatch):
     candidate = _narrow(prunable, 0.5)
     reconstructor = Reconstructor(prunable, _inputs(tuple(x.shape[1:]), batches=2, size=16))
 
-    def spoil(module, name, layer, full_layer, out_index):
+    def spoil(layer, x, target, out_index):
         layer.weight.mul_(-3.0)
     monkeypatch.setattr(reconstructor, "_refit", spoil)
     subnet = materialize(prunable, candidate)
@@ -163,11 +163,27 @@ def test_default_inputs_bound_the_positions():
     assert default_inputs(torch.zeros(2, 20)) == 1024
 
 
-def test_reconstruction_inputs_are_joined_into_few_batches():
-    from search.engine.pipeline import _fewer_batches
+def test_batches_are_joined_into_one():
+    """The inputs run as one batch (one forward refits every layer): split or joined, the refit is the same."""
+    prunable, x, _ = derived("resnet20")
+    candidate = _narrow(prunable, 0.5)
+    split = _inputs(tuple(x.shape[1:]), batches=3, size=8)
+    results = []
+    for inputs in (split, [torch.cat(split)]):
+        subnet = materialize(prunable, candidate)
+        report = Reconstructor(prunable, inputs)(subnet, candidate)
+        results.append((report.error_after, subnet.state_dict()))
+    assert results[0][0] == results[1][0]
+    for key, value in results[0][1].items():
+        assert torch.equal(value, results[1][1][key]), key
 
-    small = [torch.zeros(64, 1, 8, 8) for _ in range(16)]  # 1024 digits: one batch of 1024
-    assert [len(x) for x in _fewer_batches(small)] == [1024]
-    large = [torch.zeros(8, 3, 224, 224) for _ in range(4)]  # each batch over 2^19 values already: kept apart
-    assert [len(x) for x in _fewer_batches(large)] == [8, 8, 8, 8]
-    assert torch.equal(torch.cat(_fewer_batches(small)), torch.cat(small))
+
+def test_rows_are_subsampled_alike_for_features_and_targets():
+    """With fewer rows kept than positions, a layer's features and the full model's targets are the same positions:
+    a subnet equal to the full model is still fit exactly."""
+    prunable, x, _ = derived("resnet20")
+    full = prunable.space.full()
+    subnet = materialize(prunable, full)
+    report = Reconstructor(prunable, _inputs(tuple(x.shape[1:]), batches=1, size=8), max_rows=500,
+                           ridge=1e-9)(subnet, full)
+    assert report.error_after < 1e-8  # mismatched rows would fit noise: far from the full output
