@@ -40,6 +40,8 @@ from .slicing import slice_tensor
 MAX_ROWS = 32768
 #: full-model targets kept between calls (float32 bytes); beyond it, a layer's targets are computed again
 CACHE_BYTES = 512 * 2 ** 20
+#: the most values a layer's unfolded input holds at once (inputs are unfolded a few at a time beyond it)
+UNFOLD_ELEMENTS = 2 ** 26
 #: the default number of inputs, and the input positions (pixels) they may hold in all (see `default_inputs`)
 DEFAULT_INPUTS, DEFAULT_POSITIONS, FEWEST_INPUTS = 1024, 2 ** 20, 32
 #: the most input positions a caller may ask for: the inputs run as one batch (8 x the default: 256 224 x 224 images)
@@ -99,32 +101,43 @@ def _depthwise(layer: nn.Module) -> bool:
 
 
 def _pick(total: int, rows: int, device) -> torch.Tensor | None:
-    """Which `rows` of a layer's `total` positions (over the batch) are kept: all, or a seeded random subset (the
-    same for a layer's features and its targets, which have as many positions)."""
+    """Which `rows` of a layer's `total` positions (over the batch) are kept, in increasing order: all (None), or a
+    seeded random subset (the same for a layer's features and its targets, which have as many positions)."""
     if total <= rows:
         return None
-    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:rows].to(device)
+    return torch.randperm(total, generator=torch.Generator().manual_seed(0))[:rows].sort().values.to(device)
 
 
 def _columns(layer: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
     """The layer's input as rows of features, at most `rows` of them: (positions, features); depthwise:
-    (positions, channels, k*k). A position is (input n, output pixel l), numbered n * L + l."""
+    (positions, channels, k*k). A position is (input n, output pixel l), numbered n * L + l. Inputs are unfolded a
+    few at a time (at most `UNFOLD_ELEMENTS` values), so memory stays bounded on large images."""
     if isinstance(layer, nn.Linear):
         flat = x.reshape(-1, x.shape[-1])
         keep = _pick(len(flat), rows, x.device)
         return flat if keep is None else flat.index_select(0, keep)
-    cols = F.unfold(x, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # N, C*k*k, L
-    n, ck, length = cols.shape
+
+    def unfold(part):
+        return F.unfold(part, layer.kernel_size, layer.dilation, layer.padding, layer.stride)  # n, C*k*k, L
+
+    n = x.shape[0]
+    ck, length = unfold(x[:1]).shape[1:]
     keep = _pick(n * length, rows, x.device)
+    if keep is None:
+        cols = unfold(x).transpose(1, 2).reshape(n * length, ck)
+    else:
+        sample, position = keep // length, keep % length
+        step = max(1, UNFOLD_ELEMENTS // (ck * length))
+        parts = []
+        for start in range(0, n, step):
+            inside = (sample >= start) & (sample < start + step)
+            if inside.any():
+                parts.append(unfold(x[start:start + step])[sample[inside] - start, :, position[inside]])
+        cols = torch.cat(parts)
     if _depthwise(layer):
         c = layer.in_channels
-        cols = cols.view(n, c, ck // c, length)
-        if keep is not None:
-            return cols[keep // length, :, :, keep % length]
-        return cols.permute(0, 3, 1, 2).reshape(n * length, c, ck // c)
-    if keep is not None:
-        return cols[keep // length, :, keep % length]
-    return cols.transpose(1, 2).reshape(n * length, ck)
+        return cols.view(len(cols), c, ck // c)
+    return cols
 
 
 def _rows(y: torch.Tensor, rows: int) -> torch.Tensor:
@@ -297,33 +310,41 @@ class Reconstructor:
 
     def _refit(self, layer: nn.Module, x: torch.Tensor, target: torch.Tensor, out_index: torch.Tensor) -> None:
         """Set `layer`'s weights (and bias) to the ridge solution mapping its input `x` to `target`'s kept rows."""
-        depthwise = _depthwise(layer)
-        cols = _columns(layer, x, self.max_rows)
+        cols = _columns(layer, x, self.max_rows).double()
         y = target.index_select(1, out_index.to(target.device)).double()
-        cols = cols.double()
-        if depthwise:  # one small problem per channel: (channels, k*k, k*k)
+        weight = layer.weight
+        w0 = weight.reshape(weight.shape[0], -1).double()
+        if _depthwise(layer):  # one small problem per channel: (channels, k*k, k*k)
             if layer.bias is not None:
                 y = y - layer.bias.double()
             gram, cross = torch.einsum("rck,rcj->ckj", cols, cols), torch.einsum("rck,rc->ck", cols, y)
-        else:
-            if layer.bias is not None:
-                cols = torch.cat([cols, cols.new_ones(len(cols), 1)], 1)
-            gram, cross = cols.T @ cols, cols.T @ y
-        weight = layer.weight
-        if depthwise:
-            w0 = weight.reshape(weight.shape[0], -1).double()
             lam = self.ridge * torch.diagonal(gram, dim1=1, dim2=2).mean(1).clamp_min(1e-12)
             eye = torch.eye(gram.shape[1], dtype=gram.dtype, device=gram.device)
             solved = torch.linalg.solve(gram + lam.view(-1, 1, 1) * eye, (cross + lam.view(-1, 1) * w0).unsqueeze(-1))
             weight.copy_(solved.squeeze(-1).reshape(weight.shape).to(weight.dtype))
             return
-        w0 = weight.reshape(weight.shape[0], -1).double()
         if layer.bias is not None:
+            cols = torch.cat([cols, cols.new_ones(len(cols), 1)], 1)
             w0 = torch.cat([w0, layer.bias.double().view(-1, 1)], 1)
-        lam = self.ridge * torch.diagonal(gram).mean().clamp_min(1e-12)
-        eye = torch.eye(gram.shape[0], dtype=gram.dtype, device=gram.device)
-        solved = torch.linalg.solve(gram + lam * eye, cross + lam * w0.T).T
+        solved = ridge_solve(cols, y, w0, self.ridge)
         if layer.bias is not None:
             layer.bias.copy_(solved[:, -1].to(layer.bias.dtype))
             solved = solved[:, :-1]
         weight.copy_(solved.reshape(weight.shape).to(weight.dtype))
+
+
+def ridge_solve(cols: torch.Tensor, y: torch.Tensor, w0: torch.Tensor, ridge: float, *,
+                dual: bool | None = None) -> torch.Tensor:
+    """argmin_W ||cols W^T - y||^2 + lam ||W - W0||^2 with lam = ridge * mean(diag(cols^T cols)); W is (outputs,
+    features) like `w0`. Fewer rows than features (a wide Linear on few inputs) is solved in the dual,
+    W = W0 + ((cols cols^T + lam I)^-1 (y - cols W0^T))^T cols, a rows x rows system instead of features x
+    features (the same solution; `dual` forces either form)."""
+    rows, features = cols.shape
+    lam = (ridge * cols.pow(2).sum() / features).clamp_min(1e-12)
+    if dual if dual is not None else rows < features:
+        kernel = cols @ cols.T
+        kernel.diagonal().add_(lam)
+        return w0 + torch.linalg.solve(kernel, y - cols @ w0.T).T @ cols
+    gram = cols.T @ cols
+    gram.diagonal().add_(lam)
+    return torch.linalg.solve(gram, cols.T @ y + lam * w0.T).T

@@ -187,3 +187,35 @@ def test_rows_are_subsampled_alike_for_features_and_targets():
     report = Reconstructor(prunable, _inputs(tuple(x.shape[1:]), batches=1, size=8), max_rows=500,
                            ridge=1e-9)(subnet, full)
     assert report.error_after < 1e-8  # mismatched rows would fit noise: far from the full output
+
+
+def test_unfolding_a_few_inputs_at_a_time_gives_the_same_refit(monkeypatch):
+    """Large images are unfolded a few at a time (bounded memory): the rows, and so the refit, are the same."""
+    import spaces.reconstruct as reconstruct
+
+    prunable, x, _ = derived("mobilenetv2")  # depthwise and plain convolutions
+    candidate = _narrow(prunable, 0.5)
+    inputs = _inputs(tuple(x.shape[1:]), batches=1, size=6)
+    states = []
+    for elements in (reconstruct.UNFOLD_ELEMENTS, 1):  # 1: one input at a time
+        monkeypatch.setattr(reconstruct, "UNFOLD_ELEMENTS", elements)
+        subnet = materialize(prunable, candidate)
+        report = Reconstructor(prunable, inputs, max_rows=700)(subnet, candidate)
+        assert report.layers
+        states.append(subnet.state_dict())
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
+
+
+@pytest.mark.parametrize("rows", [20, 200])
+def test_the_dual_ridge_solve_is_the_primal_one(rows):
+    """Fewer rows than features is solved as a rows x rows system: the same weights as features x features."""
+    from spaces.reconstruct import ridge_solve
+
+    g = torch.Generator().manual_seed(0)
+    cols, y = torch.randn(rows, 60, generator=g, dtype=torch.float64), torch.randn(rows, 7, generator=g,
+                                                                                   dtype=torch.float64)
+    w0 = torch.randn(7, 60, generator=g, dtype=torch.float64)
+    primal, dual = (ridge_solve(cols, y, w0, 0.1, dual=d) for d in (False, True))
+    assert torch.allclose(primal, dual, atol=1e-9)
+    assert not torch.allclose(primal, w0, atol=1e-3)  # the data moved the weights
