@@ -9,7 +9,8 @@ outputs at the channels it keeps:
 
     W = argmin ||X W - Y||^2 + lam ||W - W0||^2,  lam = ridge * mean(diag(X^T X))
 
-(ridge regression toward the weights materialize copied, W0; a bias, where the layer has one, is fit with it).
+(ridge regression toward the weights materialize copied, W0; a bias, where the layer has one, is fit with it;
+with fewer rows than features, a wide layer on few large inputs, it is solved in the dual: `ridge_solve`).
 This is the channel-pruning reconstruction of He et al. 2017 and ThiNet (Luo et al. 2017), applied after the
 architecture is chosen. Which output channels a layer keeps is read from the space's slicing rules
 (`spaces.slicing`), so it holds for residual streams, concatenations and grouped layouts alike. Layers it cannot
@@ -20,6 +21,7 @@ than before (on the same inputs) keeps its copied weights, so reconstruction nev
 The inputs are joined into one batch and the subnet runs once: a hook on each layer refits it from the input it is
 about to take, before it runs, so every later layer sees the refit ones' outputs (one forward for the whole subnet,
 not one prefix forward per layer). The full model's outputs at every layer come from one forward too, and are kept.
+At most `MAX_ROWS` positions per layer are used, the same for its features and its targets.
 
 BatchNorm statistics are not touched: the caller recalibrates them as usual.
 """
