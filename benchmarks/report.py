@@ -120,7 +120,7 @@ class Study:
         self.name, self.args, self.settings = name, args, settings
         config = SearchConfig(agent="random", budget=[args.plan[0].budget], model=name, data=args.data, seed=0,
                               device="cpu", pruningnet_epochs=args.pruningnet_epochs,
-                              baseline_epochs=args.baseline_epochs)
+                              baseline_epochs=args.baseline_epochs, reconstruct=args.reconstruct)
         pipeline = Pipeline(config, progress=False)
         self.base_model = copy.deepcopy(pipeline.load_inputs().model)  # the peers prune copies (derive reorders)
         self.setting = Setting.of(config, inputs=pipeline.inputs)
@@ -735,6 +735,9 @@ def main() -> None:
     parser.add_argument("--agents", default=AGENTS)
     parser.add_argument("--trials", type=int, default=100, help="per search, the same for every agent")
     parser.add_argument("--pruningnet-epochs", type=int, default=5)
+    parser.add_argument("--reconstruct", type=int, default=None,
+                        help="our searches' --reconstruct (default: search.run's); rows of another value are kept "
+                             "apart by their key and rendered only with the same value")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/prunesearch-report-subnets"),
                         help="subnets before the common fine-tune, kept between runs")
     parser.add_argument("--fidelity-candidates", type=int, default=0, help="> 0: measure the fidelity section")
@@ -759,7 +762,8 @@ def main() -> None:
     defaults = SearchConfig()
     test = load_test(args.data)
     test_images = len(test)
-    reconstruct = default_inputs(test[0][0].unsqueeze(0)) if defaults.reconstruct is None else defaults.reconstruct
+    reconstruct = args.reconstruct if args.reconstruct is not None else \
+        default_inputs(test[0][0].unsqueeze(0)) if defaults.reconstruct is None else defaults.reconstruct
     settings = Settings(args.data, test_images, args.trials, defaults.finalists, defaults.finalist_steps,
                         args.pruningnet_epochs, args.baseline_epochs, defaults.finalist_rank, not defaults.no_one_shot,
                         defaults.block_encoding, reconstruct, defaults.exported_weights)
