@@ -179,9 +179,6 @@ class Reconstructor:
         self._full_output: object = None
 
     # ------------------------------------------------------------------ the full model's outputs
-    def _target_rows(self, layer: nn.Module, y: torch.Tensor) -> torch.Tensor:
-        return _rows(y, self.max_rows).float()
-
     def _fill(self) -> None:
         """One forward of the full model keeps every layer's output rows, in the order they run, up to
         `CACHE_BYTES` (a layer run twice keeps its first call's)."""
@@ -189,11 +186,11 @@ class Reconstructor:
         cached = 0
 
         def keep(name):
-            def hook(layer, _args, out):
+            def hook(_layer, _args, out):
                 nonlocal cached
                 if name in self._targets or not isinstance(out, torch.Tensor):
                     return
-                rows = self._target_rows(layer, out)
+                rows = _rows(out, self.max_rows).float()
                 if cached + rows.numel() * 4 <= CACHE_BYTES:
                     self._targets[name] = rows
                     cached += rows.numel() * 4
@@ -227,7 +224,7 @@ class Reconstructor:
             handle.remove()
         if not got:
             raise LookupError(f"the full model's {name} did not run")
-        return self._target_rows(layer, got[0])
+        return _rows(got[0], self.max_rows).float()
 
     # ------------------------------------------------------------------ refitting
     def _order(self, module: nn.Module) -> tuple[list[str], set[str]]:
