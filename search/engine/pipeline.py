@@ -538,11 +538,12 @@ class Pipeline:
         if not self._reconstructor or self._reconstructor.prunable is not prunable:
             import itertools
 
-            from search.selection.finalists import finalist_batches
+            from search.selection.finalists import finalist_batches, samples_per_pass
 
             batches = finalist_batches(self)[0] if self.inputs.data is not None or self.inputs.train is not None \
                 else None
-            if batches is not None:
+            if batches is not None:  # at most one pass: a repeated input adds cost and no information
+                n = min(n, samples_per_pass(batches if self.inputs.data is not None else self.inputs.train) or n)
                 inputs, seen = [], 0
                 for x, _ in itertools.islice(batches(self.config.seed), 10 ** 6):
                     inputs.append(x[:n - seen].to(self.device))

@@ -137,6 +137,24 @@ class ShuffledBatches:
                             generator=torch.Generator().manual_seed(seed))
         return loader_batches(loader)(seed)
 
+    @property
+    def per_pass(self) -> int:
+        """Samples one pass yields: its last partial batch is dropped when there is more than one batch."""
+        n = len(self.dataset)
+        return n // self.batch_size * self.batch_size if n > self.batch_size else n
+
+
+def samples_per_pass(source: Any) -> int | None:
+    """How many distinct samples one pass of `source` yields (a `ShuffledBatches`, or a loader with a sized
+    `dataset` and a `batch_size`, as `torch.utils.data.DataLoader`); None when it cannot tell."""
+    if isinstance(source, ShuffledBatches):
+        return source.per_pass
+    try:
+        n, size = len(source.dataset), source.batch_size
+    except (AttributeError, TypeError):
+        return None
+    return n // size * size if getattr(source, "drop_last", False) and size else n
+
 
 def distilled_batches(inputs: Sequence[torch.Tensor], teacher: nn.Module) -> Batches:
     """Endless (x, teacher's argmax) batches over `inputs` in a seeded order: with `Distillation(alpha=1)` the

@@ -68,6 +68,33 @@ def test_by_default_1024_digits_are_used_and_without_finalists_the_export_is_ref
     assert best["selected_by"] == "search score"
 
 
+def test_more_inputs_than_the_fit_split_holds_are_one_pass_of_it(tmp_path):
+    """--reconstruct above the training data refits on each fit image once (no repeated epochs)."""
+    from search.models.zoo import load_data
+
+    assert run_module.main([*FAST, "--reconstruct", "8000", "--finalists", "0", "--out", str(tmp_path / "all")]) == 0
+    fit = len(load_data("digits").fit)
+    assert _best(tmp_path / "all")["reconstruction"]["inputs"] == fit // 32 * 32  # --batch-size 32, last one dropped
+
+
+def test_samples_per_pass():
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from search.selection.finalists import ShuffledBatches, samples_per_pass
+
+    data = TensorDataset(torch.zeros(70, 2), torch.zeros(70))
+    assert samples_per_pass(ShuffledBatches(data, 32)) == 64 == sum(len(x) for x, _ in
+                                                                    _one_pass(ShuffledBatches(data, 32)(0), 2))
+    assert samples_per_pass(ShuffledBatches(data, 100)) == 70
+    assert samples_per_pass(DataLoader(data, batch_size=32)) == 70
+    assert samples_per_pass(DataLoader(data, batch_size=32, drop_last=True)) == 64
+    assert samples_per_pass([(torch.zeros(4, 2), torch.zeros(4))]) is None  # a plain list of batches: unknown
+
+
+def _one_pass(batches, count):
+    return [next(batches) for _ in range(count)]
+
+
 def test_reconstruct_0_keeps_the_copied_weights(tmp_path):
     assert run_module.main([*FAST, "--reconstruct", "0", "--out", str(tmp_path / "off")]) == 0
     best = _best(tmp_path / "off")
