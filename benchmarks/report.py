@@ -38,11 +38,12 @@ import importlib.metadata
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -109,8 +110,13 @@ class Subnet:
     record: dict  # flops, params, held_out, test_before, search_s, train_s, steps, steps_spent, evaluations, note
 
 
-def log(text: str) -> None:
-    print(text, flush=True)
+def log(text: str, file=None) -> None:
+    print(text, flush=True, file=file)
+
+
+def same_base(a: dict, b: dict) -> bool:
+    """Whether two base records are the same baseline model (its costs and scores)."""
+    return all(round(a[k], 6) == round(b[k], 6) for k in ("flops", "params", "held_out", "test"))
 
 
 class Study:
@@ -266,7 +272,15 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                     if model not in studies:
                         log(f"{model}: baseline and scorer")
                         studies[model] = Study(model, args, settings)
-                        bases[f"{settings.text()}|{model}"] = studies[model].base_record
+                        base_key, record = f"{settings.text()}|{model}", studies[model].base_record
+                        if base_key in bases and not same_base(bases[base_key], record):
+                            log(f"report.py: {model}'s cached baseline (held-out {record['held_out']:.4f}, test "
+                                f"{record['test']:.4f}) is not the one its rows of these settings were measured on "
+                                f"(held-out {bases[base_key]['held_out']:.4f}, test {bases[base_key]['test']:.4f}); "
+                                "restore that baseline (PRUNESEARCH_CACHE), or measure into another --out",
+                                file=sys.stderr)
+                            sys.exit(2)
+                        bases[base_key] = record
                         bases_path.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write(bases_path, json.dumps(bases, indent=1))
                     study = studies[model]
@@ -653,7 +667,49 @@ def finalists_text(settings: Settings, lr: float) -> str:
             "subnet." + refit)
 
 
-def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Settings, out: Path) -> None:
+def other_refit_inputs(rows: dict[str, Row], settings: Settings, models: list[str]) -> dict[int, list[Row]]:
+    """Rows measured with another `--reconstruct` than `settings` and otherwise the same settings, by that value
+    (0: no refit), for the comparison section; rows of other settings are not among them."""
+    found: dict[int, list[Row]] = {}
+    for row in rows.values():
+        match = re.search(r"\|recon=(\d+)", row.key)
+        value = int(match.group(1)) if match else 0
+        if value == settings.reconstruct or row.model not in models:
+            continue
+        if row.key == key(replace(settings, reconstruct=value), row.model, row.budget, row.method, row.seed,
+                          row.finetune_epochs):
+            found.setdefault(value, []).append(row)
+    return dict(sorted(found.items()))
+
+
+def refit_inputs_section(others: dict[int, list[Row]], settings: Settings, bases: dict) -> list[str]:
+    """The headline and agents tables again for each other `--reconstruct` measured: what the refit's inputs
+    change, at the settings measured with them (and whether on the same cached baseline)."""
+    if not others:
+        return []
+    lines = ["## Other refit inputs (`--reconstruct`)", "",
+             f"The tables above are measured with search.run's default, `--reconstruct {settings.reconstruct}`. The same "
+             "report's rows measured with another value (every other setting the same; the peers are the same "
+             "methods, measured again), where there are any. Rows on another cached baseline than the tables "
+             "above compare only among themselves.", ""]
+    for value, rows in others.items():
+        lines += [f"### `--reconstruct {value}`" + (" (no refit)" if not value else ""), ""]
+        for model in dict.fromkeys(r.model for r in rows):
+            base = bases.get(f"{replace(settings, reconstruct=value).text()}|{model}")
+            ours = bases.get(f"{settings.text()}|{model}")
+            if base is not None:
+                same = ours is not None and same_base(base, ours)
+                lines.append(f"- {model}: base test {base['test']:.4f}, "
+                             + ("the same baseline as above" if same else "**another cached baseline** than above"))
+        lines += ["", *headline(rows), ""]
+        against_random = agents_table(rows)
+        if against_random:
+            lines += ["Learned agents minus random:", "", *against_random, ""]
+    return lines
+
+
+def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Settings, out: Path,
+           others: dict[int, list[Row]] | None = None) -> None:
     previous = sections(out)
     plots = out.parent / "benchmarks"
     plots.mkdir(parents=True, exist_ok=True)
@@ -707,6 +763,7 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
             here = [r for r in mine if (r.budget, r.finetune_epochs) == (budget, epochs)]
             lines += [f"### {budget}, {epochs}-epoch common fine-tune", "", *setting_table(here), ""]
         lines += [f"![{model}]({figure.relative_to(out.parent)})", ""]
+    lines += refit_inputs_section(others or {}, settings, bases)
     fresh = {title for title, _ in args.new_sections}
     for title in CARRIED:
         if title in previous and title not in fresh:
@@ -787,7 +844,7 @@ def main() -> None:
             args.new_sections.append(("Speed", speed_section(args)))
     mine = [r for r in rows.values() if r.model in args.models  # this key exactly: not a longer key that extends it
             and r.key == key(settings, r.model, r.budget, r.method, r.seed, r.finetune_epochs)]
-    render(args, mine, bases, settings, args.out)
+    render(args, mine, bases, settings, args.out, other_refit_inputs(rows, settings, args.models))
     if args.out.resolve() == (ROOT / "docs" / "benchmarks.md").resolve() and sync_readme(args.out):
         log("README.md: headline updated")
 

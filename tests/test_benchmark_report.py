@@ -1,4 +1,4 @@
-"""The fair report's paired bootstrap interval (benchmarks/paired_bootstrap.py)."""
+"""The fair report: its paired bootstrap interval (benchmarks/paired_bootstrap.py), row keys and tables."""
 from __future__ import annotations
 
 import math
@@ -55,3 +55,36 @@ def test_agents_against_random_are_paired_by_seed():
     assert table[0] == "| model | budget | FT epochs | tpe | abc |"
     assert table[2] == "| resnet20 | 0.1flops | 1 | +0.0100 [+0.0100, +0.0100] | -0.0100 [-0.0100, -0.0100] |"
     assert agents_table([r for r in rows if not r.method.startswith("random")]) == []
+
+
+def _keyed(settings, method: str, seed: int, test_after: float):
+    from benchmarks.report_rows import Row, key
+
+    return Row(key(settings, "resnet20", "0.1flops", method, seed, 1), "resnet20", "0.1flops", method, seed, 1, 0.1,
+               0.1, 0.5, 0.5, test_after, 1.0, 0.0, 0, 0, 10, 1.0)
+
+
+def test_rows_of_other_refit_inputs_are_found_by_value_and_other_settings_are_not():
+    from dataclasses import replace
+
+    from benchmarks.report import other_refit_inputs
+    from benchmarks.report_rows import Settings
+
+    default = Settings("hard", 10080, 100, 10, 0, 5, 10, "tce", True, "flags", 1024)
+    rows = [_keyed(default, "tpe + finalists", 0, 0.9),
+            _keyed(replace(default, reconstruct=4096), "tpe + finalists", 0, 0.91),
+            _keyed(replace(default, reconstruct=0), "tpe + finalists", 0, 0.88),
+            _keyed(replace(default, reconstruct=4096, trials=50), "tpe + finalists", 0, 0.87),      # other trials
+            _keyed(replace(default, export_weights="base"), "tpe + finalists", 0, 0.86)]            # other export
+    found = other_refit_inputs({r.key: r for r in rows}, default, ["resnet20"])
+    assert list(found) == [0, 4096]
+    assert [r.test_after for r in found[0]] == [0.88] and [r.test_after for r in found[4096]] == [0.91]
+    assert other_refit_inputs({r.key: r for r in rows}, default, ["mobilenetv2"]) == {}
+
+
+def test_a_changed_baseline_is_not_the_same_base():
+    from benchmarks.report import same_base
+
+    base = {"flops": 5065984, "params": 272186, "held_out": 0.888671875, "test": 0.9091269841269841}
+    assert same_base(base, dict(base)) and same_base(base, {**base, "test": 0.9091269841269842})
+    assert not same_base(base, {**base, "test": 0.9122})
