@@ -126,7 +126,8 @@ class Study:
         self.name, self.args, self.settings = name, args, settings
         config = SearchConfig(agent="random", budget=[args.plan[0].budget], model=name, data=args.data, seed=0,
                               device="cpu", pruningnet_epochs=args.pruningnet_epochs,
-                              baseline_epochs=args.baseline_epochs, reconstruct=args.reconstruct)
+                              baseline_epochs=args.baseline_epochs, reconstruct=args.reconstruct,
+                              export_weights=args.export_weights)
         pipeline = Pipeline(config, progress=False)
         self.base_model = copy.deepcopy(pipeline.load_inputs().model)  # the peers prune copies (derive reorders)
         self.setting = Setting.of(config, inputs=pipeline.inputs)
@@ -795,6 +796,9 @@ def main() -> None:
     parser.add_argument("--reconstruct", type=int, default=None,
                         help="our searches' --reconstruct (default: search.run's); rows of another value are kept "
                              "apart by their key and rendered only with the same value")
+    parser.add_argument("--export-weights", choices=("base", "refit"), default=None,
+                        help="what our searches export with reconstruction on (default: search.run's); rows of "
+                             "another value are kept apart by their key")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/prunesearch-report-subnets"),
                         help="subnets before the common fine-tune, kept between runs")
     parser.add_argument("--fidelity-candidates", type=int, default=0, help="> 0: measure the fidelity section")
@@ -816,7 +820,7 @@ def main() -> None:
             args.out = Path("/tmp/prunesearch-report-quick/benchmarks.md")
     args.models, args.agents = args.models.split(","), args.agents.split(",")
     args.plan = [Step.parse(text) for text in args.plan]
-    defaults = SearchConfig()
+    defaults = SearchConfig(export_weights=args.export_weights)
     test = load_test(args.data)
     test_images = len(test)
     reconstruct = args.reconstruct if args.reconstruct is not None else \
