@@ -668,35 +668,45 @@ def finalists_text(settings: Settings, lr: float) -> str:
             "subnet." + refit)
 
 
-def other_refit_inputs(rows: dict[str, Row], settings: Settings, models: list[str]) -> dict[int, list[Row]]:
-    """Rows measured with another `--reconstruct` than `settings` and otherwise the same settings, by that value
-    (0: no refit), for the comparison section; rows of other settings are not among them."""
-    found: dict[int, list[Row]] = {}
+def other_refit_inputs(rows: dict[str, Row], settings: Settings,
+                       models: list[str]) -> dict[tuple[int, str], list[Row]]:
+    """Rows measured with another `--reconstruct` or `--export-weights` than `settings` and otherwise the same
+    settings, by (reconstruct, export weights) (0: no refit), for the comparison section; rows of other settings are
+    not among them."""
+    found: dict[tuple[int, str], list[Row]] = {}
     for row in rows.values():
-        match = re.search(r"\|recon=(\d+)", row.key)
-        value = int(match.group(1)) if match else 0
-        if value == settings.reconstruct or row.model not in models:
+        value = re.search(r"\|recon=(\d+)", row.key)
+        export = re.search(r"\|export=(\w+)", row.key)
+        variant = (int(value.group(1)) if value else 0, export.group(1) if export else "refit")
+        if variant == (settings.reconstruct, settings.export_weights) or row.model not in models:
             continue
-        if row.key == key(replace(settings, reconstruct=value), row.model, row.budget, row.method, row.seed,
-                          row.finetune_epochs):
-            found.setdefault(value, []).append(row)
+        if row.key == key(replace(settings, reconstruct=variant[0], export_weights=variant[1]), row.model, row.budget,
+                          row.method, row.seed, row.finetune_epochs):
+            found.setdefault(variant, []).append(row)
     return dict(sorted(found.items()))
 
 
-def refit_inputs_section(others: dict[int, list[Row]], settings: Settings, bases: dict) -> list[str]:
-    """The headline and agents tables again for each other `--reconstruct` measured: what the refit's inputs
-    change, at the settings measured with them (and whether on the same cached baseline)."""
+def variant_name(reconstruct: int, export_weights: str) -> str:
+    """How the options read that give these refit settings."""
+    if not reconstruct:
+        return "`--reconstruct 0` (no refit)"
+    return f"`--reconstruct {reconstruct}`" + ("" if export_weights == "refit" else f" `--export-weights {export_weights}`")
+
+
+def refit_inputs_section(others: dict[tuple[int, str], list[Row]], settings: Settings, bases: dict) -> list[str]:
+    """The headline and agents tables again for each other refit setting measured: what the refit's inputs and the
+    exported weights change, at the settings measured with them (and whether on the same cached baseline)."""
     if not others:
         return []
-    lines = ["## Other refit inputs (`--reconstruct`)", "",
-             f"The tables above are measured with search.run's default, `--reconstruct {settings.reconstruct}`. The same "
-             "report's rows measured with another value (every other setting the same; the peers are the same "
-             "methods, measured again), where there are any. Rows on another cached baseline than the tables "
-             "above compare only among themselves.", ""]
-    for value, rows in others.items():
-        lines += [f"### `--reconstruct {value}`" + (" (no refit)" if not value else ""), ""]
+    lines = ["## Other refit settings (`--reconstruct`, `--export-weights`)", "",
+             f"The tables above are measured with search.run's defaults, "
+             f"{variant_name(settings.reconstruct, settings.export_weights)}. The same report's rows measured with "
+             "other values (every other setting the same; the peers are the same methods, measured again), where "
+             "there are any. Rows on another cached baseline than the tables above compare only among themselves.", ""]
+    for (value, export), rows in others.items():
+        lines += [f"### {variant_name(value, export)}", ""]
         for model in dict.fromkeys(r.model for r in rows):
-            base = bases.get(f"{replace(settings, reconstruct=value).text()}|{model}")
+            base = bases.get(f"{replace(settings, reconstruct=value, export_weights=export).text()}|{model}")
             ours = bases.get(f"{settings.text()}|{model}")
             if base is not None:
                 same = ours is not None and same_base(base, ours)
@@ -710,7 +720,7 @@ def refit_inputs_section(others: dict[int, list[Row]], settings: Settings, bases
 
 
 def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Settings, out: Path,
-           others: dict[int, list[Row]] | None = None) -> None:
+           others: dict[tuple[int, str], list[Row]] | None = None) -> None:
     previous = sections(out)
     plots = out.parent / "benchmarks"
     plots.mkdir(parents=True, exist_ok=True)
