@@ -690,7 +690,8 @@ def variant_name(reconstruct: int, export_weights: str) -> str:
     """How the options read that give these refit settings."""
     if not reconstruct:
         return "`--reconstruct 0` (no refit)"
-    return f"`--reconstruct {reconstruct}`" + ("" if export_weights == "refit" else f" `--export-weights {export_weights}`")
+    exported = "" if export_weights == "refit" else f" `--export-weights {export_weights}`"
+    return f"`--reconstruct {reconstruct}`{exported}"
 
 
 def refit_inputs_section(others: dict[tuple[int, str], list[Row]], settings: Settings, bases: dict) -> list[str]:
