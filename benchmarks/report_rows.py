@@ -31,8 +31,8 @@ class Settings:
     one_shot: bool = False           # the one-shot candidates (global magnitude, uniform) among the finalists
     block_encoding: str = "flags"    # `--block-encoding`
     reconstruct: int = 0             # `--reconstruct`: training inputs the finalists are refit on (0: off)
-    export_weights: str = "refit"    # `--export-weights`: what the rows with reconstruction exported (the first
-    #   measured exported the refit copies; search.run's default is now the copied weights, "base")
+    export_weights: str = "refit"    # `--export-weights`: what the rows with reconstruction exported (search.run's
+    #   default, the refit copy, leaves the key as it was; "base", the copied weights, is keyed apart)
 
     def text(self) -> str:
         # what older rows were measured with (ce+proxy, no one-shot candidates, flags) leaves their keys as they were
