@@ -110,6 +110,11 @@ class Subnet:
     record: dict  # flops, params, held_out, test_before, search_s, train_s, steps, steps_spent, evaluations, note
 
 
+def grid_ratios(grid: int) -> str:
+    """`--width-ratios` for the grid k / `grid`, k = 1 .. `grid` (10: search.run's default)."""
+    return ",".join(f"{k / grid:g}" for k in range(1, grid + 1))
+
+
 def log(text: str, file=None) -> None:
     print(text, flush=True, file=file)
 
@@ -127,7 +132,7 @@ class Study:
         config = SearchConfig(agent="random", budget=[args.plan[0].budget], model=name, data=args.data, seed=0,
                               device="cpu", pruningnet_epochs=args.pruningnet_epochs,
                               baseline_epochs=args.baseline_epochs, reconstruct=args.reconstruct,
-                              export_weights=args.export_weights)
+                              export_weights=args.export_weights, width_ratios=grid_ratios(args.width_grid))
         pipeline = Pipeline(config, progress=False)
         self.base_model = copy.deepcopy(pipeline.load_inputs().model)  # the peers prune copies (derive reorders)
         self.setting = Setting.of(config, inputs=pipeline.inputs)
@@ -810,6 +815,9 @@ def main() -> None:
     parser.add_argument("--export-weights", choices=("base", "refit"), default=None,
                         help="what our searches export with reconstruction on (default: search.run's); rows of "
                              "another value are kept apart by their key")
+    parser.add_argument("--width-grid", type=int, default=10,
+                        help="our searches' width ratios k / N, k = 1 .. N (10: search.run's default "
+                             "--width-ratios); rows of another N are kept apart by their key")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/prunesearch-report-subnets"),
                         help="subnets before the common fine-tune, kept between runs")
     parser.add_argument("--fidelity-candidates", type=int, default=0, help="> 0: measure the fidelity section")
@@ -838,7 +846,7 @@ def main() -> None:
         default_inputs(test[0][0].unsqueeze(0)) if defaults.reconstruct is None else defaults.reconstruct
     settings = Settings(args.data, test_images, args.trials, defaults.finalists, defaults.finalist_steps,
                         args.pruningnet_epochs, args.baseline_epochs, defaults.finalist_rank, not defaults.no_one_shot,
-                        defaults.block_encoding, reconstruct, defaults.exported_weights)
+                        defaults.block_encoding, reconstruct, defaults.exported_weights, args.width_grid)
     rows_path, bases_path = args.out.parent / "benchmarks" / "rows.json", args.out.parent / "benchmarks" / "bases.json"
     rows, bases = load(rows_path), load_bases(bases_path)
     args.new_sections = []

@@ -3,7 +3,8 @@
 A run skips every row the file already holds under the same key, so the report can be built across
 several runs and regenerated from the file alone (`benchmarks/report.py --render-only`). The key names
 everything that changes a figure (data and its test size, model, budget, method, seed, common fine-tune
-epochs, trials, finalists and their ranking, one-shot candidates, block encoding, reconstruction, PruningNet epochs,
+epochs, trials, finalists and their ranking, one-shot candidates, block encoding, reconstruction, width grid,
+PruningNet epochs,
 baseline epochs), never the commit. Rows of another
 format (an older report's) are not read; `save` keeps them out of the file.
 """
@@ -33,6 +34,7 @@ class Settings:
     reconstruct: int = 0             # `--reconstruct`: training inputs the finalists are refit on (0: off)
     export_weights: str = "refit"    # `--export-weights`: what the rows with reconstruction exported (search.run's
     #   default, the refit copy, leaves the key as it was; "base", the copied weights, is keyed apart)
+    width_grid: int = 10             # the width ratios k / width_grid, k = 1 .. width_grid (10: search.run's default)
 
     def text(self) -> str:
         # what older rows were measured with (ce+proxy, no one-shot candidates, flags) leaves their keys as they were
@@ -42,7 +44,8 @@ class Settings:
                 + ("|one-shot" if self.one_shot else "")
                 + (f"|blocks={self.block_encoding}" if self.block_encoding != "flags" else "")
                 + (f"|recon={self.reconstruct}" if self.reconstruct else "")
-                + (f"|export={self.export_weights}" if self.reconstruct and self.export_weights != "refit" else ""))
+                + (f"|export={self.export_weights}" if self.reconstruct and self.export_weights != "refit" else "")
+                + (f"|grid={self.width_grid}" if self.width_grid != 10 else ""))
 
 
 def key(settings: Settings, model: str, budget: str, method: str, seed: int, finetune_epochs: int | None) -> str:
