@@ -673,46 +673,58 @@ def finalists_text(settings: Settings, lr: float) -> str:
             "subnet." + refit)
 
 
-def other_refit_inputs(rows: dict[str, Row], settings: Settings,
-                       models: list[str]) -> dict[tuple[int, str], list[Row]]:
-    """Rows measured with another `--reconstruct` or `--export-weights` than `settings` and otherwise the same
-    settings, by (reconstruct, export weights) (0: no refit), for the comparison section; rows of other settings are
-    not among them."""
-    found: dict[tuple[int, str], list[Row]] = {}
+Variant = tuple[int, str, int]  # (--reconstruct, --export-weights, --width-grid)
+
+
+def variant_of(settings: Settings) -> Variant:
+    return settings.reconstruct, settings.export_weights, settings.width_grid
+
+
+def with_variant(settings: Settings, variant: Variant) -> Settings:
+    return replace(settings, reconstruct=variant[0], export_weights=variant[1], width_grid=variant[2])
+
+
+def other_variants(rows: dict[str, Row], settings: Settings, models: list[str]) -> dict[Variant, list[Row]]:
+    """Rows measured with another `--reconstruct`, `--export-weights` or `--width-grid` than `settings` and
+    otherwise the same settings, by variant (reconstruct 0: no refit), for the comparison section; rows of other
+    settings are not among them."""
+    found: dict[Variant, list[Row]] = {}
     for row in rows.values():
-        value = re.search(r"\|recon=(\d+)", row.key)
-        export = re.search(r"\|export=(\w+)", row.key)
-        variant = (int(value.group(1)) if value else 0, export.group(1) if export else "refit")
-        if variant == (settings.reconstruct, settings.export_weights) or row.model not in models:
+        value, export, grid = (re.search(pattern, row.key) for pattern in
+                               (r"\|recon=(\d+)", r"\|export=(\w+)", r"\|grid=(\d+)"))
+        variant = (int(value.group(1)) if value else 0, export.group(1) if export else "refit",
+                   int(grid.group(1)) if grid else 10)
+        if variant == variant_of(settings) or row.model not in models:
             continue
-        if row.key == key(replace(settings, reconstruct=variant[0], export_weights=variant[1]), row.model, row.budget,
-                          row.method, row.seed, row.finetune_epochs):
+        if row.key == key(with_variant(settings, variant), row.model, row.budget, row.method, row.seed,
+                          row.finetune_epochs):
             found.setdefault(variant, []).append(row)
     return dict(sorted(found.items()))
 
 
-def variant_name(reconstruct: int, export_weights: str) -> str:
-    """How the options read that give these refit settings."""
-    if not reconstruct:
-        return "`--reconstruct 0` (no refit)"
-    exported = "" if export_weights == "refit" else f" `--export-weights {export_weights}`"
-    return f"`--reconstruct {reconstruct}`{exported}"
+def variant_name(variant: Variant) -> str:
+    """How the options read that give this variant."""
+    reconstruct, export_weights, grid = variant
+    name = f"`--reconstruct {reconstruct}`" if reconstruct else "`--reconstruct 0` (no refit)"
+    if reconstruct and export_weights != "refit":
+        name += f" `--export-weights {export_weights}`"
+    return name + (f", width ratios k/{grid} (`--width-grid {grid}`)" if grid != 10 else "")
 
 
-def refit_inputs_section(others: dict[tuple[int, str], list[Row]], settings: Settings, bases: dict) -> list[str]:
-    """The headline and agents tables again for each other refit setting measured: what the refit's inputs and the
-    exported weights change, at the settings measured with them (and whether on the same cached baseline)."""
+def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases: dict) -> list[str]:
+    """The headline and agents tables again for each other variant measured: what the refit's inputs, the exported
+    weights and the width grid change, at the settings measured with them (and whether on the same baseline)."""
     if not others:
         return []
-    lines = ["## Other refit settings (`--reconstruct`, `--export-weights`)", "",
-             f"The tables above are measured with search.run's defaults, "
-             f"{variant_name(settings.reconstruct, settings.export_weights)}. The same report's rows measured with "
-             "other values (every other setting the same; the peers are the same methods, measured again), where "
-             "there are any. Rows on another cached baseline than the tables above compare only among themselves.", ""]
-    for (value, export), rows in others.items():
-        lines += [f"### {variant_name(value, export)}", ""]
+    lines = ["## Other refit settings and width grids (`--reconstruct`, `--export-weights`, `--width-grid`)", "",
+             f"The tables above are measured with search.run's defaults, {variant_name(variant_of(settings))}, width "
+             "ratios k/10. The same report's rows measured with other values (every other setting the same; the "
+             "peers are the same methods, measured again), where there are any. Rows on another cached baseline "
+             "than the tables above compare only among themselves.", ""]
+    for variant, rows in others.items():
+        lines += [f"### {variant_name(variant)}", ""]
         for model in dict.fromkeys(r.model for r in rows):
-            base = bases.get(f"{replace(settings, reconstruct=value, export_weights=export).text()}|{model}")
+            base = bases.get(f"{with_variant(settings, variant).text()}|{model}")
             ours = bases.get(f"{settings.text()}|{model}")
             if base is not None:
                 same = ours is not None and same_base(base, ours)
@@ -726,7 +738,7 @@ def refit_inputs_section(others: dict[tuple[int, str], list[Row]], settings: Set
 
 
 def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Settings, out: Path,
-           others: dict[tuple[int, str], list[Row]] | None = None) -> None:
+           others: dict[Variant, list[Row]] | None = None) -> None:
     previous = sections(out)
     plots = out.parent / "benchmarks"
     plots.mkdir(parents=True, exist_ok=True)
@@ -780,7 +792,7 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
             here = [r for r in mine if (r.budget, r.finetune_epochs) == (budget, epochs)]
             lines += [f"### {budget}, {epochs}-epoch common fine-tune", "", *setting_table(here), ""]
         lines += [f"![{model}]({figure.relative_to(out.parent)})", ""]
-    lines += refit_inputs_section(others or {}, settings, bases)
+    lines += variants_section(others or {}, settings, bases)
     fresh = {title for title, _ in args.new_sections}
     for title in CARRIED:
         if title in previous and title not in fresh:
@@ -867,7 +879,7 @@ def main() -> None:
             args.new_sections.append(("Speed", speed_section(args)))
     mine = [r for r in rows.values() if r.model in args.models  # this key exactly: not a longer key that extends it
             and r.key == key(settings, r.model, r.budget, r.method, r.seed, r.finetune_epochs)]
-    render(args, mine, bases, settings, args.out, other_refit_inputs(rows, settings, args.models))
+    render(args, mine, bases, settings, args.out, other_variants(rows, settings, args.models))
     if args.out.resolve() == (ROOT / "docs" / "benchmarks.md").resolve() and sync_readme(args.out):
         log("README.md: headline updated")
 

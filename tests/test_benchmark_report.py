@@ -64,10 +64,10 @@ def _keyed(settings, method: str, seed: int, test_after: float):
                0.1, 0.5, 0.5, test_after, 1.0, 0.0, 0, 0, 10, 1.0)
 
 
-def test_rows_of_other_refit_settings_are_found_by_value_and_other_settings_are_not():
+def test_rows_of_other_variants_are_found_by_value_and_other_settings_are_not():
     from dataclasses import replace
 
-    from benchmarks.report import other_refit_inputs
+    from benchmarks.report import other_variants
     from benchmarks.report_rows import Settings
 
     default = Settings("hard", 10080, 100, 10, 0, 5, 10, "tce", True, "flags", 1024)
@@ -75,13 +75,15 @@ def test_rows_of_other_refit_settings_are_found_by_value_and_other_settings_are_
             _keyed(replace(default, reconstruct=4096), "tpe + finalists", 0, 0.91),
             _keyed(replace(default, reconstruct=0), "tpe + finalists", 0, 0.88),
             _keyed(replace(default, reconstruct=4096, trials=50), "tpe + finalists", 0, 0.87),      # other trials
-            _keyed(replace(default, export_weights="base"), "tpe + finalists", 0, 0.86)]
-    found = other_refit_inputs({r.key: r for r in rows}, default, ["resnet20"])
-    assert list(found) == [(0, "refit"), (1024, "base"), (4096, "refit")]
-    assert [r.test_after for r in found[(0, "refit")]] == [0.88]
-    assert [r.test_after for r in found[(1024, "base")]] == [0.86]
-    assert [r.test_after for r in found[(4096, "refit")]] == [0.91]
-    assert other_refit_inputs({r.key: r for r in rows}, default, ["mobilenetv2"]) == {}
+            _keyed(replace(default, export_weights="base"), "tpe + finalists", 0, 0.86),
+            _keyed(replace(default, width_grid=32), "tpe + finalists", 0, 0.85)]
+    found = other_variants({r.key: r for r in rows}, default, ["resnet20"])
+    assert list(found) == [(0, "refit", 10), (1024, "base", 10), (1024, "refit", 32), (4096, "refit", 10)]
+    assert [r.test_after for r in found[(0, "refit", 10)]] == [0.88]
+    assert [r.test_after for r in found[(1024, "base", 10)]] == [0.86]
+    assert [r.test_after for r in found[(1024, "refit", 32)]] == [0.85]
+    assert [r.test_after for r in found[(4096, "refit", 10)]] == [0.91]
+    assert other_variants({r.key: r for r in rows}, default, ["mobilenetv2"]) == {}
 
 
 def test_a_changed_baseline_is_not_the_same_base():
