@@ -717,8 +717,9 @@ def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases
     if not others:
         return []
     lines = ["## Other refit settings and width grids (`--reconstruct`, `--export-weights`, `--width-grid`)", "",
-             f"The tables above are measured with search.run's defaults, {variant_name(variant_of(settings))}, width "
-             "ratios k/10. The same report's rows measured with other values (every other setting the same; the "
+             f"The tables above are measured with {variant_name(variant_of(settings))}"
+             + (", width ratios k/10 (search.run's defaults)" if settings.width_grid == 10 else "")
+             + ". The same report's rows measured with other values (every other setting the same; the "
              "peers are the same methods, measured again), where there are any. Rows on another cached baseline "
              "than the tables above compare only among themselves.", ""]
     for variant, rows in others.items():
@@ -823,7 +824,7 @@ def main() -> None:
     parser.add_argument("--pruningnet-epochs", type=int, default=5)
     parser.add_argument("--reconstruct", type=int, default=None,
                         help="our searches' --reconstruct (default: search.run's); rows of another value are kept "
-                             "apart by their key and rendered only with the same value")
+                             "apart by their key and rendered in the section of other variants")
     parser.add_argument("--export-weights", choices=("base", "refit"), default=None,
                         help="what our searches export with reconstruction on (default: search.run's); rows of "
                              "another value are kept apart by their key")
@@ -840,6 +841,8 @@ def main() -> None:
     parser.add_argument("--sync-readme", action="store_true",
                         help="measure nothing: copy the headline of the existing --out report into README.md")
     args = parser.parse_args()
+    if args.width_grid < 1:
+        parser.error(f"--width-grid must be a positive number of ratios, got {args.width_grid}")
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     if args.sync_readme:
         log("README.md updated" if sync_readme(args.out) else "README.md has no benchmark-headline markers")
