@@ -11,7 +11,9 @@ recipe (`search.finetune.finetune_module`, seeded) from:
   what search.run exports by default);
 - refit rescaled (`--rescaled`): the refit, each convolution's output channel scaled back to the copied row's
   norm and the BatchNorm after it given the matching running statistics (the same function, up to eps): the
-  norm alone, without the refit's direction.
+  norm alone, without the refit's direction;
+- refit ridge=r (`--ridge 0.1,1,3`): the refit at other ridge strengths toward the copied weights (0.1: the
+  default of `spaces.reconstruct`), one start each.
 Printed first: per convolution followed by a BatchNorm, the median over channels of the refit row's norm over
 the copied row's. Behind BatchNorm, a larger norm is a smaller effective learning rate.
 """
@@ -67,6 +69,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--reconstruct", type=int, default=1024, help="training inputs of the refit")
     parser.add_argument("--rescaled", action="store_true", help="also the refit rescaled to the copied norms")
+    parser.add_argument("--ridge", default="0.1", help="the refit's ridge toward the copied weights "
+                        "(spaces.reconstruct); several, comma-separated, give one refit start each")
     parser.add_argument("--baseline-epochs", type=int, default=10)
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -75,14 +79,20 @@ def main() -> None:
                                     reconstruct=args.reconstruct, export_weights=None, width_grid=10)
     study = report.Study(args.model, study_args, None)
     pruned = tp_peer.prune_to_flops(study.base_model, study.example, "global", float(args.budget.removesuffix("flops")))
-    refit = copy.deepcopy(pruned.module)
-    tp_peer.refit(refit, study.base_model, study.setting.at(args.budget).reconstructor(study.prunable).inputs)
-    scaled, ratios = rescaled(refit, pruned.module)
+    inputs = study.setting.at(args.budget).reconstructor(study.prunable).inputs
+    ridges = [float(r) for r in args.ridge.split(",")]
     print(f"{args.model} at {args.budget}: Torch-Pruning global magnitude, FLOPs x{pruned.flops_ratio:.3f}; refit on "
           f"{args.reconstruct} inputs")
-    print("refit / copied row norm per BatchNorm'd convolution (median over channels):",
-          " ".join(f"{r:.2f}" for r in ratios))
-    starts = {"copied": pruned.module, "refit": refit, **({"refit rescaled": scaled} if args.rescaled else {})}
+    starts: dict[str, nn.Module] = {"copied": pruned.module}
+    for ridge in ridges:
+        name = "refit" if len(ridges) == 1 else f"refit ridge={ridge:g}"
+        starts[name] = copy.deepcopy(pruned.module)
+        tp_peer.refit(starts[name], study.base_model, inputs, ridge=ridge)
+        scaled, ratios = rescaled(starts[name], pruned.module)
+        print(f"{name} / copied row norm per BatchNorm'd convolution (median over channels):",
+              " ".join(f"{r:.2f}" for r in ratios))
+        if args.rescaled:
+            starts[f"{name} rescaled"] = scaled
     print("test top-1 before the fine-tune:", ", ".join(f"{n} {evaluate(m, study.test_loader):.4f}"
                                                         for n, m in starts.items()))
     print(f"\n| epochs | seed | {' | '.join(starts)} |\n|---|---|{'---|' * len(starts)}", flush=True)

@@ -108,11 +108,11 @@ def kept_rows(pruned: nn.Module, base: nn.Module):
     return out_index
 
 
-def refit(pruned: nn.Module, base: nn.Module, inputs: list[torch.Tensor]):
+def refit(pruned: nn.Module, base: nn.Module, inputs: list[torch.Tensor], *, ridge: float = 0.1):
     """Our reconstruction (`spaces.reconstruct`) applied to a Torch-Pruning subnet of `base`, in place: the same
     least-squares refit to the full model's outputs that search.run gives its own subnets. Not Torch-Pruning's
     method (its subnets are exported as pruned); measured to tell what the refit adds from what the search does."""
     from spaces.reconstruct import Reconstructor
 
     base = copy.deepcopy(base).eval()
-    return Reconstructor(None, inputs, full=base).refit(pruned, kept_rows(pruned, base))
+    return Reconstructor(None, inputs, ridge=ridge, full=base).refit(pruned, kept_rows(pruned, base))
