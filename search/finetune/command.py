@@ -31,12 +31,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from search.errors import UserError
-from search.engine.records import (FINETUNED_STATE_FILE,
-                      RunDirectory)
+from search.engine.records import BEST_FILE, FINETUNED_STATE_FILE, RunDirectory
 from search.cli import ArgumentParser, configure_logging, guarded
 from search.engine.config import SearchConfig
-from search.export.subnet import base_model, load_subnet
-from search.finetune.loop import CHECKPOINT_FILE, FINETUNED_FILE, FINETUNE_PLOT, FinetuneResult, RAY_DIR, Recipe, STATE_FILE, _atomic, fit, write_outputs
+from search.export.subnet import base_model, checked_record, load_subnet, rebuild
+from search.finetune.loop import (CHECKPOINT_FILE, FINETUNED_FILE, FINETUNE_PLOT, FinetuneResult, RAY_DIR, Recipe, STARTS,
+                                  STATE_FILE, _atomic, fit, write_outputs)
 from search.finetune.step import device_of, evaluate
 from search.models.zoo import ZOO_MODELS, DataBundle, check_fit, load_data, safe_load
 
@@ -70,6 +70,22 @@ def load_teacher(args: dict, data: DataBundle, device: torch.device, trust_pickl
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+def copied_subnet(run: RunDirectory, args: dict, trust_pickle: bool, progress: bool = False) -> nn.Module:
+    """best.json's subnet cut from the run's base model with its weights as copied (not refit, not trained by the
+    finalists, not a supernet's or PruningNet's), BatchNorm recalibrated on the search's own calibration batches:
+    what `search.run --export-weights base` exports."""
+    from evaluators.accuracy import recalibrate
+    from search.models.inputs import zoo_inputs
+
+    config = run_config(args)
+    config.trust_pickle = config.trust_pickle or trust_pickle
+    best = checked_record(run.read(BEST_FILE), str(run.path / BEST_FILE))
+    inputs = zoo_inputs(config, torch.device("cpu"), progress=progress)
+    subnet = rebuild(best, inputs.model)
+    recalibrate(subnet, inputs.calibration)
+    return subnet.eval()
 
 
 def plot_history(path: Path, history: list[dict], *, before: float, base: float | None) -> None:
@@ -145,10 +161,14 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
              batch_size: int | None = None, device: str = "auto", seed: int | None = None,
              progress: bool = True, distill: bool = False, kd_temperature: float = 4.0, kd_alpha: float = 0.5,
              workers: int = 0, ray_address: str | None = None, resume: bool = False,
-             trust_pickle: bool = False, stop_after: int | None = None, amp: bool | None = None) -> FinetuneResult:
+             trust_pickle: bool = False, stop_after: int | None = None, amp: bool | None = None,
+             start: str = "export") -> FinetuneResult:
     """Fine-tune a run's subnet; see the module docstring. `workers` > 0 (or `ray_address`) runs on Ray Train;
     `stop_after` trains at most that many epochs in this call (continue with `resume=True`); `amp` None: bfloat16
-    autocast and channels-last on a CUDA device that supports bfloat16, off elsewhere."""
+    autocast and channels-last on a CUDA device that supports bfloat16, off elsewhere. `start`: "export" (the
+    exported weights) or "base" (the same subnet with the base model's weights as copied, `copied_subnet`)."""
+    if start not in STARTS:
+        raise UserError(f"--start must be one of {', '.join(STARTS)}, got {start!r}")
     _check_numbers(epochs=epochs, lr=lr, batch_size=batch_size, workers=workers, kd_temperature=kd_temperature,
                    kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay, seed=seed)
     if ray_address:  # a dead address is refused in seconds, before the checkpoint is touched
@@ -168,10 +188,15 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
                         f"with your own training loop")
     data = _run_data(args)
     model = load_subnet(run.path, trust_pickle=trust_pickle, num_classes=data.num_classes)
+    if start == "base":
+        exported = model.state_dict()
+        model = copied_subnet(run, args, trust_pickle, progress)
+        check_fit(exported, model.state_dict(), "best.json's subnet cut from the run's base model does not match "
+                  "the exported one (a base model or weights file that changed since the search)")
     recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size or args.get("batch_size", 64),
                     seed=args.get("seed", 0) if seed is None else seed, distill=distill,
                     kd_temperature=kd_temperature, kd_alpha=kd_alpha,
-                    amp=(dev.type == "cuda" and torch.cuda.is_bf16_supported()) if amp is None else amp)
+                    amp=(dev.type == "cuda" and torch.cuda.is_bf16_supported()) if amp is None else amp, start=start)
     if workers and recipe.batch_size % workers:
         raise UserError(f"--batch-size {recipe.batch_size} must be a multiple of --workers {workers} (it is the "
                         f"global batch, split evenly over the workers)")
@@ -258,6 +283,13 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "batch-size / N samples per step (a multiple of N), so N workers run the same steps as one")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.add_argument("--seed", type=int, default=None, help="default: the run's seed")
+    p.add_argument("--start", choices=STARTS, default="export",
+                   help="export: from the exported weights (best.state_dict.pt: refit by --reconstruct, trained by "
+                        "the finalists, generated by a PruningNet, as the run exported them); base: the same subnet "
+                        "cut from the run's base model with its weights as copied, BatchNorm recalibrated (what "
+                        "search.run --export-weights base exports; not a supernet's weights). Measured: the refit "
+                        "export is better after 1 epoch, the copied weights after 5 or 30 at a tight budget (README, "
+                        "'Variants measured beside the default')"),
     kd = p.add_argument_group("distillation from the run's base model")
     kd.add_argument("--distill", dest="distill", action="store_true",
                     help="loss = (1 - a) * CE + a * T^2 * KL(teacher || student, both softened at temperature T), the "
@@ -298,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         device=args.device, seed=args.seed, progress=not args.no_progress, distill=args.distill,
         kd_temperature=args.kd_temperature, kd_alpha=args.kd_alpha, workers=args.workers,
         ray_address=args.ray_address, resume=args.resume, trust_pickle=args.trust_pickle,
-        stop_after=args.stop_after, amp=args.amp)))
+        stop_after=args.stop_after, amp=args.amp, start=args.start)))
 
 
 def _report(args: argparse.Namespace, result: FinetuneResult) -> int:

@@ -33,6 +33,11 @@ CHECKPOINT_FILE, RAY_DIR = FINETUNE_CHECKPOINT_FILE, "finetune_ray"
 STATE_FILE = "finetune_state.pt"  # the file inside each Ray Train checkpoint directory
 
 
+#: where a fine-tune starts: the run's exported weights (best.state_dict.pt), or the same subnet cut from the run's
+#: base model with its weights as copied, BatchNorm recalibrated (what `search.run --export-weights base` exports)
+STARTS = ("export", "base")
+
+
 @dataclass(frozen=True)
 class Recipe:
     """Everything that decides a fine-tune's result; saved in every checkpoint, checked on --resume."""
@@ -45,6 +50,7 @@ class Recipe:
     kd_temperature: float = 4.0
     kd_alpha: float = 0.5
     amp: bool = False            # bfloat16 autocast + channels-last; finetune() turns it on on CUDA
+    start: str = "export"        # one of STARTS: the exported weights, or the subnet cut from the base model as copied
 
     @property
     def train_config(self) -> TrainConfig:

@@ -94,6 +94,42 @@ def test_an_unfinished_fine_tune_is_never_overwritten_and_resumes_only_its_recip
     assert code == 2 and err.count("\n") == 0 and "--lr (saved 0.05, given 0.01)" in err
 
 
+# ---------------------------------------------------------------- where the fine-tune starts
+
+@pytest.fixture(scope="module")
+def copied_run(tmp_path_factory):
+    """A run that exports the base model's copied weights, untouched by finalist steps."""
+    at = FAST.index("--finalist-steps")
+    args = FAST[:at] + ["--finalist-steps", "0", "--export-weights", "base"] + FAST[at + 2:]
+    yield from one_run(tmp_path_factory, "copied", args)
+
+
+def test_start_base_is_what_export_weights_base_exports(copied_run, tmp_path):
+    run = shutil.copytree(copied_run / "run", tmp_path / "run")
+    args = records.RunDirectory.open(str(run)).read()["args"]
+    subnet = ft.copied_subnet(records.RunDirectory.open(str(run)), args, trust_pickle=False)
+    assert states_equal(subnet.state_dict(), torch.load(run / loop.SUBNET_STATE_FILE, weights_only=True))
+    from_export = tune(run, epochs=1)
+    exported = saved_state(run)
+    from_base = tune(run, epochs=1, start="base")
+    assert from_base.before_top1 == from_export.before_top1 and states_equal(saved_state(run), exported)
+    assert records.RunDirectory.open(str(run)).read()["finetune"]["start"] == "base"
+
+
+def test_start_base_fine_tunes_the_copied_weights_not_the_refit_export(run_dir, capsys):
+    from_export = tune(run_dir, epochs=2, stop_after=1)
+    assert tune(run_dir, epochs=2, resume=True).resumed_from == 1
+    exported = saved_state(run_dir)
+    from_base = tune(run_dir, epochs=1, start="base")
+    assert from_base.before_top1 != from_export.before_top1 and not states_equal(saved_state(run_dir), exported)
+    tune(run_dir, epochs=2, stop_after=1, start="base")
+    code = ft.main([str(run_dir), "--epochs", "2", "--resume", "--no-progress", "--batch-size", "128"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and err.count("\n") == 0 and "--start (saved base, given export)" in err, err
+    with pytest.raises(ft.UserError, match="--start must be one of export, base, got 'copied'"):
+        tune(run_dir, start="copied")
+
+
 # ---------------------------------------------------------------- Ray Train
 
 @pytest.fixture(scope="module")
