@@ -35,8 +35,8 @@ from search.engine.records import BEST_FILE, FINETUNED_STATE_FILE, RunDirectory
 from search.cli import ArgumentParser, configure_logging, guarded
 from search.engine.config import SearchConfig
 from search.export.subnet import base_model, checked_record, load_subnet, rebuild
-from search.finetune.loop import (CHECKPOINT_FILE, FINETUNED_FILE, FINETUNE_PLOT, FinetuneResult, RAY_DIR, Recipe, STARTS,
-                                  STATE_FILE, _atomic, fit, write_outputs)
+from search.finetune.loop import (CHECKPOINT_FILE, FINETUNED_FILE, FINETUNE_PLOT, FinetuneResult, RAY_DIR, Recipe, COPIED_FROM_STEPS, STARTS,
+                                  STATE_FILE, _atomic, auto_start, fit, steps_per_epoch, training_set, write_outputs)
 from search.finetune.step import device_of, evaluate
 from search.models.zoo import ZOO_MODELS, DataBundle, check_fit, load_data, safe_load
 
@@ -162,11 +162,12 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
              progress: bool = True, distill: bool = False, kd_temperature: float = 4.0, kd_alpha: float = 0.5,
              workers: int = 0, ray_address: str | None = None, resume: bool = False,
              trust_pickle: bool = False, stop_after: int | None = None, amp: bool | None = None,
-             start: str = "export") -> FinetuneResult:
+             start: str = "auto") -> FinetuneResult:
     """Fine-tune a run's subnet; see the module docstring. `workers` > 0 (or `ray_address`) runs on Ray Train;
     `stop_after` trains at most that many epochs in this call (continue with `resume=True`); `amp` None: bfloat16
     autocast and channels-last on a CUDA device that supports bfloat16, off elsewhere. `start`: "export" (the
-    exported weights) or "base" (the same subnet with the base model's weights as copied, `copied_subnet`)."""
+    exported weights), "base" (the same subnet with the base model's weights as copied, `copied_subnet`) or
+    "auto" (`auto_start`: base for a long fine-tune of an untrained refit export, else export)."""
     if start not in STARTS:
         raise UserError(f"--start must be one of {', '.join(STARTS)}, got {start!r}")
     _check_numbers(epochs=epochs, lr=lr, batch_size=batch_size, workers=workers, kd_temperature=kd_temperature,
@@ -188,30 +189,40 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
                         f"with your own training loop")
     data = _run_data(args)
     model = load_subnet(run.path, trust_pickle=trust_pickle, num_classes=data.num_classes)
-    if start == "base":
+    global_batch = batch_size or args.get("batch_size", 64)
+    if workers and global_batch % workers:
+        raise UserError(f"--batch-size {global_batch} must be a multiple of --workers {workers} (it is the "
+                        f"global batch, split evenly over the workers)")
+    checkpoint = latest_checkpoint(run.path)
+    if checkpoint is not None and not resume and checkpoint["epoch"] < checkpoint.get("recipe", {}).get("epochs", 0):
+        raise UserError(f"{run.path} holds an unfinished fine-tune (epoch {checkpoint['epoch']} of "
+                        f"{checkpoint['recipe']['epochs']}): --resume continues it; delete {CHECKPOINT_FILE} and "
+                        f"{RAY_DIR}/ to start afresh")
+    if resume and checkpoint is None:
+        log.warning("--resume: no fine-tune checkpoint in %s; starting from epoch 0", run.path)
+    if not resume:
+        checkpoint = None
+    if start == "auto" and checkpoint is not None:  # a resumed fine-tune keeps the weights it started from
+        start = checkpoint.get("recipe", {}).get("start", "export")
+    elif start == "auto":
+        steps = epochs * steps_per_epoch(len(training_set(data)), global_batch)
+        start = auto_start(run.read(BEST_FILE), steps)
+        log.info("--start auto: %d SGD steps of an export with %s weights: fine-tuning from %s", steps,
+                 run.read(BEST_FILE).get("export_weights", "base"),
+                 "the base model's copied weights" if start == "base" else "the exported weights")
+    if start == "base" and checkpoint is None:  # (a checkpoint holds the weights to continue from)
         exported = model.state_dict()
         model = copied_subnet(run, args, trust_pickle, progress)
         check_fit(exported, model.state_dict(), "best.json's subnet cut from the run's base model does not match "
                   "the exported one (a base model or weights file that changed since the search)")
-    recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=batch_size or args.get("batch_size", 64),
+    recipe = Recipe(epochs=epochs, lr=lr, weight_decay=weight_decay, batch_size=global_batch,
                     seed=args.get("seed", 0) if seed is None else seed, distill=distill,
                     kd_temperature=kd_temperature, kd_alpha=kd_alpha,
                     amp=(dev.type == "cuda" and torch.cuda.is_bf16_supported()) if amp is None else amp, start=start)
-    if workers and recipe.batch_size % workers:
-        raise UserError(f"--batch-size {recipe.batch_size} must be a multiple of --workers {workers} (it is the "
-                        f"global batch, split evenly over the workers)")
-    start = latest_checkpoint(run.path)
-    if start is not None and not resume and start["epoch"] < start.get("recipe", {}).get("epochs", 0):
-        raise UserError(f"{run.path} holds an unfinished fine-tune (epoch {start['epoch']} of "
-                        f"{start['recipe']['epochs']}): --resume continues it; delete {CHECKPOINT_FILE} and "
-                        f"{RAY_DIR}/ to start afresh")
-    if resume and start is None:
-        log.warning("--resume: no fine-tune checkpoint in %s; starting from epoch 0", run.path)
-    if resume and start is not None:
-        _check_resume(start, recipe)
-        _check_fits(start, model)
+    if checkpoint is not None:
+        _check_resume(checkpoint, recipe)
+        _check_fits(checkpoint, model)
     else:
-        start = None
         _clear_checkpoints(run.path)
     teacher = load_teacher(args, data, dev, trust_pickle, progress) if recipe.distill else None
     if recipe.distill and teacher is None:
@@ -220,18 +231,18 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     if recipe.amp:
         model = model.to(memory_format=torch.channels_last)
     model.to(dev)
-    before = start["before_test_top1"] if start and "before_test_top1" in start else \
+    before = checkpoint["before_test_top1"] if checkpoint and "before_test_top1" in checkpoint else \
         evaluate(model, DataLoader(data.test, batch_size=256), dev)
-    if start is not None and start["epoch"] >= recipe.epochs:
-        state = start  # nothing left to train
+    if checkpoint is not None and checkpoint["epoch"] >= recipe.epochs:
+        state = checkpoint  # nothing left to train
     elif workers or ray_address:
         from search.finetune.on_ray import fit_on_ray
 
-        state = fit_on_ray(model, data, recipe, teacher=teacher, start=start, workers=max(1, workers),
+        state = fit_on_ray(model, data, recipe, teacher=teacher, start=checkpoint, workers=max(1, workers),
                            address=ray_address, use_gpu=dev.type == "cuda", run_path=run.path, stop_after=stop_after,
                            extra={"before_test_top1": before})
     else:
-        state = fit(model, data, recipe, device=dev, teacher=teacher, start=start, stop_after=stop_after,
+        state = fit(model, data, recipe, device=dev, teacher=teacher, start=checkpoint, stop_after=stop_after,
                     progress=progress, save=lambda s, _: write_outputs(run.path, {**s, "before_test_top1": before}))
     model.cpu().load_state_dict(state["model"])
     history = state["history"]
@@ -244,7 +255,8 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
     run.update_run(finetune={**asdict(recipe), "epochs_done": state["epoch"], "workers": workers,
                              "before_test_top1": before, "test_top1": history[-1]["test_top1"] if history else before})
     return FinetuneResult(history[-1]["test_top1"] if history else before, before, base, state["epoch"],
-                          run.path / FINETUNED_FILE, history, resumed_from=start["epoch"] if start else 0)
+                          run.path / FINETUNED_FILE, history, resumed_from=checkpoint["epoch"] if checkpoint else 0,
+                          start=recipe.start)
 
 
 def _clear_checkpoints(run_path: Path) -> None:
@@ -283,13 +295,16 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "batch-size / N samples per step (a multiple of N), so N workers run the same steps as one")
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, ...")
     p.add_argument("--seed", type=int, default=None, help="default: the run's seed")
-    p.add_argument("--start", choices=STARTS, default="export",
-                   help="export: from the exported weights (best.state_dict.pt: refit by --reconstruct, trained by "
+    p.add_argument("--start", choices=STARTS, default="auto",
+                   help="auto: base when the export is the untrained refit copy (--reconstruct, no finalist steps, "
+                        "no supernet) and the fine-tune runs at least %d SGD steps, else export; "
+                        "export: from the exported weights (best.state_dict.pt: refit by --reconstruct, trained by "
                         "the finalists, generated by a PruningNet, as the run exported them); base: the same subnet "
                         "cut from the run's base model with its weights as copied, BatchNorm recalibrated (what "
                         "search.run --export-weights base exports; not a supernet's weights). Measured: the refit "
-                        "export is better after 1 epoch, the copied weights after 5 or 30 at a tight budget (README, "
-                        "'Variants measured beside the default')"),
+                        "export is better after 1 epoch (135 steps on hard digits), the copied weights after 5 (674) at "
+                        "0.1 x FLOPs and after 30 (4040) at 0.1 x and 0.25 x (README, 'Variants measured beside the "
+                        "default')" % COPIED_FROM_STEPS),
     kd = p.add_argument_group("distillation from the run's base model")
     kd.add_argument("--distill", dest="distill", action="store_true",
                     help="loss = (1 - a) * CE + a * T^2 * KL(teacher || student, both softened at temperature T), the "
@@ -336,7 +351,8 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: argparse.Namespace, result: FinetuneResult) -> int:
     base = "n/a" if result.base_test_top1 is None else f"{result.base_test_top1:.4f}"
     resumed = f" (resumed from epoch {result.resumed_from})" if result.resumed_from else ""
-    print(f"test top-1: base {base} | pruned before fine-tuning {result.before_top1:.4f} | "
+    weights = "copied weights" if result.start == "base" else "exported weights"
+    print(f"test top-1: base {base} | pruned before fine-tuning ({weights}) {result.before_top1:.4f} | "
           f"after {result.epochs} epochs {result.test_top1:.4f}{resumed}\nsaved {result.path}")
     return 0
 

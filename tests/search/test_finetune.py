@@ -116,6 +116,42 @@ def test_start_base_is_what_export_weights_base_exports(copied_run, tmp_path):
     assert records.RunDirectory.open(str(run)).read()["finetune"]["start"] == "base"
 
 
+@pytest.fixture(scope="module")
+def refit_run(tmp_path_factory):
+    """A run that exports the untrained refit copy (the default with --finalist-steps 0)."""
+    at = FAST.index("--finalist-steps")
+    yield from one_run(tmp_path_factory, "refit", FAST[:at] + ["--finalist-steps", "0"] + FAST[at + 2:])
+
+
+@pytest.mark.parametrize("best, steps, start", [
+    ({"export_weights": "refit", "finetuned_steps": 0, "supernet_epochs": 0}, 600, "base"),
+    ({"export_weights": "refit", "finetuned_steps": 0, "supernet_epochs": 0}, 599, "export"),
+    ({"export_weights": "refit", "finetuned_steps": 50, "supernet_epochs": 0}, 10**6, "export"),
+    ({"export_weights": "supernet, refit", "finetuned_steps": 0, "supernet_epochs": 2}, 10**6, "export"),
+    ({"export_weights": "pruningnet", "finetuned_steps": 0}, 10**6, "export"),
+    ({"export_weights": "base", "finetuned_steps": 0}, 10**6, "export"),
+    ({}, 10**6, "export"),
+])
+def test_auto_starts_a_long_fine_tune_of_an_untrained_refit_export_from_the_copied_weights(best, steps, start):
+    assert loop.auto_start(best, steps) == start
+
+
+def test_auto_picks_by_the_fine_tune_s_steps_and_a_resume_keeps_its_pick(refit_run, tmp_path, monkeypatch, capsys):
+    runs = [shutil.copytree(refit_run / "run", tmp_path / name) for name in ("auto", "base", "short")]
+    steps = 2 * loop.steps_per_epoch(len(loop.training_set(ft._run_data(
+        records.RunDirectory.open(str(runs[0])).read()["args"]))), 128)
+    monkeypatch.setattr(loop, "COPIED_FROM_STEPS", steps)
+    first = tune(runs[0], epochs=2, stop_after=1)
+    assert first.start == "base" and first.before_top1 == tune(runs[1], epochs=2, start="base").before_top1
+    monkeypatch.setattr(loop, "COPIED_FROM_STEPS", steps + 1)  # auto would now pick the export; the resume keeps base
+    rest = tune(runs[0], epochs=2, resume=True)
+    assert rest.start == "base" and rest.resumed_from == 1 and states_equal(saved_state(runs[0]), saved_state(runs[1]))
+    short = tune(runs[2], epochs=2)
+    assert short.start == "export" and short.before_top1 != first.before_top1
+    assert ft.main([str(runs[2]), "--epochs", "1", "--batch-size", "128", "--no-progress", "--start", "base"]) == 0
+    assert "pruned before fine-tuning (copied weights)" in capsys.readouterr().out
+
+
 def test_start_base_fine_tunes_the_copied_weights_not_the_refit_export(run_dir, capsys):
     from_export = tune(run_dir, epochs=2, stop_after=1)
     assert tune(run_dir, epochs=2, resume=True).resumed_from == 1
@@ -123,10 +159,11 @@ def test_start_base_fine_tunes_the_copied_weights_not_the_refit_export(run_dir, 
     from_base = tune(run_dir, epochs=1, start="base")
     assert from_base.before_top1 != from_export.before_top1 and not states_equal(saved_state(run_dir), exported)
     tune(run_dir, epochs=2, stop_after=1, start="base")
-    code = ft.main([str(run_dir), "--epochs", "2", "--resume", "--no-progress", "--batch-size", "128"])
+    code = ft.main([str(run_dir), "--epochs", "2", "--resume", "--no-progress", "--batch-size", "128", "--start",
+                    "export"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and "--start (saved base, given export)" in err, err
-    with pytest.raises(ft.UserError, match="--start must be one of export, base, got 'copied'"):
+    with pytest.raises(ft.UserError, match="--start must be one of auto, export, base, got 'copied'"):
         tune(run_dir, start="copied")
 
 
