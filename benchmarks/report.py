@@ -67,6 +67,7 @@ from search.engine.loop import Engine  # noqa: E402
 from search.selection.finalists import FinalistSettings, ShuffledBatches, run_finalists, train_finalist  # noqa: E402
 from search.selection.one_shot import one_shot_finalists, one_shot_trials  # noqa: E402
 from search.finetune import finetune_module  # noqa: E402
+from search.finetune.loop import COPIED_FROM_STEPS, auto_start, steps_per_epoch, training_set  # noqa: E402
 from search.engine.pipeline import Pipeline  # noqa: E402
 from search.finetune.step import evaluate  # noqa: E402
 from spaces.files import atomic_write  # noqa: E402
@@ -84,6 +85,7 @@ MAGNITUDE = "magnitude start"
 #: (`--reconstruct`), to tell what the refit adds from what the search does
 TP_REFIT = "TP global magnitude + our refit"
 SUFFIX = " + finalists"
+FINETUNE_BATCH = 64  # the common fine-tune's batch
 PLAN = ("0.1flops/1/0,1,2,3,4,5,6,7,8,9", "0.1flops/5/0,1,2,3,4", "0.25flops/1/0,1,2,3,4", "0.25flops/5/0,1,2,3,4")
 HARD_DIGITS = "benchmarks.hard_digits:hard_digits"
 
@@ -255,7 +257,8 @@ class Study:
     def finetuned(self, subnet: Subnet, epochs: int, seed: int) -> tuple[float, float]:
         """(test top-1 after the common fine-tune, its seconds), on a copy of the subnet."""
         start = time.perf_counter()
-        _, history = finetune_module(copy.deepcopy(subnet.module), self.data, epochs=epochs, seed=seed)
+        _, history = finetune_module(copy.deepcopy(subnet.module), self.data, epochs=epochs, seed=seed,
+                                     batch_size=FINETUNE_BATCH)
         return history[-1]["test_top1"], time.perf_counter() - start
 
 
@@ -263,10 +266,33 @@ def method_names(agents: list[str]) -> list[str]:
     return [*PEERS, TP_REFIT, MAGNITUDE, *(f"{a}{SUFFIX}" for a in agents)]
 
 
+def fine_tune_start(settings: Settings, method: str, trained_steps: int, steps: int) -> str:
+    """Where `search.finetune` (`--start auto`) would start our subnet (`trained_steps` SGD steps before export) for
+    a common fine-tune of `steps`: "base" (the copied weights: the subnet of the `--export-weights base` variant,
+    the same pick) or "export"; the peers and the diagnostic "TP global magnitude + our refit" always start from
+    their own weights."""
+    if method in (*PEERS, TP_REFIT) or not settings.reconstruct:
+        return "export"
+    return auto_start({"export_weights": settings.export_weights, "finetuned_steps": trained_steps}, steps)
+
+
+def start_text(settings: Settings) -> str:
+    """How our subnets start the common fine-tune (`fine_tune_start`), in words."""
+    if not settings.reconstruct or settings.export_weights != "refit":
+        return "Every subnet starts it from its own weights."
+    return (f"Ours start it where `python -m search.finetune` starts them (`--start auto`): a fine-tune of "
+            f"{COPIED_FROM_STEPS} SGD steps or more from the same pick's copied weights (BN recalibrated: the "
+            f"subnet `--export-weights base` exports), a shorter one from the refit export; the peers from their "
+            f"own weights.")
+
+
 def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], rows_path: Path,
             bases: dict, bases_path: Path, cache: SubnetCache) -> None:
-    """Every row of the plan that `rows` lacks, saved as it is measured."""
-    studies: dict[str, Study] = {}
+    """Every row of the plan that `rows` lacks, saved as it is measured. Our subnets start the common fine-tune
+    where `search.finetune` would (`fine_tune_start`): from the copied weights after a refit export, when long."""
+    studies: dict[str | tuple[str, str], Study] = {}
+    copied = with_variant(settings, (settings.reconstruct, "base", settings.width_grid))
+    copied_args = argparse.Namespace(**{**vars(args), "export_weights": "base"})
     for step in args.plan:
         for model in args.models:
             for seed in step.seeds:
@@ -298,8 +324,20 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                     else:
                         subnet = Subnet(*cached)
                     for epochs in missing:
-                        after, finetune_s = study.finetuned(subnet, epochs, seed)
-                        r = subnet.record
+                        start = subnet
+                        steps = epochs * steps_per_epoch(len(training_set(study.data)), FINETUNE_BATCH)
+                        if fine_tune_start(settings, method, subnet.record["steps"], steps) == "base":
+                            copied_key = key(copied, model, step.budget, method, seed, None)
+                            cached = cache.get(copied_key)
+                            if cached is None:
+                                if (model, "base") not in studies:
+                                    studies[model, "base"] = Study(model, copied_args, copied)
+                                start = studies[model, "base"].subnet(step.budget, method, seed)
+                                cache.put(copied_key, start.module, start.record)
+                            else:
+                                start = Subnet(*cached)
+                        after, finetune_s = study.finetuned(start, epochs, seed)
+                        r = start.record
                         row = Row(key(settings, model, step.budget, method, seed, epochs), model, step.budget, method,
                                   seed, epochs, r["flops"], r["params"], r["held_out"], r["test_before"], after,
                                   r["search_s"], r["train_s"], r["steps"], r["steps_spent"], r["evaluations"],
@@ -721,7 +759,8 @@ def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases
              + (", width ratios k/10 (search.run's defaults)" if settings.width_grid == 10 else "")
              + ". The same report's rows measured with other values (every other setting the same; the "
              "peers are the same methods, measured again), where there are any. Rows on another cached baseline "
-             "than the tables above compare only among themselves.", ""]
+             "than the tables above compare only among themselves. Rows of 5 and more epochs measured before "
+             "`search.finetune --start auto` (2026-12-07) start from the refit export as the variant exports it.", ""]
     for variant, rows in others.items():
         lines += [f"### {variant_name(variant)}", ""]
         for model in dict.fromkeys(r.model for r in rows):
@@ -750,7 +789,8 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
              "## Headline: our search against one-shot pruning at equal training", "",
              f"Data: {data}, {settings.test_images} test images (one image is {1 / settings.test_images:.5f}). "
              f"Each search: {settings.trials} trials, warm-started from our global-magnitude candidate, then "
-             + finalists_text(settings, defaults.finalist_lr) + " Then one common fine-tune (SGD, cosine from lr 0.05, seeded by the seed) for all. Cells: test "
+             + finalists_text(settings, defaults.finalist_lr) + " Then one common fine-tune (SGD, cosine from lr 0.05, batch "
+             f"{FINETUNE_BATCH}, seeded by the seed) for all. " + start_text(settings) + " Cells: test "
              "top-1 after it, median [min, max] over seeds. Ours = the agent whose exported subnets have the best "
              "median held-out score (no test data); the best peer = the peer with the best median test top-1; the "
              "margin is paired by seed (same seed: same batches for the steps and the fine-tune). FastNAS's default "

@@ -92,3 +92,22 @@ def test_a_changed_baseline_is_not_the_same_base():
     base = {"flops": 5065984, "params": 272186, "held_out": 0.888671875, "test": 0.9091269841269841}
     assert same_base(base, dict(base)) and same_base(base, {**base, "test": 0.9091269841269842})
     assert not same_base(base, {**base, "test": 0.9122})
+
+
+def test_our_long_fine_tunes_start_from_the_copied_weights_as_search_finetune_does():
+    from dataclasses import replace
+
+    from benchmarks.report import fine_tune_start
+    from benchmarks.report_rows import Settings
+    from search.finetune.loop import COPIED_FROM_STEPS
+
+    default = Settings("hard", 10080, 100, 10, 0, 5, 10, "tce", True, "flags", 1024)
+    long, short = COPIED_FROM_STEPS, COPIED_FROM_STEPS - 1
+    assert fine_tune_start(default, "tpe + finalists", 0, long) == "base"
+    assert fine_tune_start(default, "magnitude start", 0, long) == "base"
+    assert fine_tune_start(default, "tpe + finalists", 0, short) == "export"
+    assert fine_tune_start(default, "tpe + finalists", 50, long) == "export"          # trained finalists
+    for peer in ("TP global magnitude", "FastNAS", "TP global magnitude + our refit"):
+        assert fine_tune_start(default, peer, 0, long) == "export"
+    assert fine_tune_start(replace(default, export_weights="base"), "tpe + finalists", 0, long) == "export"
+    assert fine_tune_start(replace(default, reconstruct=0), "tpe + finalists", 0, long) == "export"
