@@ -206,10 +206,7 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
         start = checkpoint.get("recipe", {}).get("start", "export")
     elif start == "auto":
         steps = epochs * steps_per_epoch(len(training_set(data)), global_batch)
-        start = auto_start(run.read(BEST_FILE), steps)
-        log.info("--start auto: %d SGD steps of an export with %s weights: fine-tuning from %s", steps,
-                 run.read(BEST_FILE).get("export_weights", "base"),
-                 "the base model's copied weights" if start == "base" else "the exported weights")
+        start = auto_start(run.read(BEST_FILE), steps)  # (the printed result and run.json say which it took)
     if start == "base" and checkpoint is None:  # (a checkpoint holds the weights to continue from)
         exported = model.state_dict()
         model = copied_subnet(run, args, trust_pickle, progress)

@@ -159,6 +159,7 @@ def test_start_base_fine_tunes_the_copied_weights_not_the_refit_export(run_dir, 
     from_base = tune(run_dir, epochs=1, start="base")
     assert from_base.before_top1 != from_export.before_top1 and not states_equal(saved_state(run_dir), exported)
     tune(run_dir, epochs=2, stop_after=1, start="base")
+    capsys.readouterr()
     code = ft.main([str(run_dir), "--epochs", "2", "--resume", "--no-progress", "--batch-size", "128", "--start",
                     "export"])
     err = capsys.readouterr().err.strip()
