@@ -10,7 +10,9 @@ fine-tunes every method's subnet, ours and the peers', with it).
 The data, split and seed come from the run's run.json; training uses the whole training set (the
 held-out part was only needed to score candidates), with SGD + cosine, on cross-entropy, or with `--distill`
 distilled from the run's base model (not the default: it did not win consistently in benchmarks/finetune.py). The subnet is rebuilt from `best.json` and the state dict
-`best.state_dict.pt` (loaded with `weights_only=True`: nothing in the run directory can run code); a run
+`best.state_dict.pt` (loaded with `weights_only=True`: nothing in the run directory can run code), or, with
+`--start base` (and by default, `--start auto`, for a fine-tune of 600 SGD steps or more of an untrained refit
+export), cut from the run's base model with its weights as copied; a run
 that has only the pickled `best.pt` is loaded only with `--trust-pickle`. As each epoch ends the
 checkpoint (`finetune_checkpoint.pt`, or Ray Train's checkpoints under `finetune_ray/`) and
 `finetune.csv` are replaced atomically; at the end `finetuned.state_dict.pt`, `finetuned.pt` (the
