@@ -286,6 +286,11 @@ def start_text(settings: Settings) -> str:
             f"own weights.")
 
 
+#: the baselines the committed report's rows were measured on: a run into another --out (a fill merged later)
+#: of the same settings must use them too
+REFERENCE_BASES: dict = {}
+
+
 def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], rows_path: Path,
             bases: dict, bases_path: Path, cache: SubnetCache) -> None:
     """Every row of the plan that `rows` lacks, saved as it is measured. Our subnets start the common fine-tune
@@ -305,11 +310,13 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                         log(f"{model}: baseline and scorer")
                         studies[model] = Study(model, args, settings)
                         base_key, record = f"{settings.text()}|{model}", studies[model].base_record
-                        if base_key in bases and not same_base(bases[base_key], record):
+                        recorded = bases.get(base_key, REFERENCE_BASES.get(base_key))
+                        if recorded is not None and not same_base(recorded, record):
                             log(f"report.py: {model}'s cached baseline (held-out {record['held_out']:.4f}, test "
                                 f"{record['test']:.4f}) is not the one its rows of these settings were measured on "
-                                f"(held-out {bases[base_key]['held_out']:.4f}, test {bases[base_key]['test']:.4f}); "
-                                "restore that baseline (PRUNESEARCH_CACHE), or measure into another --out",
+                                f"(held-out {recorded['held_out']:.4f}, test {recorded['test']:.4f}; "
+                                f"{'this --out' if base_key in bases else 'docs/benchmarks'}); restore that "
+                                "baseline (PRUNESEARCH_CACHE), or measure into another --out with other settings",
                                 file=sys.stderr)
                             sys.exit(2)
                         bases[base_key] = record
@@ -904,6 +911,7 @@ def main() -> None:
                         defaults.block_encoding, reconstruct, defaults.exported_weights, args.width_grid)
     rows_path, bases_path = args.out.parent / "benchmarks" / "rows.json", args.out.parent / "benchmarks" / "bases.json"
     rows, bases = load(rows_path), load_bases(bases_path)
+    REFERENCE_BASES.update(load_bases(ROOT / "docs" / "benchmarks" / "bases.json"))
     args.new_sections = []
     if not args.render_only:
         tp_peer.require()
