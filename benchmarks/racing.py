@@ -35,7 +35,7 @@ from torch.utils.data import TensorDataset  # noqa: E402
 from benchmarks.calibration import candidate_list  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from evaluators.racing import TopK  # noqa: E402
-from search.models.baseline import cache_dir, cache_key, trained_baseline  # noqa: E402
+from search.models.baseline import baseline_files, trained_baseline  # noqa: E402
 from search.engine.config import SearchConfig  # noqa: E402
 from search.models.zoo import load_data, load_model  # noqa: E402
 
@@ -58,7 +58,7 @@ def weights_for(model: str, epochs: int) -> str | None:
     if not model.startswith("torchvision:"):
         return None
     data = load_data(DIGITS64)
-    path = cache_dir() / f"{cache_key(model, DIGITS64, seed=0, epochs=epochs, batch_size=64, held_out=0.2)}.pt"
+    path, _ = baseline_files(model, DIGITS64, seed=0, epochs=epochs, batch_size=64, held_out=0.2)
     if not path.exists():
         net = load_model(model, num_classes=data.num_classes, input_shape=data.input_shape)
         print(f"training {model} on digits64 for {epochs} epochs (once, cached)...", flush=True)

@@ -76,7 +76,8 @@ def main() -> None:
     torch.set_num_threads(1)
     study_args = argparse.Namespace(plan=[report.Step.parse(f"{args.budget}/1/0")], data=report.HARD_DIGITS,
                                     pruningnet_epochs=5, baseline_epochs=args.baseline_epochs,
-                                    reconstruct=args.reconstruct, export_weights=None, width_grid=10)
+                                    reconstruct=args.reconstruct, export_weights=None, width_grid=10,
+                                    out=report.ROOT / "docs" / "benchmarks.md", new_baseline=False)
     study = report.Study(args.model, study_args, None)
     pruned = tp_peer.prune_to_flops(study.base_model, study.example, "global", float(args.budget.removesuffix("flops")))
     inputs = study.setting.at(args.budget).reconstructor(study.prunable).inputs

@@ -7,7 +7,10 @@
 Every figure in the report is measured by this script and kept in `docs/benchmarks/rows.json`; no figure is
 typed by hand. A run measures only the rows that file lacks (same data, test size, model, budget, method,
 seed, fine-tune epochs, trials, finalists, PruningNet and baseline epochs; not the commit), so the report is
-built across several runs and `--render-only` regenerates the markdown from the rows alone.
+built across several runs and `--render-only` regenerates the markdown from the rows alone. The trained
+baselines the rows were measured on are kept beside them (`benchmarks/baselines/`, `kept_baselines`) and put back
+into the cache before a run measures, so the report can be resumed on another machine (trained again there, the
+same seeded recipe gives another baseline, and rows on two baselines cannot be paired).
 
 What is compared, per model (ResNet-20 and a CIFAR-style MobileNetV2, trained baselines cached) on hard digits
 (`benchmarks/hard_digits.py`: 8622 training images, the search's held-out split drawn from them; 10080 test
@@ -57,6 +60,7 @@ from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, Subset  # noqa: E402
 
 from benchmarks import fastnas_peer  # noqa: E402
+from benchmarks import kept_baselines  # noqa: E402
 from benchmarks import torch_pruning_peer as tp_peer  # noqa: E402
 from benchmarks.paired_bootstrap import median_margin  # noqa: E402
 from benchmarks.report_rows import Row, Settings, key, load, save  # noqa: E402
@@ -135,8 +139,14 @@ class Study:
                               device="cpu", pruningnet_epochs=args.pruningnet_epochs,
                               baseline_epochs=args.baseline_epochs, reconstruct=args.reconstruct,
                               export_weights=args.export_weights, width_ratios=grid_ratios(args.width_grid))
+        own = baselines_folder(args.out)
+        restored = kept_baselines.restore(config, [own] if args.new_baseline else [own, REFERENCE_BASELINES])
+        if restored is not None:
+            log(f"{name}: the baseline kept in {restored} restored into the cache")
         pipeline = Pipeline(config, progress=False)
         self.base_model = copy.deepcopy(pipeline.load_inputs().model)  # the peers prune copies (derive reorders)
+        if kept_baselines.keep(config, own):
+            log(f"{name}: its baseline kept in {own} (commit it with the rows: a cache is one machine's)")
         self.setting = Setting.of(config, inputs=pipeline.inputs)
         self.data, self.example = self.setting.inputs.data, self.setting.inputs.example
         self.test_loader = DataLoader(self.data.test, batch_size=256)
@@ -287,8 +297,14 @@ def start_text(settings: Settings) -> str:
 
 
 #: the baselines the committed report's rows were measured on: a run into another --out (a fill merged later)
-#: of the same settings must use them too
+#: of the same settings must use them too (unless --new-baseline); their weights, where they were kept
 REFERENCE_BASES: dict = {}
+REFERENCE_BASELINES = ROOT / "docs" / "benchmarks" / "baselines"
+
+
+def baselines_folder(out: Path) -> Path:
+    """Where the report written to `out` keeps its trained baselines: beside its rows (`kept_baselines`)."""
+    return out.parent / "benchmarks" / "baselines"
 
 
 def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], rows_path: Path,
@@ -310,13 +326,14 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                         log(f"{model}: baseline and scorer")
                         studies[model] = Study(model, args, settings)
                         base_key, record = f"{settings.text()}|{model}", studies[model].base_record
-                        recorded = bases.get(base_key, REFERENCE_BASES.get(base_key))
+                        recorded = bases.get(base_key, None if args.new_baseline else REFERENCE_BASES.get(base_key))
                         if recorded is not None and not same_base(recorded, record):
                             log(f"report.py: {model}'s cached baseline (held-out {record['held_out']:.4f}, test "
                                 f"{record['test']:.4f}) is not the one its rows of these settings were measured on "
                                 f"(held-out {recorded['held_out']:.4f}, test {recorded['test']:.4f}; "
                                 f"{'this --out' if base_key in bases else 'docs/benchmarks'}); restore that "
-                                "baseline (PRUNESEARCH_CACHE), or measure into another --out with other settings",
+                                "baseline (PRUNESEARCH_CACHE or the report's benchmarks/baselines/), or start a "
+                                "report of its own in another --out with --new-baseline",
                                 file=sys.stderr)
                             sys.exit(2)
                         bases[base_key] = record
@@ -878,6 +895,10 @@ def main() -> None:
     parser.add_argument("--width-grid", type=int, default=10,
                         help="our searches' width ratios k / N, k = 1 .. N (10: search.run's default "
                              "--width-ratios); rows of another N are kept apart by their key")
+    parser.add_argument("--new-baseline", action="store_true",
+                        help="--out is a report of its own, on the baselines it finds or trains (kept beside its "
+                             "rows), not a fill of docs/benchmarks.md to merge into it: skip the check against the "
+                             "committed report's baselines")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/prunesearch-report-subnets"),
                         help="subnets before the common fine-tune, kept between runs")
     parser.add_argument("--fidelity-candidates", type=int, default=0, help="> 0: measure the fidelity section")

@@ -111,3 +111,24 @@ def test_our_long_fine_tunes_start_from_the_copied_weights_as_search_finetune_do
         assert fine_tune_start(default, peer, 0, long) == "export"
     assert fine_tune_start(replace(default, export_weights="base"), "tpe + finalists", 0, long) == "export"
     assert fine_tune_start(replace(default, reconstruct=0), "tpe + finalists", 0, long) == "export"
+
+
+def test_a_kept_baseline_goes_back_into_an_empty_cache_byte_for_byte(tmp_path, monkeypatch):
+    from benchmarks import kept_baselines
+    from search.engine.config import SearchConfig
+
+    monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
+    config = SearchConfig(model="resnet20", data="digits", baseline_epochs=3)
+    weights, record = kept_baselines.cached_files(config)
+    assert kept_baselines.keep(config, tmp_path / "kept") is False  # nothing cached yet: nothing to keep
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    weights.write_bytes(b"tensors"), record.write_text('{"test_top1": 0.9}')
+    assert kept_baselines.keep(config, tmp_path / "kept") is True
+    assert kept_baselines.keep(config, tmp_path / "kept") is False  # kept once
+    weights.unlink(), record.unlink()
+    assert kept_baselines.restore(config, [tmp_path / "elsewhere", tmp_path / "kept"]) == tmp_path / "kept"
+    assert weights.read_bytes() == b"tensors" and record.read_text() == '{"test_top1": 0.9}'
+    assert kept_baselines.restore(config, [tmp_path / "kept"]) is None  # the cache has it: left alone
+    other = SearchConfig(model="resnet20", data="digits", baseline_epochs=4)  # another recipe: another baseline
+    assert kept_baselines.restore(other, [tmp_path / "kept"]) is None
+    assert not kept_baselines.cached_files(other)[0].exists()

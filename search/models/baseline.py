@@ -5,6 +5,7 @@ import hashlib
 import json
 import logging
 from dataclasses import asdict
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -28,6 +29,13 @@ def cache_key(model_spec: str, data_spec: str, *, seed: int, epochs: int, batch_
     return f"{readable}-{hashlib.sha1(recipe.encode()).hexdigest()[:10]}"
 
 
+def baseline_files(model_spec: str, data_spec: str, *, seed: int, epochs: int, batch_size: int,
+                   held_out: float) -> tuple[Path, Path]:
+    """Where the cache keeps this recipe's baseline: its weights (tensors only) and its record (test top-1)."""
+    key = cache_key(model_spec, data_spec, seed=seed, epochs=epochs, batch_size=batch_size, held_out=held_out)
+    return cache_dir() / f"{key}.pt", cache_dir() / f"{key}.json"
+
+
 def trained_baseline(model: nn.Module, model_spec: str, data_spec: str, data: DataBundle, *, epochs: int,
                      seed: int, batch_size: int, device: torch.device, held_out: float = 0.2,
                      progress: bool = True) -> tuple[nn.Module, float]:
@@ -36,8 +44,8 @@ def trained_baseline(model: nn.Module, model_spec: str, data_spec: str, data: Da
     The cache holds tensors only and is loaded with `weights_only=True`; an unreadable or tampered entry is
     reported, then trained again and replaced.
     """
-    key = cache_key(model_spec, data_spec, seed=seed, epochs=epochs, batch_size=batch_size, held_out=held_out)
-    weights, meta = cache_dir() / f"{key}.pt", cache_dir() / f"{key}.json"
+    weights, meta = baseline_files(model_spec, data_spec, seed=seed, epochs=epochs, batch_size=batch_size,
+                                   held_out=held_out)
     test_loader = DataLoader(data.test, batch_size=256)
     if weights.exists() and meta.exists():
         try:
