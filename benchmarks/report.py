@@ -801,6 +801,17 @@ def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases
     return lines
 
 
+def kept_text(model: str, settings: Settings, out: Path) -> str:
+    """Whether the report keeps `model`'s trained baseline (`kept_baselines`), in words."""
+    config = SearchConfig(model=model, data=settings.data, seed=0, baseline_epochs=settings.baseline_epochs)
+    weights = baselines_folder(out) / kept_baselines.cached_files(config)[0].name
+    if weights.is_file():
+        return (f"Its weights are kept in `{weights.relative_to(out.parent)}`: a run on another machine puts them "
+                "back into its cache and goes on with these rows.")
+    return ("Its weights were not kept: these rows can be regenerated, but not extended on another machine (a "
+            "baseline trained again there is another model).")
+
+
 def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Settings, out: Path,
            others: dict[Variant, list[Row]] | None = None) -> None:
     previous = sections(out)
@@ -844,7 +855,7 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
         lines += [f"## {model} on {data}", ""]
         if base is not None:
             lines += [f"Base {model}: {base['flops'] / 1e6:.2f} MFLOPs, {base['params'] / 1e6:.3f} M params, held-out "
-                      f"{base['held_out']:.4f}, test {base['test']:.4f}.", ""]
+                      f"{base['held_out']:.4f}, test {base['test']:.4f}. " + kept_text(model, settings, out), ""]
         lines += ["Per method: median over seeds (held-out and test top-1: median [min, max]). SGD steps before "
                   "the common fine-tune: on the exported subnet / spent in all (ours: every finalist's). Search s: "
                   "finding the subnet (search, Torch-Pruning's bisection over its channel ratio, FastNAS's "
