@@ -130,6 +130,11 @@ def same_base(a: dict, b: dict) -> bool:
     return all(round(a[k], 6) == round(b[k], 6) for k in ("flops", "params", "held_out", "test"))
 
 
+def base_fingerprint(record: dict) -> str:
+    """The baseline a subnet was cut from, as part of its subnet cache key (the rows' keys leave it out)."""
+    return "|base=" + ",".join(f"{record[k]:.6f}" for k in ("flops", "params", "held_out", "test"))
+
+
 class Study:
     """One model: base model, scorer, data, and the training recipe shared by every method."""
 
@@ -340,7 +345,8 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                         bases_path.parent.mkdir(parents=True, exist_ok=True)
                         atomic_write(bases_path, json.dumps(bases, indent=1))
                     study = studies[model]
-                    subnet_key = key(settings, model, step.budget, method, seed, None)
+                    on_base = base_fingerprint(study.base_record)  # a subnet of another baseline is a miss
+                    subnet_key = key(settings, model, step.budget, method, seed, None) + on_base
                     cached = cache.get(subnet_key)
                     if cached is None:
                         subnet = study.subnet(step.budget, method, seed)
@@ -351,7 +357,7 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                         start = subnet
                         steps = epochs * steps_per_epoch(len(training_set(study.data)), FINETUNE_BATCH)
                         if fine_tune_start(settings, method, subnet.record["steps"], steps) == "base":
-                            copied_key = key(copied, model, step.budget, method, seed, None)
+                            copied_key = key(copied, model, step.budget, method, seed, None) + on_base
                             cached = cache.get(copied_key)
                             if cached is None:
                                 if (model, "base") not in studies:

@@ -132,3 +132,13 @@ def test_a_kept_baseline_goes_back_into_an_empty_cache_byte_for_byte(tmp_path, m
     other = SearchConfig(model="resnet20", data="digits", baseline_epochs=4)  # another recipe: another baseline
     assert kept_baselines.restore(other, [tmp_path / "kept"]) is None
     assert not kept_baselines.cached_files(other)[0].exists()
+
+
+def test_a_cached_subnet_is_keyed_by_the_baseline_it_was_cut_from():
+    from benchmarks.report import base_fingerprint, same_base
+
+    first = {"flops": 5065984, "params": 272186, "held_out": 0.8887, "test": 0.9091}
+    again = dict(first)
+    retrained = {**first, "held_out": 0.8838, "test": 0.9126}  # the same recipe trained on another machine
+    assert base_fingerprint(first) == base_fingerprint(again) and same_base(first, again)
+    assert base_fingerprint(first) != base_fingerprint(retrained) and not same_base(first, retrained)
