@@ -30,9 +30,7 @@ def restore(config: SearchConfig, folders: list[Path]) -> Path | None:
     for folder in folders:
         kept = [folder / path.name for path in cached]
         if all(path.is_file() for path in kept):
-            for source, target in zip(kept, cached):
-                target.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write(target, source.read_bytes())
+            _copy(kept, cached)
             return folder
     return None
 
@@ -43,7 +41,11 @@ def keep(config: SearchConfig, folder: Path) -> bool:
     kept = [folder / path.name for path in cached]
     if all(path.is_file() for path in kept) or not all(path.is_file() for path in cached):
         return False
-    folder.mkdir(parents=True, exist_ok=True)
-    for source, target in zip(cached, kept):
-        atomic_write(target, source.read_bytes())
+    _copy(cached, kept)
     return True
+
+
+def _copy(sources: list[Path] | tuple[Path, ...], targets: list[Path] | tuple[Path, ...]) -> None:
+    for source, target in zip(sources, targets):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(target, source.read_bytes())

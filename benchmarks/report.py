@@ -125,14 +125,15 @@ def log(text: str, file=None) -> None:
     print(text, flush=True, file=file)
 
 
-def same_base(a: dict, b: dict) -> bool:
-    """Whether two base records are the same baseline model (its costs and scores)."""
-    return all(round(a[k], 6) == round(b[k], 6) for k in ("flops", "params", "held_out", "test"))
-
-
 def base_fingerprint(record: dict) -> str:
-    """The baseline a subnet was cut from, as part of its subnet cache key (the rows' keys leave it out)."""
+    """A baseline model's identity (its costs and scores), as part of a subnet cache key (the rows' keys leave it
+    out)."""
     return "|base=" + ",".join(f"{record[k]:.6f}" for k in ("flops", "params", "held_out", "test"))
+
+
+def same_base(a: dict, b: dict) -> bool:
+    """Whether two base records are the same baseline model."""
+    return base_fingerprint(a) == base_fingerprint(b)
 
 
 class Study:
