@@ -35,6 +35,8 @@ Signals (higher is better for all; `_neg_ce` is minus the held-out cross-entropy
   `spaces.reconstruct`), BN-recalibrated; search.run's default finalists re-rank its top 10 by recon_neg_tce;
 - recon_truth, recon_truth_other_seed (not signals): the truth fine-tuned from those refit weights (what
   search.run exports), with the fine-tune's seed and the next; the rows are ranked against it in a table of their own;
+  with `--recon-truth-seeds N` > 2, recon_truth_seed_2 .. recon_truth_seed_{N-1} too, and the rows are also ranked
+  against their mean (recon_truth_mean), with its split-half noise ceiling from 4 seeds on;
 - rung_truth (not a signal): the truth fine-tuned from the weights the last rung left (what the rungs export),
   against which the rung signals are ranked in a table of their own;
 - supernet_top1: held-out top-1 after BN recalibration on the weights of a supernet trained `--supernet-epochs`
@@ -179,7 +181,8 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
              progress: bool = True, data: str = HARD_DIGITS, baseline_epochs: int = 10, *,
              rungs: tuple[int, ...] = (20, 80, 320), supernet_epochs: float = 2, supernet_truth: bool = False,
              pool: str = "search", agent: str = "tpe", trials: int = 100, low: float = 0.7,
-             truth_seeds: int = 2, rows_path: Path | None = None, reconstruct: int | None = None) -> dict:
+             truth_seeds: int = 2, rows_path: Path | None = None, reconstruct: int | None = None,
+             recon_truth_seeds: int = 2) -> dict:
     """Every signal and the truth for `candidates` candidates; see the module docstring. With `rows_path`,
     what is already there is kept and only what is missing is measured (saved after each candidate)."""
     def say(text: str) -> None:
@@ -260,16 +263,18 @@ def fidelity(model: str = "resnet20", budget: str = "0.1flops", candidates: int 
 
     if reconstruct is None:
         reconstruct = meta["reconstruct"] = default_inputs(setting.inputs.example)
-    if reconstruct > 0 and any("recon_truth_other_seed" not in r for r in rows):
+    recon_keys = truth_keys("recon_", max(2, recon_truth_seeds))
+    if reconstruct > 0 and any(k not in r for r in rows for k in recon_keys):
         build = setting.at(budget).build(setting.prunable)  # as search.run builds a finalist: refit to the full model
         for i, (row, c) in enumerate(zip(rows, pool_)):
-            if "recon_truth_other_seed" in row:
+            missing = [k for k in recon_keys if k not in row]
+            if not missing:
                 continue
             module = evaluator.recalibrated(build(c))
             row["recon_top1"] = score_module(module, evaluator.held_out)
             row["recon_neg_tce"] = -held_out_loss(module, evaluator.held_out, calibrated=True)
-            row["recon_truth"] = truth_of(setting, c, finetune_epochs, seed, copy.deepcopy(module))
-            row["recon_truth_other_seed"] = truth_of(setting, c, finetune_epochs, seed + 1, module)
+            for key in missing:  # each fine-tune from its own copy of the refit weights, seeded by its key's seed
+                row[key] = truth_of(setting, c, finetune_epochs, seed + recon_keys.index(key), copy.deepcopy(module))
             save()
             say(f"candidate {i + 1:2d}/{len(pool_)} refit: recon_top1 {row['recon_top1']:.4f}  recon_truth "
                 f"{row['recon_truth']:.4f} (from the copied weights {row['truth']:.4f})")
@@ -314,31 +319,40 @@ def with_default_pick(rows: list[dict], steps: int) -> list[dict]:
         return rows
     rank = {name: stats.rankdata([-r[name] for r in rows], method="ordinal") for name in (ce, proxy)}
     rows = [r | {"default_pick": -(rank[ce][i] + rank[proxy][i]) + 1e-6 * r[proxy]} for i, r in enumerate(rows)]
-    return [r | {"truth_mean": float(np.mean(truths(r)))} if "truth_other_seed" in r else r for r in rows]
+    return [r | {f"{prefix}truth_mean": float(np.mean(truths(r, prefix))) for prefix in ("", "recon_")
+                 if f"{prefix}truth_other_seed" in r} for r in rows]
 
 
-def truths(row: dict) -> list[float]:
-    """The row's truths in seed order: truth (seed), truth_other_seed (seed + 1), truth_seed_k (seed + k)."""
-    out = [row["truth"]] + ([row["truth_other_seed"]] if "truth_other_seed" in row else [])
-    k = 2
-    while f"truth_seed_{k}" in row:
-        out.append(row[f"truth_seed_{k}"])
+def truth_keys(prefix: str, seeds: int) -> list[str]:
+    """The keys of a row's first `seeds` truths, in seed order: {prefix}truth (seed), {prefix}truth_other_seed
+    (seed + 1), {prefix}truth_seed_k (seed + k); prefix "" fine-tunes from the copied weights, "recon_" from the
+    refit ones."""
+    return [f"{prefix}truth", f"{prefix}truth_other_seed", *(f"{prefix}truth_seed_{k}" for k in range(2, seeds))][:seeds]
+
+
+def truths(row: dict, prefix: str = "") -> list[float]:
+    """The row's truths with `prefix` (see `truth_keys`) in seed order, as far as they go without a gap."""
+    out, k = [], 0
+    while True:
+        key = truth_keys(prefix, k + 1)[-1]
+        if key not in row:
+            return out
+        out.append(row[key])
         k += 1
-    return out
 
 
-def seed_count(rows: list[dict]) -> int:
-    """How many fine-tune seeds every row has a truth for."""
-    return min(len(truths(r)) for r in rows) if rows else 0
+def seed_count(rows: list[dict], prefix: str = "") -> int:
+    """How many fine-tune seeds every row has a truth with `prefix` for."""
+    return min(len(truths(r, prefix)) for r in rows) if rows else 0
 
 
-def split_half(rows: list[dict]) -> float:
+def split_half(rows: list[dict], prefix: str = "") -> float:
     """Spearman of the mean truth over the even seeds against the mean over the odd ones (the noise ceiling of a
     mean of half the seeds; nan with fewer than 4)."""
-    n = seed_count(rows)
+    n = seed_count(rows, prefix)
     if n < 4:
         return float("nan")
-    t = np.array([truths(r)[:n] for r in rows])
+    t = np.array([truths(r, prefix)[:n] for r in rows])
     return float(stats.spearmanr(t[:, 0::2].mean(1), t[:, 1::2].mean(1)).statistic)
 
 
@@ -346,13 +360,13 @@ def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | Non
     rows = [r for r in with_default_pick(result["rows"], result["steps"]) if truth_key in r]
     truth = np.array([r[truth_key] for r in rows])
     best5 = set(np.argsort(-truth, kind="stable")[:5])
-    skip = {"truth", "supernet_truth", "rung_truth", "truth_mean", "flops_ratio", "recon_truth"}
+    skip = {"truth", "supernet_truth", "rung_truth", "truth_mean", "flops_ratio", "recon_truth", "recon_truth_mean"}
     if truth_key != "recon_truth":
         skip.add("recon_truth_other_seed")
     if truth_key == "truth_mean":
         skip.add("truth_other_seed")
     if signals is None:  # in the rows' order, a signal added later (bn_neg_tce) beside its kin
-        signals = [k for k in rows[0] if k not in skip and not k.startswith("truth_seed_") and k != "bn_neg_tce"]
+        signals = [k for k in rows[0] if k not in skip and "truth_seed_" not in k and k != "bn_neg_tce"]
         if "bn_neg_tce" in rows[0]:
             signals.insert(signals.index("bn_neg_ce") + 1 if "bn_neg_ce" in signals else 0, "bn_neg_tce")
     base_test = result['base_test'] if result['base_test'] is not None else float('nan')
@@ -362,7 +376,9 @@ def proxy_table(result: dict, truth_key: str = "truth", signals: list[str] | Non
             "supernet_truth": f"the supernet's weights ({result['supernet_epochs']} epochs)",
             "truth_mean": f"the base weights, the mean of {seed_count(rows)} fine-tune seeds",
             "recon_truth": f"the weights search.run builds (refit on {result.get('reconstruct')} training inputs, "
-                           "`--reconstruct`)"}[truth_key]
+                           "`--reconstruct`)",
+            "recon_truth_mean": f"the weights search.run builds, the mean of {seed_count(rows, 'recon_')} fine-tune "
+                                "seeds"}[truth_key]
     lines = [f"{result['model']} on {result['data']} (base test {base_test:.4f}) at {result['budget']}: "
              f"{len(rows)} candidates (FLOPs x{flops.min():.3f}-x{flops.max():.3f}), truth = test top-1 after "
              f"{result['finetune_epochs']} fine-tuning epoch(s) from {what} (truth range {truth.min():.4f}-"
@@ -441,7 +457,7 @@ def selection_table(result: dict, subsets: int = 2000, size: int = 20, finalists
             picks[key].append(truth[pick])
             wins[key] += truth[pick] >= best
     lines = [f"Selection over {subsets} random subsets of {size} candidates (a search's pool): "
-             + ("the mean truth of the pick" if truth_key == "truth_mean" else f"{truth_key} of the pick"),
+             + ("the mean truth of the pick" if truth_key.endswith("truth_mean") else f"{truth_key} of the pick"),
              "", "| picked by | mean | median | picks the subset's best |", "|---|---|---|---|"]
     for key, values in picks.items():
         lines.append(f"| {key} | {np.mean(values):.4f} | {np.median(values):.4f} | {wins[key] / subsets:.0%} |")
@@ -478,6 +494,16 @@ def render(result: dict, out: Path | None, command: str) -> list[str]:
                   *proxy_table(result, "recon_truth", ["bn_top1", "bn_neg_tce", "recon_top1", "recon_neg_tce",
                                                        "recon_truth_other_seed"]), "",
                   *selection_table(result, truth_key="recon_truth"), ""]
+        n = seed_count(result["rows"], "recon_")
+        if n > 2:
+            lines += [f"From the refit weights, against the mean of {n} fine-tune seeds:", "",
+                      *proxy_table(result, "recon_truth_mean", ["bn_top1", "bn_neg_tce", "recon_top1",
+                                                                "recon_neg_tce"]), ""]
+            if n >= 4:
+                lines += [f"The noise ceiling of a mean of {n // 2} seeds from the refit weights: the mean over the "
+                          f"even seeds ranks the mean over the odd ones at Spearman "
+                          f"{split_half(result['rows'], 'recon_'):.3f}.", ""]
+            lines += [*selection_table(result, truth_key="recon_truth_mean"), ""]
     if any("supernet_truth" in r for r in result["rows"]):
         lines += ["With the supernet's weights as the starting point (what `--supernet-epochs` exports):", "",
                   *proxy_table(result, "supernet_truth", ["bn_top1", "supernet_top1"]), ""]
@@ -511,6 +537,9 @@ def main() -> None:
     parser.add_argument("--pruningnet-epochs", type=int, default=0, help="> 0: the PruningNet proxy too")
     parser.add_argument("--truth-seeds", type=int, default=2,
                         help="fine-tune seeds of the truth (>= 2; the second is the noise ceiling)")
+    parser.add_argument("--recon-truth-seeds", type=int, default=2,
+                        help="fine-tune seeds of the truth from the refit weights (> 2: also ranked against their "
+                             "mean; >= 4: with its split-half noise ceiling)")
     parser.add_argument("--reconstruct", type=int,
                         help="training inputs the refit signals use (search.run's --reconstruct, and its default); 0: none")
     parser.add_argument("--seed", type=int, default=0)
@@ -536,7 +565,8 @@ def main() -> None:
                       args.pruningnet_epochs, args.seed, args.lr, data=args.data, baseline_epochs=args.baseline_epochs,
                       rungs=tuple(int(t) for t in args.rungs.split(",") if t), supernet_epochs=args.supernet_epochs,
                       supernet_truth=args.supernet_truth, pool=args.pool, agent=args.agent, trials=args.trials,
-                      low=args.low, truth_seeds=args.truth_seeds, rows_path=args.rows, reconstruct=args.reconstruct)
+                      low=args.low, truth_seeds=args.truth_seeds, rows_path=args.rows, reconstruct=args.reconstruct,
+                      recon_truth_seeds=args.recon_truth_seeds)
     print("\n".join(render(result, args.out, command.strip())), flush=True)
     print(f"wrote {args.out}")
 
