@@ -11,7 +11,7 @@ its zoo baseline trained 10 epochs (cached), 0.1 x FLOPs, truth = test top-1 (10
 1-epoch fine-tune (`search.finetune.finetune_module`, seeded) from the base weights, BN-recalibrated first.
 
 Candidates (`--pool`): `search` (default) takes a search's own pool, the candidates that matter: `--agent`
-(tpe) runs `--trials` (100) trials at the budget, and of its distinct scored candidates between `--low` (0.7)
+(tpe) runs `--trials` (100) trials at the budget, and of its distinct scored subnets between `--low` (0.7)
 x and 1 x the budget, `--candidates` (30) are taken evenly spaced over the proxy's order, its best included;
 `uniform` draws them uniformly from that FLOPs range (rejection sampling; slow at 0.1 x).
 
@@ -105,22 +105,23 @@ def near_budget(setting: Setting, budget: str, count: int, seed: int, low: float
 
 def search_pool(setting: Setting, budget: str, count: int, seed: int, agent: str, trials: int,
                 low: float = 0.7) -> list[Candidate]:
-    """`count` of a search's distinct scored candidates between low x cap and cap, evenly spaced over the proxy's
-    order (its best first)."""
+    """`count` of a search's distinct scored subnets between low x cap and cap, evenly spaced over the proxy's
+    order (its best first); candidates that differ only inside removed blocks are one subnet
+    (`PrunableModel.canonical`), taken once."""
     pipeline = setting.at(budget)
     cap = pipeline.budget.caps["flops"]
     searcher = pipeline.agent(setting.prunable, setting.price, name=agent, seed=seed, trials=trials)
     outcome = Engine(searcher, setting.price, setting.budget(budget), setting.evaluator, trials=trials,
-                     progress=False).run()
+                     progress=False, canonical=setting.prunable.canonical).run()
     setting.evaluator.restore()
     scored: dict[Candidate, float] = {}
     for trial in outcome.trials:
         r = trial.result
         if r.ok and r.score is not None and low * cap <= r.costs.get("flops", 0) <= cap:
-            scored.setdefault(trial.candidate, r.score)
+            scored.setdefault(setting.prunable.canonical(trial.candidate), r.score)
     ranked = sorted(scored, key=lambda c: -scored[c])
     if len(ranked) < count:
-        raise SystemExit(f"the search scored only {len(ranked)} distinct candidates between {low} x and 1 x the "
+        raise SystemExit(f"the search scored only {len(ranked)} distinct subnets between {low} x and 1 x the "
                          f"budget; ask for fewer (--candidates) or more trials (--trials)")
     return [ranked[i] for i in sorted({round(float(i)) for i in np.linspace(0, len(ranked) - 1, count)})]
 
@@ -468,7 +469,7 @@ def render(result: dict, out: Path | None, command: str) -> list[str]:
     """The report: both tables (and the supernet-truth table when measured); written to `out` when given."""
     spent = (f"{result['seconds'] / 60:.0f} min for what this run measured" if np.isfinite(result["seconds"])
              else "re-rendered from its rows")
-    pool = result["pool"] + (f" ({result['agent']}, {result['trials']} trials, distinct candidates between "
+    pool = result["pool"] + (f" ({result['agent']}, {result['trials']} trials, distinct subnets between "
                              f"{result['low']} x and 1 x the budget, evenly spaced over the proxy's order)"
                              if result["pool"] == "search" else "")
     lines = ["# Proxy fidelity at the fair report's headline setting", "",

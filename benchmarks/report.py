@@ -238,9 +238,10 @@ class Study:
             scorer = PruningNetEvaluator.of(self.evaluator, net)
             note = f"PruningNet {self.args.pruningnet_epochs} epochs ({extra_s:.0f} s) in search s"
         searcher = pipeline.agent(self.prunable, self.price, name=agent, seed=seed, trials=self.settings.trials)
+        canonical = self.prunable.canonical if self.settings.distinct == "subnet" else None
         start = time.perf_counter()
         outcome = Engine(searcher, self.price, pipeline.budget, scorer, trials=self.settings.trials,
-                         progress=False).run()
+                         progress=False, canonical=canonical).run()
         forced = []
         if self.settings.one_shot:  # as search.run does: the one-shot candidates scored and among the finalists
             _, methods = one_shot_trials(pipeline, self.prunable, outcome.trials, scorer, self.price)
@@ -254,7 +255,7 @@ class Study:
                                build=pipeline.build(self.prunable, refit=pipeline.ranks_refit(self.prunable) or None),
                                batches=self.batches,
                                calibration=self.evaluator.calibration, held_out=self.evaluator.held_out,
-                               device=torch.device("cpu"), forced=forced)
+                               device=torch.device("cpu"), forced=forced, canonical=canonical)
         best = ranked[0]
         module, held = pipeline.exported(self.prunable, best, self.evaluator)  # as search.run exports it
         costs = self.price(best.trial.candidate)
@@ -318,7 +319,7 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
     """Every row of the plan that `rows` lacks, saved as it is measured. Our subnets start the common fine-tune
     where `search.finetune` would (`fine_tune_start`): from the copied weights after a refit export, when long."""
     studies: dict[str | tuple[str, str], Study] = {}
-    copied = with_variant(settings, (settings.reconstruct, "base", settings.width_grid))
+    copied = with_variant(settings, (settings.reconstruct, "base", settings.width_grid, settings.distinct))
     copied_args = argparse.Namespace(**{**vars(args), "export_weights": "base"})
     for step in args.plan:
         for model in args.models:
@@ -742,15 +743,16 @@ def finalists_text(settings: Settings, lr: float) -> str:
             "subnet." + refit)
 
 
-Variant = tuple[int, str, int]  # (--reconstruct, --export-weights, --width-grid)
+Variant = tuple[int, str, int, str]  # (--reconstruct, --export-weights, --width-grid, --distinct)
 
 
 def variant_of(settings: Settings) -> Variant:
-    return settings.reconstruct, settings.export_weights, settings.width_grid
+    return settings.reconstruct, settings.export_weights, settings.width_grid, settings.distinct
 
 
 def with_variant(settings: Settings, variant: Variant) -> Settings:
-    return replace(settings, reconstruct=variant[0], export_weights=variant[1], width_grid=variant[2])
+    return replace(settings, reconstruct=variant[0], export_weights=variant[1], width_grid=variant[2],
+                   distinct=variant[3])
 
 
 def other_variants(rows: dict[str, Row], settings: Settings, models: list[str]) -> dict[Variant, list[Row]]:
@@ -759,10 +761,10 @@ def other_variants(rows: dict[str, Row], settings: Settings, models: list[str]) 
     settings are not among them."""
     found: dict[Variant, list[Row]] = {}
     for row in rows.values():
-        value, export, grid = (re.search(pattern, row.key) for pattern in
-                               (r"\|recon=(\d+)", r"\|export=(\w+)", r"\|grid=(\d+)"))
+        value, export, grid, distinct = (re.search(pattern, row.key) for pattern in
+                                         (r"\|recon=(\d+)", r"\|export=(\w+)", r"\|grid=(\d+)", r"\|distinct=(\w+)"))
         variant = (int(value.group(1)) if value else 0, export.group(1) if export else "refit",
-                   int(grid.group(1)) if grid else 10)
+                   int(grid.group(1)) if grid else 10, distinct.group(1) if distinct else "candidate")
         if variant == variant_of(settings) or row.model not in models:
             continue
         if row.key == key(with_variant(settings, variant), row.model, row.budget, row.method, row.seed,
@@ -773,11 +775,12 @@ def other_variants(rows: dict[str, Row], settings: Settings, models: list[str]) 
 
 def variant_name(variant: Variant) -> str:
     """How the options read that give this variant."""
-    reconstruct, export_weights, grid = variant
+    reconstruct, export_weights, grid, distinct = variant
     name = f"`--reconstruct {reconstruct}`" if reconstruct else "`--reconstruct 0` (no refit)"
     if reconstruct and export_weights != "refit":
         name += f" `--export-weights {export_weights}`"
-    return name + (f", width ratios k/{grid} (`--width-grid {grid}`)" if grid != 10 else "")
+    name += f", width ratios k/{grid} (`--width-grid {grid}`)" if grid != 10 else ""
+    return name + (", each subnet scored once and one finalist (`--distinct subnet`)" if distinct == "subnet" else "")
 
 
 def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases: dict) -> list[str]:
@@ -785,9 +788,12 @@ def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases
     weights and the width grid change, at the settings measured with them (and whether on the same baseline)."""
     if not others:
         return []
-    lines = ["## Other refit settings and width grids (`--reconstruct`, `--export-weights`, `--width-grid`)", "",
+    lines = ["## Other refit settings and width grids (`--reconstruct`, `--export-weights`, `--width-grid`, "
+             "`--distinct`)", "",
              f"The tables above are measured with {variant_name(variant_of(settings))}"
              + (", width ratios k/10 (search.run's defaults)" if settings.width_grid == 10 else "")
+             + (", each candidate scored once and one finalist (as search.run did before 2026-12-07: candidates "
+                "that differ only inside removed blocks were told apart)" if settings.distinct == "candidate" else "")
              + ". The same report's rows measured with other values (every other setting the same; the "
              "peers are the same methods, measured again), where there are any. Rows on another cached baseline "
              "than the tables above compare only among themselves. Rows of 5 and more epochs measured before "
@@ -913,6 +919,11 @@ def main() -> None:
     parser.add_argument("--width-grid", type=int, default=10,
                         help="our searches' width ratios k / N, k = 1 .. N (10: search.run's default "
                              "--width-ratios); rows of another N are kept apart by their key")
+    parser.add_argument("--distinct", choices=("candidate", "subnet"), default="candidate",
+                        help="subnet: the search scores each subnet once and the finalists hold each once (candidates "
+                             "that differ only inside removed blocks are one subnet), as search.run does since "
+                             "2026-12-07; the report's tables were measured before, one per candidate (the default "
+                             "here, so that they go on), and `subnet` rows are a variant of their own")
     parser.add_argument("--new-baseline", action="store_true",
                         help="--out is a report of its own, on the baselines it finds or trains (kept beside its "
                              "rows), not a fill of docs/benchmarks.md to merge into it: skip the check against the "
@@ -947,7 +958,8 @@ def main() -> None:
         default_inputs(test[0][0].unsqueeze(0)) if defaults.reconstruct is None else defaults.reconstruct
     settings = Settings(args.data, test_images, args.trials, defaults.finalists, defaults.finalist_steps,
                         args.pruningnet_epochs, args.baseline_epochs, defaults.finalist_rank, not defaults.no_one_shot,
-                        defaults.block_encoding, reconstruct, defaults.exported_weights, args.width_grid)
+                        defaults.block_encoding, reconstruct, defaults.exported_weights, args.width_grid,
+                        args.distinct)
     rows_path, bases_path = args.out.parent / "benchmarks" / "rows.json", args.out.parent / "benchmarks" / "bases.json"
     rows, bases = load(rows_path), load_bases(bases_path)
     REFERENCE_BASES.update(load_bases(ROOT / "docs" / "benchmarks" / "bases.json"))

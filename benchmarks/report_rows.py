@@ -4,7 +4,7 @@ A run skips every row the file already holds under the same key, so the report c
 several runs and regenerated from the file alone (`benchmarks/report.py --render-only`). The key names
 everything that changes a figure (data and its test size, model, budget, method, seed, common fine-tune
 epochs, trials, finalists and their ranking, one-shot candidates, block encoding, reconstruction, width grid,
-PruningNet epochs,
+what counts as distinct (candidate or subnet), PruningNet epochs,
 baseline epochs), never the commit. Rows of another
 format (an older report's) are not read; `save` keeps them out of the file.
 """
@@ -35,6 +35,8 @@ class Settings:
     export_weights: str = "refit"    # `--export-weights`: what the rows with reconstruction exported (search.run's
     #   default, the refit copy, leaves the key as it was; "base", the copied weights, is keyed apart)
     width_grid: int = 10             # the width ratios k / width_grid, k = 1 .. width_grid (10: search.run's default)
+    distinct: str = "candidate"      # what the search scores once and the finalists hold once: each "candidate", or
+    #   each "subnet" (candidates that differ only inside removed blocks are one: search.run since 2026-12-07)
 
     def text(self) -> str:
         # what older rows were measured with (ce+proxy, no one-shot candidates, flags) leaves their keys as they were
@@ -45,7 +47,8 @@ class Settings:
                 + (f"|blocks={self.block_encoding}" if self.block_encoding != "flags" else "")
                 + (f"|recon={self.reconstruct}" if self.reconstruct else "")
                 + (f"|export={self.export_weights}" if self.reconstruct and self.export_weights != "refit" else "")
-                + (f"|grid={self.width_grid}" if self.width_grid != 10 else ""))
+                + (f"|grid={self.width_grid}" if self.width_grid != 10 else "")
+                + (f"|distinct={self.distinct}" if self.distinct != "candidate" else ""))
 
 
 def key(settings: Settings, model: str, budget: str, method: str, seed: int, finetune_epochs: int | None) -> str:

@@ -12,7 +12,7 @@ from .blocks import analyze, run_name
 from .graph import ChannelGraph, tensor_shape
 from .heads import head_outputs
 from .importance import Criterion, channel_importance, reorder
-from .space import BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Dimension, SearchSpace, width_choices
+from .space import BLOCK_ENCODINGS, DEFAULT_RATIOS, DEPTH, KEEP, WIDTH, Candidate, Dimension, SearchSpace, width_choices
 from .structure import Example
 from .submodule import Outside, capture, check_outside, detector_parts
 
@@ -42,6 +42,7 @@ class PrunableModel:
     #: when the graph is a submodule of `model` (a detector's backbone): where, and what the rest costs
     #: (`spaces.submodule`); None when the graph is the whole model
     outside: Outside | None = None
+    _blocks_of_width: dict[str, frozenset[int]] | None = field(default=None, init=False, repr=False, compare=False)
 
     def widths(self, candidate: Mapping[str, int]) -> list[int]:
         """The width of every channel group (fixed groups at full width), indexed by group id."""
@@ -60,6 +61,48 @@ class PrunableModel:
             for position, index in enumerate(run):
                 keeps[index] = position < depth
         return keeps
+
+    def canonical(self, candidate: Mapping[str, int]) -> Candidate:
+        """`candidate` with every width that only removed blocks read set to its full value: the same subnet (the
+        same layers, weights, costs and outputs), one name for it. Candidates that differ only in the widths
+        inside blocks they both remove are one subnet, and are scored, ranked and kept once under this name."""
+        keeps = self.keeps(candidate)
+        idle = {name: candidate[name] for name, blocks in self._width_blocks().items()
+                if blocks and not any(keeps[b] for b in blocks) and candidate[name] != self.space[name].full}
+        if not idle:
+            return candidate if isinstance(candidate, Candidate) else Candidate(candidate)
+        return Candidate({**candidate, **{name: self.space[name].full for name in idle}})
+
+    def _width_blocks(self) -> dict[str, frozenset[int]]:
+        """Width dimension -> the removable blocks that hold every node reading its group (a weight or buffer laid
+        out on it, an activation, split or attention op carrying it); empty when some such node lies outside
+        every block (a residual stream, a stem): that width matters whatever is removed."""
+        if self._blocks_of_width is None:
+            graph = self.graph
+            touching: dict[int, set[str]] = {}
+
+            def touch(layout, nodes) -> None:
+                for segment in layout:
+                    touching.setdefault(segment.group, set()).update(nodes)
+
+            for tensor, uses in graph.uses.items():
+                for use in uses:
+                    touch(use.layout, graph.tensor_users.get(tensor, ()))
+            for node, spec in graph.specs.items():
+                touch(spec.layout, (node,))
+            for node, _, layout in graph.scaled_flops:
+                touch(layout, (node,))
+            for node, (_, pieces) in graph.splits.items():
+                for layout in pieces:
+                    touch(layout, (node,))
+            holder = {n: b.index for b in graph.blocks for n in (*b.branch, b.add)}
+            out: dict[str, frozenset[int]] = {}
+            for name, gid in self.dimension_groups.items():
+                nodes = touching.get(gid, set())
+                inside = nodes and all(n in holder for n in nodes)
+                out[name] = frozenset(holder[n] for n in nodes) if inside else frozenset()
+            self._blocks_of_width = out
+        return self._blocks_of_width
 
     def removed_nodes(self, keeps: Sequence[bool]) -> set[str]:
         """The graph nodes a candidate skips: every removed block's branch and its `add`."""

@@ -76,13 +76,18 @@ def test_rows_of_other_variants_are_found_by_value_and_other_settings_are_not():
             _keyed(replace(default, reconstruct=0), "tpe + finalists", 0, 0.88),
             _keyed(replace(default, reconstruct=4096, trials=50), "tpe + finalists", 0, 0.87),      # other trials
             _keyed(replace(default, export_weights="base"), "tpe + finalists", 0, 0.86),
-            _keyed(replace(default, width_grid=32), "tpe + finalists", 0, 0.85)]
+            _keyed(replace(default, width_grid=32), "tpe + finalists", 0, 0.85),
+            _keyed(replace(default, distinct="subnet"), "tpe + finalists", 0, 0.92)]
     found = other_variants({r.key: r for r in rows}, default, ["resnet20"])
-    assert list(found) == [(0, "refit", 10), (1024, "base", 10), (1024, "refit", 32), (4096, "refit", 10)]
-    assert [r.test_after for r in found[(0, "refit", 10)]] == [0.88]
-    assert [r.test_after for r in found[(1024, "base", 10)]] == [0.86]
-    assert [r.test_after for r in found[(1024, "refit", 32)]] == [0.85]
-    assert [r.test_after for r in found[(4096, "refit", 10)]] == [0.91]
+    c = "candidate"
+    assert list(found) == [(0, "refit", 10, c), (1024, "base", 10, c), (1024, "refit", 10, "subnet"),
+                           (1024, "refit", 32, c), (4096, "refit", 10, c)]
+    assert [r.test_after for r in found[(0, "refit", 10, c)]] == [0.88]
+    assert [r.test_after for r in found[(1024, "base", 10, c)]] == [0.86]
+    assert [r.test_after for r in found[(1024, "refit", 32, c)]] == [0.85]
+    assert [r.test_after for r in found[(4096, "refit", 10, c)]] == [0.91]
+    assert [r.test_after for r in found[(1024, "refit", 10, "subnet")]] == [0.92]
+    assert "|distinct=" not in default.text()  # the rows measured before it keep their keys
     assert other_variants({r.key: r for r in rows}, default, ["mobilenetv2"]) == {}
 
 

@@ -43,6 +43,10 @@ __all__ = ["Engine", "Journal", "Outcome", "Price", "Referee", "Trial", "best_tr
 log = logging.getLogger(__name__)
 
 
+def _itself(candidate: Candidate) -> Candidate:
+    return candidate
+
+
 def memoized(price: Price, size: int = 4096) -> Price:
     """`price` with its last `size` answers remembered: a candidate the agent priced is not priced again."""
     cache: OrderedDict[Candidate, dict[str, float]] = OrderedDict()
@@ -69,11 +73,15 @@ class Referee:
     settled at once (a `Result`, never scored); otherwise it returns None with the costs, and the
     candidate must be scored. `result(costs, estimate)` turns a score into the `Result` to tell.
     `bar` is racing's bar (the `top_k`-th best full score remembered; None without racing).
+    `canonical` names a candidate's subnet (`PrunableModel.canonical`): a candidate whose subnet was scored
+    already, under another name, is a repeat too (default: each candidate is its own subnet).
     """
 
-    def __init__(self, price: Price, budget: Budget, top_k: int | None = None):
+    def __init__(self, price: Price, budget: Budget, top_k: int | None = None,
+                 canonical: Callable[[Candidate], Candidate] | None = None):
         self.price, self.budget = price, budget
-        self._scored: dict[Candidate, Result] = {}
+        self.canonical = canonical or _itself
+        self._scored: dict[Candidate, tuple[Candidate, Result]] = {}  # subnet -> the first candidate, its result
         self._top = TopK(top_k)
 
     @property
@@ -84,10 +92,11 @@ class Referee:
         costs = dict(self.price(candidate))
         if not self.budget.feasible(costs):
             return costs, Result(TrialState.INFEASIBLE, None, costs, 0.0, "over budget")
-        seen = self._scored.get(candidate)
+        first, seen = self._scored.get(self.canonical(candidate), (None, None))
         if seen is not None:
-            return costs, Result(seen.state, seen.score, costs, 0.0, "repeat of an earlier candidate", seen.samples,
-                                 seen.raced)
+            why = "repeat of an earlier candidate" if first == candidate else \
+                "the same subnet as an earlier candidate (its other widths are inside removed blocks)"
+            return costs, Result(seen.state, seen.score, costs, 0.0, why, seen.samples, seen.raced)
         return costs, None
 
     @staticmethod
@@ -99,9 +108,10 @@ class Referee:
         return Result(TrialState.FAILED, None, dict(costs), estimate.seconds, estimate.error, estimate.samples)
 
     def remember(self, candidate: Candidate, result: Result) -> None:
-        if result.state is TrialState.INFEASIBLE or candidate in self._scored:
+        subnet = self.canonical(candidate)
+        if result.state is TrialState.INFEASIBLE or subnet in self._scored:
             return
-        self._scored[candidate] = result
+        self._scored[subnet] = candidate, result
         if result.ok and not result.raced and result.score is not None:
             self._top.add(result.score)
 
@@ -121,14 +131,15 @@ class Engine:
     """Runs one agent for `trials` candidates. See the module docstring.
 
     `executor` scores candidates (a bare `Scorer` is wrapped in a `LocalExecutor`); `top_k` turns
-    racing on (None: every candidate is scored on every held-out sample).
+    racing on (None: every candidate is scored on every held-out sample); `canonical` names a candidate's
+    subnet (`PrunableModel.canonical`), so that a candidate whose subnet was scored under another name is a repeat.
     """
 
     def __init__(self, agent: Agent, price: Price, budget: Budget, executor: Executor | Scorer, *, trials: int,
                  journal: Journal | None = None, progress: bool = True, base_flops: float | None = None,
-                 top_k: int | None = None):
+                 top_k: int | None = None, canonical: Callable[[Candidate], Candidate] | None = None):
         self.agent, self.price, self.budget = agent, price, budget
-        self.referee = Referee(price, budget, top_k)
+        self.referee = Referee(price, budget, top_k, canonical)
         self.executor: Executor = executor if isinstance(executor, Executor) else LocalExecutor(executor)
         self.trials, self.journal, self.progress = trials, journal, progress
         self.base_flops = base_flops

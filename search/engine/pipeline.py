@@ -308,7 +308,7 @@ class Pipeline:
         return EvaluatorPayload.of(evaluator, self.config.derive_options(),
                                    "cuda" if self.config.gpus_per_worker > 0 else "cpu")
 
-    def _run_tune(self, agent: Agent, price, evaluator: AccuracyEvaluator) -> Outcome:
+    def _run_tune(self, agent: Agent, price, evaluator: AccuracyEvaluator, prunable: PrunableModel) -> Outcome:
         from evaluators.executors import init_ray
 
         from search.engine.tune import AgentSearcher, run_tune
@@ -319,7 +319,8 @@ class Pipeline:
         except ConnectionError as error:
             raise UserError(f"cannot join the Ray cluster at {c.ray_address}: {first_line(error)}") from None
         try:
-            trials = run_tune(AgentSearcher(agent, price, self.budget, self.racing_top_k), self._payload(evaluator),
+            searcher = AgentSearcher(agent, price, self.budget, self.racing_top_k, canonical=prunable.canonical)
+            trials = run_tune(searcher, self._payload(evaluator),
                               trials=c.trials,
                               workers=max(1, c.workers), storage=self.run_dir.path.resolve() / "tune",
                               cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker,
@@ -438,11 +439,12 @@ class Pipeline:
             log.info("racing is off: a user score function is called whole, it cannot be scored in chunks")
         started = time.perf_counter()
         if c.backend == "tune":
-            outcome = self._run_tune(agent, price, evaluator)
+            outcome = self._run_tune(agent, price, evaluator, prunable)
         else:
             executor = self._executor(scorer)
             engine = Engine(agent, price, self.budget, executor, trials=c.trials, journal=run_dir.journal,
-                            progress=self.progress, base_flops=base["flops"], top_k=self.racing_top_k)
+                            progress=self.progress, base_flops=base["flops"], top_k=self.racing_top_k,
+                            canonical=prunable.canonical)
             previous = run_dir.journal.read()
             if previous:
                 damaged = run_dir.journal.skipped

@@ -16,7 +16,7 @@ searcher keeps under Tune's `trial_id` while the trial runs. With racing
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +42,11 @@ _EVALUATORS: dict[str, AccuracyEvaluator] = {}  # per worker process: built once
 class AgentSearcher(Searcher):
     """A prunesearch agent behind Ray Tune's Searcher interface."""
 
-    def __init__(self, agent: Agent, price: Price, budget: Budget, top_k: int | None = None):
+    def __init__(self, agent: Agent, price: Price, budget: Budget, top_k: int | None = None,
+                 canonical: Callable[[Candidate], Candidate] | None = None):
         super().__init__(metric="score", mode="max")
         self.agent, self.price, self.budget = agent, price, budget
-        self.referee = Referee(price, budget, top_k)
+        self.referee = Referee(price, budget, top_k, canonical)
         self.asked = 0
         #: Tune's trial_id -> (trial number, the agent's ticket; candidate; costs), while the trial runs
         self.outstanding: dict[str, tuple[int, Candidate, dict[str, float]]] = {}

@@ -26,9 +26,9 @@ def fill_trials(pipeline: Pipeline, prunable: PrunableModel, trials: list[Trial]
     """The best `max(1, --finalists)` distinct candidates, each widened until the budget binds
     (`spaces.fill`), scored by the search's scorer: extra trials, numbered after the search's and
     not journaled (a resumed run fills again at its end)."""
-    extras = ExtraTrials(trials, scorer, price, pipeline.budget)
+    extras = ExtraTrials(trials, scorer, price, pipeline.budget, prunable.canonical)
     extra = []
-    for trial in top_distinct(trials, max(1, pipeline.config.finalists)):
+    for trial in top_distinct(trials, max(1, pipeline.config.finalists), prunable.canonical):
         wider = fill(prunable.space, trial.candidate, lambda c: pipeline.budget.feasible(price(c)))
         scored = extras.score(wider, f"fill of trial {trial.number}")  # None: nothing to widen, or scored already
         if scored is not None:

@@ -90,16 +90,19 @@ class Finalist:
         return float(self.trial.result.score)
 
 
-def top_distinct(trials: Sequence[Trial], count: int) -> list[Trial]:
-    """The `count` best scored trials, each candidate once (best first: fully scored before raced-out ones, then
-    score, then fewer FLOPs, then earlier)."""
+def top_distinct(trials: Sequence[Trial], count: int,
+                 canonical: Callable[[Candidate], Candidate] | None = None) -> list[Trial]:
+    """The `count` best scored trials, each subnet once (best first: fully scored before raced-out ones, then
+    score, then fewer FLOPs, then earlier). `canonical` names a candidate's subnet (`PrunableModel.canonical`:
+    candidates that differ only inside removed blocks are one subnet); default: each candidate is its own."""
     done = sorted((t for t in trials if t.result.ok and t.result.score is not None and math.isfinite(t.result.score)),
                   key=lambda t: (t.result.raced, -t.result.score, t.result.costs.get("flops", 0), t.number))
     seen: set[Candidate] = set()
     chosen = []
     for trial in done:
-        if trial.candidate not in seen:
-            seen.add(trial.candidate)
+        subnet = canonical(trial.candidate) if canonical is not None else trial.candidate
+        if subnet not in seen:
+            seen.add(subnet)
             chosen.append(trial)
         if len(chosen) == count:
             break
@@ -223,7 +226,8 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
                   metric: Callable[[nn.Module], float] | None = None, teacher: nn.Module | None = None,
                   device: torch.device | str, progress: Callable[[str], None] | None = None,
                   parallel: Callable[[Callable, list[tuple]], list] | None = None,
-                  forced: Sequence[Trial] = (), origin_of: Callable[[Trial], str] | None = None) -> list[Finalist]:
+                  forced: Sequence[Trial] = (), origin_of: Callable[[Trial], str] | None = None,
+                  canonical: Callable[[Candidate], Candidate] | None = None) -> list[Finalist]:
     """Fine-tune and score again the top `settings.count` distinct trials, and the `forced` ones (the one-shot
     candidates) after them; best first (by `settings.rank`), then those a rung left behind.
 
@@ -239,12 +243,14 @@ def run_finalists(trials: Sequence[Trial], settings: FinalistSettings, *, build:
     the rungs' spacing (r, r * eta, r * eta^2) and the fraction promoted (1 / eta). `build(candidate)` materializes a subnet with the weights to export. `parallel(fn, jobs)` runs
     `fn(*job)` for every job (e.g. as Ray tasks) and returns the results in order; default: one after the other.
     `origin_of(trial)` names where a finalist came from in the progress lines (default: `origin` without the
-    one-shot methods' names).
+    one-shot methods' names). `canonical` names a candidate's subnet (see `top_distinct`): each subnet is one
+    finalist, however many names the search gave it.
     """
-    chosen = top_distinct(trials, settings.count)
-    extra = [t for t in forced if all(t.candidate != c.candidate for c in chosen)]
+    chosen = top_distinct(trials, settings.count, canonical)
+    subnet = canonical or (lambda candidate: candidate)
+    extra = [t for t in forced if all(subnet(t.candidate) != subnet(c.candidate) for c in chosen)]
     # one proxy order for all (the "+proxy" rankings read it): a forced one takes the place its own score gives it
-    chosen = top_distinct([*chosen, *extra], len(chosen) + len(extra))
+    chosen = top_distinct([*chosen, *extra], len(chosen) + len(extra), canonical)
     label = origin_of or (lambda trial: origin(trial, {}))
     alive = [Finalist(trial, math.nan, 0.0, 0, build(trial.candidate)) for trial in chosen]  # in the proxy's order
     behind: list[Finalist] = []
@@ -439,7 +445,7 @@ def pick_finalists(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tri
                                calibration=evaluator.calibration, held_out=evaluator.held_out,
                                metric=evaluator.metric, teacher=teacher, device=pipeline.device,
                                progress=log.info, parallel=parallel, forced=forced,
-                               origin_of=lambda trial: origin(trial, pipeline.one_shot))
+                               origin_of=lambda trial: origin(trial, pipeline.one_shot), canonical=prunable.canonical)
     finally:
         if started:
             import ray

@@ -42,7 +42,7 @@ def one_shot_trials(pipeline: Pipeline, prunable: PrunableModel, trials: list[Tr
                     price) -> tuple[list[Trial], dict[str, Trial]]:
     """(the extra trials scored here, {method: the trial holding its candidate}: one the search scored itself,
     e.g. its warm start, is not scored again)."""
-    extras = ExtraTrials(trials, scorer, price, pipeline.budget)
+    extras = ExtraTrials(trials, scorer, price, pipeline.budget, prunable.canonical)
     new, chosen = [], {}
     for name, candidate in one_shot_candidates(prunable, pipeline, price).items():
         trial = extras.known(candidate)

@@ -130,6 +130,36 @@ def test_repeated_candidates_are_not_scored_twice(tmp_path):
     assert len({t.result.score for t in outcome.trials}) == 1
 
 
+def test_a_candidate_whose_subnet_was_scored_under_another_name_is_a_repeat():
+    space, budget, price = setting("0.4flops")
+    first = make_agent("uniform", space, budget, price=price).ask(0)
+    width = next(d for d in space.widths if first[d.name] != d.smallest)
+    other = first.replace(**{width.name: width.smallest})  # narrower: within the budget too
+    asked = [first, other, first, other]
+
+    class Asker:
+        name = "asker"
+
+        def ask(self, ticket):
+            return asked[ticket]
+
+        def tell(self, ticket, r):
+            pass
+
+    scorer = CountingScorer(space)
+    outcome = Engine(Asker(), price, budget, scorer, trials=4, progress=False,
+                     canonical=lambda c: first if c == other else c).run()
+    assert scorer.calls == 1 and len({t.result.score for t in outcome.trials}) == 1
+    assert [t.candidate for t in outcome.trials] == asked  # the agent's own names are kept
+    assert [t.result.message for t in outcome.trials] == [
+        "", "the same subnet as an earlier candidate (its other widths are inside removed blocks)",
+        "repeat of an earlier candidate", "the same subnet as an earlier candidate (its other widths are inside "
+        "removed blocks)"]
+    scorer = CountingScorer(space)
+    Engine(Asker(), price, budget, scorer, trials=4, progress=False).run()
+    assert scorer.calls == 2  # without it, each name is scored once
+
+
 class OutOfOrderExecutor:
     """Three slots; finishes the most recent submission first; can be 'killed' at its n-th wait."""
 

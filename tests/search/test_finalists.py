@@ -33,6 +33,17 @@ def test_top_distinct_ranks_scored_trials_each_candidate_once():
     assert [t.number for t in top_distinct(trials, 10)] == [5, 1, 6, 0]
 
 
+def test_top_distinct_keeps_each_subnet_once_under_its_first_name():
+    trials = [_trial(0, 0.9, {"keep": 0, "inner": 4}), _trial(1, 0.9, {"keep": 0, "inner": 8}),
+              _trial(2, 0.8, {"keep": 1, "inner": 4}), _trial(3, 0.7, {"keep": 1, "inner": 8})]
+
+    def canonical(c):  # "inner" is read only by the block "keep" removes
+        return c if c["keep"] else c.replace(inner=8)
+
+    assert [t.number for t in top_distinct(trials, 3)] == [0, 1, 2]
+    assert [t.number for t in top_distinct(trials, 3, canonical)] == [0, 2, 3]
+
+
 def _finalists(*pairs):
     """Finalists in the proxy's order, from (score after the steps, held-out cross-entropy) pairs."""
     return [Finalist(_trial(i, 1.0 - i / 10, {"a": i}), score, 0.0, loss=loss) for i, (score, loss) in enumerate(pairs)]
