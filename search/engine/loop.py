@@ -43,6 +43,10 @@ __all__ = ["Engine", "Journal", "Outcome", "Price", "Referee", "Trial", "best_tr
 log = logging.getLogger(__name__)
 
 
+#: the message of a candidate settled as the same subnet as an earlier one under another name (see `Engine`)
+SAME_SUBNET = "the same subnet as an earlier candidate (its other widths are inside removed blocks)"
+
+
 def _itself(candidate: Candidate) -> Candidate:
     return candidate
 
@@ -94,8 +98,7 @@ class Referee:
             return costs, Result(TrialState.INFEASIBLE, None, costs, 0.0, "over budget")
         first, seen = self._scored.get(self.canonical(candidate), (None, None))
         if seen is not None:
-            why = "repeat of an earlier candidate" if first == candidate else \
-                "the same subnet as an earlier candidate (its other widths are inside removed blocks)"
+            why = "repeat of an earlier candidate" if first == candidate else SAME_SUBNET
             return costs, Result(seen.state, seen.score, costs, 0.0, why, seen.samples, seen.raced)
         return costs, None
 
@@ -133,6 +136,10 @@ class Engine:
     `executor` scores candidates (a bare `Scorer` is wrapped in a `LocalExecutor`); `top_k` turns
     racing on (None: every candidate is scored on every held-out sample); `canonical` names a candidate's
     subnet (`PrunableModel.canonical`), so that a candidate whose subnet was scored under another name is a repeat.
+    Such a repeat is told its result but does not count as one of the `trials` (up to `trials` of them): an agent
+    cannot see that two names are one subnet, so it is not charged for asking under another name, and `trials`
+    stays the number of subnets it may try (an exact repeat counts: the agent asked for what it was told; the Ray
+    Tune searcher counts neither, as Tune counts only the trials it runs).
     """
 
     def __init__(self, agent: Agent, price: Price, budget: Budget, executor: Executor | Scorer, *, trials: int,
@@ -146,6 +153,7 @@ class Engine:
         self.outcome = Outcome()
         self._best: Trial | None = None  # the outcome's best so far, kept as trials finish (not rescanned)
         self._asked = 0
+        self._free = 0  # same-subnet repeats that did not count as trials (at most `trials`)
         self._in_flight: dict[int, tuple[Candidate, dict[str, float]]] = {}
         self._resubmit: dict[int, Candidate] = {}  # number -> candidate in flight when the run stopped
 
@@ -185,6 +193,7 @@ class Engine:
         for trial in trials:
             self._remember(trial)
         self._asked = asked
+        self._free = min(self.trials, sum(t.result.message == SAME_SUBNET for t in trials))
         return exact
 
     def _remember(self, trial: Trial) -> None:
@@ -202,6 +211,9 @@ class Engine:
     def _finish(self, number: int, candidate: Candidate, result: Result, bar) -> None:
         self.agent.tell(number, result)
         trial = Trial(number, candidate, result, self._asked)
+        if result.message == SAME_SUBNET and self._free < self.trials:
+            self._free += 1
+            bar.total += 1
         self._remember(trial)
         if self.journal is not None:
             self.journal.append(trial)
@@ -234,14 +246,14 @@ class Engine:
                 self._start(number, candidate, bar)
             self._resubmit = {}
             while True:
-                while len(self._in_flight) < self.executor.slots and self._asked < self.trials:
+                while len(self._in_flight) < self.executor.slots and self._asked - self._free < self.trials:
                     candidate = self.agent.ask(self._asked)  # the trial number is the ticket
                     if candidate is None:
                         break  # the agent waits for results, or has nothing more to propose
                     number, self._asked = self._asked, self._asked + 1
                     self._start(number, candidate, bar)
                 if not self._in_flight:
-                    self.outcome.finished_early = self._asked < self.trials
+                    self.outcome.finished_early = self._asked - self._free < self.trials
                     break
                 self._collect(bar)
         except KeyboardInterrupt:

@@ -9,7 +9,7 @@ import pytest
 from agents import make_agent
 from conftest import fake_score, setting
 from evaluators.racing import Estimate
-from search.engine.loop import Engine, Journal
+from search.engine.loop import SAME_SUBNET, Engine, Journal
 from search.engine.pipeline import idle_workers
 from search.errors import UserError
 from spaces.records import TrialState
@@ -147,17 +147,46 @@ def test_a_candidate_whose_subnet_was_scored_under_another_name_is_a_repeat():
             pass
 
     scorer = CountingScorer(space)
-    outcome = Engine(Asker(), price, budget, scorer, trials=4, progress=False,
+    outcome = Engine(Asker(), price, budget, scorer, trials=2, progress=False,
                      canonical=lambda c: first if c == other else c).run()
     assert scorer.calls == 1 and len({t.result.score for t in outcome.trials}) == 1
-    assert [t.candidate for t in outcome.trials] == asked  # the agent's own names are kept
-    assert [t.result.message for t in outcome.trials] == [
-        "", "the same subnet as an earlier candidate (its other widths are inside removed blocks)",
-        "repeat of an earlier candidate", "the same subnet as an earlier candidate (its other widths are inside "
-        "removed blocks)"]
+    # the agent's own names are kept; a same-subnet repeat is not one of the 2 trials, an exact repeat is
+    assert [t.candidate for t in outcome.trials] == asked[:3]
+    assert [t.result.message for t in outcome.trials] == ["", SAME_SUBNET, "repeat of an earlier candidate"]
     scorer = CountingScorer(space)
-    Engine(Asker(), price, budget, scorer, trials=4, progress=False).run()
-    assert scorer.calls == 2  # without it, each name is scored once
+    outcome = Engine(Asker(), price, budget, scorer, trials=2, progress=False).run()
+    assert scorer.calls == 2 and len(outcome.trials) == 2  # without it, each name is scored once, as a trial
+
+
+def test_same_subnet_repeats_are_free_up_to_the_trials_and_resume_counts_them(tmp_path):
+    space, budget, price = setting("0.4flops")
+    first = make_agent("uniform", space, budget, price=price).ask(0)
+    width = next(d for d in space.widths if first[d.name] != d.smallest)
+    names = [first.replace(**{width.name: v}) for v in width.choices if v <= first[width.name]]
+
+    class Renamer:  # asks one subnet under ever other names, cycling
+        name = "renamer"
+
+        def ask(self, ticket):
+            return names[ticket % len(names)]
+
+        def tell(self, ticket, r):
+            pass
+
+        def restore(self, events):
+            return {}
+
+    one = lambda c: first  # noqa: E731  every name is the one subnet
+    scorer = CountingScorer(space)
+    outcome = Engine(Renamer(), price, budget, scorer, trials=3, progress=False, canonical=one).run()
+    assert scorer.calls == 1 and len(outcome.trials) == 6  # 3 trials and at most 3 free repeats, never a loop
+    journal = Journal(tmp_path / "j.jsonl")
+    Engine(Renamer(), price, budget, CountingScorer(space), trials=3, progress=False, canonical=one,
+           journal=journal).run()
+    stopped = journal.read()[:4]  # 1 scored + 3 free: the budget left is 2 trials
+    resumed = Engine(Renamer(), price, budget, CountingScorer(space), trials=3, progress=False, canonical=one)
+    resumed.replay(stopped)
+    assert len(resumed.run().trials) == 6
 
 
 class OutOfOrderExecutor:
