@@ -74,7 +74,8 @@ def main() -> None:
                 agent = pipeline.agent(prunable, price, name=name, seed=seed, trials=args.trials)
                 scorer = scorers.get(name, evaluator)
                 start = time.perf_counter()
-                outcome = Engine(agent, price, pipeline.budget, scorer, trials=args.trials, progress=False).run()
+                outcome = Engine(agent, price, pipeline.budget, scorer, trials=args.trials, progress=False,
+                                 canonical=prunable.canonical).run()
                 walls.append(time.perf_counter() - start)
                 best = outcome.best
                 if scorer is not evaluator:

@@ -103,7 +103,7 @@ class Bench:
         initial = {json.dumps(c.to_dict(), sort_keys=True) for c in agent.initial}
         start = time.perf_counter()
         outcome = Engine(agent, self.price, pipeline.budget, self.evaluator, trials=self.args.trials,
-                         progress=False).run()
+                         progress=False, canonical=self.prunable.canonical).run()
         seconds = time.perf_counter() - start
         self.evaluator.restore()
         scored = [t for t in outcome.trials if t.result.ok]

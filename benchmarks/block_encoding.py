@@ -63,7 +63,8 @@ def compare(model_name: str, data, args) -> list[tuple[str, str, list[float], li
                 initial = [magnitude_candidate(prunable, lambda c: budget.feasible(price(c)))] if args.warm_start else []
                 agent = make_agent(name, prunable.space, budget, price=price, seed=seed, trials=args.trials,
                                    initial=[c for c in initial if c is not None])
-                best = Engine(agent, price, budget, evaluator, trials=args.trials, progress=False).run().best
+                best = Engine(agent, price, budget, evaluator, trials=args.trials, progress=False,
+                              canonical=prunable.canonical).run().best
                 bests.append(best.result.score)
                 tests.append(tester.score(best.candidate))
                 ratios.append(best.result.costs["flops"] / base["flops"])

@@ -106,7 +106,7 @@ class Bench:
         pipeline = setting.at(self.args.budget)
         chooser = pipeline.agent(setting.prunable, setting.price, name=agent, seed=seed, trials=self.args.trials)
         outcome = Engine(chooser, setting.price, pipeline.budget, setting.evaluator, trials=self.args.trials,
-                         progress=False).run()
+                         progress=False, canonical=setting.prunable.canonical).run()
         setting.evaluator.restore()
         return outcome.trials
 
@@ -138,7 +138,7 @@ class Bench:
         """The top candidates of a ten-ratio search, every signal and every truth."""
         setting = self.settings["ten"]
         evaluator = setting.evaluator
-        chosen = top_distinct(trials, COUNT)
+        chosen = top_distinct(trials, COUNT, setting.prunable.canonical)
         pool = Pool(self.model, seed, [t.candidate for t in chosen], [self.flops_ratio("ten", t.candidate)
                                                                           for t in chosen])
         pool.trials = chosen
