@@ -67,11 +67,11 @@ class PrunableModel:
         same layers, weights, costs and outputs), one name for it. Candidates that differ only in the widths
         inside blocks they both remove are one subnet, and are scored, ranked and kept once under this name."""
         keeps = self.keeps(candidate)
-        idle = {name: candidate[name] for name, blocks in self._width_blocks().items()
+        full = {name: self.space[name].full for name, blocks in self._width_blocks().items()
                 if blocks and not any(keeps[b] for b in blocks) and candidate[name] != self.space[name].full}
-        if not idle:
-            return candidate if isinstance(candidate, Candidate) else Candidate(candidate)
-        return Candidate({**candidate, **{name: self.space[name].full for name in idle}})
+        if full:
+            return Candidate({**candidate, **full})
+        return candidate if isinstance(candidate, Candidate) else Candidate(candidate)
 
     def _width_blocks(self) -> dict[str, frozenset[int]]:
         """Width dimension -> the removable blocks that hold every node reading its group (a weight or buffer laid
