@@ -66,7 +66,7 @@ from benchmarks.paired_bootstrap import median_margin  # noqa: E402
 from benchmarks.report_rows import Row, Settings, key, load, save  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from benchmarks.subnet_cache import SubnetCache  # noqa: E402
-from search.engine.config import SearchConfig  # noqa: E402
+from search.engine.config import DEFAULT_TRIALS, SearchConfig  # noqa: E402
 from search.engine.loop import Engine  # noqa: E402
 from search.selection.finalists import FinalistSettings, ShuffledBatches, run_finalists, train_finalist  # noqa: E402
 from search.selection.one_shot import one_shot_finalists, one_shot_trials  # noqa: E402
@@ -319,7 +319,7 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
     """Every row of the plan that `rows` lacks, saved as it is measured. Our subnets start the common fine-tune
     where `search.finetune` would (`fine_tune_start`): from the copied weights after a refit export, when long."""
     studies: dict[str | tuple[str, str], Study] = {}
-    copied = with_variant(settings, (settings.reconstruct, "base", settings.width_grid, settings.distinct))
+    copied = replace(settings, export_weights="base")
     copied_args = argparse.Namespace(**{**vars(args), "export_weights": "base"})
     for step in args.plan:
         for model in args.models:
@@ -743,28 +743,30 @@ def finalists_text(settings: Settings, lr: float) -> str:
             "subnet." + refit)
 
 
-Variant = tuple[int, str, int, str]  # (--reconstruct, --export-weights, --width-grid, --distinct)
+Variant = tuple[int, str, int, str, int]  # (--reconstruct, --export-weights, --width-grid, --distinct, --trials)
 
 
 def variant_of(settings: Settings) -> Variant:
-    return settings.reconstruct, settings.export_weights, settings.width_grid, settings.distinct
+    return settings.reconstruct, settings.export_weights, settings.width_grid, settings.distinct, settings.trials
 
 
 def with_variant(settings: Settings, variant: Variant) -> Settings:
     return replace(settings, reconstruct=variant[0], export_weights=variant[1], width_grid=variant[2],
-                   distinct=variant[3])
+                   distinct=variant[3], trials=variant[4])
 
 
 def other_variants(rows: dict[str, Row], settings: Settings, models: list[str]) -> dict[Variant, list[Row]]:
-    """Rows measured with another `--reconstruct`, `--export-weights` or `--width-grid` than `settings` and
-    otherwise the same settings, by variant (reconstruct 0: no refit), for the comparison section; rows of other
-    settings are not among them."""
+    """Rows measured with another `--reconstruct`, `--export-weights`, `--width-grid`, `--distinct` or `--trials`
+    than `settings` and otherwise the same settings, by variant (reconstruct 0: no refit), for the comparison
+    section; rows of other settings are not among them."""
     found: dict[Variant, list[Row]] = {}
     for row in rows.values():
-        value, export, grid, distinct = (re.search(pattern, row.key) for pattern in
-                                         (r"\|recon=(\d+)", r"\|export=(\w+)", r"\|grid=(\d+)", r"\|distinct=(\w+)"))
+        value, export, grid, distinct, trials = (
+            re.search(pattern, row.key) for pattern in
+            (r"\|recon=(\d+)", r"\|export=(\w+)", r"\|grid=(\d+)", r"\|distinct=(\w+)", r"\|trials=(\d+)"))
         variant = (int(value.group(1)) if value else 0, export.group(1) if export else "refit",
-                   int(grid.group(1)) if grid else 10, distinct.group(1) if distinct else "candidate")
+                   int(grid.group(1)) if grid else 10, distinct.group(1) if distinct else "candidate",
+                   int(trials.group(1)) if trials else settings.trials)
         if variant == variant_of(settings) or row.model not in models:
             continue
         if row.key == key(with_variant(settings, variant), row.model, row.budget, row.method, row.seed,
@@ -773,14 +775,16 @@ def other_variants(rows: dict[str, Row], settings: Settings, models: list[str]) 
     return dict(sorted(found.items()))
 
 
-def variant_name(variant: Variant) -> str:
-    """How the options read that give this variant."""
-    reconstruct, export_weights, grid, distinct = variant
+def variant_name(variant: Variant, trials: int) -> str:
+    """How the options read that give this variant (its trials named where they are not `trials`)."""
+    reconstruct, export_weights, grid, distinct, variant_trials = variant
     name = f"`--reconstruct {reconstruct}`" if reconstruct else "`--reconstruct 0` (no refit)"
     if reconstruct and export_weights != "refit":
         name += f" `--export-weights {export_weights}`"
     name += f", width ratios k/{grid} (`--width-grid {grid}`)" if grid != 10 else ""
-    return name + (", each subnet scored once and one finalist (`--distinct subnet`)" if distinct == "subnet" else "")
+    name += ", each subnet scored once and one finalist (`--distinct subnet`)" if distinct == "subnet" else ""
+    return name + (f", {variant_trials} trials per search (`--trials {variant_trials}`)"
+                   if variant_trials != trials else "")
 
 
 def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases: dict) -> list[str]:
@@ -788,10 +792,11 @@ def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases
     weights and the width grid change, at the settings measured with them (and whether on the same baseline)."""
     if not others:
         return []
-    lines = ["## Other refit settings and width grids (`--reconstruct`, `--export-weights`, `--width-grid`, "
-             "`--distinct`)", "",
-             f"The tables above are measured with {variant_name(variant_of(settings))}"
+    lines = ["## Other refit settings, width grids and search lengths (`--reconstruct`, `--export-weights`, "
+             "`--width-grid`, `--distinct`, `--trials`)", "",
+             f"The tables above are measured with {variant_name(variant_of(settings), settings.trials)}"
              + (", width ratios k/10 (search.run's defaults)" if settings.width_grid == 10 else "")
+             + f", {settings.trials} trials per search (search.run's default: {DEFAULT_TRIALS})"
              + (", each candidate scored once and one finalist (as search.run did before 2026-12-07: candidates "
                 "that differ only inside removed blocks were told apart)" if settings.distinct == "candidate" else "")
              + ". The same report's rows measured with other values (every other setting the same; the "
@@ -799,7 +804,7 @@ def variants_section(others: dict[Variant, list[Row]], settings: Settings, bases
              "than the tables above compare only among themselves. Rows of 5 and more epochs measured before "
              "`search.finetune --start auto` (2026-12-07) start from the refit export as the variant exports it.", ""]
     for variant, rows in others.items():
-        lines += [f"### {variant_name(variant)}", ""]
+        lines += [f"### {variant_name(variant, settings.trials)}", ""]
         for model in dict.fromkeys(r.model for r in rows):
             base = bases.get(f"{with_variant(settings, variant).text()}|{model}")
             ours = bases.get(f"{settings.text()}|{model}")

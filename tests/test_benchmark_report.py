@@ -67,26 +67,29 @@ def _keyed(settings, method: str, seed: int, test_after: float):
 def test_rows_of_other_variants_are_found_by_value_and_other_settings_are_not():
     from dataclasses import replace
 
-    from benchmarks.report import other_variants
+    from benchmarks.report import other_variants, variant_name
     from benchmarks.report_rows import Settings
 
     default = Settings("hard", 10080, 100, 10, 0, 5, 10, "tce", True, "flags", 1024)
     rows = [_keyed(default, "tpe + finalists", 0, 0.9),
             _keyed(replace(default, reconstruct=4096), "tpe + finalists", 0, 0.91),
             _keyed(replace(default, reconstruct=0), "tpe + finalists", 0, 0.88),
-            _keyed(replace(default, reconstruct=4096, trials=50), "tpe + finalists", 0, 0.87),      # other trials
+            _keyed(replace(default, reconstruct=4096, trials=50), "tpe + finalists", 0, 0.87),
             _keyed(replace(default, export_weights="base"), "tpe + finalists", 0, 0.86),
             _keyed(replace(default, width_grid=32), "tpe + finalists", 0, 0.85),
             _keyed(replace(default, distinct="subnet"), "tpe + finalists", 0, 0.92)]
     found = other_variants({r.key: r for r in rows}, default, ["resnet20"])
     c = "candidate"
-    assert list(found) == [(0, "refit", 10, c), (1024, "base", 10, c), (1024, "refit", 10, "subnet"),
-                           (1024, "refit", 32, c), (4096, "refit", 10, c)]
-    assert [r.test_after for r in found[(0, "refit", 10, c)]] == [0.88]
-    assert [r.test_after for r in found[(1024, "base", 10, c)]] == [0.86]
-    assert [r.test_after for r in found[(1024, "refit", 32, c)]] == [0.85]
-    assert [r.test_after for r in found[(4096, "refit", 10, c)]] == [0.91]
-    assert [r.test_after for r in found[(1024, "refit", 10, "subnet")]] == [0.92]
+    assert list(found) == [(0, "refit", 10, c, 100), (1024, "base", 10, c, 100), (1024, "refit", 10, "subnet", 100),
+                           (1024, "refit", 32, c, 100), (4096, "refit", 10, c, 50), (4096, "refit", 10, c, 100)]
+    assert [r.test_after for r in found[(0, "refit", 10, c, 100)]] == [0.88]
+    assert [r.test_after for r in found[(1024, "base", 10, c, 100)]] == [0.86]
+    assert [r.test_after for r in found[(1024, "refit", 32, c, 100)]] == [0.85]
+    assert [r.test_after for r in found[(4096, "refit", 10, c, 100)]] == [0.91]
+    assert [r.test_after for r in found[(4096, "refit", 10, c, 50)]] == [0.87]  # other trials: a variant of its own
+    assert [r.test_after for r in found[(1024, "refit", 10, "subnet", 100)]] == [0.92]
+    assert variant_name((4096, "refit", 10, c, 50), 100).endswith("50 trials per search (`--trials 50`)")
+    assert "trials" not in variant_name((4096, "refit", 10, c, 100), 100)
     assert "|distinct=" not in default.text()  # the rows measured before it keep their keys
     assert other_variants({r.key: r for r in rows}, default, ["mobilenetv2"]) == {}
 
