@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import functools
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -128,3 +130,36 @@ def one_run(tmp_path_factory, prefix: str, args: list[str]):
             os.environ.pop("PRUNESEARCH_CACHE", None)
         else:
             os.environ["PRUNESEARCH_CACHE"] = saved
+
+
+@pytest.fixture(scope="session")
+def digits_baseline(tmp_path_factory) -> Path:
+    """A cache holding the baseline that the main-job tests' runs start from (the embedded ResNet-20 on digits,
+    1 epoch at batch 32, seed 0, the default split), trained once a session by a run of its own."""
+    import os
+
+    from search import run as run_module
+
+    root = tmp_path_factory.mktemp("digits-baseline")
+    saved = os.environ.get("PRUNESEARCH_CACHE")
+    os.environ["PRUNESEARCH_CACHE"] = str(root / "cache")
+    try:
+        assert run_module.main(["--agent", "uniform", "--budget", "0.5flops", "--trials", "1", "--finalists", "0",
+                                "--baseline-epochs", "1", "--batch-size", "32", "--calib-batches", "1",
+                                "--eval-samples", "32", "--no-progress", "--quiet", "--out", str(root / "run")]) == 0
+    finally:
+        if saved is None:
+            os.environ.pop("PRUNESEARCH_CACHE", None)
+        else:
+            os.environ["PRUNESEARCH_CACHE"] = saved
+    return root / "cache"
+
+
+@pytest.fixture
+def warm_cache(tmp_path, monkeypatch, digits_baseline) -> Path:
+    """The test's own PRUNESEARCH_CACHE (`tmp_path / "cache"`), starting with a copy of `digits_baseline`: each test
+    writes and damages only its copy, and none trains that baseline again (a cold cache has tests of its own)."""
+    cache = tmp_path / "cache"
+    shutil.copytree(digits_baseline, cache)
+    monkeypatch.setenv("PRUNESEARCH_CACHE", str(cache))
+    return cache

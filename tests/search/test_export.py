@@ -16,7 +16,8 @@ from search.models.zoo import load_model
 pytestmark = pytest.mark.filterwarnings("ignore:.*torch.jit.load.* is deprecated:FutureWarning")
 
 FAST = ["--baseline-epochs", "1", "--trials", "4", "--calib-batches", "2", "--batch-size", "32",
-        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2"]
+        "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2",
+        "--reconstruct", "64"]  # the refit on 64 inputs, not 1024: seconds less a run
 
 
 @pytest.fixture(scope="module")

@@ -17,12 +17,14 @@ from search.models.zoo import load_data, load_model
 
 FAST = ["--baseline-epochs", "1", "--trials", "6", "--calib-batches", "2", "--batch-size", "32",
         "--eval-samples", "64", "--no-progress", "--quiet", "--finalists", "2", "--finalist-steps", "2",
-        "--no-one-shot"]  # one-shot finalists add trials: test_run has their own tests
+        "--no-one-shot",  # one-shot finalists add trials: test_run has their own tests
+        "--reconstruct", "64"]  # the refit on 64 inputs, not 1024: seconds less a run
 
 
 @pytest.fixture(autouse=True)
-def cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PRUNESEARCH_CACHE", str(tmp_path / "cache"))
+def cache(warm_cache):
+    """Each test's own cache, holding the digits baseline its runs start from (conftest's `warm_cache`)."""
+    return warm_cache
 
 
 def search(tmp_path, *extra, out="run", agent="random", budget=("0.4flops",)):
