@@ -136,22 +136,14 @@ def one_run(tmp_path_factory, prefix: str, args: list[str]):
 def digits_baseline(tmp_path_factory) -> Path:
     """A cache holding the baseline that the main-job tests' runs start from (the embedded ResNet-20 on digits,
     1 epoch at batch 32, seed 0, the default split), trained once a session by a run of its own."""
-    import os
-
     from search import run as run_module
 
     root = tmp_path_factory.mktemp("digits-baseline")
-    saved = os.environ.get("PRUNESEARCH_CACHE")
-    os.environ["PRUNESEARCH_CACHE"] = str(root / "cache")
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("PRUNESEARCH_CACHE", str(root / "cache"))
         assert run_module.main(["--agent", "uniform", "--budget", "0.5flops", "--trials", "1", "--finalists", "0",
                                 "--baseline-epochs", "1", "--batch-size", "32", "--calib-batches", "1",
                                 "--eval-samples", "32", "--no-progress", "--quiet", "--out", str(root / "run")]) == 0
-    finally:
-        if saved is None:
-            os.environ.pop("PRUNESEARCH_CACHE", None)
-        else:
-            os.environ["PRUNESEARCH_CACHE"] = saved
     return root / "cache"
 
 
