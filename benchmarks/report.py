@@ -766,7 +766,7 @@ def other_variants(rows: dict[str, Row], settings: Settings, models: list[str]) 
             (r"\|recon=(\d+)", r"\|export=(\w+)", r"\|grid=(\d+)", r"\|distinct=(\w+)", r"\|trials=(\d+)"))
         variant = (int(value.group(1)) if value else 0, export.group(1) if export else "refit",
                    int(grid.group(1)) if grid else 10, distinct.group(1) if distinct else "candidate",
-                   int(trials.group(1)) if trials else settings.trials)
+                   int(trials.group(1)))  # every key names its trials
         if variant == variant_of(settings) or row.model not in models:
             continue
         if row.key == key(with_variant(settings, variant), row.model, row.budget, row.method, row.seed,

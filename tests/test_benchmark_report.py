@@ -77,7 +77,8 @@ def test_rows_of_other_variants_are_found_by_value_and_other_settings_are_not():
             _keyed(replace(default, reconstruct=4096, trials=50), "tpe + finalists", 0, 0.87),
             _keyed(replace(default, export_weights="base"), "tpe + finalists", 0, 0.86),
             _keyed(replace(default, width_grid=32), "tpe + finalists", 0, 0.85),
-            _keyed(replace(default, distinct="subnet"), "tpe + finalists", 0, 0.92)]
+            _keyed(replace(default, distinct="subnet"), "tpe + finalists", 0, 0.92),
+            _keyed(replace(default, finalists=5), "tpe + finalists", 0, 0.80)]  # other settings: never a variant
     found = other_variants({r.key: r for r in rows}, default, ["resnet20"])
     c = "candidate"
     assert list(found) == [(0, "refit", 10, c, 100), (1024, "base", 10, c, 100), (1024, "refit", 10, "subnet", 100),
@@ -88,6 +89,7 @@ def test_rows_of_other_variants_are_found_by_value_and_other_settings_are_not():
     assert [r.test_after for r in found[(4096, "refit", 10, c, 100)]] == [0.91]
     assert [r.test_after for r in found[(4096, "refit", 10, c, 50)]] == [0.87]  # other trials: a variant of its own
     assert [r.test_after for r in found[(1024, "refit", 10, "subnet", 100)]] == [0.92]
+    assert 0.80 not in [r.test_after for rows_of in found.values() for r in rows_of]
     assert variant_name((4096, "refit", 10, c, 50), 100).endswith("50 trials per search (`--trials 50`)")
     assert "trials" not in variant_name((4096, "refit", 10, c, 100), 100)
     assert "|distinct=" not in default.text()  # the rows measured before it keep their keys
