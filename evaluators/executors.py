@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import socket
 import time
 from collections.abc import Callable, Mapping
@@ -63,20 +64,28 @@ def unreachable(address: str, timeout: float = 5.0) -> str | None:
     return None
 
 
-def init_ray(address: str | None = None, *, num_cpus: float = 1) -> bool:
-    """Join the cluster at `address`, or start a local Ray with `num_cpus`; False if Ray was already up."""
+def init_ray(address: str | None = None, *, num_cpus: float = 1, num_gpus: int | None = None) -> bool:
+    """Join the cluster at `address`, or start a local Ray with `num_cpus` (and `num_gpus`); False if Ray was
+    already up. A cluster that cannot be joined is a ConnectionError whose message says so in one line.
+
+    With no `address`, `RAY_ADDRESS` (set for a script a Ray job runs) is joined like one. Otherwise the local Ray
+    is always a new one (`address="local"`): a bare `ray.init()` would join the cluster a `ray start` left running
+    on this machine and then refuse the CPU count; joining that one is `--ray-address auto`.
+    """
     import ray
 
     if ray.is_initialized():
         return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
     if address:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as error:
-            raise ConnectionError(str(error).splitlines()[0] if str(error) else type(error).__name__) from None
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ConnectionError(f"cannot join the Ray cluster at {address}: {reason}") from None
     else:
-        ray.init(num_cpus=max(1, math.ceil(num_cpus)), include_dashboard=False, logging_level=logging.WARNING,
-                 log_to_driver=False)
+        ray.init(address="local", num_cpus=max(1, math.ceil(num_cpus)), num_gpus=num_gpus, include_dashboard=False,
+                 logging_level=logging.WARNING, log_to_driver=False)
     return True
 
 

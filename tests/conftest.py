@@ -2,8 +2,15 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 from pathlib import Path
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # the suite runs on 2 processes (pyproject's addopts): one thread each,
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # and for the processes they start; two thread pools spinning
+                                                    # on 2 cores made the suite slower than one process
+# Ray Train's controller polls its workers every 2 s (it passes this on to them): a fit of a tiny model ends sooner
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.2")
 
 import numpy as np
 import pytest
@@ -17,6 +24,9 @@ from search.models.cifar_resnet import resnet20, resnet56
 from spaces.budget import Budget, Limit
 from spaces.derive import PrunableModel, derive
 from spaces.space import SearchSpace
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 TORCHVISION = ["resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "mobilenet_v2",
                "mobilenet_v3_small", "efficientnet_b0", "regnet_y_400mf", "densenet121", "vgg11_bn",

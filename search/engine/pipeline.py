@@ -299,7 +299,7 @@ class Pipeline:
                                    cpus_per_worker=c.cpus_per_worker, gpus_per_worker=c.gpus_per_worker,
                                    address=c.ray_address)
         except ConnectionError as error:
-            raise UserError(f"cannot join the Ray cluster at {c.ray_address}: {first_line(error)}") from None
+            raise UserError(first_line(error)) from None
         log.info("scoring on %d Ray actors (%g CPU, %g GPU each)", c.workers or 1, c.cpus_per_worker,
                  c.gpus_per_worker)
         return executor
@@ -317,7 +317,7 @@ class Pipeline:
         try:
             started_ray = init_ray(c.ray_address, num_cpus=max(1, c.workers or 1) * c.cpus_per_worker)
         except ConnectionError as error:
-            raise UserError(f"cannot join the Ray cluster at {c.ray_address}: {first_line(error)}") from None
+            raise UserError(first_line(error)) from None
         try:
             searcher = AgentSearcher(agent, price, self.budget, self.racing_top_k, canonical=prunable.canonical)
             trials = run_tune(searcher, self._payload(evaluator),

@@ -65,16 +65,12 @@ def ray_session(workers: int, address: str | None, use_gpu: bool) -> Iterator[No
     GPUs) started here and shut down afterwards."""
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        try:
-            if address:
-                ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)
-            else:
-                ray.init(num_cpus=workers, num_gpus=workers if use_gpu else None, include_dashboard=False,
-                         logging_level=logging.WARNING, log_to_driver=False)
-        except ConnectionError as error:
-            raise UserError(f"cannot join the Ray cluster at {address}: {error}") from None
+    from evaluators.executors import init_ray
+
+    try:
+        started = init_ray(address, num_cpus=workers, num_gpus=workers if use_gpu else None)
+    except ConnectionError as error:
+        raise UserError(str(error)) from None
     try:
         yield
     finally:

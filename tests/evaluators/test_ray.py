@@ -86,6 +86,30 @@ def test_a_search_survives_a_node_leaving(cluster, tmp_path):
     evaluator.restore()
 
 
+def test_without_an_address_a_new_local_ray_starts_beside_a_running_cluster(monkeypatch):
+    """A `ray start` cluster on the machine (its address file written, as the test Cluster writes it) is not
+    joined without `--ray-address`: a bare `ray.init(num_cpus=...)` would join it and then refuse the CPU count.
+    `RAY_ADDRESS` (a Ray job's) is joined."""
+    from ray.cluster_utils import Cluster
+
+    from evaluators.executors import init_ray
+    from search.finetune.on_ray import ray_session
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        assert init_ray(num_cpus=2)
+        assert ray.get_runtime_context().gcs_address != c.address and ray.cluster_resources()["CPU"] == 2
+        ray.shutdown()
+        with ray_session(workers=1, address=None, use_gpu=False):
+            assert ray.get_runtime_context().gcs_address != c.address and ray.cluster_resources()["CPU"] == 1
+        assert not ray.is_initialized()  # the session shut down the Ray it started
+        monkeypatch.setenv("RAY_ADDRESS", c.address)
+        assert init_ray(num_cpus=2) and ray.get_runtime_context().gcs_address == c.address
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
 def test_racing_bar_travels_with_the_candidate_to_the_actor():
     from evaluators.racing import race_batches
 
