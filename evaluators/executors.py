@@ -48,35 +48,52 @@ class Executor(Protocol):
     def wait(self) -> list[tuple[int, Estimate]]: ...
 
 
-def unreachable(address: str, timeout: float = 5.0) -> str | None:
+def cluster_address(address: str | None) -> tuple[str | None, str]:
+    """The Ray cluster a run joins and where the user named it: `--ray-address`, else `RAY_ADDRESS` (set for a
+    script a Ray job runs), else (None, "") for a new local Ray."""
+    if address:
+        return address, "--ray-address"
+    env = os.environ.get("RAY_ADDRESS") or None
+    return env, "RAY_ADDRESS" if env else ""
+
+
+def unreachable(address: str, timeout: float = 5.0, *, named: str = "--ray-address") -> str | None:
     """Why no Ray cluster can be joined at `address` ("host:port", "ray://host:port"), or None where a TCP
     connection opens (or the address is Ray's "auto"/"local", which Ray resolves itself). Seconds, not the
-    minutes ray.init spends retrying a dead address."""
+    minutes ray.init spends retrying a dead address. `named` says where the address came from."""
     if address in ("auto", "local"):
         return None
     host, colon, port = address.removeprefix("ray://").rpartition(":")
     if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        return f"--ray-address {address} is not host:port (e.g. 10.0.0.5:6379, ray://10.0.0.5:10001 or auto)"
+        return f"{named} {address} is not host:port (e.g. 10.0.0.5:6379, ray://10.0.0.5:10001 or auto)"
     try:
         socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
     except OSError as error:
-        return f"cannot reach a Ray cluster at --ray-address {address}: {error.strerror or error}"
+        return f"cannot reach a Ray cluster at {named} {address}: {error.strerror or error}"
     return None
+
+
+def check_cluster(address: str | None) -> str | None:
+    """Why the cluster a run would join (`cluster_address`) cannot be, in one line; None where it can or where
+    the run starts its own."""
+    joined, named = cluster_address(address)
+    return unreachable(joined, named=named) if joined else None
 
 
 def init_ray(address: str | None = None, *, num_cpus: float = 1, num_gpus: int | None = None) -> bool:
     """Join the cluster at `address`, or start a local Ray with `num_cpus` (and `num_gpus`); False if Ray was
     already up. A cluster that cannot be joined is a ConnectionError whose message says so in one line.
 
-    With no `address`, `RAY_ADDRESS` (set for a script a Ray job runs) is joined like one. Otherwise the local Ray
-    is always a new one (`address="local"`): a bare `ray.init()` would join the cluster a `ray start` left running
-    on this machine and then refuse the CPU count; joining that one is `--ray-address auto`.
+    With no `address`, `RAY_ADDRESS` (set for a script a Ray job runs) is joined like one (`cluster_address`).
+    Otherwise the local Ray is always a new one (`address="local"`): a bare `ray.init()` would join the cluster a
+    `ray start` left running on this machine and then refuse the CPU count; joining that one is
+    `--ray-address auto`.
     """
     import ray
 
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    address, _ = cluster_address(address)
     if address:
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=False)

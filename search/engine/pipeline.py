@@ -362,10 +362,10 @@ class Pipeline:
         c = self.config
         if self.run_dir is not None:
             self.run_dir.lock()  # one process per run directory, before any work (a new one is locked by `create`)
-        if c.ray_address:  # a dead address is refused in seconds, before anything is loaded or written
-            from evaluators.executors import unreachable
+        if c.ray_address or c.workers:  # a dead address is refused in seconds, before anything is loaded or written
+            from evaluators.executors import check_cluster
 
-            if why := unreachable(c.ray_address):
+            if why := check_cluster(c.ray_address):
                 raise UserError(why)
         inputs = self.load_inputs()
         self._reconstruct_inputs()  # refused before the search, not after it

@@ -174,10 +174,10 @@ def finetune(run_dir: str | Path, *, epochs: int = 30, lr: float = 0.05, weight_
         raise UserError(f"--start must be one of {', '.join(STARTS)}, got {start!r}")
     _check_numbers(epochs=epochs, lr=lr, batch_size=batch_size, workers=workers, kd_temperature=kd_temperature,
                    kd_alpha=kd_alpha, stop_after=stop_after, weight_decay=weight_decay, seed=seed)
-    if ray_address:  # a dead address is refused in seconds, before the checkpoint is touched
-        from evaluators.executors import unreachable
+    if ray_address or workers:  # a dead address is refused in seconds, before the checkpoint is touched
+        from evaluators.executors import check_cluster
 
-        if why := unreachable(ray_address):
+        if why := check_cluster(ray_address):
             raise UserError(why)
     run = RunDirectory.open(str(run_dir))
     _check_writable(run.path)

@@ -227,6 +227,16 @@ def test_bad_input_is_one_line_exit_2(name, files, capsys):
     assert not (out / "run.json").exists(), "a failed start must leave no run behind"
 
 
+def test_a_dead_ray_address_in_the_environment_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a Ray job's variable, left pointing at a cluster gone
+    out = tmp_path / "run"
+    assert run_module.main([*FAST, *BASE, "--workers", "2", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: cannot reach a Ray cluster at RAY_ADDRESS 127.0.0.1:1: Connection refused"
+    assert not (out / "run.json").exists()
+    assert run_module.main([*FAST, *BASE, "--out", str(out)]) == 0  # without --workers no Ray is joined
+
+
 @pytest.mark.parametrize("budget", ["0.5flop", "0.4flops+x", "0ms"])
 def test_a_budget_typo_is_refused_before_any_data_or_model_is_loaded(budget, tmp_path, capsys, monkeypatch):
     from search.models import inputs

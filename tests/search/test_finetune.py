@@ -317,6 +317,14 @@ def test_user_errors_are_one_line_and_exit_2(run_dir, capsys, args, prepare, mes
     assert re.search(message, err), err
 
 
+def test_a_dead_ray_address_in_the_environment_is_refused_in_seconds(run_dir, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # a Ray job's variable, left pointing at a cluster gone
+    assert ft.main([str(run_dir), "--no-progress", "--workers", "2"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: cannot reach a Ray cluster at RAY_ADDRESS 127.0.0.1:1: Connection refused"
+    assert not (run_dir / records.FINETUNE_CSV).exists()
+
+
 def test_argument_errors_are_one_line_with_a_hint(capsys):
     with pytest.raises(SystemExit) as exit:
         ft.main(["somewhere", "--epochs", "abc"])
