@@ -61,8 +61,8 @@ def _worker(config: dict) -> None:
 
 @contextmanager
 def ray_session(workers: int, address: str | None, use_gpu: bool) -> Iterator[None]:
-    """Ray for a Ray Train run: the running one, the cluster at `address`, or a local one of `workers` CPUs (and
-    GPUs) started here and shut down afterwards."""
+    """Ray for a Ray Train run: the running one, the cluster at `address` (or `RAY_ADDRESS`), or a new local one of
+    `workers` CPUs (and GPUs) started here and shut down afterwards (`evaluators.executors.init_ray`)."""
     import ray
 
     from evaluators.executors import init_ray
