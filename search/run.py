@@ -21,7 +21,7 @@ from agents.registry import list_agents
 
 from search.engine.budget import GRAMMAR
 from search.cli import ArgumentParser, configure_logging, given_options, guarded
-from search.engine.config import BLOCK_ENCODINGS, EXPORT_WEIGHTS, FINALIST_RANKINGS, SCORERS, SearchConfig, parse_steps
+from search.engine.config import BLOCK_ENCODINGS, DEFAULT_AGENT, EXPORT_WEIGHTS, FINALIST_RANKINGS, SCORERS, SearchConfig, parse_steps
 from search.engine.loop import Outcome
 from search.engine.pipeline import Pipeline, PruneResult
 from search.engine.versions import VersionAction
@@ -50,7 +50,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action=VersionAction,
                    help="print the versions of prunesearch, torch, optuna, ray and timm, and exit")
     what = p.add_argument_group("what to search")
-    what.add_argument("--agent", required=False, help=f"search agent: {', '.join(list_agents())}")
+    what.add_argument("--agent", help=f"search agent: {', '.join(list_agents())} (default: {DEFAULT_AGENT}, the fair "
+                                       "report's winner)")
     what.add_argument("--budget", action="append", default=None, metavar="LIMIT",
                       help=f"repeatable; every limit must hold. {GRAMMAR}")
     what.add_argument("--model",
@@ -180,7 +181,8 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def config_of(args: argparse.Namespace) -> SearchConfig:
-    return SearchConfig.from_json({k: v for k, v in vars(args).items() if k not in RUNTIME})
+    """The run's configuration; an option left unset (`--agent`) takes `SearchConfig`'s default."""
+    return SearchConfig.from_json({k: v for k, v in vars(args).items() if k not in RUNTIME and v is not None})
 
 
 def run(args: argparse.Namespace, given: dict | None = None) -> Outcome:
@@ -194,9 +196,8 @@ def _run(args: argparse.Namespace, given: dict | None = None) -> PruneResult:
         changes = {k: v for k, v in (given if given is not None else vars(args)).items() if k not in RUNTIME}
         pipeline = Pipeline.resume(args.resume, changes, progress=progress)
     else:
-        if args.explain:  # the space alone: no agent or budget is needed to print it
-            args = argparse.Namespace(**{**vars(args), "agent": args.agent or "random",
-                                         "budget": args.budget or ["1flops"]})
+        if args.explain:  # the space alone: no budget is needed to print it
+            args = argparse.Namespace(**{**vars(args), "budget": args.budget or ["1flops"]})
         pipeline = Pipeline(config_of(args), progress=progress)
     if args.explain:
         print(pipeline.explain())

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from search.engine.config import SearchConfig
+from search.engine.config import DEFAULT_AGENT, DEFAULT_TRIALS, SearchConfig
 from search.engine.pipeline import Pipeline, PruneResult
 from search.engine.records import RunDirectory
 from search.errors import UserError, first_line
@@ -63,7 +63,7 @@ def batches_of(items: Iterable, limit: int, *, labelled: bool, what: str) -> lis
     return out
 
 
-def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = "random", trials: int = 200, *,
+def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = DEFAULT_AGENT, trials: int = DEFAULT_TRIALS, *,
           calibration: Iterable, held_out: Iterable | None = None, score: Callable[[nn.Module], float] | None = None,
           train: Iterable | None = None, example_input: torch.Tensor | None = None, workers: int = 0, out: str | Path | None = None,
           seed: int = 0, device: str = "auto", progress: bool = True, resume: bool = False,

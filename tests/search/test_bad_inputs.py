@@ -107,7 +107,6 @@ def files(tmp_path, monkeypatch):
 CASES = {
     # flags and values
     "unknown agent": (["--agent", "nope", "--budget", "0.4flops"], r"unknown agent 'nope'"),
-    "no agent": (["--budget", "0.4flops"], r"give --agent"),
     "no budget": (["--agent", "random"], r"give at least one --budget"),
     "budget typo": ([*BASE[:2], "--budget", "0.4flop"], r"cannot read budget"),
     "budget above 1": ([*BASE[:2], "--budget", "1.5flops"], r"ratio in \(0, 1\]"),

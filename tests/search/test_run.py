@@ -28,7 +28,8 @@ def cache(warm_cache):
 
 
 def search(tmp_path, *extra, out="run", agent="random", budget=("0.4flops",)):
-    args = ["--agent", agent, *[a for b in budget for a in ("--budget", b)], "--out", str(tmp_path / out), *FAST,
+    """A run of `search.run` on FAST settings; `agent=None` gives no --agent."""
+    args = [*(["--agent", agent] if agent else []), *[a for b in budget for a in ("--budget", b)], "--out", str(tmp_path / out), *FAST,
             *extra]
     return run_module.main(args), tmp_path / out
 
@@ -59,6 +60,18 @@ def test_explain_prints_the_space_with_nothing_else_given(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "resnet20" in out.lower() and "width" in out.lower()
     assert not (tmp_path / "run").exists()  # nothing searched, nothing written
+
+
+def test_without_agent_the_search_runs_the_default_one_and_resumes_with_it(tmp_path, capsys):
+    code, out = search(tmp_path, agent=None)
+    assert code == 0
+    assert json.loads((out / "run.json").read_text())["args"]["agent"] == "amc"
+    assert run_module.main(["--resume", str(out), "--trials", "8", "--no-progress", "--quiet"]) == 0
+    info = json.loads((out / "run.json").read_text())
+    assert info["args"]["agent"] == "amc" and info["args"]["trials"] == 8
+    assert len(pd.read_csv(out / "trials.csv")) == 8
+    assert run_module.main(["--resume", str(out), "--agent", "random", "--no-progress", "--quiet"]) == 2
+    assert "cannot change --agent when resuming" in capsys.readouterr().err
 
 
 def test_best_json_replays_onto_a_fresh_base_model(tmp_path):
@@ -183,7 +196,6 @@ def test_user_brought_model_and_data(tmp_path, monkeypatch):
 
 @pytest.mark.parametrize("args, message", [
     (["--agent", "nope", "--budget", "0.4flops"], r"unknown agent 'nope'; choose from .*random.*uniform"),
-    (["--budget", "0.4flops"], r"give --agent"),
     (["--agent", "random", "--budget", "0.4flop"], r"cannot read budget '0.4flop'; expected <ratio>flops"),
     (["--agent", "random", "--budget", "1.5flops"], r"must be a ratio in \(0, 1\]"),
     (["--agent", "random", "--budget", "0.0001flops"], r"cannot be met: the smallest subnet .* 0\.0\d+ x its flops"),
