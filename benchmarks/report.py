@@ -64,7 +64,7 @@ from benchmarks import fastnas_peer  # noqa: E402
 from benchmarks import kept_baselines  # noqa: E402
 from benchmarks import torch_pruning_peer as tp_peer  # noqa: E402
 from benchmarks.paired_bootstrap import median_margin  # noqa: E402
-from benchmarks.report_rows import Row, Settings, key, load, save  # noqa: E402
+from benchmarks.report_rows import Row, Settings, add, key, load  # noqa: E402
 from benchmarks.setting import Setting  # noqa: E402
 from benchmarks.subnet_cache import SubnetCache  # noqa: E402
 from search.engine.config import DEFAULT_AGENT, DEFAULT_TRIALS, SearchConfig  # noqa: E402
@@ -375,8 +375,7 @@ def measure(args: argparse.Namespace, settings: Settings, rows: dict[str, Row], 
                                   seed, epochs, r["flops"], r["params"], r["held_out"], r["test_before"], after,
                                   r["search_s"], r["train_s"], r["steps"], r["steps_spent"], r["evaluations"],
                                   finetune_s, r["note"])
-                        rows[row.key] = row
-                        save(rows_path, rows)
+                        add(rows_path, rows, row)
                         log(f"  {model} {step.budget} ft {epochs} seed {seed} {method}: FLOPs x{row.flops:.3f}, "
                             f"held-out {row.held_out:.4f}, test {row.test_before:.4f} -> {row.test_after:.4f} "
                             f"({row.steps} steps, {row.search_s + row.train_s:.1f} s before the fine-tune)")

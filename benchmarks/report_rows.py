@@ -100,3 +100,11 @@ def save(path: Path, rows: dict[str, Row]) -> None:
     with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False, suffix=".tmp") as handle:
         handle.write(text)
     os.replace(handle.name, path)
+
+
+def add(path: Path, rows: dict[str, Row], row: Row) -> None:
+    """Add `row` to `rows` and to the file, keeping the rows another run of the report wrote there meanwhile (two
+    runs filling one report, e.g. one model each, would otherwise save over each other's rows)."""
+    rows.update(load(path))
+    rows[row.key] = row
+    save(path, rows)

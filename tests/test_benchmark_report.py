@@ -34,6 +34,19 @@ def _row(method: str, seed: int, test_after: float):
                1.0, 0.0, 0, 0, 10, 1.0)
 
 
+def test_a_row_added_keeps_the_rows_another_run_saved_meanwhile(tmp_path):
+    from benchmarks.report_rows import add, load
+
+    path = tmp_path / "rows.json"
+    mine = {}
+    add(path, mine, _row("random + finalists", 0, 0.8))
+    theirs = load(path)
+    add(path, theirs, _row("TP global magnitude", 0, 0.9))      # another run, one model each
+    add(path, mine, _row("random + finalists", 1, 0.81))           # mine had not seen theirs
+    assert sorted(load(path)) == sorted(["k|random + finalists|0", "k|TP global magnitude|0", "k|random + finalists|1"])
+    assert load(path)["k|TP global magnitude|0"].test_after == 0.9
+
+
 def test_row_keys_of_the_first_report_stay_and_new_finalist_rules_get_their_own():
     from benchmarks.report_rows import Settings
 
