@@ -498,6 +498,38 @@ def agents_table(rows: list[Row]) -> list[str]:
     return lines
 
 
+def default_agent_table(rows: list[Row]) -> list[str]:
+    """Which agent search.run should default to: every agent's margin over the best peer (per setting, the median
+    of the paired differences over the seeds every agent of the setting has) and the mean of those medians over the
+    settings where every agent was measured."""
+    agents = sorted({r.method for r in rows if r.method.endswith(SUFFIX)})
+    if len(agents) < 2:
+        return []
+    lines = ["| model | budget | FT epochs | best peer | " + " | ".join(a.removesuffix(SUFFIX) for a in agents) + " |",
+             "|---|---|---|---|" + "---|" * len(agents)]
+    complete: list[list[float]] = []
+    for model, budget, epochs in settings_of(rows):
+        grouped = by_method([r for r in rows if (r.model, r.budget, r.finetune_epochs) == (model, budget, epochs)])
+        peer = best_peer(grouped)
+        if peer is None:
+            continue
+        measured = [a for a in agents if a in grouped]
+        seeds = set(grouped[peer]).intersection(*(grouped[a] for a in measured))  # the same seeds for every agent
+        theirs = {s: grouped[peer][s].test_after for s in seeds}
+        medians = [median_margin({s: grouped[a][s].test_after for s in seeds}, theirs)[0] if a in grouped else None
+                   for a in agents]
+        if all(m is not None for m in medians):
+            complete.append(medians)
+        lines.append(f"| {model} | {budget} | {epochs} | {peer} | "
+                     + " | ".join("-" if m is None else f"{m:+.4f}" for m in medians) + " |")
+    if complete:
+        means = [statistics.mean(column) for column in zip(*complete)]
+        best = max(range(len(agents)), key=lambda i: means[i])
+        lines.append(f"| mean over the {len(complete)} settings every agent was measured in | | | | "
+                     + " | ".join(f"**{m:+.4f}**" if i == best else f"{m:+.4f}" for i, m in enumerate(means)) + " |")
+    return lines
+
+
 def setting_table(rows: list[Row]) -> list[str]:
     grouped = by_method(rows)
     ours = ours_of(grouped)
@@ -863,6 +895,14 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
                   "Test top-1 after the common fine-tune, each agent minus random with the same seed (same "
                   "finalists' rule, same fine-tune), median over seeds [95% paired bootstrap]; the goal is >= 0.", "",
                   *against_random, ""]
+    by_agent = default_agent_table(rows)
+    if by_agent:
+        lines += ["### Each agent against the best peer: search.run's default agent", "",
+                  "Test top-1 after the common fine-tune, each agent (with the finalists) minus the best peer with the "
+                  "same seed, median over the seeds every agent of the setting was measured on; the last row is the "
+                  "mean of those medians over the settings where every agent was measured (bold: the largest). "
+                  f"`search.run` without `--agent` searches with {DEFAULT_AGENT}, the agent with the largest mean on both pairs of baselines (2026-12-08).", "",
+                  *by_agent, ""]
     missing = [f"{s.budget} {e}-epoch seeds {seeds_text(list(s.seeds))}" for s in args.plan for e in s.epochs
                if any(key(settings, m, s.budget, meth, seed, e) not in {r.key for r in rows}
                       for m in args.models for seed in s.seeds for meth in method_names(args.agents))]
@@ -882,7 +922,8 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
                   "the common fine-tune: on the exported subnet / spent in all (ours: every finalist's). Search s: "
                   "finding the subnet (search, Torch-Pruning's bisection over its channel ratio, FastNAS's "
                   "sensitivity map and bisection, PruningNet training); training s: those SGD steps; FT s: the "
-                  f"common fine-tune. Bold: ours (search.run's default agent, {DEFAULT_AGENT}). Our rows' held-out score is the one the "
+                  f"common fine-tune. Bold: ours (search.run's default agent, {DEFAULT_AGENT}; in a setting without its "
+                  "rows, the agent with the best median held-out score). Our rows' held-out score is the one the "
                   "finalists picked by, so it is optimistic next to the peers'; test top-1 is not. FastNAS's "
                   "bisection over its sensitivity threshold stops where the score steps, below the target (its FLOPs "
                   "column).", ""]

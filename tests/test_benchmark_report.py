@@ -70,6 +70,21 @@ def test_agents_against_random_are_paired_by_seed():
     assert agents_table([r for r in rows if not r.method.startswith("random")]) == []
 
 
+def test_each_agent_against_the_best_peer_on_the_seeds_every_agent_has():
+    from benchmarks.report import default_agent_table
+
+    rows = [_row("TP global magnitude", s, 0.80) for s in range(3)] + [_row("TP uniform L1", s, 0.70) for s in range(3)]
+    rows += [_row("amc + finalists", s, 0.82 + 0.01 * s) for s in range(2)]        # +0.02, +0.03: median +0.025
+    rows += [_row("amc + finalists", 2, 0.50)]                                     # tpe lacks seed 2: not counted
+    rows += [_row("tpe + finalists", s, 0.81) for s in range(2)]                   # +0.01
+    table = default_agent_table(rows)
+    assert table[0] == "| model | budget | FT epochs | best peer | amc | tpe |"
+    assert table[2] == "| resnet20 | 0.1flops | 1 | TP global magnitude | +0.0250 | +0.0100 |"
+    assert table[3].startswith("| mean over the 1 settings every agent was measured in |")
+    assert table[3].endswith("| **+0.0250** | +0.0100 |")
+    assert default_agent_table([r for r in rows if not r.method.startswith("tpe")]) == []
+
+
 def _keyed(settings, method: str, seed: int, test_after: float):
     from benchmarks.report_rows import Row, key
 
