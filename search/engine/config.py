@@ -21,9 +21,10 @@ from typing import Any
 from search.errors import UserError
 
 DEFAULT_TRIALS = 200
-#: the agent a run without --agent searches with: the fair report's winner (docs/benchmarks.md). Its margin over
-#: the best equal-training peer, averaged over every measured setting, was the largest of the six agents on both
-#: pairs of baselines (+0.63 and +1.09 points against random's +0.22 and +0.85), at random's cost per trial.
+#: the agent a run without --agent searches with: the fair report's winner (docs/benchmarks.md, "Each agent against
+#: the best peer"). Its margin over the best equal-training peer, averaged over the settings where every agent was
+#: measured, was the largest of the six agents on both pairs of baselines (+0.67 and +1.15 points; MetaPruning +0.66
+#: and +0.89, random +0.45 and +0.91); its DDPG updates make the main job 1.3-1.5 x random's wall time.
 DEFAULT_AGENT = "amc"
 DEFAULT_RATIOS_TEXT = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9,1"
 #: agent options a user may set; each applies only to the agents whose constructor takes it
