@@ -446,7 +446,8 @@ def seeds_text(seeds: list[int]) -> str:
 
 def headline(rows: list[Row]) -> list[str]:
     lines = ["| model | budget | FT epochs | seeds | TP global magnitude | TP uniform L1 | FastNAS | magnitude start | "
-             f"ours: search.run's default ({DEFAULT_AGENT}) | margin over the best peer, median [95% paired bootstrap] | "
+             f"ours: search.run's default ({DEFAULT_AGENT}) | "
+             "margin over the best peer, median [95% paired bootstrap] | "
              "not a peer: TP global magnitude + our refit | ours minus it |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for model, budget, epochs in settings_of(rows):
@@ -901,7 +902,8 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
                   "Test top-1 after the common fine-tune, each agent (with the finalists) minus the best peer with the "
                   "same seed, median over the seeds every agent of the setting was measured on; the last row is the "
                   "mean of those medians over the settings where every agent was measured (bold: the largest). "
-                  f"`search.run` without `--agent` searches with {DEFAULT_AGENT}, the agent with the largest mean on both pairs of baselines (2026-12-08).", "",
+                  f"`search.run` without `--agent` searches with {DEFAULT_AGENT}, the agent with the largest mean "
+                  "on both pairs of baselines (2026-12-08).", "",
                   *by_agent, ""]
     missing = [f"{s.budget} {e}-epoch seeds {seeds_text(list(s.seeds))}" for s in args.plan for e in s.epochs
                if any(key(settings, m, s.budget, meth, seed, e) not in {r.key for r in rows}
@@ -922,8 +924,8 @@ def render(args: argparse.Namespace, rows: list[Row], bases: dict, settings: Set
                   "the common fine-tune: on the exported subnet / spent in all (ours: every finalist's). Search s: "
                   "finding the subnet (search, Torch-Pruning's bisection over its channel ratio, FastNAS's "
                   "sensitivity map and bisection, PruningNet training); training s: those SGD steps; FT s: the "
-                  f"common fine-tune. Bold: ours (search.run's default agent, {DEFAULT_AGENT}; in a setting without its "
-                  "rows, the agent with the best median held-out score). Our rows' held-out score is the one the "
+                  f"common fine-tune. Bold: ours (search.run's default agent, {DEFAULT_AGENT}; in a setting "
+                  "without its rows, the agent with the best median held-out score). Our rows' held-out score is the one the "
                   "finalists picked by, so it is optimistic next to the peers'; test top-1 is not. FastNAS's "
                   "bisection over its sensitivity threshold stops where the score steps, below the target (its FLOPs "
                   "column).", ""]

@@ -21,7 +21,8 @@ from agents.registry import list_agents
 
 from search.engine.budget import GRAMMAR
 from search.cli import ArgumentParser, configure_logging, given_options, guarded
-from search.engine.config import BLOCK_ENCODINGS, DEFAULT_AGENT, EXPORT_WEIGHTS, FINALIST_RANKINGS, SCORERS, SearchConfig, parse_steps
+from search.engine.config import (BLOCK_ENCODINGS, DEFAULT_AGENT, EXPORT_WEIGHTS, FINALIST_RANKINGS, SCORERS,
+                                  SearchConfig, parse_steps)
 from search.engine.loop import Outcome
 from search.engine.pipeline import Pipeline, PruneResult
 from search.engine.versions import VersionAction

@@ -63,7 +63,8 @@ def batches_of(items: Iterable, limit: int, *, labelled: bool, what: str) -> lis
     return out
 
 
-def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = DEFAULT_AGENT, trials: int = DEFAULT_TRIALS, *,
+def prune(model: nn.Module, budget: str | list[str] = "0.5flops", agent: str = DEFAULT_AGENT,
+          trials: int = DEFAULT_TRIALS, *,
           calibration: Iterable, held_out: Iterable | None = None, score: Callable[[nn.Module], float] | None = None,
           train: Iterable | None = None, example_input: torch.Tensor | None = None, workers: int = 0, out: str | Path | None = None,
           seed: int = 0, device: str = "auto", progress: bool = True, resume: bool = False,

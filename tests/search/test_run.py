@@ -29,8 +29,8 @@ def cache(warm_cache):
 
 def search(tmp_path, *extra, out="run", agent="random", budget=("0.4flops",)):
     """A run of `search.run` on FAST settings; `agent=None` gives no --agent."""
-    args = [*(["--agent", agent] if agent else []), *[a for b in budget for a in ("--budget", b)], "--out", str(tmp_path / out), *FAST,
-            *extra]
+    args = [*(["--agent", agent] if agent else []), *[a for b in budget for a in ("--budget", b)],
+            "--out", str(tmp_path / out), *FAST, *extra]
     return run_module.main(args), tmp_path / out
 
 
